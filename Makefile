@@ -1,0 +1,43 @@
+# strata — the two commands for a fresh machine are `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+APT_PACKAGES := qemu-utils ntfs-3g dosfstools mtools e2fsprogs sleuthkit libhivex-bin \
+                casync zstd xorriso genisoimage gdisk fdisk time
+
+.PHONY: all deps install demo test lint bench bench-smoke clean
+
+all: test
+
+deps:
+	@bash scripts/install-system-deps.sh $(APT_PACKAGES)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(BIN)/python pyproject.toml setup.py $(wildcard native/*.c)
+	$(BIN)/pip install -q --upgrade pip setuptools wheel
+	$(BIN)/pip install -q -e '.[test]'
+	@touch $@
+
+install: deps $(STAMP)
+
+demo: install
+	$(BIN)/python fixtures/demo.py
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks fixtures
+
+test: install lint
+	$(BIN)/pytest tests
+	$(MAKE) bench-smoke
+
+bench-smoke: install
+	STRATA_BENCH_SMOKE=1 $(BIN)/pytest benchmarks -q -p no:cacheprovider
+
+bench: install
+	$(BIN)/pytest benchmarks
+
+clean:
+	rm -rf build $(VENV) src/*.egg-info src/strata/*.so

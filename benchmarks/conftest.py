@@ -1,0 +1,100 @@
+"""Benchmarks always run strata beside a peer tool in the same session and report the ratio.
+
+``STRATA_BENCH_SMOKE=1`` shrinks every data set so CI runs them quickly and they cannot rot.
+Ratios are printed at the end and written to ``build/bench/ratios.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+SMOKE = os.environ.get("STRATA_BENCH_SMOKE") == "1"
+RATIOS: list[dict[str, Any]] = []
+BENCH_DIR = Path(os.environ.get("STRATA_BENCH_DIR", "build/bench"))
+
+
+def scaled(full: int, smoke: int) -> int:
+    return smoke if SMOKE else full
+
+
+@pytest.fixture(scope="session")
+def bench_dir() -> Path:
+    BENCH_DIR.mkdir(parents=True, exist_ok=True)
+    return BENCH_DIR
+
+
+def timed(fn: Callable[[], object], rounds: int) -> float:
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+@pytest.fixture
+def versus(benchmark: Any, request: pytest.FixtureRequest) -> Callable[..., float]:
+    """Time ``ours`` with pytest-benchmark and ``theirs`` the same way; record ours/theirs.
+
+    A ratio below 1.0 means strata is faster.  ``target`` is the issue's bound on the ratio.
+    """
+
+    def run(
+        ours: Callable[[], object],
+        theirs: Callable[[], object],
+        *,
+        peer: str,
+        rounds: int = 3,
+        target: float | None = None,
+        per_byte: int | None = None,
+    ) -> float:
+        rounds = 1 if SMOKE else rounds
+        benchmark.pedantic(ours, rounds=rounds, iterations=1, warmup_rounds=0)
+        our_time = benchmark.stats.stats.median
+        peer_time = timed(theirs, rounds)
+        ratio = our_time / peer_time if peer_time else float("inf")
+        row = {
+            "test": request.node.name,
+            "strata_s": round(our_time, 4),
+            "peer": peer,
+            "peer_s": round(peer_time, 4),
+            "ratio": round(ratio, 3),
+            "target": target,
+            "smoke": SMOKE,
+        }
+        if per_byte:
+            row["strata_GBps"] = round(per_byte / our_time / 1e9, 3)
+            row["peer_GBps"] = round(per_byte / peer_time / 1e9, 3)
+        benchmark.extra_info.update(row)
+        RATIOS.append(row)
+        return ratio
+
+    return run
+
+
+@pytest.fixture
+def record_ratio(request: pytest.FixtureRequest) -> Callable[..., None]:
+    """Record a ratio measured by hand (e.g. peak RSS, file sizes)."""
+
+    def record(**row: Any) -> None:
+        RATIOS.append({"test": request.node.name, "smoke": SMOKE, **row})
+
+    return record
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not RATIOS:
+        return
+    terminalreporter.section("strata vs peers (ratio = strata time / peer time)")
+    for row in RATIOS:
+        terminalreporter.write_line(json.dumps(row))
+    BENCH_DIR.mkdir(parents=True, exist_ok=True)
+    (BENCH_DIR / "ratios.json").write_text(json.dumps(RATIOS, indent=1))

@@ -1,0 +1,5 @@
+"""Pure-Python/numpy reference implementations of strata's native kernels."""
+
+from strata._py.kernels import bitmap_runs, changed_sectors, is_zero, nonzero_blocks
+
+__all__ = ["bitmap_runs", "changed_sectors", "is_zero", "nonzero_blocks"]

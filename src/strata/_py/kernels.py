@@ -1,0 +1,50 @@
+"""Reference kernels: the meaning of every function in ``strata._native``.
+
+Bitmaps are LSB-first (``numpy.packbits(bitorder="little")``) unless a
+function takes ``msb_first``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+Buffer = bytes | bytearray | memoryview
+
+
+def _u8(buf: Buffer) -> np.ndarray:
+    return np.frombuffer(buf, dtype=np.uint8)
+
+
+def is_zero(buf: Buffer) -> bool:
+    return not _u8(buf).any()
+
+
+def changed_sectors(a: Buffer, b: Buffer, sector_size: int) -> bytes:
+    if sector_size <= 0:
+        raise ValueError("sector_size must be positive")
+    va, vb = _u8(a), _u8(b)
+    if va.size != vb.size or va.size % sector_size:
+        raise ValueError("buffers must have equal length, a multiple of sector_size")
+    differs = (va != vb).reshape(-1, sector_size).any(axis=1)
+    return np.packbits(differs, bitorder="little").tobytes()
+
+
+def nonzero_blocks(buf: Buffer, block_size: int) -> bytes:
+    if block_size <= 0:
+        raise ValueError("block_size must be positive")
+    v = _u8(buf)
+    count = -(-v.size // block_size)
+    padded = np.zeros(count * block_size, dtype=np.uint8)
+    padded[: v.size] = v
+    nonzero = padded.reshape(count, block_size).any(axis=1) if count else np.zeros(0, bool)
+    return np.packbits(nonzero, bitorder="little").tobytes()
+
+
+def bitmap_runs(bitmap: Buffer, msb_first: bool, nbits: int = -1) -> list[tuple[int, int]]:
+    bits = np.unpackbits(_u8(bitmap), bitorder="big" if msb_first else "little")
+    if 0 <= nbits < bits.size:
+        bits = bits[:nbits]
+    edges = np.diff(np.concatenate(([0], bits.astype(np.int8), [0])))
+    starts = np.flatnonzero(edges == 1)
+    ends = np.flatnonzero(edges == -1)
+    return [(int(s), int(e - s)) for s, e in zip(starts, ends, strict=True)]

@@ -1,0 +1,211 @@
+"""Bounded-memory streaming over devices: copy, delta against a base, compare.
+
+Everything here reads only the runs the allocation maps call DATA (in windows
+of ``WINDOW`` bytes into one reused buffer), so cost follows the data, not the
+virtual size, and memory stays flat whatever the disk size.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from strata.blockdev.base import BlockDevice, ExtentState
+from strata.errors import InvalidInput
+from strata.native import changed_sectors, is_zero, nonzero_blocks
+
+Progress = Callable[[int, int], None]
+WINDOW = 4 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """A run of whole blocks to write.
+
+    ``data`` is a view of a reused buffer: consume or copy it before asking for
+    the next block.  ``changed`` is ``None`` for a plain copy (every sector of
+    the run is non-zero data), or, against a base, the LSB-first bitmap of the
+    sectors that differ from the base (the run is then exactly one block).
+    """
+
+    offset: int
+    data: memoryview
+    changed: bytes | None = None
+
+    @property
+    def end(self) -> int:
+        return self.offset + len(self.data)
+
+
+def data_ranges(dev: BlockDevice, limit: int | None = None) -> Iterator[tuple[int, int]]:
+    """(start, end) of every DATA run of ``dev`` below ``limit``."""
+    end = dev.size if limit is None else min(limit, dev.size)
+    if end <= 0:
+        return
+    for ext in dev.extents(0, end):
+        if ext.state == ExtentState.DATA:
+            yield ext.offset, ext.end
+
+
+def aligned_union(
+    streams: Iterable[Iterator[tuple[int, int]]], align: int, size: int
+) -> Iterator[tuple[int, int]]:
+    """Merge sorted range streams, widening each range to ``align`` boundaries."""
+    pending: tuple[int, int] | None = None
+    for start, end in heapq.merge(*streams):
+        lo = start - start % align
+        hi = min(size, -(-end // align) * align)
+        if pending is not None and lo <= pending[1]:
+            pending = (pending[0], max(pending[1], hi))
+            continue
+        if pending is not None:
+            yield pending
+        pending = (lo, hi)
+    if pending is not None:
+        yield pending
+
+
+def _windows(start: int, end: int, window: int) -> Iterator[tuple[int, int]]:
+    for lo in range(start, end, window):
+        yield lo, min(end, lo + window)
+
+
+def _bits(bitmap: bytes, count: int) -> np.ndarray:
+    return np.unpackbits(np.frombuffer(bitmap, np.uint8), bitorder="little")[:count]
+
+
+def iter_blocks(
+    src: BlockDevice,
+    block_size: int,
+    *,
+    base: BlockDevice | None = None,
+    progress: Progress | None = None,
+    window: int = WINDOW,
+) -> Iterator[Block]:
+    """The blocks of ``src`` worth writing.
+
+    Without ``base``: runs of consecutive non-zero blocks.  With ``base``: each
+    block in which some sector differs from ``base`` (a base shorter than
+    ``src`` reads as zeros past its end), with the changed-sector bitmap.
+    """
+    if block_size <= 0 or block_size % src.sector_size:
+        raise InvalidInput(f"block size {block_size} is not a multiple of the sector size")
+    window = max(block_size, window - window % block_size)
+    buf = bytearray(window)
+    other = bytearray(window) if base is not None else None
+    streams = [data_ranges(src)]
+    if base is not None:
+        streams.append(data_ranges(base, src.size))
+    for start, end in aligned_union(streams, block_size, src.size):
+        for lo, hi in _windows(start, end, window):
+            view = memoryview(buf)[: hi - lo]
+            src.readinto(lo, view)
+            if base is None or other is None:
+                yield from _nonzero_runs(lo, view, block_size)
+            else:
+                yield from _changed_blocks(
+                    base, lo, view, memoryview(other)[: hi - lo], block_size, src.sector_size
+                )
+            if progress is not None:
+                progress(hi, src.size)
+    if progress is not None:
+        progress(src.size, src.size)
+
+
+def _nonzero_runs(lo: int, view: memoryview, block_size: int) -> Iterator[Block]:
+    count = -(-len(view) // block_size)
+    bits = _bits(nonzero_blocks(view, block_size), count)
+    edges = np.diff(np.concatenate(([0], bits.astype(np.int8), [0])))
+    for first, last in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1), strict=True):
+        a, b = int(first) * block_size, min(len(view), int(last) * block_size)
+        yield Block(lo + a, view[a:b])
+
+
+def _changed_blocks(
+    base: BlockDevice,
+    lo: int,
+    view: memoryview,
+    other: memoryview,
+    block_size: int,
+    sector_size: int,
+) -> Iterator[Block]:
+    read_base_padded(base, lo, other)
+    per_block = block_size // sector_size
+    bitmap = changed_sectors(view, other, sector_size)
+    sectors = _bits(bitmap, len(view) // sector_size)
+    for index in range(0, len(sectors), per_block):
+        block_bits = sectors[index : index + per_block]
+        if block_bits.any():
+            a = index * sector_size
+            b = min(len(view), a + block_size)
+            yield Block(lo + a, view[a:b], np.packbits(block_bits, bitorder="little").tobytes())
+
+
+def read_base_padded(dev: BlockDevice, offset: int, view: memoryview) -> None:
+    """Read ``dev`` into ``view``, zeros past its end."""
+    inside = max(0, min(len(view), dev.size - offset))
+    if inside:
+        dev.readinto(offset, view[:inside])
+    if inside < len(view):
+        view[inside:] = bytes(len(view) - inside)
+
+
+def stream_copy(
+    src: BlockDevice,
+    dst: BlockDevice,
+    *,
+    block_size: int = 64 << 10,
+    progress: Progress | None = None,
+) -> int:
+    """Copy the non-zero content of ``src`` into a zero-initialised ``dst``; bytes written."""
+    if dst.size < src.size:
+        raise InvalidInput(f"destination of {dst.size} bytes is smaller than source {src.size}")
+    written = 0
+    for blk in iter_blocks(src, block_size, progress=progress):
+        dst.write(blk.offset, blk.data)  # type: ignore[attr-defined]
+        written += len(blk.data)
+    return written
+
+
+def first_difference(
+    a: BlockDevice, b: BlockDevice, *, progress: Progress | None = None, window: int = WINDOW
+) -> int | None:
+    """Offset of the first byte where the guest-visible contents differ, else None.
+
+    Like ``qemu-img compare`` without ``-s``: when sizes differ, the extra part
+    of the larger device must read as zeros.
+    """
+    common = min(a.size, b.size)
+    total = max(a.size, b.size)
+    buf_a, buf_b = bytearray(window), bytearray(window)
+    ranges = aligned_union([data_ranges(a, common), data_ranges(b, common)], 4096, common)
+    for start, end in ranges:
+        for lo, hi in _windows(start, end, window):
+            va, vb = memoryview(buf_a)[: hi - lo], memoryview(buf_b)[: hi - lo]
+            a.readinto(lo, va)
+            b.readinto(lo, vb)
+            if va != vb:
+                return lo + _first_mismatch(va, vb)
+            if progress is not None:
+                progress(hi, total)
+    longer = a if a.size > b.size else b
+    return _first_nonzero(longer, common, buf_a)
+
+
+def _first_mismatch(a: memoryview, b: memoryview) -> int:
+    diff = np.frombuffer(a, np.uint8) != np.frombuffer(b, np.uint8)
+    return int(np.argmax(diff))
+
+
+def _first_nonzero(dev: BlockDevice, start: int, buf: bytearray) -> int | None:
+    for lo, hi in aligned_union([data_ranges(dev)], 1, dev.size):
+        lo = max(lo, start)
+        for wlo, whi in _windows(lo, hi, len(buf)):
+            view = memoryview(buf)[: whi - wlo]
+            dev.readinto(wlo, view)
+            if not is_zero(view):
+                return wlo + int(np.argmax(np.frombuffer(view, np.uint8) != 0))
+    return None

@@ -1,0 +1,146 @@
+"""A raw file (or block device) as a BlockDevice.
+
+The allocation map comes from SEEK_DATA/SEEK_HOLE, so a hole reads as ZERO
+and costs nothing to copy.  Writing an all-zero run punches a hole instead of
+storing zeros; where the file system cannot punch, zeros are written.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import stat
+from collections.abc import Iterator
+
+from strata.blockdev.base import BaseDevice, Extent, ExtentState
+from strata.errors import InvalidInput, NotFound, StrataError
+from strata.native import is_zero
+
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+
+
+def punch_hole(fd: int, offset: int, length: int) -> bool:
+    """Deallocate a range (it then reads zero); False where unsupported."""
+    mode = _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE
+    return _libc.fallocate(fd, mode, offset, length) == 0
+
+
+def open_file(path: str, writable: bool) -> int:
+    try:
+        fd = os.open(path, (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC)
+    except FileNotFoundError as e:
+        raise NotFound(what=path) from e
+    except IsADirectoryError as e:
+        raise InvalidInput(f"{path} is a directory, not a disk image") from e
+    except PermissionError as e:
+        raise InvalidInput(f"{path}: permission denied") from e
+    st = os.fstat(fd)
+    if stat.S_ISDIR(st.st_mode):
+        os.close(fd)
+        raise InvalidInput(f"{path} is a directory, not a disk image")
+    return fd
+
+
+def file_size(fd: int) -> int:
+    st = os.fstat(fd)
+    if stat.S_ISBLK(st.st_mode):
+        return os.lseek(fd, 0, os.SEEK_END)
+    return st.st_size
+
+
+def pread_exact(fd: int, offset: int, view: memoryview) -> int:
+    """Fill ``view`` from ``offset``; returns bytes read (short only at EOF)."""
+    done = 0
+    while done < len(view):
+        n = os.preadv(fd, [view[done:]], offset + done)
+        if n == 0:
+            break
+        done += n
+    return done
+
+
+def pwrite_all(fd: int, offset: int, view: memoryview) -> None:
+    done = 0
+    while done < len(view):
+        done += os.pwritev(fd, [view[done:]], offset + done)
+
+
+def data_runs(fd: int, start: int, end: int) -> Iterator[tuple[int, int, bool]]:
+    """(offset, end, is_data) runs of a file between start and end."""
+    pos = start
+    while pos < end:
+        try:
+            data = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno == errno.ENXIO:  # no data past pos
+                yield pos, end, False
+                return
+            if e.errno in (errno.EINVAL, errno.EOPNOTSUPP):
+                yield pos, end, True
+                return
+            raise
+        if data > pos:
+            yield pos, min(data, end), False
+            pos = min(data, end)
+            if pos >= end:
+                return
+        hole = os.lseek(fd, pos, os.SEEK_HOLE)
+        yield pos, min(hole, end), True
+        pos = min(hole, end)
+
+
+class RawFileDevice(BaseDevice):
+    format_name = "raw"
+
+    def __init__(self, path: str, writable: bool = False, sector_size: int = 512) -> None:
+        self.path = path
+        self.writable = writable
+        self._fd = open_file(path, writable)
+        self._size = file_size(self._fd)
+        self._sector_size = sector_size
+
+    @classmethod
+    def create(cls, path: str, size: int, sector_size: int = 512) -> RawFileDevice:
+        """A new sparse file of ``size`` bytes; an existing file is replaced."""
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            raise InvalidInput(f"cannot create {path}: {e.strerror}") from e
+        try:
+            os.ftruncate(fd, size)
+        finally:
+            os.close(fd)
+        return cls(path, writable=True, sector_size=sector_size)
+
+    @property
+    def fd(self) -> int:
+        return self._fd
+
+    def _readinto(self, offset: int, view: memoryview) -> None:
+        got = pread_exact(self._fd, offset, view)
+        if got < len(view):
+            raise StrataError(f"{self.path}: file shrank while reading at {offset + got:#x}")
+
+    def _write(self, offset: int, view: memoryview) -> None:
+        if is_zero(view) and punch_hole(self._fd, offset, len(view)):
+            return
+        pwrite_all(self._fd, offset, view)
+
+    def _extents(self, offset: int, length: int) -> Iterator[Extent]:
+        for start, end, is_data in data_runs(self._fd, offset, offset + length):
+            state = ExtentState.DATA if is_data else ExtentState.ZERO
+            yield Extent(start, end - start, state, 0, start if is_data else None)
+
+    def flush(self) -> None:
+        if self.writable:
+            os.fsync(self._fd)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1

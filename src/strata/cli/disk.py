@@ -1,0 +1,255 @@
+"""``strata disk``: inspect, compare, convert, create and check disk images."""
+
+from __future__ import annotations
+
+import click
+
+from strata.cli.events import current, json_option
+from strata.errors import EXIT_DIFFERENT
+from strata.formats import registry
+from strata.ops import disk as ops
+from strata.units import human_size, parse_size
+
+
+def _fmt_option(flag: str, help: str):  # type: ignore[no-untyped-def]
+    return click.option(flag, "fmt", default=None, metavar="FORMAT", help=help)
+
+
+def _allow_option(func):  # type: ignore[no-untyped-def]
+    return click.option(
+        "--allow-dir",
+        "allowed_dirs",
+        multiple=True,
+        type=click.Path(file_okay=False),
+        help="Directory where parent images may be opened (repeatable; default: the image's own).",
+    )(func)
+
+
+@click.group("disk")
+def group() -> None:
+    """Inspect, compare, convert, create and check disk images (raw, vhd, vhdx, vmdk)."""
+
+
+@group.command("info")
+@_fmt_option("-f", "Input format (default: probe).")
+@_allow_option
+@click.argument("image", type=click.Path(dir_okay=True))
+@json_option
+def info_cmd(image: str, fmt: str | None, allowed_dirs: tuple[str, ...]) -> int:
+    """Show format, subformat, virtual size, allocated bytes and the parent chain."""
+    facts = ops.info(ops.OpenSpec(image, fmt, allowed_dirs))
+    current().result(_info_text(facts), **facts)
+    return 0
+
+
+def _info_text(facts: dict[str, object]) -> str:
+    size = int(facts["virtual-size"])  # type: ignore[call-overload]
+    used = int(facts["actual-size"])  # type: ignore[call-overload]
+    lines = [
+        f"image: {facts['filename']}",
+        f"file format: {facts['format']}"
+        + (f" ({facts['subformat']})" if facts.get("subformat") else ""),
+        f"virtual size: {human_size(size)} ({size} bytes)",
+        f"disk size: {human_size(used)}",
+    ]
+    skip = {"filename", "format", "subformat", "virtual-size", "actual-size", "backing-chain"}
+    lines += [f"{key}: {value}" for key, value in facts.items() if key not in skip]
+    for depth, layer in enumerate(facts.get("backing-chain") or [], start=1):  # type: ignore[arg-type]
+        lines.append(f"parent {depth}: {layer['filename']} ({layer['format']})")
+    return "\n".join(lines)
+
+
+@group.command("map")
+@_fmt_option("-f", "Input format (default: probe).")
+@_allow_option
+@click.argument("image", type=click.Path())
+@json_option
+def map_cmd(image: str, fmt: str | None, allowed_dirs: tuple[str, ...]) -> int:
+    """Show which runs hold data, read as zero, or come from a parent (qemu-img map terms).
+
+    With --json: one `result` event whose `map` lists {start, length, depth, present, zero,
+    data[, offset]} like `qemu-img map --output=json`.
+    """
+    entries = list(ops.map_entries(ops.OpenSpec(image, fmt, allowed_dirs)))
+    if current().json_mode:
+        current().result(map=entries)
+        return 0
+    click.echo(f"{'offset':>18} {'length':>18} {'depth':>5}  state")
+    for e in entries:
+        state = "data" if e["data"] else ("zero" if e["present"] else "unallocated")
+        click.echo(f"{e['start']:#18x} {e['length']:#18x} {e['depth']:>5}  {state}")
+    return 0
+
+
+@group.command("compare")
+@_fmt_option("-f", "Format of the first image (default: probe).")
+@click.option("-F", "fmt2", default=None, metavar="FORMAT", help="Format of the second image.")
+@_allow_option
+@click.argument("first", type=click.Path())
+@click.argument("second", type=click.Path())
+@json_option
+def compare_cmd(
+    first: str, second: str, fmt: str | None, fmt2: str | None, allowed_dirs: tuple[str, ...]
+) -> int:
+    """Compare guest-visible contents. Exit 0 when equal, 1 when they differ.
+
+    As with qemu-img compare, images of different sizes are equal when the extra part of
+    the larger one reads as zeros.
+    """
+    with current().progress("compare") as progress:
+        offset = ops.compare(
+            ops.OpenSpec(first, fmt, allowed_dirs),
+            ops.OpenSpec(second, fmt2, allowed_dirs),
+            progress,
+        )
+    if offset is None:
+        current().result("Images are identical.", identical=True)
+        return 0
+    current().result(f"Content mismatch at offset {offset}!", identical=False, offset=offset)
+    return EXIT_DIFFERENT
+
+
+@group.command("convert")
+@_fmt_option("-f", "Input format (default: probe).")
+@click.option(
+    "-O",
+    "out_format",
+    default="raw",
+    show_default=True,
+    metavar="FORMAT",
+    help="Output format: " + ", ".join(registry.names()) + ".",
+)
+@click.option(
+    "-o",
+    "options",
+    multiple=True,
+    metavar="KEY=VALUE,...",
+    help="Output format options (see `strata disk formats`).",
+)
+@click.option(
+    "-B",
+    "--backing",
+    default=None,
+    type=click.Path(),
+    help="Write a child of BACKING holding only the sectors that differ from it.",
+)
+@click.option(
+    "-F", "backing_fmt", default=None, metavar="FORMAT", help="Format of the backing image."
+)
+@_allow_option
+@click.argument("source", type=click.Path())
+@click.argument("destination", type=click.Path())
+@json_option
+def convert_cmd(
+    source: str,
+    destination: str,
+    fmt: str | None,
+    out_format: str,
+    options: tuple[str, ...],
+    backing: str | None,
+    backing_fmt: str | None,
+    allowed_dirs: tuple[str, ...],
+) -> int:
+    """Copy SOURCE into a new DESTINATION image, skipping zeros and unallocated space."""
+    base = ops.OpenSpec(backing, backing_fmt, allowed_dirs) if backing else None
+    with current().progress("convert") as progress:
+        result = ops.convert(
+            ops.OpenSpec(source, fmt, allowed_dirs),
+            destination,
+            out_format,
+            options,
+            base,
+            progress,
+        )
+    current().result(f"wrote {destination} ({result['format']})", **result)
+    return 0
+
+
+@group.command("create")
+@click.option(
+    "-O",
+    "-f",
+    "out_format",
+    default="raw",
+    show_default=True,
+    metavar="FORMAT",
+    help="Format of the new image: " + ", ".join(registry.names()) + ".",
+)
+@click.option("-o", "options", multiple=True, metavar="KEY=VALUE,...", help="Format options.")
+@click.option(
+    "-b",
+    "--parent",
+    default=None,
+    type=click.Path(),
+    help="Create a differencing child of PARENT (size defaults to the parent's).",
+)
+@click.option("-F", "parent_fmt", default=None, metavar="FORMAT", help="Format of the parent.")
+@_allow_option
+@click.argument("image", type=click.Path())
+@click.argument("size", required=False)
+@json_option
+def create_cmd(
+    image: str,
+    size: str | None,
+    out_format: str,
+    options: tuple[str, ...],
+    parent: str | None,
+    parent_fmt: str | None,
+    allowed_dirs: tuple[str, ...],
+) -> int:
+    """Create an empty IMAGE of SIZE bytes (suffixes K, M, G, T), or a child of --parent."""
+    base = ops.OpenSpec(parent, parent_fmt, allowed_dirs) if parent else None
+    result = ops.create(image, out_format, parse_size(size) if size else None, options, base)
+    current().result(
+        f"created {image} ({result['format']}, {result['virtual-size']} bytes)", **result
+    )
+    return 0
+
+
+@group.command("check")
+@_fmt_option("-f", "Input format (default: probe).")
+@click.argument("image", type=click.Path())
+@json_option
+def check_cmd(image: str, fmt: str | None) -> int:
+    """Validate every on-disk structure strictly. Exit 1 when any problem is found."""
+    problems = ops.check(ops.OpenSpec(image, fmt))
+    errors = [p for p in problems if p.severity == "error"]
+    if current().json_mode:
+        current().result(clean=not errors, problems=[p.__dict__ for p in problems])
+    else:
+        for p in problems:
+            click.echo(str(p))
+        click.echo(
+            f"{image}: "
+            + (
+                "no problems found"
+                if not problems
+                else f"{len(errors)} error(s), {len(problems) - len(errors)} warning(s)"
+            )
+        )
+    return EXIT_DIFFERENT if errors else 0
+
+
+@group.command("formats")
+@json_option
+def formats_cmd() -> int:
+    """List the formats strata reads and writes, with their -o options."""
+    rows = [
+        {
+            "name": d.name,
+            "description": d.description,
+            "options": {
+                o.name: {"help": o.help, "default": o.default, "choices": list(o.choices)}
+                for o in d.options
+            },
+        }
+        for d in registry.drivers()
+    ]
+    if current().json_mode:
+        current().result(formats=rows)
+        return 0
+    for row in rows:
+        click.echo(f"{row['name']}: {row['description']}")
+        for name, opt in row["options"].items():  # type: ignore[attr-defined]
+            click.echo(f"    -o {name}=...  {opt['help']} (default: {opt['default']})")
+    return 0

@@ -1,0 +1,83 @@
+"""The ``strata`` command: groups are registered from sibling modules."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import traceback
+
+import click
+
+from strata import __version__
+from strata.cli.events import current, json_option
+from strata.errors import EXIT_INTERNAL, EXIT_USAGE, StrataError
+
+# Each module defines a click group named ``group``; missing ones are skipped
+# so a partial install still runs.
+COMMAND_MODULES = ("disk", "store", "layer", "os_layer", "packaging", "finalize", "image", "fs")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, "--version", prog_name="strata")
+@json_option
+def cli() -> None:
+    """strata: compose, capture and export layered disk images.
+
+    Exit codes: 0 success, 1 difference or problem found, 2 usage, 3 invalid input,
+    4 not found, 5 corrupt image, 6 unsupported, 7 integrity error, 8 wrong state,
+    9 not ready to finalize, 10 conflict, 70 internal error.
+    """
+
+
+def _register() -> None:
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"strata.cli.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"strata.cli.{name}":
+                continue
+            raise
+        cli.add_command(module.group)
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> None:
+    sys.exit(run(argv))
+
+
+def run(argv: list[str] | None = None) -> int:
+    try:
+        result = cli.main(args=argv, prog_name="strata", standalone_mode=False)
+        return result if isinstance(result, int) else 0
+    except StrataError as e:
+        current().error(e.message, e.exit_code, type(e).__name__)
+        return e.exit_code
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.ClickException as e:
+        if current().json_mode:
+            current().error(e.format_message(), EXIT_USAGE, "UsageError")
+        else:
+            e.show()
+        return e.exit_code
+    except click.Abort:
+        click.echo("strata: aborted", err=True)
+        return 130
+    except KeyboardInterrupt:
+        click.echo("strata: interrupted", err=True)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as e:  # a bug: one line for the user, the trace on request
+        if os.environ.get("STRATA_DEBUG"):
+            traceback.print_exc()
+        message = f"internal error: {type(e).__name__}: {e} (set STRATA_DEBUG=1 for the traceback)"
+        current().error(message, EXIT_INTERNAL, "InternalError")
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""One error tree for strata.
+
+Each class carries the process exit code the CLI uses for it and a message
+template (its docstring), filled from keyword arguments.  A user never sees a
+traceback for these: the CLI prints ``strata: <message>`` and exits with
+``exit_code``.
+
+Exit codes (documented in the README):
+    0  success
+    1  a comparison found a difference, or a check found a problem
+    2  command-line usage error (unknown option, missing argument)
+    3  InvalidInput      bad argument or option value
+    4  NotFound          a path, layer, version, chunk or parent that does not exist
+    5  CorruptImage      on-disk structure fails validation
+    6  Unsupported       a valid but unsupported format or feature
+    7  IntegrityError    stored data does not match its id or checksum
+    8  StateError        an operation not allowed in the object's current state
+    9  NotReady          the finalize integrity gate refused a disk
+   10  Conflict          concurrent modification or lock contention
+   70  internal error (a bug: please report it)
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class StrataError(Exception):
+    """{message}"""
+
+    exit_code: ClassVar[int] = 70
+
+    def __init__(self, message: str | None = None, **fields: Any) -> None:
+        self.fields = fields
+        if message is None:
+            template = (type(self).__doc__ or "{message}").strip().splitlines()[0]
+            try:
+                message = template.format(**fields)
+            except (KeyError, IndexError):
+                message = f"{template} {fields}"
+        super().__init__(message)
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else type(self).__name__
+
+
+class InvalidInput(StrataError, ValueError):
+    """invalid input: {message}"""
+
+    exit_code = 3
+
+
+class NotFound(StrataError, FileNotFoundError):
+    """not found: {what}"""
+
+    exit_code = 4
+
+
+class CorruptImage(StrataError):
+    """{path}: corrupt {structure}: {problem} (field {field}, file offset {offset})"""
+
+    exit_code = 5
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        path: object = "<image>",
+        structure: str = "image",
+        problem: str = "invalid",
+        field: str = "-",
+        offset: int | None = None,
+        **fields: Any,
+    ) -> None:
+        self.path = str(path)
+        self.structure = structure
+        self.problem = problem
+        self.field = field
+        self.offset = offset
+        if message is None:
+            where = (
+                f" (field {field}, file offset {offset:#x})"
+                if offset is not None
+                else (f" (field {field})" if field != "-" else "")
+            )
+            message = f"{self.path}: corrupt {structure}: {problem}{where}"
+        super().__init__(message, **fields)
+
+
+class TruncatedImage(CorruptImage):
+    """the file ends before a structure it declares"""
+
+
+class Unsupported(StrataError):
+    """unsupported: {what}"""
+
+    exit_code = 6
+
+
+class IntegrityError(StrataError):
+    """integrity error: {what}"""
+
+    exit_code = 7
+
+
+class StateError(StrataError):
+    """{what}"""
+
+    exit_code = 8
+
+
+class NotReady(StrataError):
+    """the disk is not ready to finalize: {what}"""
+
+    exit_code = 9
+
+
+class Conflict(StrataError):
+    """conflict: {what}"""
+
+    exit_code = 10
+
+
+class PathOutsideAllowed(InvalidInput):
+    """{path} lies outside the allowed directories {allowed}"""
+
+
+EXIT_DIFFERENT = 1
+EXIT_USAGE = 2
+EXIT_INTERNAL = 70

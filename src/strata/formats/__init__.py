@@ -1,0 +1,1 @@
+"""Disk formats: one sub-package per format, each exposing ``DRIVER``."""

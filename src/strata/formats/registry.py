@@ -1,0 +1,192 @@
+"""Format drivers: probe by magic, open and create by name.
+
+Each sub-package of ``strata.formats`` exposes a module-level ``DRIVER``;
+the registry discovers them, so a new format plugs in without touching the
+CLI.  ``open_image`` returns the guest-visible disk with its parent chain
+attached and verified; ``open_layer`` returns one file's own layer.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pkgutil
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+from strata.blockdev.base import BlockDevice
+from strata.blockdev.chain import ChainDevice, attach_parents
+from strata.blockdev.copy import Progress
+from strata.errors import InvalidInput, NotFound, Unsupported
+from strata.formats.options import FormatOption, parse_options
+
+PROBE_HEAD = 64 << 10
+PROBE_TAIL = 4 << 10
+
+
+@dataclass(frozen=True)
+class ProbeInput:
+    path: str
+    size: int
+    head: bytes
+    tail: bytes
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding of ``strata disk check``."""
+
+    structure: str
+    message: str
+    field: str = "-"
+    offset: int | None = None
+    severity: str = "error"
+
+    def __str__(self) -> str:
+        where = f" at file offset {self.offset:#x}" if self.offset is not None else ""
+        fld = f" field {self.field}" if self.field != "-" else ""
+        return f"{self.severity}: {self.structure}{fld}{where}: {self.message}"
+
+
+@dataclass(frozen=True)
+class WriteRequest:
+    """What a format writer is asked to produce."""
+
+    source: BlockDevice
+    path: str
+    options: Mapping[str, Any]
+    backing: BlockDevice | None = None
+    backing_layer: BlockDevice | None = None
+    progress: Progress | None = None
+
+
+@dataclass(frozen=True)
+class CreateRequest:
+    path: str
+    size: int
+    options: Mapping[str, Any]
+    parent: BlockDevice | None = None
+
+
+@dataclass(frozen=True)
+class FormatDriver:
+    name: str
+    description: str
+    probe: Callable[[ProbeInput], int]
+    open: Callable[[str, bool], BlockDevice]
+    create: Callable[[CreateRequest], BlockDevice] | None = None
+    write: Callable[[WriteRequest], None] | None = None
+    check: Callable[[str], list[Problem]] | None = None
+    options: Sequence[FormatOption] = field(default_factory=tuple)
+
+
+# Formats we recognise but do not read, so users get a precise answer.
+FOREIGN_MAGIC: dict[bytes, str] = {
+    b"QFI\xfb": "qcow2",
+    b"QED\x00": "qed",
+    b"<<< Oracle VM VirtualBox Disk Image >>>": "vdi",
+    b"COWD": "vmdk (ESX COWD sparse)",
+}
+
+
+@cache
+def drivers() -> tuple[FormatDriver, ...]:
+    import strata.formats as package
+
+    found: list[FormatDriver] = []
+    for info in pkgutil.iter_modules(package.__path__):
+        if not info.ispkg:
+            continue
+        module = importlib.import_module(f"strata.formats.{info.name}")
+        driver = getattr(module, "DRIVER", None)
+        if isinstance(driver, FormatDriver):
+            found.append(driver)
+    return tuple(sorted(found, key=lambda d: d.name))
+
+
+def names() -> list[str]:
+    return [d.name for d in drivers()]
+
+
+def get(name: str) -> FormatDriver:
+    for driver in drivers():
+        if driver.name == name.lower():
+            return driver
+    raise InvalidInput(f"unknown format {name!r} (known formats: {', '.join(names())})")
+
+
+def read_probe(path: str) -> ProbeInput:
+    if not os.path.exists(path):
+        raise NotFound(what=path)
+    if os.path.isdir(path):
+        raise InvalidInput(f"{path} is a directory, not a disk image")
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(PROBE_HEAD)
+            f.seek(max(0, size - PROBE_TAIL))
+            tail = f.read(PROBE_TAIL)
+    except PermissionError as e:
+        raise InvalidInput(f"{path}: permission denied") from e
+    return ProbeInput(path, size, head, tail)
+
+
+def probe(path: str) -> FormatDriver:
+    data = read_probe(path)
+    if data.size == 0:
+        raise InvalidInput(f"{path} is empty, not a disk image")
+    for magic, fmt in FOREIGN_MAGIC.items():
+        if data.head.startswith(magic) or (fmt == "vdi" and magic in data.head[:128]):
+            raise Unsupported(what=f"{path} is a {fmt} image; strata reads {', '.join(names())}")
+    scored = [(d.probe(data), d.name, d) for d in drivers()]
+    score, _, best = max(scored, key=lambda t: (t[0], t[1]))
+    if score <= 0:
+        raise Unsupported(
+            what=f"{path} is in no known disk format ({', '.join(names())}); "
+            f"its size {data.size} is not a multiple of 512, so it is not taken as raw "
+            f"(pass -f raw to read it anyway)"
+        )
+    return best
+
+
+def driver_for(path: str, fmt: str | None) -> FormatDriver:
+    if fmt is None:
+        return probe(path)
+    driver = get(fmt)
+    read_probe(path)
+    return driver
+
+
+def open_layer(path: str, fmt: str | None = None, writable: bool = False) -> BlockDevice:
+    driver = driver_for(path, fmt)
+    if os.path.getsize(path) == 0:
+        raise InvalidInput(f"{path} is empty, not a disk image")
+    return driver.open(path, writable)
+
+
+def open_image(
+    path: str,
+    fmt: str | None = None,
+    writable: bool = False,
+    allowed_dirs: Sequence[str] | None = None,
+) -> ChainDevice:
+    """The guest-visible disk of ``path``, parents opened read-only and verified.
+
+    Parents are looked up only inside ``allowed_dirs`` (default: the image's
+    own directory).
+    """
+    top = open_layer(path, fmt, writable)
+    allowed = list(allowed_dirs) if allowed_dirs else [os.path.dirname(os.path.abspath(path))]
+    try:
+        attach_parents(top, lambda p: open_layer(p), allowed)
+    except BaseException:
+        top.close()
+        raise
+    return ChainDevice(top)
+
+
+def options_for(fmt: str, texts: Sequence[str]) -> dict[str, Any]:
+    driver = get(fmt)
+    return parse_options(driver.name, driver.options, texts)

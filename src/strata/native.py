@@ -1,0 +1,37 @@
+"""Backend selection for the hot kernels.
+
+``BACKEND`` is ``"native"`` when the C extension ``strata._native`` is built
+and not overridden, ``"python"`` otherwise.  ``STRATA_BACKEND=python`` forces
+the reference; ``STRATA_BACKEND=native`` makes a missing extension an error.
+"""
+
+from __future__ import annotations
+
+import os
+from types import ModuleType
+
+from strata import _py
+from strata.errors import Unsupported
+
+
+def _select() -> tuple[str, ModuleType]:
+    wanted = os.environ.get("STRATA_BACKEND", "").strip().lower()
+    if wanted == "python":
+        return "python", _py
+    try:
+        from strata import _native
+    except ImportError as e:
+        if wanted == "native":
+            raise Unsupported(what="STRATA_BACKEND=native but strata._native is not built") from e
+        return "python", _py
+    return "native", _native
+
+
+BACKEND, _impl = _select()
+
+is_zero = _impl.is_zero
+changed_sectors = _impl.changed_sectors
+nonzero_blocks = _impl.nonzero_blocks
+bitmap_runs = _impl.bitmap_runs
+
+__all__ = ["BACKEND", "bitmap_runs", "changed_sectors", "is_zero", "nonzero_blocks"]

@@ -1,0 +1,174 @@
+"""Disk verbs, format-agnostic through the registry: info, map, compare, convert, create, check."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from strata.blockdev.base import BlockDevice, Extent, ExtentState, coalesce
+from strata.blockdev.chain import ChainDevice
+from strata.blockdev.copy import Progress, first_difference
+from strata.errors import InvalidInput, StrataError
+from strata.formats import registry
+from strata.formats.registry import CreateRequest, Problem, WriteRequest
+
+
+@dataclass(frozen=True)
+class OpenSpec:
+    """How to open an image named on the command line."""
+
+    path: str
+    fmt: str | None = None
+    allowed_dirs: Sequence[str] = ()
+
+
+def open_disk(spec: OpenSpec, writable: bool = False) -> ChainDevice:
+    return registry.open_image(spec.path, spec.fmt, writable, list(spec.allowed_dirs) or None)
+
+
+def layer_format(dev: BlockDevice) -> str:
+    return str(getattr(dev, "format_name", "unknown"))
+
+
+def info(spec: OpenSpec) -> dict[str, Any]:
+    with open_disk(spec) as disk:
+        return describe(disk)
+
+
+def describe(disk: ChainDevice) -> dict[str, Any]:
+    chain = [
+        {"filename": getattr(layer, "path", None), "format": layer_format(layer)}
+        for layer in disk.layers[1:]
+    ]
+    facts = {
+        "filename": disk.path,
+        "format": layer_format(disk.top),
+        "virtual-size": disk.size,
+        "actual-size": disk.allocated_bytes,
+        "sector-size": disk.sector_size,
+        "backing-chain": chain,
+    }
+    facts.update(disk.info())
+    facts.setdefault("subformat", None)
+    return facts
+
+
+def map_entries(spec: OpenSpec) -> Iterator[dict[str, Any]]:
+    """The allocation map in ``qemu-img map --output=json`` terms."""
+    with open_disk(spec) as disk:
+        for ext in coalesce(disk.extents()):
+            yield map_entry(ext)
+
+
+def map_entry(ext: Extent) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "start": ext.offset,
+        "length": ext.length,
+        "depth": ext.depth,
+        "present": ext.state != ExtentState.UNALLOCATED,
+        "zero": ext.state != ExtentState.DATA,
+        "data": ext.state == ExtentState.DATA,
+    }
+    if ext.state == ExtentState.DATA and ext.file_offset is not None:
+        entry["offset"] = ext.file_offset
+    return entry
+
+
+def compare(a: OpenSpec, b: OpenSpec, progress: Progress | None = None) -> int | None:
+    """First differing guest offset, or None when the contents are equal."""
+    with open_disk(a) as da, open_disk(b) as db:
+        return first_difference(da, db, progress=progress)
+
+
+@contextmanager
+def _removed_on_failure(path: str) -> Iterator[None]:
+    existed = os.path.exists(path)
+    try:
+        yield
+    except BaseException:
+        if not existed and os.path.exists(path):
+            os.unlink(path)
+        raise
+
+
+def check_destination(path: str) -> None:
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise InvalidInput(f"cannot write {path}: directory {parent} does not exist")
+    if os.path.isdir(path):
+        raise InvalidInput(f"cannot write {path}: it is a directory")
+
+
+def convert(
+    src: OpenSpec,
+    dst: str,
+    out_format: str = "raw",
+    option_texts: Sequence[str] = (),
+    backing: OpenSpec | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    driver = registry.get(out_format)
+    options = registry.options_for(driver.name, option_texts)
+    if driver.write is None:
+        raise InvalidInput(f"strata cannot write {driver.name} images")
+    check_destination(dst)
+    if os.path.abspath(dst) in {
+        os.path.abspath(src.path),
+        os.path.abspath(backing.path) if backing else "",
+    }:
+        raise InvalidInput(f"{dst} is also an input; write to another file")
+    with open_disk(src) as source, _opened(backing) as base, _removed_on_failure(dst):
+        if base is not None and base.size > source.size:
+            raise InvalidInput(
+                f"backing {backing.path if backing else ''} is larger than the source"
+            )
+        layer = base.top if base is not None else None
+        driver.write(WriteRequest(source, dst, options, base, layer, progress))
+    return {"filename": dst, "format": driver.name, "virtual-size": source.size}
+
+
+@contextmanager
+def _opened(spec: OpenSpec | None) -> Iterator[ChainDevice | None]:
+    if spec is None:
+        yield None
+        return
+    with open_disk(spec) as dev:
+        yield dev
+
+
+def create(
+    path: str,
+    out_format: str,
+    size: int | None,
+    option_texts: Sequence[str] = (),
+    parent: OpenSpec | None = None,
+) -> dict[str, Any]:
+    driver = registry.get(out_format)
+    options = registry.options_for(driver.name, option_texts)
+    if driver.create is None:
+        raise InvalidInput(f"strata cannot create {driver.name} images")
+    check_destination(path)
+    with _opened(parent) as base, _removed_on_failure(path):
+        if size is None:
+            if base is None:
+                raise InvalidInput("a size is needed unless --parent gives one")
+            size = base.size
+        if size <= 0:
+            raise InvalidInput(f"size must be positive, not {size}")
+        layer = base.top if base is not None else None
+        dev = driver.create(CreateRequest(path, size, options, layer))
+        dev.close()
+    return {"filename": path, "format": driver.name, "virtual-size": size}
+
+
+def check(spec: OpenSpec) -> list[Problem]:
+    driver = registry.driver_for(spec.path, spec.fmt)
+    if driver.check is None:
+        return []
+    try:
+        return driver.check(spec.path)
+    except StrataError as e:
+        return [Problem("image", e.message)]

@@ -1,0 +1,1 @@
+"""Helpers shared by tests and benchmarks: real tools as oracles, generated images."""

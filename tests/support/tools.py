@@ -1,0 +1,104 @@
+"""Running the independent oracles (qemu-img, qemu-io, libyal, fsck…) and strata itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+def require(tool: str) -> str:
+    """Path of ``tool``; in CI a missing tool fails (make test installs it), elsewhere it skips."""
+    path = shutil.which(tool) or next(
+        (p for p in (f"/usr/sbin/{tool}", f"/sbin/{tool}") if os.path.exists(p)), None
+    )
+    if path:
+        return path
+    message = f"{tool} is not installed (make test installs it)"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+    raise AssertionError("unreachable")
+
+
+def run(
+    cmd: Sequence[str | os.PathLike[str]], check: bool = True, **kw: Any
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(map(str, cmd))} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+        )
+    return proc
+
+
+def strata(
+    *args: str | os.PathLike[str], check: bool = False, **kw: Any
+) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI in a subprocess, as a user or controller would."""
+    return run([sys.executable, "-m", "strata", *map(str, args)], check=check, **kw)
+
+
+def strata_json(*args: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    proc = strata(*args, "--json")
+    events = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    assert events, f"no JSON events from strata {args}: {proc.stderr}"
+    return events
+
+
+def result_of(events: list[dict[str, Any]]) -> dict[str, Any]:
+    results = [e for e in events if e["event"] == "result"]
+    assert len(results) == 1, events
+    return results[0]
+
+
+def qemu_img(*args: str | os.PathLike[str], check: bool = True) -> subprocess.CompletedProcess[str]:
+    return run([require("qemu-img"), *map(str, args)], check=check)
+
+
+def qemu_info(path: Path | str, fmt: str) -> dict[str, Any]:
+    return json.loads(qemu_img("info", "--output=json", "-f", fmt, path).stdout)
+
+
+def qemu_compare(reference_raw: Path | str, image: Path | str, fmt: str) -> int:
+    return qemu_img("compare", "-f", "raw", "-F", fmt, reference_raw, image, check=False).returncode
+
+
+@dataclass(frozen=True)
+class Measured:
+    seconds: float
+    peak_rss: int
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def measure_strata(*args: str | os.PathLike[str]) -> Measured:
+    return measure([sys.executable, "-m", "strata", *map(str, args)])
+
+
+def measure(cmd: Sequence[str | os.PathLike[str]]) -> Measured:
+    """Wall time and peak RSS of one child process, reaped with wait4 for its own rusage."""
+    start = time.perf_counter()
+    proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    out = proc.stdout.read()
+    err = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return Measured(
+        time.perf_counter() - start,
+        usage.ru_maxrss * 1024,
+        proc.returncode,
+        out.decode(errors="replace"),
+        err.decode(errors="replace"),
+    )
