@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -87,18 +88,23 @@ def measure_strata(*args: str | os.PathLike[str]) -> Measured:
 
 
 def measure(cmd: Sequence[str | os.PathLike[str]]) -> Measured:
-    """Wall time and peak RSS of one child process, reaped with wait4 for its own rusage."""
-    start = time.perf_counter()
-    proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert proc.stdout is not None and proc.stderr is not None
-    out = proc.stdout.read()
-    err = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return Measured(
-        time.perf_counter() - start,
-        usage.ru_maxrss * 1024,
-        proc.returncode,
-        out.decode(errors="replace"),
-        err.decode(errors="replace"),
-    )
+    """Wall time and peak RSS of one command.
+
+    GNU time runs the command: a child forked straight from this (large) Python
+    process would inherit its RSS high-water mark across exec and report that.
+    """
+    with tempfile.NamedTemporaryFile("r", suffix=".time") as report:
+        wrapped = [
+            require("time"),
+            "-f",
+            "%e %M",
+            "-o",
+            report.name,
+            *map(str, cmd),
+        ]
+        start = time.perf_counter()
+        proc = subprocess.run(wrapped, capture_output=True, text=True, errors="replace")
+        seconds = time.perf_counter() - start
+        fields = report.read().split()
+    rss_kib = int(fields[-1]) if fields else 0
+    return Measured(seconds, rss_kib * 1024, proc.returncode, proc.stdout, proc.stderr)

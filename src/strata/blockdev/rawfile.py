@@ -134,7 +134,7 @@ class RawFileDevice(BaseDevice):
     def _extents(self, offset: int, length: int) -> Iterator[Extent]:
         for start, end, is_data in data_runs(self._fd, offset, offset + length):
             state = ExtentState.DATA if is_data else ExtentState.ZERO
-            yield Extent(start, end - start, state, 0, start if is_data else None)
+            yield Extent(start, end - start, state, 0, start)
 
     def flush(self) -> None:
         if self.writable:

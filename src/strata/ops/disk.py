@@ -72,7 +72,7 @@ def map_entry(ext: Extent) -> dict[str, Any]:
         "zero": ext.state != ExtentState.DATA,
         "data": ext.state == ExtentState.DATA,
     }
-    if ext.state == ExtentState.DATA and ext.file_offset is not None:
+    if ext.file_offset is not None and ext.state != ExtentState.UNALLOCATED:
         entry["offset"] = ext.file_offset
     return entry
 

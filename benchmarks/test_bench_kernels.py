@@ -1,0 +1,58 @@
+"""Native kernels beside the pure-Python/numpy reference on the same page-cached buffers."""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pytest
+
+from strata import _py
+
+from conftest import scaled
+
+_native = importlib.import_module("strata._native")
+SIZE = scaled(256 << 20, 16 << 20)
+TARGET_GBPS = 5.0
+
+
+@pytest.fixture(scope="module")
+def zeros() -> np.ndarray:
+    # Written zeros: a fresh calloc'd buffer maps the shared zero page and would
+    # measure the cache, not memory.
+    buf = np.ones(SIZE, np.uint8)
+    buf[:] = 0
+    return buf
+
+
+@pytest.fixture(scope="module")
+def pair() -> tuple[bytes, bytes]:
+    a = np.random.default_rng(5).integers(0, 256, SIZE, dtype=np.uint8)
+    b = a.copy()
+    b[:: 1 << 16] ^= 1  # one changed byte every 64 KiB
+    return a.tobytes(), b.tobytes()
+
+
+def test_is_zero_throughput(versus, record_ratio, zeros: np.ndarray) -> None:  # type: ignore[no-untyped-def]
+    assert _native.is_zero(zeros) and _py.is_zero(zeros)
+    ratio = versus(
+        lambda: _native.is_zero(zeros),
+        lambda: _py.is_zero(zeros),
+        peer="strata._py.is_zero (numpy reference)",
+        rounds=5,
+        per_byte=SIZE,
+    )
+    assert ratio < 1.0, "native is_zero slower than the numpy reference"
+
+
+def test_changed_sectors_throughput(versus, pair: tuple[bytes, bytes]) -> None:  # type: ignore[no-untyped-def]
+    a, b = pair
+    assert _native.changed_sectors(a, b, 512) == _py.changed_sectors(a, b, 512)
+    ratio = versus(
+        lambda: _native.changed_sectors(a, b, 512),
+        lambda: _py.changed_sectors(a, b, 512),
+        peer="strata._py.changed_sectors (numpy reference)",
+        rounds=5,
+        per_byte=2 * SIZE,
+    )
+    assert ratio < 1.0, "native changed_sectors slower than the numpy reference"

@@ -1,0 +1,187 @@
+"""BlockDevice plumbing against flat in-memory models: chains, ranges, io view, streaming."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from strata.blockdev import (
+    BaseDevice,
+    ChainDevice,
+    DeviceIO,
+    Extent,
+    ExtentState,
+    RangeDevice,
+    RawFileDevice,
+    first_difference,
+    iter_blocks,
+    stream_copy,
+)
+from strata.errors import InvalidInput
+
+SECTOR = 512
+
+
+class MemLayer(BaseDevice):
+    """A layer whose sectors are DATA, ZERO or UNALLOCATED, as a format driver reports them."""
+
+    format_name = "mem"
+
+    def __init__(self, content: bytes, states: list[int], parent: BaseDevice | None = None) -> None:
+        self.content = bytearray(content)
+        self.states = states
+        self._size = len(content)
+        self._parent = parent
+
+    def _readinto(self, offset: int, view: memoryview) -> None:
+        for i in range(len(view)):
+            s = self.states[(offset + i) // SECTOR]
+            view[i] = self.content[offset + i] if s == ExtentState.DATA else 0
+
+    def _extents(self, offset: int, length: int) -> Iterator[Extent]:
+        end = offset + length
+        pos = offset
+        while pos < end:
+            state = self.states[pos // SECTOR]
+            nxt = min(end, (pos // SECTOR + 1) * SECTOR)
+            while nxt < end and self.states[nxt // SECTOR] == state:
+                nxt = min(end, nxt + SECTOR)
+            yield Extent(pos, nxt - pos, ExtentState(state))
+            pos = nxt
+
+
+@st.composite
+def chains(draw: st.DrawFn) -> tuple[ChainDevice, bytes]:
+    """A chain of 1 to 3 layers and the flat content it must read as."""
+    sectors = draw(st.integers(1, 24))
+    depth = draw(st.integers(1, 3))
+    flat = bytes(sectors * SECTOR)
+    layer: BaseDevice | None = None
+    for level in range(depth):
+        states = draw(st.lists(st.sampled_from([0, 1, 2]), min_size=sectors, max_size=sectors))
+        data = (
+            np.random.default_rng(level)
+            .integers(1, 256, sectors * SECTOR, dtype=np.uint8)
+            .tobytes()
+        )
+        merged = bytearray(flat)
+        for i, s in enumerate(states):
+            part = slice(i * SECTOR, (i + 1) * SECTOR)
+            if s == ExtentState.DATA:
+                merged[part] = data[part]
+            elif s == ExtentState.ZERO:
+                merged[part] = bytes(SECTOR)
+        flat = bytes(merged)
+        layer = MemLayer(data, states, layer)
+    assert layer is not None
+    return ChainDevice(layer), flat
+
+
+@settings(max_examples=200, deadline=None)
+@given(chains(), st.data())
+def test_chain_reads_like_flat_model(case: tuple[ChainDevice, bytes], data: st.DataObject) -> None:
+    dev, flat = case
+    start = data.draw(st.integers(0, len(flat)))
+    length = data.draw(st.integers(0, len(flat) - start))
+    assert dev.read(start, length) == flat[start : start + length]
+    covered = sum(e.length for e in dev.extents(start, length))
+    assert covered == length
+    for ext in dev.extents(0, len(flat)):
+        if ext.state != ExtentState.DATA:
+            assert flat[ext.offset : ext.end] == bytes(ext.length)
+
+
+@settings(max_examples=100, deadline=None)
+@given(chains(), st.sampled_from([512, 1024, 4096]))
+def test_iter_blocks_rebuilds_the_disk(case: tuple[ChainDevice, bytes], block: int) -> None:
+    dev, flat = case
+    rebuilt = bytearray(len(flat))
+    for blk in iter_blocks(dev, block, window=2048 if block <= 2048 else block):
+        assert blk.offset % block == 0 and any(blk.data)
+        rebuilt[blk.offset : blk.end] = blk.data
+    assert bytes(rebuilt) == flat
+
+
+@settings(max_examples=100, deadline=None)
+@given(chains(), chains(), st.sampled_from([512, 2048]))
+def test_iter_blocks_against_base_marks_exactly_the_changed_sectors(
+    a: tuple[ChainDevice, bytes], b: tuple[ChainDevice, bytes], block: int
+) -> None:
+    (src, flat), (base, base_flat) = a, b
+    base_flat = (base_flat + bytes(len(flat)))[: len(flat)]
+    expected = {
+        i for i in range(0, len(flat), SECTOR) if flat[i : i + SECTOR] != base_flat[i : i + SECTOR]
+    }
+    seen: set[int] = set()
+    for blk in iter_blocks(src, block, base=base, window=block):
+        assert blk.changed is not None
+        bits = np.unpackbits(np.frombuffer(blk.changed, np.uint8), bitorder="little")
+        for k in range(len(blk.data) // SECTOR):
+            if bits[k]:
+                seen.add(blk.offset + k * SECTOR)
+        assert bytes(blk.data) == flat[blk.offset : blk.end]
+    assert seen == expected
+
+
+@settings(max_examples=100, deadline=None)
+@given(chains(), chains())
+def test_first_difference_matches_model(
+    a: tuple[ChainDevice, bytes], b: tuple[ChainDevice, bytes]
+) -> None:
+    (da, fa), (db, fb) = a, b
+    n = min(len(fa), len(fb))
+    expected = next((i for i in range(n) if fa[i] != fb[i]), None)
+    if expected is None:
+        longer = fa if len(fa) > len(fb) else fb
+        expected = next((i for i in range(n, len(longer)) if longer[i]), None)
+    assert first_difference(da, db, window=1024) == expected
+
+
+def test_range_device_slices_and_checks_bounds() -> None:
+    data = bytes(range(256)) * 16
+    base = MemLayer(data, [0] * 8)
+    part = RangeDevice(base, 1024, 2048)
+    assert part.read(0, 16) == data[1024:1040]
+    assert [e.offset for e in part.extents()] == [0]
+    with pytest.raises(InvalidInput):
+        part.read(2000, 100)
+    with pytest.raises(InvalidInput):
+        RangeDevice(base, 4000, 200)
+
+
+def test_device_io_is_a_file(tmp_path: Path) -> None:
+    data = os.urandom(10_000)
+    (tmp_path / "f.raw").write_bytes(data)
+    with RawFileDevice(str(tmp_path / "f.raw")) as dev:
+        f = io.BufferedReader(DeviceIO(dev))
+        f.seek(1234)
+        assert f.read(100) == data[1234:1334]
+        f.seek(-10, os.SEEK_END)
+        assert f.read() == data[-10:]
+
+
+def test_raw_zero_write_punches_hole(tmp_path: Path) -> None:
+    path = tmp_path / "d.raw"
+    with RawFileDevice.create(str(path), 4 << 20) as dev:
+        dev.write(1 << 20, os.urandom(1 << 20))
+        before = os.stat(path).st_blocks
+        dev.write(1 << 20, bytes(1 << 20))
+        assert dev.read(1 << 20, 1 << 20) == bytes(1 << 20)
+    assert os.stat(path).st_blocks < before
+    assert path.read_bytes() == bytes(4 << 20)
+
+
+def test_stream_copy_refuses_smaller_destination(tmp_path: Path) -> None:
+    src = MemLayer(bytes(4096), [1] * 8)
+    with (
+        RawFileDevice.create(str(tmp_path / "small.raw"), 1024) as dst,
+        pytest.raises(InvalidInput),
+    ):
+        stream_copy(src, dst)

@@ -1,0 +1,165 @@
+"""Issue 2 acceptance: raw convert/map/compare through the CLI, checked by qemu-img, cmp and du."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from strata.errors import InvalidInput, NotFound, Unsupported
+
+from support.images import GiB, MiB, scattered_runs, write_sparse_raw
+from support.tools import measure_strata, qemu_img, require, result_of, run, strata, strata_json
+
+
+@pytest.fixture(scope="module")
+def big_sparse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """8 GiB virtual, 64 MiB of random data in 37 runs."""
+    path = tmp_path_factory.mktemp("raw") / "big.raw"
+    return write_sparse_raw(path, 8 * GiB, scattered_runs(8 * GiB, 37, 64 * MiB, seed=7))
+
+
+def test_convert_8g_sparse_is_identical_small_and_lean(big_sparse: Path, tmp_path: Path) -> None:
+    out = tmp_path / "copy.raw"
+    measured = measure_strata("disk", "convert", "-O", "raw", big_sparse, out)
+    assert measured.returncode == 0, measured.stderr
+    run([require("cmp"), big_sparse, out])
+    allocated = os.stat(out).st_blocks * 512
+    assert allocated <= 70 * MiB, f"allocated {allocated} bytes"
+    assert measured.peak_rss <= 100 * MiB, f"peak RSS {measured.peak_rss} bytes"
+    assert os.path.getsize(out) == 8 * GiB
+
+
+def _runs(entries: list[dict]) -> list[tuple[int, int, bool, bool]]:
+    """Coalesce neighbouring entries with the same data/zero flags."""
+    merged: list[list] = []
+    for e in entries:
+        if merged and merged[-1][2] == e["data"] and merged[-1][3] == e["zero"]:
+            merged[-1][1] += e["length"]
+        else:
+            merged.append([e["start"], e["length"], e["data"], e["zero"]])
+    return [tuple(m) for m in merged]
+
+
+def test_map_agrees_with_qemu(big_sparse: Path) -> None:
+    theirs = json.loads(qemu_img("map", "--output=json", "-f", "raw", big_sparse).stdout)
+    ours = result_of(strata_json("disk", "map", big_sparse))["map"]
+    assert _runs(ours) == _runs(theirs)
+    assert sum(1 for r in _runs(ours) if r[2]) == 37
+
+
+def test_info_json(big_sparse: Path) -> None:
+    facts = result_of(strata_json("disk", "info", big_sparse))
+    assert facts["format"] == "raw"
+    assert facts["virtual-size"] == 8 * GiB
+    assert facts["actual-size"] == os.stat(big_sparse).st_blocks * 512
+    assert facts["backing-chain"] == []
+
+
+def test_compare_exit_codes(tmp_path: Path) -> None:
+    a = write_sparse_raw(tmp_path / "a.raw", 4 * MiB, [(MiB, 4096)], seed=1)
+    b = write_sparse_raw(tmp_path / "b.raw", 4 * MiB, [(MiB, 4096)], seed=1)
+    assert strata("disk", "compare", a, b).returncode == 0
+    with open(b, "r+b") as f:
+        f.seek(MiB + 100)
+        f.write(b"\xff")
+    proc = strata("disk", "compare", a, b)
+    assert proc.returncode == 1
+    assert f"offset {MiB + 100}" in proc.stdout
+    assert qemu_img("compare", "-f", "raw", "-F", "raw", a, b, check=False).returncode == 1
+
+
+def test_compare_different_sizes_like_qemu(tmp_path: Path) -> None:
+    a = write_sparse_raw(tmp_path / "a.raw", 4 * MiB, [(0, 4096)], seed=3)
+    b = write_sparse_raw(tmp_path / "b.raw", 8 * MiB, [(0, 4096)], seed=3)
+    assert strata("disk", "compare", a, b).returncode == 0
+    assert qemu_img("compare", "-f", "raw", "-F", "raw", a, b, check=False).returncode == 0
+    with open(b, "r+b") as f:
+        f.seek(6 * MiB)
+        f.write(b"\x01")
+    assert strata("disk", "compare", a, b).returncode == 1
+    assert qemu_img("compare", "-f", "raw", "-F", "raw", a, b, check=False).returncode == 1
+
+
+def test_create_raw(tmp_path: Path) -> None:
+    out = tmp_path / "new.raw"
+    assert strata("disk", "create", "-O", "raw", out, "1G").returncode == 0
+    assert os.path.getsize(out) == GiB
+    assert os.stat(out).st_blocks == 0
+    assert qemu_img("info", "--output=json", "-f", "raw", out).returncode == 0
+
+
+def _bad(tmp_path: Path) -> dict[str, tuple[list[str], int, str]]:
+    empty = tmp_path / "empty.img"
+    empty.touch()
+    text = tmp_path / "notes.txt"
+    text.write_text("not a disk\n")
+    qcow = tmp_path / "x.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", qcow, "1M")
+    good = write_sparse_raw(tmp_path / "good.raw", MiB, [(0, 512)])
+    return {
+        "missing": (["disk", "info", str(tmp_path / "nope.vhd")], NotFound.exit_code, "not found"),
+        "directory": (["disk", "info", str(tmp_path)], InvalidInput.exit_code, "is a directory"),
+        "empty": (["disk", "info", str(empty)], InvalidInput.exit_code, "is empty"),
+        "no format": (["disk", "info", str(text)], Unsupported.exit_code, "no known disk format"),
+        "qcow2": (["disk", "info", str(qcow)], Unsupported.exit_code, "qcow2"),
+        "unknown -O": (
+            ["disk", "convert", "-O", "qcow9", str(good), str(tmp_path / "o")],
+            InvalidInput.exit_code,
+            "unknown format 'qcow9'",
+        ),
+        "unknown -o key": (
+            ["disk", "convert", "-o", "bogus=1", str(good), str(tmp_path / "o")],
+            InvalidInput.exit_code,
+            "no option 'bogus'",
+        ),
+        "bad size": (
+            ["disk", "create", str(tmp_path / "n.raw"), "12Q"],
+            InvalidInput.exit_code,
+            "not a size",
+        ),
+        "missing dir": (
+            ["disk", "convert", str(good), str(tmp_path / "no" / "such" / "o.raw")],
+            InvalidInput.exit_code,
+            "does not exist",
+        ),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing",
+        "directory",
+        "empty",
+        "no format",
+        "qcow2",
+        "unknown -O",
+        "unknown -o key",
+        "bad size",
+        "missing dir",
+    ],
+)
+def test_bad_input_one_line_and_exit_code(tmp_path: Path, case: str) -> None:
+    args, code, words = _bad(tmp_path)[case]
+    proc = strata(*args)
+    assert proc.returncode == code, (proc.returncode, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("strata: "), proc.stderr
+    assert words in lines[0]
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_input_json_error_event(tmp_path: Path) -> None:
+    proc = strata("disk", "info", tmp_path / "nope.raw", "--json")
+    assert proc.returncode == NotFound.exit_code
+    event = json.loads(proc.stdout.strip())
+    assert event["event"] == "error" and event["exit_code"] == NotFound.exit_code
+
+
+def test_usage_error_exit_code() -> None:
+    assert strata("disk", "convert").returncode == 2
+    assert strata("--version").stdout.startswith("strata, version")
