@@ -1,0 +1,389 @@
+"""Writing VMDK: every subformat, children of a VMDK parent, empty images to write into.
+
+References: VMware Virtual Disk Format 5.0 §"Hosted Sparse Extents" (layout:
+header, descriptor, redundant GD and GTs, GD and GTs, grains), §"The Descriptor
+File"; qemu block/vmdk.c for the layout its reader and ``check`` expect (20
+descriptor sectors, 2 GiB split extents, ``-s001``/``-f001``/``-flat`` names).
+
+Writers lay out first (every table position is fixed by the capacity), then
+stream grains in disk order; the tables, both copies, are written last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from strata.blockdev.base import BlockDevice
+from strata.blockdev.copy import Block, iter_blocks
+from strata.errors import InvalidInput
+from strata.formats.options import FormatOption, bool_option
+from strata.formats.registry import CreateRequest, WriteRequest
+from strata.formats.vmdk import structs as s
+from strata.formats.vmdk.descriptor import (
+    ADAPTER_TYPES,
+    CREATE_TYPES,
+    NO_PARENT,
+    Descriptor,
+    ExtentLine,
+    standard_ddb,
+)
+from strata.formats.vmdk.image import VmdkDevice
+from strata.formats.vmdk.stream import StreamPlan, StreamWriter
+from strata.native import is_zero
+
+SPLIT_SECTORS = 4 << 20  # 2 GiB, as qemu splits twoGbMaxExtent* disks
+
+OPTIONS = (
+    FormatOption("subformat", "VMDK layout", "monolithicSparse", choices=CREATE_TYPES),
+    FormatOption("adapter_type", "ddb.adapterType", "ide", choices=ADAPTER_TYPES),
+    FormatOption("hwversion", "ddb.virtualHWVersion", 4, int),
+    FormatOption("compression_level", "deflate level for streamOptimized (0-9)", 1, int),
+    bool_option("zeroed_grain", "mark zero grains of a child with zeroed-grain entries", True),
+)
+
+
+@dataclass(frozen=True)
+class SparseLayout:
+    """Where each structure of a hosted sparse extent lives (in sectors)."""
+
+    capacity: int
+    descriptor_sectors: int
+    grain_size: int = s.GRAIN_SECTORS
+
+    @property
+    def num_grains(self) -> int:
+        return -(-self.capacity // self.grain_size)
+
+    @property
+    def num_gts(self) -> int:
+        return -(-self.num_grains // s.GTES_PER_GT)
+
+    @property
+    def gd_sectors(self) -> int:
+        return -(-self.num_gts * 4 // s.SECTOR)
+
+    @property
+    def gts_sectors(self) -> int:
+        return self.num_gts * s.GTES_PER_GT * 4 // s.SECTOR
+
+    @property
+    def rgd_offset(self) -> int:
+        return 1 + self.descriptor_sectors
+
+    @property
+    def gd_offset(self) -> int:
+        return self.rgd_offset + self.gd_sectors + self.gts_sectors
+
+    @property
+    def overhead(self) -> int:
+        end = self.gd_offset + self.gd_sectors + self.gts_sectors
+        return -(-end // self.grain_size) * self.grain_size
+
+    def header(self, zeroed: bool) -> bytes:
+        flags = s.FLAG_NEWLINE_TEST | s.FLAG_REDUNDANT_GT | (s.FLAG_ZEROED_GRAIN if zeroed else 0)
+        return s.build_header(
+            version=2 if zeroed else 1,
+            flags=flags,
+            capacity=self.capacity,
+            grain_size=self.grain_size,
+            descriptor_offset=1 if self.descriptor_sectors else 0,
+            descriptor_size=self.descriptor_sectors,
+            num_gtes_per_gt=s.GTES_PER_GT,
+            rgd_offset=self.rgd_offset,
+            gd_offset=self.gd_offset,
+            overhead=self.overhead,
+            compress_algorithm=s.COMPRESSION_NONE,
+        )
+
+    def tables(self, gte: np.ndarray, table_start: int) -> tuple[bytes, bytes]:
+        """A grain directory pointing at tables from ``table_start``, and those tables."""
+        gd = table_start + self.gd_sectors + np.arange(self.num_gts, dtype=np.int64) * 4
+        gd_bytes = gd.astype(s.GTE_DTYPE).tobytes().ljust(self.gd_sectors * s.SECTOR, b"\0")
+        padded = np.zeros(self.num_gts * s.GTES_PER_GT, s.GTE_DTYPE)
+        padded[: len(gte)] = gte
+        return gd_bytes, padded.tobytes()
+
+
+class ExtentSink(Protocol):
+    size: int
+
+    def put(self, offset: int, data: memoryview) -> None: ...
+
+    def zero(self, offset: int, length: int) -> None: ...
+
+    def finish(self) -> None: ...
+
+
+class SparseSink:
+    """One hosted sparse extent file, written grain after grain."""
+
+    def __init__(self, path: str, capacity: int, descriptor: bytes | None, zeroed: bool) -> None:
+        desc_sectors = s.DESCRIPTOR_SECTORS if descriptor is not None else 0
+        if descriptor is not None and len(descriptor) > desc_sectors * s.SECTOR:
+            raise InvalidInput(f"descriptor of {len(descriptor)} bytes does not fit")
+        self.layout = SparseLayout(capacity, desc_sectors)
+        self.size = capacity * s.SECTOR
+        self.zeroed = zeroed
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        self.gte = np.zeros(self.layout.num_grains, s.GTE_DTYPE)
+        head = self.layout.header(zeroed) + (descriptor or b"").ljust(
+            desc_sectors * s.SECTOR, b"\0"
+        )
+        os.pwrite(self.fd, head, 0)
+        self.cursor = self.layout.overhead * s.SECTOR
+
+    def put(self, offset: int, data: memoryview) -> None:
+        gb = self.layout.grain_size * s.SECTOR
+        count = -(-len(data) // gb)
+        _pwrite(self.fd, data, self.cursor)
+        if len(data) % gb:
+            _pwrite(self.fd, memoryview(bytes(gb - len(data) % gb)), self.cursor + len(data))
+        first = offset // gb
+        sector = self.cursor // s.SECTOR
+        self.gte[first : first + count] = sector + np.arange(count) * self.layout.grain_size
+        self.cursor += count * gb
+
+    def zero(self, offset: int, length: int) -> None:
+        gb = self.layout.grain_size * s.SECTOR
+        if self.zeroed:
+            self.gte[offset // gb : -(-(offset + length) // gb)] = s.GTE_ZEROED
+        else:
+            self.put(offset, memoryview(bytes(length)))
+
+    def finish(self) -> None:
+        lay = self.layout
+        for gd_sector in (lay.rgd_offset, lay.gd_offset):
+            gd, gts = lay.tables(self.gte, gd_sector)
+            os.pwrite(self.fd, gd + gts, gd_sector * s.SECTOR)
+        os.ftruncate(self.fd, max(self.cursor, lay.overhead * s.SECTOR))
+        os.fsync(self.fd)
+        os.close(self.fd)
+        self.fd = -1
+
+    def abort(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class FlatSink:
+    """A flat extent file: the disk's bytes, holes where it is zero."""
+
+    def __init__(self, path: str, size: int) -> None:
+        self.size = size
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        os.ftruncate(self.fd, size)
+
+    def put(self, offset: int, data: memoryview) -> None:
+        _pwrite(self.fd, data, offset)
+
+    def zero(self, offset: int, length: int) -> None:
+        raise AssertionError("flat extents have no parent, so nothing is written as zero")
+
+    def finish(self) -> None:
+        os.fsync(self.fd)
+        os.close(self.fd)
+        self.fd = -1
+
+    def abort(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _pwrite(fd: int, data: memoryview, offset: int) -> None:
+    done = 0
+    while done < len(data):
+        done += os.pwrite(fd, data[done:], offset + done)
+
+
+# -- naming and descriptors -------------------------------------------------------------
+def extent_names(path: str, subformat: str, sectors: int) -> list[tuple[str, int]]:
+    """(file path, sectors) of each extent file, named as qemu and VMware name them."""
+    stem = path[:-5] if path.lower().endswith(".vmdk") else path
+    if subformat in ("monolithicSparse", "streamOptimized"):
+        return [(path, sectors)]
+    if subformat == "monolithicFlat":
+        return [(f"{stem}-flat.vmdk", sectors)]
+    letter = "s" if subformat == "twoGbMaxExtentSparse" else "f"
+    pieces = range(0, sectors, SPLIT_SECTORS)
+    return [
+        (f"{stem}-{letter}{n:03d}.vmdk", min(SPLIT_SECTORS, sectors - lo))
+        for n, lo in enumerate(pieces, start=1)
+    ]
+
+
+def make_descriptor(
+    path: str,
+    subformat: str,
+    files: list[tuple[str, int]],
+    options: dict[str, Any],
+    parent: BlockDevice | None,
+) -> Descriptor:
+    kind = "FLAT" if subformat.endswith("Flat") else "SPARSE"
+    lines = [ExtentLine("RW", n, kind, os.path.basename(p), 0) for p, n in files]
+    sectors = sum(n for _, n in files)
+    desc = Descriptor(
+        subformat,
+        lines,
+        ddb=standard_ddb(sectors, options["adapter_type"], options["hwversion"]),
+    )
+    if parent is not None:
+        desc.parent_cid, desc.parent_hint = parent_identity(path, parent)
+    return desc
+
+
+def parent_identity(child: str, parent: BlockDevice) -> tuple[int, str]:
+    cid = getattr(parent, "cid", None)
+    ppath = getattr(parent, "path", None)
+    if getattr(parent, "format_name", None) != "vmdk" or cid is None or ppath is None:
+        raise InvalidInput("the parent of a VMDK child must be a VMDK image")
+    if cid == NO_PARENT:
+        raise InvalidInput(
+            f"{ppath} is a bare extent file without a descriptor; use its descriptor"
+        )
+    here = os.path.dirname(os.path.abspath(child))
+    return cid, os.path.relpath(os.path.abspath(ppath), here)
+
+
+# -- the writer ---------------------------------------------------------------------------------
+class Output:
+    """The files of one VMDK being written; removes the ones it created if it fails."""
+
+    def __init__(self, path: str, options: dict[str, Any], size: int, parent: BlockDevice | None):
+        self.path = path
+        self.subformat = options["subformat"]
+        self.sectors = -(-size // s.SECTOR)
+        if parent is not None and self.subformat not in (
+            "monolithicSparse",
+            "twoGbMaxExtentSparse",
+        ):
+            raise InvalidInput(
+                "a VMDK child must be monolithicSparse or twoGbMaxExtentSparse, "
+                f"not {self.subformat}"
+            )
+        self.files = extent_names(path, self.subformat, self.sectors)
+        self.descriptor = make_descriptor(path, self.subformat, self.files, options, parent)
+        self.zeroed = bool(options["zeroed_grain"])
+        self.created: list[str] = []
+        self.sinks: list[Any] = []
+        self.starts = np.cumsum([0] + [n * s.SECTOR for _, n in self.files], dtype=np.int64)
+
+    def _create(self, path: str) -> None:
+        if not os.path.exists(path):
+            self.created.append(path)
+
+    def open_sinks(self) -> None:
+        embedded = self.subformat == "monolithicSparse"
+        for file_path, sectors in self.files:
+            self._create(file_path)
+            if self.subformat.endswith("Flat"):
+                self.sinks.append(FlatSink(file_path, sectors * s.SECTOR))
+            else:
+                desc = self.descriptor.encode() if embedded else None
+                self.sinks.append(SparseSink(file_path, sectors, desc, self.zeroed))
+        if self.files[0][0] != self.path:
+            self._create(self.path)
+            with open(self.path, "wb") as f:
+                f.write(self.descriptor.encode())
+
+    def pieces(self, offset: int, length: int) -> Iterator[tuple[Any, int, int, int]]:
+        index = int(np.searchsorted(self.starts, offset, side="right")) - 1
+        pos, end = offset, offset + length
+        while pos < end:
+            stop = int(self.starts[index + 1])
+            take = min(end, stop) - pos
+            yield self.sinks[index], pos - int(self.starts[index]), pos - offset, take
+            pos += take
+            index += 1
+
+    def put(self, blk: Block, is_zero: bool) -> None:
+        for sink, rel, at, take in self.pieces(blk.offset, len(blk.data)):
+            if is_zero:
+                sink.zero(rel, take)
+            else:
+                sink.put(rel, blk.data[at : at + take])
+
+    def finish(self) -> None:
+        for sink in self.sinks:
+            sink.finish()
+
+    def fail(self) -> None:
+        for sink in self.sinks:
+            with contextlib.suppress(OSError):
+                sink.abort()
+        for path in self.created:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+
+def _level(options: dict[str, Any]) -> int:
+    level = int(options["compression_level"])
+    if not 0 <= level <= 9:
+        raise InvalidInput(f"compression_level must be 0-9, not {level}")
+    return level
+
+
+def write(req: WriteRequest) -> None:
+    options = dict(req.options)
+    _level(options)
+    if options["subformat"] == "streamOptimized":
+        if req.backing is not None:
+            raise InvalidInput("a streamOptimized VMDK cannot be a child; use monolithicSparse")
+        write_stream(req, options)
+        return
+    out = Output(req.path, options, req.source.size, req.backing_layer)
+    try:
+        out.open_sinks()
+        gb = s.GRAIN_SECTORS * s.SECTOR
+        blocks = iter_blocks(req.source, gb, base=req.backing, progress=req.progress)
+        for blk in blocks:
+            out.put(blk, req.backing is not None and is_zero(blk.data))
+        out.finish()
+    except BaseException:
+        out.fail()
+        raise
+
+
+def write_stream(req: WriteRequest, options: dict[str, Any]) -> None:
+    sectors = -(-req.source.size // s.SECTOR)
+    desc = make_descriptor(req.path, "streamOptimized", [(req.path, sectors)], options, None)
+    plan = StreamPlan(sectors, desc.encode(), level=_level(options))
+    existed = os.path.exists(req.path)
+    try:
+        with open(req.path, "wb", buffering=1 << 20) as f:
+            writer = StreamWriter(f, plan)
+            gb = plan.grain_bytes
+            writer.write_blocks(iter_blocks(req.source, gb, progress=req.progress))
+            writer.finish()
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        if not existed:
+            with contextlib.suppress(OSError):
+                os.unlink(req.path)
+        raise
+
+
+def create(req: CreateRequest) -> BlockDevice:
+    options = dict(req.options)
+    _level(options)
+    out = Output(req.path, options, req.size, req.parent)
+    try:
+        if out.subformat == "streamOptimized":
+            with open(req.path, "wb") as f:
+                out.created.append(req.path)
+                StreamWriter(f, StreamPlan(out.sectors, out.descriptor.encode())).finish()
+            return VmdkDevice(req.path, writable=False)
+        out.open_sinks()
+        out.finish()
+        return VmdkDevice(req.path, writable=True)
+    except BaseException:
+        out.fail()
+        raise
