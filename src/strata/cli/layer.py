@@ -1,0 +1,80 @@
+"""``strata layer``: list layers, show one with its versions, and its audit history."""
+
+from __future__ import annotations
+
+import datetime
+
+import click
+
+from strata.cli.events import current, json_option
+from strata.cli.store import store_option
+from strata.ops import store as ops
+from strata.units import human_size
+
+
+@click.group("layer")
+def group() -> None:
+    """Layers (os, platform, app), their versions and audit history."""
+
+
+def _when(stamp: float) -> str:
+    return datetime.datetime.fromtimestamp(stamp, datetime.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+@group.command("list")
+@store_option
+@json_option
+def list_cmd(store: str | None) -> int:
+    """Every layer with its kind, version count and latest deployable version."""
+    layers = ops.list_layers(store)
+    if current().json_mode:
+        current().result(layers=layers)
+        return 0
+    click.echo(f"{'name':<24} {'kind':<9} {'os layer':<16} {'versions':>8}  latest")
+    for row in layers:
+        click.echo(
+            f"{row['name']:<24} {row['kind']:<9} {row['os_layer'] or '-':<16} "
+            f"{row['versions']:>8}  {row['latest'] or '-'}"
+        )
+    return 0
+
+
+@group.command("show")
+@store_option
+@click.argument("name")
+@json_option
+def show_cmd(store: str | None, name: str) -> int:
+    """One layer and all its versions with their states and sizes."""
+    layer = ops.show_layer(name, store)
+    if current().json_mode:
+        current().result(layer=layer)
+        return 0
+    click.echo(f"layer: {layer['name']} ({layer['kind']})")
+    for key in ("os_layer", "description", "icon_type", "platform_types", "purpose"):
+        if layer.get(key):
+            click.echo(f"{key.replace('_', ' ')}: {layer[key]}")
+    for v in layer["versions"]:
+        size = human_size(v["logical_size"]) if v["logical_size"] is not None else "-"
+        click.echo(
+            f"  {v['name']:<16} {v['state']:<11} base {v['base'] or '-':<12} {size:>10}  "
+            f"{_when(v['updated'])}"
+        )
+    return 0
+
+
+@group.command("history")
+@store_option
+@click.argument("name", required=False)
+@click.option("-n", "--limit", type=click.IntRange(min=1), default=None, help="Last N entries.")
+@json_option
+def history_cmd(store: str | None, name: str | None, limit: int | None) -> int:
+    """The audit history (every operation, its comment and result), of NAME or of all layers."""
+    rows = ops.layer_history(name, store, limit)
+    if current().json_mode:
+        current().result(history=rows)
+        return 0
+    for r in rows:
+        target = ":".join(x for x in (r["layer"] or r["image"], r["version"]) if x)
+        comment = f'  "{r["comment"]}"' if r["comment"] else ""
+        click.echo(f"{_when(r['time'])}  {r['operation']:<16} {r['result']:<6} {target}{comment}")
+    return 0

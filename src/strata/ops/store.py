@@ -1,0 +1,69 @@
+"""Store and layer-catalog verbs: init, stats, verify, gc; list, show and history of layers."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from strata.blockdev.copy import Progress
+from strata.store import Store, store_path
+from strata.store import gc as _gc
+from strata.store import verify as _verify
+
+PathLike = str | os.PathLike[str] | None
+
+
+def init_store(path: PathLike = None) -> dict[str, Any]:
+    """Create the store (idempotent); its location and settings."""
+    existed = (store_path(path) / "store.json").exists()
+    with Store.init(path) as store:
+        return {"store": str(store.root), "created": not existed, **store.config}
+
+
+def store_stats(path: PathLike = None) -> dict[str, Any]:
+    with Store(path) as store:
+        return store.stats()
+
+
+def verify_store(path: PathLike = None, progress: Progress | None = None) -> dict[str, Any]:
+    """Read back every chunk and live manifest; ``clean`` is False when anything is wrong."""
+    with Store(path) as store:
+        return _verify(store, progress)
+
+
+def gc_store(
+    path: PathLike = None,
+    threshold: float = 0.0,
+    lock_timeout: float = 60.0,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    return _gc(path, threshold=threshold, lock_timeout=lock_timeout, progress=progress)
+
+
+def list_layers(path: PathLike = None) -> list[dict[str, Any]]:
+    with Store(path) as store:
+        return store.catalog.layers()
+
+
+def show_layer(name: str, path: PathLike = None) -> dict[str, Any]:
+    with Store(path) as store:
+        return store.catalog.layer(name)
+
+
+def layer_history(
+    name: str | None = None, path: PathLike = None, limit: int | None = None
+) -> list[dict[str, Any]]:
+    with Store(path) as store:
+        return store.catalog.history(name, limit)
+
+
+__all__ = [
+    "gc_store",
+    "init_store",
+    "layer_history",
+    "list_layers",
+    "show_layer",
+    "store_path",
+    "store_stats",
+    "verify_store",
+]

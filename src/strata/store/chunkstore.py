@@ -1,0 +1,490 @@
+"""The chunk store: put and get chunks on all cores, manifests, and durable commits.
+
+References: strata store format 1 (structs.py); durability order after borg's repository
+(write, fsync, then publish): frames are fsync'ed before their index rows commit, and a
+manifest is write+fsync+rename'd before the catalog row naming it commits.
+
+Layout of a store directory::
+
+    store.json        format marker and settings (written once, atomically)
+    catalog.db        SQLite (WAL): chunk index, layers, versions, images, history
+    lock              flock: shared by every open store, exclusive for gc
+    packs/*.pack      append-only frame files, one writer each
+    manifests/xx/<id>.manifest   one frame each (magic SMFT)
+    tmp/              files being written (gc removes leftovers)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from strata.errors import CorruptImage, InvalidInput, NotFound, StrataError
+from strata.native import is_zero
+from strata.store import index
+from strata.store.catalog import Catalog
+from strata.store.db import connect, transaction
+from strata.store.frames import Where, decode, encode
+from strata.store.ids import ZERO_ID, Buffer, chunk_id, to_hex
+from strata.store.index import Location
+from strata.store.locate import store_path
+from strata.store.lock import StoreLock
+from strata.store.manifest import Manifest, chunk_table, parse
+from strata.store.packs import PackFiles, PackWriter, fsync_dir
+from strata.store.structs import CHUNK_MAGIC, FORMAT_VERSION, MANIFEST_MAGIC
+
+CONFIG_NAME = "store.json"
+DEFAULTS: dict[str, int] = {
+    "max_chunk": 4 << 20,  # frames declaring more are refused before any allocation
+    "level": 3,  # zstd level for publish; capture passes a faster one
+    "pack_limit": 512 << 20,  # a writer starts a new pack past this size
+    "max_manifest": 1 << 30,
+}
+WINDOW_BYTES = 8 << 20  # chunks checked against the index at once
+INFLIGHT_BYTES = 32 << 20  # raw bytes handed to compressor threads and not yet written
+FLUSH_ROWS = 16384  # pending index rows before a durability point
+LOCK_TIMEOUT_S = 60.0
+
+
+@dataclass
+class PutStats:
+    chunks: int = 0
+    logical_bytes: int = 0
+    zero_chunks: int = 0
+    zero_bytes: int = 0
+    duplicate_chunks: int = 0
+    duplicate_bytes: int = 0
+    new_chunks: int = 0
+    new_bytes: int = 0
+    stored_bytes: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def durable_write(path: Path, data: bytes, tmp_dir: Path) -> None:
+    """write + fsync a temporary file, rename it into place, fsync the directory."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_dir / f"{path.name}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+    fsync_dir(path.parent)
+
+
+def read_config(root: Path) -> dict[str, Any]:
+    path = root / CONFIG_NAME
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError as e:
+        raise NotFound(what=f"store {root} (create it with `strata store init`)") from e
+    try:
+        config = json.loads(raw)
+        ok = config.get("format") == "strata-store" and config.get("version") == FORMAT_VERSION
+        settings = {key: int(config[key]) for key in DEFAULTS}
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        raise CorruptImage(path=path, structure="store config", problem=str(e)) from e
+    if not ok:
+        raise CorruptImage(path=path, structure="store config", problem="not a strata store v1")
+    return settings
+
+
+class Store:
+    """One process's handle on a store. Not thread-safe; it runs its own worker threads."""
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str] | None = None,
+        *,
+        exclusive: bool = False,
+        lock_timeout: float = LOCK_TIMEOUT_S,
+        workers: int | None = None,
+        level: int | None = None,
+    ) -> None:
+        self.root = store_path(root)
+        self.config = read_config(self.root)
+        self.max_chunk = self.config["max_chunk"]
+        self.level = self.config["level"] if level is None else level
+        self._lock = StoreLock(self.root / "lock", exclusive, lock_timeout)
+        try:
+            self.db = connect(self.root / "catalog.db", create=False)
+        except BaseException:
+            self._lock.release()
+            raise
+        self.catalog = Catalog(self.db)
+        self.packs = PackFiles(self.root / "packs")
+        self.workers = workers or int(os.environ.get("STRATA_THREADS", 0)) or os.cpu_count() or 2
+        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="strata-store")
+        self._writer: PackWriter | None = None
+        self._rows: list[tuple[bytes, str, int, int, int]] = []
+        self._pending: dict[bytes, Location | None] = {}
+        self._inflight_bytes = 0
+
+    # -- life cycle ----------------------------------------------------------------------
+    @classmethod
+    def init(cls, root: str | os.PathLike[str] | None = None, **settings: int) -> Store:
+        path = store_path(root)
+        unknown = set(settings) - set(DEFAULTS)
+        if unknown:
+            raise InvalidInput(f"unknown store settings {sorted(unknown)}")
+        if path.exists() and not path.is_dir():
+            raise InvalidInput(f"{path} exists and is not a directory")
+        if path.is_dir() and any(path.iterdir()) and not (path / CONFIG_NAME).exists():
+            raise InvalidInput(f"{path} is a non-empty directory that is not a strata store")
+        for sub in ("packs", "manifests", "tmp"):
+            (path / sub).mkdir(parents=True, exist_ok=True)
+        connect(path / "catalog.db", create=True).close()
+        if not (path / CONFIG_NAME).exists():
+            config = {"format": "strata-store", "version": FORMAT_VERSION, **DEFAULTS, **settings}
+            durable_write(path / CONFIG_NAME, json.dumps(config, indent=1).encode(), path / "tmp")
+        return cls(path)
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+            self._pool.shutdown(wait=True)
+            self.packs.close()
+            self.db.close()
+            self._lock.release()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- writing chunks ------------------------------------------------------------------
+    def put_many(
+        self, chunks: Iterable[Buffer], *, level: int | None = None, stats: PutStats | None = None
+    ) -> list[bytes]:
+        """Store every chunk (deduplicated, zeros skipped); their ids, in order.
+
+        Chunks may be views of a buffer the caller reuses: they are copied when kept.
+        Durable (fsync'ed and indexed) after ``flush``, ``commit_version`` or ``close``.
+        """
+        level = self.level if level is None else level
+        stats = stats if stats is not None else PutStats()
+        ids: list[bytes] = []
+        window: dict[bytes, bytes] = {}
+        window_bytes = 0
+        inflight: deque[tuple[Future[bytes], bytes, int]] = deque()
+        try:
+            for chunk in chunks:
+                item = self._intake(chunk, ids, stats, window)
+                if item is not None:
+                    window[item[0]] = item[1]
+                    window_bytes += len(item[1])
+                if window_bytes >= WINDOW_BYTES:
+                    self._submit(window, inflight, level, stats)
+                    window, window_bytes = {}, 0
+            self._submit(window, inflight, level, stats)
+            self._drain(inflight, 0, stats)
+        except BaseException:
+            self._abandon(inflight)
+            raise
+        return ids
+
+    def put(self, chunk: Buffer, *, level: int | None = None) -> bytes:
+        return self.put_many([chunk], level=level)[0]
+
+    def put_blocks(
+        self,
+        blocks: Iterable[tuple[int, Buffer]],
+        *,
+        level: int | None = None,
+        stats: PutStats | None = None,
+    ) -> np.ndarray:
+        """Store (offset, chunk) pairs; the ``chunks-v1`` table describing them."""
+        offsets: list[int] = []
+        lengths: list[int] = []
+
+        def chunks() -> Iterator[Buffer]:
+            for offset, data in blocks:
+                offsets.append(offset)
+                lengths.append(memoryview(data).nbytes)
+                yield data
+
+        ids = self.put_many(chunks(), level=level, stats=stats)
+        return chunk_table(offsets, lengths, np.frombuffer(b"".join(ids), "V16"))
+
+    def _intake(
+        self, chunk: Buffer, ids: list[bytes], stats: PutStats, window: dict[bytes, bytes]
+    ) -> tuple[bytes, bytes] | None:
+        view = memoryview(chunk)
+        if view.ndim != 1 or view.itemsize != 1:
+            view = view.cast("B")
+        size = view.nbytes
+        if size > self.max_chunk:
+            raise InvalidInput(f"chunk of {size} bytes is above the store's max {self.max_chunk}")
+        stats.chunks += 1
+        stats.logical_bytes += size
+        if is_zero(view):
+            ids.append(ZERO_ID)
+            stats.zero_chunks += 1
+            stats.zero_bytes += size
+            return None
+        cid = chunk_id(view)
+        ids.append(cid)
+        if cid in self._pending or cid in window:
+            stats.duplicate_chunks += 1
+            stats.duplicate_bytes += size
+            return None
+        return cid, chunk if isinstance(chunk, bytes) else view.tobytes()
+
+    def _submit(
+        self,
+        window: dict[bytes, bytes],
+        inflight: deque[tuple[Future[bytes], bytes, int]],
+        level: int,
+        stats: PutStats,
+    ) -> None:
+        if not window:
+            return
+        known = index.present(self.db, list(window))
+        for cid, data in window.items():
+            if cid in known:
+                stats.duplicate_chunks += 1
+                stats.duplicate_bytes += len(data)
+                continue
+            self._pending[cid] = None
+            future = self._pool.submit(encode, data, cid, level, CHUNK_MAGIC)
+            inflight.append((future, cid, len(data)))
+            self._inflight_bytes += len(data)
+            self._drain(inflight, INFLIGHT_BYTES, stats)
+
+    def _drain(
+        self, inflight: deque[tuple[Future[bytes], bytes, int]], limit: int, stats: PutStats
+    ) -> None:
+        """Write finished frames in order until at most ``limit`` raw bytes are in flight."""
+        while inflight and self._inflight_bytes > limit:
+            future, cid, raw_length = inflight.popleft()
+            self._inflight_bytes -= raw_length
+            try:
+                frame = future.result()
+            except BaseException:
+                self._pending.pop(cid, None)
+                raise
+            self._write_frame(frame, cid, raw_length, stats)
+
+    def _abandon(self, inflight: deque[tuple[Future[bytes], bytes, int]]) -> None:
+        """After a failure: forget chunks queued but never written."""
+        while inflight:
+            future, cid, raw_length = inflight.popleft()
+            future.cancel()
+            self._inflight_bytes -= raw_length
+            if self._pending.get(cid, 0) is None:
+                del self._pending[cid]
+
+    def _write_frame(self, frame: bytes, cid: bytes, raw_length: int, stats: PutStats) -> None:
+        if self._writer is None:
+            self._writer = PackWriter(self.root / "packs")
+        offset = self._writer.append(frame)
+        location = Location(self._writer.name, offset, len(frame), raw_length)
+        self._pending[cid] = location
+        self._rows.append((cid, *location))
+        stats.new_chunks += 1
+        stats.new_bytes += raw_length
+        stats.stored_bytes += len(frame)
+        if self._writer.size >= self.config["pack_limit"]:
+            self.flush()
+            self._writer.close()
+            self._writer = None
+        elif len(self._rows) >= FLUSH_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Make every chunk written so far durable and visible to other processes."""
+        if not self._rows:
+            return
+        assert self._writer is not None or not self._rows
+        if self._writer is not None:
+            self._writer.sync()
+        index.insert(self.db, self._rows)
+        self._rows = []
+        self._pending = {cid: loc for cid, loc in self._pending.items() if loc is None}
+
+    # -- reading chunks ------------------------------------------------------------------
+    def get_many(
+        self, ids: Iterable[bytes], lengths: Iterable[int] | None = None
+    ) -> Iterator[bytes]:
+        """The verified bytes of each chunk, in order. A zero id needs its length."""
+        pairs = zip(ids, lengths, strict=True) if lengths is not None else ((i, None) for i in ids)
+        inflight: deque[Future[bytes] | bytes] = deque()
+        window: list[tuple[bytes, int | None]] = []
+        for pair in pairs:
+            window.append((bytes(pair[0]), pair[1]))
+            if len(window) >= 256:
+                yield from self._fetch(window, inflight)
+                window = []
+        yield from self._fetch(window, inflight)
+        while inflight:
+            yield _value(inflight.popleft())
+
+    def get(self, cid: bytes, length: int | None = None) -> bytes:
+        return next(self.get_many([cid], None if length is None else [length]))
+
+    def _fetch(
+        self, window: list[tuple[bytes, int | None]], inflight: deque[Future[bytes] | bytes]
+    ) -> Iterator[bytes]:
+        places = self.locate([cid for cid, _ in window if cid != ZERO_ID])
+        for cid, length in window:
+            if cid == ZERO_ID:
+                if length is None:
+                    raise InvalidInput("reading a zero chunk needs its length")
+                inflight.append(bytes(length))
+            else:
+                place = places.get(cid)
+                if place is None:
+                    raise NotFound(what=f"chunk {to_hex(cid)} (not in the store's index)")
+                inflight.append(self._pool.submit(self.read_chunk, cid, place, length))
+            while len(inflight) > 4 * self.workers:
+                yield _value(inflight.popleft())
+
+    def locate(self, ids: list[bytes]) -> dict[bytes, Location]:
+        found = {cid: loc for cid in ids if (loc := self._pending.get(cid)) is not None}
+        rest = [cid for cid in ids if cid not in found]
+        if rest:
+            found.update(index.locate(self.db, rest))
+        return found
+
+    def read_chunk(self, cid: bytes, place: Location, length: int | None = None) -> bytes:
+        if place.raw_length > self.max_chunk or place.length > 2 * self.max_chunk + 4096:
+            raise CorruptImage(
+                path=self.root / "catalog.db",
+                structure="index entry",
+                problem=f"chunk {to_hex(cid)} declares {place.raw_length} bytes",
+                field="raw_length",
+            )
+        where = Where(str(self.root / "packs" / place.pack), place.offset)
+        frame = self.packs.read(place.pack, place.offset, place.length)
+        data = decode(frame, where, CHUNK_MAGIC, self.max_chunk, cid)
+        if length is not None and len(data) != length:
+            raise CorruptImage(
+                path=where.path,
+                structure="chunk",
+                problem=f"chunk {to_hex(cid)} holds {len(data)} bytes, the table says {length}",
+                offset=place.offset,
+            )
+        return data
+
+    # -- manifests and commits -----------------------------------------------------------
+    def manifest_path(self, mid: bytes) -> Path:
+        text = to_hex(mid)
+        return self.root / "manifests" / text[:2] / f"{text}.manifest"
+
+    def put_manifest(self, manifest: Manifest) -> bytes:
+        """Write the manifest durably; its id."""
+        raw = manifest.to_bytes()
+        if len(raw) > self.config["max_manifest"]:
+            raise InvalidInput(f"manifest of {len(raw)} bytes is above the store's maximum")
+        mid = chunk_id(raw)
+        path = self.manifest_path(mid)
+        if not path.exists():
+            durable_write(path, encode(raw, mid, 3, MANIFEST_MAGIC), self.root / "tmp")
+        return mid
+
+    def get_manifest(self, mid: bytes) -> Manifest:
+        path = self.manifest_path(mid)
+        try:
+            with open(path, "rb") as f:
+                buf = f.read(self.config["max_manifest"] * 2 + 4096)
+        except FileNotFoundError as e:
+            raise NotFound(what=f"manifest {to_hex(mid)} ({path})") from e
+        raw = decode(buf, Where(str(path), 0), MANIFEST_MAGIC, self.config["max_manifest"], mid)
+        return parse(raw, str(path))
+
+    def _checked_sizes(self, manifest: Manifest, mid: bytes) -> tuple[int, int]:
+        ids = manifest.chunk_ids()
+        absent = index.missing(self.db, ids)
+        if absent:
+            raise NotFound(
+                what=f"chunk {to_hex(absent[0])} named by manifest {to_hex(mid)}"
+                + (f" (and {len(absent) - 1} more)" if len(absent) > 1 else "")
+            )
+        return manifest.logical_size(), index.stored_bytes(self.db, ids)
+
+    def commit_version(self, layer: str, version: str, mid: bytes, comment: str = "") -> None:
+        """finalizing -> deployable, once its chunks and manifest are durable."""
+        self.flush()
+        try:
+            manifest = self.get_manifest(mid)
+            with transaction(self.db):
+                logical, stored = self._checked_sizes(manifest, mid)
+                self.catalog.commit(layer, version, mid, logical, stored, comment)
+        except StrataError as e:
+            self.catalog.log(
+                "commit-version",
+                "failed",
+                layer=layer,
+                version=version,
+                comment=comment,
+                details={"error": e.message},
+            )
+            raise
+
+    def commit_image(
+        self, name: str, mid: bytes, template: dict[str, Any], comment: str = ""
+    ) -> None:
+        self.flush()
+        manifest = self.get_manifest(mid)
+        with transaction(self.db):
+            logical, stored = self._checked_sizes(manifest, mid)
+            self.catalog.add_image(name, mid, template, logical, stored, comment)
+
+    # -- facts ---------------------------------------------------------------------------
+    def pack_files(self) -> list[Path]:
+        return sorted((self.root / "packs").glob("*.pack"))
+
+    def stats(self) -> dict[str, Any]:
+        chunks, raw, stored = self.db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(raw_length), 0), COALESCE(SUM(length), 0) FROM chunks"
+        ).fetchone()
+        versions, logical = self.db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(logical_size), 0) FROM versions"
+            " WHERE manifest IS NOT NULL"
+        ).fetchone()
+        images, image_logical = self.db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(logical_size), 0) FROM images"
+        ).fetchone()
+        packs = self.pack_files()
+        pack_bytes = sum(p.stat().st_size for p in packs)
+        logical_all = logical + image_logical
+        return {
+            "store": str(self.root),
+            "layers": self.db.execute("SELECT COUNT(*) FROM layers").fetchone()[0],
+            "versions": versions,
+            "images": images,
+            "chunks": chunks,
+            "logical_bytes": logical_all,
+            "unique_bytes": raw,
+            "stored_bytes": stored,
+            "pack_files": len(packs),
+            "pack_bytes": pack_bytes,
+            "reclaimable_bytes": max(0, pack_bytes - stored - 16 * len(packs)),
+            "dedup_ratio": round(logical_all / raw, 3) if raw else None,
+            "compression_ratio": round(raw / stored, 3) if stored else None,
+            "manifests": sum(1 for _ in (self.root / "manifests").glob("*/*.manifest")),
+        }
+
+
+def _value(item: Future[bytes] | bytes) -> bytes:
+    return item if isinstance(item, bytes) else item.result()

@@ -1,0 +1,138 @@
+"""The store's SQLite database: chunk index and layer catalog in one WAL file.
+
+References: SQLite WAL (https://sqlite.org/wal.html), PRAGMA synchronous=FULL (a commit is
+durable when COMMIT returns), BEGIN IMMEDIATE (writers queue on busy_timeout instead of
+failing mid-transaction).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from strata.errors import Conflict, CorruptImage
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_S = 120.0
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS chunks(
+    id BLOB PRIMARY KEY,
+    pack TEXT NOT NULL,
+    offset INTEGER NOT NULL,
+    length INTEGER NOT NULL,
+    raw_length INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS chunks_by_pack ON chunks(pack, offset);
+CREATE TABLE IF NOT EXISTS layers(
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL CHECK (kind IN ('os', 'platform', 'app')),
+    os_layer INTEGER REFERENCES layers(id),
+    description TEXT NOT NULL DEFAULT '',
+    icon BLOB,
+    icon_type TEXT,
+    platform_types TEXT NOT NULL DEFAULT '[]',
+    purpose TEXT,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS versions(
+    id INTEGER PRIMARY KEY,
+    layer INTEGER NOT NULL REFERENCES layers(id),
+    name TEXT NOT NULL,
+    base INTEGER REFERENCES versions(id),
+    state TEXT NOT NULL
+        CHECK (state IN ('packaging', 'finalizing', 'deployable', 'failed')),
+    manifest BLOB,
+    logical_size INTEGER,
+    stored_size INTEGER,
+    description TEXT NOT NULL DEFAULT '',
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    UNIQUE (layer, name),
+    CHECK ((state = 'deployable') = (manifest IS NOT NULL))
+);
+CREATE TABLE IF NOT EXISTS images(
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    template TEXT NOT NULL DEFAULT '{}',
+    manifest BLOB NOT NULL,
+    logical_size INTEGER,
+    stored_size INTEGER,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS history(
+    id INTEGER PRIMARY KEY,
+    time REAL NOT NULL,
+    operation TEXT NOT NULL,
+    layer TEXT,
+    version TEXT,
+    image TEXT,
+    comment TEXT NOT NULL DEFAULT '',
+    result TEXT NOT NULL,
+    details TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TRIGGER IF NOT EXISTS history_append_only_u BEFORE UPDATE ON history
+BEGIN SELECT RAISE(ABORT, 'the audit history is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS history_append_only_d BEFORE DELETE ON history
+BEGIN SELECT RAISE(ABORT, 'the audit history is append-only'); END;
+"""
+
+
+def connect(path: Path, create: bool) -> sqlite3.Connection:
+    try:
+        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        if create:
+            with transaction(conn):
+                for statement in _statements(SCHEMA):
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
+                )
+        _check_schema(conn, path)
+    except sqlite3.DatabaseError as e:
+        raise CorruptImage(path=path, structure="catalog database", problem=str(e)) from e
+    return conn
+
+
+def _statements(script: str) -> list[str]:
+    out, current = [], ""
+    for line in script.strip().splitlines():
+        current += line + "\n"
+        if sqlite3.complete_statement(current):
+            out.append(current.strip())
+            current = ""
+    return out
+
+
+def _check_schema(conn: sqlite3.Connection, path: Path) -> None:
+    row = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+    if row is None or row[0] != str(SCHEMA_VERSION):
+        raise CorruptImage(
+            path=path,
+            structure="catalog database",
+            problem=f"schema version {row[0] if row else None}, expected {SCHEMA_VERSION}",
+            field="meta.schema",
+        )
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE … COMMIT; a lock that stays busy past the timeout is a Conflict."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as e:
+        raise Conflict(what=f"catalog is busy: {e}") from e
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    else:
+        conn.execute("COMMIT")

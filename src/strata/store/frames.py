@@ -1,0 +1,159 @@
+"""Frames: one stored object (a chunk or a manifest) with its header.
+
+References: strata store format 1 (structs.FRAME); zstd frame header, RFC 8878 section 3.1.1.
+
+A frame is decoded only after its header is checked against what the index (or the caller)
+expects, and the zstd frame's own content size against the header, so a hostile frame can
+never make us allocate more than the declared raw length, itself capped by the store's
+maximum chunk size. Every decode ends by comparing the xxh3-128 of the output with the id.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import zstandard
+
+from strata.errors import CorruptImage, IntegrityError, TruncatedImage
+from strata.store.ids import Buffer, chunk_id, to_hex
+from strata.store.structs import CODEC_STORED, CODEC_ZSTD, FORMAT_VERSION, FRAME
+
+HEADER_SIZE = FRAME.size
+_local = threading.local()
+
+
+@dataclass(frozen=True, slots=True)
+class Where:
+    """Where a frame was read from, for error messages."""
+
+    path: str
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class FrameHeader:
+    magic: bytes
+    version: int
+    codec: int
+    flags: int
+    raw_length: int
+    stored_length: int
+    id: bytes
+
+
+def _compressor(level: int) -> zstandard.ZstdCompressor:
+    cache = getattr(_local, "compressors", None)
+    if cache is None:
+        cache = _local.compressors = {}
+    comp = cache.get(level)
+    if comp is None:
+        comp = cache[level] = zstandard.ZstdCompressor(level=level, write_content_size=True)
+    return comp
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    dec = getattr(_local, "decompressor", None)
+    if dec is None:
+        dec = _local.decompressor = zstandard.ZstdDecompressor()
+    return dec
+
+
+def encode(data: Buffer, cid: bytes, level: int, magic: bytes) -> bytes:
+    """Header + zstd payload, or the raw bytes when zstd would not make them smaller."""
+    payload = _compressor(level).compress(data)
+    codec = CODEC_ZSTD
+    if len(payload) >= len(data):
+        payload, codec = bytes(data), CODEC_STORED
+    return FRAME.pack(magic, FORMAT_VERSION, codec, 0, len(data), len(payload), cid) + payload
+
+
+def parse_header(buf: Buffer, where: Where, magic: bytes, max_raw: int) -> FrameHeader:
+    if len(buf) < HEADER_SIZE:
+        raise TruncatedImage(
+            path=where.path,
+            structure="frame header",
+            problem=f"only {len(buf)} of {HEADER_SIZE} bytes present",
+            offset=where.offset,
+        )
+    header = FrameHeader(*FRAME.unpack_from(buf, 0))
+    _check_header(header, where, magic, max_raw)
+    return header
+
+
+def _check_header(h: FrameHeader, where: Where, magic: bytes, max_raw: int) -> None:
+    def bad(field: str, problem: str, rel: int) -> CorruptImage:
+        return CorruptImage(
+            path=where.path,
+            structure="frame header",
+            problem=problem,
+            field=field,
+            offset=where.offset + rel,
+        )
+
+    if h.magic != magic:
+        raise bad("magic", f"magic {h.magic!r}, expected {magic!r}", 0)
+    if h.version != FORMAT_VERSION:
+        raise bad("version", f"format version {h.version} is not {FORMAT_VERSION}", 4)
+    if h.codec not in (CODEC_STORED, CODEC_ZSTD):
+        raise bad("codec", f"unknown codec {h.codec}", 5)
+    if h.raw_length > max_raw:
+        raise bad("raw_length", f"declares {h.raw_length} bytes, above the cap {max_raw}", 8)
+    if h.codec == CODEC_ZSTD and h.raw_length == 0:
+        raise bad("raw_length", "an empty chunk cannot be zstd-compressed", 8)
+    if h.codec == CODEC_STORED and h.stored_length != h.raw_length:
+        raise bad("stored_length", "stored frame with stored_length != raw_length", 12)
+    if h.stored_length > max(h.raw_length, 1) * 2 + 1024:
+        raise bad("stored_length", f"payload of {h.stored_length} bytes is implausible", 12)
+
+
+def decode(buf: Buffer, where: Where, magic: bytes, max_raw: int, expect: bytes | None) -> bytes:
+    """The verified uncompressed bytes of the frame in ``buf`` (header + payload)."""
+    header = parse_header(buf, where, magic, max_raw)
+    if expect is not None and header.id != expect:
+        raise IntegrityError(
+            what=f"{where.path} at offset {where.offset:#x}: frame holds id "
+            f"{to_hex(header.id)}, the index says {to_hex(expect)}"
+        )
+    end = HEADER_SIZE + header.stored_length
+    if len(buf) < end:
+        raise TruncatedImage(
+            path=where.path,
+            structure="frame payload",
+            problem=f"{len(buf) - HEADER_SIZE} of {header.stored_length} payload bytes present",
+            field="stored_length",
+            offset=where.offset,
+        )
+    payload = memoryview(buf)[HEADER_SIZE:end]
+    data = _inflate(payload, header, where)
+    if chunk_id(data) != header.id:
+        raise IntegrityError(
+            what=f"chunk {to_hex(header.id)} ({where.path} at offset {where.offset:#x}): "
+            "content does not match its id"
+        )
+    return data
+
+
+def _inflate(payload: memoryview, h: FrameHeader, where: Where) -> bytes:
+    if h.codec == CODEC_STORED:
+        return bytes(payload)
+    try:
+        declared = zstandard.frame_content_size(payload)
+    except zstandard.ZstdError as e:
+        raise _bad_payload(where, f"not a zstd frame ({e})") from e
+    if declared not in (-1, h.raw_length):
+        raise _bad_payload(where, f"zstd frame declares {declared} bytes, header {h.raw_length}")
+    try:
+        data = _decompressor().decompress(payload, max_output_size=h.raw_length)
+    except zstandard.ZstdError as e:
+        raise _bad_payload(where, f"zstd: {e}") from e
+    if len(data) != h.raw_length:
+        raise _bad_payload(where, f"inflates to {len(data)} bytes, header says {h.raw_length}")
+    return data
+
+
+def _bad_payload(where: Where, problem: str) -> IntegrityError:
+    """A payload that does not inflate to its declared length cannot hold the chunk's bytes."""
+    return IntegrityError(
+        what=f"{where.path} at offset {where.offset:#x}: frame payload is damaged: {problem}"
+    )

@@ -1,0 +1,86 @@
+"""The chunk index: chunk id -> (pack, offset, frame length, raw length), in SQLite.
+
+References: strata store format 1. Rows are inserted only after the frames they name are
+fsync'ed, with INSERT OR IGNORE: when two writers race on one chunk the first row wins and
+the other frame becomes dead bytes that ``gc`` reclaims.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+from strata.store.db import transaction
+
+BATCH = 500
+
+
+class Location(NamedTuple):
+    pack: str
+    offset: int
+    length: int
+    raw_length: int
+
+
+def _batches(items: Sequence[bytes]) -> Iterable[Sequence[bytes]]:
+    for start in range(0, len(items), BATCH):
+        yield items[start : start + BATCH]
+
+
+def present(conn: sqlite3.Connection, ids: Sequence[bytes]) -> set[bytes]:
+    found: set[bytes] = set()
+    for batch in _batches(ids):
+        marks = ",".join("?" * len(batch))
+        found.update(
+            row[0] for row in conn.execute(f"SELECT id FROM chunks WHERE id IN ({marks})", batch)
+        )
+    return found
+
+
+def locate(conn: sqlite3.Connection, ids: Sequence[bytes]) -> dict[bytes, Location]:
+    found: dict[bytes, Location] = {}
+    for batch in _batches(ids):
+        marks = ",".join("?" * len(batch))
+        for row in conn.execute(
+            f"SELECT id, pack, offset, length, raw_length FROM chunks WHERE id IN ({marks})", batch
+        ):
+            found[row[0]] = Location(*row[1:])
+    return found
+
+
+def insert(conn: sqlite3.Connection, rows: Sequence[tuple[bytes, str, int, int, int]]) -> None:
+    if rows:
+        with transaction(conn):
+            conn.executemany("INSERT OR IGNORE INTO chunks VALUES (?, ?, ?, ?, ?)", rows)
+
+
+def load_id_set(conn: sqlite3.Connection, table: str, ids: np.ndarray) -> None:
+    """Fill a TEMP table with ``ids`` (16-byte void array) for set joins in SQL."""
+    conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {table}(id BLOB PRIMARY KEY) WITHOUT ROWID")
+    conn.execute(f"DELETE FROM {table}")
+    conn.executemany(
+        f"INSERT OR IGNORE INTO {table} VALUES (?)", ((bytes(x),) for x in ids.tolist())
+    )
+
+
+def missing(conn: sqlite3.Connection, ids: np.ndarray) -> list[bytes]:
+    """Those of ``ids`` the index does not hold."""
+    load_id_set(conn, "want", ids)
+    return [
+        row[0]
+        for row in conn.execute(
+            "SELECT want.id FROM want LEFT JOIN chunks ON chunks.id = want.id "
+            "WHERE chunks.id IS NULL"
+        )
+    ]
+
+
+def stored_bytes(conn: sqlite3.Connection, ids: np.ndarray) -> int:
+    load_id_set(conn, "want", ids)
+    row = conn.execute(
+        "SELECT COALESCE(SUM(length), 0) FROM chunks JOIN want ON chunks.id = want.id"
+    ).fetchone()
+    return int(row[0])

@@ -1,0 +1,144 @@
+"""``verify``: read every indexed chunk and every live manifest back and check them.
+
+References: strata store format 1. A problem names the chunk (id, pack, offset) and every
+layer version or image whose manifest uses it. Bytes in packs that no index row names
+(left by a crash or a lost race) and indexed chunks no manifest uses are not problems:
+they are reported as reclaimable, and ``gc`` removes them.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from strata.errors import StrataError
+from strata.store.chunkstore import Store
+from strata.store.ids import to_hex
+from strata.store.index import Location, load_id_set, missing
+from strata.store.packs import check_pack_header
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class Problem:
+    kind: str  # pack | chunk | manifest | missing-chunk
+    message: str
+    chunk: str | None = None
+    pack: str | None = None
+    offset: int | None = None
+    manifest: str | None = None
+    users: list[str] = field(default_factory=list)
+
+
+def verify(store: Store, progress: Progress | None = None) -> dict[str, Any]:
+    problems: list[Problem] = []
+    for path in store.pack_files():
+        try:
+            check_pack_header(path)
+        except StrataError as e:
+            problems.append(Problem("pack", e.message, pack=path.name))
+    uses, manifest_problems = _manifest_uses(store)
+    checked, checked_bytes, bad = _check_chunks(store, progress)
+    for cid, (place, message) in bad.items():
+        users = [who for who, ids in uses if _contains(ids, cid)]
+        problems.append(
+            Problem("chunk", message, to_hex(cid), place.pack, place.offset, users=users)
+        )
+    problems += manifest_problems
+    live = np.unique(np.concatenate([ids for _, ids in uses])) if uses else np.zeros(0, "V16")
+    return {
+        "store": str(store.root),
+        "clean": not problems,
+        "problems": [asdict(p) for p in problems],
+        "chunks_checked": checked,
+        "bytes_checked": checked_bytes,
+        "manifests_checked": len(uses),
+        **_reclaimable(store, live),
+    }
+
+
+def _contains(ids: np.ndarray, cid: bytes) -> bool:
+    return bool(np.isin(ids, np.frombuffer(cid, "V16")).any())
+
+
+def _manifest_uses(store: Store) -> tuple[list[tuple[str, np.ndarray]], list[Problem]]:
+    """(user, chunk ids) for every readable live manifest, and a problem for every other."""
+    uses: list[tuple[str, np.ndarray]] = []
+    problems: list[Problem] = []
+    for mid, who in store.catalog.live_manifests():
+        try:
+            ids = store.get_manifest(mid).chunk_ids()
+        except StrataError as e:
+            problems.append(Problem("manifest", e.message, manifest=to_hex(mid), users=[who]))
+            continue
+        uses.append((who, ids))
+        for cid in missing(store.db, ids):
+            problems.append(
+                Problem(
+                    "missing-chunk",
+                    f"manifest {to_hex(mid)} names chunk {to_hex(cid)}, which the store lacks",
+                    chunk=to_hex(cid),
+                    manifest=to_hex(mid),
+                    users=[who],
+                )
+            )
+    return uses, problems
+
+
+def _rows(store: Store) -> Iterator[tuple[bytes, Location]]:
+    cursor = store.db.execute(
+        "SELECT id, pack, offset, length, raw_length FROM chunks ORDER BY pack, offset"
+    )
+    for row in cursor:
+        yield bytes(row[0]), Location(*row[1:])
+
+
+def _check_chunks(
+    store: Store, progress: Progress | None
+) -> tuple[int, int, dict[bytes, tuple[Location, str]]]:
+    total = store.db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
+    rows = list(_rows(store))
+    inflight: deque[tuple[bytes, Location, Future[bytes]]] = deque()
+    bad: dict[bytes, tuple[Location, str]] = {}
+    done = checked_bytes = 0
+
+    def settle() -> None:
+        nonlocal done, checked_bytes
+        cid, place, future = inflight.popleft()
+        try:
+            checked_bytes += len(future.result())
+        except StrataError as e:
+            bad[cid] = (place, e.message)
+        done += 1
+        if progress and (done % 256 == 0 or done == total):
+            progress(done, total)
+
+    for cid, place in rows:
+        inflight.append((cid, place, store._pool.submit(store.read_chunk, cid, place)))
+        if len(inflight) > 8 * store.workers:
+            settle()
+    while inflight:
+        settle()
+    return done, checked_bytes, bad
+
+
+def _reclaimable(store: Store, live: np.ndarray) -> dict[str, int]:
+    load_id_set(store.db, "live", live)
+    orphans, orphan_bytes = store.db.execute(
+        "SELECT COUNT(*), COALESCE(SUM(length), 0) FROM chunks"
+        " WHERE id NOT IN (SELECT id FROM live)"
+    ).fetchone()
+    indexed = store.db.execute("SELECT COALESCE(SUM(length), 0) FROM chunks").fetchone()[0]
+    packs = store.pack_files()
+    on_disk = sum(p.stat().st_size for p in packs)
+    return {
+        "orphan_chunks": orphans,
+        "orphan_bytes": orphan_bytes,
+        "unindexed_pack_bytes": max(0, on_disk - indexed - 16 * len(packs)),
+    }
