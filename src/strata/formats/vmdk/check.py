@@ -102,9 +102,28 @@ def check_sparse(ext: SparseExtent) -> list[Problem]:
     if entries is None:
         return problems
     problems += _check_entries(ext, entries)
-    if h.markers:
+    if h.markers and ext.first.gd_offset == s.GD_AT_END:
         problems += check_markers(ext)
+    elif h.markers:
+        problems += check_referenced_grains(ext, entries)
     return problems
+
+
+def check_referenced_grains(ext: SparseExtent, entries: np.ndarray) -> list[Problem]:
+    """qemu's streams keep the tables in front and pad between grains: check each grain."""
+    problems: list[Problem] = []
+    grains: dict[int, int] = {}
+    for grain in np.flatnonzero(entries):
+        pos = int(entries[grain]) * s.SECTOR
+        head = os.pread(ext.fd, s.GRAIN_MARKER_SIZE, pos)
+        if len(head) < s.GRAIN_MARKER_SIZE:
+            problems.append(Problem("grain marker", "lies past the end of the file", "lba", pos))
+            continue
+        marker = s.GrainMarker.parse(head)
+        problems += _check_grain(ext, pos, marker.lba, marker.size, grains)
+        if len(problems) >= 20:
+            break
+    return problems + _grains_match_tables(ext, grains)
 
 
 def _compare_footer(ext: SparseExtent) -> list[Problem]:
