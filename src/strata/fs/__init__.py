@@ -1,0 +1,31 @@
+"""File systems inside volumes: readers (walk, stat, file runs) and editors.
+
+References: each sub-package names its specification (``fat``: Microsoft fatgen103).
+A file system is opened over any BlockDevice, usually a partition from
+``strata.partition.open_partition``, so it works through differencing chains too.
+"""
+
+from __future__ import annotations
+
+from strata.blockdev.base import BlockDevice
+
+_MARKS = (
+    (3, b"NTFS    ", "ntfs"),
+    (3, b"EXFAT   ", "exfat"),
+    (54, b"FAT12   ", "fat"),
+    (54, b"FAT16   ", "fat"),
+    (54, b"FAT     ", "fat"),
+    (82, b"FAT32   ", "fat"),
+)
+
+
+def detect(dev: BlockDevice) -> str | None:
+    """The file system on ``dev`` by its boot-sector or superblock magic, else None."""
+    head = bytearray(min(dev.size, 2048))
+    dev.readinto(0, head)
+    for offset, magic, name in _MARKS:
+        if head[offset : offset + len(magic)] == magic and head[510:512] == b"\x55\xaa":
+            return name
+    if head[1080:1082] == b"\x53\xef":
+        return "ext"
+    return None
