@@ -96,34 +96,76 @@ def check_sparse(ext: SparseExtent) -> list[Problem]:
         )
     if ext.first.gd_offset == s.GD_AT_END and ext.first is not ext.header:
         problems += _compare_footer(ext)
-    entries = _all_entries(ext, ext.gd, "grain directory", problems)
-    if h.redundant and not h.compressed:
-        problems += _check_redundant(ext, entries)
-    if entries is None:
+    tables = _tables(ext, ext.gd, "grain directory", problems)
+    if h.redundant and not h.compressed and tables is not None:
+        problems += _check_redundant(ext, tables)
+    if tables is None:
         return problems
-    problems += _check_entries(ext, entries)
+    grains, sectors = _allocated(ext, tables)
+    problems += _check_entries(ext, grains, sectors)
     if h.markers and ext.first.gd_offset == s.GD_AT_END:
-        problems += check_markers(ext)
+        problems += check_markers(ext, grains, sectors)
     elif h.markers:
-        problems += check_referenced_grains(ext, entries)
+        problems += check_referenced_grains(ext, grains, sectors)
     return problems
 
 
-def check_referenced_grains(ext: SparseExtent, entries: np.ndarray) -> list[Problem]:
+def _tables(
+    ext: SparseExtent, gd: np.ndarray, name: str, problems: list[Problem]
+) -> dict[int, np.ndarray] | None:
+    """The grain tables a directory points at, by index (two entries sharing one is an error)."""
+    tables: dict[int, np.ndarray] = {}
+    owner: dict[int, int] = {}
+    for index in np.flatnonzero(gd).tolist():
+        sector = int(gd[index])
+        if sector in owner:
+            problems.append(
+                Problem(
+                    name,
+                    f"grain tables {owner[sector]} and {index} share sector {sector}",
+                    f"GDE[{index}]",
+                )
+            )
+            return None
+        owner[sector] = index
+        try:
+            tables[index] = ext.gt(index, gd, name)
+        except CorruptImage as e:
+            problems.append(Problem(e.structure, e.problem, e.field, e.offset))
+            return None
+    return tables
+
+
+def _allocated(ext: SparseExtent, tables: dict[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(grain, sector) of every non-zero grain-table entry."""
+    n = ext.header.num_gtes_per_gt
+    grains, sectors = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    for index, table in tables.items():
+        used = np.flatnonzero(table)
+        grains.append(index * n + used)
+        sectors.append(table[used].astype(np.int64))
+    g, v = np.concatenate(grains), np.concatenate(sectors)
+    inside = g < ext.header.num_grains
+    return g[inside], v[inside]
+
+
+def check_referenced_grains(
+    ext: SparseExtent, grains: np.ndarray, sectors: np.ndarray
+) -> list[Problem]:
     """qemu's streams keep the tables in front and pad between grains: check each grain."""
     problems: list[Problem] = []
-    grains: dict[int, int] = {}
-    for grain in np.flatnonzero(entries):
-        pos = int(entries[grain]) * s.SECTOR
+    found: dict[int, int] = {}
+    for sector in sectors.tolist():
+        pos = sector * s.SECTOR
         head = os.pread(ext.fd, s.GRAIN_MARKER_SIZE, pos)
         if len(head) < s.GRAIN_MARKER_SIZE:
             problems.append(Problem("grain marker", "lies past the end of the file", "lba", pos))
             continue
         marker = s.GrainMarker.parse(head)
-        problems += _check_grain(ext, pos, marker.lba, marker.size, grains)
+        problems += _check_grain(ext, pos, marker.lba, marker.size, found)
         if len(problems) >= 20:
             break
-    return problems + _grains_match_tables(ext, grains)
+    return problems + _grains_match_tables(found, grains, sectors)
 
 
 def _compare_footer(ext: SparseExtent) -> list[Problem]:
@@ -139,26 +181,16 @@ def _compare_footer(ext: SparseExtent) -> list[Problem]:
     ]
 
 
-def _all_entries(
-    ext: SparseExtent, gd: np.ndarray, name: str, problems: list[Problem]
-) -> np.ndarray | None:
-    try:
-        tables = [ext.gt(i, gd, name) for i in range(len(gd))]
-    except CorruptImage as e:
-        problems.append(Problem(e.structure, e.problem, e.field, e.offset))
-        return None
-    return np.concatenate(tables)[: ext.header.num_grains] if tables else np.zeros(0, s.GTE_DTYPE)
-
-
-def _check_redundant(ext: SparseExtent, entries: np.ndarray | None) -> list[Problem]:
+def _check_redundant(ext: SparseExtent, tables: dict[int, np.ndarray]) -> list[Problem]:
     h = ext.header
     problems: list[Problem] = []
     try:
         rgd = ext._load_gd(h.rgd_offset, "redundant grain directory")
     except CorruptImage as e:
         return [Problem(e.structure, e.problem, e.field, e.offset)]
-    if ((rgd == 0) != (ext.gd == 0)).any():
-        first = int(np.argmax((rgd == 0) != (ext.gd == 0)))
+    differs = (rgd == 0) != (ext.gd == 0)
+    if differs.any():
+        first = int(np.argmax(differs))
         problems.append(
             Problem(
                 "redundant grain directory",
@@ -167,58 +199,64 @@ def _check_redundant(ext: SparseExtent, entries: np.ndarray | None) -> list[Prob
                 h.rgd_offset * s.SECTOR + first * 4,
             )
         )
-    redundant = _all_entries(ext, rgd, "redundant grain directory", problems)
-    if redundant is not None and entries is not None and (redundant != entries).any():
-        grain = int(np.argmax(redundant != entries))
+    redundant = _tables(ext, rgd, "redundant grain directory", problems)
+    if redundant is None:
+        return problems
+    for index, table in tables.items():
+        mirror = redundant.get(index)
+        if mirror is None or not (mirror != table).any():
+            continue
+        slot = int(np.argmax(mirror != table))
+        grain = index * h.num_gtes_per_gt + slot
         problems.append(
             Problem(
                 "redundant grain table",
-                f"entry for grain {grain} is {int(redundant[grain])}, primary "
-                f"{int(entries[grain])}",
+                f"entry for grain {grain} is {int(mirror[slot])}, primary {int(table[slot])}",
                 f"RGTE[{grain}]",
-                int(rgd[grain // h.num_gtes_per_gt]) * s.SECTOR + grain % h.num_gtes_per_gt * 4,
+                int(rgd[index]) * s.SECTOR + slot * 4,
             )
         )
+        break
     return problems
 
 
-def _check_entries(ext: SparseExtent, entries: np.ndarray) -> list[Problem]:
+def _check_entries(ext: SparseExtent, grains: np.ndarray, sectors: np.ndarray) -> list[Problem]:
     h = ext.header
     problems: list[Problem] = []
-    sectors = entries.astype(np.int64)
-    special = sectors == s.GTE_UNALLOCATED
+    special = np.zeros(len(sectors), bool)
     if h.zeroed_grains:
         special |= sectors == s.GTE_ZEROED
     span = s.SECTOR if h.compressed else h.grain_bytes
     beyond = ~special & (sectors * s.SECTOR + span > ext.file_size)
     inside = ~special & (sectors < h.overhead)
     for mask, what in ((beyond, "lies past the end of the file"), (inside, "lies in the metadata")):
-        for grain in np.flatnonzero(mask)[:10]:
+        for at in np.flatnonzero(mask)[:10].tolist():
+            grain = int(grains[at])
             problems.append(
                 Problem(
                     "grain table",
-                    f"grain {int(grain)} at sector {int(sectors[grain])} {what}",
-                    f"GTE[{int(grain)}]",
+                    f"grain {grain} at sector {int(sectors[at])} {what}",
+                    f"GTE[{grain}]",
                 )
             )
     return problems
 
 
-def check_markers(ext: SparseExtent) -> list[Problem]:
+def check_markers(ext: SparseExtent, grains: np.ndarray, sectors: np.ndarray) -> list[Problem]:
     """Walk the stream from the first grain to EOF; every marker must be well formed."""
     h = ext.header
     problems: list[Problem] = []
     pos = h.overhead * s.SECTOR
     end = ext.file_size
     seen_footer = seen_eos = False
-    grains: dict[int, int] = {}
+    found: dict[int, int] = {}
     while pos + s.SECTOR <= end and len(problems) < 20:
         head = os.pread(ext.fd, s.METADATA_MARKER_SIZE, pos)
         marker = s.GrainMarker.parse(head[: s.GRAIN_MARKER_SIZE])
         lba, size = marker.lba, marker.size
         kind = int.from_bytes(head[12:16], "little")
         if size:
-            problems += _check_grain(ext, pos, lba, size, grains)
+            problems += _check_grain(ext, pos, lba, size, found)
             pos += -(-(s.GRAIN_MARKER_SIZE + size) // s.SECTOR) * s.SECTOR
             continue
         if kind == s.MARKER_EOS:
@@ -240,7 +278,7 @@ def check_markers(ext: SparseExtent) -> list[Problem]:
         problems.append(
             Problem("stream", "no footer or end-of-stream marker", "marker", pos, severity)
         )
-    problems += _grains_match_tables(ext, grains)
+    problems += _grains_match_tables(found, grains, sectors)
     return problems
 
 
@@ -263,24 +301,18 @@ def _check_grain(
     return []
 
 
-def _grains_match_tables(ext: SparseExtent, grains: dict[int, int]) -> list[Problem]:
-    entries = _all_entries(ext, ext.gd, "grain directory", [])
-    if entries is None:
-        return []
-    used = np.flatnonzero(entries)
-    keys = np.array(sorted(grains), np.int64)
-    values = np.array([grains[k] for k in keys.tolist()], np.int64)
-    at = np.minimum(np.searchsorted(keys, entries[used]), max(len(keys) - 1, 0))
-    ok = (
-        (keys[at] == entries[used]) & (values[at] == used)
-        if len(keys)
-        else np.zeros(len(used), bool)
-    )
+def _grains_match_tables(
+    found: dict[int, int], grains: np.ndarray, sectors: np.ndarray
+) -> list[Problem]:
+    """Every table entry must name a grain marker carrying that grain's LBA."""
+    keys = np.array(sorted(found), np.int64)
+    values = np.array([found[k] for k in keys.tolist()], np.int64)
+    if len(keys):
+        at = np.minimum(np.searchsorted(keys, sectors), len(keys) - 1)
+        ok = (keys[at] == sectors) & (values[at] == grains)
+    else:
+        ok = np.zeros(len(sectors), bool)
     return [
-        Problem(
-            "grain table",
-            f"entry for grain {int(g)} points at no grain marker for it",
-            f"GTE[{int(g)}]",
-        )
-        for g in used[~ok][:10]
+        Problem("grain table", f"entry for grain {g} points at no grain marker for it", f"GTE[{g}]")
+        for g in grains[~ok][:10].tolist()
     ]

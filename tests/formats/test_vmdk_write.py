@@ -1,0 +1,198 @@
+"""VMDK random writes, empty images, children with copy-on-write, and failure cleanup."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from strata.blockdev.base import BaseDevice
+from strata.errors import InvalidInput, StrataError
+from strata.formats import registry
+from strata.formats.registry import WriteRequest
+from strata.ops import disk as ops
+
+from support.images import GiB, MiB, write_sparse_raw
+from support.tools import qemu_compare, qemu_img, require, run, strata
+from support.vmdk_helpers import SUBFORMATS, pyvmdk_handle
+
+SIZE = 8 * MiB
+
+
+def _create(path: Path, size: int, subformat: str, parent: Path | None = None) -> None:
+    spec = ops.OpenSpec(str(parent)) if parent else None
+    ops.create(str(path), "vmdk", size, [f"subformat={subformat}"], spec)
+
+
+def _write_raw(path: Path, writes: list[tuple[int, bytes]]) -> None:
+    with open(path, "r+b") as f:
+        for offset, data in writes:
+            f.seek(offset)
+            f.write(data)
+
+
+@pytest.mark.parametrize(
+    "subformat",
+    ["monolithicSparse", "monolithicFlat", "twoGbMaxExtentSparse", "twoGbMaxExtentFlat"],
+)
+def test_random_writes_read_back_by_qemu(tmp_path: Path, subformat: str) -> None:
+    require("qemu-img")
+    size = 2 * GiB + 4 * MiB if subformat.startswith("twoGb") else 64 * MiB
+    image, ref = tmp_path / "w.vmdk", tmp_path / "ref.raw"
+    _create(image, size, subformat)
+    with open(ref, "wb") as f:
+        f.truncate(size)
+    rng = np.random.default_rng(3)
+    writes = [(0, b"A" * 100), (65536 - 512, b"B" * 1024), (size - 700, b"C" * 700)]
+    writes += [(2 * GiB - 3000, b"D" * 6000)] if size > 2 * GiB else []
+    writes += [
+        (int(rng.integers(0, size - 200_000)), rng.bytes(int(rng.integers(1, 200_000))))
+        for _ in range(20)
+    ]
+    with registry.open_image(str(image), writable=True) as disk:
+        for offset, data in writes:
+            disk.write(offset, data)
+        disk.flush()
+    _write_raw(ref, writes)
+    assert qemu_compare(ref, image, "vmdk") == 0
+    assert qemu_img("check", "-f", "vmdk", image, check=False).returncode == 0
+    assert not ops.check(ops.OpenSpec(str(image))), "redundant tables must mirror the primary"
+
+
+@settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops_=st.lists(st.tuples(st.integers(0, SIZE - 1), st.integers(1, 150_000)), max_size=8))
+def test_writes_match_a_flat_reference(tmp_path: Path, ops_: list[tuple[int, int]]) -> None:
+    image = tmp_path / f"h{os.getpid()}-{len(os.listdir(tmp_path))}.vmdk"
+    _create(image, SIZE, "monolithicSparse")
+    model = bytearray(SIZE)
+    with registry.open_image(str(image), writable=True) as disk:
+        for n, (offset, length) in enumerate(ops_):
+            length = min(length, SIZE - offset)
+            data = bytes([n + 1]) * length
+            disk.write(offset, data)
+            model[offset : offset + length] = data
+        assert disk.read(0, SIZE) == model
+    with registry.open_image(str(image)) as disk:
+        assert disk.read(0, SIZE) == model
+    image.unlink()
+
+
+def test_child_partial_write_copies_the_rest_from_the_parent(tmp_path: Path) -> None:
+    require("qemu-img")
+    size = 32 * MiB
+    ref = write_sparse_raw(tmp_path / "p.raw", size, [(0, 4 * MiB), (20 * MiB, MiB)])
+    parent = tmp_path / "p.vmdk"
+    ops.convert(ops.OpenSpec(str(ref)), str(parent), "vmdk", [])
+    child = tmp_path / "c.vmdk"
+    _create(child, size, "monolithicSparse", parent)
+    writes = [(1000, b"x" * 10), (3 * MiB + 70000, b"y" * 100), (20 * MiB + 65536 * 3 + 5, b"z")]
+    with registry.open_image(str(child), writable=True) as disk:
+        for offset, data in writes:
+            disk.write(offset, data)
+    _write_raw(ref, writes)
+    assert qemu_compare(ref, child, "vmdk") == 0
+    # only the three touched grains live in the child
+    with registry.open_layer(str(child)) as layer:
+        data_runs = [e for e in layer.extents() if e.state.name == "DATA"]
+    assert sum(e.length for e in data_runs) == 3 * 65536
+    handle, base = pyvmdk_handle(child), pyvmdk_handle(parent)
+    handle.set_parent(base)
+    with open(ref, "rb") as f:
+        assert handle.read_buffer_at_offset(4 * MiB, 0) == f.read(4 * MiB)
+
+
+def test_write_gives_a_new_cid(tmp_path: Path) -> None:
+    image = tmp_path / "cid.vmdk"
+    _create(image, SIZE, "monolithicSparse")
+    before = ops.info(ops.OpenSpec(str(image)))["cid"]
+    with registry.open_image(str(image), writable=True) as disk:
+        disk.write(0, b"1")
+    assert ops.info(ops.OpenSpec(str(image)))["cid"] != before
+
+
+@pytest.mark.parametrize("subformat", SUBFORMATS)
+def test_create_cli_each_subformat(tmp_path: Path, subformat: str) -> None:
+    require("qemu-img")
+    image = tmp_path / "n.vmdk"
+    proc = strata("disk", "create", "-f", "vmdk", "-o", f"subformat={subformat}", image, "3G")
+    assert proc.returncode == 0, proc.stderr
+    info = qemu_img("info", "--output=json", image).stdout
+    assert '"virtual-size": 3221225472' in info and subformat in info
+    assert qemu_img("check", image, check=False).returncode == 0
+    files = registry.open_layer(str(image)).files
+    expected = {"twoGbMaxExtentSparse": 3, "twoGbMaxExtentFlat": 3, "monolithicFlat": 2}
+    assert len(files) == expected.get(subformat, 1)
+
+
+class FailingSource(BaseDevice):
+    """Reads fine for a while, then fails like a dying disk."""
+
+    def __init__(self, size: int, fail_after: int) -> None:
+        self._size = size
+        self.calls = 0
+        self.fail_after = fail_after
+
+    def _readinto(self, offset: int, view: memoryview) -> None:
+        self.calls += 1
+        if self.calls > self.fail_after:
+            raise StrataError("source read failed")
+        view[:] = b"\x11" * len(view)
+
+
+@pytest.mark.parametrize("subformat", SUBFORMATS)
+def test_failed_write_removes_every_file(tmp_path: Path, subformat: str) -> None:
+    driver = registry.get("vmdk")
+    options = registry.options_for("vmdk", [f"subformat={subformat}"])
+    out = tmp_path / "f.vmdk"
+    with pytest.raises(StrataError, match="source read failed"):
+        driver.write(WriteRequest(FailingSource(5 * GiB, 3), str(out), options))  # type: ignore[misc]
+    assert os.listdir(tmp_path) == []
+
+
+def test_child_options_refused(tmp_path: Path) -> None:
+    ref = write_sparse_raw(tmp_path / "r.raw", SIZE, [(0, MiB)])
+    base = tmp_path / "b.vmdk"
+    ops.convert(ops.OpenSpec(str(ref)), str(base), "vmdk", [])
+    for sub in ("streamOptimized", "monolithicFlat"):
+        with pytest.raises(InvalidInput):
+            ops.convert(
+                ops.OpenSpec(str(ref)),
+                str(tmp_path / "x.vmdk"),
+                "vmdk",
+                [f"subformat={sub}"],
+                ops.OpenSpec(str(base)),
+            )
+    with pytest.raises(InvalidInput):
+        ops.convert(
+            ops.OpenSpec(str(ref)), str(tmp_path / "y.vmdk"), "vmdk", [], ops.OpenSpec(str(ref))
+        )
+    assert not (tmp_path / "x.vmdk").exists() and not (tmp_path / "y.vmdk").exists()
+
+
+def test_renamed_monolithic_still_opens_and_check_warns(tmp_path: Path) -> None:
+    require("qemu-img")
+    ref = write_sparse_raw(tmp_path / "r.raw", SIZE, [(0, MiB)])
+    image = tmp_path / "a.vmdk"
+    ops.convert(ops.OpenSpec(str(ref)), str(image), "vmdk", [])
+    moved = tmp_path / "b.vmdk"
+    image.rename(moved)
+    assert qemu_compare(ref, moved, "vmdk") == 0
+    with registry.open_image(str(moved)) as disk:
+        assert disk.read(0, 4096) == ref.read_bytes()[:4096]
+    problems = ops.check(ops.OpenSpec(str(moved)))
+    assert [p.severity for p in problems] == ["warning"] and "a.vmdk" in problems[0].message
+
+
+def test_qemu_io_writes_into_strata_sparse(tmp_path: Path) -> None:
+    qemu_io = require("qemu-io")
+    image = tmp_path / "s.vmdk"
+    _create(image, SIZE, "monolithicSparse")
+    run([qemu_io, "-f", "vmdk", "-c", "write -P 0x42 100k 300k", str(image)])
+    with registry.open_image(str(image)) as disk:
+        assert disk.read(100 << 10, 300 << 10) == b"\x42" * (300 << 10)
+        assert disk.read(0, 100 << 10) == bytes(100 << 10)
+    assert not ops.check(ops.OpenSpec(str(image)))
