@@ -156,6 +156,7 @@ class SparseExtent:
         if writable and self.header.compressed:
             raise Unsupported(what=f"{path}: writing into a compressed (streamOptimized) VMDK")
         self.gd = self._load_gd(self.header.gd_offset, "grain directory")
+        self._present = np.flatnonzero(self.gd)
         self._gts: dict[int, np.ndarray] = {}
         self._cache: tuple[int, bytes] | None = None
         self.next_alloc = -(-self.file_size // s.SECTOR) * s.SECTOR
@@ -221,8 +222,14 @@ class SparseExtent:
         pos = offset
         while pos < end:
             index = pos // span
-            stop = min(end, (index + 1) * span)
-            yield from self._gt_extents(index, pos, stop)
+            if self.gd[index] == 0:
+                # Skip the whole run of absent grain tables at once.
+                later = self._present[np.searchsorted(self._present, index) :]
+                stop = min(end, int(later[0]) * span) if len(later) else end
+                yield Extent(pos, stop - pos, ExtentState.UNALLOCATED)
+            else:
+                stop = min(end, (index + 1) * span)
+                yield from self._gt_extents(index, pos, stop)
             pos = stop
 
     def _gt_extents(self, index: int, start: int, stop: int) -> Iterator[Extent]:
@@ -372,6 +379,7 @@ class SparseExtent:
         self.file_size = max(self.file_size, self.next_alloc)
         table = self.gt(index)
         table[grain % n] = sector
+        self._cache = None
         entry = np.array([sector], s.GTE_DTYPE).tobytes()
         pwrite_all(self.fd, int(self.gd[index]) * s.SECTOR + (grain % n) * 4, memoryview(entry))
         if self.header.redundant and self.header.rgd_offset:
