@@ -219,16 +219,16 @@ class FatVolume:
         self.check_cluster(first, what)
         ends = self.run_ends()
         found: list[tuple[int, int]] = []
+        starts: set[int] = set()
         total, cur, limit = 0, first, self.geometry.cluster_count
         while True:
             end = int(ends[cur])
             found.append((cur, end - cur + 1))
             total += end - cur + 1
-            if total > limit:
+            if total > limit or cur in starts:
                 raise self.corrupt(
                     what,
-                    f"the chain from cluster {first} loops (longer than the "
-                    f"{limit} clusters of the volume)",
+                    f"the chain from cluster {first} loops back to cluster {cur}",
                     "next_cluster",
                     self.fat_entry_offset(end),
                 )
@@ -243,6 +243,7 @@ class FatVolume:
                 )
             if nxt >= s.END_OF_CHAIN_MIN[self.geometry.fat_type]:
                 return found
+            starts.add(cur)
             cur = nxt
 
     def fat_entry_offset(self, cluster: int) -> int:
@@ -261,7 +262,7 @@ class FatVolume:
     def directory(self, entry: FatEntry) -> Directory:
         g = self.geometry
         if entry.first_cluster == 0:
-            if g.root_cluster:
+            if g.root_cluster or entry.slot >= 0:
                 raise self.corrupt("directory", f"{entry.name!r} has no cluster", "first_cluster")
             return Directory(0, [(g.root_offset, g.root_entries * s.DIRENT_SIZE)])
         spans = self.cluster_spans(self.runs(entry.first_cluster, f"directory {entry.name!r}"))
@@ -364,7 +365,14 @@ class FatVolume:
     def _walk(
         self, entry: FatEntry, prefix: str, owner: np.ndarray
     ) -> Iterator[tuple[str, FatEntry]]:
-        for child in self.entries(self.directory(entry)):
+        # An explicit stack: nesting depth is bounded by the cluster count, not by Python.
+        stack = [(prefix, iter(self.entries(self.directory(entry))))]
+        while stack:
+            prefix, children = stack[-1]
+            child = next(children, None)
+            if child is None:
+                stack.pop()
+                continue
             path = f"{prefix}/{child.name}"
             if child.first_cluster:
                 self._claim(owner, self.runs(child.first_cluster, f"entry {path!r}"), path)
@@ -372,7 +380,7 @@ class FatVolume:
                 self.file_runs(child)
             yield path, child
             if child.is_dir:
-                yield from self._walk(child, path, owner)
+                stack.append((path, iter(self.entries(self.directory(child)))))
 
     def _claim(self, owner: np.ndarray, runs: list[tuple[int, int]], path: str) -> None:
         for cluster, count in runs:
