@@ -204,3 +204,20 @@ def test_fat32_in_a_gpt_disk_through_open_partition(tmp_path: Path) -> None:
     with RawFileDevice(str(disk)) as dev:
         volume = extract(open_partition(dev, 1), tmp_path / "part.img")
     assert fsck(volume) == "clean"
+
+
+def test_write_from_a_stream_in_windows(pristine, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    image, tree, _ = fresh(pristine, 16, tmp_path)
+    big = pattern(9 * MiB + 123, 21)  # more than two 4 MiB windows
+    (tmp_path / "big.src").write_bytes(big)
+    with RawFileDevice(str(image), writable=True) as dev, open(tmp_path / "big.src", "rb") as f:
+        ed = FatEditor(dev)
+        ed.write_file("/Dir/streamed.bin", f, size=len(big))
+        tree["/Dir/streamed.bin"] = big
+        f.seek(0)
+        with pytest.raises(InvalidInput, match="stream ended"):
+            ed.write_file("/README.TXT", f, size=len(big) + 1)  # old content must survive
+        with pytest.raises(InvalidInput):
+            ed.write_file("/x.bin", f)  # a stream without a size
+    assert fsck(image) == "clean"
+    assert mtools_tree(image, tmp_path) == tree

@@ -13,6 +13,7 @@ shorter than files) is refused before anything is written.
 from __future__ import annotations
 
 import datetime as dt
+from typing import BinaryIO
 
 import numpy as np
 
@@ -65,31 +66,53 @@ class FatEditor(FatVolume):
     def write_file(
         self,
         path: str,
-        data: bytes | bytearray | memoryview,
+        data: bytes | bytearray | memoryview | BinaryIO,
         *,
+        size: int | None = None,
         modified: dt.datetime | None = None,
     ) -> FatEntry:
-        """Create ``path`` or replace its content; the parent directory must exist."""
+        """Create ``path`` or replace its content; the parent directory must exist.
+
+        ``data`` is bytes, or a binary stream of ``size`` bytes read in windows (memory stays
+        flat).  The old content is kept until the new one is written when there is room for
+        both; a stream that ends early leaves the volume consistent and raises InvalidInput.
+        """
         parent, d, name = self._parent_of(path)
         existing = self.lookup(d, name)
         if existing is not None and existing.is_dir:
             raise InvalidInput(f"{path} is a directory")
-        view = memoryview(data).cast("B")
-        count = -(-len(view) // self.geometry.cluster_size)
-        reclaim = self._chain_length(existing.first_cluster) if existing else 0
-        self._need(count - reclaim, path)
-        if existing is not None and existing.first_cluster:
-            self._free_chain(existing.first_cluster)
+        source = _Source(data, size)
+        count = -(-source.size // self.geometry.cluster_size)
+        old = existing.first_cluster if existing is not None else 0
+        self._need(count - self._chain_length(old), path)
+        keep_old = count <= self.free_clusters()
+        if old and not keep_old:
+            self._free_chain(old)
         clusters = self._allocate(count) if count else np.zeros(0, np.int64)
-        self._write_clusters(clusters, view)
+        try:
+            self._write_clusters(clusters, source)
+        except BaseException:
+            self._abandon(clusters, d, existing, old_kept=keep_old)
+            raise
+        if old and keep_old:
+            self._free_chain(old)
         stamp = modified or dt.datetime.now()
         first = int(clusters[0]) if count else 0
         if existing is None:
-            self._add_entry(parent, d, name, s.ATTR_ARCHIVE, first, len(view), stamp)
+            self._add_entry(parent, d, name, s.ATTR_ARCHIVE, first, source.size, stamp)
         else:
-            self._update(d, existing, cluster=first, size=len(view), modified=stamp)
+            self._update(d, existing, cluster=first, size=source.size, modified=stamp)
         self.flush()
         return self.stat(path)
+
+    def _abandon(
+        self, clusters: np.ndarray, d: Directory, existing: FatEntry | None, old_kept: bool
+    ) -> None:
+        if len(clusters):
+            self._mark(clusters, 0)
+        if existing is not None and existing.first_cluster and not old_kept:
+            self._update(d, existing, cluster=0, size=0)
+        self.flush()
 
     def delete(self, path: str, *, recursive: bool = False) -> None:
         """Delete a file or an empty directory (any directory with ``recursive``)."""
@@ -250,20 +273,22 @@ class FatEditor(FatVolume):
         g = self.geometry
         self.dev.write(g.cluster_offset(cluster), bytes(g.cluster_size))  # type: ignore[attr-defined]
 
-    def _write_clusters(self, clusters: np.ndarray, view: memoryview) -> None:
-        """Write ``view`` over the chain, run by run, zero-padding the last cluster."""
+    def _write_clusters(self, clusters: np.ndarray, source: _Source) -> None:
+        """Write the source over the chain, run by run in bounded windows, zero-padding the
+        last cluster."""
         g = self.geometry
         if not len(clusters):
             return
+        window = max(g.cluster_size, WINDOW - WINDOW % g.cluster_size)
+        buf = bytearray(window)
         cuts = np.flatnonzero(np.diff(clusters) != 1) + 1
-        done = 0
         for run in np.split(clusters, cuts):
-            length = len(run) * g.cluster_size
-            part = view[done : done + length]
-            if len(part) < length:
-                part = memoryview(bytes(part) + bytes(length - len(part)))
-            self.dev.write(g.cluster_offset(int(run[0])), part)  # type: ignore[attr-defined]
-            done += length
+            at, left = g.cluster_offset(int(run[0])), len(run) * g.cluster_size
+            while left:
+                view = memoryview(buf)[: min(window, left)]
+                source.fill(view)
+                self.dev.write(at, view)  # type: ignore[attr-defined]
+                at, left = at + len(view), left - len(view)
 
     # ------------------------------------------------------------------ directory entries
 
@@ -364,6 +389,46 @@ class FatEditor(FatVolume):
 
 
 # ---------------------------------------------------------------------------- helpers
+
+WINDOW = 4 << 20
+
+
+class _Source:
+    """Bytes or a binary stream, handed out in windows padded with zeros past the end."""
+
+    def __init__(self, data: bytes | bytearray | memoryview | BinaryIO, size: int | None) -> None:
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            self.view: memoryview | None = memoryview(data).cast("B")
+            self.stream: BinaryIO | None = None
+            self.size = len(self.view)
+        else:
+            if size is None or size < 0:
+                raise InvalidInput("writing from a stream needs its size")
+            self.view, self.stream, self.size = None, data, size
+        self.pos = 0
+
+    def fill(self, out: memoryview) -> None:
+        want = max(0, min(len(out), self.size - self.pos))
+        if self.view is not None:
+            out[:want] = self.view[self.pos : self.pos + want]
+        elif want:
+            got = _read_exactly(self.stream, out[:want])  # type: ignore[arg-type]
+            if got < want:
+                raise InvalidInput(
+                    f"the stream ended after {self.pos + got} of its {self.size} bytes"
+                )
+        out[want:] = bytes(len(out) - want)
+        self.pos += want
+
+
+def _read_exactly(stream: BinaryIO, out: memoryview) -> int:
+    done = 0
+    while done < len(out):
+        n = stream.readinto(out[done:])  # type: ignore[attr-defined]
+        if not n:
+            break
+        done += n
+    return done
 
 
 def _first_run(free: np.ndarray, count: int) -> np.ndarray:
