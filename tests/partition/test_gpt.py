@@ -262,3 +262,19 @@ def test_fuzzed_tables_raise_only_strata_errors() -> None:
             outcomes["error"] += 1
     assert time.perf_counter() - started < 30
     assert outcomes["error"] > 100 and outcomes["ok"] > 100, outcomes
+
+
+def test_4k_sector_gpt_is_read_by_fdisk(tmp_path: Path) -> None:
+    path = tmp_path / "4kn.img"
+    with RawFileDevice.create(str(path), 64 * MiB, sector_size=4096) as dev:
+        write_gpt(dev, LAYOUT, disk_guid=DISK_GUID)
+        ours = read_table(dev)
+    assert ours.first_usable == 6 * 4096  # header + 4 sectors of entries after the MBR
+    proc = run(
+        [require("fdisk"), "-b", "4096", "-l", "-o", "Device,Start,Sectors,Type-UUID,Name", path]
+    )
+    assert proc.stderr == ""  # fdisk warns there about a corrupt primary or backup table
+    rows = [line.split(None, 4) for line in proc.stdout.splitlines() if line.startswith(str(path))]
+    assert [(r[0][len(str(path)) :], int(r[1]), int(r[2]), r[3], r[4]) for r in rows] == [
+        (str(p.number), p.start // 4096, p.length // 4096, p.type, p.name) for p in LAYOUT
+    ]
