@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from strata.errors import CorruptImage, InvalidInput, NotFound, StrataError
+from strata.errors import CorruptImage, InvalidInput, NotFound, StateError, StrataError
 from strata.native import is_zero
 from strata.store import index
 from strata.store.catalog import Catalog
@@ -296,7 +296,7 @@ class Store:
 
     def _write_frame(self, frame: bytes, cid: bytes, raw_length: int, stats: PutStats) -> None:
         if self._writer is None:
-            self._writer = PackWriter(self.root / "packs")
+            self._writer = PackWriter(self.root / "packs", self.root / "tmp")
         offset = self._writer.append(frame)
         location = Location(self._writer.name, offset, len(frame), raw_length)
         self._pending[cid] = location
@@ -404,12 +404,18 @@ class Store:
 
     def get_manifest(self, mid: bytes) -> Manifest:
         path = self.manifest_path(mid)
+        cap = self.config["max_manifest"]
         try:
             with open(path, "rb") as f:
-                buf = f.read(self.config["max_manifest"] * 2 + 4096)
+                size = os.fstat(f.fileno()).st_size
+                if size > 2 * cap + 4096:
+                    raise CorruptImage(
+                        path=path, structure="manifest", problem=f"{size} bytes is too large"
+                    )
+                buf = f.read(size)
         except FileNotFoundError as e:
             raise NotFound(what=f"manifest {to_hex(mid)} ({path})") from e
-        raw = decode(buf, Where(str(path), 0), MANIFEST_MAGIC, self.config["max_manifest"], mid)
+        raw = decode(buf, Where(str(path), 0), MANIFEST_MAGIC, cap, mid)
         return parse(raw, str(path))
 
     def _checked_sizes(self, manifest: Manifest, mid: bytes) -> tuple[int, int]:
@@ -426,6 +432,12 @@ class Store:
         """finalizing -> deployable, once its chunks and manifest are durable."""
         self.flush()
         try:
+            state = self.catalog.version(layer, version)["state"]
+            if state != "finalizing":
+                raise StateError(
+                    what=f"version {version!r} of {layer!r} is {state}; only a finalizing "
+                    "version can be committed"
+                )
             manifest = self.get_manifest(mid)
             with transaction(self.db):
                 logical, stored = self._checked_sizes(manifest, mid)

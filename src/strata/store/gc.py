@@ -128,7 +128,7 @@ def _unlink_pack(store: Store, path: Path) -> None:
 
 def _rewrite(store: Store, path: Path, rows: list[tuple[bytes, int, int]]) -> int:
     old_size = path.stat().st_size
-    writer = PackWriter(path.parent)
+    writer = PackWriter(path.parent, store.root / "tmp")
     moved: list[tuple[str, int, bytes]] = []
     try:
         for cid, offset, length in rows:

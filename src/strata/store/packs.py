@@ -33,13 +33,17 @@ def fsync_dir(path: Path) -> None:
 class PackWriter:
     """Appends frames to one new pack; ``sync`` makes everything written so far durable."""
 
-    def __init__(self, directory: Path, name: str | None = None) -> None:
-        self.name = name or new_pack_name()
+    def __init__(self, directory: Path, tmp_dir: Path) -> None:
+        self.name = new_pack_name()
         self.path = directory / self.name
-        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        # The header is made durable under a temporary name first, so a pack in packs/
+        # always starts with a whole header, whenever the writer is killed.
+        tmp = tmp_dir / f"{self.name}.tmp"
+        self.fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
         self.size = 0
         self._write(PACK_HEADER.pack(PACK_MAGIC, FORMAT_VERSION, 0))
         os.fsync(self.fd)
+        os.rename(tmp, self.path)
         fsync_dir(directory)
 
     def _write(self, data: bytes | memoryview) -> None:

@@ -1,0 +1,202 @@
+"""Layer catalog: kinds, versions, state machine, commits, icons, audit history, CLI."""
+
+from __future__ import annotations
+
+import sqlite3
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+
+from strata.errors import InvalidInput, NotFound, StateError
+from strata.store import Manifest, Store
+
+from support.store_tools import blocks
+from support.tools import result_of, strata, strata_json
+
+
+def png(width: int = 16, height: int = 16) -> bytes:
+    """A real PNG made with zlib: signature, IHDR, IDAT, IEND with correct CRCs."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    idat = zlib.compress(b"".join(b"\0" + bytes(width) for _ in range(height)))
+    sig = b"\x89PNG\r\n\x1a\n"
+    return sig + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00\xff\xd9"
+
+
+@pytest.fixture
+def store(tmp_path: Path):  # type: ignore[no-untyped-def]
+    with Store.init(tmp_path / "s") as s:
+        yield s
+
+
+def commit_small(store: Store, layer: str, version: str, seed: int) -> bytes:
+    store.catalog.create_version(layer, version)
+    store.catalog.transition(layer, version, "finalizing")
+    manifest = Manifest("os-layer")
+    manifest.add_table("chunks", "chunks-v1", store.put_blocks(blocks([seed], 1 << 20)))
+    mid = store.put_manifest(manifest)
+    store.commit_version(layer, version, mid, comment=f"commit {version}")
+    return mid
+
+
+def test_layer_kinds_and_owning_os_layer(store: Store) -> None:
+    store.catalog.create_layer("win10", "os", description="Windows 10")
+    store.catalog.create_layer("office", "app", os_layer="win10", icon=png())
+    store.catalog.create_layer("tools", "platform", platform_types=["vsphere"], purpose="publish")
+    with pytest.raises(InvalidInput, match="needs its OS layer"):
+        store.catalog.create_layer("orphan", "app")
+    with pytest.raises(InvalidInput, match="not an OS layer"):
+        store.catalog.create_layer("bad", "app", os_layer="office")
+    with pytest.raises(InvalidInput, match="already exists"):
+        store.catalog.create_layer("win10", "os")
+    with pytest.raises(InvalidInput, match="kind"):
+        store.catalog.create_layer("x", "driver")
+    with pytest.raises(NotFound):
+        store.catalog.create_layer("y", "app", os_layer="nope")
+    assert store.catalog.layer("office")["os_layer"] == "win10"
+    assert store.catalog.layer("tools")["platform_types"] == ["vsphere"]
+    assert store.catalog.icon("office") == (png(), "image/png")
+    assert [r["name"] for r in store.catalog.layers()] == ["win10", "office", "tools"]
+
+
+@pytest.mark.parametrize(
+    "icon",
+    [
+        b"GIF89a" + bytes(40),
+        png()[:30],
+        png()[:-12],
+        png().replace(b"IHDR", b"IHDX"),
+        JPEG[:-2],
+        b"",
+        b"\x89PNG\r\n\x1a\n" + bytes(100),
+    ],
+)
+def test_icon_must_be_png_or_jpeg_by_content(store: Store, icon: bytes) -> None:
+    with pytest.raises(InvalidInput, match="icon"):
+        store.catalog.create_layer("a", "os", icon=icon)
+    with pytest.raises(NotFound):
+        store.catalog.layer("a")
+
+
+def test_icon_jpeg_accepted_and_set_icon_audited(store: Store) -> None:
+    store.catalog.create_layer("a", "os")
+    store.catalog.set_icon("a", JPEG, comment="new icon")
+    assert store.catalog.icon("a") == (JPEG, "image/jpeg")
+    assert store.catalog.history("a")[-1]["comment"] == "new icon"
+
+
+def test_state_machine(store: Store) -> None:
+    store.catalog.create_layer("os", "os")
+    v = store.catalog.create_version("os", "v1")
+    assert v["state"] == "packaging" and v["manifest"] is None
+    with pytest.raises(StateError):
+        store.catalog.transition("os", "v1", "deployable")
+    store.catalog.transition("os", "v1", "finalizing")
+    store.catalog.transition("os", "v1", "packaging")  # the finalize gate refused the disk
+    store.catalog.transition("os", "v1", "failed")
+    for state in ("packaging", "finalizing", "failed"):
+        with pytest.raises(StateError):
+            store.catalog.transition("os", "v1", state)
+    with pytest.raises(InvalidInput):
+        store.catalog.transition("os", "v1", "bogus")
+    store.catalog.create_version("os", "v2")
+    with pytest.raises(StateError, match="only a finalizing"):
+        store.commit_version("os", "v2", b"\1" * 16)
+
+
+def test_commit_base_and_sizes(store: Store) -> None:
+    store.catalog.create_layer("os", "os")
+    mid = commit_small(store, "os", "v1", 1)
+    v1 = store.catalog.version("os", "v1")
+    assert v1["state"] == "deployable" and v1["manifest"] == mid.hex()
+    assert v1["logical_size"] == 1 << 20 and 0 < v1["stored_size"] < 1 << 20
+    assert store.catalog.create_version("os", "v2")["base"] == "v1"
+    with pytest.raises(StateError, match="not deployable"):
+        store.catalog.create_version("os", "v3", base="v2")
+    with pytest.raises(NotFound):
+        store.catalog.create_version("os", "v3", base="v9")
+    with pytest.raises(InvalidInput, match="already has"):
+        store.catalog.create_version("os", "v1")
+
+
+def test_commit_refuses_manifest_naming_missing_chunk(store: Store) -> None:
+    store.catalog.create_layer("os", "os")
+    store.catalog.create_version("os", "v1")
+    store.catalog.transition("os", "v1", "finalizing")
+    manifest = Manifest("os-layer")
+    table = store.put_blocks(blocks([3], 1 << 20))
+    table["id"][5] = b"\x42" * 16
+    manifest.add_table("chunks", "chunks-v1", table)
+    mid = store.put_manifest(manifest)
+    with pytest.raises(NotFound, match="42424242"):
+        store.commit_version("os", "v1", mid, comment="try")
+    assert store.catalog.version("os", "v1")["state"] == "finalizing"
+    last = store.catalog.history("os")[-1]
+    assert (last["operation"], last["result"]) == ("commit-version", "failed")
+    with pytest.raises(NotFound, match="manifest"):
+        store.commit_version("os", "v1", b"\x01" * 16)
+
+
+def test_history_is_append_only(store: Store) -> None:
+    store.catalog.create_layer("os", "os", comment="hello")
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        store.db.execute("UPDATE history SET comment = 'x'")
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        store.db.execute("DELETE FROM history")
+    assert store.catalog.history("os")[0]["comment"] == "hello"
+
+
+def test_layer_cli_json(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    assert result_of(strata_json("store", "init", "--store", root))["created"] is True
+    with Store(root) as store:
+        store.catalog.create_layer("win", "os", comment="imported")
+        commit_small(store, "win", "1.0", 4)
+        store.catalog.create_layer("app", "app", os_layer="win")
+        store.catalog.create_version("app", "a1", comment="packaging starts")
+    layers = result_of(strata_json("layer", "list", "--store", root))["layers"]
+    assert [(r["name"], r["versions"], r["latest"]) for r in layers] == [
+        ("win", 1, "1.0"),
+        ("app", 1, None),
+    ]
+    shown = result_of(strata_json("layer", "show", "win", "--store", root))["layer"]
+    assert shown["versions"][0]["state"] == "deployable"
+    history = result_of(strata_json("layer", "history", "win", "--store", root))["history"]
+    assert [h["operation"] for h in history] == [
+        "create-layer",
+        "create-version",
+        "state-finalizing",
+        "commit-version",
+    ]
+    assert history[0]["comment"] == "imported" and history[-1]["comment"] == "commit 1.0"
+    missing = strata("layer", "show", "nope", "--store", root)
+    assert missing.returncode == 4 and "nope" in missing.stderr
+    text = strata("layer", "history", "--store", root, check=True)
+    assert "packaging starts" in text.stdout
+    stats = result_of(strata_json("store", "stats", "--store", root))
+    assert stats["versions"] == 1 and stats["logical_bytes"] == 1 << 20
+
+
+def test_store_location_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from strata.store import default_store, store_path
+
+    monkeypatch.setenv("STRATA_STORE", str(tmp_path / "env"))
+    assert store_path(tmp_path / "arg") == tmp_path / "arg"
+    assert store_path(None) == tmp_path / "env"
+    monkeypatch.delenv("STRATA_STORE")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert store_path(None) == tmp_path / "xdg" / "strata" / "store" == default_store()
+    monkeypatch.delenv("XDG_DATA_HOME")
+    assert default_store() == Path.home() / ".local" / "share" / "strata" / "store"
+    proc = strata("store", "stats", "--store", tmp_path / "none")
+    assert proc.returncode == 4 and "strata store init" in proc.stderr
