@@ -56,3 +56,20 @@ def test_changed_sectors_throughput(versus, pair: tuple[bytes, bytes]) -> None: 
         per_byte=2 * SIZE,
     )
     assert ratio < 1.0, "native changed_sectors slower than the numpy reference"
+
+
+def test_fastcdc_throughput(versus, record_ratio) -> None:  # type: ignore[no-untyped-def]
+    # The numpy reference needs ~64 passes over the data: keep its input modest.
+    size = scaled(8 << 20, 1 << 20)
+    data = np.random.default_rng(11).integers(0, 256, size, dtype=np.uint8).tobytes()
+    assert _native.fastcdc_cuts(data, 16384, 65536, 262144) == _py.fastcdc_cuts(
+        data, 16384, 65536, 262144
+    )
+    ratio = versus(
+        lambda: _native.fastcdc_cuts(data, 16384, 65536, 262144),
+        lambda: _py.fastcdc_cuts(data, 16384, 65536, 262144),
+        peer="strata._py.fastcdc_cuts (numpy reference)",
+        rounds=3,
+        per_byte=size,
+    )
+    assert ratio < 1.0

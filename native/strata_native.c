@@ -170,6 +170,125 @@ done:
     return runs;
 }
 
+/*
+ * FastCDC (Xia et al., USENIX ATC 2016) with normalized chunking, level 2.
+ *
+ * The cut test at byte i uses the gear hash of the 64-byte window ending at
+ * i, W(i) = sum_k G[b[i-k]] << k: rolling fp = (fp << 1) + G[b] over 64 bytes
+ * yields exactly W(i), so cut points depend only on content and the numpy
+ * reference can compute W for every position at once.  Masks take the top
+ * bits, which depend on the whole window.
+ */
+static uint64_t gear[256];
+static int gear_ready;
+
+static uint64_t splitmix64(uint64_t *state)
+{
+    uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+static void init_gear(void)
+{
+    uint64_t state = 0x5354524154414744ull; /* "STRATAGD" */
+    for (int i = 0; i < 256; i++)
+        gear[i] = splitmix64(&state);
+    gear_ready = 1;
+}
+
+static uint64_t top_mask(int bits)
+{
+    return bits <= 0 ? 0 : (~0ull) << (64 - bits);
+}
+
+static int log2_exact(Py_ssize_t v)
+{
+    int bits = 0;
+    while (((Py_ssize_t)1 << bits) < v)
+        bits++;
+    return ((Py_ssize_t)1 << bits) == v ? bits : -1;
+}
+
+/* Length of the next chunk starting at p (n bytes available), or 0 when the
+ * data ends before a cut and more may follow. */
+static Py_ssize_t next_cut(const unsigned char *p, Py_ssize_t n, Py_ssize_t min_size,
+                           Py_ssize_t avg_size, Py_ssize_t max_size,
+                           uint64_t mask_s, uint64_t mask_l, int final)
+{
+    if (n <= min_size)
+        return final ? n : 0;
+    Py_ssize_t limit = n < max_size ? n : max_size;
+    Py_ssize_t normal = avg_size < limit ? avg_size : limit;
+    uint64_t fp = 0;
+    Py_ssize_t i = min_size - 64;
+    for (; i < min_size - 1; i++)
+        fp = (fp << 1) + gear[p[i]];
+    for (; i < normal; i++) {
+        fp = (fp << 1) + gear[p[i]];
+        if (!(fp & mask_s) && i + 1 >= min_size)
+            return i + 1;
+    }
+    for (; i < limit; i++) {
+        fp = (fp << 1) + gear[p[i]];
+        if (!(fp & mask_l))
+            return i + 1;
+    }
+    if (limit == max_size)
+        return max_size;
+    return final ? n : 0;
+}
+
+static PyObject *py_fastcdc_cuts(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {"buf", "min_size", "avg_size", "max_size", "final", NULL};
+    Py_buffer view;
+    Py_ssize_t min_size, avg_size, max_size;
+    int final = 1;
+    PyObject *cuts = NULL;
+    (void)self;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*nnn|p", keywords, &view, &min_size,
+                                     &avg_size, &max_size, &final))
+        return NULL;
+    int avg_bits = log2_exact(avg_size);
+    if (min_size < 64 || avg_bits < 8 || min_size > avg_size || avg_size > max_size) {
+        PyErr_SetString(PyExc_ValueError,
+                        "need 64 <= min_size <= avg_size <= max_size, avg_size a power of two >= 256");
+        goto done;
+    }
+    if (!gear_ready)
+        init_gear();
+    cuts = PyList_New(0);
+    if (!cuts)
+        goto done;
+    {
+        const unsigned char *p = view.buf;
+        const uint64_t mask_s = top_mask(avg_bits + 2), mask_l = top_mask(avg_bits - 2);
+        Py_ssize_t pos = 0;
+        while (pos < view.len) {
+            Py_ssize_t len;
+            Py_BEGIN_ALLOW_THREADS
+            len = next_cut(p + pos, view.len - pos, min_size, avg_size, max_size, mask_s, mask_l,
+                           final);
+            Py_END_ALLOW_THREADS
+            if (len == 0)
+                break;
+            pos += len;
+            PyObject *end = PyLong_FromSsize_t(pos);
+            if (!end || PyList_Append(cuts, end) < 0) {
+                Py_XDECREF(end);
+                Py_CLEAR(cuts);
+                goto done;
+            }
+            Py_DECREF(end);
+        }
+    }
+done:
+    PyBuffer_Release(&view);
+    return cuts;
+}
+
 static PyMethodDef methods[] = {
     {"is_zero", py_is_zero, METH_O, "is_zero(buf) -> True when every byte is zero."},
     {"changed_sectors", py_changed_sectors, METH_VARARGS,
@@ -178,6 +297,8 @@ static PyMethodDef methods[] = {
      "nonzero_blocks(buf, block_size) -> LSB-first bitmap, bit i set when block i holds a non-zero byte."},
     {"bitmap_runs", (PyCFunction)(void (*)(void))py_bitmap_runs, METH_VARARGS | METH_KEYWORDS,
      "bitmap_runs(bitmap, msb_first, nbits=-1) -> [(start, length)] runs of set bits."},
+    {"fastcdc_cuts", (PyCFunction)(void (*)(void))py_fastcdc_cuts, METH_VARARGS | METH_KEYWORDS,
+     "fastcdc_cuts(buf, min_size, avg_size, max_size, final=True) -> [chunk end offsets]."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -33,5 +33,13 @@ is_zero = _impl.is_zero
 changed_sectors = _impl.changed_sectors
 nonzero_blocks = _impl.nonzero_blocks
 bitmap_runs = _impl.bitmap_runs
+fastcdc_cuts = _impl.fastcdc_cuts
 
-__all__ = ["BACKEND", "bitmap_runs", "changed_sectors", "is_zero", "nonzero_blocks"]
+__all__ = [
+    "BACKEND",
+    "bitmap_runs",
+    "changed_sectors",
+    "fastcdc_cuts",
+    "is_zero",
+    "nonzero_blocks",
+]

@@ -1,5 +1,6 @@
 """Pure-Python/numpy reference implementations of strata's native kernels."""
 
+from strata._py.fastcdc import fastcdc_cuts
 from strata._py.kernels import bitmap_runs, changed_sectors, is_zero, nonzero_blocks
 
-__all__ = ["bitmap_runs", "changed_sectors", "is_zero", "nonzero_blocks"]
+__all__ = ["bitmap_runs", "changed_sectors", "fastcdc_cuts", "is_zero", "nonzero_blocks"]
