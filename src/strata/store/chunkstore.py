@@ -16,6 +16,7 @@ Layout of a store directory::
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import secrets
@@ -53,6 +54,15 @@ WINDOW_BYTES = 8 << 20  # chunks checked against the index at once
 INFLIGHT_BYTES = 32 << 20  # raw bytes handed to compressor threads and not yet written
 FLUSH_ROWS = 16384  # pending index rows before a durability point
 LOCK_TIMEOUT_S = 60.0
+READ_WINDOW = 512  # ids located in one index query
+READ_BATCH = 8  # chunks decoded per worker job
+
+
+_Job = tuple[Future[list[bytes]], list[tuple[bytes, int]]]
+
+
+def _encode_batch(batch: list[tuple[bytes, bytes]], level: int) -> list[bytes]:
+    return [encode(data, cid, level, CHUNK_MAGIC) for cid, data in batch]
 
 
 @dataclass
@@ -186,7 +196,7 @@ class Store:
         ids: list[bytes] = []
         window: dict[bytes, bytes] = {}
         window_bytes = 0
-        inflight: deque[tuple[Future[bytes], bytes, int]] = deque()
+        inflight: deque[_Job] = deque()
         try:
             for chunk in chunks:
                 item = self._intake(chunk, ids, stats, window)
@@ -251,48 +261,58 @@ class Store:
         return cid, chunk if isinstance(chunk, bytes) else view.tobytes()
 
     def _submit(
-        self,
-        window: dict[bytes, bytes],
-        inflight: deque[tuple[Future[bytes], bytes, int]],
-        level: int,
-        stats: PutStats,
+        self, window: dict[bytes, bytes], inflight: deque[_Job], level: int, stats: PutStats
     ) -> None:
+        """Hand the window's new chunks to the workers, READ_BATCH chunks per job."""
         if not window:
             return
         known = index.present(self.db, list(window))
+        batch: list[tuple[bytes, bytes]] = []
         for cid, data in window.items():
             if cid in known:
                 stats.duplicate_chunks += 1
                 stats.duplicate_bytes += len(data)
                 continue
             self._pending[cid] = None
-            future = self._pool.submit(encode, data, cid, level, CHUNK_MAGIC)
-            inflight.append((future, cid, len(data)))
-            self._inflight_bytes += len(data)
-            self._drain(inflight, INFLIGHT_BYTES, stats)
+            batch.append((cid, data))
+            if len(batch) >= READ_BATCH:
+                self._queue(batch, inflight, level, stats)
+                batch = []
+        if batch:
+            self._queue(batch, inflight, level, stats)
 
-    def _drain(
-        self, inflight: deque[tuple[Future[bytes], bytes, int]], limit: int, stats: PutStats
+    def _queue(
+        self, batch: list[tuple[bytes, bytes]], inflight: deque[_Job], level: int, stats: PutStats
     ) -> None:
+        future = self._pool.submit(_encode_batch, batch, level)
+        sizes = [(cid, len(data)) for cid, data in batch]
+        inflight.append((future, sizes))
+        self._inflight_bytes += sum(n for _, n in sizes)
+        self._drain(inflight, INFLIGHT_BYTES, stats)
+
+    def _drain(self, inflight: deque[_Job], limit: int, stats: PutStats) -> None:
         """Write finished frames in order until at most ``limit`` raw bytes are in flight."""
         while inflight and self._inflight_bytes > limit:
-            future, cid, raw_length = inflight.popleft()
-            self._inflight_bytes -= raw_length
+            future, sizes = inflight.popleft()
+            self._inflight_bytes -= sum(n for _, n in sizes)
             try:
-                frame = future.result()
+                frames = future.result()
             except BaseException:
-                self._pending.pop(cid, None)
+                for cid, _ in sizes:
+                    self._pending.pop(cid, None)
                 raise
-            self._write_frame(frame, cid, raw_length, stats)
+            for frame, (cid, raw_length) in zip(frames, sizes, strict=True):
+                self._write_frame(frame, cid, raw_length, stats)
 
-    def _abandon(self, inflight: deque[tuple[Future[bytes], bytes, int]]) -> None:
+    def _abandon(self, inflight: deque[_Job]) -> None:
         """After a failure: forget chunks queued but never written."""
         while inflight:
-            future, cid, raw_length = inflight.popleft()
+            future, sizes = inflight.popleft()
             future.cancel()
-            self._inflight_bytes -= raw_length
-            if self._pending.get(cid, 0) is None:
-                del self._pending[cid]
+            for cid, raw_length in sizes:
+                self._inflight_bytes -= raw_length
+                if cid in self._pending and self._pending[cid] is None:
+                    del self._pending[cid]
 
     def _write_frame(self, frame: bytes, cid: bytes, raw_length: int, stats: PutStats) -> None:
         if self._writer is None:
@@ -328,36 +348,51 @@ class Store:
     ) -> Iterator[bytes]:
         """The verified bytes of each chunk, in order. A zero id needs its length."""
         pairs = zip(ids, lengths, strict=True) if lengths is not None else ((i, None) for i in ids)
-        inflight: deque[Future[bytes] | bytes] = deque()
+        inflight: deque[Future[list[bytes]] | list[bytes]] = deque()
         window: list[tuple[bytes, int | None]] = []
         for pair in pairs:
             window.append((bytes(pair[0]), pair[1]))
-            if len(window) >= 256:
+            if len(window) >= READ_WINDOW:
                 yield from self._fetch(window, inflight)
                 window = []
         yield from self._fetch(window, inflight)
         while inflight:
-            yield _value(inflight.popleft())
+            yield from _value(inflight.popleft())
 
     def get(self, cid: bytes, length: int | None = None) -> bytes:
         return next(self.get_many([cid], None if length is None else [length]))
 
     def _fetch(
-        self, window: list[tuple[bytes, int | None]], inflight: deque[Future[bytes] | bytes]
+        self,
+        window: list[tuple[bytes, int | None]],
+        inflight: deque[Future[list[bytes]] | list[bytes]],
     ) -> Iterator[bytes]:
+        """Read a window in jobs of READ_BATCH chunks (one future each, to keep overhead low)."""
         places = self.locate([cid for cid, _ in window if cid != ZERO_ID])
+        batch: list[tuple[bytes, Location, int | None]] = []
         for cid, length in window:
             if cid == ZERO_ID:
                 if length is None:
                     raise InvalidInput("reading a zero chunk needs its length")
-                inflight.append(bytes(length))
-            else:
-                place = places.get(cid)
-                if place is None:
-                    raise NotFound(what=f"chunk {to_hex(cid)} (not in the store's index)")
-                inflight.append(self._pool.submit(self.read_chunk, cid, place, length))
+                if batch:
+                    inflight.append(self._pool.submit(self._read_batch, batch))
+                    batch = []
+                inflight.append([_zeros(length)])
+                continue
+            place = places.get(cid)
+            if place is None:
+                raise NotFound(what=f"chunk {to_hex(cid)} (not in the store's index)")
+            batch.append((cid, place, length))
+            if len(batch) >= READ_BATCH:
+                inflight.append(self._pool.submit(self._read_batch, batch))
+                batch = []
             while len(inflight) > 4 * self.workers:
-                yield _value(inflight.popleft())
+                yield from _value(inflight.popleft())
+        if batch:
+            inflight.append(self._pool.submit(self._read_batch, batch))
+
+    def _read_batch(self, batch: list[tuple[bytes, Location, int | None]]) -> list[bytes]:
+        return [self.read_chunk(cid, place, length) for cid, place, length in batch]
 
     def locate(self, ids: list[bytes]) -> dict[bytes, Location]:
         found = {cid: loc for cid in ids if (loc := self._pending.get(cid)) is not None}
@@ -498,5 +533,10 @@ class Store:
         }
 
 
-def _value(item: Future[bytes] | bytes) -> bytes:
-    return item if isinstance(item, bytes) else item.result()
+def _value(item: Future[list[bytes]] | list[bytes]) -> list[bytes]:
+    return item if isinstance(item, list) else item.result()
+
+
+@functools.lru_cache(maxsize=8)
+def _zeros(length: int) -> bytes:
+    return bytes(length)

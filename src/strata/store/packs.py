@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import threading
 from pathlib import Path
 
 from strata.errors import CorruptImage, NotFound, TruncatedImage
@@ -74,8 +75,16 @@ class PackFiles:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self._fds: dict[str, int] = {}
+        self._lock = threading.Lock()
 
     def fd(self, name: str) -> int:
+        fd = self._fds.get(name)
+        if fd is not None:
+            return fd
+        with self._lock:
+            return self._open(name)
+
+    def _open(self, name: str) -> int:
         fd = self._fds.get(name)
         if fd is None:
             if "/" in name or not name.endswith(PACK_SUFFIX):
