@@ -13,6 +13,7 @@ shorter than files) is refused before anything is written.
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import replace
 from typing import BinaryIO
 
 import numpy as np
@@ -20,7 +21,14 @@ import numpy as np
 from strata.blockdev.base import BlockDevice
 from strata.errors import InvalidInput, NotFound, StateError
 from strata.fs.fat import structs as s
-from strata.fs.fat.reader import Directory, FatEntry, FatVolume, encode_fat12, split_path
+from strata.fs.fat.reader import (
+    Directory,
+    FatEntry,
+    FatVolume,
+    encode_fat12,
+    parse_entries,
+    split_path,
+)
 
 _DOT = b".          "
 _DOTDOT = b"..         "
@@ -53,14 +61,15 @@ class FatEditor(FatVolume):
                 return existing
             raise InvalidInput(f"{path} already exists")
         stamp = dt.datetime.now()
-        cluster = self._allocate(1)[0]
+        cluster = int(self._allocate(1)[0])
         self._zero_cluster(cluster)
+        self.forget(cluster)
         up = parent.first_cluster if parent.first_cluster != self.geometry.root_cluster else 0
         dots = short_entry(_DOT, s.ATTR_DIRECTORY, cluster, 0, stamp, stamp, stamp.date())
         dots += short_entry(_DOTDOT, s.ATTR_DIRECTORY, up, 0, stamp, stamp, stamp.date())
         self.dev.write(self.geometry.cluster_offset(cluster), dots)  # type: ignore[attr-defined]
         self._add_entry(parent, d, name, s.ATTR_DIRECTORY, cluster, 0, stamp)
-        self.flush()
+        self.commit()
         return self.stat(path)
 
     def write_file(
@@ -102,7 +111,7 @@ class FatEditor(FatVolume):
             self._add_entry(parent, d, name, s.ATTR_ARCHIVE, first, source.size, stamp)
         else:
             self._update(d, existing, cluster=first, size=source.size, modified=stamp)
-        self.flush()
+        self.commit()
         return self.stat(path)
 
     def _abandon(
@@ -112,7 +121,7 @@ class FatEditor(FatVolume):
             self._mark(clusters, 0)
         if existing is not None and existing.first_cluster and not old_kept:
             self._update(d, existing, cluster=0, size=0)
-        self.flush()
+        self.commit()
 
     def delete(self, path: str, *, recursive: bool = False) -> None:
         """Delete a file or an empty directory (any directory with ``recursive``)."""
@@ -121,7 +130,7 @@ class FatEditor(FatVolume):
         if entry is None:
             raise NotFound(what=f"{path} on {self.path}")
         self._delete(d, entry, path, recursive)
-        self.flush()
+        self.commit()
 
     def set_attributes(self, path: str, attributes: int) -> FatEntry:
         """Set read-only, hidden, system and archive; the directory bit stays as it is."""
@@ -132,7 +141,7 @@ class FatEditor(FatVolume):
             )
         d, entry = self._located(path)
         self._update(d, entry, attributes=(entry.attributes & s.ATTR_DIRECTORY) | attributes)
-        self.flush()
+        self.commit()
         return self.stat(path)
 
     def set_times(
@@ -145,15 +154,30 @@ class FatEditor(FatVolume):
     ) -> FatEntry:
         d, entry = self._located(path)
         self._update(d, entry, created=created, modified=modified, accessed=accessed)
-        self.flush()
+        self.commit()
         return self.stat(path)
 
-    def flush(self) -> None:
+    def commit(self) -> None:
+        """Write the changed FAT entries to every copy and refresh FSInfo (each operation
+        ends with this, so the volume is consistent between operations)."""
         self._write_fat()
         self._write_fsinfo()
+
+    def flush(self) -> None:
+        """``commit``, then make it durable on the device."""
+        self.commit()
         flush = getattr(self.dev, "flush", None)
         if flush is not None:
             flush()
+
+    def close(self) -> None:
+        self.flush()
+
+    def __enter__(self) -> FatEditor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # ------------------------------------------------------------------ lookups
 
@@ -178,7 +202,6 @@ class FatEditor(FatVolume):
 
     def _mark(self, clusters: np.ndarray, values: np.ndarray | int) -> None:
         self.fat[clusters] = values
-        self._run_end = None
         lo, hi = int(clusters.min()), int(clusters.max()) + 1
         if self._dirty is not None:
             lo, hi = min(lo, self._dirty[0]), max(hi, self._dirty[1])
@@ -315,6 +338,20 @@ class FatEditor(FatVolume):
         for index in range(slots):
             chunk = record[index * s.DIRENT_SIZE : (index + 1) * s.DIRENT_SIZE]
             self.dev.write(d.slot_offset(first + index), chunk)  # type: ignore[attr-defined]
+        self._remember(d, record, first)
+
+    def _remember(self, d: Directory, record: bytes, first: int) -> None:
+        """Add a just-written entry to the cached listing instead of re-reading the directory."""
+        cached = self._dir_cache.get(d.first_cluster)
+        if cached is None:
+            return
+        (entry,) = parse_entries(np.frombuffer(record, s.DIRENT_DTYPE))
+        entry = replace(entry, slot=first + entry.slot)
+        cached.append(entry)
+        index = self._dir_index.get(d.first_cluster)
+        if index is not None:
+            index.setdefault(entry.short_name.upper(), entry)
+            index[entry.name.upper()] = entry
 
     def _find_slots(self, parent: FatEntry, d: Directory, need: int) -> int:
         while True:
@@ -373,6 +410,7 @@ class FatEditor(FatVolume):
         if accessed is not None:
             rec["acc_date"] = encode_stamp(dt.datetime.combine(accessed, dt.time()))[0]
         self.dev.write(at, rec.tobytes())  # type: ignore[attr-defined]
+        self.forget(d.first_cluster)
 
     def _delete(self, d: Directory, entry: FatEntry, path: str, recursive: bool) -> None:
         if entry.is_dir:
@@ -386,6 +424,9 @@ class FatEditor(FatVolume):
             self._free_chain(entry.first_cluster)
         for slot in range(entry.slot - entry.lfn_slots, entry.slot + 1):
             self.dev.write(d.slot_offset(slot), bytes([s.FREE_MARK]))  # type: ignore[attr-defined]
+        self.forget(d.first_cluster)
+        if entry.is_dir:
+            self.forget(entry.first_cluster)
 
 
 # ---------------------------------------------------------------------------- helpers

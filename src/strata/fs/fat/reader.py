@@ -21,6 +21,8 @@ from strata.blockdev.base import BlockDevice
 from strata.errors import CorruptImage, InvalidInput, NotFound, TruncatedImage
 from strata.fs.fat import structs as s
 
+DIR_CACHE = 256  # parsed directories kept; a walk reads each one once anyway
+
 
 @dataclass(frozen=True)
 class Geometry:
@@ -128,7 +130,8 @@ class FatVolume:
         self.geometry = parse_boot_sector(self._read(0, 512 if dev.size >= 512 else dev.size), self)
         self._check_fits()
         self.fat = self._load_fat()
-        self._run_end: np.ndarray | None = None
+        self._dir_cache: dict[int, list[FatEntry]] = {}
+        self._dir_index: dict[int, dict[str, FatEntry]] = {}
 
     # ------------------------------------------------------------------ basics
 
@@ -193,15 +196,17 @@ class FatVolume:
             return f"points to cluster {value}, past the volume's {g.cluster_count} clusters"
         return None
 
-    def run_ends(self) -> np.ndarray:
-        """For each cluster, the last cluster of the contiguous run starting there."""
-        if self._run_end is None:
-            idx = np.arange(len(self.fat), dtype=np.int64)
-            breaks = np.flatnonzero(self.fat.astype(np.int64) != idx + 1)
-            if not len(breaks) or breaks[-1] != len(idx) - 1:
-                breaks = np.append(breaks, len(idx) - 1)
-            self._run_end = breaks[np.searchsorted(breaks, idx)]
-        return self._run_end
+    def run_end(self, cluster: int) -> int:
+        """The last cluster of the contiguous run (``fat[c] == c + 1``) starting at
+        ``cluster``, found by comparing growing windows of the table at once."""
+        end, window, top = cluster, 64, len(self.fat)
+        while end < top - 1:
+            seg = self.fat[end : end + window]
+            breaks = np.flatnonzero(seg != np.arange(end + 1, end + 1 + len(seg), dtype=np.uint32))
+            if len(breaks):
+                return end + int(breaks[0])
+            end, window = end + len(seg), window * 2
+        return top - 1
 
     def check_cluster(self, cluster: int, what: str) -> None:
         if not 2 <= cluster < self.geometry.cluster_count + 2:
@@ -217,12 +222,11 @@ class FatVolume:
         if first == 0:
             return []
         self.check_cluster(first, what)
-        ends = self.run_ends()
         found: list[tuple[int, int]] = []
         starts: set[int] = set()
         total, cur, limit = 0, first, self.geometry.cluster_count
         while True:
-            end = int(ends[cur])
+            end = self.run_end(cur)
             found.append((cur, end - cur + 1))
             total += end - cur + 1
             if total > limit or cur in starts:
@@ -281,7 +285,18 @@ class FatVolume:
 
     def entries(self, d: Directory) -> list[FatEntry]:
         """Live entries of a directory, without ``.``/``..`` and the volume label."""
-        return parse_entries(self.read_directory(d))
+        cached = self._dir_cache.get(d.first_cluster)
+        if cached is None:
+            cached = parse_entries(self.read_directory(d))
+            if len(self._dir_cache) >= DIR_CACHE:
+                self.forget(next(iter(self._dir_cache)))
+            self._dir_cache[d.first_cluster] = cached
+        return cached
+
+    def forget(self, first_cluster: int) -> None:
+        """Drop a directory's cached entries (after it changed)."""
+        self._dir_cache.pop(first_cluster, None)
+        self._dir_index.pop(first_cluster, None)
 
     def listdir(self, path: str = "/") -> list[FatEntry]:
         entry = self.stat(path)
@@ -290,11 +305,14 @@ class FatVolume:
         return self.entries(self.directory(entry))
 
     def lookup(self, d: Directory, name: str) -> FatEntry | None:
-        key = name.upper()
-        for e in self.entries(d):
-            if e.name.upper() == key or e.short_name.upper() == key:
-                return e
-        return None
+        """Case-insensitive, by long or short name (FAT compares upper case)."""
+        index = self._dir_index.get(d.first_cluster)
+        if index is None or d.first_cluster not in self._dir_cache:
+            entries = self.entries(d)
+            index = {e.short_name.upper(): e for e in reversed(entries)}
+            index.update({e.name.upper(): e for e in reversed(entries)})
+            self._dir_index[d.first_cluster] = index
+        return index.get(name.upper())
 
     def stat(self, path: str) -> FatEntry:
         entry = self.root()
