@@ -271,3 +271,17 @@ def test_parent_cid_mismatch_is_a_clear_error(tmp_path: Path) -> None:
         ).returncode
         != 0
     )
+
+
+def test_split_sparse_child(tmp_path: Path) -> None:
+    require("qemu-img")
+    size = 2 * GiB + 8 * MiB
+    raw = write_sparse_raw(tmp_path / "b.raw", size, [(0, MiB), (2 * GiB - 65536, 4 * MiB)])
+    base = tmp_path / "b.vmdk"
+    convert(raw, base, "subformat=twoGbMaxExtentSparse")
+    _write_at(raw, size, [(2 * GiB - 1000, b"q" * 3000), (700, bytes(300))])
+    child = tmp_path / "c.vmdk"
+    convert(raw, child, "subformat=twoGbMaxExtentSparse", backing=base)
+    assert qemu_compare(raw, child, "vmdk") == 0
+    with registry.open_image(str(child)) as disk:
+        assert [len(layer.files) for layer in disk.layers] == [3, 3]
