@@ -84,21 +84,27 @@ def iter_blocks(
     base: BlockDevice | None = None,
     progress: Progress | None = None,
     window: int = WINDOW,
+    within: Iterable[tuple[int, int]] | None = None,
 ) -> Iterator[Block]:
     """The blocks of ``src`` worth writing.
 
     Without ``base``: runs of consecutive non-zero blocks.  With ``base``: each
     block in which some sector differs from ``base`` (a base shorter than
     ``src`` reads as zeros past its end), with the changed-sector bitmap.
+    ``within`` (sorted ``(start, end)`` ranges) replaces the allocation maps as
+    the places to look: finalize passes what the child layer itself allocated.
     """
     if block_size <= 0 or block_size % src.sector_size:
         raise InvalidInput(f"block size {block_size} is not a multiple of the sector size")
     window = max(block_size, window - window % block_size)
     buf = bytearray(window)
     other = bytearray(window) if base is not None else None
-    streams = [data_ranges(src)]
-    if base is not None:
-        streams.append(data_ranges(base, src.size))
+    if within is not None:
+        streams = [iter(within)]
+    else:
+        streams = [data_ranges(src)]
+        if base is not None:
+            streams.append(data_ranges(base, src.size))
     for start, end in aligned_union(streams, block_size, src.size):
         for lo, hi in _windows(start, end, window):
             view = memoryview(buf)[: hi - lo]

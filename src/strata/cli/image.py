@@ -1,0 +1,144 @@
+"""``strata image``: publish layered images and export them."""
+
+from __future__ import annotations
+
+import click
+
+from strata.cli.events import current, json_option
+from strata.cli.store import store_option
+from strata.ops import image as ops
+from strata.ops.targets import TARGETS
+
+
+@click.group("image")
+def group() -> None:
+    """Publish layered images from templates; export them for a platform."""
+
+
+@group.command("publish")
+@click.argument("template", required=False, type=click.Path())
+@click.option("--name", default=None, help="Image name (overrides the template's).")
+@click.option("--os", "os_ref", default=None, metavar="NAME[:V]", help="OS layer.")
+@click.option("--platform", default=None, metavar="NAME[:V]", help="Platform layer (applied last).")
+@click.option(
+    "--app",
+    "apps",
+    multiple=True,
+    metavar="NAME[:V][@PRIORITY]",
+    help="App layer; repeatable. Higher priority wins; default: the last listed wins.",
+)
+@click.option(
+    "--target",
+    default=None,
+    type=click.Choice(list(TARGETS)),
+    help="Default export target (may also be chosen at export).",
+)
+@click.option("--comment", default="", help="Comment for the audit history.")
+@store_option
+@json_option
+def publish_cmd(
+    template: str | None,
+    name: str | None,
+    os_ref: str | None,
+    platform: str | None,
+    apps: tuple[str, ...],
+    target: str | None,
+    comment: str,
+    store: str | None,
+) -> int:
+    """Compose a layered image from TEMPLATE (a JSON file) and/or options."""
+    tpl = ops.load_template(template) if template else None
+    merged = {
+        "name": name or (tpl.name if tpl else None),
+        "os": os_ref or (tpl.os if tpl else None),
+        "platform": platform or (tpl.platform if tpl else None),
+        "apps": list(apps)
+        or ([{"layer": a.ref, "priority": a.priority} for a in tpl.apps] if tpl else []),
+        "target": target or (tpl.target if tpl else None),
+    }
+    if not merged["name"] or not merged["os"]:
+        raise click.UsageError("an image needs --name and --os (or a template with both)")
+    result = ops.publish(ops.template_from(merged, "options"), store=store, comment=comment)
+    current().result(f"published {result['image']}: manifest {result['manifest']}", **result)
+    return 0
+
+
+@group.command("export")
+@click.argument("image")
+@click.argument("destination", type=click.Path())
+@click.option(
+    "--target",
+    default=None,
+    type=click.Choice(list(TARGETS)),
+    help="Target platform (default: the image's).",
+)
+@click.option("-O", "fmt", default=None, metavar="FORMAT", help="Override the target's format.")
+@click.option(
+    "-o",
+    "options",
+    multiple=True,
+    metavar="KEY=VALUE,...",
+    help="Override the target's format options.",
+)
+@click.option("--force", is_flag=True, help="Export even if the platform layer is not for it.")
+@store_option
+@json_option
+def export_cmd(
+    image: str,
+    destination: str,
+    target: str | None,
+    fmt: str | None,
+    options: tuple[str, ...],
+    force: bool,
+    store: str | None,
+) -> int:
+    """Write IMAGE to DESTINATION in the target platform's disk format."""
+    with current().progress("export") as progress:
+        result = ops.export(
+            image,
+            destination,
+            target_name=target,
+            fmt=fmt,
+            options=options,
+            force=force,
+            store=store,
+            progress=progress,
+        )
+    current().result(f"exported {image} for {result['target']}: {destination}", **result)
+    return 0
+
+
+@group.command("list")
+@store_option
+@json_option
+def list_cmd(store: str | None) -> int:
+    """List published images."""
+    rows = ops.list_images(store=store)
+    if current().json_mode:
+        current().result(images=rows)
+        return 0
+    for row in rows:
+        click.echo(f"{row['name']}  {row['manifest'][:16]}  {row['logical_size']} bytes")
+    return 0
+
+
+@group.command("targets")
+@json_option
+def targets_cmd() -> int:
+    """List export targets and their formats."""
+    rows = [
+        {
+            "name": t.name,
+            "format": t.format,
+            "options": list(t.options),
+            "platform": t.platform,
+            "description": t.description,
+        }
+        for t in TARGETS.values()
+    ]
+    if current().json_mode:
+        current().result(targets=rows)
+        return 0
+    for r in rows:
+        click.echo(f"{r['name']:10} {r['format']:5} {','.join(r['options']):35} {r['description']}")
+    return 0

@@ -1,0 +1,75 @@
+"""A composed image (or any block table) in the store, read as a BlockDevice."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from strata.blockdev.base import BaseDevice, Extent, ExtentState, zero_fill
+from strata.errors import CorruptImage
+from strata.store import CHUNK_ROW, Store
+
+
+class StoreDevice(BaseDevice):
+    """Rows of a ``chunks-v1`` table are DATA; everything else reads as zeros."""
+
+    format_name = "store"
+
+    def __init__(self, store: Store, table: np.ndarray, size: int, sector_size: int = 512) -> None:
+        rows = np.asarray(table, CHUNK_ROW)
+        order = np.argsort(rows["offset"], kind="stable")
+        self.rows = rows[order]
+        self.starts = self.rows["offset"].astype(np.int64)
+        self.ends = self.starts + self.rows["length"].astype(np.int64)
+        if len(self.rows) and (
+            np.any(self.starts[1:] < self.ends[:-1]) or int(self.ends[-1]) > size
+        ):
+            raise CorruptImage(
+                path=str(store.root), structure="block table", problem="rows overlap or overrun"
+            )
+        self.store = store
+        self._size = size
+        self._sector_size = sector_size
+
+    def _rows_in(self, offset: int, end: int) -> tuple[int, int]:
+        first = int(np.searchsorted(self.ends, offset, side="right"))
+        last = int(np.searchsorted(self.starts, end, side="left"))
+        return first, last
+
+    def _readinto(self, offset: int, view: memoryview) -> None:
+        end = offset + len(view)
+        first, last = self._rows_in(offset, end)
+        rows = self.rows[first:last]
+        pos = offset
+        chunks = self.store.get_many([bytes(r) for r in rows["id"]], rows["length"].tolist())
+        for start, stop, data in zip(
+            self.starts[first:last], self.ends[first:last], chunks, strict=True
+        ):
+            lo, hi = max(int(start), offset), min(int(stop), end)
+            if lo > pos:
+                zero_fill(view[pos - offset : lo - offset])
+            view[lo - offset : hi - offset] = memoryview(data)[lo - int(start) : hi - int(start)]
+            pos = hi
+        if pos < end:
+            zero_fill(view[pos - offset :])
+
+    def _extents(self, offset: int, length: int) -> Iterator[Extent]:
+        end = offset + length
+        first, last = self._rows_in(offset, end)
+        starts, ends = self.starts[first:last], self.ends[first:last]
+        breaks = np.flatnonzero(starts[1:] != ends[:-1]) + 1
+        run_starts = np.concatenate((starts[:1], starts[breaks]))
+        run_ends = np.concatenate((ends[breaks - 1], ends[-1:])) if len(starts) else ends[:0]
+        pos = offset
+        for s, e in zip(run_starts.tolist(), run_ends.tolist(), strict=True):
+            s, e = max(s, offset), min(e, end)
+            if s > pos:
+                yield Extent(pos, s - pos, ExtentState.ZERO)
+            yield Extent(s, e - s, ExtentState.DATA)
+            pos = e
+        if pos < end:
+            yield Extent(pos, end - pos, ExtentState.ZERO)
+
+    def close(self) -> None:
+        """The store belongs to the caller."""

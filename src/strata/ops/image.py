@@ -1,0 +1,288 @@
+"""Image verbs: publish a template into a layered image, export it for a target platform.
+
+Priority rule: the OS layer first, then app layers in ascending priority (a higher priority
+wins a conflict; an app without one gets 100 × its 1-based position, so the last listed
+wins), then the platform layer, which always wins.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from strata.blockdev.copy import Progress
+from strata.errors import InvalidInput, NotFound
+from strata.formats import registry
+from strata.formats.registry import WriteRequest
+from strata.layer.blocks import BLOCK_SIZE
+from strata.layer.storedev import StoreDevice
+from strata.ops.layers import (
+    PathLike,
+    Resolved,
+    check_same_os,
+    check_stack,
+    composed_table,
+    open_store,
+    parse_ref,
+    resolve,
+)
+from strata.ops.targets import TARGETS, target
+from strata.store import Manifest, Store, to_hex
+
+
+@dataclass(frozen=True)
+class AppRef:
+    ref: str
+    priority: int | None = None
+
+
+@dataclass(frozen=True)
+class Template:
+    name: str
+    os: str
+    platform: str | None = None
+    apps: Sequence[AppRef] = field(default_factory=tuple)
+    target: str | None = None
+    description: str = ""
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "os": self.os,
+            "platform": self.platform,
+            "apps": [{"layer": a.ref, "priority": a.priority} for a in self.apps],
+            "target": self.target,
+            "description": self.description,
+        }
+
+
+def parse_app(text: str) -> AppRef:
+    """``NAME[:VERSION][@PRIORITY]``."""
+    ref, sep, prio = text.rpartition("@")
+    if not sep:
+        return AppRef(text)
+    try:
+        return AppRef(ref, int(prio))
+    except ValueError as e:
+        raise InvalidInput(f"app {text!r}: priority {prio!r} is not an integer") from e
+
+
+def load_template(path: str) -> Template:
+    try:
+        with open(path) as f:
+            raw = json.load(f)
+    except FileNotFoundError as e:
+        raise NotFound(what=f"template {path}") from e
+    except (OSError, ValueError) as e:
+        raise InvalidInput(f"template {path}: {e}") from e
+    return template_from(raw, path)
+
+
+def template_from(raw: Any, where: str = "template") -> Template:
+    if not isinstance(raw, dict):
+        raise InvalidInput(f"{where}: expected a JSON object")
+    unknown = set(raw) - {"name", "os", "platform", "apps", "target", "description"}
+    if unknown:
+        raise InvalidInput(f"{where}: unknown keys {sorted(unknown)}")
+    return Template(
+        name=_text(raw, "name", where),
+        os=_layer_text(raw["os"], where) if "os" in raw else _text(raw, "os", where),
+        platform=_layer_text(raw["platform"], where) if raw.get("platform") else None,
+        apps=tuple(_app(a, where) for a in _list(raw.get("apps", []), where)),
+        target=raw.get("target"),
+        description=str(raw.get("description", "")),
+    )
+
+
+def _text(raw: dict[str, Any], key: str, where: str) -> str:
+    value = raw.get(key)
+    if not isinstance(value, str) or not value:
+        raise InvalidInput(f"{where}: {key!r} must be a non-empty string")
+    return value
+
+
+def _list(value: Any, where: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise InvalidInput(f"{where}: 'apps' must be a list")
+    return value
+
+
+def _layer_text(value: Any, where: str) -> str:
+    if isinstance(value, str) and value:
+        return value
+    if isinstance(value, dict) and isinstance(value.get("layer"), str):
+        version = value.get("version")
+        return f"{value['layer']}:{version}" if version is not None else value["layer"]
+    raise InvalidInput(f"{where}: a layer is 'NAME[:VERSION]' or {{'layer': …, 'version': …}}")
+
+
+def _app(value: Any, where: str) -> AppRef:
+    if isinstance(value, str):
+        return parse_app(value)
+    priority = value.get("priority") if isinstance(value, dict) else None
+    if priority is not None and not isinstance(priority, int):
+        raise InvalidInput(f"{where}: priority must be an integer, got {priority!r}")
+    return AppRef(_layer_text(value, where), priority)
+
+
+def ordered_apps(apps: Sequence[AppRef]) -> list[AppRef]:
+    keyed = [
+        (a.priority if a.priority is not None else 100 * (i + 1), i, a) for i, a in enumerate(apps)
+    ]
+    return [a for _, _, a in sorted(keyed, key=lambda k: (k[0], k[1]))]
+
+
+def publish(tpl: Template, *, store: PathLike = None, comment: str = "") -> dict[str, Any]:
+    if tpl.target is not None:
+        target(tpl.target)
+    with open_store(store) as st:
+        layers = _template_layers(st, tpl)
+        check_stack(layers)
+        table = composed_table(layers)
+        platform = layers[-1] if tpl.platform else None
+        platform_row = st.catalog.layer(platform.layer) if platform else None
+        first = layers[0].manifest.meta
+        meta = {
+            "name": tpl.name,
+            "template": tpl.as_json(),
+            "size": int(first["size"]),
+            "sector_size": int(first.get("sector_size", 512)),
+            "block_size": BLOCK_SIZE,
+            "layers": [x.ref for x in layers],
+            "os_layer": layers[0].layer,
+            "platform_layer": platform.ref if platform else None,
+            "platform_types": platform_row["platform_types"] if platform_row else [],
+            "target": tpl.target,
+            "published": time.time(),
+        }
+        manifest = Manifest("image", meta)
+        manifest.add_table("blocks", "chunks-v1", table)
+        mid = st.put_manifest(manifest)
+        st.commit_image(tpl.name, mid, tpl.as_json(), comment)
+        return {
+            "image": tpl.name,
+            "manifest": to_hex(mid),
+            "size": meta["size"],
+            "layers": meta["layers"],
+            "blocks": len(table),
+            "target": tpl.target,
+        }
+
+
+def _template_layers(st: Store, tpl: Template) -> list[Resolved]:
+    os_layer = resolve(st, tpl.os)
+    if os_layer.kind != "os":
+        raise InvalidInput(f"{tpl.os!r} is a {os_layer.kind} layer, not an OS layer")
+    apps = [resolve(st, a.ref) for a in ordered_apps(tpl.apps)]
+    for app in apps:
+        if app.kind != "app":
+            raise InvalidInput(
+                f"{app.layer!r} is a {app.kind} layer; list it as "
+                + ("--platform" if app.kind == "platform" else "--os")
+            )
+    platform = [resolve(st, tpl.platform)] if tpl.platform else []
+    if platform and platform[0].kind != "platform":
+        raise InvalidInput(f"{tpl.platform!r} is a {platform[0].kind} layer, not a platform layer")
+    check_same_os(os_layer, apps + platform)
+    return [os_layer, *apps, *platform]
+
+
+def find_image(st: Store, name: str) -> tuple[dict[str, Any], Manifest]:
+    for row in st.catalog.images():
+        if row["name"] == name or row["manifest"] == name:
+            return row, st.get_manifest(bytes.fromhex(row["manifest"]))
+    raise NotFound(what=f"image {name!r}")
+
+
+def list_images(*, store: PathLike = None) -> list[dict[str, Any]]:
+    with open_store(store) as st:
+        return st.catalog.images()
+
+
+def export(
+    image: str,
+    dest: str,
+    *,
+    target_name: str | None = None,
+    fmt: str | None = None,
+    options: Sequence[str] = (),
+    force: bool = False,
+    store: PathLike = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    started = time.monotonic()
+    with open_store(store) as st:
+        row, manifest = find_image(st, image)
+        name = target_name or manifest.meta.get("target")
+        if name is None:
+            raise InvalidInput(
+                f"image {image!r} has no target; choose one with --target ({', '.join(TARGETS)})"
+            )
+        profile = target(name)
+        _check_platform(manifest.meta, profile.name, profile.platform, force)
+        out_format = fmt or profile.format
+        texts = (profile.options if out_format == profile.format else ()) + tuple(options)
+        driver = registry.get(out_format)
+        parsed = registry.options_for(out_format, texts)
+        size = _aligned(int(manifest.meta["size"]), profile.size_align)
+        source = StoreDevice(
+            st, manifest.table("blocks"), size, int(manifest.meta.get("sector_size", 512))
+        )
+        _check_dest(dest)
+        if driver.write is None:
+            raise InvalidInput(f"strata cannot write {out_format}")
+        try:
+            driver.write(WriteRequest(source, dest, parsed, progress=progress))
+        except BaseException:
+            if os.path.exists(dest):
+                os.unlink(dest)
+            raise
+        return {
+            "image": row["name"],
+            "target": profile.name,
+            "format": out_format,
+            "options": list(texts),
+            "filename": dest,
+            "virtual-size": size,
+            "seconds": round(time.monotonic() - started, 3),
+        }
+
+
+def _aligned(size: int, align: int) -> int:
+    return -(-size // align) * align
+
+
+def _check_dest(dest: str) -> None:
+    parent = os.path.dirname(os.path.abspath(dest))
+    if not os.path.isdir(parent):
+        raise InvalidInput(f"cannot write {dest}: directory {parent} does not exist")
+    if os.path.isdir(dest):
+        raise InvalidInput(f"cannot write {dest}: it is a directory")
+
+
+def _check_platform(meta: dict[str, Any], name: str, platform: str | None, force: bool) -> None:
+    layer = meta.get("platform_layer")
+    types = meta.get("platform_types") or []
+    if force or platform is None or layer is None or platform in types:
+        return
+    raise InvalidInput(
+        f"image {meta.get('name')!r} has platform layer {':'.join(layer)} made for "
+        f"{', '.join(types) or 'no platform'}, not {name}; use --force to export anyway"
+    )
+
+
+__all__ = [
+    "AppRef",
+    "Template",
+    "export",
+    "list_images",
+    "load_template",
+    "parse_app",
+    "parse_ref",
+    "publish",
+    "template_from",
+]

@@ -1,0 +1,608 @@
+"""Layer verbs: import an OS layer, create a packaging disk, finalize it into a version.
+
+References: docs/architecture.md ("Layers end to end"); Citrix App Layering's flow
+(Create OS/App/Platform Layer, packaging disk, Shutdown for Finalize, Finalize).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xxhash
+
+from strata.blockdev.copy import Progress
+from strata.errors import InvalidInput, NotFound, StateError, StrataError
+from strata.formats import registry
+from strata.formats.registry import CreateRequest, WriteRequest
+from strata.fs.iso import write_job_iso
+from strata.layer.blocks import (
+    BLOCK_SIZE,
+    allocated_ranges,
+    capture_delta,
+    capture_disk,
+)
+from strata.layer.compose import compose_tables
+from strata.layer.storedev import StoreDevice
+from strata.store import Manifest, Store, to_hex
+from strata.store.chunkstore import durable_write
+from strata.store.locate import store_path
+
+PathLike = str | os.PathLike[str] | None
+CAPTURE_LEVEL = 1  # zstd level for capture: finalize is on the user's critical path
+SUFFIX = {"vhd": ".vhd", "vhdx": ".vhdx", "vmdk": ".vmdk", "raw": ".raw"}
+# The composed base is written in a subformat every reader opens as a parent.
+BASE_OPTIONS = {
+    "vhd": ("subformat=dynamic",),
+    "vhdx": ("subformat=dynamic",),
+    "vmdk": ("subformat=monolithicSparse",),
+}
+
+
+@contextmanager
+def open_store(path: PathLike, create: bool = False) -> Iterator[Store]:
+    root = store_path(path)
+    if not (root / "store.json").exists():
+        if not create:
+            raise NotFound(what=f"store {root} (run `strata store init` or `strata os import`)")
+        Store.init(root).close()
+    with Store(root) as store:
+        yield store
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """One layer version, resolved and loaded."""
+
+    layer: str
+    version: str
+    kind: str
+    os_layer: str | None
+    manifest_id: bytes
+    manifest: Manifest
+    row: dict[str, Any]
+
+    @property
+    def ref(self) -> list[str]:
+        return [self.layer, self.version]
+
+    @property
+    def table(self) -> np.ndarray:
+        return self.manifest.table("blocks")
+
+
+def parse_ref(text: str) -> tuple[str, str | None]:
+    """``NAME`` or ``NAME:VERSION`` (the last colon splits)."""
+    name, sep, version = text.rpartition(":")
+    if not sep:
+        return text, None
+    if not name or not version:
+        raise InvalidInput(f"{text!r} is not NAME or NAME:VERSION")
+    return name, version
+
+
+def resolve(store: Store, text: str | Sequence[str]) -> Resolved:
+    name, version = parse_ref(text) if isinstance(text, str) else (text[0], text[1])
+    layer = store.catalog.layer(name)
+    deployable = [v for v in layer["versions"] if v["state"] == "deployable"]
+    if version is None:
+        if not deployable:
+            raise NotFound(what=f"a deployable version of layer {name!r}")
+        row = deployable[-1]
+    else:
+        row = store.catalog.version(name, version)
+        if row["state"] != "deployable":
+            raise StateError(
+                what=f"version {version!r} of {name!r} is {row['state']}, not deployable"
+            )
+    mid = bytes.fromhex(row["manifest"])
+    return Resolved(
+        name, row["name"], layer["kind"], layer["os_layer"], mid, store.get_manifest(mid), row
+    )
+
+
+def check_stack(layers: Sequence[Resolved]) -> None:
+    """Block-level composition is valid when each layer was captured on exactly the layers
+    applied before it, in the same order."""
+    for at, layer in enumerate(layers[1:], start=1):
+        captured_on = layer.manifest.meta.get("stack", [])
+        below = [x.ref for x in layers[:at]]
+        if captured_on != below:
+            raise StateError(
+                what=f"layer {layer.layer}:{layer.version} was captured on "
+                f"{_stack_text(captured_on)}, but this image puts it on {_stack_text(below)}; "
+                "combining independently packaged layers needs a file-level merge, which this "
+                "version of strata does not do yet"
+            )
+
+
+def _stack_text(stack: Sequence[Sequence[str]]) -> str:
+    return " + ".join(f"{n}:{v}" for n, v in stack) or "nothing"
+
+
+def check_same_os(os_layer: Resolved, others: Sequence[Resolved]) -> None:
+    for layer in others:
+        if layer.os_layer is not None and layer.os_layer != os_layer.layer:
+            raise InvalidInput(
+                f"layer {layer.layer!r} belongs to OS layer {layer.os_layer!r}, "
+                f"not {os_layer.layer!r}"
+            )
+
+
+def composed_table(layers: Sequence[Resolved]) -> np.ndarray:
+    return compose_tables([layer.table for layer in layers])
+
+
+# -- OS import -----------------------------------------------------------------------------
+def import_os(
+    name: str,
+    version: str,
+    image: str,
+    *,
+    store: PathLike = None,
+    fmt: str | None = None,
+    description: str = "",
+    comment: str = "",
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Any supported disk image → a deployable version of OS layer ``name``."""
+    started = time.monotonic()
+    with registry.open_image(image, fmt) as disk, open_store(store, create=True) as st:
+        if _find_layer(st, name) is None:
+            st.catalog.create_layer(name, "os", description=description, comment=comment)
+        elif st.catalog.layer(name)["kind"] != "os":
+            raise InvalidInput(f"layer {name!r} exists and is not an OS layer")
+        _open_version(st, name, version, comment)
+        meta = {
+            "layer": name,
+            "version": version,
+            "kind": "os",
+            "os_layer": None,
+            "size": disk.size,
+            "sector_size": disk.sector_size,
+            "block_size": BLOCK_SIZE,
+            "stack": [],
+            "partitions": _partitions(disk),
+            "source": os.path.basename(image),
+        }
+        capture = capture_disk(st, disk, progress=progress)
+        mid = _commit(st, name, version, meta, capture.blocks, None, comment)
+        return {
+            "layer": name,
+            "version": version,
+            "kind": "os",
+            "manifest": to_hex(mid),
+            "size": disk.size,
+            **capture.stats.as_dict(),
+            "seconds": round(time.monotonic() - started, 3),
+        }
+
+
+def _open_version(st: Store, layer: str, version: str, comment: str) -> None:
+    """A new version, or the one an interrupted run left behind (never a deployable one)."""
+    try:
+        state = st.catalog.version(layer, version)["state"]
+    except NotFound:
+        st.catalog.create_version(layer, version, comment=comment)
+        return
+    if state not in ("packaging", "finalizing"):
+        raise StateError(what=f"version {version!r} of {layer!r} already exists ({state})")
+
+
+def _partitions(disk: Any) -> dict[str, Any] | None:
+    """The partition table, recorded for the file-level work that reads volumes."""
+    try:
+        from strata.partition import read_table
+    except ImportError:
+        return None
+    try:
+        table = read_table(disk)
+    except StrataError:
+        return None
+    return json.loads(json.dumps(_plain(table), default=str))
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "__dataclass_fields__"):
+        return {k: _plain(getattr(value, k)) for k in value.__dataclass_fields__}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, bytes):
+        return value.hex()
+    return value
+
+
+def _find_layer(st: Store, name: str) -> dict[str, Any] | None:
+    try:
+        return st.catalog.layer(name)
+    except NotFound:
+        return None
+
+
+def _commit(
+    st: Store,
+    layer: str,
+    version: str,
+    meta: dict[str, Any],
+    blocks: np.ndarray,
+    masks: np.ndarray | None,
+    comment: str,
+) -> bytes:
+    manifest = Manifest("layer-version", meta)
+    manifest.add_table("blocks", "chunks-v1", blocks)
+    if masks is not None:
+        manifest.add_table("sectors", "sector-mask-v1", masks)
+    st.flush()
+    mid = st.put_manifest(manifest)
+    if st.catalog.version(layer, version)["state"] == "packaging":
+        st.catalog.transition(layer, version, "finalizing")
+    st.commit_version(layer, version, mid, comment)
+    return mid
+
+
+# -- packaging disk ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PackagingRequest:
+    layer: str
+    os: str
+    fmt: str
+    name: str
+    out: str
+    version: str | None = None
+    base_version: str | None = None
+    platform: str | None = None
+    apps: Sequence[str] = ()
+    full: bool = False
+    kind: str = "app"
+    description: str = ""
+    platform_types: Sequence[str] = ()
+    purpose: str | None = None
+    comment: str = ""
+    options: Sequence[str] = ()
+
+
+def create_packaging_disk(
+    req: PackagingRequest, *, store: PathLike = None, progress: Progress | None = None
+) -> dict[str, Any]:
+    if req.fmt not in BASE_OPTIONS:
+        raise InvalidInput(f"a packaging disk is vhd, vhdx or vmdk, not {req.fmt!r}")
+    out = os.path.abspath(req.out)
+    if not os.path.isdir(out):
+        raise InvalidInput(f"output directory {req.out} does not exist")
+    disk_path = os.path.join(out, _with_suffix(req.name, req.fmt))
+    if os.path.exists(disk_path):
+        raise InvalidInput(f"{disk_path} already exists; choose another --name")
+    with open_store(store) as st:
+        stack, version, base_version = _packaging_stack(st, req)
+        table = composed_table(stack)
+        size = int(stack[0].manifest.meta["size"])
+        sector = int(stack[0].manifest.meta.get("sector_size", 512))
+        base = None
+        if req.full:
+            _write_full(st, table, size, sector, req, disk_path, progress)
+        else:
+            base = _cached_base(st, stack, table, size, sector, req.fmt, out, progress)
+            _create_child(disk_path, req, base["path"], size)
+        st.catalog.create_version(
+            req.layer, version, base=base_version, description=req.description, comment=req.comment
+        )
+        job = {
+            "layer": req.layer,
+            "version": version,
+            "kind": req.kind,
+            "os_layer": stack[0].layer,
+            "stack": [x.ref for x in stack],
+            "disk": os.path.basename(disk_path),
+            "format": req.fmt,
+        }
+        iso_path = os.path.splitext(disk_path)[0] + "-job.iso"
+        write_job_iso(iso_path, job)
+        record = {
+            **job,
+            "disk_path": disk_path,
+            "iso": iso_path,
+            "base": base,
+            "size": size,
+            "sector_size": sector,
+            "created": time.time(),
+        }
+        _save_record(st, req.layer, version, record)
+        return {**record, "state": "packaging"}
+
+
+def _with_suffix(name: str, fmt: str) -> str:
+    if os.sep in name or name in ("", ".", ".."):
+        raise InvalidInput(f"--name {name!r} must be a plain file name")
+    return name if name.endswith(SUFFIX[fmt]) else name + SUFFIX[fmt]
+
+
+def _packaging_stack(st: Store, req: PackagingRequest) -> tuple[list[Resolved], str, str | None]:
+    os_layer = resolve(st, req.os)
+    if os_layer.kind != "os":
+        raise InvalidInput(f"--os {req.os!r} is a {os_layer.kind} layer, not an OS layer")
+    prereqs = [
+        resolve(st, ref) for ref in ([req.platform] if req.platform else []) + list(req.apps)
+    ]
+    check_same_os(os_layer, prereqs)
+    existing = _find_layer(st, req.layer)
+    if existing is None:
+        st.catalog.create_layer(
+            req.layer,
+            req.kind,
+            os_layer=os_layer.layer if req.kind != "os" else None,
+            description=req.description,
+            platform_types=req.platform_types,
+            purpose=req.purpose,
+            comment=req.comment,
+        )
+        existing = st.catalog.layer(req.layer)
+    elif existing["os_layer"] not in (None, os_layer.layer):
+        raise InvalidInput(
+            f"layer {req.layer!r} belongs to OS layer {existing['os_layer']!r}, "
+            f"not {os_layer.layer!r}"
+        )
+    if existing["kind"] == "os":
+        raise InvalidInput(
+            f"{req.layer!r} is an OS layer; import OS versions with `strata os import`"
+        )
+    versions = existing["versions"]
+    deployable = [v["name"] for v in versions if v["state"] == "deployable"]
+    base_version = req.base_version or (deployable[-1] if deployable else None)
+    version = req.version or str(len(versions) + 1)
+    stack = [os_layer, *prereqs]
+    if base_version is not None:
+        stack.append(resolve(st, [req.layer, base_version]))
+    check_stack(stack)
+    return stack, version, base_version
+
+
+def _stack_key(stack: Sequence[Resolved]) -> str:
+    text = json.dumps([[x.layer, x.version, to_hex(x.manifest_id)] for x in stack])
+    return xxhash.xxh3_64_hexdigest(text.encode())
+
+
+def _cached_base(
+    st: Store,
+    stack: Sequence[Resolved],
+    table: np.ndarray,
+    size: int,
+    sector: int,
+    fmt: str,
+    out: str,
+    progress: Progress | None,
+) -> dict[str, Any]:
+    """The composed base disk, written once per stack and format, then reused."""
+    path = os.path.join(out, f"strata-base-{_stack_key(stack)}{SUFFIX[fmt]}")
+    marker = path + ".json"
+    if os.path.exists(path) and os.path.exists(marker):
+        with open(marker) as f:
+            info = json.load(f)
+        if info.get("fingerprint") == _fingerprint(path):
+            return info
+    driver = registry.get(fmt)
+    options = registry.options_for(fmt, BASE_OPTIONS[fmt])
+    source = StoreDevice(st, table, size, sector)
+    if driver.write is None:
+        raise InvalidInput(f"strata cannot write {fmt}")
+    driver.write(WriteRequest(source, path, options, progress=progress))
+    info = {
+        "path": path,
+        "format": fmt,
+        "stack": [x.ref for x in stack],
+        "fingerprint": _fingerprint(path),
+    }
+    durable_write_text(marker, json.dumps(info))
+    return info
+
+
+def durable_write_text(path: str, text: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _fingerprint(path: str) -> list[int]:
+    """What changes when anything writes to the file (size, mtime, inode)."""
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def _create_child(disk_path: str, req: PackagingRequest, base_path: str, size: int) -> None:
+    driver = registry.get(req.fmt)
+    if driver.create is None:
+        raise InvalidInput(f"strata cannot create {req.fmt} children")
+    options = registry.options_for(req.fmt, req.options)
+    parent = registry.open_layer(base_path, req.fmt)
+    try:
+        child = driver.create(CreateRequest(disk_path, size, options, parent))
+        child.close()
+    except BaseException:
+        if os.path.exists(disk_path):
+            os.unlink(disk_path)
+        raise
+    finally:
+        parent.close()
+
+
+def _write_full(
+    st: Store,
+    table: np.ndarray,
+    size: int,
+    sector: int,
+    req: PackagingRequest,
+    disk_path: str,
+    progress: Progress | None,
+) -> None:
+    driver = registry.get(req.fmt)
+    assert driver.write is not None
+    options = registry.options_for(req.fmt, req.options)
+    try:
+        driver.write(
+            WriteRequest(
+                StoreDevice(st, table, size, sector), disk_path, options, progress=progress
+            )
+        )
+    except BaseException:
+        if os.path.exists(disk_path):
+            os.unlink(disk_path)
+        raise
+
+
+def _record_path(st: Store, layer: str, version: str) -> str:
+    key = xxhash.xxh3_64_hexdigest(json.dumps([layer, version]).encode())
+    return str(st.root / "packaging" / f"{key}.json")
+
+
+def _save_record(st: Store, layer: str, version: str, record: dict[str, Any]) -> None:
+    path = _record_path(st, layer, version)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    durable_write(Path(path), json.dumps(record).encode(), st.root / "tmp")
+
+
+def _load_record(st: Store, layer: str, version: str) -> dict[str, Any]:
+    path = _record_path(st, layer, version)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError as e:
+        raise NotFound(
+            what=f"packaging record of {layer}:{version} (was it created by "
+            "`strata packaging-disk create`?)"
+        ) from e
+
+
+# -- finalize ------------------------------------------------------------------------------
+def finalize(
+    disk: str,
+    layer: str,
+    version: str,
+    *,
+    store: PathLike = None,
+    comment: str = "",
+    remove_disk: bool = False,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Capture what the packaging machine changed into ``layer:version`` (deployable)."""
+    started = time.monotonic()
+    with open_store(store) as st:
+        state = st.catalog.version(layer, version)["state"]
+        if state not in ("packaging", "finalizing"):
+            raise StateError(
+                what=f"version {version!r} of {layer!r} is {state}; "
+                "only a version being packaged can be finalized"
+            )
+        record = _load_record(st, layer, version)
+        with _open_packaging_disk(disk, record) as (image, base_view, within):
+            meta = {
+                "layer": layer,
+                "version": version,
+                "kind": record["kind"],
+                "os_layer": record["os_layer"],
+                "stack": record["stack"],
+                "size": image.size,
+                "sector_size": image.sector_size,
+                "block_size": BLOCK_SIZE,
+                "format": record["format"],
+            }
+            capture = capture_delta(
+                st, image, base_view(st), within=within, level=CAPTURE_LEVEL, progress=progress
+            )
+            blocks, meta["stack"] = _fold_base_version(st, layer, record["stack"], capture.blocks)
+            mid = _commit(st, layer, version, meta, blocks, capture.masks, comment)
+        removed = _remove_disk(disk, record) if remove_disk else []
+        return {
+            "layer": layer,
+            "version": version,
+            "state": "deployable",
+            "manifest": to_hex(mid),
+            "changed_blocks": len(capture.blocks),
+            "changed_sectors": _count_bits(capture.masks),
+            **capture.stats.as_dict(),
+            "removed": removed,
+            "seconds": round(time.monotonic() - started, 3),
+        }
+
+
+def _fold_base_version(
+    st: Store, layer: str, stack: list[list[str]], delta: np.ndarray
+) -> tuple[np.ndarray, list[list[str]]]:
+    """A new version is its base version plus the delta, on the stack the base was made on,
+    so that every version of a layer composes in the same place."""
+    if not stack or stack[-1][0] != layer:
+        return delta, stack
+    base = resolve(st, stack[-1])
+    return compose_tables([base.table, delta], keep_zero=True), stack[:-1]
+
+
+def _count_bits(masks: np.ndarray | None) -> int:
+    if masks is None or not len(masks):
+        return 0
+    raw = np.frombuffer(masks["mask"].tobytes(), np.uint8)
+    return int(np.unpackbits(raw).sum())
+
+
+@contextmanager
+def _open_packaging_disk(disk: str, record: dict[str, Any]) -> Iterator[Any]:
+    """The disk, a factory for its base view, and the ranges finalize must read."""
+    if not os.path.exists(disk):
+        raise NotFound(what=disk)
+    if os.path.realpath(disk) != os.path.realpath(record["disk_path"]):
+        raise InvalidInput(
+            f"{disk} is not the packaging disk of this version ({record['disk_path']})"
+        )
+    base = record.get("base")
+    allowed = [os.path.dirname(os.path.abspath(disk))]
+    if base is not None:
+        allowed.append(os.path.dirname(base["path"]))
+    with registry.open_image(disk, record["format"], allowed_dirs=allowed) as image:
+        if image.size != record["size"]:
+            raise StateError(what=f"{disk} is {image.size} bytes; its base was {record['size']}")
+        if base is None:
+            yield image, lambda st: _composed_view(st, record), None
+            return
+        _check_parent(disk, image, base)
+        parent_view = registry.open_image(base["path"], record["format"])
+        try:
+            yield image, lambda st: parent_view, list(allocated_ranges(image.top))
+        finally:
+            parent_view.close()
+
+
+def _check_parent(disk: str, image: Any, base: dict[str, Any]) -> None:
+    layers = image.layers
+    if len(layers) < 2:
+        raise StateError(what=f"{disk} has no parent; it was created as a child of {base['path']}")
+    parent_path = getattr(layers[1], "path", None) or ""
+    if os.path.realpath(parent_path) != os.path.realpath(base["path"]):
+        raise StateError(
+            what=f"the parent of {disk} is {parent_path}, not the recorded base {base['path']}"
+        )
+    if _fingerprint(base["path"]) != base["fingerprint"]:
+        raise StateError(
+            what=f"the base {base['path']} was modified after the packaging disk "
+            "was created; its layers can no longer be trusted"
+        )
+
+
+def _composed_view(st: Store, record: dict[str, Any]) -> StoreDevice:
+    stack = [resolve(st, ref) for ref in record["stack"]]
+    return StoreDevice(st, composed_table(stack), record["size"], record["sector_size"])
+
+
+def _remove_disk(disk: str, record: dict[str, Any]) -> list[str]:
+    removed = []
+    for path in (disk, record.get("iso")):
+        if path and os.path.exists(path):
+            os.unlink(path)
+            removed.append(path)
+    return removed
