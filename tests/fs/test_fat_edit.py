@@ -221,3 +221,29 @@ def test_write_from_a_stream_in_windows(pristine, tmp_path: Path) -> None:  # ty
             ed.write_file("/x.bin", f)  # a stream without a size
     assert fsck(image) == "clean"
     assert mtools_tree(image, tmp_path) == tree
+
+
+def test_long_name_edges(tmp_path: Path) -> None:
+    image = make_volume(tmp_path / "names.img", 16, 40 * MiB)
+    names = [
+        "a" * 13,  # exactly one long-name entry, no terminator
+        "B" * 26,
+        "x" * 255,
+        "Z" * 12 + ".t",
+        ".hidden",
+        "two..dots.tar.gz",
+        "UPPER.TXT",
+        "lower.txt",
+        "a b.c",
+        "e" * 9,
+    ]
+    with RawFileDevice(str(image), writable=True) as dev, FatEditor(dev) as ed:
+        for name in [*names, "emoji 😀 name.txt"]:
+            ed.write_file(f"/{name}", name.encode())
+        with pytest.raises(InvalidInput):
+            ed.write_file("/" + "y" * 256, b"")
+        assert ed.read_file("/emoji 😀 name.txt") == "emoji 😀 name.txt".encode()
+    assert fsck(image) == "clean"
+    theirs = mtools_tree(image, tmp_path)
+    del theirs["/emoji __ name.txt"]  # mtools 4.0.32 prints non-BMP characters as '_'
+    assert theirs == {f"/{n}": n.encode() for n in names}
