@@ -1,0 +1,71 @@
+"""gc: reference counting over live manifests, pack rewrite, and the store-wide lock."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from strata.errors import Conflict
+from strata.store import Manifest, Store, gc
+
+from support.store_tools import blocks, physical_copies, piece
+
+
+def version(store: Store, name: str, seeds: list[int], commit: bool = True) -> bytes:
+    store.catalog.create_version("os", name)
+    store.catalog.transition("os", name, "finalizing")
+    manifest = Manifest("os-layer")
+    manifest.add_table("chunks", "chunks-v1", store.put_blocks(blocks(seeds, 1 << 20)))
+    mid = store.put_manifest(manifest)
+    if commit:
+        store.commit_version("os", name, mid)
+    else:
+        store.flush()
+        store.catalog.transition("os", name, "failed", comment="finalize gate refused")
+    return mid
+
+
+def test_gc_keeps_live_chunks_and_drops_dead(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    with Store.init(root) as store:
+        store.catalog.create_layer("os", "os")
+        live = version(store, "v1", [1, 2])
+        dead = version(store, "v2", [2, 3], commit=False)  # shares piece 2 with v1
+        dead_path = store.manifest_path(dead)
+        live_rows = store.get_manifest(live).table("chunks")
+        dead_only = set(store.get_manifest(dead).chunk_ids().tolist()) - set(
+            store.get_manifest(live).chunk_ids().tolist()
+        )
+    assert dead_only and dead_path.exists()
+    report = gc(root)
+    assert report["chunks_removed"] == len(dead_only)
+    assert report["packs_rewritten"] == 1 and report["manifests_removed"] == 1
+    assert not dead_path.exists()
+    copies = physical_copies(root)
+    assert not dead_only & set(copies) and max(copies.values()) == 1
+    with Store(root) as store:
+        got = b"".join(store.get_many(live_rows["id"].tolist(), live_rows["length"].tolist()))
+    assert got == piece(1, 1 << 20) + piece(2, 1 << 20)
+    again = gc(root)
+    assert again["chunks_removed"] == again["packs_rewritten"] == again["packs_deleted"] == 0
+
+
+def test_gc_waits_for_writers(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    with Store.init(root) as store:
+        store.put(piece(4, 65536))  # written, not committed: protected while the store is open
+        with pytest.raises(Conflict, match="store lock"):
+            gc(root, lock_timeout=0.2)
+    assert gc(root)["chunks_removed"] == 1
+
+
+def test_gc_threshold_leaves_mostly_live_packs(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    with Store.init(root) as store:
+        store.catalog.create_layer("os", "os")
+        version(store, "v1", [5, 6, 7, 8])
+        store.put(piece(9, 65536))
+    report = gc(root, threshold=0.5)
+    assert report["chunks_removed"] == 1 and report["packs_rewritten"] == 0
+    assert gc(root)["packs_rewritten"] == 1
