@@ -269,7 +269,7 @@ def test_4k_sector_gpt_is_read_by_fdisk(tmp_path: Path) -> None:
     with RawFileDevice.create(str(path), 64 * MiB, sector_size=4096) as dev:
         write_gpt(dev, LAYOUT, disk_guid=DISK_GUID)
         ours = read_table(dev)
-    assert ours.first_usable == 6 * 4096  # header + 4 sectors of entries after the MBR
+    assert ours.usable_start == 6 * 4096  # header + 4 sectors of entries after the MBR
     proc = run(
         [require("fdisk"), "-b", "4096", "-l", "-o", "Device,Start,Sectors,Type-UUID,Name", path]
     )

@@ -8,6 +8,7 @@ partition opens as a :class:`~strata.blockdev.range.RangeDevice` over that devic
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from strata.blockdev.base import BlockDevice
@@ -96,8 +97,8 @@ def describe(table: PartitionTable, dev: BlockDevice) -> dict[str, Any]:
         "disk_id": table.disk_id,
         "sector_size": ss,
         "size": dev.size,
-        "first_usable": table.first_usable,
-        "last_usable": table.last_usable,
+        "usable_start": table.usable_start,
+        "usable_end": table.usable_end,
         "partitions": [
             {
                 "number": p.number,
@@ -118,10 +119,13 @@ def describe(table: PartitionTable, dev: BlockDevice) -> dict[str, Any]:
     }
 
 
-def partitions_report(path: str, fmt: str | None = None) -> dict[str, Any]:
-    """What ``strata disk partitions IMAGE`` prints: the table of any image, through its chain."""
+def partitions_report(
+    path: str, fmt: str | None = None, allowed_dirs: Sequence[str] = ()
+) -> dict[str, Any]:
+    """What ``strata disk partitions IMAGE`` prints: the table of any image, through its chain
+    (parents looked up in ``allowed_dirs``, default the image's own directory)."""
     from strata.formats import registry  # the table code itself stays format-agnostic
 
-    with registry.open_image(path, fmt) as disk:
+    with registry.open_image(path, fmt, allowed_dirs=list(allowed_dirs) or None) as disk:
         report = describe(read_table(disk), disk)
     return {"filename": path, **report}

@@ -147,8 +147,8 @@ class PartitionTable:
     sector_size: int
     partitions: list[Partition]
     warnings: list[str] = field(default_factory=list)
-    first_usable: int | None = None
-    last_usable: int | None = None
+    usable_start: int | None = None  # GPT: byte offset of the first usable sector
+    usable_end: int | None = None  # GPT: byte offset just past the last usable sector
 
     def get(self, number: int) -> Partition | None:
         return next((p for p in self.partitions if p.number == number), None)
