@@ -1,0 +1,98 @@
+"""``strata disk check`` for VHD: every finding of the metadata walk, plus the parent link.
+
+References: Microsoft "Virtual Hard Disk Image Format Specification" v1.0 ("Hard Disk Footer
+Format", "Dynamic Disk Header Format", "Implementing a Differencing Hard Disk").
+"""
+
+from __future__ import annotations
+
+import os
+
+from strata.blockdev.chain import check_allowed, resolve_candidate
+from strata.blockdev.rawfile import open_file
+from strata.errors import StrataError
+from strata.formats.registry import Problem
+from strata.formats.vhd import structs as s
+from strata.formats.vhd.layout import Finding, Layout, inspect
+from strata.formats.vhd.reader import VhdDevice, parent_candidates
+
+
+def check(path: str) -> list[Problem]:
+    fd = open_file(path, False)
+    try:
+        lay = inspect(fd, path)
+    finally:
+        os.close(fd)
+    problems = [_problem(f) for f in lay.findings]
+    if lay.disk_type == s.DISK_DIFFERENCING and lay.header is not None and not lay.first_error():
+        problems += _parent_problems(path, lay)
+    return problems
+
+
+def _problem(f: Finding) -> Problem:
+    severity = "warning" if f.kind == "warning" else "error"
+    return Problem(f.structure, f.problem, f.field, f.offset, severity)
+
+
+def _parent_problems(path: str, lay: Layout) -> list[Problem]:
+    """The parent as found beside the child: its UUID must match, its timestamp should."""
+    here = os.path.dirname(os.path.abspath(path))
+    for candidate in parent_candidates(lay):
+        full = resolve_candidate(path, candidate)
+        if not os.path.exists(full):
+            continue
+        try:
+            check_allowed(full, [here])
+            with VhdDevice(full) as parent:
+                return _compare_parent(lay, parent)
+        except StrataError as e:
+            return [Problem("parent", f"{full}: {e.message}", "-", None, "warning")]
+    tried = ", ".join(parent_candidates(lay)) or "no locator"
+    return [
+        Problem(
+            "parent",
+            f"parent not found beside the child (tried {tried})",
+            "parent_locators",
+            lay.header_offset + s.HEADER_LOCATORS_AT,
+            "warning",
+        )
+    ]
+
+
+def _compare_parent(lay: Layout, parent: VhdDevice) -> list[Problem]:
+    header, at = lay.header, lay.header_offset
+    problems = []
+    if parent.unique_id != bytes(header.parent_unique_id):
+        problems.append(
+            Problem(
+                "dynamic header",
+                f"parent {parent.path} has UUID {s.uuid_text(parent.unique_id)}, expected "
+                f"{s.uuid_text(header.parent_unique_id)}",
+                "parent_unique_id",
+                at + 40,
+            )
+        )
+    if parent.timestamp != int(header.parent_timestamp):
+        # blktap (XenServer's vhd-util) records the parent file's mtime, not its footer
+        # timestamp, so a mismatch is a warning, not a reason to refuse the chain.
+        problems.append(
+            Problem(
+                "dynamic header",
+                f"parent timestamp {s.timestamp_text(int(header.parent_timestamp))} differs from "
+                f"the parent's footer timestamp {s.timestamp_text(parent.timestamp)}",
+                "parent_timestamp",
+                at + 56,
+                "warning",
+            )
+        )
+    if parent.size != lay.size:
+        problems.append(
+            Problem(
+                "footer",
+                f"size {lay.size} differs from the parent's {parent.size}",
+                "current_size",
+                lay.footer_offset + 48,
+                "warning",
+            )
+        )
+    return problems
