@@ -113,6 +113,7 @@ def test_entry_pointing_past_the_volume(base_image: bytes, tmp_path: Path) -> No
     vol = v.reopen()
     err = bounded(lambda: vol.read_file("/README.TXT"))
     assert "outside the volume" in err.problem and err.field == "first_cluster"
+    assert err.offset == at + 26  # the entry's DIR_FstClusLO field
     bounded(lambda: list(vol.walk()))
     assert fsck(v.save(tmp_path / "past.img")) != "clean"
 

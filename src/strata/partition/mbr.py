@@ -406,8 +406,8 @@ def write_mbr(
     partitions: Sequence[Partition],
     disk_id: int | None = None,
     extended_type: int = DEFAULT_EXTENDED_TYPE,
-) -> None:
-    """Write an MBR (and EBR chain for partitions numbered 5+) to ``dev``.
+) -> PartitionTable:
+    """Write an MBR (and EBR chain for partitions numbered 5+) to ``dev``; return it read back.
 
     The boot code (bytes 0-439) of an existing sector 0 is kept; stale GPT headers are wiped
     so no tool mistakes the disk for GPT.
@@ -424,6 +424,7 @@ def write_mbr(
     for lba, sector in plan.ebrs:
         write(lba * 512, sector)
     wipe_gpt_headers(dev, partitions)
+    return read_mbr(dev, read_sector(dev, 0, "MBR"))
 
 
 def wipe_gpt_headers(dev: BlockDevice, partitions: Sequence[Partition]) -> None:

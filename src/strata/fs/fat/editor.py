@@ -346,7 +346,8 @@ class FatEditor(FatVolume):
         if cached is None:
             return
         (entry,) = parse_entries(np.frombuffer(record, s.DIRENT_DTYPE))
-        entry = replace(entry, slot=first + entry.slot)
+        slot = first + entry.slot
+        entry = replace(entry, slot=slot, offset=d.slot_offset(slot))
         cached.append(entry)
         index = self._dir_index.get(d.first_cluster)
         if index is not None:
@@ -453,7 +454,8 @@ class _Source:
         if self.view is not None:
             out[:want] = self.view[self.pos : self.pos + want]
         elif want:
-            got = _read_exactly(self.stream, out[:want])  # type: ignore[arg-type]
+            assert self.stream is not None
+            got = _read_exactly(self.stream, out[:want])
             if got < want:
                 raise InvalidInput(
                     f"the stream ended after {self.pos + got} of its {self.size} bytes"

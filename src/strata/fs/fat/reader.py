@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 from construct import ConstructError
@@ -21,6 +22,7 @@ from strata.blockdev.base import BlockDevice
 from strata.errors import CorruptImage, InvalidInput, NotFound, TruncatedImage
 from strata.fs.fat import structs as s
 
+CLUSTER_LO_OFFSET = 26  # fatgen103 6: DIR_FstClusLO
 DIR_CACHE = 256  # parsed directories kept; a walk reads each one once anyway
 
 
@@ -84,6 +86,12 @@ class FatEntry:
     slot: int = -1  # index of the short entry in its directory
     lfn_slots: int = 0  # long-name entries just before it
     raw_short: bytes = b""
+    offset: int | None = None  # volume offset of the short entry
+
+    @property
+    def cluster_field(self) -> int | None:
+        """Volume offset of the entry's first-cluster field (for error reports)."""
+        return None if self.offset is None else self.offset + CLUSTER_LO_OFFSET
 
     @property
     def is_dir(self) -> bool:
@@ -135,7 +143,9 @@ class FatVolume:
 
     # ------------------------------------------------------------------ basics
 
-    def corrupt(self, structure: str, problem: str, field: str = "-", offset: int | None = None):  # type: ignore[no-untyped-def]
+    def corrupt(
+        self, structure: str, problem: str, field: str = "-", offset: int | None = None
+    ) -> CorruptImage:
         return CorruptImage(
             path=self.path,
             structure=structure,
@@ -208,20 +218,23 @@ class FatVolume:
             end, window = end + len(seg), window * 2
         return top - 1
 
-    def check_cluster(self, cluster: int, what: str) -> None:
+    def check_cluster(self, cluster: int, what: str, at: int | None = None) -> None:
         if not 2 <= cluster < self.geometry.cluster_count + 2:
             raise self.corrupt(
                 what,
                 f"first cluster {cluster} lies outside the volume's clusters "
                 f"2-{self.geometry.cluster_count + 1}",
                 "first_cluster",
+                at,
             )
 
-    def runs(self, first: int, what: str = "cluster chain") -> list[tuple[int, int]]:
+    def runs(
+        self, first: int, what: str = "cluster chain", at: int | None = None
+    ) -> list[tuple[int, int]]:
         """The chain from ``first`` as (cluster, count) runs; bad chains are CorruptImage."""
         if first == 0:
             return []
-        self.check_cluster(first, what)
+        self.check_cluster(first, what, at)
         found: list[tuple[int, int]] = []
         starts: set[int] = set()
         total, cur, limit = 0, first, self.geometry.cluster_count
@@ -267,9 +280,16 @@ class FatVolume:
         g = self.geometry
         if entry.first_cluster == 0:
             if g.root_cluster or entry.slot >= 0:
-                raise self.corrupt("directory", f"{entry.name!r} has no cluster", "first_cluster")
+                raise self.corrupt(
+                    "directory",
+                    f"{entry.name!r} has no cluster",
+                    "first_cluster",
+                    entry.cluster_field,
+                )
             return Directory(0, [(g.root_offset, g.root_entries * s.DIRENT_SIZE)])
-        spans = self.cluster_spans(self.runs(entry.first_cluster, f"directory {entry.name!r}"))
+        spans = self.cluster_spans(
+            self.runs(entry.first_cluster, f"directory {entry.name!r}", entry.cluster_field)
+        )
         d = Directory(entry.first_cluster, spans)
         if d.size > s.MAX_DIR_ENTRIES * s.DIRENT_SIZE:
             raise self.corrupt(
@@ -287,7 +307,10 @@ class FatVolume:
         """Live entries of a directory, without ``.``/``..`` and the volume label."""
         cached = self._dir_cache.get(d.first_cluster)
         if cached is None:
-            cached = parse_entries(self.read_directory(d))
+            cached = [
+                replace(e, offset=d.slot_offset(e.slot))
+                for e in parse_entries(self.read_directory(d))
+            ]
             if len(self._dir_cache) >= DIR_CACHE:
                 self.forget(next(iter(self._dir_cache)))
             self._dir_cache[d.first_cluster] = cached
@@ -336,7 +359,9 @@ class FatVolume:
 
     def file_runs(self, entry: FatEntry) -> list[tuple[int, int]]:
         """(volume offset, length) of the file's bytes, in order, cut at its size."""
-        spans = self.cluster_spans(self.runs(entry.first_cluster, f"file {entry.name!r}"))
+        spans = self.cluster_spans(
+            self.runs(entry.first_cluster, f"file {entry.name!r}", entry.cluster_field)
+        )
         left, out = entry.size, []
         for offset, length in spans:
             if left <= 0:
@@ -393,7 +418,8 @@ class FatVolume:
                 continue
             path = f"{prefix}/{child.name}"
             if child.first_cluster:
-                self._claim(owner, self.runs(child.first_cluster, f"entry {path!r}"), path)
+                runs = self.runs(child.first_cluster, f"entry {path!r}", child.cluster_field)
+                self._claim(owner, runs, path)
             if not child.is_dir:
                 self.file_runs(child)
             yield path, child
@@ -454,7 +480,7 @@ def parse_boot_sector(sector: bytes, vol: FatVolume) -> Geometry:
     return _geometry(bpb, ext, sector, vol)
 
 
-def _check_bpb(bpb, sector: bytes, vol: FatVolume) -> None:  # type: ignore[no-untyped-def]
+def _check_bpb(bpb: Any, sector: bytes, vol: FatVolume) -> None:
     def bad(problem: str, field: str, offset: int) -> CorruptImage:
         return vol.corrupt("FAT boot sector", problem, field, offset)
 
@@ -471,7 +497,7 @@ def _check_bpb(bpb, sector: bytes, vol: FatVolume) -> None:  # type: ignore[no-u
         raise bad("no FAT copies", "num_fats", 16)
 
 
-def _geometry(bpb, ext, sector: bytes, vol: FatVolume) -> Geometry:  # type: ignore[no-untyped-def]
+def _geometry(bpb: Any, ext: Any, sector: bytes, vol: FatVolume) -> Geometry:
     ss = bpb.bytes_per_sector
     fat_sectors = bpb.fat_size_16 or ext.fat_size_32
     total = bpb.total_sectors_16 or bpb.total_sectors_32
