@@ -211,6 +211,7 @@ def test_strata_chain_depth_three(tmp_path: Path) -> None:
                 (level * MiB + 512, b"L%d" % level * 1000),
                 (100 * MiB + 4096, bytes(8192)),
                 (200 * MiB, bytes([level]) * 70000),
+                (100 * MiB + 65536 * 2, bytes(65536)),  # a whole grain zeroed over parent data
             ],
         )
         child = tmp_path / f"c{level}.vmdk"
@@ -225,7 +226,7 @@ def test_strata_chain_depth_three(tmp_path: Path) -> None:
     parents[0].set_parent(parents[1])
     parents[1].set_parent(parents[2])
     with open(raw, "rb") as f:
-        for offset in (0, MiB, 3 * MiB, 100 * MiB, 200 * MiB):
+        for offset in (0, MiB, 3 * MiB, 100 * MiB, 100 * MiB + 131072, 200 * MiB):
             f.seek(offset)
             assert handle.read_buffer_at_offset(1 << 17, offset) == f.read(1 << 17)
     # the child is small: only the changed grains are stored
@@ -285,3 +286,20 @@ def test_split_sparse_child(tmp_path: Path) -> None:
     assert qemu_compare(raw, child, "vmdk") == 0
     with registry.open_image(str(child)) as disk:
         assert [len(layer.files) for layer in disk.layers] == [3, 3]
+
+
+def test_zeroed_grain_child(tmp_path: Path) -> None:
+    """zeroed_grain=on: a grain zeroed over parent data is a GTE of 1, not a stored grain."""
+    require("qemu-img")
+    raw = write_sparse_raw(tmp_path / "b.raw", 16 * MiB, [(0, 4 * MiB)])
+    base = tmp_path / "b.vmdk"
+    convert(raw, base)
+    _write_at(raw, 16 * MiB, [(MiB, bytes(3 * 65536))])
+    child = tmp_path / "c.vmdk"
+    convert(raw, child, "zeroed_grain=on", backing=base)
+    assert qemu_compare(raw, child, "vmdk") == 0
+    qemu_check_clean(child)
+    with registry.open_layer(str(child)) as layer:
+        states = [(e.offset, e.length, e.state.name) for e in layer.extents()]
+    assert (MiB, 3 * 65536, "ZERO") in states
+    assert not any(state == "DATA" for *_, state in states)

@@ -44,7 +44,8 @@ OPTIONS = (
     FormatOption("adapter_type", "ddb.adapterType", "ide", choices=ADAPTER_TYPES),
     FormatOption("hwversion", "ddb.virtualHWVersion", 4, int),
     FormatOption("compression_level", "deflate level for streamOptimized (0-9)", 1, int),
-    bool_option("zeroed_grain", "mark zero grains of a child with zeroed-grain entries", True),
+    # Off by default: libvmdk (20260714) reads a zeroed-grain entry as sector 1.
+    bool_option("zeroed_grain", "mark zero grains of a child with zeroed-grain entries", False),
 )
 
 
@@ -270,7 +271,8 @@ class Output:
             )
         self.files = extent_names(path, self.subformat, self.sectors)
         self.descriptor = make_descriptor(path, self.subformat, self.files, options, parent)
-        self.zeroed = bool(options["zeroed_grain"])
+        # Only a child needs zeroed-grain entries; plain disks keep the version-1 header.
+        self.zeroed = bool(options["zeroed_grain"]) and parent is not None
         self.created: list[str] = []
         self.sinks: list[Any] = []
         self.starts = np.cumsum([0] + [n * s.SECTOR for _, n in self.files], dtype=np.int64)
