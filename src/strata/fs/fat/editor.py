@@ -13,6 +13,7 @@ shorter than files) is refused before anything is written.
 from __future__ import annotations
 
 import datetime as dt
+import zlib
 from dataclasses import replace
 from typing import BinaryIO
 
@@ -38,9 +39,12 @@ class FatEditor(FatVolume):
     def __init__(self, dev: BlockDevice) -> None:
         if not getattr(dev, "writable", False):
             raise StateError(what=f"{getattr(dev, 'path', dev)} is open read-only")
+        self._dir_shorts: dict[int, set[bytes]] = {}
         super().__init__(dev)
         self.used_clusters()  # refuse to edit a volume that is already inconsistent
         self._dirty: tuple[int, int] | None = None
+        self._free = int(np.count_nonzero(self.fat[2:] == 0))
+        self._buffer = bytearray(0)
         self._next_free = self._fsinfo_hint()
 
     # ------------------------------------------------------------------ public operations
@@ -201,14 +205,16 @@ class FatEditor(FatVolume):
     # ------------------------------------------------------------------ the FAT
 
     def _mark(self, clusters: np.ndarray, values: np.ndarray | int) -> None:
+        was_free = int(np.count_nonzero(self.fat[clusters] == 0))
         self.fat[clusters] = values
+        self._free += int(np.count_nonzero(self.fat[clusters] == 0)) - was_free
         lo, hi = int(clusters.min()), int(clusters.max()) + 1
         if self._dirty is not None:
             lo, hi = min(lo, self._dirty[0]), max(hi, self._dirty[1])
         self._dirty = (lo, hi)
 
     def free_clusters(self) -> int:
-        return int(np.count_nonzero(self.fat[2:] == 0))
+        return self._free
 
     def _need(self, count: int, path: str) -> None:
         free = self.free_clusters()
@@ -222,14 +228,25 @@ class FatEditor(FatVolume):
         """``count`` free clusters linked into a chain: one contiguous run when there is one
         at or after the next-free hint, else the first free clusters in order."""
         self._need(count, "the new data")
-        free = np.flatnonzero(self.fat[2:] == 0) + 2
-        start = int(np.searchsorted(free, self._next_free))
-        free = np.concatenate([free[start:], free[:start]])
-        picked = _first_run(free, count)
+        picked = self._run_near_hint(count)
+        if picked is None:
+            free = np.flatnonzero(self.fat[2:] == 0) + 2
+            start = int(np.searchsorted(free, self._next_free))
+            picked = _first_run(np.concatenate([free[start:], free[:start]]), count)
         eoc = s.END_OF_CHAIN[self.geometry.fat_type]
         self._mark(picked, np.append(picked[1:], eoc).astype(np.uint32))
         self._next_free = int(picked[-1]) + 1
         return picked
+
+    def _run_near_hint(self, count: int) -> np.ndarray | None:
+        """A contiguous free run in a window after the hint (the usual case on a volume being
+        filled), without scanning the whole FAT."""
+        lo = max(2, self._next_free)
+        window = self.fat[lo : lo + max(4096, 4 * count)]
+        free = np.flatnonzero(window == 0) + lo
+        picked = _first_run(free, count)
+        contiguous = len(picked) == count and int(picked[-1]) - int(picked[0]) == count - 1
+        return picked if contiguous else None
 
     def _chain_clusters(self, first: int) -> np.ndarray:
         runs = self.runs(first)
@@ -302,8 +319,11 @@ class FatEditor(FatVolume):
         g = self.geometry
         if not len(clusters):
             return
-        window = max(g.cluster_size, WINDOW - WINDOW % g.cluster_size)
-        buf = bytearray(window)
+        window = min(len(clusters) * g.cluster_size, WINDOW - WINDOW % g.cluster_size)
+        window = max(g.cluster_size, window)
+        if len(self._buffer) < window:
+            self._buffer = bytearray(window)
+        buf = self._buffer
         cuts = np.flatnonzero(np.diff(clusters) != 1) + 1
         for run in np.split(clusters, cuts):
             at, left = g.cluster_offset(int(run[0])), len(run) * g.cluster_size
@@ -325,12 +345,9 @@ class FatEditor(FatVolume):
         size: int,
         stamp: dt.datetime,
     ) -> None:
-        existing = self.entries(d)
-        if any(
-            e.name.upper() == name.upper() or e.short_name.upper() == name.upper() for e in existing
-        ):
+        if self.lookup(d, name) is not None:
             raise InvalidInput(f"{name} already exists")
-        short, needs_lfn, nt_res = short_name_for(name, {e.raw_short for e in existing})
+        short, needs_lfn, nt_res = short_name_for(name, self._short_names(d))
         record = lfn_entries(name, s.lfn_checksum(short)) if needs_lfn else b""
         record += short_entry(short, attributes, cluster, size, stamp, stamp, stamp.date(), nt_res)
         slots = len(record) // s.DIRENT_SIZE
@@ -339,6 +356,17 @@ class FatEditor(FatVolume):
             chunk = record[index * s.DIRENT_SIZE : (index + 1) * s.DIRENT_SIZE]
             self.dev.write(d.slot_offset(first + index), chunk)  # type: ignore[attr-defined]
         self._remember(d, record, first)
+
+    def _short_names(self, d: Directory) -> set[bytes]:
+        taken = self._dir_shorts.get(d.first_cluster)
+        if taken is None or d.first_cluster not in self._dir_cache:
+            taken = {e.raw_short for e in self.entries(d)}
+            self._dir_shorts[d.first_cluster] = taken
+        return taken
+
+    def forget(self, first_cluster: int) -> None:
+        super().forget(first_cluster)
+        self._dir_shorts.pop(first_cluster, None)
 
     def _remember(self, d: Directory, record: bytes, first: int) -> None:
         """Add a just-written entry to the cached listing instead of re-reading the directory."""
@@ -353,6 +381,9 @@ class FatEditor(FatVolume):
         if index is not None:
             index.setdefault(entry.short_name.upper(), entry)
             index[entry.name.upper()] = entry
+        shorts = self._dir_shorts.get(d.first_cluster)
+        if shorts is not None:
+            shorts.add(entry.raw_short)
 
     def _find_slots(self, parent: FatEntry, d: Directory, need: int) -> int:
         while True:
@@ -606,9 +637,16 @@ def numeric_tail(name: str, taken: set[bytes]) -> bytes:
     stripped = name.lstrip(". ")
     base, _, ext = stripped.rpartition(".") if "." in stripped else (stripped, "", "")
     base, ext = _clean(base) or "_", _clean(ext)[:3]
+    for n in range(1, 5):
+        candidate = _pack(f"{base[:6]}~{n}", ext)
+        if candidate not in taken:
+            return candidate
+    # Past ~4 Windows mixes a hash of the long name into the basis so that a directory of
+    # similar names does not probe thousands of tails; any unique name is valid.
+    digest = f"{zlib.crc32(name.encode('utf-16-le')) & 0xFFFF:04X}"
     for n in range(1, 1_000_000):
         tail = f"~{n}"
-        candidate = _pack(base[: 8 - len(tail)] + tail, ext)
+        candidate = _pack((base[:2] + digest)[: 8 - len(tail)] + tail, ext)
         if candidate not in taken:
             return candidate
     raise InvalidInput(f"no free short name for {name!r}")
