@@ -73,6 +73,8 @@ def _descriptor_sectors(count: int) -> int:
 
 def parse_entry(ring: _Ring, position: int, log_guid: bytes) -> LogEntry | None:
     """The entry at ``position`` when every field, descriptor and the checksum are valid."""
+    if ring.data[position : position + 4] != b"loge":
+        return None
     try:
         head = S.LogEntryHeader.parse(ring.read(position, S.LOG_HEADER_SIZE))
     except ConstructError:
