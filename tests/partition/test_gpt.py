@@ -278,3 +278,14 @@ def test_4k_sector_gpt_is_read_by_fdisk(tmp_path: Path) -> None:
     assert [(r[0][len(str(path)) :], int(r[1]), int(r[2]), r[3], r[4]) for r in rows] == [
         (str(p.number), p.start // 4096, p.length // 4096, p.type, p.name) for p in LAYOUT
     ]
+
+
+def test_grown_disk_reads_with_a_warning(tmp_path: Path) -> None:
+    path = gpt_disk(tmp_path)
+    with open(path, "r+b") as f:
+        f.truncate(80 * MiB)  # copied onto a larger disk: the backup is no longer at the end
+    with RawFileDevice(str(path)) as dev:
+        table = read_table(dev)
+    assert [p.number for p in table.partitions] == [1, 2, 4]
+    assert any("not the last sector" in w for w in table.warnings), table.warnings
+    assert "No problems found" not in sgdisk_verify(path)  # the oracle flags it too
