@@ -247,3 +247,15 @@ def test_long_name_edges(tmp_path: Path) -> None:
     theirs = mtools_tree(image, tmp_path)
     del theirs["/emoji __ name.txt"]  # mtools 4.0.32 prints non-BMP characters as '_'
     assert theirs == {f"/{n}": n.encode() for n in names}
+
+
+def test_fat32_with_4k_sectors(tmp_path: Path) -> None:
+    image = make_volume(tmp_path / "4k.img", 32, 300 * MiB, "-S", "4096", "-s", "1")
+    tree = dict(populate(image, tmp_path, 4096).tree)
+    with RawFileDevice(str(image), writable=True) as dev, FatEditor(dev) as ed:
+        assert (ed.geometry.sector_size, ed.geometry.fat_type) == (4096, 32)
+        assert strata_tree(ed) == tree
+        edit_scenario(ed, tree, 4096)
+    assert fsck(image) == "clean"
+    assert mtools_tree(image, tmp_path) == tree
+    check_fats_and_fsinfo(image)
