@@ -1,7 +1,7 @@
 """Image verbs: publish a template into a layered image, export it for a target platform.
 
 Priority rule: the OS layer first, then app layers in ascending priority (a higher priority
-wins a conflict; an app without one gets 100 × its 1-based position, so the last listed
+wins a conflict; an app without one gets 100 times its 1-based position, so the last listed
 wins), then the platform layer, which always wins.
 """
 
