@@ -1,0 +1,73 @@
+"""Random writes into open VHDs (the packaging machine's role) against a flat reference,
+checked by strata, qemu-img (fixed, dynamic) and libvhdi (differencing)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from strata.formats import registry
+from strata.formats.vhd.check import check
+from strata.ops import disk as ops
+
+from support.images import MiB, random_bytes
+from support.tools import qemu_compare
+from support.vhd_tools import pyvhdi_chain
+
+SIZE = 6 * MiB + 7 * 512
+WRITES = st.lists(
+    st.tuples(st.integers(0, SIZE - 1), st.integers(1, 300_000), st.integers(0, 1 << 30)),
+    min_size=1,
+    max_size=8,
+)
+CASES = settings(
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+def _apply(path: Path, expected: bytearray, writes: list[tuple[int, int, int]]) -> None:
+    with registry.open_image(str(path), writable=True) as disk:
+        for offset, length, seed in writes:
+            length = min(length, SIZE - offset)
+            data = random_bytes(length, seed) if seed % 5 else bytes(length)
+            disk.write(offset, data)
+            expected[offset : offset + length] = data
+
+
+@pytest.mark.parametrize("subformat", ["fixed", "dynamic"])
+@CASES
+@given(writes=WRITES)
+def test_random_writes_read_back_in_qemu(
+    tmp_path_factory: pytest.TempPathFactory, subformat: str, writes: list
+) -> None:
+    root = tmp_path_factory.mktemp("rw")
+    image, flat = root / "d.vhd", root / "flat.raw"
+    ops.create(str(image), "vhd", SIZE, [f"subformat={subformat}"])
+    expected = bytearray(SIZE)
+    _apply(image, expected, writes)
+    flat.write_bytes(expected)
+    with registry.open_image(str(image)) as disk:
+        assert disk.read(0, SIZE) == expected
+    assert qemu_compare(flat, image, "vpc") == 0
+    assert check(str(image)) == []
+
+
+@CASES
+@given(base_writes=WRITES, child_writes=WRITES)
+def test_random_writes_into_a_child_read_back_in_libvhdi(
+    tmp_path_factory: pytest.TempPathFactory, base_writes: list, child_writes: list
+) -> None:
+    root = tmp_path_factory.mktemp("rwc")
+    base, child = root / "base.vhd", root / "child.vhd"
+    ops.create(str(base), "vhd", SIZE)
+    expected = bytearray(SIZE)
+    _apply(base, expected, base_writes)
+    ops.create(str(child), "vhd", None, parent=ops.OpenSpec(str(base)))
+    _apply(child, expected, child_writes)
+    top = pyvhdi_chain([child, base])[0]
+    assert top.read_buffer_at_offset(SIZE, 0) == expected
+    with registry.open_image(str(child)) as disk:
+        assert disk.read(0, SIZE) == expected
