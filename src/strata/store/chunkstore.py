@@ -396,6 +396,8 @@ class Store:
 
     def locate(self, ids: list[bytes]) -> dict[bytes, Location]:
         found = {cid: loc for cid in ids if (loc := self._pending.get(cid)) is not None}
+        if found and self._writer is not None:
+            self._writer.drain()  # written by this handle, maybe still queued for the file
         rest = [cid for cid in ids if cid not in found]
         if rest:
             found.update(index.locate(self.db, rest))

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import secrets
 import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from strata.errors import CorruptImage, NotFound, TruncatedImage
@@ -32,7 +34,15 @@ def fsync_dir(path: Path) -> None:
 
 
 class PackWriter:
-    """Appends frames to one new pack; ``sync`` makes everything written so far durable."""
+    """Appends frames to one new pack; ``sync`` makes everything written so far durable.
+
+    Writes go through one I/O thread in batches of BATCH bytes, so the caller keeps
+    hashing and compressing while the kernel takes the data; at most QUEUE bytes wait.
+    """
+
+    BATCH = 1 << 20
+    IOV = 512  # below IOV_MAX (1024 on Linux)
+    QUEUE = 64 << 20
 
     def __init__(self, directory: Path, tmp_dir: Path) -> None:
         self.name = new_pack_name()
@@ -41,32 +51,76 @@ class PackWriter:
         # always starts with a whole header, whenever the writer is killed.
         tmp = tmp_dir / f"{self.name}.tmp"
         self.fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
-        self.size = 0
-        self._write(PACK_HEADER.pack(PACK_MAGIC, FORMAT_VERSION, 0))
+        header = PACK_HEADER.pack(PACK_MAGIC, FORMAT_VERSION, 0)
+        _write_all(self.fd, header)
         os.fsync(self.fd)
         os.rename(tmp, self.path)
         fsync_dir(directory)
-
-    def _write(self, data: bytes | memoryview) -> None:
-        view = memoryview(data)
-        while view:
-            done = os.write(self.fd, view)
-            view = view[done:]
-        self.size += len(data)
+        self.size = len(header)
+        self._io = ThreadPoolExecutor(1, thread_name_prefix="strata-pack")
+        self._batch: list[bytes] = []
+        self._batch_bytes = 0
+        self._queued: deque[tuple[Future[None], int]] = deque()
+        self._queued_bytes = 0
 
     def append(self, frame: bytes) -> int:
         """Offset of the frame in the pack."""
         offset = self.size
-        self._write(frame)
+        self.size += len(frame)
+        self._batch.append(frame)
+        self._batch_bytes += len(frame)
+        if self._batch_bytes >= self.BATCH or len(self._batch) >= self.IOV:
+            self._submit()
         return offset
 
+    def _submit(self) -> None:
+        if self._batch:
+            future = self._io.submit(_write_frames, self.fd, self._batch)
+            self._queued.append((future, self._batch_bytes))
+            self._queued_bytes += self._batch_bytes
+            self._batch, self._batch_bytes = [], 0
+        self._wait(self.QUEUE)
+
+    def _wait(self, limit: int) -> None:
+        while self._queued and self._queued_bytes > limit:
+            future, size = self._queued.popleft()
+            self._queued_bytes -= size
+            future.result()
+
+    def drain(self) -> None:
+        """Every appended frame is in the file (not necessarily durable)."""
+        self._submit()
+        self._wait(0)
+
     def sync(self) -> None:
+        self.drain()
         os.fsync(self.fd)
 
     def close(self) -> None:
         if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+            try:
+                self.drain()
+            finally:
+                self._io.shutdown(wait=True)
+                os.close(self.fd)
+                self.fd = -1
+
+
+def _write_frames(fd: int, frames: list[bytes]) -> None:
+    done = os.writev(fd, frames)
+    if done < sum(len(f) for f in frames):  # a short write: finish frame by frame
+        for frame in frames:
+            if done >= len(frame):
+                done -= len(frame)
+                continue
+            _write_all(fd, frame[done:])
+            done = 0
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 class PackFiles:
