@@ -7,6 +7,8 @@ descriptor sectors, 2 GiB split extents, ``-s001``/``-f001``/``-flat`` names).
 
 Writers lay out first (every table position is fixed by the capacity), then
 stream grains in disk order; the tables, both copies, are written last.
+Like ``qemu-img convert`` (cache=unsafe), writers leave the data in the page
+cache without fsync; a caller that needs durability syncs the files.
 """
 
 from __future__ import annotations
@@ -163,7 +165,6 @@ class SparseSink:
             gd, gts = lay.tables(self.gte, gd_sector)
             os.pwrite(self.fd, gd + gts, gd_sector * s.SECTOR)
         os.ftruncate(self.fd, max(self.cursor, lay.overhead * s.SECTOR))
-        os.fsync(self.fd)
         os.close(self.fd)
         self.fd = -1
 
@@ -188,7 +189,6 @@ class FlatSink:
         raise AssertionError("flat extents have no parent, so nothing is written as zero")
 
     def finish(self) -> None:
-        os.fsync(self.fd)
         os.close(self.fd)
         self.fd = -1
 
@@ -365,7 +365,6 @@ def write_stream(req: WriteRequest, options: dict[str, Any]) -> None:
             writer.write_blocks(iter_blocks(req.source, gb, progress=req.progress))
             writer.finish()
             f.flush()
-            os.fsync(f.fileno())
     except BaseException:
         if not existed:
             with contextlib.suppress(OSError):
