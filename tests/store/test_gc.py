@@ -69,3 +69,18 @@ def test_gc_threshold_leaves_mostly_live_packs(tmp_path: Path) -> None:
     report = gc(root, threshold=0.5)
     assert report["chunks_removed"] == 1 and report["packs_rewritten"] == 0
     assert gc(root)["packs_rewritten"] == 1
+
+
+def test_images_keep_their_chunks_live(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    with Store.init(root) as store:
+        manifest = Manifest("image", {"template": "t1"})
+        manifest.add_table("chunks", "chunks-v1", store.put_blocks(blocks([21], 1 << 20)))
+        mid = store.put_manifest(manifest)
+        store.commit_image("img1", mid, {"os": "win:1"}, comment="published")
+        (image,) = store.catalog.images()
+        assert image["manifest"] == mid.hex() and image["logical_size"] == 1 << 20
+        assert store.catalog.history()[-1]["operation"] == "add-image"
+        live = len(manifest.chunk_ids())
+    report = gc(root)
+    assert report["chunks_removed"] == 0 and report["live_chunks"] == live
