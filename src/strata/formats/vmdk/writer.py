@@ -257,7 +257,9 @@ def parent_identity(child: str, parent: BlockDevice) -> tuple[int, str]:
 class Output:
     """The files of one VMDK being written; removes the ones it created if it fails."""
 
-    def __init__(self, path: str, options: dict[str, Any], size: int, parent: BlockDevice | None):
+    def __init__(
+        self, path: str, options: dict[str, Any], size: int, parent: BlockDevice | None
+    ) -> None:
         self.path = path
         self.subformat = options["subformat"]
         self.sectors = -(-size // s.SECTOR)
