@@ -121,7 +121,9 @@ def metadata_for(s: Settings, g: Geometry, locator: dict[str, str] | None) -> Me
     )
 
 
-def write_structures(fd: int, p: Plan, meta: MetadataFields, bat: np.ndarray) -> None:
+def write_structures(
+    fd: int, p: Plan, meta: MetadataFields, bat: np.ndarray, durable: bool = True
+) -> None:
     """Everything but the payload: BAT and metadata first, the headers last."""
     pwrite_all(fd, p.bat_offset, memoryview(bat.astype("<u8").tobytes()))
     pwrite_all(fd, p.metadata_offset, memoryview(encode_metadata_region(meta, p.metadata_length)))
@@ -129,12 +131,14 @@ def write_structures(fd: int, p: Plan, meta: MetadataFields, bat: np.ndarray) ->
     for offset in S.REGION_TABLE_OFFSETS:
         pwrite_all(fd, offset, memoryview(table))
     pwrite_all(fd, 0, memoryview(encode_file_identifier()))
-    os.fsync(fd)
+    if durable:
+        os.fsync(fd)
     header = HeaderFields(
         1, new_guid(), new_guid(), log_length=p.log_length, log_offset=p.log_offset
     )
     write_headers(fd, header, durable=False)
-    os.fsync(fd)
+    if durable:
+        os.fsync(fd)
 
 
 def _new_file(path: str) -> int:
@@ -182,6 +186,9 @@ class _Payload:
         if not self.bat[index]:
             self.bat[index] = entry(S.PAYLOAD_FULLY_PRESENT, self.end)
             self.end += self.g.block_size
+            # Extending the file before writing into it is measurably faster on ext4
+            # than writes that each move EOF.
+            os.ftruncate(self.fd, self.end)
         return int(self.bat[index]) >> S.BAT_OFFSET_SHIFT << S.BAT_OFFSET_SHIFT
 
     def write(self, offset: int, data: memoryview) -> None:
@@ -264,6 +271,8 @@ def write(req: WriteRequest) -> None:
         else:
             stream_plain(pay, req.source, req.progress)
         os.ftruncate(fd, pay.end)
-        write_structures(fd, p, metadata_for(s, g, locator), pay.bat)
+        # Like qemu-img convert (cache=unsafe), a whole-image write is not synced: a
+        # failed convert is removed, and the headers still go last.
+        write_structures(fd, p, metadata_for(s, g, locator), pay.bat, durable=False)
     finally:
         os.close(fd)

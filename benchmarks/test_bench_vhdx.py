@@ -1,0 +1,64 @@
+"""VHDX export beside qemu-img on the same 4 GiB raw holding 1 GiB of mixed data.
+
+Both write a dynamic VHDX with 32 MiB blocks; strata's peak RSS is measured with wait4.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import SMOKE, scaled
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from support.images import GiB, MiB, scattered_runs, write_sparse_raw
+from support.tools import Measured, measure, measure_strata, qemu_compare, require
+
+DISK = scaled(4 * GiB, 512 * MiB)
+DATA = scaled(1 * GiB, 64 * MiB)
+RSS_LIMIT = 128 * MiB
+
+
+@pytest.fixture(scope="module")
+def mixed_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("vhdx-bench") / "mixed.raw"
+    runs = scattered_runs(DISK, 64, DATA, seed=7, align=1 << 20)
+    return write_sparse_raw(path, DISK, runs, mixed=True)
+
+
+def _ok(m: Measured) -> Measured:
+    assert m.returncode == 0, m.stderr
+    return m
+
+
+def test_dynamic_vs_qemu(versus, record_ratio, mixed_raw: Path) -> None:  # type: ignore[no-untyped-def]
+    qemu = require("qemu-img")
+    ours, theirs = mixed_raw.with_name("s.vhdx"), mixed_raw.with_name("q.vhdx")
+    options = "subformat=dynamic,block_size=32M"
+    rss: list[int] = []
+
+    def run_ours() -> None:
+        ours.unlink(missing_ok=True)
+        m = _ok(measure_strata("disk", "convert", "-O", "vhdx", "-o", options, mixed_raw, ours))
+        rss.append(m.peak_rss)
+
+    def run_qemu() -> None:
+        theirs.unlink(missing_ok=True)
+        _ok(measure([qemu, "convert", "-f", "raw", "-O", "vhdx", "-o", options, mixed_raw, theirs]))
+
+    ratio = versus(
+        run_ours, run_qemu, peer="qemu-img convert -O vhdx (dynamic)", target=1.0, per_byte=DATA
+    )
+    assert qemu_compare(mixed_raw, ours, "vhdx") == 0
+    record_ratio(
+        strata_bytes=ours.stat().st_blocks * 512,
+        qemu_bytes=theirs.stat().st_blocks * 512,
+        peak_rss=max(rss),
+        rss_limit=RSS_LIMIT,
+    )
+    assert max(rss) <= RSS_LIMIT, f"peak RSS {max(rss) >> 20} MiB"
+    if not SMOKE:
+        assert ratio <= 1.0, f"strata took {ratio:.2f}x qemu-img's time"
