@@ -1,14 +1,20 @@
-"""A composed image (or any block table) in the store, read as a BlockDevice."""
+"""A composed image (or any block table) in the store, read as a BlockDevice.
+
+Reads are sequential in practice (every writer streams), so the device decodes the next
+window's chunks on worker threads while the caller writes the current one, and decodes a
+chunk that repeats inside a window once.  Memory: two windows of decoded chunks.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
 from strata.blockdev.base import BaseDevice, Extent, ExtentState, zero_fill
 from strata.errors import CorruptImage
-from strata.store import CHUNK_ROW, Store
+from strata.store import CHUNK_ROW, ZERO_ID, Store
 
 
 class StoreDevice(BaseDevice):
@@ -18,6 +24,7 @@ class StoreDevice(BaseDevice):
 
     def __init__(self, store: Store, table: np.ndarray, size: int, sector_size: int = 512) -> None:
         rows = np.asarray(table, CHUNK_ROW)
+        rows = rows[rows["id"] != np.frombuffer(ZERO_ID, "V16")[0]]  # zero rows read as zeros
         order = np.argsort(rows["offset"], kind="stable")
         self.rows = rows[order]
         self.starts = self.rows["offset"].astype(np.int64)
@@ -31,6 +38,8 @@ class StoreDevice(BaseDevice):
         self.store = store
         self._size = size
         self._sector_size = sector_size
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: dict[bytes, Future[bytes]] = {}
 
     def _rows_in(self, offset: int, end: int) -> tuple[int, int]:
         first = int(np.searchsorted(self.ends, offset, side="right"))
@@ -72,4 +81,10 @@ class StoreDevice(BaseDevice):
             yield Extent(pos, end - pos, ExtentState.ZERO)
 
     def close(self) -> None:
-        """The store belongs to the caller."""
+        """Stop the read-ahead; the store belongs to the caller."""
+        for future in self._pending.values():
+            future.cancel()
+        self._pending = {}
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None

@@ -241,6 +241,8 @@ def export(
             if os.path.exists(dest):
                 os.unlink(dest)
             raise
+        finally:
+            source.close()
         return {
             "image": row["name"],
             "target": profile.name,

@@ -388,10 +388,10 @@ def _cached_base(
             return info
     driver = registry.get(fmt)
     options = registry.options_for(fmt, BASE_OPTIONS[fmt])
-    source = StoreDevice(st, table, size, sector)
     if driver.write is None:
         raise InvalidInput(f"strata cannot write {fmt}")
-    driver.write(WriteRequest(source, path, options, progress=progress))
+    with StoreDevice(st, table, size, sector) as source:
+        driver.write(WriteRequest(source, path, options, progress=progress))
     info = {
         "path": path,
         "format": fmt,
@@ -568,7 +568,12 @@ def _open_packaging_disk(disk: str, record: dict[str, Any]) -> Iterator[Any]:
         if image.size != record["size"]:
             raise StateError(what=f"{disk} is {image.size} bytes; its base was {record['size']}")
         if base is None:
-            yield image, lambda st: _composed_view(st, record), None
+            views: list[StoreDevice] = []
+            try:
+                yield image, lambda st: views.append(_composed_view(st, record)) or views[-1], None
+            finally:
+                for view in views:
+                    view.close()
             return
         _check_parent(disk, image, base)
         parent_view = registry.open_image(base["path"], record["format"])

@@ -1,0 +1,186 @@
+"""Issue 7: finalize cost follows what changed; finalize vs casync; export vs qemu-img convert."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from strata.ops import image as images
+from strata.ops import layers
+
+from conftest import SMOKE, scaled
+from support.images import GiB, MiB, mixed_bytes, write_sparse_raw
+from support.layers import apply_with_strata
+from support.tools import require
+
+WRITES = scaled(256 * MiB, 16 * MiB)
+RUN = 4 * MiB
+
+
+def _writes(seed: int) -> list[tuple[int, bytes]]:
+    data = mixed_bytes(WRITES, seed)
+    return [(GiB // 2 + i * 2 * RUN, data[i * RUN : (i + 1) * RUN]) for i in range(WRITES // RUN)]
+
+
+def _prepare(tmp: Path, size: int, name: str) -> tuple[Path, Path, dict]:
+    """A store with an OS layer of ``size`` and a packaging disk holding the same writes."""
+    store = tmp / f"store-{name}"
+    os_raw = write_sparse_raw(tmp / f"os-{name}.raw", size, [(0, 32 * MiB)], seed=1, mixed=True)
+    layers.import_os("os", "1", str(os_raw), store=store)
+    out = tmp / f"out-{name}"
+    out.mkdir()
+    pkg = layers.create_packaging_disk(
+        layers.PackagingRequest(layer="app", os="os", fmt="vhd", name="pkg", out=str(out)),
+        store=store,
+    )
+    apply_with_strata(Path(pkg["disk_path"]), _writes(seed=2))
+    return store, Path(pkg["disk_path"]), pkg
+
+
+def _finalize_seconds(store: Path, disk: Path) -> float:
+    start = time.perf_counter()
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "strata",
+            "finalize",
+            "--disk",
+            str(disk),
+            "--layer",
+            "app",
+            "--version",
+            "1",
+            "--store",
+            str(store),
+        ],
+        check=True,
+    )
+    return time.perf_counter() - start
+
+
+def test_finalize_cost_follows_writes_not_disk_size(tmp_path: Path, record_ratio) -> None:  # type: ignore[no-untyped-def]
+    small = _finalize_seconds(*_prepare(tmp_path, 4 * GiB, "4g")[:2])
+    big = _finalize_seconds(*_prepare(tmp_path, 64 * GiB, "64g")[:2])
+    ratio = big / small
+    record_ratio(
+        what="finalize 64 GiB / 4 GiB virtual, same writes",
+        strata_4g_s=round(small, 3),
+        strata_64g_s=round(big, 3),
+        ratio=round(ratio, 3),
+        target=1.3,
+        writes_bytes=WRITES,
+    )
+    if not SMOKE:
+        assert ratio <= 1.3
+
+
+def test_finalize_vs_casync_make(tmp_path: Path, record_ratio) -> None:  # type: ignore[no-untyped-def]
+    casync = require("casync")
+    store, disk, _ = _prepare(tmp_path, 4 * GiB, "casync")
+    raw = tmp_path / "packaging.raw"
+    subprocess.run(
+        [sys.executable, "-m", "strata", "disk", "convert", "-O", "raw", str(disk), str(raw)],
+        check=True,
+    )
+    castore = tmp_path / "castr"
+    start = time.perf_counter()
+    subprocess.run(
+        [casync, "make", f"--store={castore}", str(tmp_path / "p.caibx"), str(raw)],
+        check=True,
+        capture_output=True,
+    )
+    peer = time.perf_counter() - start
+    ours = _finalize_seconds(store, disk)
+    record_ratio(
+        what="finalize vs casync make of the raw packaging disk",
+        strata_s=round(ours, 3),
+        peer="casync make",
+        peer_s=round(peer, 3),
+        ratio=round(ours / peer, 3),
+        speedup=round(peer / ours, 2),
+        target="speedup >= 3",
+    )
+    if not SMOKE:
+        assert peer / ours >= 3
+
+
+EXPORT_DATA = scaled(1 * GiB, 32 * MiB)
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    tmp = tmp_path_factory.mktemp("export")
+    runs = [(i * 64 * MiB, 16 * MiB) for i in range(EXPORT_DATA // (16 * MiB))]
+    raw = write_sparse_raw(tmp / "image.raw", 4 * GiB, runs, seed=3, mixed=True)
+    store = tmp / "store"
+    layers.import_os("os", "1", str(raw), store=store)
+    images.publish(images.Template(name="img", os="os"), store=store)
+    return store, raw
+
+
+@pytest.mark.parametrize(
+    "fmt, qemu_fmt, opts, target",
+    [
+        ("vhdx", "vhdx", [], "hyperv"),
+        ("vhd", "vpc", ["-o", "subformat=dynamic"], "xenserver"),
+        ("vmdk", "vmdk", ["-o", "subformat=monolithicSparse"], None),
+    ],
+)
+def test_export_vs_qemu_convert(
+    published: tuple[Path, Path],
+    tmp_path: Path,
+    versus,  # type: ignore[no-untyped-def]
+    fmt: str,
+    qemu_fmt: str,
+    opts: list[str],
+    target: str | None,
+) -> None:
+    store, raw = published
+    qemu = require("qemu-img")
+    ours_out, theirs_out = tmp_path / f"ours.{fmt}", tmp_path / f"theirs.{fmt}"
+    strata_opts = ["-o", "subformat=monolithicSparse"] if fmt == "vmdk" else []
+
+    def ours() -> None:
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "strata",
+                "image",
+                "export",
+                "img",
+                str(ours_out),
+                "--target",
+                target or "raw",
+                "-O",
+                fmt,
+                *strata_opts,
+                "--force",
+                "--store",
+                str(store),
+            ],
+            check=True,
+        )
+
+    def theirs() -> None:
+        subprocess.run(
+            [qemu, "convert", "-f", "raw", "-O", qemu_fmt, *opts, str(raw), str(theirs_out)],
+            check=True,
+        )
+
+    ratio = versus(ours, theirs, peer=f"qemu-img convert -O {qemu_fmt}", rounds=3, target=1.0)
+    assert (
+        subprocess.run(
+            [qemu, "compare", "-f", "raw", "-F", qemu_fmt, str(raw), str(ours_out)]
+        ).returncode
+        == 0
+    )
+    if not SMOKE:
+        assert ratio <= 1.0
+    shutil.rmtree(tmp_path, ignore_errors=True)
