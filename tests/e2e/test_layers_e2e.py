@@ -236,3 +236,12 @@ def test_second_version_starts_from_the_first(world: World) -> None:
         == 0
     )
     assert compare_with_qemu(expected, dest, "vhd") == 0
+
+
+def test_disk_partitions_matches_sfdisk(world: World) -> None:
+    ours = result_of(strata_json("disk", "partitions", world.os_raw))
+    theirs = json.loads(run([require("sfdisk"), "--json", world.os_raw]).stdout)["partitiontable"]
+    assert ours["scheme"] == theirs["label"] == "gpt"
+    assert [(p["start_sector"], p["sectors"]) for p in ours["partitions"]] == [
+        (p["start"], p["size"]) for p in theirs["partitions"]
+    ]

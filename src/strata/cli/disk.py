@@ -230,6 +230,39 @@ def check_cmd(image: str, fmt: str | None) -> int:
     return EXIT_DIFFERENT if errors else 0
 
 
+@group.command("partitions")
+@_fmt_option("-f", "Input format (default: probe).")
+@_allow_option
+@click.argument("image", type=click.Path())
+@json_option
+def partitions_cmd(image: str, fmt: str | None, allowed_dirs: tuple[str, ...]) -> int:
+    """List the partition table (GPT, or MBR with logical partitions) of IMAGE.
+
+    With --json: one `result` event with scheme, disk_id, sector_size, size, usable_start,
+    usable_end (bytes), partitions [{number, start, length, start_sector, sectors, type,
+    type_name, name, guid, attributes, bootable}] and warnings (e.g. a damaged primary GPT).
+    """
+    from strata.partition import partitions_report
+
+    report = partitions_report(image, fmt, allowed_dirs)
+    for warning in report["warnings"]:
+        current().warning(warning)
+    if current().json_mode:
+        current().result(**report)
+        return 0
+    click.echo(f"{image}: {report['scheme']} {report['disk_id'] or ''}".rstrip())
+    click.echo(f"{'#':>3} {'start':>12} {'sectors':>12} {'size':>10}  type")
+    for p in report["partitions"]:
+        kind = p["type_name"] or p["type"]
+        name = f"  {p['name']!r}" if p["name"] else ""
+        boot = "  *" if p["bootable"] else ""
+        click.echo(
+            f"{p['number']:>3} {p['start_sector']:>12} {p['sectors']:>12} "
+            f"{human_size(p['length']):>10}  {kind}{name}{boot}"
+        )
+    return 0
+
+
 @group.command("formats")
 @json_option
 def formats_cmd() -> int:
