@@ -303,3 +303,33 @@ def test_zeroed_grain_child(tmp_path: Path) -> None:
         states = [(e.offset, e.length, e.state.name) for e in layer.extents()]
     assert (MiB, 3 * 65536, "ZERO") in states
     assert not any(state == "DATA" for *_, state in states)
+
+
+@pytest.mark.parametrize("subformat", SUBFORMATS)
+def test_size_not_a_whole_grain(tmp_path: Path, subformat: str) -> None:
+    require("qemu-img")
+    size = 10 * MiB + 4096
+    raw = write_sparse_raw(tmp_path / "o.raw", size, [(0, 1000 * 512), (10 * MiB, 4096)])
+    out = tmp_path / "o.vmdk"
+    convert(raw, out, f"subformat={subformat}")
+    assert qemu_compare(raw, out, "vmdk") == 0
+    qemu_check_clean(out)
+    assert_pyvmdk_equal(out, raw, size)
+    assert not ops.check(ops.OpenSpec(str(out)))
+
+
+def test_strata_writes_into_qemu_sparse(tmp_path: Path) -> None:
+    require("qemu-img")
+    image = tmp_path / "q.vmdk"
+    qemu_img("create", "-f", "vmdk", image, "64M")
+    run([require("qemu-io"), "-f", "vmdk", "-c", "write -P 3 1M 1M", str(image)])
+    ref = write_sparse_raw(tmp_path / "r.raw", 64 * MiB, [])
+    writes = [(MiB + 100, b"w" * 5000), (40 * MiB + 7, b"v" * 70000), (MiB - 10, b"u" * 20)]
+    _write_at(ref, 64 * MiB, [(MiB, b"\x03" * MiB)])
+    with registry.open_image(str(image), writable=True) as disk:
+        for offset, data in writes:
+            disk.write(offset, data)
+    _write_at(ref, 64 * MiB, writes)
+    assert qemu_compare(ref, image, "vmdk") == 0
+    qemu_check_clean(image)
+    assert not ops.check(ops.OpenSpec(str(image)))

@@ -49,6 +49,7 @@ class VmdkDevice(BaseDevice):
         self._fds: dict[str, int] = {}
         self._cid_fresh = False
         self.parent_ref: ParentRef | None = None
+        self._chain: ChainDevice | None = None
         try:
             self._open()
         except BaseException:
@@ -232,7 +233,9 @@ class VmdkDevice(BaseDevice):
     def _parent_reader(self, start: int) -> Any:
         if self.parent is None:
             return None
-        chain = ChainDevice(self.parent)
+        if self._chain is None or self._chain.top is not self.parent:
+            self._chain = ChainDevice(self.parent)
+        chain = self._chain
 
         def read(offset: int, view: memoryview) -> None:
             read_base_padded(chain, start + offset, view)

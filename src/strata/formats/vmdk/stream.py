@@ -146,6 +146,9 @@ class StreamWriter:
             for blk in blocks:
                 for lo in range(0, len(blk.data), BATCH):
                     chunk = bytes(blk.data[lo : lo + BATCH])
+                    if len(chunk) % gb:
+                        # The disk's last grain is partial: store it whole, as VMware does.
+                        chunk += bytes(gb - len(chunk) % gb)
                     grain = (blk.offset + lo) // gb
                     job = pool.submit(
                         deflate_batch, grain * self.plan.grain_size, chunk, gb, self.plan.level
