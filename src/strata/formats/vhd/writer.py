@@ -22,6 +22,11 @@ Differencing children store exactly the sectors that differ from the parent, wid
 where libvhdi would misread the bitmap: within one bitmap byte (8 sectors) every sector after
 the first present one is also stored, with the parent's content (see ``reader.libvhdi_safe``).
 
+Durability: ``create`` fsyncs (it is small); ``convert`` leaves the written file in the page
+cache like ``qemu-img convert`` (which never flushes the data it converts): the file is
+complete and consistent when the call returns, and the caller syncs if it must survive a
+power cut.  Measured here, a final fsync of 800 MB costs 0.4-1.0 s, more than the convert.
+
 Layout of dynamic and differencing files (lay out, then stream): footer copy at 0, dynamic
 header at 512, BAT at 1536, parent locator data, then data blocks in guest order, each a
 sector bitmap placed so the block's data starts 4 KiB aligned, then the footer.
@@ -282,14 +287,15 @@ class FileWriter:
             self.next_free = bitmap_at + self.plan.bitmap_size + self.plan.block_size
         return int(self.bat[block]) * s.SECTOR + self.plan.bitmap_size
 
-    def finish(self) -> None:
+    def finish(self, durable: bool = True) -> None:
         footer = build_footer(self.plan)
         if self.plan.disk_type == s.DISK_FIXED:
             os.ftruncate(self.fd, self.plan.size + s.FOOTER_SIZE)
             pwrite_all(self.fd, self.plan.size, memoryview(footer))
         else:
             self._finish_sparse(footer)
-        os.fsync(self.fd)
+        if durable:
+            os.fsync(self.fd)
 
     def _finish_sparse(self, footer: bytes) -> None:
         header = build_header(self.plan)
@@ -333,7 +339,7 @@ def write(req: WriteRequest) -> None:
             _copy(req, writer)
         else:
             _copy_changed(req, writer)
-        writer.finish()
+        writer.finish(durable=False)
     finally:
         writer.close()
 
