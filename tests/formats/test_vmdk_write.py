@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -195,4 +196,28 @@ def test_qemu_io_writes_into_strata_sparse(tmp_path: Path) -> None:
     with registry.open_image(str(image)) as disk:
         assert disk.read(100 << 10, 300 << 10) == b"\x42" * (300 << 10)
         assert disk.read(0, 100 << 10) == bytes(100 << 10)
+    assert not ops.check(ops.OpenSpec(str(image)))
+
+
+def test_write_allocates_missing_grain_tables(tmp_path: Path) -> None:
+    """Hosted sparse files may leave grain tables unallocated (GD entry 0): writes add them."""
+    require("qemu-img")
+    size = 96 * MiB  # three grain tables
+    image, ref = tmp_path / "g.vmdk", tmp_path / "g.raw"
+    _create(image, size, "monolithicSparse")
+    with open(image, "r+b") as f:
+        header = f.read(512)
+        rgd, gd = struct.unpack_from("<QQ", header, 0x30)
+        for table in (rgd, gd):
+            f.seek(table * 512 + 4)
+            f.write(bytes(8))  # drop tables 1 and 2 from both directories
+    with open(ref, "wb") as f:
+        f.truncate(size)
+    writes = [(40 * MiB + 3, b"a" * 100_000), (70 * MiB, b"b" * 65536), (0, b"c" * 10)]
+    with registry.open_image(str(image), writable=True) as disk:
+        for offset, data in writes:
+            disk.write(offset, data)
+    _write_raw(ref, writes)
+    assert qemu_compare(ref, image, "vmdk") == 0
+    assert qemu_img("check", "-f", "vmdk", image, check=False).returncode == 0
     assert not ops.check(ops.OpenSpec(str(image)))

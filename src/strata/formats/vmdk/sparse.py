@@ -372,7 +372,7 @@ class SparseExtent:
         n = self.header.num_gtes_per_gt
         index = grain // n
         if int(self.gd[index]) == 0:
-            raise Unsupported(what=f"{self.path}: grain table {index} is not preallocated")
+            self._new_table(index)
         sector = self.next_alloc // s.SECTOR
         pwrite_all(self.fd, self.next_alloc, memoryview(data))
         self.next_alloc += len(data)
@@ -384,6 +384,25 @@ class SparseExtent:
         pwrite_all(self.fd, int(self.gd[index]) * s.SECTOR + (grain % n) * 4, memoryview(entry))
         if self.header.redundant and self.header.rgd_offset:
             self._mirror(index, grain % n, entry)
+
+    def _new_table(self, index: int) -> None:
+        """Append an empty grain table (and its redundant copy) for directory entry ``index``."""
+        h = self.header
+        redundant = h.redundant and h.rgd_offset
+        sectors = h.gt_bytes // s.SECTOR
+        start = self.next_alloc // s.SECTOR
+        count = 2 if redundant else 1
+        pwrite_all(self.fd, self.next_alloc, memoryview(bytes(count * h.gt_bytes)))
+        # Grains stay grain-aligned after the tables, as qemu-img check expects.
+        end = (start + count * sectors) * s.SECTOR
+        self.next_alloc = -(-end // h.grain_bytes) * h.grain_bytes
+        self.file_size = max(self.file_size, end)
+        places = [(h.gd_offset, start)] + ([(h.rgd_offset, start + sectors)] if redundant else [])
+        for gd_sector, table in places:
+            entry = np.array([table], s.GTE_DTYPE).tobytes()
+            pwrite_all(self.fd, gd_sector * s.SECTOR + index * 4, memoryview(entry))
+        self.gd[index] = start
+        self._present = np.flatnonzero(self.gd)
 
     def _mirror(self, index: int, slot: int, entry: bytes) -> None:
         raw = self._pread(self.header.rgd_offset * s.SECTOR + index * 4, 4)
