@@ -199,3 +199,19 @@ def test_fuzz(tmp_path: Path, name: str, opts: tuple[str, ...], count: int) -> N
         signal.signal(signal.SIGALRM, old)
     assert time.monotonic() - start < 90
     assert flagged > count // 10, f"only {flagged} of {count} mutations were noticed"
+
+
+def test_stream_markers_damaged(tmp_path: Path) -> None:
+    image = _image(tmp_path, "k", "subformat=streamOptimized")
+    _poke(image, 65536, struct.pack("<Q", 128 * 5))  # first grain claims another LBA
+    with pytest.raises(CorruptImage, match="marker LBA"):
+        _read_all(image)
+    problems = vmdk_check(str(image))
+    assert any(p.structure == "grain table" and p.field == "GTE[0]" for p in problems)
+    fresh = _image(tmp_path, "u", "subformat=streamOptimized")
+    data = fresh.read_bytes()
+    gd_marker = len(data) - 3 * 512 - 512  # GD (one sector) sits before the footer marker
+    assert struct.unpack_from("<QII", data, gd_marker - 512)[2] == 2
+    _poke(fresh, gd_marker - 512 + 12, struct.pack("<I", 9))
+    problems = vmdk_check(str(fresh))
+    assert any(p.structure == "stream" and "unknown marker type 9" in p.message for p in problems)
