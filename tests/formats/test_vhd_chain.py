@@ -155,3 +155,21 @@ def test_relative_locator_is_preferred(tmp_path: Path) -> None:
     shutil.move(first, moved)
     with registry.open_image(str(moved / "c.vhd")) as disk:
         assert disk.layers[1].path == str(moved / "base.vhd")
+
+
+def test_fixed_parent_and_foreign_backing(tmp_path: Path) -> None:
+    raw = write_sparse_raw(tmp_path / "src.raw", 8 * MiB, [(MiB - 512, 5000)])
+    base = tmp_path / "fixed.vhd"
+    result_of(sj("disk", "convert", "-O", "vhd", "-o", "subformat=fixed", raw, base))
+    child = tmp_path / "child.vhd"
+    assert strata("disk", "create", "-O", "vhd", "-b", base, child).returncode == 0
+    expected = bytearray(raw.read_bytes())
+    with registry.open_image(str(child), writable=True) as disk:
+        disk.write(MiB + 100, b"\x07" * 9000)
+    expected[MiB + 100 : MiB + 9100] = b"\x07" * 9000
+    _assert_chain_reads([child, base], bytes(expected))
+    refused = strata("disk", "convert", "-O", "vhd", "-B", raw, raw, tmp_path / "x.vhd")
+    assert refused.returncode == 3 and "VHD parent" in refused.stderr
+    assert not (tmp_path / "x.vhd").exists()
+    wrong = strata("disk", "create", "-O", "vhd", "-b", base, tmp_path / "y.vhd", "16M")
+    assert wrong.returncode == 3 and "parent's size" in wrong.stderr

@@ -52,6 +52,7 @@ def test_random_writes_read_back_in_qemu(
     with registry.open_image(str(image)) as disk:
         assert disk.read(0, SIZE) == expected
     assert qemu_compare(flat, image, "vpc") == 0
+    assert pyvhdi_chain([image])[0].read_buffer_at_offset(SIZE, 0) == expected
     assert check(str(image)) == []
 
 
