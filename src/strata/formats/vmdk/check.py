@@ -15,6 +15,7 @@ import numpy as np
 from strata.errors import CorruptImage, StrataError
 from strata.formats.registry import Problem
 from strata.formats.vmdk import structs as s
+from strata.formats.vmdk.descriptor import CREATE_TYPES
 from strata.formats.vmdk.image import VmdkDevice
 from strata.formats.vmdk.sparse import SparseExtent
 
@@ -46,6 +47,15 @@ def check(path: str) -> list[Problem]:
 def check_descriptor(dev: VmdkDevice) -> list[Problem]:
     problems: list[Problem] = []
     d = dev.descriptor
+    if d.create_type not in (*CREATE_TYPES, "vmfs", "vmfsSparse", "custom"):
+        problems.append(
+            Problem(
+                "descriptor",
+                f"unknown createType {d.create_type!r}",
+                "createType",
+                severity="warning",
+            )
+        )
     for line in d.extents:
         if line.access != "RW":
             # qemu ignores extent lines that do not start with RW.

@@ -122,6 +122,8 @@ class ExtentSink(Protocol):
 
     def finish(self) -> None: ...
 
+    def abort(self) -> None: ...
+
 
 class SparseSink:
     """One hosted sparse extent file, written grain after grain."""
@@ -276,7 +278,7 @@ class Output:
         # Only a child needs zeroed-grain entries; plain disks keep the version-1 header.
         self.zeroed = bool(options["zeroed_grain"]) and parent is not None
         self.created: list[str] = []
-        self.sinks: list[Any] = []
+        self.sinks: list[ExtentSink] = []
         self.starts = np.cumsum([0] + [n * s.SECTOR for _, n in self.files], dtype=np.int64)
 
     def _create(self, path: str) -> None:
@@ -297,7 +299,7 @@ class Output:
             with open(self.path, "wb") as f:
                 f.write(self.descriptor.encode())
 
-    def pieces(self, offset: int, length: int) -> Iterator[tuple[Any, int, int, int]]:
+    def pieces(self, offset: int, length: int) -> Iterator[tuple[ExtentSink, int, int, int]]:
         index = int(np.searchsorted(self.starts, offset, side="right")) - 1
         pos, end = offset, offset + length
         while pos < end:
