@@ -15,7 +15,14 @@ from strata.formats.vhd import structs as s
 from support.images import GiB, MiB
 from support.tools import qemu_compare, qemu_img, qemu_info, require, result_of, run, strata
 from support.tools import strata_json as sj
-from support.vhd_tools import edge_runs, edge_source, pyvhdi_chain, read_range
+from support.vhd_tools import (
+    edge_runs,
+    edge_source,
+    patch,
+    pyvhdi_chain,
+    read_range,
+    refresh_checksum,
+)
 
 SIZES = {
     "64M": 64 * MiB,
@@ -152,3 +159,19 @@ def test_qemu_map_agrees_on_dynamic_allocation(tmp_path: Path) -> None:
         return merged
 
     assert data_ranges(ours) == data_ranges(theirs)
+
+
+def test_creator_qemu_sizes_by_chs_is_flagged(tmp_path: Path) -> None:
+    """The sizing trap: a creator qemu does not trust makes qemu read the CHS size."""
+    out = tmp_path / "elm.vhd"
+    assert (
+        strata("disk", "create", "-O", "vhd", "-o", "subformat=fixed", out, "64M").returncode == 0
+    )
+    footer = out.stat().st_size - 512
+    patch(out, footer + 28, b"elm ")
+    refresh_checksum(out, footer, 512, 64)
+    c, h, spt = s.chs_geometry(64 * MiB)
+    assert qemu_info(out, "vpc")["virtual-size"] == c * h * spt * 512 < 64 * MiB
+    assert result_of(sj("disk", "info", out))["virtual-size"] == 64 * MiB
+    proc = strata("disk", "check", out)
+    assert proc.returncode == 0 and "creator_app" in proc.stdout and "warning" in proc.stdout

@@ -95,7 +95,7 @@ class Layout:
 
     def add(
         self, structure: str, fld: str, offset: int | None, problem: str, kind: str = "corrupt"
-    ):
+    ) -> None:
         self.findings.append(Finding(structure, fld, offset, problem, kind))
 
     def first_error(self) -> Finding | None:
@@ -111,8 +111,8 @@ def read_at(fd: int, offset: int, length: int) -> bytes:
     return bytes(buf[:got])
 
 
-def inspect(fd: int, path: str, *, full: bool = True) -> Layout:
-    """Read and validate the metadata; ``full`` adds the slower cross-checks of ``check``."""
+def inspect(fd: int, path: str) -> Layout:
+    """Read and validate the metadata, recording every finding."""
     lay = Layout(path, os.fstat(fd).st_size)
     if not _read_footer(fd, lay):
         return lay
@@ -125,7 +125,7 @@ def inspect(fd: int, path: str, *, full: bool = True) -> Layout:
     if not _read_bat(fd, lay):
         return lay
     _read_locators(fd, lay)
-    _check_bat(lay, full)
+    _check_bat(lay)
     return lay
 
 
@@ -191,6 +191,7 @@ def _parse_footer(raw: bytes, lay: Layout, name: str, at: int) -> bool:
     if size == 0 or size % s.SECTOR:
         lay.add(name, "current_size", at + 48, f"current size {size} is not whole sectors")
         return False
+    _check_size_agreement(lay, footer, name, at)
     if size > s.MAX_SIZE:
         lay.add(
             name,
@@ -201,6 +202,23 @@ def _parse_footer(raw: bytes, lay: Layout, name: str, at: int) -> bool:
         )
         return False
     return True
+
+
+def _check_size_agreement(lay: Layout, footer: Container, name: str, at: int) -> None:
+    """Warn when qemu would size the disk by CHS geometry rather than the current size."""
+    geometry = (int(footer.cylinders), int(footer.heads), int(footer.sectors_per_track))
+    by_chs = s.chs_size(*geometry)
+    trusted = bytes(footer.creator_app) in s.CURRENT_SIZE_CREATORS or geometry == s.MAX_GEOMETRY
+    if not trusted and by_chs != footer.current_size:
+        lay.add(
+            name,
+            "creator_app",
+            at + 28,
+            f"creator {bytes(footer.creator_app)!r} makes qemu read {by_chs} bytes (CHS "
+            f"{'/'.join(map(str, geometry))}) where libvhdi, Hyper-V and strata read "
+            f"{footer.current_size}",
+            "warning",
+        )
 
 
 def _check_fixed(lay: Layout) -> None:
@@ -331,14 +349,6 @@ def _check_block_size(lay: Layout) -> bool:
             f"{entries} blocks of {bs} bytes cannot hold the virtual size {lay.size}",
         )
         return False
-    if (entries - 1) * bs >= lay.size + bs:
-        lay.add(
-            "dynamic header",
-            "max_table_entries",
-            at + 28,
-            f"{entries} entries for {-(-lay.size // bs)} blocks",
-            "warning",
-        )
     return True
 
 
@@ -439,7 +449,8 @@ def _overlaps_metadata(lay: Layout, start: int, end: int) -> bool:
     return any(start < hi and lo < end for lo, hi in regions)
 
 
-def _check_bat(lay: Layout, full: bool) -> None:
+def _check_bat(lay: Layout) -> None:
+    """Every allocated block inside the data area, clear of metadata and of other blocks."""
     bat = lay.bat
     assert bat is not None
     index = np.flatnonzero(bat != s.UNALLOCATED)
@@ -447,41 +458,18 @@ def _check_bat(lay: Layout, full: bool) -> None:
         return
     starts = bat[index].astype(np.int64) * s.SECTOR
     ends = starts + lay.bitmap_size + lay.block_size
-    _report(
-        lay,
-        index,
-        ends > lay.footer_offset,
-        lambda i, st, en: (
-            f"block at {st:#x}..{en:#x} runs past the data area "
-            f"(footer at {lay.footer_offset:#x}, file size {lay.file_size})"
-        ),
-        starts,
-        ends,
-    )
-    reserved = _reserved_regions(lay)
-    for lo, hi, what in reserved:
-        _report(
-            lay,
-            index,
-            (starts < hi) & (ends > lo),
-            lambda i, st, en, what=what: f"block at {st:#x}..{en:#x} overlaps the {what}",
-            starts,
-            ends,
-        )
+    past = f"runs past the data area (footer at {lay.footer_offset:#x}, EOF {lay.file_size:#x})"
+    _report(lay, index, starts, ends, ends > lay.footer_offset, past)
+    for lo, hi, what in _reserved_regions(lay):
+        _report(lay, index, starts, ends, (starts < hi) & (ends > lo), f"overlaps the {what}")
     order = np.argsort(starts, kind="stable")
     clash = np.zeros(index.size, bool)
     clash[order[1:]] = starts[order[1:]] < ends[order[:-1]]
-    _report(
-        lay,
-        index,
-        clash,
-        lambda i, st, en: f"block at {st:#x}..{en:#x} overlaps another block",
-        starts,
-        ends,
-    )
+    _report(lay, index, starts, ends, clash, "overlaps another block")
 
 
 def _reserved_regions(lay: Layout) -> list[tuple[int, int, str]]:
+    assert lay.bat is not None
     regions = [
         (0, s.FOOTER_SIZE, "footer copy"),
         (lay.header_offset, lay.header_offset + s.HEADER_SIZE, "dynamic header"),
@@ -495,16 +483,22 @@ def _reserved_regions(lay: Layout) -> list[tuple[int, int, str]]:
     return regions
 
 
-def _report(lay: Layout, index: np.ndarray, bad: np.ndarray, message, starts, ends) -> None:
+def _report(
+    lay: Layout,
+    index: np.ndarray,
+    starts: np.ndarray,
+    ends: np.ndarray,
+    bad: np.ndarray,
+    problem: str,
+) -> None:
     # Every bad entry is reported, but a wrecked BAT is summarised after 20 lines.
     hits = np.flatnonzero(bad)
     for k in hits[:20]:
         i = int(index[k])
-        lay.add(
-            "BAT", f"entry[{i}]", lay.bat_offset + 4 * i, message(i, int(starts[k]), int(ends[k]))
-        )
+        where = f"block at {int(starts[k]):#x}..{int(ends[k]):#x} "
+        lay.add("BAT", f"entry[{i}]", lay.bat_offset + 4 * i, where + problem)
     if hits.size > 20:
-        lay.add("BAT", "-", lay.bat_offset, f"... and {hits.size - 20} more such entries")
+        lay.add("BAT", "-", lay.bat_offset, f"... and {hits.size - 20} more entries that {problem}")
 
 
 def footer_facts(footer: Container) -> dict[str, Any]:

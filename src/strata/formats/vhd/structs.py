@@ -29,6 +29,8 @@ MAX_SECTORS = 0xFF000000  # 2040 GiB, the limit Hyper-V and qemu accept
 MAX_SIZE = MAX_SECTORS * SECTOR
 MAX_GEOMETRY = (65535, 16, 255)
 LOCATOR_COUNT = 8
+# Creators whose current size qemu (2.5+) trusts over the CHS geometry (block/vpc.c).
+CURRENT_SIZE_CREATORS = (b"win ", b"qem2", b"d2v ", b"CTXS", b"tap\0")
 
 DISK_FIXED = 2
 DISK_DYNAMIC = 3
