@@ -214,6 +214,33 @@ def test_missing_parent(tmp_path: Path) -> None:
     assert proc.returncode == NotFound.exit_code and "p.vhdx" in proc.stderr
 
 
+def test_zero_reads_zero_not_present_inherits(chain: tuple[list[Path], list[Path]], tmp_path):
+    """[MS-VHDX] 2.5.1.1: ZERO must read zeros even over parent data; NOT_PRESENT inherits."""
+    raws, images = chain
+    child = tmp_path / "z.vhdx"
+    proc = strata("disk", "convert", "-O", "vhdx", "-B", images[0], raws[1], child)
+    assert proc.returncode == 0, proc.stderr
+    with VhdxDevice(str(child)) as dev:
+        bat, block = dev._bat_region.file_offset, dev.block_size
+    index_of_block_1 = 1  # block 0 holds the child's changes; block 1 is NOT_PRESENT
+    with open(child, "r+b") as f:
+        os.pwrite(f.fileno(), (2).to_bytes(8, "little"), bat)  # block 0 -> PAYLOAD_ZERO
+    allowed = [str(tmp_path), str(images[0].parent)]
+    with (
+        registry.open_image(str(child), allowed_dirs=allowed) as disk,
+        open(raws[0], "rb") as parent,
+    ):
+        assert disk.read(0, block) == bytes(block)
+        assert os.pread(parent.fileno(), MiB, 0) != bytes(MiB)  # the parent has data there
+        assert {e.state.name for e in disk.top.extents(0, block)} == {"ZERO"}
+        ext = next(disk.top.extents(index_of_block_1 * block, block))
+        assert ext.state.name == "UNALLOCATED"
+        inherited = disk.read(4 * GiB - MiB, MiB)
+        assert inherited == os.pread(parent.fileno(), MiB, 4 * GiB - MiB)
+    # libvhdi agrees on the inherited block (it reads ZERO blocks from the parent: not used)
+    assert_pyvhdi_matches([child, images[0]], raws[0], [(4 * GiB - MiB, MiB)])
+
+
 def test_parent_outside_allowed_dirs(chain: tuple[list[Path], list[Path]], tmp_path: Path):
     _, images = chain
     (tmp_path / "a").mkdir()

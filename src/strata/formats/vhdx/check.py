@@ -91,6 +91,17 @@ def _check(f: ImageFile, problems: list[Problem]) -> None:
         problems.append(_bat(bat_region, p.index, p.message))
     problems += _overlaps(bat, g, bat_region)
     problems += _bitmaps(bat, g, bat_region)
+    if not g.has_parent:
+        bitmaps = ~g.payload_mask() & ((bat & np.uint64(S.BAT_STATE_MASK)) == S.BITMAP_PRESENT)
+        problems += [
+            _bat(
+                bat_region,
+                int(i),
+                "a sector bitmap is allocated in a disk without a parent",
+                "warning",
+            )
+            for i in np.flatnonzero(bitmaps)[:LIMIT]
+        ]
     reserved_bits = np.flatnonzero(bat & np.uint64(0xFFFF8))[:LIMIT]
     problems += [
         _bat(bat_region, int(i), "reserved bits 3-19 are set", "warning") for i in reserved_bits

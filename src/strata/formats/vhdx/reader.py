@@ -17,7 +17,14 @@ from construct import ConstructError
 from strata.blockdev.base import BaseDevice, BlockDevice, Extent, ExtentState, zero_fill
 from strata.blockdev.chain import ChainDevice, ParentRef
 from strata.blockdev.rawfile import file_size, open_file, pread_exact, pwrite_all
-from strata.errors import CorruptImage, IntegrityError, StrataError, TruncatedImage, Unsupported
+from strata.errors import (
+    CorruptImage,
+    IntegrityError,
+    StateError,
+    StrataError,
+    TruncatedImage,
+    Unsupported,
+)
 from strata.formats.vhdx import log as vlog
 from strata.formats.vhdx import structs as S
 from strata.formats.vhdx.layout import (
@@ -806,6 +813,11 @@ class VhdxDevice(BaseDevice):
         ls = self._sector_size
         lo, hi = offset - offset % ls, align(offset + len(view), ls)
         if (lo, hi) != (offset, offset + len(view)):
+            if self.metadata.has_parent and self.parent is None:
+                raise StateError(
+                    what=f"{self.path}: a write of part of a sector needs the parent's data; "
+                    "open the image with its parent (registry.open_image)"
+                )
             buf = bytearray(hi - lo)
             ChainDevice(self).readinto(lo, buf)
             buf[offset - lo : offset - lo + len(view)] = view
