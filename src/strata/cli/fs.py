@@ -1,0 +1,82 @@
+"""``strata fs``: list and read files inside an image's FAT or NTFS volumes."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from strata.cli.events import current, json_option
+from strata.ops import fs as ops
+
+
+def _allow_option(func):  # type: ignore[no-untyped-def]
+    return click.option(
+        "--allow-dir",
+        "allowed_dirs",
+        multiple=True,
+        type=click.Path(file_okay=False),
+        help="Directory where parent images may be opened (repeatable; default: the image's own).",
+    )(func)
+
+
+@click.group("fs")
+def group() -> None:
+    """List and read files in FAT and NTFS volumes (IMAGE[:PART], PART a partition number)."""
+
+
+@group.command("ls")
+@click.option("-f", "fmt", default=None, metavar="FORMAT", help="Image format (default: probe).")
+@click.option("-r", "--recursive", is_flag=True, help="Every entry below PATH.")
+@click.option("--system", is_flag=True, help="Also NTFS metadata files ($MFT, $Extend, ...).")
+@_allow_option
+@click.argument("target", metavar="IMAGE[:PART]")
+@click.argument("path", default="/")
+@json_option
+def ls_cmd(
+    target: str,
+    path: str,
+    fmt: str | None,
+    recursive: bool,
+    system: bool,
+    allowed_dirs: tuple[str, ...],
+) -> int:
+    """List PATH (default /): type, size, modified time, attributes and path per entry.
+
+    With --json: one `result` event with `filesystem`, `partition`, `where` and `entries`
+    ({path, type, size, created, modified, accessed, attributes, ...}).
+    """
+    report = ops.ls(target, path, recursive, system, fmt, allowed_dirs)
+    rep = current()
+    for problem in report["warnings"]:
+        rep.warning(problem, kind="CorruptRecord")
+    if rep.json_mode:
+        rep.result(**report)
+        return 0
+    click.echo(f"# {report['filesystem']} on {report['where']}", err=True)
+    for row in report["entries"]:
+        click.echo(_line(row))
+    return 0
+
+
+def _line(row: dict[str, Any]) -> str:
+    modified = (row.get("modified") or "-")[:19]
+    attrs = ",".join(row["attributes"]) or "-"
+    link = f" -> {row['target']}" if "target" in row else ""
+    return f"{row['type']:<8} {row['size']:>14} {modified:<19} {attrs:<24} {row['path']}{link}"
+
+
+@group.command("cat")
+@click.option("-f", "fmt", default=None, metavar="FORMAT", help="Image format (default: probe).")
+@_allow_option
+@click.argument("target", metavar="IMAGE[:PART]")
+@click.argument("path")
+def cat_cmd(target: str, path: str, fmt: str | None, allowed_dirs: tuple[str, ...]) -> int:
+    """Write the content of PATH to stdout (NTFS: PATH:STREAM reads a named data stream)."""
+    out = sys.stdout.buffer
+    with ops.cat(target, path, fmt, allowed_dirs) as chunks:
+        for chunk in chunks:
+            out.write(chunk)
+    out.flush()
+    return 0

@@ -1,0 +1,269 @@
+"""The full-volume MFT scan, in bulk with numpy: records are read in big windows, fixed up
+together, and their attribute chains walked one step for all records at once; only names
+(one decode per window) and the rare named stream are touched in Python.
+
+References: Russon & Fledel "NTFS Documentation" 4.1 (FILE record, update sequence), 4.2
+(attribute header), 5.1 ($STANDARD_INFORMATION), 5.3 ($FILE_NAME), 5.7 ($DATA), 5.12
+($REPARSE_POINT).  See ``structs`` for the layouts.
+
+A record that fails validation (magic, update sequence, an attribute running past the bytes
+in use) is left out and reported as a :class:`RecordProblem`, so one bad record never stops a
+listing; a parent-reference cycle or a missing parent makes its entries orphans, reported the
+same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from strata.fs.ntfs import structs as s
+
+FIXUP_STRIDE = 512  # the update sequence protects every 512 bytes, whatever the sector size
+_AR = {n: np.arange(n) for n in (2, 4, 8)}
+
+
+@dataclass(frozen=True)
+class RecordProblem:
+    """One MFT record left out of a listing, and why (a named warning, not an error)."""
+
+    record: int
+    offset: int | None
+    problem: str
+
+    def __str__(self) -> str:
+        where = f" (disk offset {self.offset:#x})" if self.offset is not None else ""
+        return f"MFT record {self.record}{where}: {self.problem}"
+
+
+@dataclass
+class Columns:
+    """What the scan keeps of each window: per-record header fields and attribute rows."""
+
+    flags: list[np.ndarray] = field(default_factory=list)
+    sequence: list[np.ndarray] = field(default_factory=list)
+    base: list[np.ndarray] = field(default_factory=list)
+    links: list[np.ndarray] = field(default_factory=list)
+    si: list[np.ndarray] = field(default_factory=list)  # owner, 4 times, attributes, sec id
+    fn: list[np.ndarray] = field(default_factory=list)  # owner, parent ref, namespace
+    names: list[str] = field(default_factory=list)
+    data: list[np.ndarray] = field(default_factory=list)  # owner, size, attr flags
+    ads: list[tuple[int, str, int]] = field(default_factory=list)  # owner, name, size
+    reparse: list[np.ndarray] = field(default_factory=list)  # owner, tag
+    problems: list[RecordProblem] = field(default_factory=list)
+
+
+def _gather(flat: np.ndarray, idx: np.ndarray, width: int) -> np.ndarray:
+    """Little-endian unsigned ints of ``width`` bytes at each byte index ``idx`` of ``flat``."""
+    out_type = np.int64 if width < 8 else np.uint64
+    if not (idx & (width - 1)).any():  # attributes are 8-byte aligned: one gather per field
+        return flat.view(f"<u{width}")[idx // width].astype(out_type)
+    raw = flat[idx[:, None] + _AR[width]]
+    return raw.view(f"<u{width}")[:, 0].astype(out_type)
+
+
+def apply_fixups(buf: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Fix up every record of ``buf`` (records by record_size bytes) in place.
+
+    Returns (ok, problem code) per record: code 0 ok, 1 never used (no magic), 2 bad magic,
+    3 bad update sequence array, 4 a sector's check value disagrees (a torn write).
+    """
+    n, rs = buf.shape
+    nsec = rs // FIXUP_STRIDE
+    head = buf.view(dtype)[:, 0]
+    code = np.zeros(n, np.int8)
+    magic = head["magic"]
+    code[magic != s.FILE_MAGIC] = 2
+    code[magic == 0] = 1
+    off = head["usa_offset"].astype(np.int64)
+    shape_ok = (head["usa_count"] == nsec + 1) & (off >= 40) & (off % 2 == 0)
+    shape_ok &= off + 2 * (nsec + 1) <= FIXUP_STRIDE - 2
+    code[(code == 0) & ~shape_ok] = 3
+    rows = np.flatnonzero(code == 0)
+    if rows.size == 0:
+        return code == 0, code
+    sectors = buf.reshape(n, nsec, FIXUP_STRIDE)
+    first = int(off[rows[0]])
+    if rows.size == n and (off == first).all():  # the usual case: one layout, plain slices
+        usa = buf[:, first : first + 2 * (nsec + 1)].reshape(n, nsec + 1, 2)
+        match = np.all(sectors[:, :, -2:] == usa[:, :1, :], axis=(1, 2))
+        if match.all():
+            sectors[:, :, -2:] = usa[:, 1:, :]
+            return code == 0, code
+    idx = off[rows, None] + 2 * np.arange(nsec + 1)
+    lo, hi = buf[rows[:, None], idx], buf[rows[:, None], idx + 1]
+    tail_lo, tail_hi = sectors[rows, :, -2], sectors[rows, :, -1]
+    match = np.all((tail_lo == lo[:, :1]) & (tail_hi == hi[:, :1]), axis=1)
+    code[rows[~match]] = 4
+    good = rows[match]
+    sectors[good, :, -2] = lo[match, 1:]
+    sectors[good, :, -1] = hi[match, 1:]
+    return code == 0, code
+
+
+PROBLEMS = {
+    2: "bad record magic (not FILE)",
+    3: "invalid update sequence array",
+    4: "update sequence mismatch (torn or corrupt sector)",
+}
+
+
+def walk_attributes(
+    flat: np.ndarray, rs: int, rows: np.ndarray, start: np.ndarray, limit: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Attribute rows (record row, byte index into ``flat``, length) of records ``rows``, and
+    the rows whose chain is broken."""
+    found_row, found_pos, found_len, broken = [], [], [], []
+    base = rows.astype(np.int64) * rs
+    pos, end, live = base + start, base + limit, rows
+    for _ in range(rs // s.ATTR_COMMON_SIZE + 1):
+        if live.size == 0:
+            break
+        fits = pos + 8 <= end
+        broken.append(live[~fits])
+        live, pos, end = live[fits], pos[fits], end[fits]
+        atype = _gather(flat, pos, 4)
+        going = atype != s.ATTR_END
+        live, pos, end, atype = live[going], pos[going], end[going], atype[going]
+        length = _gather(flat, pos + 4, 4)
+        sane = (length >= s.ATTR_COMMON_SIZE) & (length % 8 == 0) & (pos + length <= end)
+        broken.append(live[~sane])
+        live, pos, end, length = live[sane], pos[sane], end[sane], length[sane]
+        found_row.append(live)
+        found_pos.append(pos)
+        found_len.append(length)
+        pos = pos + length
+    broken.append(live)  # more attributes than can fit: a loop of zero progress is impossible
+    return (
+        np.concatenate(found_row) if found_row else np.zeros(0, np.int64),
+        np.concatenate(found_pos) if found_pos else np.zeros(0, np.int64),
+        np.concatenate(found_len) if found_len else np.zeros(0, np.int64),
+    ), np.unique(np.concatenate(broken))
+
+
+def scan_window(
+    buf: np.ndarray, first: int, dtype: np.dtype, cols: Columns, disk_offsets: np.ndarray
+) -> None:
+    """Scan the records ``first``..``first + len(buf)`` held in ``buf`` into ``cols``."""
+    n, rs = buf.shape
+    ok, code = apply_fixups(buf, dtype)
+    head = buf.view(dtype)[:, 0]
+    flags = head["flags"].astype(np.int64)
+    for r in np.flatnonzero((code >= 2) & (flags & s.RECORD_IN_USE != 0)):
+        cols.problems.append(RecordProblem(first + int(r), int(disk_offsets[r]), PROBLEMS[code[r]]))
+    in_use = ok & (flags & s.RECORD_IN_USE != 0)
+    limit = np.minimum(head["bytes_in_use"].astype(np.int64), rs)
+    start = head["attrs_offset"].astype(np.int64)
+    in_use &= (start >= s.RECORD_HEADER_SIZE) & (start < limit)
+    rows = np.flatnonzero(in_use)
+    flat = buf.reshape(-1)
+    (arow, apos, alen), broken = walk_attributes(flat, rs, rows, start[rows], limit[rows])
+    for r in broken:
+        problem = "attribute chain runs past the record (bad attribute length)"
+        cols.problems.append(RecordProblem(first + int(r), int(disk_offsets[r]), problem))
+    in_use[broken] = False
+    keep = in_use[arow]
+    arow, apos, alen = arow[keep], apos[keep], alen[keep]
+    base = head["base_record"].astype(np.int64) & s.REF_RECORD_MASK
+    number = first + np.arange(n, dtype=np.int64)
+    owner_of = np.where(base != 0, base, number)
+    cols.flags.append(np.where(in_use, flags, 0))
+    cols.sequence.append(head["sequence"].astype(np.int64))
+    cols.base.append(base)
+    cols.links.append(head["link_count"].astype(np.int64))
+    _attribute_values(flat, arow, apos, alen, owner_of, cols)
+
+
+def _attribute_values(
+    flat: np.ndarray,
+    arow: np.ndarray,
+    apos: np.ndarray,
+    alen: np.ndarray,
+    owner_of: np.ndarray,
+    cols: Columns,
+) -> None:
+    atype = _gather(flat, apos, 4)
+    nonres = flat[apos + 8] != 0
+    name_len = flat[apos + 9].astype(np.int64)
+    resident = ~nonres & (alen >= s.ATTR_RESIDENT_SIZE)
+    vlen = np.where(resident, _gather(flat, apos + 16, 4), 0)
+    voff = np.where(resident, _gather(flat, apos + 20, 2), 0)
+    resident &= voff + vlen <= alen
+    value = apos + voff
+    owner = owner_of[arow]
+
+    si = np.flatnonzero(resident & (atype == s.STANDARD_INFORMATION) & (vlen >= 48))
+    if si.size:
+        v = value[si]
+        times = [_gather(flat, v + 8 * k, 8).astype(np.int64) for k in range(4)]
+        fattr = _gather(flat, v + 32, 4)
+        secid = np.where(vlen[si] >= 56, _gather(flat, np.where(vlen[si] >= 56, v + 52, v), 4), 0)
+        cols.si.append(np.stack([owner[si], *times, fattr, secid], axis=1))
+
+    fn = np.flatnonzero(resident & (atype == s.FILE_NAME) & (vlen >= s.FILE_NAME_SIZE))
+    if fn.size:
+        v = value[fn]
+        nlen = flat[v + 64].astype(np.int64)
+        fits = s.FILE_NAME_SIZE + 2 * nlen <= vlen[fn]
+        fn, v, nlen = fn[fits], v[fits], nlen[fits]
+        parent = _gather(flat, v, 8).astype(np.int64)
+        namespace = flat[v + 65].astype(np.int64)
+        cols.fn.append(np.stack([owner[fn], parent, namespace], axis=1))
+        cols.names.extend(_decode_names(flat, v + s.FILE_NAME_SIZE, nlen))
+
+    data = (atype == s.DATA) & (name_len == 0)
+    first_extent = nonres & (alen >= s.ATTR_NONRESIDENT_SIZE)
+    first_extent &= _gather(flat, np.where(first_extent, apos + 16, apos), 8) == 0
+    sized = np.flatnonzero(data & (resident | first_extent))
+    if sized.size:
+        size = np.where(
+            nonres[sized], _gather(flat, apos[sized] + 48, 8).astype(np.int64), vlen[sized]
+        )
+        aflags = _gather(flat, apos[sized] + 12, 2)
+        cols.data.append(np.stack([owner[sized], size, aflags], axis=1))
+
+    for i in np.flatnonzero((atype == s.DATA) & (name_len > 0) & (resident | first_extent)):
+        named = _named_stream(flat, int(apos[i]), int(alen[i]), bool(nonres[i]), int(vlen[i]))
+        if named is not None:
+            cols.ads.append((int(owner[i]), *named))
+
+    rp = np.flatnonzero(resident & (atype == s.REPARSE_POINT) & (vlen >= 8))
+    if rp.size:
+        cols.reparse.append(np.stack([owner[rp], _gather(flat, value[rp], 4)], axis=1))
+
+
+def _decode_names(flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> list[str]:
+    """UTF-16 names at ``starts`` (``lengths`` code units each), decoded with one call."""
+    if starts.size == 0:
+        return []
+    units = lengths + 1  # one NUL separator after each name
+    ends = np.cumsum(units)
+    total = int(ends[-1])
+    unit_idx = np.arange(total) - np.repeat(ends - units, units)
+    if not (starts & 1).any():
+        codes = flat.view("<u2")[np.repeat(starts // 2, units) + unit_idx]
+    else:
+        byte_idx = np.repeat(starts, units) + 2 * unit_idx
+        codes = flat[byte_idx] | flat[byte_idx + 1].astype(np.uint16) << 8
+    codes[ends - 1] = 0
+    pairs = codes.astype("<u2")
+    text = pairs.tobytes().decode("utf-16-le", "surrogatepass")
+    names = text.split("\0")[:-1]
+    if len(names) != starts.size:  # a name holding NUL: decode one by one
+        names = [
+            flat[a : a + 2 * n].tobytes().decode("utf-16-le", "surrogatepass")
+            for a, n in zip(starts.tolist(), lengths.tolist(), strict=True)
+        ]
+    return names
+
+
+def _named_stream(
+    flat: np.ndarray, pos: int, length: int, nonres: bool, vlen: int
+) -> tuple[str, int] | None:
+    name_len, name_off = int(flat[pos + 9]), int(flat[pos + 10]) | int(flat[pos + 11]) << 8
+    if name_off + 2 * name_len > length:
+        return None  # the name runs past its attribute: no stream to show
+    raw = flat[pos + name_off : pos + name_off + 2 * name_len].tobytes()
+    size = int(flat[pos + 48 : pos + 56].view("<u8")[0]) if nonres else vlen
+    return raw.decode("utf-16-le", "surrogatepass"), size

@@ -1,0 +1,691 @@
+"""An NTFS volume over any BlockDevice: boot sector, MFT access, file content through runlists
+(sparse, LZNT1-compressed, resident), alternate data streams, reparse points, $Secure
+descriptors, and the directory tree from the bulk MFT scan.
+
+References: Russon & Fledel "NTFS Documentation" (see ``structs``); [MS-DTYP] 2.4.6
+(self-relative security descriptor) and 2.4.2 (SID) for the owner shown beside a file.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+from construct import ConstructError
+
+from strata.blockdev.base import BlockDevice
+from strata.errors import CorruptImage, InvalidInput, NotFound, TruncatedImage, Unsupported
+from strata.fs.ntfs import structs as s
+from strata.fs.ntfs.attributes import (
+    Attribute,
+    Reparse,
+    parse_attribute_list,
+    parse_attributes,
+    parse_reparse,
+    parse_standard_info,
+)
+from strata.fs.ntfs.lznt1 import decompress
+from strata.fs.ntfs.records import Columns, RecordProblem, apply_fixups, scan_window
+from strata.fs.ntfs.runlist import Run, decode_runlist
+
+WINDOW = 8 << 20  # bytes of MFT fixed up and walked per numpy pass
+READ_CHUNK = 1 << 20
+MAX_EXTENSIONS = 4096  # extension records one file may name in its attribute list
+
+
+@dataclass(frozen=True)
+class Geometry:
+    sector_size: int
+    cluster_size: int
+    record_size: int
+    total_clusters: int
+    mft_lcn: int
+    serial: int
+
+
+@dataclass(frozen=True)
+class NtfsEntry:
+    """One name of a file (a hard-linked file has one entry per name)."""
+
+    path: str
+    name: str
+    record: int
+    parent: int
+    is_dir: bool
+    size: int
+    created: int  # FILETIME (100 ns since 1601), from $STANDARD_INFORMATION
+    modified: int
+    mft_modified: int
+    accessed: int
+    attributes: int
+    security_id: int
+    links: int
+    reparse_tag: int
+    streams: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def is_reparse(self) -> bool:
+        return self.reparse_tag != 0
+
+    @property
+    def is_system(self) -> bool:
+        return self.record < s.FIRST_USER_RECORD or self.path.startswith("/$Extend/")
+
+
+def filetime(value: int) -> dt.datetime | None:
+    if value <= 0:
+        return None
+    try:
+        micros = (value - s.FILETIME_UNIX_OFFSET) // 10
+        return dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=micros)
+    except OverflowError:
+        return None
+
+
+def attribute_names(flags: int) -> list[str]:
+    return [name for bit, name in s.FILE_ATTRIBUTES.items() if flags & bit]
+
+
+class Listing:
+    """Every name on the volume, as columns (numpy) plus paths; ``entries()`` makes objects."""
+
+    def __init__(self, vol: NtfsVolume, cols: Columns, nrec: int) -> None:
+        self.problems: list[RecordProblem] = list(cols.problems)
+        flags = _cat(cols.flags, np.int64)[:nrec]
+        self.sequence = _cat(cols.sequence, np.int64)[:nrec]
+        base = _cat(cols.base, np.int64)[:nrec]
+        self.links = _cat(cols.links, np.int64)[:nrec]
+        self.in_use = (flags & s.RECORD_IN_USE != 0) & (base == 0)
+        self.is_dir = self.in_use & (flags & s.RECORD_IS_DIRECTORY != 0)
+        self.si = _dense(cols.si, nrec, 6)
+        data = _dense(cols.data, nrec, 2)
+        self.size = data[:, 0]
+        self.reparse_tag = _dense(cols.reparse, nrec, 1)[:, 0]
+        self.streams: dict[int, list[tuple[str, int]]] = {}
+        for owner, name, size in cols.ads:
+            self.streams.setdefault(owner, []).append((name, size))
+        self._tree(vol, cols, nrec)
+
+    def _tree(self, vol: NtfsVolume, cols: Columns, nrec: int) -> None:
+        fn = _cat(cols.fn, np.int64, width=3)
+        owner, pref, ns = fn[:, 0], fn[:, 1], fn[:, 2]
+        safe_owner = np.clip(owner, 0, nrec - 1)
+        keep = (owner < nrec) & self.in_use[safe_owner] & (ns != s.NAMESPACE_DOS)
+        keep &= owner != s.ROOT_RECORD
+        parent = pref & s.REF_RECORD_MASK
+        pseq = (pref >> 48) & 0xFFFF
+        safe = np.clip(parent, 0, nrec - 1)
+        good_parent = (parent < nrec) & self.is_dir[safe] & (self.sequence[safe] == pseq)
+        for i in np.flatnonzero(keep & ~good_parent):
+            problem = f"parent reference {int(parent[i])} is gone"
+            self.problems.append(RecordProblem(int(owner[i]), None, problem))
+        idx = np.flatnonzero(keep & good_parent)
+        owner, parent = owner[idx], parent[idx]
+        names = np.array(cols.names, dtype=object)[idx]
+        dirs = self.is_dir[owner]
+        dir_paths = self._dir_paths(
+            owner[dirs].tolist(), parent[dirs].tolist(), names[dirs].tolist()
+        )
+        slot = np.full(nrec, -1, np.int64)  # parent record -> index of its path prefix
+        prefixes = [f"{path}/" for path in dir_paths.values() if path is not None]
+        slot[[d for d, path in dir_paths.items() if path is not None]] = np.arange(len(prefixes))
+        where = slot[parent]
+        ok = where >= 0
+        self.owner, self.parent = owner[ok], parent[ok]
+        names = names[ok].tolist()
+        self.names: list[str] = names
+        self.paths: list[str] = [
+            prefixes[k] + n for k, n in zip(where[ok].tolist(), names, strict=True)
+        ]
+
+    def _dir_paths(
+        self, owners: list[int], parents: list[int], names: list[str]
+    ) -> dict[int, str | None]:
+        up: dict[int, tuple[int, str]] = {}
+        for o, p, n in zip(owners, parents, names, strict=True):
+            up.setdefault(o, (p, n))
+        paths: dict[int, str | None] = {s.ROOT_RECORD: ""}
+        for start in up:
+            chain: list[int] = []
+            seen: set[int] = set()
+            d = start
+            while d not in paths:
+                if d in seen or d not in up:
+                    problem = "parent reference cycle" if d in seen else "parent directory gone"
+                    self.problems.append(RecordProblem(d, None, problem))
+                    for c in chain:
+                        paths[c] = None
+                    break
+                seen.add(d)
+                chain.append(d)
+                d = up[d][0]
+            else:
+                for c in reversed(chain):
+                    prefix = paths[up[c][0]]
+                    paths[c] = None if prefix is None else f"{prefix}/{up[c][1]}"
+        return paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def entry(self, i: int) -> NtfsEntry:
+        o = int(self.owner[i])
+        si = self.si[o]
+        return NtfsEntry(
+            path=self.paths[i],
+            name=self.names[i],
+            record=o,
+            parent=int(self.parent[i]),
+            is_dir=bool(self.is_dir[o]),
+            size=0 if self.is_dir[o] else int(self.size[o]),
+            created=int(si[0]),
+            modified=int(si[1]),
+            mft_modified=int(si[2]),
+            accessed=int(si[3]),
+            attributes=int(si[4]),
+            security_id=int(si[5]),
+            links=int(self.links[o]),
+            reparse_tag=int(self.reparse_tag[o]),
+            streams=tuple(self.streams.get(o, ())),
+        )
+
+    def entries(self) -> Iterator[NtfsEntry]:
+        for i in range(len(self.paths)):
+            yield self.entry(i)
+
+
+def _cat(parts: list[np.ndarray], dtype: type, width: int = 0) -> np.ndarray:
+    if parts:
+        return np.concatenate(parts).astype(dtype)
+    return np.zeros((0, width) if width else 0, dtype)
+
+
+def _dense(parts: list[np.ndarray], nrec: int, width: int) -> np.ndarray:
+    """Rows (owner, values...) spread into a per-record table (zeros where absent)."""
+    out = np.zeros((nrec, width), np.int64)
+    if parts:
+        rows = np.concatenate(parts).astype(np.int64)
+        rows = rows[(rows[:, 0] >= 0) & (rows[:, 0] < nrec)]
+        out[rows[:, 0]] = rows[:, 1 : width + 1]
+    return out
+
+
+class NtfsVolume:
+    """An NTFS file system on ``dev`` (typically a partition's RangeDevice), read-only."""
+
+    def __init__(self, dev: BlockDevice) -> None:
+        self.dev = dev
+        self.path = str(getattr(dev, "path", None) or "<device>")
+        self.base = int(getattr(dev, "start", 0))  # report disk offsets for partitions
+        self.geometry = self._parse_boot()
+        self._dtype = s.record_dtype(self.geometry.record_size)
+        self.mft_runs, self.mft_size = self._load_mft()
+        self.record_count = self.mft_size // self.geometry.record_size
+        self._listing: Listing | None = None
+        self._by_path: dict[str, int] | None = None
+        self._sds: dict[int, bytes] | None = None
+
+    # ------------------------------------------------------------------ basics
+
+    def corrupt(
+        self, structure: str, problem: str, field: str = "-", offset: int | None = None
+    ) -> CorruptImage:
+        at = None if offset is None else self.base + offset
+        return CorruptImage(
+            path=self.path, structure=structure, problem=problem, field=field, offset=at
+        )
+
+    def _read(self, offset: int, length: int) -> bytes:
+        if offset < 0 or offset + length > self.dev.size:
+            raise TruncatedImage(
+                path=self.path,
+                structure="NTFS volume",
+                problem=f"read of {length} bytes at {offset:#x} ends past the device",
+                offset=self.base + offset,
+            )
+        buf = bytearray(length)
+        self.dev.readinto(offset, buf)
+        return bytes(buf)
+
+    def _parse_boot(self) -> Geometry:
+        sector = self._read(0, min(512, self.dev.size))
+        try:
+            b = s.BOOT_SECTOR.parse(sector)
+        except ConstructError as e:
+            raise self.corrupt("NTFS boot sector", "not an NTFS boot sector", "oem_id", 3) from e
+        bps, spc = b.bytes_per_sector, b.sectors_per_cluster
+        if bps not in (512, 1024, 2048, 4096):
+            raise self.corrupt(
+                "NTFS boot sector", f"bytes per sector {bps}", "bytes_per_sector", 11
+            )
+        spc = 1 << (256 - spc) if spc > 0x80 else spc
+        if spc == 0 or spc & (spc - 1) or bps * spc > 2 << 20:
+            raise self.corrupt("NTFS boot sector", f"sectors per cluster {spc}", "spc", 13)
+        cluster = bps * spc
+        cpr = b.clusters_per_mft_record
+        record = 1 << -cpr if cpr < 0 else cpr * cluster
+        if not 512 <= record <= 65536 or record & (record - 1):
+            raise self.corrupt("NTFS boot sector", f"MFT record size {record}", "cpr", 0x40)
+        total = b.total_sectors * bps // cluster
+        if b.total_sectors * bps > self.dev.size:
+            raise TruncatedImage(
+                path=self.path,
+                structure="NTFS boot sector",
+                problem=f"volume of {b.total_sectors} sectors is larger than the device",
+                field="total_sectors",
+                offset=self.base + 0x28,
+            )
+        if not 0 < b.mft_lcn < total:
+            raise self.corrupt("NTFS boot sector", f"$MFT at LCN {b.mft_lcn}", "mft_lcn", 0x30)
+        return Geometry(bps, cluster, record, total, b.mft_lcn, b.serial)
+
+    # ------------------------------------------------------------------ records
+
+    def _fixup(self, raw: bytes, number: int, offset: int) -> bytes:
+        buf = np.frombuffer(bytearray(raw), np.uint8).reshape(1, -1)
+        ok, code = apply_fixups(buf, self._dtype)
+        if not ok[0]:
+            problem = "record never written" if code[0] == 1 else _PROBLEMS[int(code[0])]
+            raise self.corrupt(f"MFT record {number}", problem, "magic/usa", offset)
+        return buf.tobytes()
+
+    def _load_mft(self) -> tuple[list[Run], int]:
+        g = self.geometry
+        offset = g.mft_lcn * g.cluster_size
+        rec = self._fixup(self._read(offset, g.record_size), 0, offset)
+        attrs = parse_attributes(rec, 0, self.path, self.base + offset)
+        data = [a for a in attrs if a.type == s.DATA and a.name == "" and a.non_resident]
+        if not data:
+            raise self.corrupt("MFT record 0", "$MFT has no non-resident $DATA", "$DATA", offset)
+        runs = self._runs(data[0], offset)
+        if any(a.type == s.ATTRIBUTE_LIST for a in attrs):
+            # a fragmented $MFT: its other extents live in records the first extent maps
+            self.mft_runs, self.record_count = runs, data[0].data_size // g.record_size
+            extents = [a for a in self._all_attributes(0, attrs) if a.type == s.DATA]
+            runs = self._joined_runs([a for a in extents if not a.name], offset)
+        size = data[0].data_size
+        if size < g.record_size * s.FIRST_USER_RECORD:
+            raise self.corrupt("MFT record 0", f"$MFT of {size} bytes", "data_size", offset)
+        return runs, size
+
+    def _runs(self, attr: Attribute, where: int) -> list[Run]:
+        def bad(problem: str, field: str, at: int) -> CorruptImage:
+            return self.corrupt(f"MFT record {attr.record} runlist", problem, field, where)
+
+        runs = decode_runlist(attr.runlist, attr.start_vcn, self.geometry.total_clusters, bad)
+        if runs and runs[-1].vcn + runs[-1].clusters != attr.last_vcn + 1:
+            raise bad("runs do not end at the attribute's last VCN", "last_vcn", 0)
+        return runs
+
+    def _joined_runs(self, extents: list[Attribute], where: int) -> list[Run]:
+        runs: list[Run] = []
+        for a in sorted(extents, key=lambda a: a.start_vcn):
+            expected = runs[-1].vcn + runs[-1].clusters if runs else 0
+            if a.start_vcn != expected:
+                raise self.corrupt(
+                    f"MFT record {a.record}",
+                    f"extent starts at VCN {a.start_vcn}, not {expected}",
+                    "start_vcn",
+                    where,
+                )
+            runs += self._runs(a, where)
+        return runs
+
+    def record_offset(self, number: int) -> int:
+        """Volume byte offset of MFT record ``number`` (its first byte)."""
+        return self._vcn_offset(self.mft_runs, number * self.geometry.record_size)
+
+    def _vcn_offset(self, runs: list[Run], byte: int) -> int:
+        cs = self.geometry.cluster_size
+        vcn = byte // cs
+        for r in runs:
+            if r.vcn <= vcn < r.vcn + r.clusters and r.lcn is not None:
+                return (r.lcn + vcn - r.vcn) * cs + byte % cs
+        raise self.corrupt("$MFT", f"byte {byte} of $MFT is not mapped", "runlist")
+
+    def _read_runs(self, runs: list[Run], byte: int, length: int) -> bytes:
+        out = bytearray()
+        cs = self.geometry.cluster_size
+        while len(out) < length:
+            at = byte + len(out)
+            take = min(length - len(out), cs - at % cs)
+            out += self._read(self._vcn_offset(runs, at), take)
+        return bytes(out)
+
+    def record(self, number: int) -> bytes:
+        """MFT record ``number``, fixed up."""
+        if not 0 <= number < self.record_count:
+            raise NotFound(what=f"MFT record {number} (the MFT holds {self.record_count})")
+        rs = self.geometry.record_size
+        raw = self._read_runs(self.mft_runs, number * rs, rs)
+        return self._fixup(raw, number, self.record_offset(number))
+
+    def attributes(self, number: int) -> list[Attribute]:
+        """Every attribute of a file, extension records (via $ATTRIBUTE_LIST) included."""
+        rec = self.record(number)
+        offset = self.record_offset(number)
+        if not int.from_bytes(rec[22:24], "little") & s.RECORD_IN_USE:
+            raise NotFound(what=f"MFT record {number} (not in use)")
+        attrs = parse_attributes(rec, number, self.path, self.base + offset)
+        return self._all_attributes(number, attrs)
+
+    def _all_attributes(self, number: int, attrs: list[Attribute]) -> list[Attribute]:
+        lists = [a for a in attrs if a.type == s.ATTRIBUTE_LIST]
+        if not lists:
+            return attrs
+        offset = self.record_offset(number)
+
+        def bad(problem: str, field: str, at: int) -> CorruptImage:
+            return self.corrupt(f"MFT record {number} $ATTRIBUTE_LIST", problem, field, offset)
+
+        value = self.read_attribute(lists[0])
+        others = {r for *_, r in parse_attribute_list(value, bad) if r != number}
+        if len(others) > MAX_EXTENSIONS:
+            raise bad(f"{len(others)} extension records", "entries", 0)
+        out = list(attrs)
+        for ext in sorted(others):
+            rec = self.record(ext)
+            if int.from_bytes(rec[32:38], "little") != number:
+                raise bad(f"record {ext} does not belong to record {number}", "base_ref", 0)
+            out += parse_attributes(rec, ext, self.path, self.base + self.record_offset(ext))
+        return out
+
+    # ------------------------------------------------------------------ content
+
+    def read_attribute(self, attr: Attribute) -> bytes:
+        return b"".join(self.iter_attribute([attr]))
+
+    def iter_attribute(self, extents: list[Attribute], chunk: int = READ_CHUNK) -> Iterator[bytes]:
+        """The content of one attribute (all its extents), streamed in pieces."""
+        first = min(extents, key=lambda a: a.start_vcn)
+        if not first.non_resident:
+            yield first.value
+            return
+        where = self.record_offset(first.record)
+        runs = self._joined_runs(extents, where)
+        mapped = (runs[-1].vcn + runs[-1].clusters) * self.geometry.cluster_size if runs else 0
+        if mapped < first.data_size:
+            raise self.corrupt(
+                f"MFT record {first.record} $DATA",
+                f"runs map {mapped} bytes of {first.data_size}",
+                "runlist",
+                where,
+            )
+        if first.compressed and first.compression_unit:
+            yield from self._iter_compressed(first, runs)
+        else:
+            yield from self._iter_plain(runs, first.data_size, first.initialized_size, chunk)
+
+    def _iter_plain(self, runs: list[Run], size: int, init: int, chunk: int) -> Iterator[bytes]:
+        cs = self.geometry.cluster_size
+        for r in runs:
+            start, end = r.vcn * cs, min((r.vcn + r.clusters) * cs, size)
+            pos = start
+            while pos < end:
+                n = min(chunk, end - pos)
+                if r.lcn is None or pos >= init:
+                    yield bytes(n)
+                else:
+                    data = self._read(r.lcn * cs + (pos - start), n)
+                    if pos + n > init:
+                        data = data[: init - pos] + bytes(pos + n - init)
+                    yield data
+                pos += n
+        mapped = (runs[-1].vcn + runs[-1].clusters) * cs if runs else 0
+        if mapped < size:
+            yield bytes(size - mapped)
+
+    def _iter_compressed(self, attr: Attribute, runs: list[Run]) -> Iterator[bytes]:
+        cs = self.geometry.cluster_size
+        unit = 1 << attr.compression_unit
+        mapped = runs[-1].vcn + runs[-1].clusters if runs else 0
+        needed = -(-attr.data_size // (cs * unit)) * unit
+        lcns = np.full(min(mapped, needed), -1, np.int64)  # clusters past the runs read as holes
+        for r in runs:
+            if r.lcn is not None and r.vcn < lcns.size:
+                n = min(r.clusters, lcns.size - r.vcn)
+                lcns[r.vcn : r.vcn + n] = np.arange(r.lcn, r.lcn + n)
+        left = attr.data_size
+        where = f"{self.path}: MFT record {attr.record}"
+        for u in range(0, needed, unit):
+            if left <= 0:
+                return
+            part = lcns[u : u + unit]
+            real = part[part >= 0]
+            if real.size == unit:
+                data = b"".join(self._clusters(real))
+            elif real.size == 0:
+                data = bytes(unit * cs)
+            else:
+                packed = b"".join(self._clusters(real))
+                data = decompress(packed, unit * cs, where).ljust(unit * cs, b"\0")
+            yield data[:left]
+            left -= len(data)
+
+    def _clusters(self, lcns: np.ndarray) -> Iterator[bytes]:
+        cs = self.geometry.cluster_size
+        breaks = np.flatnonzero(np.diff(lcns) != 1) + 1
+        for piece in np.split(lcns, breaks):
+            yield self._read(int(piece[0]) * cs, piece.size * cs)
+
+    def stream(self, number: int, name: str = "") -> tuple[list[Attribute], int]:
+        """The $DATA extents of stream ``name`` of a file, and its size."""
+        extents = [a for a in self.attributes(number) if a.type == s.DATA and a.name == name]
+        if not extents:
+            what = f"stream {name!r} of MFT record {number}" if name else f"data of record {number}"
+            raise NotFound(what=what)
+        first = min(extents, key=lambda a: a.start_vcn)
+        if first.flags & s.ATTR_FLAG_ENCRYPTED:
+            raise Unsupported(what=f"reading EFS-encrypted file (MFT record {number})")
+        return extents, first.size
+
+    def iter_stream(self, number: int, name: str = "", chunk: int = READ_CHUNK) -> Iterator[bytes]:
+        extents, _ = self.stream(number, name)
+        yield from self.iter_attribute(extents, chunk)
+
+    def reparse(self, number: int) -> Reparse | None:
+        found = [a for a in self.attributes(number) if a.type == s.REPARSE_POINT]
+        return parse_reparse(self.read_attribute(found[0])) if found else None
+
+    # ------------------------------------------------------------------ security
+
+    def security_descriptor(self, security_id: int) -> bytes | None:
+        """The self-relative security descriptor $Secure:$SDS holds for ``security_id``."""
+        if self._sds is None:
+            self._sds = self._load_sds()
+        return self._sds.get(security_id)
+
+    def _load_sds(self) -> dict[int, bytes]:
+        try:
+            extents, _ = self.stream(s.SECURE_RECORD, "$SDS")
+        except NotFound:
+            return {}
+        data = b"".join(self.iter_attribute(extents))
+        out: dict[int, bytes] = {}
+        pos = 0
+        while pos + s.SDS_ENTRY_SIZE <= len(data):
+            e = s.SDS_ENTRY.parse(data[pos : pos + s.SDS_ENTRY_SIZE])
+            block_end = (pos // s.SDS_BLOCK + 1) * s.SDS_BLOCK
+            if e.length < s.SDS_ENTRY_SIZE or e.offset != pos or pos + e.length > len(data):
+                pos = block_end + s.SDS_BLOCK  # the rest of this block is unused; skip its mirror
+                continue
+            out.setdefault(e.security_id, data[pos + s.SDS_ENTRY_SIZE : pos + e.length])
+            pos += -(-e.length // 16) * 16
+        return out
+
+    def security(self, number: int) -> bytes | None:
+        """A file's security descriptor: its own $SECURITY_DESCRIPTOR, else $Secure's by id."""
+        attrs = self.attributes(number)
+        own = [a for a in attrs if a.type == s.SECURITY_DESCRIPTOR]
+        if own:
+            return self.read_attribute(own[0])
+        info = [a for a in attrs if a.type == s.STANDARD_INFORMATION]
+        sid = parse_standard_info(info[0].value).get("security_id", 0) if info else 0
+        return self.security_descriptor(sid) if sid else None
+
+    def owner_sid(self, number: int) -> str | None:
+        sd = self.security(number)
+        if sd is None or len(sd) < 20:
+            return None
+        return sid_text(sd, int.from_bytes(sd[4:8], "little"))
+
+    # ------------------------------------------------------------------ tree
+
+    def scan(self) -> Listing:
+        """Every file name on the volume (the bulk MFT scan), cached."""
+        if self._listing is None:
+            self._listing = Listing(self, self._scan_columns(), self.record_count)
+        return self._listing
+
+    def _scan_columns(self) -> Columns:
+        rs = self.geometry.record_size
+        per = max(1, WINDOW // rs)
+        cols = Columns()
+        buf = np.empty(per * rs, np.uint8)
+        for first in range(0, self.record_count, per):
+            n = min(per, self.record_count - first)
+            view = buf[: n * rs]
+            offsets = self._read_window(first * rs, view)
+            scan_window(view.reshape(n, rs), first, self._dtype, cols, offsets[::1])
+        return cols
+
+    def _read_window(self, byte: int, out: np.ndarray) -> np.ndarray:
+        """Fill ``out`` with $MFT bytes from ``byte``; return each record's disk offset."""
+        cs, rs = self.geometry.cluster_size, self.geometry.record_size
+        mv = memoryview(out)
+        done = 0
+        offsets = np.zeros(len(out) // rs, np.int64)
+        for r in self.mft_runs:
+            lo, hi = r.vcn * cs, (r.vcn + r.clusters) * cs
+            a, b = max(lo, byte + done), min(hi, byte + len(out))
+            if a >= b or a != byte + done:
+                continue
+            n = b - a
+            if r.lcn is None:
+                mv[done : done + n] = bytes(n)
+            else:
+                src = r.lcn * cs + (a - lo)
+                if src + n > self.dev.size:
+                    raise self.corrupt("$MFT", "runs past the device", "runlist")
+                self.dev.readinto(src, mv[done : done + n])
+                first_rec = -(-done // rs)
+                rec_starts = np.arange(first_rec * rs, done + n, rs)
+                offsets[first_rec : first_rec + rec_starts.size] = (
+                    self.base + src + (rec_starts - done)
+                )
+            done += n
+        if done < len(out):
+            raise self.corrupt("$MFT", f"runs end {len(out) - done} bytes early", "runlist")
+        return offsets
+
+    def _path_index(self) -> dict[str, int]:
+        if self._by_path is None:
+            listing = self.scan()
+            self._by_path = {p.casefold(): i for i, p in enumerate(listing.paths)}
+            self._by_path.update({p: i for i, p in enumerate(listing.paths)})
+        return self._by_path
+
+    def stat(self, path: str) -> NtfsEntry:
+        """The entry at ``path`` ("/" is the root; exact case first, then case-insensitive)."""
+        norm = normalize(path)
+        if norm == "":
+            return self.root()
+        index = self._path_index()
+        i = index.get(norm, index.get(norm.casefold()))
+        if i is None:
+            raise NotFound(what=f"{path} on the NTFS volume in {self.path}")
+        return self.scan().entry(i)
+
+    def root(self) -> NtfsEntry:
+        listing = self.scan()
+        si = listing.si[s.ROOT_RECORD]
+        return NtfsEntry(
+            "",
+            "",
+            s.ROOT_RECORD,
+            s.ROOT_RECORD,
+            True,
+            0,
+            *map(int, si[:4]),
+            int(si[4]),
+            int(si[5]),
+            int(listing.links[s.ROOT_RECORD]),
+            0,
+        )
+
+    def listdir(self, path: str = "/") -> list[NtfsEntry]:
+        entry = self.stat(path)
+        if not entry.is_dir:
+            raise InvalidInput(f"{path} is not a directory")
+        listing = self.scan()
+        return [listing.entry(int(i)) for i in np.flatnonzero(listing.parent == entry.record)]
+
+    def walk(self) -> Iterator[NtfsEntry]:
+        """Every name on the volume, in MFT order (parents are not necessarily first)."""
+        return self.scan().entries()
+
+    def iter_file(self, path: str | NtfsEntry, chunk: int = READ_CHUNK) -> Iterator[bytes]:
+        entry = path if isinstance(path, NtfsEntry) else None
+        stream = ""
+        if entry is None:
+            assert isinstance(path, str)
+            path, stream = split_stream(path)
+            entry = self.stat(path)
+        if entry.is_dir and not stream:
+            raise InvalidInput(f"{entry.path or '/'} is a directory")
+        yield from self.iter_stream(entry.record, stream, chunk)
+
+    def read_file(self, path: str | NtfsEntry) -> bytes:
+        return b"".join(self.iter_file(path))
+
+
+_PROBLEMS = {
+    2: "bad record magic (not FILE)",
+    3: "invalid update sequence array",
+    4: "update sequence mismatch (torn or corrupt sector)",
+}
+
+
+def normalize(path: str) -> str:
+    parts = [p for p in path.replace("\\", "/").split("/") if p not in ("", ".")]
+    return "".join(f"/{p}" for p in parts)
+
+
+def split_stream(path: str) -> tuple[str, str]:
+    """``dir/file:stream`` → (``dir/file``, ``stream``); the last component only."""
+    head, _, last = path.rpartition("/")
+    if ":" in last:
+        name, _, stream = last.partition(":")
+        stream = stream.removesuffix(":$DATA")
+        return f"{head}/{name}", stream
+    return path, ""
+
+
+def sid_text(sd: bytes, offset: int) -> str | None:
+    if offset == 0 or offset + 8 > len(sd):
+        return None
+    count = sd[offset + 1]
+    if offset + 8 + 4 * count > len(sd):
+        return None
+    authority = int.from_bytes(sd[offset + 2 : offset + 8], "big")
+    subs = [
+        int.from_bytes(sd[offset + 8 + 4 * i : offset + 12 + 4 * i], "little") for i in range(count)
+    ]
+    return "-".join(["S", str(sd[offset]), str(authority), *map(str, subs)])
+
+
+INTERIX_SYMLINK = b"IntxLNK\x01"  # ntfs-3g's default symlink: a system file holding the target
+
+
+def link_of(vol: NtfsVolume, entry: NtfsEntry) -> tuple[str, str | None] | None:
+    """(kind, target) when ``entry`` is a symlink or junction (reparse point or Interix)."""
+    if entry.reparse_tag:
+        rp = vol.reparse(entry.record)
+        return (rp.kind, rp.target) if rp is not None else ("reparse", None)
+    if not entry.is_dir and entry.attributes & 0x4 and 8 < entry.size <= 4096:
+        data = vol.read_file(entry)
+        if data.startswith(INTERIX_SYMLINK) and len(data) % 2 == 0:
+            return "symlink", data[len(INTERIX_SYMLINK) :].decode("utf-16-le", "replace")
+    return None

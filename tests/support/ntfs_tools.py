@@ -1,0 +1,127 @@
+"""NTFS test volumes (made by fixtures/ntfs_volume.py with mkntfs + ntfs-3g) and the oracles
+that read them: an ntfs-3g FUSE mount walked with os.walk + hashlib, and sleuthkit fls/icat.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from support.tools import require
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "fixtures" / "ntfs_volume.py"
+CACHE = ROOT / "build" / "fixtures" / "ntfs"
+
+
+def volume(files: int, size: str = "512M") -> Path:
+    """A cached volume with ``files`` small files besides the special cases (built once)."""
+    require("mkntfs")
+    require("ntfs-3g")
+    if os.geteuid() != 0:
+        import pytest
+
+        pytest.skip("building NTFS volumes mounts ntfs-3g (FUSE): needs root")
+    digest = hashlib.sha256(SCRIPT.read_bytes()).hexdigest()[:10]
+    path = CACHE / f"vol-{files}-{size}-{digest}.img"
+    if not path.exists():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        subprocess.run(
+            [sys.executable, SCRIPT, tmp, "--files", str(files), "--size", size],
+            check=True,
+            capture_output=True,
+        )
+        tmp.rename(path)
+    return path
+
+
+@contextlib.contextmanager
+def mounted(image: Path, streams: str = "windows") -> Iterator[Path]:
+    """``image`` mounted read-only through ntfs-3g."""
+    with tempfile.TemporaryDirectory(prefix="ntfs-oracle-") as mnt:
+        opts = f"ro,streams_interface={streams}"
+        subprocess.run([require("ntfs-3g"), "-o", opts, str(image), mnt], check=True)
+        try:
+            yield Path(mnt)
+        finally:
+            subprocess.run(["umount", mnt], check=True)
+
+
+@dataclass(frozen=True)
+class Seen:
+    type: str  # file, dir, symlink
+    size: int
+    sha256: str | None
+    target: str | None = None
+
+
+def walk_mount(mnt: Path) -> dict[str, Seen]:
+    """Every path below ``mnt`` as ntfs-3g shows it (symlinks not followed)."""
+    out: dict[str, Seen] = {}
+    for dirpath, dirs, files in os.walk(mnt):
+        for name in dirs + files:
+            full = os.path.join(dirpath, name)
+            rel = "/" + os.path.relpath(full, mnt)
+            st = os.lstat(full)
+            if os.path.islink(full):
+                out[rel] = Seen("symlink", st.st_size, None, os.readlink(full))
+            elif os.path.isdir(full):
+                out[rel] = Seen("dir", 0, None)
+            else:
+                out[rel] = Seen("file", st.st_size, sha256_file(full))
+    return out
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class FlsRow:
+    kind: str  # "r" or "d" (fls name type)
+    inode: str  # record-type-id
+    path: str
+    size: int
+
+    @property
+    def record(self) -> int:
+        return int(self.inode.split("-")[0])
+
+    @property
+    def attr_type(self) -> int:
+        parts = self.inode.split("-")
+        return int(parts[1]) if len(parts) > 1 else 0
+
+
+def fls(image: Path) -> list[FlsRow]:
+    """``fls -r -p -l``: allocated names with their sizes (orphans and deleted left out)."""
+    out = subprocess.run(
+        [require("fls"), "-r", "-p", "-l", str(image)], check=True, capture_output=True
+    ).stdout.decode("utf-8", "surrogateescape")
+    rows = []
+    for line in out.splitlines():
+        head, _, rest = line.partition("\t")
+        fields = rest.split("\t")
+        kind, _, inode = head.partition(" ")
+        if inode.startswith("*") or fields[0].startswith("$OrphanFiles"):
+            continue
+        rows.append(FlsRow(kind.split("/")[1], inode.rstrip(":"), fields[0], int(fields[5])))
+    return rows
+
+
+def icat(image: Path, inode: str) -> bytes:
+    return subprocess.run(
+        [require("icat"), str(image), inode], check=True, capture_output=True
+    ).stdout
