@@ -81,7 +81,6 @@ def test_qemu_converted_then_written(tmp_path: Path, sub: str, zero: str, size: 
     src = write_sparse_raw(tmp_path / "src.raw", size, sorted(runs), seed=21)
     img = tmp_path / "c.vhdx"
     qemu_img("convert", "-O", "vhdx", "-o", f"subformat={sub},block_state_zero={zero}", src, img)
-    assert qemu_compare(src, img, "vhdx") == 0
     with registry.open_image(str(img)) as ours, RawFileDevice(str(src)) as ref:
         assert first_difference(ours, ref) is None
     run([require("qemu-io"), "-f", "vhdx", "-c", f"write -P 0x42 {size // 2} 128k", img])
