@@ -125,3 +125,43 @@ def icat(image: Path, inode: str) -> bytes:
     return subprocess.run(
         [require("icat"), str(image), inode], check=True, capture_output=True
     ).stdout
+
+
+def small_volume(tmp: Path, files: int = 40) -> Path:
+    """A private copy of a small cached volume, for tests that damage it."""
+    src = volume(files, "16M")
+    dst = tmp / "vol.img"
+    dst.write_bytes(src.read_bytes())
+    return dst
+
+
+def protect(record: bytes, stride: int = 512) -> bytes:
+    """Re-apply the update sequence to a fixed-up record (what NTFS does before a write)."""
+    rec = bytearray(record)
+    off = int.from_bytes(rec[4:6], "little")
+    count = int.from_bytes(rec[6:8], "little")
+    if off + 2 * count > stride or count * stride > len(rec) + stride:
+        return bytes(rec)  # a damaged sequence array: leave the record as it is
+    usn = rec[off : off + 2]
+    for i in range(1, count):
+        end = i * stride
+        rec[off + 2 * i : off + 2 * i + 2] = rec[end - 2 : end]
+        rec[end - 2 : end] = usn
+    return bytes(rec)
+
+
+def write_record(image: Path, disk_offset: int, record: bytes) -> None:
+    """Write a fixed-up record back (protected, so its update sequence still checks)."""
+    with open(image, "r+b") as f:
+        f.seek(disk_offset)
+        f.write(protect(record))
+
+
+def attr_offsets(rec: bytes) -> dict[int, list[int]]:
+    """Byte offsets of each attribute type in a fixed-up record."""
+    out: dict[int, list[int]] = {}
+    pos = int.from_bytes(rec[20:22], "little")
+    while int.from_bytes(rec[pos : pos + 4], "little") != 0xFFFFFFFF:
+        out.setdefault(int.from_bytes(rec[pos : pos + 4], "little"), []).append(pos)
+        pos += int.from_bytes(rec[pos + 4 : pos + 8], "little")
+    return out

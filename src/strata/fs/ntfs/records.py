@@ -187,8 +187,9 @@ def _attribute_values(
     nonres = flat[apos + 8] != 0
     name_len = flat[apos + 9].astype(np.int64)
     resident = ~nonres & (alen >= s.ATTR_RESIDENT_SIZE)
-    vlen = np.where(resident, _gather(flat, apos + 16, 4), 0)
-    voff = np.where(resident, _gather(flat, apos + 20, 2), 0)
+    header = np.where(resident, apos, 0)  # only read fields the attribute has room for
+    vlen = np.where(resident, _gather(flat, header + 16, 4), 0)
+    voff = np.where(resident, _gather(flat, header + 20, 2), 0)
     resident &= voff + vlen <= alen
     value = apos + voff
     owner = owner_of[arow]

@@ -306,6 +306,11 @@ class NtfsVolume:
             extents = [a for a in self._all_attributes(0, attrs) if a.type == s.DATA]
             runs = self._joined_runs([a for a in extents if not a.name], offset)
         size = data[0].data_size
+        mapped = (runs[-1].vcn + runs[-1].clusters) * g.cluster_size if runs else 0
+        if size > mapped:
+            raise self.corrupt(
+                "MFT record 0", f"$MFT of {size} bytes maps {mapped}", "runs", offset
+            )
         if size < g.record_size * s.FIRST_USER_RECORD:
             raise self.corrupt("MFT record 0", f"$MFT of {size} bytes", "data_size", offset)
         return runs, size
