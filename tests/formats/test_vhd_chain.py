@@ -13,6 +13,7 @@ import pytest
 from strata.errors import IntegrityError, NotFound, PathOutsideAllowed
 from strata.formats import registry
 from strata.formats.vhd.reader import VhdDevice
+from strata.ops import disk as ops
 
 from support.images import MiB, random_bytes, write_sparse_raw
 from support.tools import qemu_compare, result_of, strata
@@ -46,13 +47,12 @@ def chain(tmp_path: Path) -> tuple[list[Path], bytearray]:
     raw = write_sparse_raw(tmp_path / "src.raw", SIZE, [(0, MiB), (5 * MiB - 700, 3 * MiB)])
     expected = bytearray(raw.read_bytes())
     base = tmp_path / "base.vhd"
-    result_of(sj("disk", "convert", "-O", "vhd", raw, base))
+    ops.convert(ops.OpenSpec(str(raw)), str(base), "vhd")
     rng = random.Random(3)
     paths = [base]
     for depth in (1, 2, 3):
         child = tmp_path / f"c{depth}.vhd"
-        proc = strata("disk", "create", "-O", "vhd", "--parent", paths[0], child)
-        assert proc.returncode == 0, proc.stderr
+        ops.create(str(child), "vhd", None, parent=ops.OpenSpec(str(paths[0])))
         _random_writes(child, expected, rng, 12)
         paths.insert(0, child)
     return paths, expected
@@ -61,8 +61,9 @@ def chain(tmp_path: Path) -> tuple[list[Path], bytearray]:
 def test_depth_three_chain_reads_alike_in_libvhdi(chain: tuple[list[Path], bytearray]) -> None:
     paths, expected = chain
     _assert_chain_reads(paths, bytes(expected))
-    for path in paths:
-        assert strata("disk", "check", path).returncode == 0
+    assert strata("disk", "check", paths[0]).returncode == 0
+    for path in paths[1:]:
+        assert ops.check(ops.OpenSpec(str(path))) == []
     info = result_of(sj("disk", "info", paths[0]))
     assert [layer["filename"] for layer in info["backing-chain"]] == [str(p) for p in paths[1:]]
 
@@ -117,8 +118,7 @@ def test_missing_parent_is_not_found(chain: tuple[list[Path], bytearray]) -> Non
 def test_parent_with_another_uuid_is_refused(chain: tuple[list[Path], bytearray]) -> None:
     paths, _ = chain
     impostor = paths[1].with_suffix(".other")
-    proc = strata("disk", "create", "-O", "vhd", impostor, str(SIZE))
-    assert proc.returncode == 0
+    ops.create(str(impostor), "vhd", SIZE)
     shutil.move(impostor, paths[1])
     with pytest.raises(IntegrityError, match="UUID"):
         registry.open_image(str(paths[0]))

@@ -19,6 +19,7 @@ from strata.formats.vhd import structs as s
 from strata.formats.vhd.check import check
 from strata.formats.vhd.reader import VhdDevice
 from strata.formats.vhd.writer import FileWriter, Plan, _copy
+from strata.ops import disk as ops
 
 from support.images import MiB, write_sparse_raw
 from support.tools import strata
@@ -32,7 +33,7 @@ BAT = 1536
 def dynamic(tmp_path: Path) -> Path:
     raw = write_sparse_raw(tmp_path / "src.raw", 16 * MiB, [(0, 64 << 10), (9 * MiB, MiB)])
     out = tmp_path / "d.vhd"
-    assert strata("disk", "convert", "-O", "vhd", raw, out).returncode == 0
+    ops.convert(ops.OpenSpec(str(raw)), str(out), "vhd")
     return out
 
 
@@ -46,8 +47,8 @@ def _expect(path: Path, exc: type[Exception], structure: str, field: str, offset
     proc = strata("disk", "check", path)
     assert proc.returncode == 1
     assert f"{structure} field {field} at file offset {offset:#x}" in proc.stdout, proc.stdout
-    opened = strata("disk", "info", path)
-    assert opened.returncode == 5 and "Traceback" not in opened.stderr
+    with pytest.raises(exc):
+        ops.info(ops.OpenSpec(str(path)))
 
 
 def test_bad_footer_checksum(dynamic: Path) -> None:
@@ -55,11 +56,14 @@ def test_bad_footer_checksum(dynamic: Path) -> None:
     patch(dynamic, footer + 24, b"XXXX")  # creator app
     _expect(dynamic, CorruptImage, "footer", "checksum", footer + 64)
     assert "footer copy" in strata("disk", "check", dynamic).stdout
+    opened = strata("disk", "info", dynamic)
+    assert opened.returncode == 5 and "Traceback" not in opened.stderr
+    assert f"file offset {footer + 64:#x}" in opened.stderr
 
 
 def test_bad_fixed_footer_checksum(tmp_path: Path) -> None:
     out = tmp_path / "f.vhd"
-    assert strata("disk", "create", "-O", "vhd", "-o", "subformat=fixed", out, "4M").returncode == 0
+    ops.create(str(out), "vhd", 4 * MiB, ["subformat=fixed"])
     patch(out, 4 * MiB + 30, b"\x99")
     _expect(out, CorruptImage, "footer", "checksum", 4 * MiB + 64)
 
@@ -88,7 +92,7 @@ def test_truncated_dynamic(dynamic: Path) -> None:
 
 def test_truncated_fixed_keeping_its_footer(tmp_path: Path) -> None:
     out = tmp_path / "f.vhd"
-    assert strata("disk", "create", "-O", "vhd", "-o", "subformat=fixed", out, "4M").returncode == 0
+    ops.create(str(out), "vhd", 4 * MiB, ["subformat=fixed"])
     footer = read_range(out, 4 * MiB, 512)
     os.truncate(out, 2 * MiB)
     patch(out, 2 * MiB, footer)
@@ -133,7 +137,7 @@ def _template(tmp_path: Path, kind: str) -> Path:
 
 def _child(tmp_path: Path, parent: Path) -> Path:
     child = tmp_path / "child.vhd"
-    assert strata("disk", "create", "-O", "vhd", "-b", parent, child).returncode == 0
+    ops.create(str(child), "vhd", None, parent=ops.OpenSpec(str(parent)))
     with registry.open_image(str(child), writable=True) as disk:
         disk.write(1000, b"\x42" * 3000)
     return child

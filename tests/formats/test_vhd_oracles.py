@@ -11,6 +11,7 @@ import pytest
 from strata.blockdev import RawFileDevice, first_difference
 from strata.formats import registry
 from strata.formats.vhd import structs as s
+from strata.ops import disk as ops
 
 from support.images import GiB, MiB
 from support.tools import qemu_compare, qemu_img, qemu_info, require, result_of, run, strata
@@ -56,11 +57,10 @@ def test_convert_is_sized_and_read_alike(
     result_of(sj("disk", "convert", "-O", "vhd", "-o", f"subformat={subformat}", raw, out))
     assert qemu_compare(raw, out, "vpc") == 0
     assert qemu_info(out, "vpc")["virtual-size"] == size
-    info = result_of(sj("disk", "info", out))
+    info = ops.info(ops.OpenSpec(str(out)))
     assert info["virtual-size"] == size and info["subformat"] == subformat
     _pyvhdi_matches(out, raw, size)
-    proc = strata("disk", "check", out)
-    assert proc.returncode == 0, proc.stdout
+    assert ops.check(ops.OpenSpec(str(out))) == []
     if subformat == "fixed":
         assert out.stat().st_size == size + 512
         assert out.stat().st_blocks * 512 < 64 * MiB  # stayed sparse
@@ -82,8 +82,7 @@ def test_convert_is_sized_and_read_alike(
 @pytest.mark.parametrize("subformat", ["fixed", "dynamic"])
 def test_create_any_size_reads_alike(tmp_path: Path, size: int, subformat: str) -> None:
     out = tmp_path / "new.vhd"
-    proc = strata("disk", "create", "-O", "vhd", "-o", f"subformat={subformat}", out, str(size))
-    assert proc.returncode == 0, proc.stderr
+    ops.create(str(out), "vhd", size, [f"subformat={subformat}"])
     assert qemu_info(out, "vpc")["virtual-size"] == size
     (f,) = pyvhdi_chain([out])
     assert f.media_size == size
@@ -138,7 +137,7 @@ def test_qemu_written_reads_identically(tmp_path: Path, subformat: str) -> None:
         assert disk.size == ref.size == qemu_info(image, "vpc")["virtual-size"]
         assert first_difference(disk, ref) is None
         assert disk.read(0, disk.size) == flat.read_bytes()
-    assert strata("disk", "check", image).returncode == 0
+    assert ops.check(ops.OpenSpec(str(image))) == []
     assert strata("disk", "compare", image, flat).returncode == 0
 
 
