@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import sys
 from pathlib import Path
 
@@ -24,7 +25,13 @@ from strata.errors import (
 from strata.store import Store
 
 from support.images import MiB, write_sparse_raw
-from support.layers import apply_with_strata, qemu_io_write, sigkill_after
+from support.layers import (
+    apply_to_raw,
+    apply_with_strata,
+    compare_with_qemu,
+    qemu_io_write,
+    sigkill_after,
+)
 from support.tools import qemu_img, result_of, strata, strata_json
 
 
@@ -193,26 +200,35 @@ def test_template_naming_a_layer_of_another_os_is_refused(store: Path, tmp_path:
 
 
 def test_independent_app_layers_need_a_file_level_merge(store: Path) -> None:
-    for layer in ("indep1", "indep2"):
+    """Independently packaged layers are merged at file level; with no FAT volume to merge
+    in, two of them changing the same block are refused, disjoint blocks are combined."""
+    for layer, offset in (("indep1", 5 * MiB), ("indep2", 5 * MiB), ("indep3", 9 * MiB)):
         pkg = _package(store, layer)
-        apply_with_strata(Path(pkg["disk_path"]), [(5 * MiB, layer.encode() * 100)])
+        apply_with_strata(Path(pkg["disk_path"]), [(offset, layer.encode() * 100)])
         assert _finalize(store, pkg["disk_path"], layer) == 0
     proc = strata(
-        "image",
-        "publish",
-        "--name",
-        "both",
-        "--os",
-        "winA",
-        "--app",
-        "indep1",
-        "--app",
-        "indep2",
-        "--store",
-        store,
-    )
+        "image", "publish", "--name", "both", "--os", "winA", "--app", "indep1", "--app", "indep2",
+        "--store", store,
+    )  # fmt: skip
     assert proc.returncode == StateError.exit_code
-    assert "file-level merge" in proc.stderr
+    assert "file-level merge" in proc.stderr and "outside any FAT volume" in proc.stderr
+    with Store(store) as st:
+        assert all(img["name"] != "both" for img in st.catalog.images())
+    merged = result_of(
+        strata_json(
+            "image", "publish", "--name", "disjoint", "--os", "winA", "--app", "indep1",
+            "--app", "indep3", "--store", store,
+        )
+    )  # fmt: skip
+    assert merged["merge"] == "file" and merged["conflicts"] == []
+    assert merged["outside_blocks"] == 2 and merged["merged_blocks"] == 0
+    expected = store.parent / "disjoint-expected.raw"
+    shutil.copyfile(store.parent / "os.raw", expected)
+    apply_to_raw(expected, [(5 * MiB, b"indep1" * 100), (9 * MiB, b"indep3" * 100)])
+    out = store.parent / "disjoint.raw"
+    exported = strata("image", "export", "disjoint", out, "--target", "raw", "--store", store)
+    assert exported.returncode == 0, exported.stderr
+    assert compare_with_qemu(expected, out, "raw") == 0
 
 
 def test_platform_layer_decides_the_targets(store: Path, tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import click
 from strata.cli.events import current, json_option
 from strata.cli.store import store_option
 from strata.ops import store as ops
+from strata.ops.layers import layer_diff
 from strata.units import human_size
 
 
@@ -77,4 +78,25 @@ def history_cmd(store: str | None, name: str | None, limit: int | None) -> int:
         target = ":".join(x for x in (r["layer"] or r["image"], r["version"]) if x)
         comment = f'  "{r["comment"]}"' if r["comment"] else ""
         click.echo(f"{_when(r['time'])}  {r['operation']:<16} {r['result']:<6} {target}{comment}")
+    return 0
+
+
+@group.command("diff")
+@store_option
+@click.argument("ref", metavar="NAME[:V]")
+@json_option
+def diff_cmd(store: str | None, ref: str) -> int:
+    """The file delta of a layer version: entries added, modified, deleted or made opaque."""
+    diff = layer_diff(ref, store=store)
+    if current().json_mode:
+        current().result(**diff)
+        return 0
+    click.echo(f"layer: {diff['layer']}:{diff['version']}")
+    for vol in diff["volumes"]:
+        click.echo(f"partition {vol['partition']}: {len(vol['entries'])} entries")
+        for e in vol["entries"]:
+            size = human_size(e["size"]) if e["type"] == "file" else "-"
+            click.echo(f"  {e['change']:<9} {e['type']:<5} {size:>10}  {e['path']}")
+    for skipped in diff["skipped"]:
+        click.echo(f"partition {skipped['partition']}: no file delta ({skipped['reason']})")
     return 0

@@ -3,6 +3,11 @@
 Priority rule: the OS layer first, then app layers in ascending priority (a higher priority
 wins a conflict; an app without one gets 100 times its 1-based position, so the last listed
 wins), then the platform layer, which always wins.
+
+Publish composes block tables when every layer was captured on exactly the layers below it
+(no chunk is read or written).  Otherwise it merges at file level (``layer.filemerge``): the
+layers' file deltas are applied in that same order onto the OS layer's FAT volumes, and the
+result carries a conflict report (path, layers, winner), also kept in the image's manifest.
 """
 
 from __future__ import annotations
@@ -15,9 +20,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from strata.blockdev.copy import Progress
-from strata.errors import InvalidInput, NotFound
+from strata.errors import InvalidInput, NotFound, StateError
 from strata.formats import registry
 from strata.formats.registry import WriteRequest
+from strata.layer import filemerge
 from strata.layer.blocks import BLOCK_SIZE
 from strata.layer.storedev import StoreDevice
 from strata.ops.layers import (
@@ -139,13 +145,14 @@ def ordered_apps(apps: Sequence[AppRef]) -> list[AppRef]:
 def publish(tpl: Template, *, store: PathLike = None, comment: str = "") -> dict[str, Any]:
     if tpl.target is not None:
         target(tpl.target)
+    started = time.monotonic()
     with open_store(store) as st:
         layers = _template_layers(st, tpl)
-        check_stack(layers)
-        table = composed_table(layers)
+        first = layers[0].manifest.meta
+        table, merge = _compose(st, layers, int(first["size"]), int(first.get("sector_size", 512)))
         platform = layers[-1] if tpl.platform else None
         platform_row = st.catalog.layer(platform.layer) if platform else None
-        first = layers[0].manifest.meta
+        conflicts = _with_priorities(merge.conflicts, tpl) if merge else []
         meta = {
             "name": tpl.name,
             "template": tpl.as_json(),
@@ -158,6 +165,8 @@ def publish(tpl: Template, *, store: PathLike = None, comment: str = "") -> dict
             "platform_types": platform_row["platform_types"] if platform_row else [],
             "target": tpl.target,
             "published": time.time(),
+            "merge": "file" if merge else "block",
+            "conflicts": conflicts,
         }
         manifest = Manifest("image", meta)
         manifest.add_table("blocks", "chunks-v1", table)
@@ -170,7 +179,65 @@ def publish(tpl: Template, *, store: PathLike = None, comment: str = "") -> dict
             "layers": meta["layers"],
             "blocks": len(table),
             "target": tpl.target,
+            "merge": meta["merge"],
+            "conflicts": conflicts,
+            **(_merge_stats(merge) if merge else {}),
+            "seconds": round(time.monotonic() - started, 3),
         }
+
+
+def _compose(
+    st: Store, layers: Sequence[Resolved], size: int, sector_size: int
+) -> tuple[Any, filemerge.MergeResult | None]:
+    """Block tables when the stack is valid at block level (the fast path), else a merge of
+    the file deltas."""
+    try:
+        check_stack(layers)
+    except StateError:
+        merged = filemerge.merge(st, layers, size, sector_size, workdir=str(st.root / "tmp"))
+        return merged.table, merged
+    return composed_table(layers), None
+
+
+def _merge_stats(merge: filemerge.MergeResult) -> dict[str, Any]:
+    return {
+        "fat_volumes": merge.volumes,
+        "merged_blocks": merge.merged_blocks,
+        "outside_blocks": merge.outside_blocks,
+        "applied_entries": merge.applied,
+    }
+
+
+def _with_priorities(conflicts: list[dict[str, Any]], tpl: Template) -> list[dict[str, Any]]:
+    """Each conflict names the priority each layer had in the template (the platform: last)."""
+    order = ordered_apps(tpl.apps)
+    prio = {}
+    for i, app in enumerate(tpl.apps):
+        prio[app.ref] = app.priority if app.priority is not None else 100 * (i + 1)
+    out = []
+    for c in conflicts:
+        priorities = {}
+        for label in c["layers"]:
+            name = label.rpartition(":")[0]
+            match = [a.ref for a in order if a.ref in (label, name)]
+            priorities[label] = prio[match[0]] if match else None
+        out.append({**c, "priorities": priorities})
+    return out
+
+
+def conflict_lines(conflicts: Sequence[dict[str, Any]]) -> list[str]:
+    """The conflict report as text, one line per path."""
+    return [
+        f"conflict: {c['path']} (partition {c['partition']}): "
+        + ", ".join(_with_prio(label, c.get("priorities", {})) for label in c["layers"])
+        + f" -> {c['winner']} wins"
+        for c in conflicts
+    ]
+
+
+def _with_prio(label: str, priorities: dict[str, Any]) -> str:
+    p = priorities.get(label)
+    return label if p is None else f"{label}@{p}"
 
 
 def _template_layers(st: Store, tpl: Template) -> list[Resolved]:

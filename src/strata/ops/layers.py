@@ -23,6 +23,7 @@ from strata.errors import InvalidInput, NotFound, StateError, StrataError
 from strata.formats import registry
 from strata.formats.registry import CreateRequest, WriteRequest
 from strata.fs.iso import write_job_iso
+from strata.layer import filedelta
 from strata.layer.blocks import (
     BLOCK_SIZE,
     allocated_ranges,
@@ -140,6 +141,20 @@ def composed_table(layers: Sequence[Resolved]) -> np.ndarray:
     return compose_tables([layer.table for layer in layers])
 
 
+def layer_diff(ref: str, *, store: PathLike = None) -> dict[str, Any]:
+    """The file delta of a layer version: per FAT volume, each entry with its change."""
+    with open_store(store) as st:
+        layer = resolve(st, ref)
+        delta = filedelta.load(layer.manifest)
+        info = layer.manifest.meta.get("file_delta") or {}
+        return {
+            "layer": layer.layer,
+            "version": layer.version,
+            "volumes": delta.listing() if delta is not None else [],
+            "skipped": info.get("skipped", []),
+        }
+
+
 # -- OS import -----------------------------------------------------------------------------
 def import_os(
     name: str,
@@ -234,11 +249,14 @@ def _commit(
     blocks: np.ndarray,
     masks: np.ndarray | None,
     comment: str,
+    files: filedelta.FileDelta | None = None,
 ) -> bytes:
     manifest = Manifest("layer-version", meta)
     manifest.add_table("blocks", "chunks-v1", blocks)
     if masks is not None:
         manifest.add_table("sectors", "sector-mask-v1", masks)
+    if files is not None:
+        files.add_to(manifest)
     st.flush()
     mid = st.put_manifest(manifest)
     if st.catalog.version(layer, version)["state"] == "packaging":
@@ -502,7 +520,7 @@ def finalize(
                 "only a version being packaged can be finalized"
             )
         record = _load_record(st, layer, version)
-        with _open_packaging_disk(disk, record) as (image, base_view, within):
+        with _open_packaging_disk(disk, record) as (image, within), _base_view(st, record) as base:
             meta = {
                 "layer": layer,
                 "version": version,
@@ -515,10 +533,15 @@ def finalize(
                 "format": record["format"],
             }
             capture = capture_delta(
-                st, image, base_view(st), within=within, level=CAPTURE_LEVEL, progress=progress
+                st, image, base, within=within, level=CAPTURE_LEVEL, progress=progress
             )
             blocks, meta["stack"] = _fold_base_version(st, layer, record["stack"], capture.blocks)
-            mid = _commit(st, layer, version, meta, blocks, capture.masks, comment)
+            folded = meta["stack"] != record["stack"]
+            with _file_base(st, record, meta["stack"], base, folded) as file_base:
+                files = filedelta.capture(
+                    st, image, file_base, blocks["offset"], level=CAPTURE_LEVEL
+                )
+            mid = _commit(st, layer, version, meta, blocks, capture.masks, comment, files)
         removed = _remove_disk(disk, record) if remove_disk else []
         return {
             "layer": layer,
@@ -528,6 +551,7 @@ def finalize(
             "changed_blocks": len(capture.blocks),
             "changed_sectors": _count_bits(capture.masks),
             **capture.stats.as_dict(),
+            "file_delta": files.summary() if files is not None else None,
             "removed": removed,
             "seconds": round(time.monotonic() - started, 3),
         }
@@ -544,6 +568,20 @@ def _fold_base_version(
     return compose_tables([base.table, delta], keep_zero=True), stack[:-1]
 
 
+@contextmanager
+def _file_base(
+    st: Store, record: dict[str, Any], stack: list[list[str]], base: Any, folded: bool
+) -> Iterator[Any]:
+    """What the file delta is taken against: the packaging disk's parent chain, or, for a
+    version folded onto its base version, the stack below that base version."""
+    if not folded:
+        yield base
+        return
+    table = composed_table([resolve(st, ref) for ref in stack])
+    with StoreDevice(st, table, record["size"], record["sector_size"]) as view:
+        yield view
+
+
 def _count_bits(masks: np.ndarray | None) -> int:
     if masks is None or not len(masks):
         return 0
@@ -553,7 +591,8 @@ def _count_bits(masks: np.ndarray | None) -> int:
 
 @contextmanager
 def _open_packaging_disk(disk: str, record: dict[str, Any]) -> Iterator[Any]:
-    """The disk, a factory for its base view, and the ranges finalize must read."""
+    """The packaging disk, checked against its record, and the ranges finalize must read
+    (None for a standalone disk: everything)."""
     if not os.path.exists(disk):
         raise NotFound(what=disk)
     if os.path.realpath(disk) != os.path.realpath(record["disk_path"]):
@@ -568,19 +607,23 @@ def _open_packaging_disk(disk: str, record: dict[str, Any]) -> Iterator[Any]:
         if image.size != record["size"]:
             raise StateError(what=f"{disk} is {image.size} bytes; its base was {record['size']}")
         if base is None:
-            views: list[StoreDevice] = []
-            try:
-                yield image, lambda st: views.append(_composed_view(st, record)) or views[-1], None
-            finally:
-                for view in views:
-                    view.close()
+            yield image, None
             return
         _check_parent(disk, image, base)
-        parent_view = registry.open_image(base["path"], record["format"])
-        try:
-            yield image, lambda st: parent_view, list(allocated_ranges(image.top))
-        finally:
-            parent_view.close()
+        yield image, list(allocated_ranges(image.top))
+
+
+@contextmanager
+def _base_view(st: Store, record: dict[str, Any]) -> Iterator[Any]:
+    """What the packaging disk started from: its base file, or the composed stack."""
+    base = record.get("base")
+    if base is not None:
+        with registry.open_image(base["path"], record["format"]) as view:
+            yield view
+        return
+    stack = [resolve(st, ref) for ref in record["stack"]]
+    with StoreDevice(st, composed_table(stack), record["size"], record["sector_size"]) as view:
+        yield view
 
 
 def _check_parent(disk: str, image: Any, base: dict[str, Any]) -> None:
@@ -597,11 +640,6 @@ def _check_parent(disk: str, image: Any, base: dict[str, Any]) -> None:
             what=f"the base {base['path']} was modified after the packaging disk "
             "was created; its layers can no longer be trusted"
         )
-
-
-def _composed_view(st: Store, record: dict[str, Any]) -> StoreDevice:
-    stack = [resolve(st, ref) for ref in record["stack"]]
-    return StoreDevice(st, composed_table(stack), record["size"], record["sector_size"])
 
 
 def _remove_disk(disk: str, record: dict[str, Any]) -> list[str]:

@@ -1,0 +1,127 @@
+"""File content chunking (FastCDC 16/64/256 KiB) beside casync on the same two file versions.
+
+A second version of a file with 1% of its bytes edited in scattered places (overwrites,
+insertions, deletions) must add at most 10% new chunk bytes.  casync (same chunk-size bounds)
+chunks the same two files into one casync store; its new bytes come from its .caibx indexes.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from strata.layer.filedelta import READ_WINDOW, cdc_chunks
+from strata.store import Store
+
+from conftest import scaled
+from support.tools import require, run
+
+CAIBX_HEADER = 48 + 16  # CaFormatIndex + CaFormatTable header (casync caformat.h)
+CAIBX_ITEM = struct.Struct("<Q32s")  # chunk end offset, chunk id
+
+
+def _versions(root: Path, size: int, edits: int, seed: int = 8) -> tuple[Path, Path]:
+    rng = np.random.default_rng(seed)
+    first = rng.integers(0, 256, size, dtype=np.uint8)
+    per_edit = max(1, size // 100 // edits)
+    cuts = np.sort(rng.choice(size - per_edit, edits, replace=False))
+    pieces, at = [], 0
+    for n, cut in enumerate(cuts.tolist()):
+        pieces.append(first[at:cut])
+        kind = n % 4
+        fresh = rng.integers(0, 256, per_edit, dtype=np.uint8)
+        if kind in (0, 1):  # overwrite
+            pieces.append(fresh)
+            at = cut + per_edit
+        elif kind == 2:  # insert
+            pieces.append(fresh)
+            at = cut
+        else:  # delete
+            at = cut + per_edit
+    pieces.append(first[at:])
+    a, b = root / "v1.bin", root / "v2.bin"
+    a.write_bytes(first.tobytes())
+    b.write_bytes(np.concatenate(pieces).tobytes())
+    return a, b
+
+
+def _pieces(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        while piece := f.read(READ_WINDOW):
+            yield piece
+
+
+def _strata_chunks(path: Path) -> list[tuple[int, bytes]]:
+    from strata.store import chunk_id
+
+    return [(len(c), chunk_id(c)) for _, c in cdc_chunks(_pieces(path))]
+
+
+def _caibx_chunks(index: Path) -> list[tuple[int, bytes]]:
+    raw = index.read_bytes()
+    out, prev = [], 0
+    for at in range(CAIBX_HEADER, len(raw) - CAIBX_ITEM.size + 1, CAIBX_ITEM.size):
+        end, cid = CAIBX_ITEM.unpack_from(raw, at)
+        if end == 0:  # the table tail starts with zero fill
+            break
+        out.append((end - prev, cid))
+        prev = end
+    return out
+
+
+def _new_bytes(first: list[tuple[int, bytes]], second: list[tuple[int, bytes]]) -> int:
+    known = {cid for _, cid in first}
+    fresh: dict[bytes, int] = {}
+    for length, cid in second:
+        if cid not in known:
+            fresh[cid] = length
+    return sum(fresh.values())
+
+
+def test_fastcdc_second_version_new_bytes(
+    tmp_path: Path, versus: Callable[..., float], record_ratio: Callable[..., None]
+) -> None:
+    casync = require("casync")
+    size = scaled(200 << 20, 24 << 20)
+    v1, v2 = _versions(tmp_path, size, edits=scaled(100, 12))
+    ours = _new_bytes(_strata_chunks(v1), _strata_chunks(v2))
+    run([casync, "make", f"--store={tmp_path / 'cstore'}", tmp_path / "c1.caibx", v1])
+    run([casync, "make", f"--store={tmp_path / 'cstore'}", tmp_path / "c2.caibx", v2])
+    c1, c2 = _caibx_chunks(tmp_path / "c1.caibx"), _caibx_chunks(tmp_path / "c2.caibx")
+    assert sum(n for n, _ in c2) == v2.stat().st_size  # the index parse is right
+    theirs = _new_bytes(c1, c2)
+    record_ratio(
+        metric="new chunk bytes of v2 (1% scattered edits)",
+        size=size,
+        strata_new=ours,
+        casync_new=theirs,
+        strata_fraction=round(ours / size, 4),
+        casync_fraction=round(theirs / size, 4),
+        ratio=round(ours / theirs, 3) if theirs else None,
+        target=0.10,
+    )
+    assert ours <= 0.10 * v2.stat().st_size
+
+    def strata_store() -> None:
+        root = tmp_path / "sstore"
+        with Store.init(root) as st:
+            for path in (v1, v2):
+                st.put_many((c for _, c in cdc_chunks(_pieces(path))), level=1)
+        _rmtree(root)
+
+    def casync_store() -> None:
+        store = tmp_path / "cstore2"
+        for n, path in enumerate((v1, v2)):
+            run([casync, "make", f"--store={store}", tmp_path / f"t{n}.caibx", path])
+        _rmtree(store)
+
+    versus(strata_store, casync_store, peer="casync make", per_byte=2 * size)
+
+
+def _rmtree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)

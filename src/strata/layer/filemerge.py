@@ -1,0 +1,385 @@
+"""Compose independently packaged layers at file level on their OS layer's FAT volumes.
+
+References: docs/architecture.md ("Layers at file level"); Microsoft fatgen103 (the editor).
+
+The OS layer's table is read as a device; a copy-on-write overlay (a sparse temporary file
+and a bitmap of the 64 KiB blocks written) takes every edit.  Each layer's file delta is
+applied through ``FatEditor`` in order (apps by ascending priority, the platform layer last),
+so a later layer wins a path.  A layer's blocks outside the FAT volumes are applied as block
+deltas when no two layers change the same block there (a layer captured on top of another
+may).  Only the overlay's blocks are stored anew; the image table is the OS table, those
+outside blocks and the merged blocks.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from strata.blockdev.base import BaseDevice, BlockDevice
+from strata.errors import StateError
+from strata.fs.fat import FatEditor, open_fat
+from strata.fs.fat import structs as fat
+from strata.layer.compose import compose_tables
+from strata.layer.filedelta import (
+    DELETED,
+    DIRECTORY,
+    HAS_CONTENT,
+    OPAQUE,
+    FileDelta,
+    Volume,
+    fat_volumes,
+    load,
+    read_content,
+    unstamp,
+)
+from strata.layer.storedev import StoreDevice
+from strata.partition import open_partition, read_table
+from strata.store import CHUNK_ROW, Manifest, Store
+
+BLOCK = 64 << 10
+
+
+class LayerLike(Protocol):
+    @property
+    def ref(self) -> list[str]: ...
+
+    @property
+    def manifest(self) -> Manifest: ...
+
+    @property
+    def table(self) -> np.ndarray: ...
+
+
+class OverlayDevice(BaseDevice):
+    """Copy-on-write over ``source``: written blocks live in a sparse temporary file."""
+
+    format_name = "overlay"
+
+    def __init__(self, source: BlockDevice, directory: str | None = None) -> None:
+        self.source = source
+        self._size = source.size
+        self._sector_size = source.sector_size
+        self.writable = True
+        self.path = getattr(source, "path", None)
+        self._file = tempfile.TemporaryFile(dir=directory)  # noqa: SIM115 (closed by close)
+        self._file.truncate(self._size)
+        self.written = np.zeros(-(-self._size // BLOCK), bool)
+
+    def _runs(self, offset: int, end: int) -> Iterator[tuple[int, int, bool]]:
+        first, last = offset // BLOCK, (end - 1) // BLOCK
+        flags = self.written[first : last + 1]
+        breaks = np.flatnonzero(flags[1:] != flags[:-1]) + 1
+        starts = np.concatenate(([0], breaks)).tolist()
+        stops = np.concatenate((breaks, [len(flags)])).tolist()
+        for lo, hi in zip(starts, stops, strict=True):
+            a = max(offset, (first + lo) * BLOCK)
+            b = min(end, (first + hi) * BLOCK)
+            yield a, b, bool(flags[lo])
+
+    def _readinto(self, offset: int, view: memoryview) -> None:
+        for a, b, mine in self._runs(offset, offset + len(view)):
+            part = view[a - offset : b - offset]
+            if mine:
+                os.preadv(self._file.fileno(), [part], a)
+            else:
+                self.source.readinto(a, part)
+
+    def _write(self, offset: int, view: memoryview) -> None:
+        end = offset + len(view)
+        for edge in {offset // BLOCK, (end - 1) // BLOCK}:
+            lo, hi = edge * BLOCK, min((edge + 1) * BLOCK, self._size)
+            if not self.written[edge] and (offset > lo or end < hi):
+                buf = bytearray(hi - lo)
+                self.source.readinto(lo, buf)
+                os.pwrite(self._file.fileno(), buf, lo)
+        self.written[offset // BLOCK : (end - 1) // BLOCK + 1] = True
+        os.pwrite(self._file.fileno(), view, offset)
+
+    def changed_blocks(self) -> Iterator[tuple[int, bytes]]:
+        for index in np.flatnonzero(self.written).tolist():
+            lo = index * BLOCK
+            yield lo, os.pread(self._file.fileno(), min(BLOCK, self._size - lo), lo)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class _ChunkStream(io.RawIOBase):
+    """A file's content from the store as a readable stream (for ``FatEditor.write_file``)."""
+
+    def __init__(self, pieces: Iterator[bytes]) -> None:
+        self._pieces = pieces
+        self._left = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        out = memoryview(buf).cast("B")
+        while not self._left:
+            piece = next(self._pieces, None)
+            if piece is None:
+                return 0
+            self._left = memoryview(piece)
+        n = min(len(out), len(self._left))
+        out[:n] = self._left[:n]
+        self._left = self._left[n:]
+        return n
+
+
+@dataclass
+class MergeResult:
+    table: np.ndarray
+    conflicts: list[dict[str, Any]]
+    volumes: list[int]
+    merged_blocks: int
+    outside_blocks: int
+    applied: dict[str, int] = field(default_factory=dict)
+
+
+def _label(layer: LayerLike) -> str:
+    return ":".join(layer.ref)
+
+
+def _ranges(volumes: Sequence[Volume]) -> list[tuple[int, int]]:
+    return [(v.start, v.start + v.length) for v in volumes]
+
+
+def _inside(offsets: np.ndarray, lengths: np.ndarray, ranges: Sequence[tuple[int, int]]) -> Any:
+    hit = np.zeros(len(offsets), bool)
+    ends = offsets + lengths
+    for lo, hi in ranges:
+        hit |= (offsets < hi) & (ends > lo)
+    return hit
+
+
+def merge(
+    store: Store,
+    layers: Sequence[LayerLike],
+    size: int,
+    sector_size: int = 512,
+    *,
+    workdir: str | None = None,
+) -> MergeResult:
+    """The image table of ``layers`` (OS first, then in the order they apply), merged at file
+    level on the OS layer's FAT volumes; StateError when they cannot be combined."""
+    os_layer, upper = layers[0], list(layers[1:])
+    base = StoreDevice(store, os_layer.table, size, sector_size)
+    overlay = OverlayDevice(base, workdir)
+    try:
+        ptable = read_table(overlay)
+        volumes = fat_volumes(overlay, ptable)
+        deltas = [_delta_for(layer, volumes) for layer in upper]
+        outside = _outside_rows(upper, volumes)
+        _refuse_overlaps(upper, outside)
+        merger = _Merger(store, overlay, volumes)
+        for layer, delta in zip(upper, deltas, strict=True):
+            if delta is not None:
+                merger.apply(_label(layer), delta)
+        merged = store.put_blocks(overlay.changed_blocks())
+        table = compose_tables([os_layer.table, *outside, merged])
+        return MergeResult(
+            table,
+            merger.conflicts(),
+            [v.partition for v in volumes],
+            len(merged),
+            int(sum(len(t) for t in outside)),
+            merger.applied,
+        )
+    finally:
+        overlay.close()
+        base.close()
+
+
+def _delta_for(layer: LayerLike, volumes: Sequence[Volume]) -> FileDelta | None:
+    """The layer's file delta; refused when it changed a FAT volume it has no delta for."""
+    delta = load(layer.manifest)
+    rows = np.asarray(layer.table, CHUNK_ROW)
+    for vol in volumes:
+        touched = _inside(
+            rows["offset"].astype(np.int64), rows["length"].astype(np.int64), _ranges([vol])
+        ).any()
+        if touched and (delta is None or delta.volume(vol.partition) is None):
+            why = ""
+            if delta is not None:
+                why = "; " + "; ".join(
+                    s["reason"] for s in delta.skipped if s.get("partition") == vol.partition
+                )
+            raise StateError(
+                what=f"layer {_label(layer)} changed FAT volume {vol.partition} but carries no "
+                f"file delta for it{why}; a file-level merge cannot place its changes"
+            )
+        if delta is not None and delta.volume(vol.partition) not in (None, vol):
+            raise StateError(
+                what=f"layer {_label(layer)}: partition {vol.partition} lies elsewhere than on "
+                "the OS layer; a file-level merge needs the same partition table"
+            )
+    return delta
+
+
+def _outside_rows(layers: Sequence[LayerLike], volumes: Sequence[Volume]) -> list[np.ndarray]:
+    out = []
+    for layer in layers:
+        rows = np.asarray(layer.table, CHUNK_ROW)
+        inside = _inside(
+            rows["offset"].astype(np.int64), rows["length"].astype(np.int64), _ranges(volumes)
+        )
+        out.append(rows[~inside])
+    return out
+
+
+def _refuse_overlaps(layers: Sequence[LayerLike], outside: Sequence[np.ndarray]) -> None:
+    """Two layers changing one block outside the FAT volumes cannot both be right, unless one
+    was captured on top of the other."""
+    for j, later in enumerate(layers):
+        below = [list(x) for x in later.manifest.meta.get("stack", [])]
+        for i in range(j):
+            if list(layers[i].ref) in below:
+                continue
+            both = np.intersect1d(outside[i]["offset"], outside[j]["offset"])
+            if len(both):
+                where = ", ".join(str(int(o)) for o in both[:4])
+                raise StateError(
+                    what=f"layers {_label(layers[i])} and {_label(later)} both change "
+                    f"{len(both)} block(s) outside any FAT volume (disk offsets {where}"
+                    f"{', …' if len(both) > 4 else ''}); a file-level merge cannot combine "
+                    "block changes there — package one layer on top of the other"
+                )
+
+
+@dataclass
+class _Touch:
+    layer: str
+    change: str
+    kind: str
+    digest: bytes
+
+
+class _Merger:
+    """Applies file deltas to the overlay and remembers who touched which path."""
+
+    def __init__(self, store: Store, overlay: OverlayDevice, volumes: Sequence[Volume]) -> None:
+        self.store = store
+        self.overlay = overlay
+        self.partitions = {v.partition for v in volumes}
+        self.touches: dict[tuple[int, str], tuple[str, list[_Touch]]] = {}
+        self.shadowed: list[dict[str, Any]] = []
+        self.applied: dict[str, int] = {}
+
+    def apply(self, label: str, delta: FileDelta) -> None:
+        count = 0
+        for vol in delta.volumes:
+            if vol.partition not in self.partitions:
+                continue
+            editor = open_fat(open_partition(self.overlay, vol.partition), writable=True)
+            assert isinstance(editor, FatEditor)
+            rows = delta.rows_of(vol.partition)
+            changes = delta.entries["change"][rows]
+            for row in rows[changes == DELETED]:  # whiteouts first
+                count += self._whiteout(editor, label, vol.partition, delta, int(row))
+            for row in rows[changes != DELETED]:
+                self._place(editor, label, vol.partition, delta, int(row))
+                count += 1
+            editor.flush()
+        self.applied[label] = count
+
+    def _touch(self, label: str, partition: int, delta: FileDelta, row: int) -> None:
+        path = delta.path(row)
+        e = delta.entries[row]
+        kind = "dir" if int(e["kind"]) == DIRECTORY else "file"
+        change = {1: "added", 2: "modified", 3: "deleted", 4: "opaque"}[int(e["change"])]
+        key = (partition, path.upper())
+        _, seen = self.touches.get(key, (path, []))
+        seen.append(_Touch(label, change, kind, bytes(e["digest"])))
+        self.touches[key] = (path, seen)
+        if change in ("deleted", "opaque"):
+            self._shadow(label, partition, path)
+
+    def _shadow(self, label: str, partition: int, path: str) -> None:
+        """A whiteout or opaque directory hides what other layers put below it."""
+        prefix = path.upper() + "/"
+        for (part, key), (below, seen) in self.touches.items():
+            if part == partition and key.startswith(prefix):
+                others = sorted({t.layer for t in seen if t.layer != label})
+                if others:
+                    self.shadowed.append(
+                        {
+                            "partition": partition,
+                            "path": below,
+                            "layers": [*others, label],
+                            "winner": label,
+                            "reason": f"{path} removed by {label}",
+                        }
+                    )
+
+    def _whiteout(self, ed: FatEditor, label: str, part: int, delta: FileDelta, row: int) -> int:
+        self._touch(label, part, delta, row)
+        path = delta.path(row)
+        if not ed.exists(path):
+            return 0
+        ed.delete(path, recursive=True)
+        return 1
+
+    def _place(self, ed: FatEditor, label: str, part: int, delta: FileDelta, row: int) -> None:
+        self._touch(label, part, delta, row)
+        e = delta.entries[row]
+        path = delta.path(row)
+        current = ed.stat(path) if ed.exists(path) else None
+        if int(e["kind"]) == DIRECTORY:
+            if current is not None and (not current.is_dir or int(e["change"]) == OPAQUE):
+                ed.delete(path, recursive=True)
+                current = None
+            if current is None:
+                ed.mkdir(path, parents=True)
+        elif int(e["flags"]) & HAS_CONTENT:
+            if current is not None and current.is_dir:
+                ed.delete(path, recursive=True)
+            parent = path.rpartition("/")[0]
+            if parent and not ed.exists(parent):
+                ed.mkdir(parent, parents=True)
+            stream = _ChunkStream(read_content(self.store, delta.chunk_rows(row)))
+            ed.write_file(path, stream, size=int(e["size"]), modified=unstamp(int(e["modified"])))
+        elif current is None or current.is_dir:
+            return  # metadata for a file another layer removed or replaced
+        _set_metadata(ed, path, e)
+
+    def conflicts(self) -> list[dict[str, Any]]:
+        out = list(self.shadowed)
+        for (partition, _), (path, seen) in self.touches.items():
+            layers = list(dict.fromkeys(t.layer for t in seen))
+            if len(layers) < 2:
+                continue
+            if all(t.kind == "dir" and t.change in ("added", "modified") for t in seen):
+                continue  # several layers creating one directory agree
+            out.append(
+                {
+                    "partition": partition,
+                    "path": path,
+                    "layers": layers,
+                    "winner": seen[-1].layer,
+                    "changes": {t.layer: t.change for t in seen},
+                    "same_content": len({t.digest for t in seen}) == 1
+                    and all(t.change != "deleted" for t in seen),
+                }
+            )
+        return sorted(out, key=lambda c: (c["partition"], c["path"].upper()))
+
+
+def _set_metadata(ed: FatEditor, path: str, e: np.void) -> None:
+    ed.set_attributes(path, int(e["attributes"]) & fat.ATTR_SETTABLE)
+    created, modified = unstamp(int(e["created"])), unstamp(int(e["modified"]))
+    accessed = unstamp(int(e["accessed"]))
+    ed.set_times(
+        path,
+        created=created,
+        modified=modified,
+        accessed=accessed.date() if isinstance(accessed, dt.datetime) else None,
+    )
