@@ -37,7 +37,9 @@ class Finding:
     def exception(self, path: str) -> Exception:
         if self.kind == "unsupported":
             where = f" ({self.structure} field {self.field} at file offset {self.offset:#x})"
-            return Unsupported(what=f"{path}: {self.problem}" + (where if self.offset else ""))
+            return Unsupported(
+                what=f"{path}: {self.problem}" + (where if self.offset is not None else "")
+            )
         cls = TruncatedImage if self.kind == "truncated" else CorruptImage
         return cls(
             path=path,

@@ -20,10 +20,11 @@ import numpy as np
 
 from strata.blockdev.base import BaseDevice, BlockDevice, Extent, ExtentState, zero_fill
 from strata.blockdev.chain import ChainDevice, ParentRef
-from strata.blockdev.rawfile import data_runs, open_file, pread_exact, pwrite_all
+from strata.blockdev.rawfile import data_runs, open_file, pread_exact, punch_hole, pwrite_all
 from strata.errors import IntegrityError, InvalidInput, StateError, TruncatedImage
 from strata.formats.vhd import structs as s
 from strata.formats.vhd.layout import Layout, inspect
+from strata.native import is_zero
 
 BITMAP_CACHE = 4096
 DATA_ALIGN = 4096
@@ -194,7 +195,8 @@ class VhdDevice(BaseDevice):
 
     def _write(self, offset: int, view: memoryview) -> None:
         if self.disk_type == s.DISK_FIXED:
-            pwrite_all(self._fd, offset, view)
+            if not (is_zero(view) and punch_hole(self._fd, offset, len(view))):
+                pwrite_all(self._fd, offset, view)
             return
         lo = offset - offset % s.SECTOR
         hi = min(self.size, -(-(offset + len(view)) // s.SECTOR) * s.SECTOR)
