@@ -72,8 +72,12 @@ def _line(row: dict[str, Any]) -> str:
 @_allow_option
 @click.argument("target", metavar="IMAGE[:PART]")
 @click.argument("path")
+@json_option
 def cat_cmd(target: str, path: str, fmt: str | None, allowed_dirs: tuple[str, ...]) -> int:
-    """Write the content of PATH to stdout (NTFS: PATH:STREAM reads a named data stream)."""
+    """Write the content of PATH to stdout (NTFS: PATH:STREAM reads a named data stream).
+
+    With --json, errors are JSON events on stdout; the content is still raw bytes.
+    """
     out = sys.stdout.buffer
     with ops.cat(target, path, fmt, allowed_dirs) as chunks:
         for chunk in chunks:
