@@ -9,10 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from construct import Container
 
 from strata.errors import IntegrityError, NotFound, PathOutsideAllowed
 from strata.formats import registry
-from strata.formats.vhd.reader import VhdDevice
+from strata.formats.vhd.layout import Layout, Locator
+from strata.formats.vhd.reader import VhdDevice, parent_candidates
 from strata.ops import disk as ops
 
 from support.images import MiB, random_bytes, write_sparse_raw
@@ -173,3 +175,15 @@ def test_fixed_parent_and_foreign_backing(tmp_path: Path) -> None:
     assert not (tmp_path / "x.vhd").exists()
     wrong = strata("disk", "create", "-O", "vhd", "-b", base, tmp_path / "y.vhd", "16M")
     assert wrong.returncode == 3 and "parent's size" in wrong.stderr
+
+
+def test_candidates_relative_then_absolute_then_windows_names() -> None:
+    name = "C:\\vms\\gold\\base.vhd".encode("utf-16-be")
+    header = Container(parent_name=name + bytes(512 - len(name)))
+    locators = [
+        Locator(0, b"W2ku", 0, 0, 0, "C:\\vms\\gold\\base.vhd"),
+        Locator(1, b"W2ku", 0, 0, 0, "/srv/gold/base.vhd"),
+        Locator(2, b"W2ru", 0, 0, 0, ".\\..\\gold\\base.vhd"),
+    ]
+    lay = Layout("/srv/child/c.vhd", 0, header=header, locators=locators)
+    assert parent_candidates(lay) == ["../gold/base.vhd", "/srv/gold/base.vhd", "base.vhd"]

@@ -319,30 +319,42 @@ def _runs(flags: np.ndarray) -> Iterator[tuple[int, int, bool]]:
 
 
 def parent_candidates(lay: Layout) -> list[str]:
-    """Parent paths, relative locators first, then absolute, then the header's parent name."""
-    relative, absolute = [], []
-    for loc in lay.locators:
-        if not loc.path:
-            continue
-        path = host_path(loc.path)
-        if path is None:
-            continue
-        (absolute if os.path.isabs(path) else relative).append(path)
-    name = host_path(s.decode_name(lay.header.parent_name, "utf-16-be"))
-    tail = [name] if name else []
-    ordered = [*relative, *absolute, *tail]
-    return list(dict.fromkeys(ordered))
+    """Parent paths in preference order.
+
+    Relative locators (W2ru) first, then absolute ones (W2ku, MacX), then the header's parent
+    name; last, the file name of any Windows path (``C:\\vms\\base.vhd``) beside the child,
+    since a chain made on Windows and copied here keeps only that part of its meaning.
+    """
+    texts = [loc.path for loc in lay.locators if loc.path]
+    texts.append(s.decode_name(lay.header.parent_name, "utf-16-be"))
+    paths = [p for p in map(host_path, texts) if p]
+    relative = [p for p in paths if not os.path.isabs(p)]
+    absolute = [p for p in paths if os.path.isabs(p)]
+    names = [n for n in map(windows_name, texts) if n]
+    return list(dict.fromkeys([*relative, *absolute, *names]))
 
 
 def host_path(text: str) -> str | None:
-    """A locator's Windows path as a POSIX path; drive-letter and UNC paths have no meaning here."""
+    """A locator's path as a POSIX path; drive-letter and UNC paths have no meaning here."""
     text = text.strip()
-    if not text or (len(text) > 1 and text[1] == ":") or text.startswith("\\\\"):
+    if not text or is_windows_absolute(text):
         return None
     path = text.replace("\\", "/")
     while path.startswith("./"):
         path = path[2:]
     return path or None
+
+
+def is_windows_absolute(text: str) -> bool:
+    return (len(text) > 1 and text[1] == ":") or text.startswith("\\\\")
+
+
+def windows_name(text: str) -> str | None:
+    text = text.strip()
+    if not is_windows_absolute(text):
+        return None
+    name = text.replace("\\", "/").rsplit("/", 1)[-1]
+    return name if name not in ("", ".", "..") else None
 
 
 def open_vhd(path: str, writable: bool) -> VhdDevice:
