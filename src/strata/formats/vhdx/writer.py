@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from strata.blockdev.base import BlockDevice
+from strata.blockdev.chain import ChainDevice
 from strata.blockdev.copy import Progress, iter_blocks
 from strata.blockdev.rawfile import pwrite_all
 from strata.errors import InvalidInput
@@ -93,6 +94,8 @@ def geometry_for(size: int, s: Settings) -> Geometry:
 def vhdx_parent(dev: BlockDevice | None) -> VhdxDevice | None:
     if dev is None:
         return None
+    if isinstance(dev, ChainDevice):
+        dev = dev.top
     if not isinstance(dev, VhdxDevice):
         fmt = getattr(dev, "format_name", "unknown")
         raise InvalidInput(f"a VHDX differencing disk needs a VHDX parent, not {fmt}")
