@@ -87,7 +87,8 @@ def test_fastcdc_second_version_new_bytes(
     casync = require("casync")
     size = scaled(200 << 20, 24 << 20)
     v1, v2 = _versions(tmp_path, size, edits=scaled(100, 12))
-    ours = _new_bytes(_strata_chunks(v1), _strata_chunks(v2))
+    s1, s2 = _strata_chunks(v1), _strata_chunks(v2)
+    ours = _new_bytes(s1, s2)
     run([casync, "make", f"--store={tmp_path / 'cstore'}", tmp_path / "c1.caibx", v1])
     run([casync, "make", f"--store={tmp_path / 'cstore'}", tmp_path / "c2.caibx", v2])
     c1, c2 = _caibx_chunks(tmp_path / "c1.caibx"), _caibx_chunks(tmp_path / "c2.caibx")
@@ -101,6 +102,8 @@ def test_fastcdc_second_version_new_bytes(
         strata_fraction=round(ours / size, 4),
         casync_fraction=round(theirs / size, 4),
         ratio=round(ours / theirs, 3) if theirs else None,
+        strata_mean_chunk=size // len(s1),
+        casync_mean_chunk=size // len(c1),
         target=0.10,
     )
     assert ours <= 0.10 * v2.stat().st_size

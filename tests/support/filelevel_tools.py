@@ -9,7 +9,9 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from support.tools import require, result_of, run, strata, strata_json
+from strata.ops import disk, image, layers
+
+from support.tools import require, run
 
 MiB = 1 << 20
 FAT_START = MiB  # fixtures/os_disk.sh: partition 1 (EFI, FAT32) at sector 2048
@@ -30,45 +32,45 @@ def fat_spec(raw: Path) -> str:
 
 def package(store: Path, layer: str, out: Path, os_layer: str = "win", fmt: str = "vhdx") -> dict:
     out.mkdir(exist_ok=True)
-    return result_of(
-        strata_json(
-            "packaging-disk", "create", "--layer", layer, "--os", os_layer, "--format", fmt,
-            "--name", f"{layer}-pkg", "--out", out, "--store", store,
-        )
-    )  # fmt: skip
+    req = layers.PackagingRequest(
+        layer=layer, os=os_layer, fmt=fmt, name=f"{layer}-pkg", out=str(out)
+    )
+    return layers.create_packaging_disk(req, store=store)
+
+
+def to_raw(pkg: dict, raw: Path) -> Path:
+    disk.convert(disk.OpenSpec(pkg["disk_path"]), str(raw), "raw")
+    return raw
+
+
+def back_to_child(pkg: dict, raw: Path) -> None:
+    """Replace the packaging disk by a child of its base holding what differs in ``raw``."""
+    Path(pkg["disk_path"]).unlink()
+    base = disk.OpenSpec(pkg["base"]["path"])
+    disk.convert(disk.OpenSpec(str(raw)), pkg["disk_path"], pkg["format"], backing=base)
 
 
 def install(pkg: dict, work: Path, steps: Sequence[tuple[str, ...]]) -> Path:
     """Run mtools ``steps`` (``("mcopy", local, "::/x")``: the image is inserted) on the raw
     form of the packaging disk, then make that disk a child of its base again."""
-    disk = Path(pkg["disk_path"])
-    raw = work / f"{disk.stem}.raw"
-    run([*_strata(), "disk", "convert", "-O", "raw", disk, raw])
+    raw = to_raw(pkg, work / f"{Path(pkg['disk_path']).stem}.raw")
     for tool, *args in steps:
         mtool(tool, "-i", fat_spec(raw), *args)
-    disk.unlink()
-    run([*_strata(), "disk", "convert", "-O", pkg["format"], "-B", pkg["base"]["path"], raw, disk])
+    back_to_child(pkg, raw)
     return raw
 
 
-def _strata() -> list[str]:
-    import sys
-
-    return [sys.executable, "-m", "strata"]
-
-
 def finalize(store: Path, pkg: dict) -> dict:
-    return result_of(
-        strata_json(
-            "finalize", "--disk", pkg["disk_path"], "--layer", pkg["layer"],
-            "--version", pkg["version"], "--store", store,
-        )
-    )  # fmt: skip
+    return layers.finalize(pkg["disk_path"], pkg["layer"], pkg["version"], store=store)
 
 
-def export_raw(store: Path, image: str, dest: Path) -> Path:
-    proc = strata("image", "export", image, dest, "--target", "raw", "--store", store)
-    assert proc.returncode == 0, proc.stderr
+def publish(store: Path, name: str, *apps: str) -> dict:
+    tpl = image.template_from({"name": name, "os": "win", "apps": list(apps)})
+    return image.publish(tpl, store=store)
+
+
+def export_raw(store: Path, name: str, dest: Path) -> Path:
+    image.export(name, str(dest), target_name="raw", store=store)
     return dest
 
 
