@@ -257,3 +257,28 @@ def test_block_changes_outside_fat_that_overlap_are_refused(world: World) -> Non
     assert "outside any FAT volume" in proc.stderr and "appA:1" in proc.stderr
     images = result_of(strata_json("image", "list", "--store", world.store))["images"]
     assert all(row["name"] != "clash" for row in images)
+
+
+def test_a_layer_packaged_on_another_applies_after_it(world: World) -> None:
+    out = world.root / "out-appD"
+    out.mkdir()
+    req = layers.PackagingRequest(
+        layer="appD", os="win", fmt="vhdx", name="appD-pkg", out=str(out), apps=("appA",)
+    )
+    pkg = layers.create_packaging_disk(req, store=world.store)
+    work = world.root / "work-appD"
+    work.mkdir()
+    raw = to_raw(pkg, work / "pkg.raw")
+    mtool("mcopy", "-o", "-i", fat_spec(raw), _local(work, "d", b"plugin of A"), "::/Apps/A/a.txt")
+    back_to_child(pkg, raw)
+    finalize(world.store, pkg)
+    with pytest.raises(StateError, match="higher priority"):
+        _publish(world, "misordered", "appD@100", "appA@200", "appB@300")
+    result = _publish(world, "ordered", "appA@100", "appD@200", "appB@300")
+    assert result["merge"] == "file"
+    raw = export_raw(world.store, "ordered", world.root / "ordered.raw")
+    assert read(raw, "/Apps/A/a.txt") == b"plugin of A"
+    assert read(raw, "/Apps/shared.cfg") == b"owner=B, longer\r\n"
+    assert [c["path"] for c in result["conflicts"]] == ["/Apps/shared.cfg"]  # D updates A
+    volume = extract(raw, FAT_START, FAT_LENGTH, world.root / "ordered-fat.img")
+    assert fsck_fat(volume).returncode == 0

@@ -177,13 +177,15 @@ def merge(
     try:
         ptable = read_table(overlay)
         volumes = fat_volumes(overlay, ptable)
+        _refuse_misordered(upper)
         deltas = [_delta_for(layer, volumes) for layer in upper]
         outside = _outside_rows(upper, volumes)
         _refuse_overlaps(upper, outside)
         merger = _Merger(store, overlay, volumes)
         for layer, delta in zip(upper, deltas, strict=True):
             if delta is not None:
-                merger.apply(_label(layer), delta)
+                below = {":".join(ref) for ref in layer.manifest.meta.get("stack", [])}
+                merger.apply(_label(layer), delta, below)
         merged = store.put_blocks(overlay.changed_blocks())
         table = compose_tables([os_layer.table, *outside, merged])
         return MergeResult(
@@ -223,6 +225,18 @@ def _delta_for(layer: LayerLike, volumes: Sequence[Volume]) -> FileDelta | None:
                 "the OS layer; a file-level merge needs the same partition table"
             )
     return delta
+
+
+def _refuse_misordered(layers: Sequence[LayerLike]) -> None:
+    """A layer packaged on top of another is a delta against it, so it must apply after it."""
+    position = {tuple(layer.ref): at for at, layer in enumerate(layers)}
+    for at, layer in enumerate(layers):
+        for below in layer.manifest.meta.get("stack", [])[1:]:
+            if position.get(tuple(below), -1) > at:
+                raise StateError(
+                    what=f"layer {_label(layer)} was packaged on {':'.join(below)}, so it must "
+                    "apply after it; give it a higher priority"
+                )
 
 
 def _outside_rows(layers: Sequence[LayerLike], volumes: Sequence[Volume]) -> list[np.ndarray]:
@@ -273,8 +287,12 @@ class _Merger:
         self.touches: dict[tuple[int, str], tuple[str, list[_Touch]]] = {}
         self.shadowed: list[dict[str, Any]] = []
         self.applied: dict[str, int] = {}
+        self.below: dict[str, set[str]] = {}
 
-    def apply(self, label: str, delta: FileDelta) -> None:
+    def apply(self, label: str, delta: FileDelta, below: set[str] | None = None) -> None:
+        """Apply ``delta`` as layer ``label``, packaged on the layers ``below`` (changes over
+        theirs are updates, not conflicts)."""
+        self.below[label] = below or set()
         count = 0
         for vol in delta.volumes:
             if vol.partition not in self.partitions:
@@ -308,7 +326,7 @@ class _Merger:
         prefix = path.upper() + "/"
         for (part, key), (below, seen) in self.touches.items():
             if part == partition and key.startswith(prefix):
-                others = sorted({t.layer for t in seen if t.layer != label})
+                others = sorted({t.layer for t in seen} - {label} - self.below[label])
                 if others:
                     self.shadowed.append(
                         {
@@ -355,8 +373,8 @@ class _Merger:
         out = list(self.shadowed)
         for (partition, _), (path, seen) in self.touches.items():
             layers = list(dict.fromkeys(t.layer for t in seen))
-            if len(layers) < 2:
-                continue
+            if not set(layers) - {seen[-1].layer} - self.below[seen[-1].layer]:
+                continue  # one layer, or a layer updating those it was packaged on
             if all(t.kind == "dir" and t.change in ("added", "modified") for t in seen):
                 continue  # several layers creating one directory agree
             out.append(
