@@ -68,8 +68,8 @@ def _check(f: ImageFile, problems: list[Problem]) -> None:
                 f"{len(replay.entries)} live log entries must be replayed "
                 "(strata replays them on open)"
                 if replay.entries
-                else "LogGuid is set but no entry carries it (a writer stopped before "
-                "logging); nothing to replay",
+                else "LogGuid is set but no complete entry carries it (a writer stopped "
+                "before or while logging); nothing to replay",
                 "LogGuid",
                 header.log_offset,
                 severity="warning",

@@ -222,10 +222,12 @@ def load_replay(
         )
     data = read(log_offset, log_length)  # type: ignore[operator]
     entries = find_active_sequence(data, log_guid)
-    if not entries and not _has_entry_headers(data, log_guid):
-        # qemu-img/qemu-io 7.2 set LogGuid in both headers (and flush) before they
-        # write their first entry: interrupted there, a log names a GUID no entry
-        # carries.  Nothing was logged, so nothing is replayed (qemu opens it too).
+    if not entries and not _untorn_entries(_Ring(data), log_guid):
+        # qemu-img/qemu-io 7.2 set LogGuid (and flush) before their first entry, and
+        # write an entry sector by sector: interrupted there, the log holds no entry
+        # or only a torn one (its sectors do not all carry its sequence number, the
+        # check 2.3.1 provides for torn writes).  Such an entry was never flushed, so
+        # never applied: there is nothing to replay, and qemu opens these files too.
         return Replay(())
     if not entries:
         raise CorruptImage(
@@ -247,13 +249,35 @@ def load_replay(
     return Replay(tuple(entries))
 
 
-def _has_entry_headers(log: bytes, log_guid: bytes) -> bool:
-    """Whether any 4 KiB slot starts like an entry header written with ``log_guid``."""
-    for position in range(0, len(log), S.LOG_SECTOR):
-        if (
-            log[position : position + 4] == b"loge"
-            and log[position + 32 : position + 48] == log_guid
-        ):
+def _untorn_entries(ring: _Ring, log_guid: bytes) -> list[int]:
+    """Positions of entries written with ``log_guid`` that are invalid but not torn."""
+    found = []
+    for position in range(0, ring.size, S.LOG_SECTOR):
+        head = ring.read(position, S.LOG_HEADER_SIZE)
+        if head[:4] == b"loge" and head[32:48] == log_guid and not _torn(ring, position):
+            found.append(position)
+    return found
+
+
+def _torn(ring: _Ring, position: int) -> bool:
+    """Whether a sector of the entry lacks the entry's sequence number (a torn write)."""
+    head = S.LogEntryHeader.parse(ring.read(position, S.LOG_HEADER_SIZE))
+    count, sequence = head.descriptor_count, head.sequence_number
+    length = _descriptor_sectors(count) * S.LOG_SECTOR
+    if length > ring.size:
+        return False
+    raw = ring.read(position, length)
+    data_sectors = 0
+    for index in range(count):
+        at = S.LOG_HEADER_SIZE + index * S.LOG_DESCRIPTOR_SIZE
+        desc = raw[at : at + S.LOG_DESCRIPTOR_SIZE]
+        if desc[:4] not in (b"zero", b"desc") or int.from_bytes(desc[24:32], "little") != sequence:
+            return True
+        data_sectors += desc[:4] == b"desc"
+    for index in range(min(data_sectors, ring.size // S.LOG_SECTOR)):
+        sector = ring.read((position + length + index * S.LOG_SECTOR) % ring.size, S.LOG_SECTOR)
+        high, low = int.from_bytes(sector[4:8], "little"), int.from_bytes(sector[-4:], "little")
+        if sector[:4] != b"data" or (high << 32 | low) != sequence:
             return True
     return False
 
