@@ -117,7 +117,7 @@ def compare_cmd(
     default="raw",
     show_default=True,
     metavar="FORMAT",
-    help="Output format: " + ", ".join(registry.names()) + ".",
+    help="Output format: raw, vhd, vhdx, vmdk (see `strata disk formats`).",
 )
 @click.option(
     "-o",
@@ -173,7 +173,7 @@ def convert_cmd(
     default="raw",
     show_default=True,
     metavar="FORMAT",
-    help="Format of the new image: " + ", ".join(registry.names()) + ".",
+    help="Format of the new image: raw, vhd, vhdx, vmdk (see `strata disk formats`).",
 )
 @click.option("-o", "options", multiple=True, metavar="KEY=VALUE,...", help="Format options.")
 @click.option(

@@ -17,7 +17,8 @@ from typing import Any
 
 import click
 
-from strata.blockdev.copy import Progress
+Progress = Callable[[int, int], None]
+
 
 
 class Reporter:

@@ -13,12 +13,36 @@ from strata import __version__
 from strata.cli.events import current, json_option
 from strata.errors import EXIT_INTERNAL, EXIT_USAGE, StrataError
 
-# Each module defines a click group named ``group``; missing ones are skipped
-# so a partial install still runs.
-COMMAND_MODULES = ("disk", "store", "layer", "os_layer", "packaging", "finalize", "image", "fs")
+# Command name -> module defining it as ``group``. Modules load only when their command
+# runs: importing every verb's dependencies cost most of a short command's time.
+COMMANDS = {
+    "disk": "strata.cli.disk",
+    "finalize": "strata.cli.finalize",
+    "fs": "strata.cli.fs",
+    "image": "strata.cli.image",
+    "layer": "strata.cli.layer",
+    "os": "strata.cli.os_layer",
+    "packaging-disk": "strata.cli.packaging",
+    "store": "strata.cli.store",
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module_name = COMMANDS.get(cmd_name)
+        if module_name is None:
+            return None
+        command: click.Command = importlib.import_module(module_name).group
+        return command
+
+
+@click.group(
+    cls=LazyGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(__version__, "--version", prog_name="strata")
 @json_option
 def cli() -> None:
@@ -28,20 +52,6 @@ def cli() -> None:
     4 not found, 5 corrupt image, 6 unsupported, 7 integrity error, 8 wrong state,
     9 not ready to finalize, 10 conflict, 70 internal error.
     """
-
-
-def _register() -> None:
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"strata.cli.{name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"strata.cli.{name}":
-                continue
-            raise
-        cli.add_command(module.group)
-
-
-_register()
 
 
 def main(argv: list[str] | None = None) -> None:
