@@ -165,3 +165,24 @@ def attr_offsets(rec: bytes) -> dict[int, list[int]]:
         out.setdefault(int.from_bytes(rec[pos : pos + 4], "little"), []).append(pos)
         pos += int.from_bytes(rec[pos + 4 : pos + 8], "little")
     return out
+
+
+def make_volume(path: Path, size: str, populate) -> Path:  # type: ignore[no-untyped-def]
+    """mkntfs a sparse ``path`` and fill it through an ntfs-3g mount with ``populate(root)``."""
+    require("mkntfs")
+    if os.geteuid() != 0:
+        import pytest
+
+        pytest.skip("filling NTFS volumes mounts ntfs-3g (FUSE): needs root")
+    subprocess.run(["truncate", "-s", size, str(path)], check=True)
+    subprocess.run(
+        [require("mkntfs"), "-F", "-Q", "-q", str(path)], check=True, capture_output=True
+    )
+    with tempfile.TemporaryDirectory(prefix="ntfs-fill-") as mnt:
+        opts = "streams_interface=windows"
+        subprocess.run([require("ntfs-3g"), "-o", opts, str(path), mnt], check=True)
+        try:
+            populate(Path(mnt))
+        finally:
+            subprocess.run(["umount", mnt], check=True)
+    return path

@@ -14,7 +14,7 @@ same way.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -37,21 +37,27 @@ class RecordProblem:
         return f"MFT record {self.record}{where}: {self.problem}"
 
 
-@dataclass
 class Columns:
-    """What the scan keeps of each window: per-record header fields and attribute rows."""
+    """What the scan keeps: per-record tables (filled window by window, indexed by record
+    number) and rows for the variable parts (names, named streams, problems)."""
 
-    flags: list[np.ndarray] = field(default_factory=list)
-    sequence: list[np.ndarray] = field(default_factory=list)
-    base: list[np.ndarray] = field(default_factory=list)
-    links: list[np.ndarray] = field(default_factory=list)
-    si: list[np.ndarray] = field(default_factory=list)  # owner, 4 times, attributes, sec id
-    fn: list[np.ndarray] = field(default_factory=list)  # owner, parent ref, namespace
-    names: list[str] = field(default_factory=list)
-    data: list[np.ndarray] = field(default_factory=list)  # owner, size, attr flags
-    ads: list[tuple[int, str, int]] = field(default_factory=list)  # owner, name, size
-    reparse: list[np.ndarray] = field(default_factory=list)  # owner, tag
-    problems: list[RecordProblem] = field(default_factory=list)
+    def __init__(self, nrec: int) -> None:
+        self.nrec = nrec
+        self.flags = np.zeros(nrec, np.int64)  # header flags, 0 for records not in use
+        self.sequence = np.zeros(nrec, np.int64)
+        self.base = np.zeros(nrec, np.int64)
+        self.links = np.zeros(nrec, np.int64)
+        self.si = np.zeros((nrec, 6), np.int64)  # 4 times, attributes, security id
+        self.size = np.zeros(nrec, np.int64)  # unnamed $DATA size
+        self.reparse = np.zeros(nrec, np.int64)  # reparse tag
+        self.fn: list[np.ndarray] = []  # rows: owner, parent ref, namespace
+        self.names: list[str] = []
+        self.ads: list[tuple[int, str, int]] = []  # owner, name, size
+        self.problems: list[RecordProblem] = []
+
+    def scatter(self, table: np.ndarray, owner: np.ndarray, values: np.ndarray) -> None:
+        ok = (owner >= 0) & (owner < self.nrec)
+        table[owner[ok]] = values[ok]
 
 
 def _gather(flat: np.ndarray, idx: np.ndarray, width: int) -> np.ndarray:
@@ -111,35 +117,38 @@ PROBLEMS = {
 
 def walk_attributes(
     flat: np.ndarray, rs: int, rows: np.ndarray, start: np.ndarray, limit: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Attribute rows (record row, byte index into ``flat``, length) of records ``rows``, and
-    the rows whose chain is broken."""
-    found_row, found_pos, found_len, broken = [], [], [], []
+) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray]:
+    """Attribute rows (record row, byte index into ``flat``, type, length) of records
+    ``rows``, and the rows whose chain is broken."""
+    found: list[tuple[np.ndarray, ...]] = []
+    broken = []
     base = rows.astype(np.int64) * rs
     pos, end, live = base + start, base + limit, rows
     for _ in range(rs // s.ATTR_COMMON_SIZE + 1):
         if live.size == 0:
             break
         fits = pos + 8 <= end
-        broken.append(live[~fits])
-        live, pos, end = live[fits], pos[fits], end[fits]
-        atype = _gather(flat, pos, 4)
+        if not fits.all():
+            broken.append(live[~fits])
+            live, pos, end = live[fits], pos[fits], end[fits]
+        head = _gather(flat, pos, 8)  # type and length in one read
+        atype = (head & 0xFFFFFFFF).astype(np.int64)
         going = atype != s.ATTR_END
-        live, pos, end, atype = live[going], pos[going], end[going], atype[going]
-        length = _gather(flat, pos + 4, 4)
+        live, pos, end, atype, head = live[going], pos[going], end[going], atype[going], head[going]
+        length = (head >> 32).astype(np.int64)
         sane = (length >= s.ATTR_COMMON_SIZE) & (length % 8 == 0) & (pos + length <= end)
-        broken.append(live[~sane])
-        live, pos, end, length = live[sane], pos[sane], end[sane], length[sane]
-        found_row.append(live)
-        found_pos.append(pos)
-        found_len.append(length)
+        if not sane.all():
+            broken.append(live[~sane])
+            live, pos, end = live[sane], pos[sane], end[sane]
+            atype, length = atype[sane], length[sane]
+        found.append((live, pos, atype, length))
         pos = pos + length
     broken.append(live)  # more attributes than can fit: a loop of zero progress is impossible
-    return (
-        np.concatenate(found_row) if found_row else np.zeros(0, np.int64),
-        np.concatenate(found_pos) if found_pos else np.zeros(0, np.int64),
-        np.concatenate(found_len) if found_len else np.zeros(0, np.int64),
-    ), np.unique(np.concatenate(broken))
+    if not found:
+        empty = np.zeros(0, np.int64)
+        return (empty, empty, empty, empty), np.unique(np.concatenate(broken))
+    arow, apos, atype, alen = (np.concatenate(col) for col in zip(*found, strict=True))
+    return (arow, apos, atype, alen), np.unique(np.concatenate(broken))
 
 
 def scan_window(
@@ -158,38 +167,43 @@ def scan_window(
     in_use &= (start >= s.RECORD_HEADER_SIZE) & (start < limit)
     rows = np.flatnonzero(in_use)
     flat = buf.reshape(-1)
-    (arow, apos, alen), broken = walk_attributes(flat, rs, rows, start[rows], limit[rows])
+    (arow, apos, atype, alen), broken = walk_attributes(flat, rs, rows, start[rows], limit[rows])
     for r in broken:
         problem = "attribute chain runs past the record (bad attribute length)"
         cols.problems.append(RecordProblem(first + int(r), int(disk_offsets[r]), problem))
     in_use[broken] = False
-    keep = in_use[arow]
-    arow, apos, alen = arow[keep], apos[keep], alen[keep]
+    keep = in_use[arow] & WANTED[np.minimum(atype >> 4, WANTED.size - 1)] & (atype & 0xF == 0)
+    arow, apos, atype, alen = arow[keep], apos[keep], atype[keep], alen[keep]
     base = head["base_record"].astype(np.int64) & s.REF_RECORD_MASK
     number = first + np.arange(n, dtype=np.int64)
     owner_of = np.where(base != 0, base, number)
-    cols.flags.append(np.where(in_use, flags, 0))
-    cols.sequence.append(head["sequence"].astype(np.int64))
-    cols.base.append(base)
-    cols.links.append(head["link_count"].astype(np.int64))
-    _attribute_values(flat, arow, apos, alen, owner_of, cols)
+    window = slice(first, first + n)
+    cols.flags[window] = np.where(in_use, flags, 0)
+    cols.sequence[window] = head["sequence"]
+    cols.base[window] = base
+    cols.links[window] = head["link_count"]
+    _attribute_values(flat, arow, apos, atype, alen, owner_of, cols)
+
+
+WANTED = np.zeros(s.REPARSE_POINT // 16 + 2, bool)  # by type code / 16; the last slot: others
+WANTED[[t // 16 for t in (s.STANDARD_INFORMATION, s.FILE_NAME, s.DATA, s.REPARSE_POINT)]] = True
 
 
 def _attribute_values(
     flat: np.ndarray,
     arow: np.ndarray,
     apos: np.ndarray,
+    atype: np.ndarray,
     alen: np.ndarray,
     owner_of: np.ndarray,
     cols: Columns,
 ) -> None:
-    atype = _gather(flat, apos, 4)
     nonres = flat[apos + 8] != 0
-    name_len = flat[apos + 9].astype(np.int64)
     resident = ~nonres & (alen >= s.ATTR_RESIDENT_SIZE)
     header = np.where(resident, apos, 0)  # only read fields the attribute has room for
-    vlen = np.where(resident, _gather(flat, header + 16, 4), 0)
-    voff = np.where(resident, _gather(flat, header + 20, 2), 0)
+    vfield = _gather(flat, header + 16, 8)  # value length (4 bytes), value offset (2)
+    vlen = np.where(resident, vfield & 0xFFFFFFFF, 0).astype(np.int64)
+    voff = np.where(resident, (vfield >> 32) & 0xFFFF, 0).astype(np.int64)
     resident &= voff + vlen <= alen
     value = apos + voff
     owner = owner_of[arow]
@@ -197,10 +211,18 @@ def _attribute_values(
     si = np.flatnonzero(resident & (atype == s.STANDARD_INFORMATION) & (vlen >= 48))
     if si.size:
         v = value[si]
-        times = [_gather(flat, v + 8 * k, 8).astype(np.int64) for k in range(4)]
-        fattr = _gather(flat, v + 32, 4)
-        secid = np.where(vlen[si] >= 56, _gather(flat, np.where(vlen[si] >= 56, v + 52, v), 4), 0)
-        cols.si.append(np.stack([owner[si], *times, fattr, secid], axis=1))
+        has_id = vlen[si] >= 56
+        if has_id.all() and not (v & 7).any():  # usual: 56 bytes as seven u64, one gather
+            words = flat.view("<u8")[(v // 8)[:, None] + np.arange(7)]
+            table = words[:, :5].astype(np.int64)
+            table[:, 4] &= 0xFFFFFFFF
+            secid = (words[:, 6] >> 32).astype(np.int64)
+        else:
+            table = np.stack([_gather(flat, v + 8 * k, 8) for k in range(4)], axis=1)
+            table = np.concatenate([table.astype(np.int64), _gather(flat, v + 32, 4)[:, None]], 1)
+            secid = _gather(flat, np.where(has_id, v + 52, v), 4)
+        table = np.concatenate([table, np.where(has_id, secid, 0)[:, None]], axis=1)
+        cols.scatter(cols.si, owner[si], table)
 
     fn = np.flatnonzero(resident & (atype == s.FILE_NAME) & (vlen >= s.FILE_NAME_SIZE))
     if fn.size:
@@ -213,25 +235,24 @@ def _attribute_values(
         cols.fn.append(np.stack([owner[fn], parent, namespace], axis=1))
         cols.names.extend(_decode_names(flat, v + s.FILE_NAME_SIZE, nlen))
 
-    data = (atype == s.DATA) & (name_len == 0)
-    first_extent = nonres & (alen >= s.ATTR_NONRESIDENT_SIZE)
+    data = atype == s.DATA
+    name_len = np.where(data, flat[apos + 9], 0)
+    first_extent = data & nonres & (alen >= s.ATTR_NONRESIDENT_SIZE)
     first_extent &= _gather(flat, np.where(first_extent, apos + 16, apos), 8) == 0
-    sized = np.flatnonzero(data & (resident | first_extent))
+    sized = np.flatnonzero(data & (name_len == 0) & (resident | first_extent))
     if sized.size:
-        size = np.where(
-            nonres[sized], _gather(flat, apos[sized] + 48, 8).astype(np.int64), vlen[sized]
-        )
-        aflags = _gather(flat, apos[sized] + 12, 2)
-        cols.data.append(np.stack([owner[sized], size, aflags], axis=1))
+        nr = nonres[sized]
+        big = _gather(flat, np.where(nr, apos[sized] + 48, apos[sized]), 8).astype(np.int64)
+        cols.scatter(cols.size, owner[sized], np.where(nr, big, vlen[sized]))
 
-    for i in np.flatnonzero((atype == s.DATA) & (name_len > 0) & (resident | first_extent)):
+    for i in np.flatnonzero(data & (name_len > 0) & (resident | first_extent)):
         named = _named_stream(flat, int(apos[i]), int(alen[i]), bool(nonres[i]), int(vlen[i]))
         if named is not None:
             cols.ads.append((int(owner[i]), *named))
 
     rp = np.flatnonzero(resident & (atype == s.REPARSE_POINT) & (vlen >= 8))
     if rp.size:
-        cols.reparse.append(np.stack([owner[rp], _gather(flat, value[rp], 4)], axis=1))
+        cols.scatter(cols.reparse, owner[rp], _gather(flat, value[rp], 4))
 
 
 def _decode_names(flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> list[str]:

@@ -93,16 +93,10 @@ class Listing:
 
     def __init__(self, vol: NtfsVolume, cols: Columns, nrec: int) -> None:
         self.problems: list[RecordProblem] = list(cols.problems)
-        flags = _cat(cols.flags, np.int64)[:nrec]
-        self.sequence = _cat(cols.sequence, np.int64)[:nrec]
-        base = _cat(cols.base, np.int64)[:nrec]
-        self.links = _cat(cols.links, np.int64)[:nrec]
-        self.in_use = (flags & s.RECORD_IN_USE != 0) & (base == 0)
-        self.is_dir = self.in_use & (flags & s.RECORD_IS_DIRECTORY != 0)
-        self.si = _dense(cols.si, nrec, 6)
-        data = _dense(cols.data, nrec, 2)
-        self.size = data[:, 0]
-        self.reparse_tag = _dense(cols.reparse, nrec, 1)[:, 0]
+        self.sequence, self.links, self.si = cols.sequence, cols.links, cols.si
+        self.size, self.reparse_tag = cols.size, cols.reparse
+        self.in_use = (cols.flags & s.RECORD_IN_USE != 0) & (cols.base == 0)
+        self.is_dir = self.in_use & (cols.flags & s.RECORD_IS_DIRECTORY != 0)
         self.streams: dict[int, list[tuple[str, int]]] = {}
         for owner, name, size in cols.ads:
             self.streams.setdefault(owner, []).append((name, size))
@@ -200,16 +194,6 @@ def _cat(parts: list[np.ndarray], dtype: type, width: int = 0) -> np.ndarray:
     if parts:
         return np.concatenate(parts).astype(dtype)
     return np.zeros((0, width) if width else 0, dtype)
-
-
-def _dense(parts: list[np.ndarray], nrec: int, width: int) -> np.ndarray:
-    """Rows (owner, values...) spread into a per-record table (zeros where absent)."""
-    out = np.zeros((nrec, width), np.int64)
-    if parts:
-        rows = np.concatenate(parts).astype(np.int64)
-        rows = rows[(rows[:, 0] >= 0) & (rows[:, 0] < nrec)]
-        out[rows[:, 0]] = rows[:, 1 : width + 1]
-    return out
 
 
 class NtfsVolume:
@@ -547,7 +531,7 @@ class NtfsVolume:
     def _scan_columns(self) -> Columns:
         rs = self.geometry.record_size
         per = max(1, WINDOW // rs)
-        cols = Columns()
+        cols = Columns(self.record_count)
         buf = np.empty(per * rs, np.uint8)
         for first in range(0, self.record_count, per):
             n = min(per, self.record_count - first)
