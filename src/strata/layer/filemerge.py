@@ -13,7 +13,6 @@ outside blocks and the merged blocks.
 
 from __future__ import annotations
 
-import datetime as dt
 import io
 import os
 import tempfile
@@ -25,10 +24,11 @@ import numpy as np
 
 from strata.blockdev.base import BaseDevice, BlockDevice
 from strata.errors import StateError
-from strata.fs.fat import FatEditor, open_fat
+from strata.fs.fat import FatEditor, FatEntry, open_fat
 from strata.fs.fat import structs as fat
 from strata.layer.compose import compose_tables
 from strata.layer.filedelta import (
+    CHANGE_NAMES,
     DELETED,
     DIRECTORY,
     HAS_CONTENT,
@@ -45,6 +45,8 @@ from strata.partition import open_partition, read_table
 from strata.store import CHUNK_ROW, Manifest, Store
 
 BLOCK = 64 << 10
+BATCH_BYTES = 8 << 20  # small files fetched from the store together
+BATCH_FILES = 4096
 
 
 class LayerLike(Protocol):
@@ -303,9 +305,11 @@ class _Merger:
             changes = delta.entries["change"][rows]
             for row in rows[changes == DELETED]:  # whiteouts first
                 count += self._whiteout(editor, label, vol.partition, delta, int(row))
-            for row in rows[changes != DELETED]:
-                self._place(editor, label, vol.partition, delta, int(row))
-                count += 1
+            for batch in _batches(delta, rows[changes != DELETED]):
+                contents = self._prefetch(delta, batch)
+                for row in batch:
+                    self._place(editor, label, vol.partition, delta, row, contents.get(row))
+                    count += 1
             editor.flush()
         self.applied[label] = count
 
@@ -313,7 +317,7 @@ class _Merger:
         path = delta.path(row)
         e = delta.entries[row]
         kind = "dir" if int(e["kind"]) == DIRECTORY else "file"
-        change = {1: "added", 2: "modified", 3: "deleted", 4: "opaque"}[int(e["change"])]
+        change = CHANGE_NAMES[int(e["change"])]
         key = (partition, path.upper())
         _, seen = self.touches.get(key, (path, []))
         seen.append(_Touch(label, change, kind, bytes(e["digest"])))
@@ -346,7 +350,28 @@ class _Merger:
         ed.delete(path, recursive=True)
         return 1
 
-    def _place(self, ed: FatEditor, label: str, part: int, delta: FileDelta, row: int) -> None:
+    def _prefetch(self, delta: FileDelta, batch: list[int]) -> dict[int, bytes]:
+        """The contents of a batch of small files, fetched from the store in one call."""
+        small = [r for r in batch if _carried(delta, r) and int(delta.entries[r]["size"]) > 0]
+        if not small or int(delta.entries["size"][small].sum()) > BATCH_BYTES:
+            return {}
+        tables = [delta.chunk_rows(r) for r in small]
+        rows = np.concatenate(tables)
+        pieces = iter(self.store.get_many([bytes(i) for i in rows["id"]], rows["length"].tolist()))
+        return {
+            r: b"".join(next(pieces) for _ in range(len(t)))
+            for r, t in zip(small, tables, strict=True)
+        }
+
+    def _place(
+        self,
+        ed: FatEditor,
+        label: str,
+        part: int,
+        delta: FileDelta,
+        row: int,
+        content: bytes | None,
+    ) -> None:
         self._touch(label, part, delta, row)
         e = delta.entries[row]
         path = delta.path(row)
@@ -356,18 +381,22 @@ class _Merger:
                 ed.delete(path, recursive=True)
                 current = None
             if current is None:
-                ed.mkdir(path, parents=True)
-        elif int(e["flags"]) & HAS_CONTENT:
+                current = ed.mkdir(path, parents=True)
+        elif _carried(delta, row):
             if current is not None and current.is_dir:
                 ed.delete(path, recursive=True)
             parent = path.rpartition("/")[0]
             if parent and not ed.exists(parent):
                 ed.mkdir(parent, parents=True)
-            stream = _ChunkStream(read_content(self.store, delta.chunk_rows(row)))
-            ed.write_file(path, stream, size=int(e["size"]), modified=unstamp(int(e["modified"])))
+            size = int(e["size"])
+            data: Any = content
+            if data is None:
+                data = _ChunkStream(read_content(self.store, delta.chunk_rows(row)))
+            modified = unstamp(int(e["modified"]))
+            current = ed.write_file(path, data, size=size, modified=modified)
         elif current is None or current.is_dir:
             return  # metadata for a file another layer removed or replaced
-        _set_metadata(ed, path, e)
+        _set_metadata(ed, path, current, e)
 
     def conflicts(self) -> list[dict[str, Any]]:
         out = list(self.shadowed)
@@ -391,13 +420,48 @@ class _Merger:
         return sorted(out, key=lambda c: (c["partition"], c["path"].upper()))
 
 
-def _set_metadata(ed: FatEditor, path: str, e: np.void) -> None:
-    ed.set_attributes(path, int(e["attributes"]) & fat.ATTR_SETTABLE)
+def _carried(delta: FileDelta, row: int) -> bool:
+    return int(delta.entries[row]["kind"]) != DIRECTORY and bool(
+        int(delta.entries[row]["flags"]) & HAS_CONTENT
+    )
+
+
+def _batches(delta: FileDelta, rows: np.ndarray) -> Iterator[list[int]]:
+    """Rows in order, cut so that each batch's small files fit in BATCH_BYTES; a large file
+    goes alone (and is streamed)."""
+    batch: list[int] = []
+    held = 0
+    for row in rows.tolist():
+        size = int(delta.entries[row]["size"]) if _carried(delta, row) else 0
+        if batch and (held + size > BATCH_BYTES or len(batch) >= BATCH_FILES):
+            yield batch
+            batch, held = [], 0
+        batch.append(row)
+        held += size
+    if batch:
+        yield batch
+
+
+def _set_metadata(ed: FatEditor, path: str, current: FatEntry, e: np.void) -> None:
+    """Attributes and times as captured, in one directory-entry update when any differs."""
+    attributes = (current.attributes & fat.ATTR_DIRECTORY) | (
+        int(e["attributes"]) & fat.ATTR_SETTABLE
+    )
     created, modified = unstamp(int(e["created"])), unstamp(int(e["modified"]))
     accessed = unstamp(int(e["accessed"]))
-    ed.set_times(
-        path,
+    day = accessed.date() if accessed is not None else None
+    wanted = (attributes, created or current.created, modified or current.modified)
+    if wanted == (current.attributes, current.created, current.modified) and (
+        day is None or day == current.accessed
+    ):
+        return
+    d, entry = ed._located(path)  # one update instead of set_attributes + set_times
+    ed._update(
+        d,
+        entry,
+        attributes=attributes,
         created=created,
         modified=modified,
-        accessed=accessed.date() if isinstance(accessed, dt.datetime) else None,
+        accessed=day,
     )
+    ed.commit()
