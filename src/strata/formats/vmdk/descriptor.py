@@ -130,6 +130,9 @@ def _decode(data: bytes, path: str, offset: int) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
+        # VMware Workstation on Windows writes encoding="windows-1252" descriptors.
+        if re.search(rb'^\s*encoding\s*=\s*"(windows-1252|ISO-8859-1)"', data, re.M | re.I):
+            return data.decode("cp1252", errors="replace")
         raise _bad(path, offset, "text", f"not UTF-8 text at byte {e.start}") from e
 
 
