@@ -140,12 +140,12 @@ def test_cli_convert_and_info(source: Path, tmp_path: Path) -> None:
 # --- differencing chains ------------------------------------------------------------------------
 
 
-CHAIN_SIZE = 6 * GiB
+CHAIN_SIZE = 9 * GiB  # chunks 0-2; the children change nothing in chunk 2
 
 
 def _layers(tmp: Path) -> list[Path]:
     """Three raw states of one disk, each a few changes away from the previous."""
-    base_runs = [(0, 3 * MiB), (4 * GiB - MiB, 2 * MiB), (5 * GiB, MiB)]
+    base_runs = [(0, 3 * MiB), (4 * GiB - MiB, 2 * MiB), (5 * GiB, MiB), (8 * GiB + MiB, MiB)]
     first = [(MiB + 512, random_bytes(4096, 1)), (4 * GiB + 7 * 512, random_bytes(1536, 2)),
              (5 * GiB + 32 * MiB, random_bytes(3 * MiB, 3))]  # fmt: skip
     second = [(2 * MiB + 1024, bytes(2048)), (4 * GiB - 512, random_bytes(1024, 4)),
@@ -180,11 +180,25 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Path], list[Pa
 
 def test_chain_depth3_libvhdi(chain: tuple[list[Path], list[Path]]) -> None:
     raws, images = chain
-    runs = [(0, 3 * MiB), (4 * GiB - MiB, 2 * MiB), (5 * GiB, 40 * MiB)]
+    runs = [(0, 3 * MiB), (4 * GiB - MiB, 2 * MiB), (5 * GiB, 40 * MiB), (8 * GiB, 3 * MiB)]
     for depth in range(3):
         assert_strata_clean(images[depth])
         stack = list(reversed(images[: depth + 1]))
         assert_pyvhdi_matches(stack, raws[depth], probe_ranges(CHAIN_SIZE, runs, 32 * MiB))
+
+
+def test_child_changing_only_a_later_chunk_libvhdi(tmp_path: Path) -> None:
+    """Chunks the child never touched still read from the parent in libvhdi."""
+    size = 4 * GiB + 32 * MiB
+    runs = [(0, MiB), (4 * GiB + MiB, MiB)]
+    base = write_sparse_raw(tmp_path / "b.raw", size, runs, seed=12)
+    top = write_sparse_raw(tmp_path / "t.raw", size, runs, seed=12)
+    _patch(top, [(4 * GiB + 4096, random_bytes(4096, 6))])  # chunk 1 only
+    convert(base, tmp_path / "b.vhdx")
+    convert(top, tmp_path / "t.vhdx", backing=tmp_path / "b.vhdx")
+    assert_strata_clean(tmp_path / "t.vhdx")
+    chain = [tmp_path / "t.vhdx", tmp_path / "b.vhdx"]
+    assert_pyvhdi_matches(chain, top, probe_ranges(size, [*runs, (4 * GiB, 8192)], 32 * MiB))
 
 
 def test_chain_depth3_strata(chain: tuple[list[Path], list[Path]]) -> None:

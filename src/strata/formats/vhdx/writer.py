@@ -159,6 +159,20 @@ def fixed_bat(g: Geometry, p: Plan) -> np.ndarray:
     return bat
 
 
+def zero_bitmaps(bat: np.ndarray, g: Geometry, end: int) -> int:
+    """Point every absent sector bitmap entry at a new all-zero (hole) block; the new end.
+
+    The spec allows a differencing disk to leave a chunk's bitmap absent, but libvhdi
+    then reads the bitmap from file offset 0 and takes sectors from the child; a zero
+    bitmap in a hole costs no disk space and reads as "every sector from the parent".
+    """
+    index = np.array([g.bitmap_index(c) for c in range(g.bitmap_blocks)], np.int64)
+    missing = index[bat[index] == 0]
+    offsets = end + np.arange(len(missing), dtype=np.uint64) * np.uint64(S.SECTOR_BITMAP_BLOCK)
+    bat[missing] = offsets | np.uint64(S.BITMAP_PRESENT)
+    return end + len(missing) * S.SECTOR_BITMAP_BLOCK
+
+
 def create(req: CreateRequest) -> VhdxDevice:
     parent = vhdx_parent(req.parent)
     s = settings(req.options, parent)
@@ -167,9 +181,12 @@ def create(req: CreateRequest) -> VhdxDevice:
     locator = parent_locator(req.path, parent) if parent is not None else None
     fixed = s.subformat == "fixed"
     bat = fixed_bat(g, p) if fixed else np.zeros(g.bat_entries, np.uint64)
+    end = p.data_offset + (g.data_blocks * g.block_size if fixed else 0)
+    if g.has_parent:
+        end = zero_bitmaps(bat, g, end)
     fd = _new_file(req.path)
     try:
-        os.ftruncate(fd, p.data_offset + (g.data_blocks * g.block_size if fixed else 0))
+        os.ftruncate(fd, end)
         write_structures(fd, p, metadata_for(s, g, locator), bat)
     finally:
         os.close(fd)
@@ -273,6 +290,8 @@ def write(req: WriteRequest) -> None:
             stream_delta(pay, req.source, req.backing, req.progress)
         else:
             stream_plain(pay, req.source, req.progress)
+        if g.has_parent:
+            pay.end = zero_bitmaps(pay.bat, g, pay.end)
         os.ftruncate(fd, pay.end)
         # Like qemu-img convert (cache=unsafe), a whole-image write is not synced: a
         # failed convert is removed, and the headers still go last.
