@@ -4,6 +4,7 @@ against ntfs-3g (mount + os.walk), mtools, and the same image wrapped in VHDX.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import subprocess
@@ -19,6 +20,7 @@ from support.ntfs_tools import mounted, volume, walk_mount
 from support.tools import require, result_of, strata, strata_json
 
 MIB = 1 << 20
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +85,8 @@ def test_ls_whole_disk_ntfs_matches_ntfs3g(ntfs: Path) -> None:
             assert r["size"] == seen[path].size, path
         for key in ("created", "modified", "accessed"):
             assert r[key] is not None
+        modified = dt.datetime.fromisoformat(r["modified"]) - EPOCH
+        assert modified // dt.timedelta(microseconds=1) == seen[path].mtime_ns // 1000, path
     assert {s["name"] for s in rows["/docs/with-ads.txt"]["streams"]} == {
         "extra",
         "Zone.Identifier",

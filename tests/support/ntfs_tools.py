@@ -61,6 +61,7 @@ class Seen:
     size: int
     sha256: str | None
     target: str | None = None
+    mtime_ns: int = 0
 
 
 def walk_mount(mnt: Path) -> dict[str, Seen]:
@@ -72,11 +73,11 @@ def walk_mount(mnt: Path) -> dict[str, Seen]:
             rel = "/" + os.path.relpath(full, mnt)
             st = os.lstat(full)
             if os.path.islink(full):
-                out[rel] = Seen("symlink", st.st_size, None, os.readlink(full))
+                out[rel] = Seen("symlink", st.st_size, None, os.readlink(full), st.st_mtime_ns)
             elif os.path.isdir(full):
-                out[rel] = Seen("dir", 0, None)
+                out[rel] = Seen("dir", 0, None, None, st.st_mtime_ns)
             else:
-                out[rel] = Seen("file", st.st_size, sha256_file(full))
+                out[rel] = Seen("file", st.st_size, sha256_file(full), None, st.st_mtime_ns)
     return out
 
 

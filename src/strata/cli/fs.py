@@ -55,8 +55,8 @@ def ls_cmd(
         rep.result(**report)
         return 0
     click.echo(f"# {report['filesystem']} on {report['where']}", err=True)
-    for row in report["entries"]:
-        click.echo(_line(row))
+    if report["entries"]:
+        click.echo("\n".join(_line(row) for row in report["entries"]))
     return 0
 
 

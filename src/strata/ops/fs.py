@@ -15,12 +15,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from strata.blockdev.base import BlockDevice
 from strata.errors import InvalidInput, NotFound, Unsupported
 from strata.formats import registry
 from strata.fs import detect
 from strata.fs.fat import FatEntry, FatVolume
-from strata.fs.ntfs import NtfsEntry, NtfsVolume, attribute_names, filetime, link_of
+from strata.fs.ntfs import NtfsEntry, NtfsVolume, attribute_names, link_of
+from strata.fs.ntfs.structs import FILETIME_UNIX_OFFSET, FIRST_USER_RECORD
 from strata.partition import open_partition, read_table
 
 SUPPORTED = ("fat", "ntfs")
@@ -96,41 +99,78 @@ def iso(value: dt.datetime | dt.date | None) -> str | None:
 # ---------------------------------------------------------------------------- NTFS
 
 
-def _ntfs_row(vol: NtfsVolume, e: NtfsEntry) -> dict[str, Any]:
-    kind, target = "dir" if e.is_dir else "file", None
-    link = link_of(vol, e) if (e.reparse_tag or e.attributes & 0x4) else None
+def _ntfs_rows(vol: NtfsVolume, chosen: list[int]) -> list[dict[str, Any]]:
+    """Rows for listing entries ``chosen`` (indices), times and sizes taken as columns."""
+    listing = vol.scan()
+    pick = np.asarray(chosen, dtype=np.int64)
+    rec = listing.owner[pick]
+    is_dir = listing.is_dir[rec]
+    size = np.where(is_dir, 0, listing.size[rec]).tolist()
+    created, modified, accessed = (_iso_times(listing.si[rec, k]) for k in (0, 1, 3))
+    attrs = listing.si[rec, 4].tolist()
+    names_of: dict[int, list[str]] = {}
+    links = listing.links[rec].tolist()
+    rows = []
+    for j, i in enumerate(chosen):
+        a = attrs[j]
+        row: dict[str, Any] = {
+            "path": listing.paths[i],
+            "type": "dir" if is_dir[j] else "file",
+            "size": size[j],
+            "created": created[j],
+            "modified": modified[j],
+            "accessed": accessed[j],
+            "attributes": names_of.setdefault(a, attribute_names(a)),
+            "record": int(rec[j]),
+            "links": links[j],
+        }
+        if a & (_SYSTEM | _REPARSE) or listing.reparse_tag[rec[j]]:
+            _link_fields(vol, listing.entry(i), row)
+        streams = listing.streams.get(int(rec[j]))
+        if streams:
+            row["streams"] = [{"name": n, "size": s} for n, s in streams]
+        rows.append(row)
+    return rows
+
+
+_SYSTEM, _REPARSE = 0x4, 0x400
+
+
+def _link_fields(vol: NtfsVolume, e: NtfsEntry, row: dict[str, Any]) -> None:
+    link = link_of(vol, e)
     if link is not None:
-        kind, target = link
-    row: dict[str, Any] = {
-        "path": e.path or "/",
-        "type": kind,
-        "size": e.size,
-        "created": iso(filetime(e.created)),
-        "modified": iso(filetime(e.modified)),
-        "accessed": iso(filetime(e.accessed)),
-        "attributes": attribute_names(e.attributes),
-        "record": e.record,
-        "links": e.links,
-    }
-    if target is not None:
-        row["target"] = target
-    if e.streams:
-        row["streams"] = [{"name": n, "size": size} for n, size in e.streams]
-    return row
+        row["type"], target = link
+        if target is not None:
+            row["target"] = target
+
+
+def _iso_times(filetimes: np.ndarray) -> list[str | None]:
+    """FILETIME values as ISO 8601 UTC strings (None for 0), converted as one array."""
+    micros = (filetimes - FILETIME_UNIX_OFFSET) // 10
+    valid = (filetimes > 0) & (micros < 253402300799 * 10**6)  # before year 10000
+    text = np.datetime_as_string(np.where(valid, micros, 0).astype("datetime64[us]"), "us")
+    return [f"{t}+00:00" if v else None for t, v in zip(text.tolist(), valid.tolist(), strict=True)]
 
 
 def _ntfs_ls(vol: NtfsVolume, path: str, recursive: bool, system: bool) -> list[dict[str, Any]]:
     top = vol.stat(path)
+    listing = vol.scan()
     if not top.is_dir:
-        return [_ntfs_row(vol, top)]
+        return _ntfs_rows(vol, [vol._path_index()[top.path]])
     if recursive:
         prefix = f"{top.path}/"
-        chosen = [e for e in vol.walk() if e.path.startswith(prefix)]
+        chosen = [i for i, p in enumerate(listing.paths) if p.startswith(prefix)]
     else:
-        chosen = vol.listdir(path)
+        chosen = np.flatnonzero(listing.parent == top.record).tolist()
     if not system:
-        chosen = [e for e in chosen if not e.is_system]
-    return [_ntfs_row(vol, e) for e in sorted(chosen, key=lambda e: e.path)]
+        owner = listing.owner
+        chosen = [
+            i
+            for i in chosen
+            if owner[i] >= FIRST_USER_RECORD and not listing.paths[i].startswith("/$Extend/")
+        ]
+    chosen.sort(key=listing.paths.__getitem__)
+    return _ntfs_rows(vol, chosen)
 
 
 # ---------------------------------------------------------------------------- FAT
