@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -53,6 +54,14 @@ def file_blocks(path: Path):  # type: ignore[no-untyped-def]
             offset += n
 
 
+def child_cpu(cmd: list) -> float:  # type: ignore[type-arg]
+    """user+sys seconds of one child process (wait4 rusage)."""
+    proc = subprocess.Popen([str(c) for c in cmd])
+    _, status, usage = os.wait4(proc.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    return usage.ru_utime + usage.ru_stime
+
+
 def ingest(path: Path, root: Path, stats: PutStats | None = None) -> bytes:
     shutil.rmtree(root, ignore_errors=True)
     with Store.init(root) as store:
@@ -79,7 +88,17 @@ def test_ingest_vs_zstd(versus, record_ratio, source: Path, bench_dir: Path) -> 
         per_byte=SIZE,
     )
     stats = PutStats()
+    before = resource.getrusage(resource.RUSAGE_SELF)
     ingest(source, root, stats)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    ours_cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    peer_cpu = child_cpu([zstd, "-3", "-T2", "-q", "-f", source, "-o", out])
+    record_ratio(
+        metric="CPU seconds (user+sys) strata / zstd -3 -T2",
+        strata=round(ours_cpu, 3),
+        peer=round(peer_cpu, 3),
+        ratio=round(ours_cpu / peer_cpu, 3),
+    )
     with Store(root) as store:
         facts = store.stats()
     record_ratio(
