@@ -319,8 +319,7 @@ class SparseExtent:
             raise self._grain_error(grain, start, "grain marker lies past the end of the file")
         size = len(raw) - skip
         if self.header.markers:
-            marker = s.GrainMarker.parse(raw[: s.GRAIN_MARKER_SIZE])
-            lba, size = marker.lba, marker.size
+            lba, size = s.GRAIN_MARKER.unpack_from(raw)
             if lba != grain * self.header.grain_size:
                 raise self._grain_error(grain, start, f"marker LBA {lba} for grain {grain}")
             if size == 0 or skip + size > len(raw):

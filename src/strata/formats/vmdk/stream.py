@@ -111,7 +111,7 @@ def deflate_batch(
     for index, start in enumerate(range(0, len(view), grain_bytes)):
         chunk = view[start : start + grain_bytes]
         packed = deflate_grain(chunk, level)
-        head = s.GrainMarker.build({"lba": first_lba + index * grain_sectors, "size": len(packed)})
+        head = s.GRAIN_MARKER.pack(first_lba + index * grain_sectors, len(packed))
         total = len(head) + len(packed)
         pad = -total % s.SECTOR
         pieces += [head, packed, bytes(pad)]
