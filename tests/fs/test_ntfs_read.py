@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 from pathlib import Path
 
 import pytest
@@ -174,3 +175,10 @@ def test_security_descriptors_match_ntfs3g(vol: NtfsVolume, image: Path) -> None
     info = next(a for a in mft_attrs if a.type == s.STANDARD_INFORMATION).value
     secid = int.from_bytes(info[52:56], "little")
     assert vol.security(0) == vol.security_descriptor(secid)
+
+
+def test_sample_matches_icat(vol: NtfsVolume, image: Path) -> None:
+    files = sorted(e.path for e in vol.walk() if not e.is_dir and not e.is_system)
+    for path in random.Random(9).sample(files, 120):
+        e = vol.stat(path)
+        assert vol.read_file(e) == icat(image, str(e.record)), path
