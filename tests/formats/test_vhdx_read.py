@@ -7,6 +7,7 @@ or replayed the image (``qemu-img check -r all`` replays a log).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 from pathlib import Path
 
@@ -278,3 +279,56 @@ def test_qemu_stopped_at_every_write(tmp_path: Path) -> None:
         with registry.open_image(str(img)) as ours, RawFileDevice(str(raw)) as theirs:
             assert first_difference(ours, theirs) is None, n
     assert live >= 1, "no stop left a live log entry"
+
+
+# --- random reads of a partially present child against a flat reference ---------------------
+
+CHILD = 48 * MiB
+
+
+@pytest.fixture(scope="module")
+def partial_child(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytearray]:
+    import numpy as np
+
+    from strata.ops import disk as ops
+
+    tmp = tmp_path_factory.mktemp("partial")
+    runs = [(0, 5 * MiB), (20 * MiB + 512, 3 * MiB), (40 * MiB, 8 * MiB)]
+    parent_raw = write_sparse_raw(tmp / "p.raw", CHILD, runs, seed=31)
+    ops.convert(ops.OpenSpec(str(parent_raw)), str(tmp / "p.vhdx"), "vhdx", ["block_size=1M"])
+    ops.create(str(tmp / "c.vhdx"), "vhdx", None, [], ops.OpenSpec(str(tmp / "p.vhdx")))
+    reference = bytearray(parent_raw.read_bytes())
+    rng = np.random.default_rng(5)
+    with registry.open_image(str(tmp / "c.vhdx"), writable=True) as disk:
+        for _ in range(60):
+            length = int(rng.integers(1, 300_000))
+            offset = int(rng.integers(0, CHILD - length))
+            data = rng.integers(0, 256, length, dtype=np.uint8).tobytes()
+            disk.write(offset, data)
+            reference[offset : offset + length] = data
+    return tmp / "c.vhdx", reference
+
+
+def test_random_reads_of_a_partial_child(partial_child: tuple[Path, bytearray]) -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    path, reference = partial_child
+    disk = registry.open_image(str(path))
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.integers(0, CHILD - 1), st.integers(1, 3 * MiB))
+    def check(offset: int, length: int) -> None:
+        length = min(length, CHILD - offset)
+        assert disk.read(offset, length) == bytes(reference[offset : offset + length])
+        runs = list(disk.top.extents(offset, length))
+        assert runs[0].offset == offset and sum(e.length for e in runs) == length
+        assert all(a.end == b.offset for a, b in itertools.pairwise(runs))
+
+    try:
+        check()
+        states = {e.state for e in disk.top.extents()}
+        assert {ExtentState.DATA, ExtentState.UNALLOCATED} <= states  # sector-level mix
+        assert DRIVER.check(str(path)) == []  # type: ignore[misc]
+    finally:
+        disk.close()
