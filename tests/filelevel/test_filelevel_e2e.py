@@ -282,3 +282,13 @@ def test_a_layer_packaged_on_another_applies_after_it(world: World) -> None:
     assert [c["path"] for c in result["conflicts"]] == ["/Apps/shared.cfg"]  # D updates A
     volume = extract(raw, FAT_START, FAT_LENGTH, world.root / "ordered-fat.img")
     assert fsck_fat(volume).returncode == 0
+
+
+def test_gc_keeps_file_chunks_and_verify_is_clean(world: World) -> None:
+    """File-delta chunks are named by the layer manifests' ``file-chunks`` tables, so gc keeps
+    them: a merge after gc still finds every file's content."""
+    assert strata("store", "gc", "--store", world.store).returncode == 0
+    verified = result_of(strata_json("store", "verify", "--store", world.store))
+    assert verified["clean"], verified["problems"][:3]
+    _publish(world, "after-gc", "appA@100", "appB@200")
+    _check_image(world, "after-gc", b"owner=B, longer\r\n")

@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 from strata.blockdev.copy import Progress
+from strata.layer import blocks, filedelta  # noqa: F401 (register the layer manifests' schemas)
 from strata.store import Store, store_path
 from strata.store import gc as _gc
 from strata.store import verify as _verify
