@@ -84,7 +84,8 @@ def compare(a: OpenSpec, b: OpenSpec, progress: Progress | None = None) -> int |
 
 
 @contextmanager
-def _removed_on_failure(path: str) -> Iterator[None]:
+def removed_on_failure(path: str) -> Iterator[None]:
+    """Delete ``path`` if the block fails and the file did not exist before it."""
     existed = os.path.exists(path)
     try:
         yield
@@ -102,6 +103,18 @@ def check_destination(path: str) -> None:
         raise InvalidInput(f"cannot write {path}: it is a directory")
 
 
+def output_driver(
+    fmt: str, option_texts: Sequence[str], dst: str, verb: str
+) -> tuple[registry.FormatDriver, dict[str, Any]]:
+    """The driver that will ``verb`` (write or create) ``dst``, with its parsed options."""
+    driver = registry.get(fmt)
+    if getattr(driver, verb) is None:
+        raise InvalidInput(f"strata cannot {verb} {driver.name} images")
+    options = registry.options_for(driver.name, option_texts)
+    check_destination(dst)
+    return driver, options
+
+
 def convert(
     src: OpenSpec,
     dst: str,
@@ -110,17 +123,13 @@ def convert(
     backing: OpenSpec | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    driver = registry.get(out_format)
-    options = registry.options_for(driver.name, option_texts)
-    if driver.write is None:
-        raise InvalidInput(f"strata cannot write {driver.name} images")
-    check_destination(dst)
+    driver, options = output_driver(out_format, option_texts, dst, "write")
     if os.path.abspath(dst) in {
         os.path.abspath(src.path),
         os.path.abspath(backing.path) if backing else "",
     }:
         raise InvalidInput(f"{dst} is also an input; write to another file")
-    with open_disk(src) as source, _opened(backing) as base, _removed_on_failure(dst):
+    with open_disk(src) as source, _opened(backing) as base, removed_on_failure(dst):
         if base is not None and base.size > source.size:
             raise InvalidInput(
                 f"backing {backing.path if backing else ''} is larger than the source"
@@ -146,12 +155,8 @@ def create(
     option_texts: Sequence[str] = (),
     parent: OpenSpec | None = None,
 ) -> dict[str, Any]:
-    driver = registry.get(out_format)
-    options = registry.options_for(driver.name, option_texts)
-    if driver.create is None:
-        raise InvalidInput(f"strata cannot create {driver.name} images")
-    check_destination(path)
-    with _opened(parent) as base, _removed_on_failure(path):
+    driver, options = output_driver(out_format, option_texts, path, "create")
+    with _opened(parent) as base, removed_on_failure(path):
         if size is None:
             if base is None:
                 raise InvalidInput("a size is needed unless --parent gives one")
