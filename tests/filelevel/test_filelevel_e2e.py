@@ -292,3 +292,31 @@ def test_gc_keeps_file_chunks_and_verify_is_clean(world: World) -> None:
     assert verified["clean"], verified["problems"][:3]
     _publish(world, "after-gc", "appA@100", "appB@200")
     _check_image(world, "after-gc", b"owner=B, longer\r\n")
+
+
+def test_packaging_disk_on_independent_prerequisites(world: World) -> None:
+    """A packaging disk whose prerequisite apps were packaged independently gets their merged
+    base; the layer made on it publishes with them (after them) and keeps its own files."""
+    out = world.root / "out-appE"
+    out.mkdir()
+    req = layers.PackagingRequest(
+        layer="appE", os="win", fmt="vhdx", name="appE-pkg", out=str(out), apps=("appA", "appB")
+    )
+    pkg = layers.create_packaging_disk(req, store=world.store)
+    work = world.root / "work-appE"
+    work.mkdir()
+    raw = to_raw(pkg, work / "pkg.raw")
+    assert read(raw, "/Apps/shared.cfg") == b"owner=B, longer\r\n"  # B after A, as listed
+    assert read(raw, "/Apps/A/a.txt") == world.files["/Apps/A/a.txt"]
+    assert "/BOOT/BOOTX64.EFI" not in tree(raw)
+    mtool("mcopy", "-i", fat_spec(raw), _local(work, "e", b"app E"), "::/Apps/e.txt")
+    back_to_child(pkg, raw)
+    done = finalize(world.store, pkg)
+    assert done["file_delta"]["volumes"] == [1] and done["file_delta"]["added"] == 1
+    result = _publish(world, "with-e", "appA@1", "appB@2", "appE@3")
+    exported = export_raw(world.store, "with-e", world.root / "with-e.raw")
+    assert read(exported, "/Apps/e.txt") == b"app E"
+    assert read(exported, "/Apps/shared.cfg") == b"owner=B, longer\r\n"
+    assert [c["path"] for c in result["conflicts"]] == ["/Apps/shared.cfg"]
+    volume = extract(exported, FAT_START, FAT_LENGTH, world.root / "with-e-fat.img")
+    assert fsck_fat(volume).returncode == 0

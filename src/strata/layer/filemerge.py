@@ -8,7 +8,8 @@ applied through ``FatEditor`` in order (apps by ascending priority, the platform
 so a later layer wins a path.  A layer's blocks outside the FAT volumes are applied as block
 deltas when no two layers change the same block there (a layer captured on top of another
 may).  Only the overlay's blocks are stored anew; the image table is the OS table, those
-outside blocks and the merged blocks.
+outside blocks and the merged blocks.  Publish uses it for a template, packaging-disk create
+for prerequisite layers, whenever the layers were not captured one on top of the other.
 """
 
 from __future__ import annotations

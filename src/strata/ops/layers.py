@@ -23,7 +23,7 @@ from strata.errors import InvalidInput, NotFound, StateError, StrataError
 from strata.formats import registry
 from strata.formats.registry import CreateRequest, WriteRequest
 from strata.fs.iso import write_job_iso
-from strata.layer import filedelta
+from strata.layer import filedelta, filemerge
 from strata.layer.blocks import (
     BLOCK_SIZE,
     allocated_ranges,
@@ -119,8 +119,7 @@ def check_stack(layers: Sequence[Resolved]) -> None:
             raise StateError(
                 what=f"layer {layer.layer}:{layer.version} was captured on "
                 f"{_stack_text(captured_on)}, but this image puts it on {_stack_text(below)}; "
-                "combining independently packaged layers needs a file-level merge, which this "
-                "version of strata does not do yet"
+                "combining independently packaged layers needs a file-level merge"
             )
 
 
@@ -139,6 +138,18 @@ def check_same_os(os_layer: Resolved, others: Sequence[Resolved]) -> None:
 
 def composed_table(layers: Sequence[Resolved]) -> np.ndarray:
     return compose_tables([layer.table for layer in layers])
+
+
+def stack_table(st: Store, layers: Sequence[Resolved]) -> np.ndarray:
+    """The disk a stack of layers makes: block tables composed when each layer was captured
+    on the ones before it, else their file deltas merged (``layer.filemerge``)."""
+    try:
+        check_stack(layers)
+    except StateError:
+        meta = layers[0].manifest.meta
+        size, sector = int(meta["size"]), int(meta.get("sector_size", 512))
+        return filemerge.merge(st, layers, size, sector, workdir=str(st.root / "tmp")).table
+    return composed_table(layers)
 
 
 def layer_diff(ref: str, *, store: PathLike = None) -> dict[str, Any]:
@@ -299,7 +310,7 @@ def create_packaging_disk(
         raise InvalidInput(f"{disk_path} already exists; choose another --name")
     with open_store(store) as st:
         stack, version, base_version = _packaging_stack(st, req)
-        table = composed_table(stack)
+        table = stack_table(st, stack)
         size = int(stack[0].manifest.meta["size"])
         sector = int(stack[0].manifest.meta.get("sector_size", 512))
         base = None
@@ -377,7 +388,6 @@ def _packaging_stack(st: Store, req: PackagingRequest) -> tuple[list[Resolved], 
     stack = [os_layer, *prereqs]
     if base_version is not None:
         stack.append(resolve(st, [req.layer, base_version]))
-    check_stack(stack)
     return stack, version, base_version
 
 
@@ -577,7 +587,7 @@ def _file_base(
     if not folded:
         yield base
         return
-    table = composed_table([resolve(st, ref) for ref in stack])
+    table = stack_table(st, [resolve(st, ref) for ref in stack])
     with StoreDevice(st, table, record["size"], record["sector_size"]) as view:
         yield view
 
@@ -622,7 +632,7 @@ def _base_view(st: Store, record: dict[str, Any]) -> Iterator[Any]:
             yield view
         return
     stack = [resolve(st, ref) for ref in record["stack"]]
-    with StoreDevice(st, composed_table(stack), record["size"], record["sector_size"]) as view:
+    with StoreDevice(st, stack_table(st, stack), record["size"], record["sector_size"]) as view:
         yield view
 
 
