@@ -59,7 +59,13 @@ def publish_cmd(
     if not merged["name"] or not merged["os"]:
         raise click.UsageError("an image needs --name and --os (or a template with both)")
     result = ops.publish(ops.template_from(merged, "options"), store=store, comment=comment)
-    current().result(f"published {result['image']}: manifest {result['manifest']}", **result)
+    text = "\n".join(
+        [
+            f"published {result['image']}: manifest {result['manifest']}",
+            *ops.conflict_lines(result.get("conflicts", [])),
+        ]
+    )
+    current().result(text, **result)
     return 0
 
 
