@@ -1,12 +1,57 @@
-"""``strata finalize``: capture a shut-down packaging disk into a layer version."""
+"""``strata finalize``: capture a shut-down packaging disk into a layer version, after the
+integrity gate (``strata layer check`` runs the gate alone)."""
 
 from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
 
 import click
 
 from strata.cli.events import current, json_option
 from strata.cli.store import store_option
 from strata.ops import layers
+
+if TYPE_CHECKING:
+    from strata.integrity.gate import GateReport
+
+GATE_TARGETS = ("pvs", "xenserver", "vsphere", "hyperv", "azure", "raw")
+
+
+def target_option(func):  # type: ignore[no-untyped-def]
+    return click.option(
+        "--target",
+        type=click.Choice(GATE_TARGETS),
+        default=None,
+        help="Also run the checks of this publishing target (pvs: IPv6 disabled in the OS layer).",
+    )(func)
+
+
+def report_gate(report: GateReport, forced: bool = False) -> None:
+    """Every check as an ``integrity`` event (JSON), or the failed ones as lines on stderr."""
+    out = current()
+    for warning in report.warnings:
+        out.warning(warning)
+    if out.json_mode:
+        for finding in report.findings:
+            out.emit("integrity", status="failed", forced=forced, **finding.as_dict())
+        for check in report.passed:
+            out.emit("integrity", status="passed", check=check)
+        return
+    for finding in report.findings:
+        label = "overridden" if forced else "failed"
+        click.echo(f"strata: integrity: {label}: {finding.message}", err=True)
+        for item in finding.evidence:
+            click.echo(f"  evidence ({finding.where}): {_evidence_text(item)}", err=True)
+
+
+def _evidence_text(item: dict) -> str:  # type: ignore[type-arg]
+    if "file" in item and "key" not in item:
+        return f"file {item['file']}"
+    where = f"{item['hive']}\\{item['key']}"
+    if "value" in item:
+        return f"{where} {item['value']} = {json.dumps(item['data'])}"
+    return f"{where} (key present, values {json.dumps(item.get('values', {}))})"
 
 
 @click.command("finalize")
@@ -19,13 +64,27 @@ from strata.ops import layers
     is_flag=True,
     help="Delete the packaging disk and its job ISO after a successful finalize.",
 )
+@target_option
+@click.option(
+    "--force", is_flag=True, help="Finalize even when integrity checks fail (needs --reason)."
+)
+@click.option("--reason", default="", help="Why the failed checks are overridden (audited).")
 @store_option
 @json_option
 def group(
-    disk: str, layer: str, version: str, comment: str, remove_disk: bool, store: str | None
+    disk: str,
+    layer: str,
+    version: str,
+    comment: str,
+    remove_disk: bool,
+    target: str | None,
+    force: bool,
+    reason: str,
+    store: str | None,
 ) -> int:
-    """Read what the packaging machine wrote (only the disk's allocated blocks), keep the
-    sectors that differ from the base, and make LAYER:VERSION deployable."""
+    """Check the disk (pending reboots, MSI or NGen work, SCCM state, KMS rearm, ...), read
+    what the packaging machine wrote (only the disk's allocated blocks), keep the sectors that
+    differ from the base, and make LAYER:VERSION deployable."""
     with current().progress("finalize") as progress:
         result = layers.finalize(
             disk,
@@ -35,6 +94,10 @@ def group(
             comment=comment,
             remove_disk=remove_disk,
             progress=progress,
+            target=target,
+            force=force,
+            reason=reason,
+            on_gate=lambda report: report_gate(report, forced=force),
         )
     current().result(
         f"{layer}:{version} is deployable: {result['changed_blocks']} changed blocks, "

@@ -7,6 +7,7 @@ import datetime
 import click
 
 from strata.cli.events import current, json_option
+from strata.cli.finalize import report_gate, target_option
 from strata.cli.store import store_option
 from strata.ops import store as ops
 from strata.ops.layers import layer_diff
@@ -99,4 +100,34 @@ def diff_cmd(store: str | None, ref: str) -> int:
             click.echo(f"  {e['change']:<9} {e['type']:<5} {size:>10}  {e['path']}")
     for skipped in diff["skipped"]:
         click.echo(f"partition {skipped['partition']}: no file delta ({skipped['reason']})")
+    return 0
+
+
+@group.command("check")
+@click.option("--disk", required=True, type=click.Path(), help="The packaging disk to check.")
+@target_option
+@click.option(
+    "--allow-dir",
+    "allow_dirs",
+    multiple=True,
+    type=click.Path(),
+    help="Directory a parent disk may be opened from (besides the disk's own).",
+)
+@json_option
+def check_cmd(disk: str, target: str | None, allow_dirs: tuple[str, ...]) -> int:
+    """Run the finalize integrity gate alone; exit 9 (not ready) when a check fails."""
+    from strata.errors import NotReady
+    from strata.integrity.gate import check_image
+
+    report = check_image(disk, target, allowed_dirs=allow_dirs)
+    report_gate(report)
+    if not report.ok:
+        raise NotReady(
+            what=f"{len(report.findings)} integrity check(s) failed: {report.summary()}",
+            findings=[f.as_dict() for f in report.findings],
+        )
+    where = ", ".join(report.volumes) or "no Windows volume"
+    current().result(
+        f"{disk}: ready ({len(report.passed)} checks passed; {where})", **report.as_dict()
+    )
     return 0

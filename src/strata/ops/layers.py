@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,10 +19,11 @@ import numpy as np
 import xxhash
 
 from strata.blockdev.copy import Progress
-from strata.errors import InvalidInput, NotFound, StateError, StrataError
+from strata.errors import InvalidInput, NotFound, NotReady, StateError, StrataError
 from strata.formats import registry
 from strata.formats.registry import CreateRequest, WriteRequest
 from strata.fs.iso import write_job_iso
+from strata.integrity.gate import GateReport, run_gate
 from strata.layer import filedelta, filemerge
 from strata.layer.blocks import (
     BLOCK_SIZE,
@@ -519,9 +520,18 @@ def finalize(
     comment: str = "",
     remove_disk: bool = False,
     progress: Progress | None = None,
+    target: str | None = None,
+    force: bool = False,
+    reason: str = "",
+    on_gate: Callable[[GateReport], None] | None = None,
 ) -> dict[str, Any]:
-    """Capture what the packaging machine changed into ``layer:version`` (deployable)."""
+    """Capture what the packaging machine changed into ``layer:version`` (deployable).
+
+    The integrity gate runs first: a failed check raises ``NotReady`` unless ``force`` (with
+    a ``reason``, recorded as an ``integrity-override`` in the audit history)."""
     started = time.monotonic()
+    if force != bool(reason.strip()):
+        raise InvalidInput("--force needs --reason TEXT (and --reason goes with --force)")
     with open_store(store) as st:
         state = st.catalog.version(layer, version)["state"]
         if state not in ("packaging", "finalizing"):
@@ -531,6 +541,22 @@ def finalize(
             )
         record = _load_record(st, layer, version)
         with _open_packaging_disk(disk, record) as (image, within), _base_view(st, record) as base:
+            gate = run_gate(image, target)
+            if on_gate is not None:
+                on_gate(gate)
+            if not gate.ok:
+                if not force:
+                    raise NotReady(
+                        what=f"{len(gate.findings)} integrity check(s) failed: {gate.summary()}",
+                        findings=[f.as_dict() for f in gate.findings],
+                    )
+                st.catalog.log(
+                    "integrity-override",
+                    layer=layer,
+                    version=version,
+                    comment=reason,
+                    details=gate.as_dict(),
+                )
             meta = {
                 "layer": layer,
                 "version": version,
@@ -563,6 +589,7 @@ def finalize(
             **capture.stats.as_dict(),
             "file_delta": files.summary() if files is not None else None,
             "removed": removed,
+            "integrity": {**gate.as_dict(), "forced": not gate.ok},
             "seconds": round(time.monotonic() - started, 3),
         }
 
