@@ -194,3 +194,33 @@ def _xor(data: bytearray) -> int:
     for word in struct.unpack_from("<127I", data):
         out ^= word
     return out
+
+
+def test_rename_pairs_split_between_driver_and_post_install(tmp_path: Path) -> None:
+    from contextlib import ExitStack
+
+    from strata.integrity.checks import boot_driver_reboot, post_install_reboot
+
+    renames = [
+        "\\??\\C:\\a.tmp",
+        "",
+        "\\??\\C:\\new.sys",
+        "!\\??\\C:\\WINDOWS\\system32\\DRIVERS\\x.sys",
+    ]
+    spec = merged(
+        CLEAN_SYSTEM,
+        {
+            "ControlSet002\\Control\\Session Manager": {
+                "PendingFileRenameOperations2": ["multi_sz", renames]
+            }
+        },
+    )
+    system = build_hive(tmp_path / "SYSTEM", spec).read_bytes()
+    software = build_hive(tmp_path / "SOFTWARE", {"Microsoft": {}}).read_bytes()
+    with ExitStack() as stack:
+        view = _HostView({"SYSTEM": system, "SOFTWARE": software}, stack)
+        drivers = boot_driver_reboot(view)
+        others = post_install_reboot(view)
+    assert [e["data"] for e in drivers] == [renames[2:]]
+    assert [e["data"] for e in others] == [renames[:2]]
+    assert {e["value"] for e in drivers + others} == {"PendingFileRenameOperations2"}
