@@ -7,14 +7,15 @@ chunk that repeats inside a window once.  Memory: two windows of decoded chunks.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
 from strata.blockdev.base import BaseDevice, Extent, ExtentState, zero_fill
-from strata.errors import CorruptImage
-from strata.store import CHUNK_ROW, ZERO_ID, Store
+from strata.errors import CorruptImage, NotFound
+from strata.store import CHUNK_ROW, ZERO_ID, Store, to_hex
 
 
 class StoreDevice(BaseDevice):
@@ -46,12 +47,35 @@ class StoreDevice(BaseDevice):
         last = int(np.searchsorted(self.starts, end, side="left"))
         return first, last
 
+    def _workers(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(os.cpu_count() or 2, thread_name_prefix="strata-read")
+        return self._pool
+
+    def _submit(self, first: int, last: int) -> dict[bytes, Future[bytes]]:
+        """Futures for the distinct chunks of rows [first, last), reusing read-ahead ones."""
+        rows = self.rows[first:last]
+        wanted = {bytes(cid): int(n) for cid, n in zip(rows["id"], rows["length"], strict=True)}
+        futures = {cid: f for cid in wanted if (f := self._pending.get(cid)) is not None}
+        missing = [cid for cid in wanted if cid not in futures]
+        places = self.store.locate(missing) if missing else {}
+        for cid in missing:
+            place = places.get(cid)
+            if place is None:
+                raise NotFound(what=f"chunk {to_hex(cid)} of this image (not in the store)")
+            futures[cid] = self._workers().submit(self.store.read_chunk, cid, place, wanted[cid])
+        return futures
+
     def _readinto(self, offset: int, view: memoryview) -> None:
         end = offset + len(view)
         first, last = self._rows_in(offset, end)
+        current = self._submit(first, last)
+        ahead = self._rows_in(end, min(self._size, end + len(view)))
+        upcoming = self._submit(*ahead) if ahead[0] < ahead[1] else {}
+        self._pending = {**current, **upcoming}
         rows = self.rows[first:last]
         pos = offset
-        chunks = self.store.get_many([bytes(r) for r in rows["id"]], rows["length"].tolist())
+        chunks = (current[bytes(cid)].result() for cid in rows["id"])
         for start, stop, data in zip(
             self.starts[first:last], self.ends[first:last], chunks, strict=True
         ):

@@ -138,6 +138,7 @@ class Store:
             raise
         self.catalog = Catalog(self.db)
         self.packs = PackFiles(self.root / "packs")
+        self._packs_dir = str(self.root / "packs")
         self.workers = workers or int(os.environ.get("STRATA_THREADS", 0)) or os.cpu_count() or 2
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="strata-store")
         self._writer: PackWriter | None = None
@@ -411,7 +412,7 @@ class Store:
                 problem=f"chunk {to_hex(cid)} declares {place.raw_length} bytes",
                 field="raw_length",
             )
-        where = Where(str(self.root / "packs" / place.pack), place.offset)
+        where = Where(f"{self._packs_dir}/{place.pack}", place.offset)  # hot: no pathlib
         frame = self.packs.read(place.pack, place.offset, place.length)
         data = decode(frame, where, CHUNK_MAGIC, self.max_chunk, cid)
         if length is not None and len(data) != length:
