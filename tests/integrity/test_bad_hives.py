@@ -224,3 +224,22 @@ def test_rename_pairs_split_between_driver_and_post_install(tmp_path: Path) -> N
     assert [e["data"] for e in drivers] == [renames[2:]]
     assert [e["data"] for e in others] == [renames[:2]]
     assert {e["value"] for e in drivers + others} == {"PendingFileRenameOperations2"}
+
+
+def _dirty(data: bytes) -> bytes:
+    out = bytearray(data)
+    struct.pack_into("<I", out, 4, struct.unpack_from("<I", out, 8)[0] + 1)  # sequence1
+    struct.pack_into("<I", out, 0x1FC, _xor(out))
+    return bytes(out)
+
+
+def test_dirty_hive_is_read_with_a_warning(clean_raw: Path, tmp_path: Path) -> None:
+    raw = tmp_path / "dirty.raw"
+    shutil.copyfile(clean_raw, raw)
+    on_ntfs(raw, _edit_hive("SYSTEM", _dirty), tmp_path)
+    proc = strata("layer", "check", "--disk", raw, "--json")
+    assert proc.returncode == 0, proc.stderr
+    events = [json.loads(x) for x in proc.stdout.splitlines()]
+    (warning,) = [e for e in events if e["event"] == "warning"]
+    assert SYSTEM_NAME in warning["message"] and "dirty" in warning["message"]
+    assert events[-1]["ok"] and events[-1]["volumes"] == ["partition 1"]

@@ -62,6 +62,7 @@ class NtfsWindows:
         self._stack = stack
         self._hives: dict[str, Hive] = {}
         self._control_set: str | None = None
+        self.warnings: list[str] = []
 
     def hive(self, name: str) -> Hive:
         if name not in self._hives:
@@ -70,7 +71,14 @@ class NtfsWindows:
             if not self.exists(path):
                 raise missing(label)
             chunks = self.vol.iter_file(self.vol.stat(path))
-            self._hives[name] = self._stack.enter_context(open_hive(chunks, label, name))
+            hive = self._stack.enter_context(open_hive(chunks, label, name))
+            if hive.dirty:
+                self.warnings.append(
+                    f"registry hive {label} is dirty (its sequence numbers differ): changes "
+                    "in its .LOG1/.LOG2 transaction logs are not replayed, so the checks may "
+                    "read stale values; boot the Packaging Machine and shut it down cleanly"
+                )
+            self._hives[name] = hive
         return self._hives[name]
 
     def exists(self, path: str) -> bool:
@@ -113,7 +121,9 @@ def run_gate(disk: BlockDevice, target: str | None = None) -> GateReport:
     with ExitStack() as stack:
         for where, vol in windows_volumes(disk):
             report.volumes.append(where)
-            _run_checks(NtfsWindows(vol, where, stack), target, report)
+            view = NtfsWindows(vol, where, stack)
+            _run_checks(view, target, report)
+            report.warnings += view.warnings
     if not report.volumes:
         report.warnings.append(
             "no Windows volume (NTFS with \\Windows\\System32) on the disk: "

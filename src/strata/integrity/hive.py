@@ -1,7 +1,7 @@
 """Windows registry hives read through hivex (Debian libhivex0), opened read-only.
 
-References: hivex(3) (libhivex 1.3); the regf base block as hivex checks it ("regf" magic,
-XOR checksum of the first 508 bytes at 0x1FC, hive-bins size at 0x28).
+References: hivex(3) (libhivex 1.3); the regf base block (``structs``) as hivex checks it:
+"regf" magic, XOR checksum of the first 508 bytes at 0x1FC, hive-bins size at 0x28.
 
 strata reads the hive bytes with its own file-system reader, copies them to an unnamed
 temporary file (O_TMPFILE) and gives hivex its /proc/self/fd path: hivex takes a path, and
@@ -14,19 +14,26 @@ import ctypes
 import ctypes.util
 import errno
 import os
-import struct
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO
 
-from strata.errors import CorruptImage, NotFound, TruncatedImage, Unsupported
+import numpy as np
+from construct import ConstructError, Container
 
+from strata.errors import CorruptImage, NotFound, TruncatedImage, Unsupported
+from strata.integrity.structs import (
+    BASE_BLOCK_SIZE,
+    BINS_SIZE_OFFSET,
+    CHECKSUM_OFFSET,
+    CHECKSUMMED,
+    BaseBlock,
+)
+
+BASE_BLOCK = BASE_BLOCK_SIZE
 REG_SZ, REG_EXPAND_SZ, REG_BINARY, REG_DWORD, REG_MULTI_SZ, REG_QWORD = 1, 2, 3, 4, 7, 11
-BASE_BLOCK = 4096
-_CHECKSUM_AT = 0x1FC
-_BINS_SIZE_AT = 0x28
 
 _lib: ctypes.CDLL | None = None
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -109,9 +116,10 @@ class Hive:
     """One hive opened read-only; ``name`` (e.g. ``\\Windows\\System32\\config\\SYSTEM on
     partition 2``) is what every error names."""
 
-    def __init__(self, path: str, name: str, short: str | None = None) -> None:
+    def __init__(self, path: str, name: str, short: str | None = None, dirty: bool = False) -> None:
         self.name = name
         self.short = short or name
+        self.dirty = dirty  # sequence numbers differ: newer data may sit in the .LOG1/.LOG2
         self._lib = _hivex()
         handle = self._lib.hivex_open(os.fsencode(path), 0)  # flags 0: read-only
         if not handle:
@@ -218,7 +226,7 @@ class Hive:
         return Value(name, kind.value, data)
 
 
-def check_base_block(head: bytes, size: int, name: str) -> None:
+def check_base_block(head: bytes, size: int, name: str) -> Container:
     """What hivex would refuse, said with the field and offset: magic, checksum, bins size."""
     if size < BASE_BLOCK or len(head) < BASE_BLOCK:
         raise TruncatedImage(
@@ -228,36 +236,35 @@ def check_base_block(head: bytes, size: int, name: str) -> None:
             field="-",
             offset=0,
         )
-    if head[:4] != b"regf":
+    try:
+        block = BaseBlock.parse(head)
+    except ConstructError as e:
         raise CorruptImage(
             path=name,
             structure="registry hive base block",
             problem="no 'regf' signature",
             field="signature",
             offset=0,
-        )
-    words = struct.unpack_from("<127I", head)
-    checksum = 0
-    for w in words:
-        checksum ^= w
-    stored = struct.unpack_from("<I", head, _CHECKSUM_AT)[0]
-    if stored != checksum:
+        ) from e
+    computed = int(np.bitwise_xor.reduce(np.frombuffer(head[:CHECKSUMMED], "<u4")))
+    if block.checksum != computed:
         raise CorruptImage(
             path=name,
             structure="registry hive base block",
-            problem=f"checksum {stored:#010x}, computed {checksum:#010x}",
+            problem=f"checksum {block.checksum:#010x}, computed {computed:#010x}",
             field="checksum",
-            offset=_CHECKSUM_AT,
+            offset=CHECKSUM_OFFSET,
         )
-    bins = struct.unpack_from("<I", head, _BINS_SIZE_AT)[0]
-    if BASE_BLOCK + bins > size:
+    end = BASE_BLOCK + block.hive_bins_data_size
+    if end > size:
         raise TruncatedImage(
             path=name,
             structure="registry hive",
-            problem=f"hive bins end at {BASE_BLOCK + bins:#x}, the file is {size:#x} bytes",
+            problem=f"hive bins end at {end:#x}, the file is {size:#x} bytes",
             field="hive_bins_data_size",
-            offset=_BINS_SIZE_AT,
+            offset=BINS_SIZE_OFFSET,
         )
+    return block
 
 
 @contextmanager
@@ -268,8 +275,9 @@ def open_hive(
     ``name`` (path and volume) is what errors name; ``short`` (``SYSTEM``) what evidence does."""
     with tempfile.TemporaryFile(dir=scratch) as tmp:
         size, head = _copy(chunks, tmp)
-        check_base_block(head, size, name)
-        with Hive(f"/proc/self/fd/{tmp.fileno()}", name, short) as hive:
+        block = check_base_block(head, size, name)
+        dirty = block.sequence1 != block.sequence2
+        with Hive(f"/proc/self/fd/{tmp.fileno()}", name, short, dirty) as hive:
             hive.root()
             yield hive
 
