@@ -268,8 +268,11 @@ def test_cli_json_events_exit_9_then_force(world: World) -> None:
     assert result["state"] == "deployable" and result["integrity"]["forced"]
     history = strata("layer", "history", pkg["layer"], "--store", world.store)
     assert history.returncode == 0
-    override = [line for line in history.stdout.splitlines() if "integrity-override" in line]
+    lines = history.stdout.splitlines()
+    override = [line for line in lines if "integrity-override" in line]
     assert len(override) == 1 and reason in override[0]
+    refused = [line for line in lines if "integrity-check" in line and "failed" in line]
+    assert len(refused) == 2  # the --json and the text refusal
 
 
 def test_layer_check_alone(world: World) -> None:

@@ -4,24 +4,24 @@ integrity gate (``strata layer check`` runs the gate alone)."""
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from strata.cli.events import current, json_option
 from strata.cli.store import store_option
 from strata.ops import layers
+from strata.ops.targets import TARGETS
 
 if TYPE_CHECKING:
     from strata.integrity.gate import GateReport
 
-GATE_TARGETS = ("pvs", "xenserver", "vsphere", "hyperv", "azure", "raw")
 
-
-def target_option(func):  # type: ignore[no-untyped-def]
+def target_option(func: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--target",
-        type=click.Choice(GATE_TARGETS),
+        type=click.Choice(sorted(TARGETS)),
         default=None,
         help="Also run the checks of this publishing target (pvs: IPv6 disabled in the OS layer).",
     )(func)
@@ -45,7 +45,7 @@ def report_gate(report: GateReport, forced: bool = False) -> None:
             click.echo(f"  evidence ({finding.where}): {_evidence_text(item)}", err=True)
 
 
-def _evidence_text(item: dict) -> str:  # type: ignore[type-arg]
+def _evidence_text(item: dict[str, Any]) -> str:
     if "file" in item and "key" not in item:
         return f"file {item['file']}"
     where = f"{item['hive']}\\{item['key']}"

@@ -15,10 +15,10 @@ import ctypes.util
 import errno
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 from construct import ConstructError, Container
@@ -189,7 +189,7 @@ class Hive:
             return None
         return self._value(int(v))
 
-    def _array(self, fn: ctypes._CFuncPtr, node: int, what: str) -> list[int]:
+    def _array(self, fn: Callable[..., Any], node: int, what: str) -> list[int]:
         ctypes.set_errno(0)
         arr = fn(self.handle, node)
         if not arr:
@@ -202,7 +202,7 @@ class Hive:
         _libc.free(ctypes.cast(arr, ctypes.c_void_p))
         return out
 
-    def _string(self, fn: ctypes._CFuncPtr, item: int) -> str:
+    def _string(self, fn: Callable[..., Any], item: int) -> str:
         ctypes.set_errno(0)
         ptr = fn(self.handle, item)
         if not ptr:

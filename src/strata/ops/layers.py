@@ -546,6 +546,13 @@ def finalize(
                 on_gate(gate)
             if not gate.ok:
                 if not force:
+                    st.catalog.log(
+                        "integrity-check",
+                        "failed",
+                        layer=layer,
+                        version=version,
+                        details=gate.as_dict(),
+                    )
                     raise NotReady(
                         what=f"{len(gate.findings)} integrity check(s) failed: {gate.summary()}",
                         findings=[f.as_dict() for f in gate.findings],
