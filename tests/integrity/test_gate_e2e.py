@@ -289,3 +289,15 @@ def test_layer_check_alone(world: World) -> None:
     assert "hangs PVS machines at boot" in failed["message"]
     with layers.open_store(world.store) as st:  # the gate alone changes nothing
         assert st.catalog.version(pkg["layer"], pkg["version"])["state"] == "packaging"
+
+
+@pytest.mark.parametrize("fmt", ["vhd", "vmdk"])
+def test_gate_reads_through_every_packaging_format(world: World, fmt: str) -> None:
+    """The SMSCFG.INI the packaging machine left is seen through a VHD and a VMDK child."""
+    work = world.root / f"fmt-{fmt}"
+    work.mkdir()
+    pkg = package(world.store, f"app-fmt-{fmt}", work / "out", fmt=fmt)
+    package_machine(pkg, work, _change(CASES[4], work))
+    with pytest.raises(NotReady) as info:
+        layers.finalize(pkg["disk_path"], pkg["layer"], pkg["version"], store=world.store)
+    assert [f["check"] for f in info.value.fields["findings"]] == ["sccm-client-state"]
