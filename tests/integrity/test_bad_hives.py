@@ -243,3 +243,14 @@ def test_dirty_hive_is_read_with_a_warning(clean_raw: Path, tmp_path: Path) -> N
     (warning,) = [e for e in events if e["event"] == "warning"]
     assert SYSTEM_NAME in warning["message"] and "dirty" in warning["message"]
     assert events[-1]["ok"] and events[-1]["volumes"] == ["partition 1"]
+
+
+def test_whole_disk_windows_volume(clean_raw: Path, tmp_path: Path) -> None:
+    from support.filelevel_tools import extract
+    from support.integrity_tools import PART_SIZE, PART_START
+
+    vol = extract(clean_raw, PART_START, PART_SIZE, tmp_path / "whole.img")
+    on_ntfs_whole = strata("layer", "check", "--disk", vol, "--target", "pvs", "--json")
+    assert on_ntfs_whole.returncode == 0, on_ntfs_whole.stderr
+    result = json.loads(on_ntfs_whole.stdout.splitlines()[-1])
+    assert result["volumes"] == ["whole disk"] and len(result["passed"]) == len(CHECKS)
