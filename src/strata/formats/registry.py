@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib
 import os
 import pkgutil
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
@@ -100,13 +99,7 @@ def drivers() -> tuple[FormatDriver, ...]:
     for info in pkgutil.iter_modules(package.__path__):
         if not info.ispkg:
             continue
-        try:
-            module = importlib.import_module(f"strata.formats.{info.name}")
-        except Exception as e:  # one broken driver must not take every format down
-            warnings.warn(
-                f"format package {info.name} failed to import: {e}", RuntimeWarning, stacklevel=2
-            )
-            continue
+        module = importlib.import_module(f"strata.formats.{info.name}")
         driver = getattr(module, "DRIVER", None)
         if isinstance(driver, FormatDriver):
             found.append(driver)
