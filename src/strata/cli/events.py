@@ -121,5 +121,5 @@ def json_option(func: Callable[..., Any]) -> Callable[..., Any]:
         expose_value=False,
         is_eager=True,
         callback=enable,
-        help="Print one JSON event per line (progress, warning, result, error).",
+        help="Print one JSON event per line (progress, warning, integrity, result, error).",
     )(func)
