@@ -26,6 +26,17 @@ def scaled(full: int, smoke: int) -> int:
 
 
 @pytest.fixture(scope="session")
+def mixed_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The format benchmarks' common source: a 4 GiB raw with 1 GiB of mixed data in 64 runs."""
+    from support.images import scattered_runs, write_sparse_raw
+
+    disk, data = scaled(4 << 30, 512 << 20), scaled(1 << 30, 64 << 20)
+    path = tmp_path_factory.mktemp("bench") / "mixed.raw"
+    runs = scattered_runs(disk, 64, data, seed=7, align=1 << 20)
+    return write_sparse_raw(path, disk, runs, mixed=True)
+
+
+@pytest.fixture(scope="session")
 def bench_dir() -> Path:
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
     return BENCH_DIR

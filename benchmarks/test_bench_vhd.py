@@ -19,19 +19,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from strata.ops import disk as ops
 
-from support.images import GiB, MiB, scattered_runs, write_sparse_raw
+from support.images import GiB, MiB
 from support.tools import Measured, measure, measure_strata, qemu_compare, require
 
 DISK = scaled(4 * GiB, 512 * MiB)
 DATA = scaled(1 * GiB, 64 * MiB)
 RSS_LIMIT = 128 * MiB
-
-
-@pytest.fixture(scope="module")
-def mixed_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("vhd-bench") / "mixed.raw"
-    runs = scattered_runs(DISK, 64, DATA, seed=7, align=1 << 20)
-    return write_sparse_raw(path, DISK, runs, mixed=True)
 
 
 def _in_process(raw: Path, out: Path, subformat: str) -> float:

@@ -10,25 +10,16 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import pytest
-
 from conftest import SMOKE, scaled
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from support.images import GiB, MiB, scattered_runs, write_sparse_raw
+from support.images import GiB, MiB
 from support.tools import Measured, measure, measure_strata, qemu_compare, require
 
 DISK = scaled(4 * GiB, 512 * MiB)
 DATA = scaled(1 * GiB, 64 * MiB)
 RSS_LIMIT = 128 * MiB
-
-
-@pytest.fixture(scope="module")
-def mixed_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("vhdx-bench") / "mixed.raw"
-    runs = scattered_runs(DISK, 64, DATA, seed=7, align=1 << 20)
-    return write_sparse_raw(path, DISK, runs, mixed=True)
 
 
 def _ok(m: Measured) -> Measured:

@@ -5,34 +5,20 @@ References: [MS-VHDX] 2.2.2 (headers), 2.3 (log entries) for the assembled logs.
 
 from __future__ import annotations
 
-import itertools
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import pytest
 
 from strata.formats.vhdx import structs as S
 from strata.formats.vhdx.layout import HeaderFields, encode_header
 from strata.formats.vhdx.log import LogWrite, encode_entry
 from strata.formats.vhdx.reader import ImageFile, select_header
 
+from support.vhd_tools import pyvhdi_chain
+
 MiB = 1 << 20
-
-
-def pyvhdi_chain(paths: Sequence[Path | str]) -> list[Any]:
-    """libvhdi handles for ``paths`` (top first), each linked to the next as its parent."""
-    pyvhdi = pytest.importorskip("pyvhdi")
-    files = []
-    for path in paths:
-        f = pyvhdi.file()
-        f.open(str(path))
-        files.append(f)
-    for child, parent in itertools.pairwise(files):
-        child.set_parent(parent)
-    return files
 
 
 def probe_ranges(

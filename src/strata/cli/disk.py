@@ -5,24 +5,11 @@ from __future__ import annotations
 import click
 
 from strata.cli.events import current, json_option
+from strata.cli.options import allow_option, fmt_option
 from strata.errors import EXIT_DIFFERENT
 from strata.formats import registry
 from strata.ops import disk as ops
 from strata.units import human_size, parse_size
-
-
-def _fmt_option(flag: str, help: str):  # type: ignore[no-untyped-def]
-    return click.option(flag, "fmt", default=None, metavar="FORMAT", help=help)
-
-
-def _allow_option(func):  # type: ignore[no-untyped-def]
-    return click.option(
-        "--allow-dir",
-        "allowed_dirs",
-        multiple=True,
-        type=click.Path(file_okay=False),
-        help="Directory where parent images may be opened (repeatable; default: the image's own).",
-    )(func)
 
 
 @click.group("disk")
@@ -31,8 +18,8 @@ def group() -> None:
 
 
 @group.command("info")
-@_fmt_option("-f", "Input format (default: probe).")
-@_allow_option
+@fmt_option("-f", "Input format (default: probe).")
+@allow_option
 @click.argument("image", type=click.Path(dir_okay=True))
 @json_option
 def info_cmd(image: str, fmt: str | None, allowed_dirs: tuple[str, ...]) -> int:
@@ -60,8 +47,8 @@ def _info_text(facts: dict[str, object]) -> str:
 
 
 @group.command("map")
-@_fmt_option("-f", "Input format (default: probe).")
-@_allow_option
+@fmt_option("-f", "Input format (default: probe).")
+@allow_option
 @click.argument("image", type=click.Path())
 @json_option
 def map_cmd(image: str, fmt: str | None, allowed_dirs: tuple[str, ...]) -> int:
@@ -82,9 +69,9 @@ def map_cmd(image: str, fmt: str | None, allowed_dirs: tuple[str, ...]) -> int:
 
 
 @group.command("compare")
-@_fmt_option("-f", "Format of the first image (default: probe).")
+@fmt_option("-f", "Format of the first image (default: probe).")
 @click.option("-F", "fmt2", default=None, metavar="FORMAT", help="Format of the second image.")
-@_allow_option
+@allow_option
 @click.argument("first", type=click.Path())
 @click.argument("second", type=click.Path())
 @json_option
@@ -110,7 +97,7 @@ def compare_cmd(
 
 
 @group.command("convert")
-@_fmt_option("-f", "Input format (default: probe).")
+@fmt_option("-f", "Input format (default: probe).")
 @click.option(
     "-O",
     "out_format",
@@ -136,7 +123,7 @@ def compare_cmd(
 @click.option(
     "-F", "backing_fmt", default=None, metavar="FORMAT", help="Format of the backing image."
 )
-@_allow_option
+@allow_option
 @click.argument("source", type=click.Path())
 @click.argument("destination", type=click.Path())
 @json_option
@@ -184,7 +171,7 @@ def convert_cmd(
     help="Create a differencing child of PARENT (size defaults to the parent's).",
 )
 @click.option("-F", "parent_fmt", default=None, metavar="FORMAT", help="Format of the parent.")
-@_allow_option
+@allow_option
 @click.argument("image", type=click.Path())
 @click.argument("size", required=False)
 @json_option
@@ -207,7 +194,7 @@ def create_cmd(
 
 
 @group.command("check")
-@_fmt_option("-f", "Input format (default: probe).")
+@fmt_option("-f", "Input format (default: probe).")
 @click.argument("image", type=click.Path())
 @json_option
 def check_cmd(image: str, fmt: str | None) -> int:
@@ -231,8 +218,8 @@ def check_cmd(image: str, fmt: str | None) -> int:
 
 
 @group.command("partitions")
-@_fmt_option("-f", "Input format (default: probe).")
-@_allow_option
+@fmt_option("-f", "Input format (default: probe).")
+@allow_option
 @click.argument("image", type=click.Path())
 @json_option
 def partitions_cmd(image: str, fmt: str | None, allowed_dirs: tuple[str, ...]) -> int:

@@ -8,17 +8,8 @@ from typing import Any
 import click
 
 from strata.cli.events import current, json_option
+from strata.cli.options import allow_option
 from strata.ops import fs as ops
-
-
-def _allow_option(func):  # type: ignore[no-untyped-def]
-    return click.option(
-        "--allow-dir",
-        "allowed_dirs",
-        multiple=True,
-        type=click.Path(file_okay=False),
-        help="Directory where parent images may be opened (repeatable; default: the image's own).",
-    )(func)
 
 
 @click.group("fs")
@@ -30,7 +21,7 @@ def group() -> None:
 @click.option("-f", "fmt", default=None, metavar="FORMAT", help="Image format (default: probe).")
 @click.option("-r", "--recursive", is_flag=True, help="Every entry below PATH.")
 @click.option("--system", is_flag=True, help="Also NTFS metadata files ($MFT, $Extend, ...).")
-@_allow_option
+@allow_option
 @click.argument("target", metavar="IMAGE[:PART]")
 @click.argument("path", default="/")
 @json_option
@@ -69,7 +60,7 @@ def _line(row: dict[str, Any]) -> str:
 
 @group.command("cat")
 @click.option("-f", "fmt", default=None, metavar="FORMAT", help="Image format (default: probe).")
-@_allow_option
+@allow_option
 @click.argument("target", metavar="IMAGE[:PART]")
 @click.argument("path")
 @json_option

@@ -1,0 +1,24 @@
+"""Options several command groups share."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+def fmt_option(flag: str, help: str) -> Decorator:
+    return click.option(flag, "fmt", default=None, metavar="FORMAT", help=help)
+
+
+def allow_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--allow-dir",
+        "allowed_dirs",
+        multiple=True,
+        type=click.Path(file_okay=False),
+        help="Directory where parent images may be opened (repeatable; default: the image's own).",
+    )(func)
