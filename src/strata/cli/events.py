@@ -20,7 +20,6 @@ import click
 Progress = Callable[[int, int], None]
 
 
-
 class Reporter:
     def __init__(self, json_mode: bool = False) -> None:
         self.json_mode = json_mode
