@@ -421,6 +421,7 @@ def _cached_base(
         raise InvalidInput(f"strata cannot write {fmt}")
     with StoreDevice(st, table, size, sector) as source:
         driver.write(WriteRequest(source, path, options, progress=progress))
+    _fsync_image(path, fmt)  # writers leave data in the page cache; the marker must not lie
     info = {
         "path": path,
         "format": fmt,
@@ -429,6 +430,20 @@ def _cached_base(
     }
     durable_write_text(marker, json.dumps(info))
     return info
+
+
+def _fsync_image(path: str, fmt: str) -> None:
+    layer = registry.open_layer(path, fmt)
+    try:
+        files = list(getattr(layer, "files", [path]))
+    finally:
+        layer.close()
+    for name in files:
+        fd = os.open(name, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def durable_write_text(path: str, text: str) -> None:
