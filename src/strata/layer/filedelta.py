@@ -1,5 +1,5 @@
 """File delta of a layer version: what the packaging machine added, modified and deleted in each
-FAT volume, with whiteouts for deletions and opaque directories (deleted and re-created).
+FAT or NTFS volume, with whiteouts for deletions and opaque directories (deleted and re-created).
 
 References: docs/architecture.md ("Layers at file level"); Microsoft fatgen103 (the volumes);
 FastCDC (Xia et al., USENIX ATC 2016) for file content, through ``strata.native.fastcdc_cuts``.
@@ -9,6 +9,9 @@ Three binary tables sit beside the block delta in the layer-version manifest:
 ``file-chunks`` (``chunks-v1`` whose offsets are offsets inside the file; an entry owns rows
 ``first_chunk .. first_chunk + chunk_count``) and ``file-names`` (``file-name-bytes-v1``, the
 UTF-8 paths an entry points into).  Meta ``file_delta`` lists the volumes it covers.
+NTFS volumes (``strata.layer.ntfsdelta``: only the MFT records in changed blocks are parsed) add
+``file-ntfs`` (``ntfs-entry-v1``: full attributes, security id, reparse tag, record, links and
+the entry's rows of ``file-streams``, ``file-stream-v1``: named streams, names in file-names).
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ from strata.blockdev.base import BlockDevice
 from strata.errors import InvalidInput, StrataError
 from strata.fs import detect
 from strata.fs.fat import FatEntry, FatVolume, open_fat
+from strata.fs.ntfs import open_ntfs
+from strata.layer import ntfsdelta
+from strata.layer.ntfsdelta import NtfsContent, NtfsItem
 from strata.native import fastcdc_cuts
 from strata.partition import PartitionTable, open_partition, read_table
 from strata.store import CHUNK_ROW, Manifest, Store, register_schema
@@ -59,8 +65,24 @@ FILE_ENTRY_ROW = np.dtype(
     ]
 )
 NAME_ROW = np.dtype([("byte", "u1")])
+NTFS_ENTRY_ROW = np.dtype(
+    [
+        ("entry", "<u4"),  # row of the files table
+        ("record", "<u8"),  # MFT record number in the child
+        ("attributes", "<u4"),  # $STANDARD_INFORMATION file attributes, all 32 bits
+        ("security_id", "<u4"),  # into the child's $Secure
+        ("reparse_tag", "<u4"),
+        ("links", "<u2"),
+        ("stream_count", "<u2"),
+        ("first_stream", "<u4"),
+        ("mft_modified", "<i8"),  # microseconds since 1970; -1 none
+    ]
+)
+STREAM_ROW = np.dtype([("size", "<u8"), ("name_offset", "<u8"), ("name_length", "<u4")])
 register_schema("file-entry-v1", FILE_ENTRY_ROW)
 register_schema("file-name-bytes-v1", NAME_ROW)
+register_schema("ntfs-entry-v1", NTFS_ENTRY_ROW)
+register_schema("file-stream-v1", STREAM_ROW)
 EPOCH = dt.datetime(1970, 1, 1)
 
 
@@ -69,6 +91,7 @@ class Volume:
     partition: int
     start: int
     length: int
+    fs: str = "fat"
 
 
 @dataclass
@@ -78,11 +101,15 @@ class FileDelta:
     chunks: np.ndarray
     names: bytes
     skipped: list[dict[str, Any]] = field(default_factory=list)
+    ntfs: np.ndarray = field(default_factory=lambda: np.zeros(0, NTFS_ENTRY_ROW))
+    streams: np.ndarray = field(default_factory=lambda: np.zeros(0, STREAM_ROW))
 
     def path(self, row: int) -> str:
         entry = self.entries[row]
         start = int(entry["name_offset"])
-        return self.names[start : start + int(entry["name_length"])].decode("utf-8")
+        return self.names[start : start + int(entry["name_length"])].decode(
+            "utf-8", "surrogatepass"
+        )
 
     def chunk_rows(self, row: int) -> np.ndarray:
         entry = self.entries[row]
@@ -99,8 +126,11 @@ class FileDelta:
         manifest.add_table("files", "file-entry-v1", self.entries)
         manifest.add_table("file-chunks", "chunks-v1", self.chunks)
         manifest.add_table("file-names", "file-name-bytes-v1", np.frombuffer(self.names, NAME_ROW))
+        if any(v.fs == "ntfs" for v in self.volumes):
+            manifest.add_table("file-ntfs", "ntfs-entry-v1", self.ntfs)
+            manifest.add_table("file-streams", "file-stream-v1", self.streams)
         manifest.meta["file_delta"] = {
-            "volumes": [v.__dict__ for v in self.volumes],
+            "volumes": [_volume_meta(v) for v in self.volumes],
             "skipped": self.skipped,
         }
 
@@ -116,6 +146,25 @@ class FileDelta:
             "skipped": self.skipped,
         }
 
+    def ntfs_row(self, row: int) -> np.void | None:
+        """The NTFS facts of entry ``row`` (None for FAT entries)."""
+        at = np.flatnonzero(self.ntfs["entry"] == row)
+        return self.ntfs[at[0]] if at.size else None
+
+    def stream_names(self, row: int) -> list[tuple[str, int]]:
+        facts = self.ntfs_row(row)
+        if facts is None:
+            return []
+        first = int(facts["first_stream"])
+        out = []
+        for st in self.streams[first : first + int(facts["stream_count"])]:
+            start = int(st["name_offset"])
+            name = self.names[start : start + int(st["name_length"])].decode(
+                "utf-8", "surrogatepass"
+            )
+            out.append((name, int(st["size"])))
+        return out
+
     def listing(self) -> list[dict[str, Any]]:
         out = []
         for vol in self.volumes:
@@ -123,6 +172,7 @@ class FileDelta:
             out.append(
                 {
                     "partition": vol.partition,
+                    **({"filesystem": vol.fs} if vol.fs != "fat" else {}),
                     "entries": [
                         {
                             "path": self.path(int(r)),
@@ -143,7 +193,8 @@ def load(manifest: Manifest) -> FileDelta | None:
     if info is None or "files" not in manifest.tables:
         return None
     volumes = [
-        Volume(int(v["partition"]), int(v["start"]), int(v["length"])) for v in info["volumes"]
+        Volume(int(v["partition"]), int(v["start"]), int(v["length"]), str(v.get("fs", "fat")))
+        for v in info["volumes"]
     ]
     names = manifest.table("file-names").tobytes()
     entries = manifest.table("files")
@@ -152,7 +203,22 @@ def load(manifest: Manifest) -> FileDelta | None:
     chunk_ends = entries["first_chunk"] + entries["chunk_count"].astype(np.uint64)
     if len(entries) and (int(ends.max()) > len(names) or int(chunk_ends.max()) > len(chunks)):
         raise InvalidInput("file delta: an entry points past the names or chunk table")
-    return FileDelta(volumes, entries, chunks, names, list(info.get("skipped", [])))
+    delta = FileDelta(volumes, entries, chunks, names, list(info.get("skipped", [])))
+    if "file-ntfs" in manifest.tables:
+        delta.ntfs = manifest.table("file-ntfs")
+        delta.streams = manifest.table("file-streams")
+        ends = delta.streams["name_offset"] + delta.streams["name_length"].astype(np.uint64)
+        bad = len(delta.ntfs) and int(delta.ntfs["entry"].max()) >= len(entries)
+        if bad or (len(ends) and int(ends.max()) > len(names)):
+            raise InvalidInput("file delta: an NTFS row points past the entries or names")
+    return delta
+
+
+def _volume_meta(v: Volume) -> dict[str, Any]:
+    meta: dict[str, Any] = {"partition": v.partition, "start": v.start, "length": v.length}
+    if v.fs != "fat":
+        meta["fs"] = v.fs
+    return meta
 
 
 # -- FAT volumes of a disk --------------------------------------------------------------------
@@ -170,14 +236,28 @@ def fat_volumes(disk: BlockDevice, table: PartitionTable | None = None) -> list[
     return found
 
 
+def ntfs_volumes(disk: BlockDevice, table: PartitionTable | None = None) -> list[Volume]:
+    """Every partition of ``disk`` that ``fs.detect`` recognises as NTFS."""
+    try:
+        table = table if table is not None else read_table(disk)
+    except StrataError:
+        return []
+    found = []
+    for part in table.partitions:
+        dev = open_partition(disk, part.number, table)
+        if dev.size >= 512 and detect(dev) == "ntfs":
+            found.append(Volume(part.number, part.start, part.length, "ntfs"))
+    return found
+
+
 # -- capture ----------------------------------------------------------------------------------
 @dataclass
 class _Row:
     partition: int
     path: str
     change: int
-    entry: FatEntry
-    content: FatVolume | None = None  # where to read the content from, when it is carried
+    entry: FatEntry | NtfsItem
+    content: FatVolume | NtfsContent | None = None  # where the carried content is read from
 
 
 def capture(
@@ -194,15 +274,19 @@ def capture(
     clusters are where they were and lie in no changed block is unchanged without reading it.
     A volume that does not read cleanly on either side is skipped and named in ``skipped``.
     """
-    volumes = fat_volumes(child)
+    volumes = fat_volumes(child) + ntfs_volumes(child)
     if not volumes:
         return None
     changed = _block_bitmap(changed_offsets, child.size)
     rows: list[_Row] = []
     kept: list[Volume] = []
     skipped: list[dict[str, Any]] = []
-    for vol in volumes:
+    for vol in sorted(volumes, key=lambda v: v.partition):
         try:
+            if vol.fs == "ntfs":
+                rows += diff_ntfs(vol, base, child, changed)
+                kept.append(vol)
+                continue
             new = open_fat(open_partition(child, vol.partition))
             old = open_fat(open_partition(base, vol.partition))
             rows += diff_volumes(vol, old, new, changed)
@@ -211,6 +295,29 @@ def capture(
             continue
         kept.append(vol)
     return _build(store, kept, rows, skipped, level)
+
+
+NTFS_CHANGES = {"added": ADDED, "modified": MODIFIED, "deleted": DELETED, "opaque": OPAQUE}
+
+
+def diff_ntfs(
+    vol: Volume, base: BlockDevice, child: BlockDevice, changed: np.ndarray
+) -> list[_Row]:
+    """Changed entries of one NTFS volume, from only the MFT records in changed blocks."""
+    old = open_ntfs(open_partition(base, vol.partition))
+    new = open_ntfs(open_partition(child, vol.partition))
+    changes = ntfsdelta.settle(ntfsdelta.diff(old, new, vol.start, changed))
+    reader = NtfsContent(new)
+    return [
+        _Row(
+            vol.partition,
+            c.item.path,
+            NTFS_CHANGES[c.change],
+            c.item,
+            reader if c.content and ntfsdelta.readable(new, c.item) else None,
+        )
+        for c in changes
+    ]
 
 
 def _block_bitmap(offsets: np.ndarray, size: int) -> np.ndarray:
@@ -324,7 +431,7 @@ def _build(
     entries = np.zeros(len(rows), FILE_ENTRY_ROW)
     names = bytearray()
     for i, row in enumerate(rows):
-        encoded = row.path.encode("utf-8")
+        encoded = row.path.encode("utf-8", "surrogatepass")
         e = row.entry
         entries["partition"][i], entries["change"][i] = row.partition, row.change
         entries["kind"][i] = DIRECTORY if e.is_dir else FILE
@@ -335,7 +442,32 @@ def _build(
         names += encoded
     carried = [i for i, r in enumerate(rows) if r.content is not None and not r.entry.is_dir]
     chunks = _store_contents(store, rows, carried, entries, level)
-    return FileDelta(volumes, entries, chunks, bytes(names), skipped)
+    ntfs, streams = _ntfs_tables(rows, names)
+    return FileDelta(volumes, entries, chunks, bytes(names), skipped, ntfs, streams)
+
+
+def _ntfs_tables(rows: list[_Row], names: bytearray) -> tuple[np.ndarray, np.ndarray]:
+    """The NTFS facts of the NTFS rows; stream names are appended to ``names``."""
+    items = [(i, r.entry) for i, r in enumerate(rows) if isinstance(r.entry, NtfsItem)]
+    table = np.zeros(len(items), NTFS_ENTRY_ROW)
+    streams: list[tuple[int, int, int]] = []
+    for k, (i, e) in enumerate(items):
+        table[k] = (
+            i,
+            e.record,
+            e.ntfs_attributes,
+            e.security_id,
+            e.reparse_tag,
+            min(e.links, 0xFFFF),
+            len(e.streams),
+            len(streams),
+            _stamp(ntfsdelta.filetime_naive(e.mft_modified)),
+        )
+        for name, size in e.streams:
+            encoded = name.encode("utf-8", "surrogatepass")
+            streams.append((size, len(names), len(encoded)))
+            names += encoded
+    return table, np.array(streams, STREAM_ROW)
 
 
 def _store_contents(

@@ -569,6 +569,28 @@ class NtfsVolume:
             raise self.corrupt("$MFT", f"runs end {len(out) - done} bytes early", "runlist")
         return offsets
 
+    def scan_records(self, numbers: np.ndarray, cols: Columns) -> None:
+        """Scan only MFT records ``numbers`` into ``cols`` (a ``Columns(record_count)``):
+        contiguous numbers are read and walked together, as the full scan does."""
+        rs = self.geometry.record_size
+        per = max(1, WINDOW // rs)
+        nums = np.unique(np.asarray(numbers, np.int64))
+        nums = nums[(nums >= 0) & (nums < self.record_count)]
+        if nums.size == 0:
+            return
+        breaks = np.flatnonzero(np.diff(nums) != 1) + 1
+        for group in np.split(nums, breaks):
+            for first in range(int(group[0]), int(group[-1]) + 1, per):
+                n = min(per, int(group[-1]) + 1 - first)
+                view = np.empty(n * rs, np.uint8)
+                offsets = self._read_window(first * rs, view)
+                scan_window(view.reshape(n, rs), first, self._dtype, cols, offsets)
+
+    def data_runs(self, extents: list[Attribute]) -> list[Run]:
+        """The runs of a non-resident attribute (all its extents, in VCN order)."""
+        first = min(extents, key=lambda a: a.start_vcn)
+        return self._joined_runs(extents, self.record_offset(first.record))
+
     def _path_index(self) -> dict[str, int]:
         if self._by_path is None:
             listing = self.scan()

@@ -1,0 +1,176 @@
+"""Issue 9, NTFS: the file delta of a GPT disk's NTFS volume that ntfs-3g edited (the packaging
+machine) is exactly the set of files added, modified and deleted; the content of added and
+modified files read back from the store equals what was written (and what an ntfs-3g mount of
+the child reads); only the MFT records in changed blocks are parsed."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from strata.blockdev.rawfile import RawFileDevice
+from strata.fs.ntfs import NtfsVolume
+from strata.layer import filedelta as fd
+from strata.layer import ntfsdelta
+from strata.ops import layers
+from strata.partition import open_partition
+from strata.store import Store
+
+from support.filelevel_tools import package
+from support.integrity_tools import (
+    PART_START,
+    can_mount,
+    on_ntfs,
+    package_machine,
+    read_from_disk,
+    windows_disk,
+)
+from support.tools import result_of, strata_json
+
+pytestmark = pytest.mark.skipif(not can_mount(), reason="ntfs-3g FUSE mounts need root")
+BLOCK = 64 << 10
+BIG = hashlib.sha256(b"seed").digest() * 10_000  # 320 000 bytes: several FastCDC chunks
+
+
+def _base_files(root: Path) -> None:
+    data = root / "Data"
+    (data / "olddir" / "inner").mkdir(parents=True)
+    for name in ("a.txt", "b.txt", "inner/c.txt"):
+        (data / "olddir" / name).write_bytes(name.encode() * 100)
+    (data / "del.txt").write_bytes(b"to be deleted\n")
+    (data / "mod.txt").write_bytes(b"version one\n" * 50)
+    (data / "grow.bin").write_bytes(os.urandom(70_000))
+    (data / "ren.txt").write_bytes(b"renamed later\n")
+    (data / "same.txt").write_bytes(b"never touched\n")
+    for i in range(200):  # enough records that the changed ones are a minority
+        (data / f"filler{i:03d}.txt").write_bytes(b"filler %d\n" % i)
+
+
+WRITTEN = {
+    "/App/new1.txt": b"a new file\n",
+    "/App/sub/big.bin": BIG,
+    "/Windows/added.dll": b"MZ" + b"\x90" * 5000,
+    "/Data/mod.txt": b"version two\n" * 50,
+}
+
+
+def _change(root: Path) -> None:
+    (root / "App" / "sub").mkdir(parents=True)
+    for path, data in WRITTEN.items():
+        (root / path.lstrip("/")).write_bytes(data)
+    with open(root / "Data" / "grow.bin", "ab") as f:
+        f.write(b"appended tail" * 1000)
+    (root / "Data" / "del.txt").unlink()
+    shutil.rmtree(root / "Data" / "olddir")
+    (root / "Data" / "ren.txt").rename(root / "Data" / "renamed.txt")
+
+
+EXPECTED = {
+    "/App": "added",
+    "/App/new1.txt": "added",
+    "/App/sub": "added",
+    "/App/sub/big.bin": "added",
+    "/Windows/added.dll": "added",
+    "/Data/renamed.txt": "added",
+    "/Data/mod.txt": "modified",
+    "/Data/grow.bin": "modified",
+    "/Data/del.txt": "deleted",
+    "/Data/olddir": "deleted",
+    "/Data/ren.txt": "deleted",
+}
+CARRIED = {p for p, c in EXPECTED.items() if c != "deleted" and p not in ("/App", "/App/sub")}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("ntfsdelta")
+    base = windows_disk(root)
+    on_ntfs(base, _base_files, root)
+    child = root / "child.raw"
+    shutil.copyfile(base, child)
+    on_ntfs(child, _change, root)
+    return {"root": root, "base": base, "child": child}
+
+
+def _changed_blocks(a: Path, b: Path) -> np.ndarray:
+    x = np.fromfile(a, np.uint8).reshape(-1, BLOCK)
+    y = np.fromfile(b, np.uint8).reshape(-1, BLOCK)
+    return np.flatnonzero((x != y).any(axis=1)).astype(np.uint64) * BLOCK
+
+
+def _contents(store: Store, delta: fd.FileDelta) -> dict[str, bytes]:
+    out = {}
+    for i in range(len(delta.entries)):
+        if delta.entries[i]["flags"] & fd.HAS_CONTENT:
+            out[delta.path(i)] = b"".join(fd.read_content(store, delta.chunk_rows(i)))
+    return out
+
+
+def test_delta_is_exactly_what_ntfs3g_did(world: dict[str, Any]) -> None:
+    root = world["root"]
+    store = Store.init(root / "store")
+    offsets = _changed_blocks(world["base"], world["child"])
+    with RawFileDevice(str(world["child"])) as new, RawFileDevice(str(world["base"])) as old:
+        delta = fd.capture(store, new, old, offsets)
+    assert delta is not None and not delta.skipped
+    store.flush()
+    assert [(v.partition, v.fs) for v in delta.volumes] == [(1, "ntfs")]
+    got = {
+        delta.path(i): fd.CHANGE_NAMES[int(delta.entries[i]["change"])]
+        for i in range(len(delta.entries))
+    }
+    assert got == EXPECTED
+    with store:
+        contents = _contents(store, delta)
+    assert set(contents) == CARRIED
+    for path, data in WRITTEN.items():
+        assert contents[path] == data
+    oracle = read_from_disk(world["child"], "Data/grow.bin", root / "grow.oracle", root)
+    assert contents["/Data/grow.bin"] == oracle.read_bytes()
+    big = next(i for i in range(len(delta.entries)) if delta.path(i) == "/App/sub/big.bin")
+    assert len(delta.chunk_rows(big)) >= 2 and delta.entries[big]["size"] == len(BIG)
+    facts = delta.ntfs_row(big)
+    assert facts is not None and facts["attributes"] & 0x20  # archive, as ntfs-3g sets it
+
+
+def test_only_changed_records_are_parsed(world: dict[str, Any]) -> None:
+    offsets = _changed_blocks(world["base"], world["child"])
+    with RawFileDevice(str(world["child"])) as dev:
+        vol = NtfsVolume(open_partition(dev, 1))
+        bitmap = fd._block_bitmap(offsets, dev.size)
+        nums = ntfsdelta.changed_records(vol, PART_START, bitmap)
+        recs = ntfsdelta.Records(vol)
+        recs.load(nums)
+        listing = vol.scan()
+    assert nums.size < vol.record_count  # the unchanged fillers lie in unchanged blocks
+    filler = listing.owner[[i for i, p in enumerate(listing.paths) if p == "/Data/filler000.txt"]]
+    new = listing.owner[[i for i, p in enumerate(listing.paths) if p == "/App/sub/big.bin"]]
+    assert int(new[0]) in set(nums.tolist())
+    changed_disk = set((offsets // BLOCK).tolist())
+    rec_block = (PART_START + vol.record_offset(int(filler[0]))) // BLOCK
+    assert (int(filler[0]) in set(nums.tolist())) == (rec_block in changed_disk)
+
+
+def test_finalize_and_layer_diff_show_ntfs_entries(world: dict[str, Any]) -> None:
+    root = world["root"] / "e2e"
+    root.mkdir()
+    store = root / "store"
+    layers.import_os("win", "1", str(world["base"]), store=store)
+    pkg = package(store, "app-ntfs", root / "out")
+    package_machine(pkg, root, _change)
+    done = layers.finalize(
+        pkg["disk_path"], pkg["layer"], pkg["version"], store=store, target="pvs"
+    )
+    assert done["file_delta"]["volumes"] == [1]
+    assert done["file_delta"]["added"] == 6 and done["file_delta"]["deleted"] == 3
+    ref = f"{pkg['layer']}:{pkg['version']}"
+    shown = result_of(strata_json("layer", "diff", ref, "--store", store))
+    (volume,) = shown["volumes"]
+    assert volume["partition"] == 1 and volume["filesystem"] == "ntfs"
+    assert {e["path"]: e["change"] for e in volume["entries"]} == EXPECTED
