@@ -11,6 +11,7 @@ Tables are numpy structured arrays of a registered schema. A schema with an ``id
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,9 @@ from strata.store.structs import (
 
 SCHEMAS: dict[str, np.dtype] = {"chunks-v1": CHUNK_ROW}
 ID_DTYPE = np.dtype("V16")
+# Field types a table may declare: little-endian integers and floats, raw bytes.
+_FIELD_TYPE = re.compile(r"^(<[uif][1248]|\|[uiV]1|\|V[0-9]{1,3}|\|S[0-9]{1,3})$")
+_FIELD_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,63}$")
 
 
 def register_schema(name: str, dtype: np.dtype) -> None:
@@ -36,6 +40,12 @@ def register_schema(name: str, dtype: np.dtype) -> None:
         raise InvalidInput(f"table schema {name!r} must be a structured dtype")
     if "id" in dtype.names and dtype["id"] != ID_DTYPE:
         raise InvalidInput(f"table schema {name!r}: field 'id' must be V16")
+    for field_name, kind in dtype.descr:
+        if not (_FIELD_NAME.match(field_name) and _FIELD_TYPE.match(kind)):
+            raise InvalidInput(
+                f"table schema {name!r}: field {field_name!r} of type {kind!r} "
+                "cannot be declared in a manifest"
+            )
     known = SCHEMAS.get(name)
     if known is not None and known != dtype:
         raise InvalidInput(f"table schema {name!r} is already registered with another layout")
@@ -88,7 +98,12 @@ class Manifest:
                 "kind": self.kind,
                 "meta": self.meta,
                 "tables": [
-                    {"name": n, "schema": self.tables[n][0], "rows": len(self.tables[n][1])}
+                    {
+                        "name": n,
+                        "schema": self.tables[n][0],
+                        "rows": len(self.tables[n][1]),
+                        "dtype": [list(field) for field in self.tables[n][1].dtype.descr],
+                    }
                     for n in names
                 ],
             }
@@ -147,9 +162,7 @@ def parse(buf: bytes, where: str = "<manifest>") -> Manifest:
     manifest = Manifest(kind=head["kind"], meta=head["meta"])
     offset = start + json_len
     for entry in head["tables"]:
-        dtype = SCHEMAS.get(entry["schema"])
-        if dtype is None:
-            raise bad(f"unknown table schema {entry['schema']!r}", "tables.schema")
+        dtype = _table_dtype(entry, bad)
         size = entry["rows"] * dtype.itemsize
         if offset + size > len(buf):
             raise bad(f"table {entry['name']!r} runs past the end", "tables.rows", offset)
@@ -159,6 +172,38 @@ def parse(buf: bytes, where: str = "<manifest>") -> Manifest:
     if offset != len(buf):
         raise bad(f"{len(buf) - offset} trailing bytes", "tables", offset)
     return manifest
+
+
+def _table_dtype(entry: dict[str, Any], bad: Any) -> np.dtype:
+    """The table's layout as the manifest declares it, checked against its schema when this
+    process knows the schema (so verify and gc read tables of schemas they never loaded)."""
+    fields = entry["dtype"]
+    if not (isinstance(fields, list) and 0 < len(fields) <= 64):
+        raise bad(f"table {entry['name']!r}: dtype must list 1-64 fields", "tables.dtype")
+    for spec in fields:
+        ok = (
+            isinstance(spec, list)
+            and len(spec) == 2
+            and isinstance(spec[0], str)
+            and isinstance(spec[1], str)
+            and _FIELD_NAME.match(spec[0])
+            and _FIELD_TYPE.match(spec[1])
+        )
+        if not ok:
+            raise bad(f"table {entry['name']!r}: bad field {spec!r}"[:200], "tables.dtype")
+    try:
+        dtype = np.dtype([(name, kind) for name, kind in fields])
+    except (TypeError, ValueError) as e:
+        raise bad(f"table {entry['name']!r}: {e}", "tables.dtype") from e
+    known = SCHEMAS.get(entry["schema"])
+    if known is not None and known != dtype:
+        raise bad(
+            f"table {entry['name']!r} does not have the layout of schema {entry['schema']!r}",
+            "tables.dtype",
+        )
+    if "id" in (dtype.names or ()) and dtype["id"] != ID_DTYPE:
+        raise bad(f"table {entry['name']!r}: field 'id' must be 16 bytes", "tables.dtype")
+    return dtype
 
 
 def _parse_head(raw: bytes, bad: Any) -> dict[str, Any]:
@@ -177,7 +222,7 @@ def _parse_head(raw: bytes, bad: Any) -> dict[str, Any]:
     for entry in tables:
         ok = (
             isinstance(entry, dict)
-            and set(entry) == {"name", "schema", "rows"}
+            and set(entry) == {"name", "schema", "rows", "dtype"}
             and isinstance(entry["name"], str)
             and isinstance(entry["schema"], str)
             and type(entry["rows"]) is int
