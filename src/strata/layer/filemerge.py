@@ -456,13 +456,10 @@ def _set_metadata(ed: FatEditor, path: str, current: FatEntry, e: np.void) -> No
         day is None or day == current.accessed
     ):
         return
-    d, entry = ed._located(path)  # one update instead of set_attributes + set_times
-    ed._update(
-        d,
-        entry,
-        attributes=attributes,
+    ed.set_metadata(
+        path,
+        attributes=attributes & fat.ATTR_SETTABLE,
         created=created,
         modified=modified,
         accessed=day,
     )
-    ed.commit()

@@ -138,14 +138,7 @@ class FatEditor(FatVolume):
 
     def set_attributes(self, path: str, attributes: int) -> FatEntry:
         """Set read-only, hidden, system and archive; the directory bit stays as it is."""
-        if attributes & ~s.ATTR_SETTABLE:
-            raise InvalidInput(
-                f"attributes {attributes:#x}: only read-only (0x01), hidden (0x02), "
-                "system (0x04) and archive (0x20) can be set"
-            )
-        d, entry = self._located(path)
-        self._update(d, entry, attributes=(entry.attributes & s.ATTR_DIRECTORY) | attributes)
-        self.commit()
+        self.set_metadata(path, attributes=attributes)
         return self.stat(path)
 
     def set_times(
@@ -156,10 +149,31 @@ class FatEditor(FatVolume):
         modified: dt.datetime | None = None,
         accessed: dt.date | None = None,
     ) -> FatEntry:
-        d, entry = self._located(path)
-        self._update(d, entry, created=created, modified=modified, accessed=accessed)
-        self.commit()
+        self.set_metadata(path, created=created, modified=modified, accessed=accessed)
         return self.stat(path)
+
+    def set_metadata(
+        self,
+        path: str,
+        *,
+        attributes: int | None = None,
+        created: dt.datetime | None = None,
+        modified: dt.datetime | None = None,
+        accessed: dt.date | None = None,
+    ) -> None:
+        """Attributes and times in one directory-entry update (what a file delta carries)."""
+        if attributes is not None and attributes & ~s.ATTR_SETTABLE:
+            raise InvalidInput(
+                f"attributes {attributes:#x}: only read-only (0x01), hidden (0x02), "
+                "system (0x04) and archive (0x20) can be set"
+            )
+        d, entry = self._located(path)
+        if attributes is not None:
+            attributes |= entry.attributes & s.ATTR_DIRECTORY
+        self._update(
+            d, entry, attributes=attributes, created=created, modified=modified, accessed=accessed
+        )
+        self.commit()
 
     def commit(self) -> None:
         """Write the changed FAT entries to every copy and refresh FSInfo (each operation
