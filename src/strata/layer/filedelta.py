@@ -28,7 +28,7 @@ from strata.blockdev.base import BlockDevice
 from strata.errors import InvalidInput, StrataError
 from strata.fs import detect
 from strata.fs.fat import FatEntry, FatVolume, open_fat
-from strata.fs.ntfs import open_ntfs
+from strata.fs.ntfs import NtfsVolume, open_ntfs
 from strata.layer import ntfsdelta
 from strata.layer.ntfsdelta import NtfsContent, NtfsItem
 from strata.native import fastcdc_cuts
@@ -306,18 +306,37 @@ def diff_ntfs(
     """Changed entries of one NTFS volume, from only the MFT records in changed blocks."""
     old = open_ntfs(open_partition(base, vol.partition))
     new = open_ntfs(open_partition(child, vol.partition))
-    changes = ntfsdelta.settle(ntfsdelta.diff(old, new, vol.start, changed))
+    return ntfs_rows(vol, old, new, changed)
+
+
+def ntfs_rows(vol: Volume, old: NtfsVolume, new: NtfsVolume, changed: np.ndarray) -> list[_Row]:
+    """Changed entries of NTFS volume ``vol`` (``old`` in the base, ``new`` in the child)."""
     reader = NtfsContent(new)
+    changes = ntfsdelta.settle(ntfsdelta.diff_with(NtfsContent(old), reader, vol.start, changed))
     return [
         _Row(
             vol.partition,
             c.item.path,
             NTFS_CHANGES[c.change],
             c.item,
-            reader if c.content and ntfsdelta.readable(new, c.item) else None,
+            reader if c.content and reader.readable(c.item) else None,
         )
         for c in changes
     ]
+
+
+def capture_volume(
+    store: Store,
+    old: NtfsVolume,
+    new: NtfsVolume,
+    changed_offsets: np.ndarray,
+    *,
+    level: int | None = None,
+) -> FileDelta:
+    """The file delta of a bare NTFS volume (a whole device, partition number 0)."""
+    changed = _block_bitmap(changed_offsets, new.dev.size)
+    vol = Volume(0, 0, new.dev.size, "ntfs")
+    return _build(store, [vol], ntfs_rows(vol, old, new, changed), [], level)
 
 
 def _block_bitmap(offsets: np.ndarray, size: int) -> np.ndarray:

@@ -26,7 +26,8 @@ import xxhash
 from strata.errors import StrataError, Unsupported
 from strata.fs.ntfs import NtfsVolume
 from strata.fs.ntfs import structs as s
-from strata.fs.ntfs.records import Columns
+from strata.fs.ntfs.attributes import Attribute
+from strata.fs.ntfs.records import Columns, scan_window
 
 BLOCK = 64 << 10  # the block delta's grid
 MAX_DEPTH = 1024  # parent hops before a path is called a cycle
@@ -55,13 +56,39 @@ class NtfsItem:
 
 
 class NtfsContent:
-    """Reads an item's unnamed $DATA, as ``FatVolume.iter_file`` reads a FAT entry."""
+    """Reads an item's unnamed $DATA, as ``FatVolume.iter_file`` reads a FAT entry; each
+    record's attributes are parsed once (compare, check and read all need them)."""
 
     def __init__(self, vol: NtfsVolume) -> None:
         self.vol = vol
+        self._data: dict[int, tuple[list[Attribute], int] | StrataError] = {}
+        self.resident: dict[int, bytes] = {}  # unnamed $DATA values read from parsed records
+
+    def data(self, record: int) -> tuple[list[Attribute], int]:
+        """The unnamed $DATA extents and size (the error ``vol.stream`` raises, again)."""
+        if record not in self._data:
+            try:
+                self._data[record] = self.vol.stream(record)
+            except StrataError as e:
+                self._data[record] = e
+        found = self._data[record]
+        if isinstance(found, StrataError):
+            raise found
+        return found
+
+    def readable(self, item: NtfsItem) -> bool:
+        if item.record in self.resident:
+            return True
+        try:
+            self.data(item.record)
+        except StrataError:
+            return False
+        return True
 
     def iter_file(self, item: NtfsItem, window: int) -> Iterator[bytes]:
-        return self.vol.iter_stream(item.record, "", window)
+        if item.record in self.resident:
+            return iter((self.resident[item.record],))
+        return self.vol.iter_attribute(self.data(item.record)[0], window)
 
 
 def filetime_naive(filetime: int) -> dt.datetime | None:
@@ -77,15 +104,6 @@ def filetime_naive(filetime: int) -> dt.datetime | None:
 _time = filetime_naive
 
 
-def readable(vol: NtfsVolume, item: NtfsItem) -> bool:
-    """Whether the item's unnamed $DATA can be read (not encrypted, present)."""
-    try:
-        vol.stream(item.record)
-    except StrataError:
-        return False
-    return True
-
-
 @dataclass
 class Records:
     """The MFT records of one volume parsed so far (only those asked for), and their paths."""
@@ -95,6 +113,7 @@ class Records:
     scanned: np.ndarray = field(init=False)
     names: dict[int, list[tuple[int, str]]] = field(default_factory=dict)  # parent ref, name
     streams: dict[int, list[tuple[str, int]]] = field(default_factory=dict)
+    resident: dict[int, bytes] = field(default_factory=dict)
     paths: dict[int, str | None] = field(default_factory=dict)
     _fn_rows: int = 0
     _ads_rows: int = 0
@@ -105,12 +124,20 @@ class Records:
         self.paths[s.ROOT_RECORD] = ""
 
     def load(self, numbers: np.ndarray) -> None:
-        nums = np.asarray(numbers, np.int64)
+        nums = np.unique(np.asarray(numbers, np.int64))
         nums = nums[(nums >= 0) & (nums < self.vol.record_count)]
         nums = nums[~self.scanned[nums]]
         if nums.size == 0:
             return
-        self.vol.scan_records(nums, self.cols)
+        per = 8192
+        for at in range(0, nums.size, per):
+            part = nums[at : at + per]
+            raw, offsets = self.vol.read_records(part)
+            scan_window(raw, 0, self.vol.record_dtype, self.cols, offsets, numbers=part)
+            for r, row in zip(part.tolist(), raw, strict=True):  # fixed up in place by the scan
+                value = resident_data(row.tobytes())
+                if value is not None:
+                    self.resident[r] = value
         self.scanned[nums] = True
         flat = [row for part in self.cols.fn[self._fn_rows :] for row in part.tolist()]
         names = self.cols.names[sum(len(p) for p in self.cols.fn[: self._fn_rows]) :]
@@ -121,6 +148,22 @@ class Records:
         for owner, name, size in self.cols.ads[self._ads_rows :]:
             self.streams.setdefault(owner, []).append((name, size))
         self._ads_rows = len(self.cols.ads)
+
+    def load_parents(self, numbers: np.ndarray) -> None:
+        """Parse the ancestors of records ``numbers``, a generation per bulk pass."""
+        todo = {int(n) for n in numbers}
+        for _ in range(MAX_DEPTH):
+            wanted = {
+                pref & s.REF_RECORD_MASK
+                for r in todo
+                for pref, _name in self.names.get(r, [])
+                if pref & s.REF_RECORD_MASK not in self.paths
+            }
+            wanted = {d for d in wanted if d < self.vol.record_count and not self.scanned[d]}
+            if not wanted:
+                return
+            self.load(np.array(sorted(wanted), np.int64))
+            todo = wanted
 
     def in_use(self, r: int) -> bool:
         if r >= self.vol.record_count:
@@ -144,7 +187,8 @@ class Records:
         while d not in self.paths:
             if len(chain) > MAX_DEPTH or not 0 <= d < self.vol.record_count:
                 return None
-            self.load(np.array([d]))
+            if not self.scanned[d]:
+                self.load(np.array([d]))
             if not (self.in_use(d) and self.is_dir(d) and self.sequence(d) == seq):
                 self.paths[d] = None
                 break
@@ -191,6 +235,30 @@ class Records:
         return out
 
 
+def resident_data(rec: bytes) -> bytes | None:
+    """The resident unnamed $DATA value of a fixed-up FILE record; None when the record has
+    none, an attribute list, or non-resident data (then the full attribute parser reads it)."""
+    pos = int.from_bytes(rec[20:22], "little")
+    end = min(int.from_bytes(rec[24:28], "little"), len(rec))
+    while pos + 24 <= end:
+        atype = int.from_bytes(rec[pos : pos + 4], "little")
+        length = int.from_bytes(rec[pos + 4 : pos + 8], "little")
+        if atype == s.ATTR_END or length < 24 or pos + length > end:
+            return None
+        if atype == s.ATTRIBUTE_LIST:
+            return None
+        if atype == s.DATA and rec[pos + 9] == 0:
+            if rec[pos + 8]:
+                return None
+            vlen = int.from_bytes(rec[pos + 16 : pos + 20], "little")
+            voff = int.from_bytes(rec[pos + 20 : pos + 22], "little")
+            if voff + vlen > length:
+                return None
+            return rec[pos + voff : pos + voff + vlen]
+        pos += length
+    return None
+
+
 def changed_records(vol: NtfsVolume, start: int, changed: np.ndarray) -> np.ndarray:
     """Record numbers of ``vol``'s MFT that lie (even partly) in a changed 64 KiB block;
     ``start`` is the volume's disk offset, ``changed`` the disk's block bitmap."""
@@ -217,6 +285,20 @@ def changed_records(vol: NtfsVolume, start: int, changed: np.ndarray) -> np.ndar
     return nums[nums < vol.record_count]
 
 
+def differing(old: NtfsVolume, new: NtfsVolume, nums: np.ndarray) -> np.ndarray:
+    """The records among ``nums`` whose bytes differ between base and child (a changed block
+    holds 64 records of 1 KiB; usually few of them changed)."""
+    per = 8192
+    keep: list[np.ndarray] = [nums[nums >= old.record_count]]
+    both = nums[nums < old.record_count]
+    for at in range(0, both.size, per):
+        part = both[at : at + per]
+        a, _ = old.read_records(part)
+        b, _ = new.read_records(part)
+        keep.append(part[(a != b).any(axis=1)])
+    return np.sort(np.concatenate(keep))
+
+
 def _bases(recs: Records, nums: np.ndarray) -> np.ndarray:
     """The base records of the extension records among ``nums``."""
     base = recs.cols.base[nums[nums < recs.vol.record_count]]
@@ -232,8 +314,16 @@ class Change:
 
 def diff(old: NtfsVolume, new: NtfsVolume, start: int, changed: np.ndarray) -> list[Change]:
     """The changes of one NTFS volume at disk offset ``start`` (see the module text)."""
+    return diff_with(NtfsContent(old), NtfsContent(new), start, changed)
+
+
+def diff_with(
+    old_data: NtfsContent, new_data: NtfsContent, start: int, changed: np.ndarray
+) -> list[Change]:
+    """``diff`` with the content readers of base and child (their parsed $DATA is kept)."""
+    old, new = old_data.vol, new_data.vol
     nums = np.union1d(changed_records(new, start, changed), changed_records(old, start, changed))
-    nums = nums[nums >= s.FIRST_USER_RECORD]
+    nums = differing(old, new, nums[nums >= s.FIRST_USER_RECORD])
     before, after = Records(old), Records(new)
     before.load(nums)
     after.load(nums)
@@ -241,33 +331,31 @@ def diff(old: NtfsVolume, new: NtfsVolume, start: int, changed: np.ndarray) -> l
     extra = extra[extra >= s.FIRST_USER_RECORD]
     before.load(extra)
     after.load(extra)
+    old_data.resident.update(before.resident)  # a record without an attribute list holds
+    new_data.resident.update(after.resident)  # all its resident $DATA itself
+    every = np.union1d(nums, extra)
+    before.load_parents(every)
+    after.load_parents(every)
     out: list[Change] = []
-    for r in np.union1d(nums, extra).tolist():
-        out += _record_changes(before, after, r, changed, start)
+    for r in every.tolist():
+        out += _record_changes(before, after, r, (old_data, new_data, changed, start))
     return out
 
 
-def _record_changes(
-    before: Records, after: Records, r: int, changed: np.ndarray, start: int
-) -> list[Change]:
+Where = tuple[NtfsContent, NtfsContent, np.ndarray, int]  # base, child, changed blocks, start
+
+
+def _record_changes(before: Records, after: Records, r: int, where: Where) -> list[Change]:
     was = before.items(r) if before.in_use(r) else []
     now = after.items(r) if after.in_use(r) else []
     if not was and not now:
         return []
     if was and now and before.sequence(r) == after.sequence(r):
-        return _same_file(before, after, r, was, now, changed, start)
+        return _same_file(r, was, now, where)
     return [Change("deleted", w) for w in was] + [Change("added", n, True) for n in now]
 
 
-def _same_file(
-    before: Records,
-    after: Records,
-    r: int,
-    was: list[NtfsItem],
-    now: list[NtfsItem],
-    changed: np.ndarray,
-    start: int,
-) -> list[Change]:
+def _same_file(r: int, was: list[NtfsItem], now: list[NtfsItem], where: Where) -> list[Change]:
     old_paths = {w.path: w for w in was}
     new_paths = {n.path: n for n in now}
     gone = [w for p, w in old_paths.items() if p not in new_paths]
@@ -287,7 +375,7 @@ def _same_file(
     kept = [(old_paths[p], n) for p, n in new_paths.items() if p in old_paths]
     if not kept:
         return out
-    same = _same_content(before.vol, after.vol, r, changed, start)
+    same = kept[0][0].size == kept[0][1].size and _same_content(r, where)
     for w, n in kept:
         if not same:
             out.append(Change("modified", n, True))
@@ -304,14 +392,16 @@ def _file_meta(i: NtfsItem) -> tuple[object, ...]:
     return (*_dir_meta(i), i.modified, i.size)
 
 
-def _same_content(
-    old: NtfsVolume, new: NtfsVolume, r: int, changed: np.ndarray, start: int
-) -> bool:
+def _same_content(r: int, where: Where) -> bool:
     """Unnamed $DATA equal in base and child: the same runs in unchanged blocks, or the
     same resident value, or (when neither settles it) the same digest."""
+    old_data, new_data, changed, start = where
+    old, new = old_data.vol, new_data.vol
+    if r in old_data.resident and r in new_data.resident:
+        return old_data.resident[r] == new_data.resident[r]
     try:
-        a, size_a = old.stream(r)
-        b, size_b = new.stream(r)
+        a, size_a = old_data.data(r)
+        b, size_b = new_data.data(r)
     except StrataError:  # encrypted or unreadable: carried as changed, content read decides
         return False
     if size_a != size_b:
@@ -323,7 +413,7 @@ def _same_content(
         runs = new.data_runs(b)
         if runs == old.data_runs(a) and not _runs_touch(new, runs, changed, start):
             return True
-    return _digest(old, r) == _digest(new, r)
+    return _digest(old, a) == _digest(new, b)
 
 
 def _runs_touch(vol: NtfsVolume, runs: list, changed: np.ndarray, start: int) -> bool:  # type: ignore[type-arg]
@@ -338,9 +428,9 @@ def _runs_touch(vol: NtfsVolume, runs: list, changed: np.ndarray, start: int) ->
     return False
 
 
-def _digest(vol: NtfsVolume, r: int) -> bytes:
+def _digest(vol: NtfsVolume, extents: list[Attribute]) -> bytes:
     h = xxhash.xxh3_128()
-    for piece in vol.iter_stream(r, "", 1 << 20):
+    for piece in vol.iter_attribute(extents, 1 << 20):
         h.update(piece)
     return h.digest()
 

@@ -152,15 +152,22 @@ def walk_attributes(
 
 
 def scan_window(
-    buf: np.ndarray, first: int, dtype: np.dtype, cols: Columns, disk_offsets: np.ndarray
+    buf: np.ndarray,
+    first: int,
+    dtype: np.dtype,
+    cols: Columns,
+    disk_offsets: np.ndarray,
+    numbers: np.ndarray | None = None,
 ) -> None:
-    """Scan the records ``first``..``first + len(buf)`` held in ``buf`` into ``cols``."""
+    """Scan the records ``first``..``first + len(buf)`` held in ``buf`` into ``cols`` (or, when
+    ``numbers`` is given, the records of those numbers, one per row of ``buf``)."""
     n, rs = buf.shape
+    number = first + np.arange(n, dtype=np.int64) if numbers is None else numbers
     ok, code = apply_fixups(buf, dtype)
     head = buf.view(dtype)[:, 0]
     flags = head["flags"].astype(np.int64)
     for r in np.flatnonzero((code >= 2) & (flags & s.RECORD_IN_USE != 0)):
-        cols.problems.append(RecordProblem(first + int(r), int(disk_offsets[r]), PROBLEMS[code[r]]))
+        cols.problems.append(RecordProblem(int(number[r]), int(disk_offsets[r]), PROBLEMS[code[r]]))
     in_use = ok & (flags & s.RECORD_IN_USE != 0)
     limit = np.minimum(head["bytes_in_use"].astype(np.int64), rs)
     start = head["attrs_offset"].astype(np.int64)
@@ -170,14 +177,13 @@ def scan_window(
     (arow, apos, atype, alen), broken = walk_attributes(flat, rs, rows, start[rows], limit[rows])
     for r in broken:
         problem = "attribute chain runs past the record (bad attribute length)"
-        cols.problems.append(RecordProblem(first + int(r), int(disk_offsets[r]), problem))
+        cols.problems.append(RecordProblem(int(number[r]), int(disk_offsets[r]), problem))
     in_use[broken] = False
     keep = in_use[arow] & WANTED[np.minimum(atype >> 4, WANTED.size - 1)] & (atype & 0xF == 0)
     arow, apos, atype, alen = arow[keep], apos[keep], atype[keep], alen[keep]
     base = head["base_record"].astype(np.int64) & s.REF_RECORD_MASK
-    number = first + np.arange(n, dtype=np.int64)
     owner_of = np.where(base != 0, base, number)
-    window = slice(first, first + n)
+    window = slice(first, first + n) if numbers is None else number
     cols.flags[window] = np.where(in_use, flags, 0)
     cols.sequence[window] = head["sequence"]
     cols.base[window] = base

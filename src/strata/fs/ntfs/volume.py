@@ -205,6 +205,7 @@ class NtfsVolume:
         self.base = int(getattr(dev, "start", 0))  # report disk offsets for partitions
         self.geometry = self._parse_boot()
         self._dtype = s.record_dtype(self.geometry.record_size)
+        self.record_dtype = self._dtype  # the FILE record header as a numpy dtype
         self.mft_runs, self.mft_size = self._load_mft()
         self.record_count = self.mft_size // self.geometry.record_size
         self._listing: Listing | None = None
@@ -569,22 +570,33 @@ class NtfsVolume:
             raise self.corrupt("$MFT", f"runs end {len(out) - done} bytes early", "runlist")
         return offsets
 
-    def scan_records(self, numbers: np.ndarray, cols: Columns) -> None:
-        """Scan only MFT records ``numbers`` into ``cols`` (a ``Columns(record_count)``):
-        contiguous numbers are read and walked together, as the full scan does."""
+    def read_records(self, numbers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Raw (not fixed up) MFT records ``numbers`` (sorted, unique, in range) as rows of one
+        buffer, and each one's disk offset; contiguous numbers are read together."""
         rs = self.geometry.record_size
-        per = max(1, WINDOW // rs)
-        nums = np.unique(np.asarray(numbers, np.int64))
-        nums = nums[(nums >= 0) & (nums < self.record_count)]
+        nums = np.asarray(numbers, np.int64)
+        buf = np.empty((nums.size, rs), np.uint8)
+        offsets = np.zeros(nums.size, np.int64)
         if nums.size == 0:
-            return
+            return buf, offsets
         breaks = np.flatnonzero(np.diff(nums) != 1) + 1
+        at = 0
         for group in np.split(nums, breaks):
-            for first in range(int(group[0]), int(group[-1]) + 1, per):
-                n = min(per, int(group[-1]) + 1 - first)
-                view = np.empty(n * rs, np.uint8)
-                offsets = self._read_window(first * rs, view)
-                scan_window(view.reshape(n, rs), first, self._dtype, cols, offsets)
+            n = group.size
+            view = buf[at : at + n].reshape(-1)
+            offsets[at : at + n] = self._read_window(int(group[0]) * rs, view)
+            at += n
+        return buf, offsets
+
+    def scan_records(self, numbers: np.ndarray, cols: Columns) -> None:
+        """Parse only MFT records ``numbers`` (sorted, unique, in range) into ``cols`` (a
+        ``Columns(record_count)``), a window of records per bulk pass."""
+        nums = np.asarray(numbers, np.int64)
+        per = max(1, WINDOW // self.geometry.record_size)
+        for at in range(0, nums.size, per):
+            part = nums[at : at + per]
+            raw, offsets = self.read_records(part)
+            scan_window(raw, 0, self._dtype, cols, offsets, numbers=part)
 
     def data_runs(self, extents: list[Attribute]) -> list[Run]:
         """The runs of a non-resident attribute (all its extents, in VCN order)."""

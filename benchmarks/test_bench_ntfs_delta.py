@@ -1,0 +1,120 @@
+"""NTFS file delta (only the MFT records in changed blocks parsed) beside the full listing of the
+same volume (NtfsVolume.scan, the bulk MFT scan), for 1 000 files rewritten through ntfs-3g.
+
+References: issue 9 (the delta must cost ≤ 10% of a full scan).  The base is the cached
+fixtures/ntfs_volume.py volume of bench_ntfs (200 000 files full size, 3 000 in smoke runs);
+the child is a sparse copy that ntfs-3g edited; the block delta (64 KiB blocks that differ)
+is computed before timing, as finalize has it already.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from strata.blockdev import RawFileDevice
+from strata.fs.ntfs import NtfsVolume
+from strata.layer import filedelta as fd
+from strata.layer import ntfsdelta
+from strata.store import Store
+
+from conftest import scaled, timed
+from support.ntfs_tools import volume
+from support.tools import require
+
+FILES = scaled(200_000, 3_000)
+SIZE = "2G" if FILES > 50_000 else "512M"
+CHANGED = scaled(1_000, 100)
+BLOCK = 64 << 10
+
+
+def _edit(child: Path) -> None:
+    """Rewrite CHANGED of the many small files, spread evenly over the volume."""
+    step = FILES // CHANGED
+    with tempfile.TemporaryDirectory(prefix="ntfs-bench-") as mnt:
+        subprocess.run([require("ntfs-3g"), str(child), mnt], check=True)
+        try:
+            for i in range(0, step * CHANGED, step):
+                f = Path(mnt) / "many" / f"d{i // 500:04d}" / f"f{i:06d}.txt"
+                f.write_bytes(b"changed by the packaging machine %d\n" % i * 3)
+        finally:
+            subprocess.run(["umount", mnt], check=True)
+
+
+def _changed_blocks(a: Path, b: Path) -> np.ndarray:
+    out = []
+    window = 1024 * BLOCK
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        at = 0
+        while True:
+            x, y = fa.read(window), fb.read(window)
+            if not x:
+                break
+            xa = np.frombuffer(x, np.uint8).reshape(-1, BLOCK)
+            ya = np.frombuffer(y, np.uint8).reshape(-1, BLOCK)
+            out.append(np.flatnonzero((xa != ya).any(axis=1)) + at)
+            at += xa.shape[0]
+    return np.concatenate(out).astype(np.uint64) * BLOCK
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, np.ndarray]:
+    base = volume(FILES, SIZE)
+    child = tmp_path_factory.mktemp("ntfsdelta") / "child.img"
+    subprocess.run(["cp", "--sparse=always", str(base), str(child)], check=True)
+    _edit(child)
+    return base, child, _changed_blocks(base, child)
+
+
+def _delta(base: Path, child: Path, offsets: np.ndarray, work: Path) -> fd.FileDelta:
+    shutil.rmtree(work, ignore_errors=True)
+    with RawFileDevice(str(base)) as o, RawFileDevice(str(child)) as n, Store.init(work) as store:
+        delta = fd.capture_volume(store, NtfsVolume(o), NtfsVolume(n), offsets, level=1)
+        store.flush()
+    return delta
+
+
+def _classify(base: Path, child: Path, offsets: np.ndarray) -> int:
+    """The delta's entries without reading or storing content."""
+    with RawFileDevice(str(base)) as o, RawFileDevice(str(child)) as n:
+        new = NtfsVolume(n)
+        bitmap = fd._block_bitmap(offsets, new.dev.size)
+        return len(ntfsdelta.settle(ntfsdelta.diff(NtfsVolume(o), new, 0, bitmap)))
+
+
+def _full_listing(child: Path) -> int:
+    with RawFileDevice(str(child)) as dev:
+        return len(NtfsVolume(dev).scan().paths)
+
+
+def test_ntfs_delta_vs_full_scan(versus, record_ratio, pair, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    base, child, offsets = pair
+    delta = _delta(base, child, offsets, tmp_path / "check")
+    changes = {fd.CHANGE_NAMES[int(c)] for c in delta.entries["change"]}
+    assert len(delta.entries) == CHANGED and changes == {"modified"}
+    assert int(np.count_nonzero(delta.entries["flags"] & fd.HAS_CONTENT)) == CHANGED
+    assert _full_listing(child) > FILES
+    ratio = versus(
+        lambda: _delta(base, child, offsets, tmp_path / "store"),
+        lambda: _full_listing(child),
+        peer="NtfsVolume full listing (bulk MFT scan) of the same volume",
+        target=0.10,
+    )
+    classify = timed(lambda: _classify(base, child, offsets), 1 if FILES < 50_000 else 3)
+    full = timed(lambda: _full_listing(child), 1 if FILES < 50_000 else 3)
+    record_ratio(
+        metric="NTFS file delta vs full listing",
+        entries_only_s=round(classify, 4),
+        full_listing_s=round(full, 4),
+        entries_only_ratio=round(classify / full, 3),
+        files=FILES,
+        changed_files=CHANGED,
+        changed_blocks=len(offsets),
+        ratio=round(ratio, 3),
+    )
+    assert _classify(base, child, offsets) == CHANGED
