@@ -28,6 +28,7 @@ from strata.fs.ntfs import NtfsVolume
 from strata.fs.ntfs import structs as s
 from strata.fs.ntfs.attributes import Attribute
 from strata.fs.ntfs.records import Columns, scan_window
+from strata.fs.ntfs.runlist import Run, decode_runlist
 
 BLOCK = 64 << 10  # the block delta's grid
 MAX_DEPTH = 1024  # parent hops before a path is called a cycle
@@ -63,6 +64,7 @@ class NtfsContent:
         self.vol = vol
         self._data: dict[int, tuple[list[Attribute], int] | StrataError] = {}
         self.resident: dict[int, bytes] = {}  # unnamed $DATA values read from parsed records
+        self.runs: dict[int, Plain] = {}  # uncompressed non-resident $DATA, from the same
 
     def data(self, record: int) -> tuple[list[Attribute], int]:
         """The unnamed $DATA extents and size (the error ``vol.stream`` raises, again)."""
@@ -77,7 +79,7 @@ class NtfsContent:
         return found
 
     def readable(self, item: NtfsItem) -> bool:
-        if item.record in self.resident:
+        if item.record in self.resident or item.record in self.runs:
             return True
         try:
             self.data(item.record)
@@ -88,6 +90,9 @@ class NtfsContent:
     def iter_file(self, item: NtfsItem, window: int) -> Iterator[bytes]:
         if item.record in self.resident:
             return iter((self.resident[item.record],))
+        if item.record in self.runs:
+            plain = self.runs[item.record]
+            return self.vol.iter_runs(plain.runs, plain.size, plain.initialized, window)
         return self.vol.iter_attribute(self.data(item.record)[0], window)
 
 
@@ -114,6 +119,7 @@ class Records:
     names: dict[int, list[tuple[int, str]]] = field(default_factory=dict)  # parent ref, name
     streams: dict[int, list[tuple[str, int]]] = field(default_factory=dict)
     resident: dict[int, bytes] = field(default_factory=dict)
+    runs: dict[int, Plain] = field(default_factory=dict)
     paths: dict[int, str | None] = field(default_factory=dict)
     _fn_rows: int = 0
     _ads_rows: int = 0
@@ -135,9 +141,11 @@ class Records:
             raw, offsets = self.vol.read_records(part)
             scan_window(raw, 0, self.vol.record_dtype, self.cols, offsets, numbers=part)
             for r, row in zip(part.tolist(), raw, strict=True):  # fixed up in place by the scan
-                value = resident_data(row.tobytes())
-                if value is not None:
+                value = record_data(self.vol, row.tobytes())
+                if isinstance(value, bytes):
                     self.resident[r] = value
+                elif value is not None:
+                    self.runs[r] = value
         self.scanned[nums] = True
         flat = [row for part in self.cols.fn[self._fn_rows :] for row in part.tolist()]
         names = self.cols.names[sum(len(p) for p in self.cols.fn[: self._fn_rows]) :]
@@ -235,9 +243,47 @@ class Records:
         return out
 
 
-def resident_data(rec: bytes) -> bytes | None:
-    """The resident unnamed $DATA value of a fixed-up FILE record; None when the record has
-    none, an attribute list, or non-resident data (then the full attribute parser reads it)."""
+@dataclass(frozen=True)
+class Plain:
+    """An uncompressed, unencrypted non-resident unnamed $DATA held in one extent."""
+
+    runs: list[Run]
+    size: int
+    initialized: int
+
+
+def _plain(vol: NtfsVolume, attr: bytes) -> Plain | None:
+    """The runs of a non-resident $DATA attribute (its bytes), or None when the full parser
+    must read it (compressed, encrypted, several extents, sizes or runs out of order)."""
+    if len(attr) < 64:
+        return None
+    flags = int.from_bytes(attr[12:14], "little")
+    start_vcn = int.from_bytes(attr[16:24], "little")
+    last_vcn = int.from_bytes(attr[24:32], "little")
+    runs_at = int.from_bytes(attr[32:34], "little")
+    size = int.from_bytes(attr[48:56], "little")
+    init = int.from_bytes(attr[56:64], "little")
+    if flags & (s.ATTR_FLAG_COMPRESSED | s.ATTR_FLAG_ENCRYPTED) or start_vcn or init > size:
+        return None
+    if not 64 <= runs_at < len(attr):
+        return None
+
+    def bad(problem: str, field: str, at: int) -> StrataError:
+        return StrataError(problem)
+
+    try:
+        runs = decode_runlist(attr[runs_at:], 0, vol.geometry.total_clusters, bad)
+    except StrataError:
+        return None
+    end = runs[-1].vcn + runs[-1].clusters if runs else 0
+    if end != last_vcn + 1 or end * vol.geometry.cluster_size < size:
+        return None
+    return Plain(runs, size, init)
+
+
+def record_data(vol: NtfsVolume, rec: bytes) -> bytes | Plain | None:
+    """The unnamed $DATA of a fixed-up FILE record: its resident value, its runs (``Plain``),
+    or None (no $DATA, an attribute list, or a kind the full attribute parser reads)."""
     pos = int.from_bytes(rec[20:22], "little")
     end = min(int.from_bytes(rec[24:28], "little"), len(rec))
     while pos + 24 <= end:
@@ -249,7 +295,7 @@ def resident_data(rec: bytes) -> bytes | None:
             return None
         if atype == s.DATA and rec[pos + 9] == 0:
             if rec[pos + 8]:
-                return None
+                return _plain(vol, rec[pos : pos + length])
             vlen = int.from_bytes(rec[pos + 16 : pos + 20], "little")
             voff = int.from_bytes(rec[pos + 20 : pos + 22], "little")
             if voff + vlen > length:
@@ -333,6 +379,8 @@ def diff_with(
     after.load(extra)
     old_data.resident.update(before.resident)  # a record without an attribute list holds
     new_data.resident.update(after.resident)  # all its resident $DATA itself
+    old_data.runs.update(before.runs)
+    new_data.runs.update(after.runs)
     every = np.union1d(nums, extra)
     before.load_parents(every)
     after.load_parents(every)
@@ -399,6 +447,11 @@ def _same_content(r: int, where: Where) -> bool:
     old, new = old_data.vol, new_data.vol
     if r in old_data.resident and r in new_data.resident:
         return old_data.resident[r] == new_data.resident[r]
+    if r in old_data.runs and r in new_data.runs:
+        a_runs, b_runs = old_data.runs[r], new_data.runs[r]
+        if a_runs == b_runs and not _runs_touch(new, b_runs.runs, changed, start):
+            return True
+        return _plain_digest(old, a_runs) == _plain_digest(new, b_runs)
     try:
         a, size_a = old_data.data(r)
         b, size_b = new_data.data(r)
@@ -426,6 +479,13 @@ def _runs_touch(vol: NtfsVolume, runs: list, changed: np.ndarray, start: int) ->
         if changed[lo : hi + 1].any():
             return True
     return False
+
+
+def _plain_digest(vol: NtfsVolume, plain: Plain) -> bytes:
+    h = xxhash.xxh3_128()
+    for piece in vol.iter_runs(plain.runs, plain.size, plain.initialized, 1 << 20):
+        h.update(piece)
+    return h.digest()
 
 
 def _digest(vol: NtfsVolume, extents: list[Attribute]) -> bytes:

@@ -408,6 +408,10 @@ class NtfsVolume:
         else:
             yield from self._iter_plain(runs, first.data_size, first.initialized_size, chunk)
 
+    def iter_runs(self, runs: list[Run], size: int, init: int, chunk: int) -> Iterator[bytes]:
+        """The content of an uncompressed non-resident attribute from its decoded runs."""
+        return self._iter_plain(runs, size, init, chunk)
+
     def _iter_plain(self, runs: list[Run], size: int, init: int, chunk: int) -> Iterator[bytes]:
         cs = self.geometry.cluster_size
         for r in runs:
