@@ -174,3 +174,24 @@ def test_finalize_and_layer_diff_show_ntfs_entries(world: dict[str, Any]) -> Non
     (volume,) = shown["volumes"]
     assert volume["partition"] == 1 and volume["filesystem"] == "ntfs"
     assert {e["path"]: e["change"] for e in volume["entries"]} == EXPECTED
+
+
+def test_a_torn_changed_record_skips_the_volume(world: dict[str, Any]) -> None:
+    """A changed record that fails its update sequence check is not taken for a deletion."""
+    root = world["root"]
+    torn = root / "torn.raw"
+    shutil.copyfile(world["child"], torn)
+    with RawFileDevice(str(torn)) as dev:
+        vol = NtfsVolume(open_partition(dev, 1))
+        record = vol.stat("/App/sub/big.bin").record
+        at = PART_START + vol.record_offset(record)
+    with open(torn, "r+b") as f:
+        f.seek(at + 510)  # the first sector's check value: the update sequence disagrees
+        f.write(b"\xde\xad")
+    store = Store.init(root / "torn-store")
+    offsets = _changed_blocks(world["base"], torn)
+    with store, RawFileDevice(str(torn)) as new, RawFileDevice(str(world["base"])) as old:
+        delta = fd.capture(store, new, old, offsets)
+    assert delta is not None and delta.volumes == [] and len(delta.entries) == 0
+    (skipped,) = delta.skipped
+    assert skipped["partition"] == 1 and f"MFT record {record}" in skipped["reason"]

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import xxhash
 
-from strata.errors import StrataError, Unsupported
+from strata.errors import CorruptImage, StrataError, Unsupported
 from strata.fs.ntfs import NtfsVolume
 from strata.fs.ntfs import structs as s
 from strata.fs.ntfs.attributes import Attribute
@@ -384,6 +384,16 @@ def diff_with(
     every = np.union1d(nums, extra)
     before.load_parents(every)
     after.load_parents(every)
+    for recs in (before, after):  # a record left out would read as deleted: refuse instead
+        if recs.cols.problems:
+            first = recs.cols.problems[0]
+            raise CorruptImage(
+                path=recs.vol.path,
+                structure=f"MFT record {first.record}",
+                problem=f"{first.problem} ({len(recs.cols.problems)} record(s) unreadable)",
+                field="record",
+                offset=first.offset,
+            )
     out: list[Change] = []
     for r in every.tolist():
         out += _record_changes(before, after, r, (old_data, new_data, changed, start))
