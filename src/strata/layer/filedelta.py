@@ -221,9 +221,9 @@ def _volume_meta(v: Volume) -> dict[str, Any]:
     return meta
 
 
-# -- FAT volumes of a disk --------------------------------------------------------------------
-def fat_volumes(disk: BlockDevice, table: PartitionTable | None = None) -> list[Volume]:
-    """Every partition of ``disk`` that ``fs.detect`` recognises as FAT."""
+# -- file-system volumes of a disk -------------------------------------------------------------
+def volumes_of(disk: BlockDevice, fs: str, table: PartitionTable | None = None) -> list[Volume]:
+    """Every partition of ``disk`` that ``fs.detect`` recognises as ``fs``."""
     try:
         table = table if table is not None else read_table(disk)
     except StrataError:
@@ -231,23 +231,17 @@ def fat_volumes(disk: BlockDevice, table: PartitionTable | None = None) -> list[
     found = []
     for part in table.partitions:
         dev = open_partition(disk, part.number, table)
-        if dev.size >= 512 and detect(dev) == "fat":
-            found.append(Volume(part.number, part.start, part.length))
+        if dev.size >= 512 and detect(dev) == fs:
+            found.append(Volume(part.number, part.start, part.length, fs))
     return found
+
+
+def fat_volumes(disk: BlockDevice, table: PartitionTable | None = None) -> list[Volume]:
+    return volumes_of(disk, "fat", table)
 
 
 def ntfs_volumes(disk: BlockDevice, table: PartitionTable | None = None) -> list[Volume]:
-    """Every partition of ``disk`` that ``fs.detect`` recognises as NTFS."""
-    try:
-        table = table if table is not None else read_table(disk)
-    except StrataError:
-        return []
-    found = []
-    for part in table.partitions:
-        dev = open_partition(disk, part.number, table)
-        if dev.size >= 512 and detect(dev) == "ntfs":
-            found.append(Volume(part.number, part.start, part.length, "ntfs"))
-    return found
+    return volumes_of(disk, "ntfs", table)
 
 
 # -- capture ----------------------------------------------------------------------------------
