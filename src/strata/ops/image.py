@@ -26,6 +26,7 @@ from strata.formats.registry import WriteRequest
 from strata.layer import filemerge
 from strata.layer.blocks import BLOCK_SIZE
 from strata.layer.storedev import StoreDevice
+from strata.ops.disk import check_destination
 from strata.ops.layers import (
     PathLike,
     Resolved,
@@ -299,7 +300,7 @@ def export(
         source = StoreDevice(
             st, manifest.table("blocks"), size, int(manifest.meta.get("sector_size", 512))
         )
-        _check_dest(dest)
+        check_destination(dest)
         if driver.write is None:
             raise InvalidInput(f"strata cannot write {out_format}")
         try:
@@ -323,14 +324,6 @@ def export(
 
 def _aligned(size: int, align: int) -> int:
     return -(-size // align) * align
-
-
-def _check_dest(dest: str) -> None:
-    parent = os.path.dirname(os.path.abspath(dest))
-    if not os.path.isdir(parent):
-        raise InvalidInput(f"cannot write {dest}: directory {parent} does not exist")
-    if os.path.isdir(dest):
-        raise InvalidInput(f"cannot write {dest}: it is a directory")
 
 
 def _check_platform(meta: dict[str, Any], name: str, platform: str | None, force: bool) -> None:

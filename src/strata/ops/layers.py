@@ -428,7 +428,7 @@ def _cached_base(
         "stack": [x.ref for x in stack],
         "fingerprint": _fingerprint(path),
     }
-    durable_write_text(marker, json.dumps(info))
+    durable_write(Path(marker), json.dumps(info).encode(), Path(marker).parent)
     return info
 
 
@@ -444,15 +444,6 @@ def _fsync_image(path: str, fmt: str) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-
-
-def durable_write_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _fingerprint(path: str) -> list[int]:
