@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from strata.cli.events import current, json_option
-from strata.cli.store import store_option
+from strata.cli.options import store_option
 from strata.ops import layers
 from strata.ops.targets import TARGETS
 

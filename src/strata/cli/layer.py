@@ -8,7 +8,7 @@ import click
 
 from strata.cli.events import current, json_option
 from strata.cli.finalize import report_gate, target_option
-from strata.cli.store import store_option
+from strata.cli.options import store_option
 from strata.ops import store as ops
 from strata.ops.layers import layer_diff
 from strata.units import human_size

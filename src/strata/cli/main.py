@@ -9,7 +9,7 @@ import traceback
 
 import click
 
-from strata import __version__
+import strata
 from strata.cli.events import current, json_option
 from strata.errors import EXIT_INTERNAL, EXIT_USAGE, StrataError
 
@@ -25,6 +25,15 @@ COMMANDS = {
     "packaging-disk": "strata.cli.packaging",
     "store": "strata.cli.store",
 }
+
+
+def _show_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    # Not click.version_option(__version__): that reads the version (importlib.metadata)
+    # on every start-up; here it is read only when --version is given.
+    if not value or ctx.resilient_parsing:
+        return
+    click.echo(f"strata, version {strata.__version__}")
+    ctx.exit()
 
 
 class LazyGroup(click.Group):
@@ -43,7 +52,14 @@ class LazyGroup(click.Group):
     cls=LazyGroup,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
-@click.version_option(__version__, "--version", prog_name="strata")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_show_version,
+    help="Show the version and exit.",
+)
 @json_option
 def cli() -> None:
     """strata: compose, capture and export layered disk images.

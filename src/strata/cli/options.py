@@ -22,3 +22,13 @@ def allow_option(func: Callable[..., Any]) -> Callable[..., Any]:
         type=click.Path(file_okay=False),
         help="Directory where parent images may be opened (repeatable; default: the image's own).",
     )(func)
+
+
+def store_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--store",
+        "store",
+        default=None,
+        type=click.Path(file_okay=False),
+        help="Store directory (default: $STRATA_STORE, else ~/.local/share/strata/store).",
+    )(func)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from strata.cli.events import current, json_option
-from strata.cli.store import store_option
+from strata.cli.options import store_option
 from strata.ops import layers
 
 

@@ -2,25 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import click
 
 from strata.cli.events import current, json_option
+from strata.cli.options import store_option
 from strata.errors import EXIT_DIFFERENT
 from strata.ops import store as ops
 from strata.units import human_size
-
-
-def store_option(func: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option(
-        "--store",
-        "store",
-        default=None,
-        type=click.Path(file_okay=False),
-        help="Store directory (default: $STRATA_STORE, else ~/.local/share/strata/store).",
-    )(func)
 
 
 @click.group("store")

@@ -82,6 +82,52 @@ class FormatDriver:
     options: Sequence[FormatOption] = field(default_factory=tuple)
 
 
+class Deferred:
+    """The object named ``"package.module:attribute"``, imported when first used.
+
+    A driver names its open, create, write and check this way (and its options, through
+    ``DeferredOptions``): discovering every driver then costs only the probes, not each
+    format's reader, writer and checker (start-up).  ``resolve`` imports the target; a
+    target that does not import is an internal error when the driver is first used.
+    """
+
+    __slots__ = ("_value", "target")
+
+    def __init__(self, target: str) -> None:
+        if ":" not in target:
+            raise ValueError(f"deferred target {target!r} is not 'module:attribute'")
+        self.target = target
+        self._value: Any = None
+
+    def resolve(self) -> Any:
+        if self._value is None:
+            module, _, name = self.target.partition(":")
+            self._value = getattr(importlib.import_module(module), name)
+        return self._value
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.resolve()(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"Deferred({self.target!r})"
+
+
+class DeferredOptions(Sequence[FormatOption]):
+    """A driver's options declared in a module that is imported only when they are read."""
+
+    def __init__(self, target: str) -> None:
+        self.deferred = Deferred(target)
+
+    def __getitem__(self, index: Any) -> Any:
+        return self.deferred.resolve()[index]
+
+    def __len__(self) -> int:
+        return len(self.deferred.resolve())
+
+    def __repr__(self) -> str:
+        return f"DeferredOptions({self.deferred.target!r})"
+
+
 # Formats we recognise but do not read, so users get a precise answer.
 FOREIGN_MAGIC: dict[bytes, str] = {
     b"QFI\xfb": "qcow2",

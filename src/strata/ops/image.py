@@ -17,28 +17,22 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from strata.blockdev.copy import Progress
 from strata.errors import InvalidInput, NotFound, StateError
 from strata.formats import registry
 from strata.formats.registry import WriteRequest
-from strata.layer import filemerge
 from strata.layer.blocks import BLOCK_SIZE
 from strata.layer.storedev import StoreDevice
 from strata.ops.disk import check_destination
-from strata.ops.layers import (
-    PathLike,
-    Resolved,
-    check_same_os,
-    check_stack,
-    composed_table,
-    open_store,
-    parse_ref,
-    resolve,
-)
+from strata.ops.store import PathLike, open_store
 from strata.ops.targets import TARGETS, target
 from strata.store import Manifest, Store, to_hex
+
+if TYPE_CHECKING:
+    from strata.layer import filemerge
+    from strata.ops.layers import Resolved
 
 
 @dataclass(frozen=True)
@@ -192,6 +186,11 @@ def _compose(
 ) -> tuple[Any, filemerge.MergeResult | None]:
     """Block tables when the stack is valid at block level (the fast path), else a merge of
     the file deltas."""
+    # Imported here, not at module top: the layer and file-merge machinery (every file
+    # system reader, pycdlib) would cost `image export` and `image list` their start-up.
+    from strata.layer import filemerge
+    from strata.ops.layers import check_stack, composed_table
+
     try:
         check_stack(layers)
     except StateError:
@@ -242,6 +241,8 @@ def _with_prio(label: str, priorities: dict[str, Any]) -> str:
 
 
 def _template_layers(st: Store, tpl: Template) -> list[Resolved]:
+    from strata.ops.layers import check_same_os, resolve  # start-up: see _compose
+
     os_layer = resolve(st, tpl.os)
     if os_layer.kind != "os":
         raise InvalidInput(f"{tpl.os!r} is a {os_layer.kind} layer, not an OS layer")
@@ -344,7 +345,6 @@ __all__ = [
     "list_images",
     "load_template",
     "parse_app",
-    "parse_ref",
     "publish",
     "template_from",
 ]

@@ -3,15 +3,38 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from strata.blockdev.copy import Progress
-from strata.layer import blocks, filedelta  # noqa: F401 (register the layer manifests' schemas)
+from strata.errors import NotFound
 from strata.store import Store, store_path
 from strata.store import gc as _gc
 from strata.store import verify as _verify
 
 PathLike = str | os.PathLike[str] | None
+
+
+@contextmanager
+def open_store(path: PathLike, create: bool = False) -> Iterator[Store]:
+    """The store at ``path``; NotFound unless it exists or ``create`` is set."""
+    root = store_path(path)
+    if not (root / "store.json").exists():
+        if not create:
+            raise NotFound(what=f"store {root} (run `strata store init` or `strata os import`)")
+        Store.init(root).close()
+    with Store(root) as store:
+        yield store
+
+
+def register_layer_schemas() -> None:
+    """Make the layer manifests' table schemas known, so their layouts are checked.
+
+    Imported here, not at module top: the file-delta code pulls in every file system
+    reader, which costs the commands that only open a store most of their start-up.
+    """
+    from strata.layer import blocks, filedelta  # noqa: F401
 
 
 def init_store(path: PathLike = None) -> dict[str, Any]:
@@ -28,6 +51,7 @@ def store_stats(path: PathLike = None) -> dict[str, Any]:
 
 def verify_store(path: PathLike = None, progress: Progress | None = None) -> dict[str, Any]:
     """Read back every chunk and live manifest; ``clean`` is False when anything is wrong."""
+    register_layer_schemas()
     with Store(path) as store:
         return _verify(store, progress)
 
@@ -38,6 +62,7 @@ def gc_store(
     lock_timeout: float = 60.0,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
+    register_layer_schemas()
     return _gc(path, threshold=threshold, lock_timeout=lock_timeout, progress=progress)
 
 
@@ -63,6 +88,8 @@ __all__ = [
     "init_store",
     "layer_history",
     "list_layers",
+    "open_store",
+    "register_layer_schemas",
     "show_layer",
     "store_path",
     "store_stats",

@@ -7,11 +7,8 @@ the VHDs it writes so that qemu, libvhdi and Hyper-V agree: see ``writer``.
 from __future__ import annotations
 
 from strata.formats.options import FormatOption, bool_option, size_option
-from strata.formats.registry import FormatDriver, ProbeInput
+from strata.formats.registry import Deferred, FormatDriver, ProbeInput
 from strata.formats.vhd import structs as s
-from strata.formats.vhd.check import check
-from strata.formats.vhd.reader import open_vhd
-from strata.formats.vhd.writer import create, write
 
 
 def probe(data: ProbeInput) -> int:
@@ -38,9 +35,9 @@ DRIVER = FormatDriver(
     name="vhd",
     description="Microsoft VHD (fixed, dynamic, differencing)",
     probe=probe,
-    open=open_vhd,
-    create=create,
-    write=write,
-    check=check,
+    open=Deferred("strata.formats.vhd.reader:open_vhd"),
+    create=Deferred("strata.formats.vhd.writer:create"),
+    write=Deferred("strata.formats.vhd.writer:write"),
+    check=Deferred("strata.formats.vhd.check:check"),
     options=OPTIONS,
 )

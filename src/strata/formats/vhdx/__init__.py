@@ -5,10 +5,7 @@ References: [MS-VHDX] Virtual Hard Disk v2 (VHDX) File Format.
 
 from __future__ import annotations
 
-from strata.formats.registry import FormatDriver, ProbeInput
-from strata.formats.vhdx.check import check
-from strata.formats.vhdx.reader import VhdxDevice, open_vhdx
-from strata.formats.vhdx.writer import OPTIONS, create, write
+from strata.formats.registry import Deferred, DeferredOptions, FormatDriver, ProbeInput
 
 
 def probe(data: ProbeInput) -> int:
@@ -19,11 +16,11 @@ DRIVER = FormatDriver(
     name="vhdx",
     description="Hyper-V VHDX: fixed, dynamic, differencing (log replayed on open)",
     probe=probe,
-    open=open_vhdx,
-    create=create,
-    write=write,
-    check=check,
-    options=OPTIONS,
+    open=Deferred("strata.formats.vhdx.reader:open_vhdx"),
+    create=Deferred("strata.formats.vhdx.writer:create"),
+    write=Deferred("strata.formats.vhdx.writer:write"),
+    check=Deferred("strata.formats.vhdx.check:check"),
+    options=DeferredOptions("strata.formats.vhdx.writer:OPTIONS"),
 )
 
-__all__ = ["DRIVER", "VhdxDevice", "open_vhdx"]
+__all__ = ["DRIVER"]

@@ -6,12 +6,9 @@ References: VMware Virtual Disk Format 5.0.
 
 from __future__ import annotations
 
-from strata.formats.registry import FormatDriver, ProbeInput
+from strata.formats.registry import Deferred, DeferredOptions, FormatDriver, ProbeInput
 from strata.formats.vmdk import structs as s
-from strata.formats.vmdk.check import check
 from strata.formats.vmdk.descriptor import MAX_DESCRIPTOR
-from strata.formats.vmdk.image import VmdkDevice, open_vmdk
-from strata.formats.vmdk.writer import OPTIONS, create, write
 
 
 def probe(data: ProbeInput) -> int:
@@ -28,11 +25,11 @@ DRIVER = FormatDriver(
     name="vmdk",
     description="VMware VMDK (monolithicSparse, streamOptimized, monolithicFlat, twoGbMaxExtent*)",
     probe=probe,
-    open=open_vmdk,
-    create=create,
-    write=write,
-    check=check,
-    options=OPTIONS,
+    open=Deferred("strata.formats.vmdk.image:open_vmdk"),
+    create=Deferred("strata.formats.vmdk.writer:create"),
+    write=Deferred("strata.formats.vmdk.writer:write"),
+    check=Deferred("strata.formats.vmdk.check:check"),
+    options=DeferredOptions("strata.formats.vmdk.writer:OPTIONS"),
 )
 
-__all__ = ["DRIVER", "VmdkDevice", "open_vmdk"]
+__all__ = ["DRIVER"]
