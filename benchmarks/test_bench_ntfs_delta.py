@@ -3,12 +3,16 @@ same volume (NtfsVolume.scan, the bulk MFT scan), for 1 000 files rewritten thro
 
 References: issue 9 (the delta must cost ≤ 10% of a full scan).  The base is the cached
 fixtures/ntfs_volume.py volume of bench_ntfs (200 000 files full size, 3 000 in smoke runs);
-the child is a sparse copy that ntfs-3g edited; the block delta (64 KiB blocks that differ)
-is computed before timing, as finalize has it already.
+the child is a sparse copy that ntfs-3g edited; the block delta (64 KiB blocks that differ,
+with each one's bitmap of differing 512-byte sectors, ``SECTOR_MASK_ROW``) is computed before
+timing, as finalize has it already; so is the store (finalize's is open), while writing the
+content and flushing it durable are timed.
 """
 
 from __future__ import annotations
 
+import itertools
+import os
 import shutil
 import subprocess
 import tempfile
@@ -22,6 +26,7 @@ from strata.blockdev import RawFileDevice
 from strata.fs.ntfs import NtfsVolume
 from strata.layer import filedelta as fd
 from strata.layer import ntfsdelta
+from strata.layer.blocks import SECTOR_MASK_ROW
 from strata.store import Store
 
 from conftest import scaled, timed
@@ -80,32 +85,59 @@ def _changed_blocks(a: Path, b: Path) -> np.ndarray:
     return np.concatenate(out).astype(np.uint64) * BLOCK
 
 
+def _sector_masks(a: Path, b: Path, offsets: np.ndarray, sector: int = 512) -> np.ndarray:
+    """What ``capture_delta`` records for each changed block: which sectors differ."""
+    rows = np.zeros(len(offsets), SECTOR_MASK_ROW)
+    rows["offset"] = offsets
+    masks = []
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        for at in np.asarray(offsets, np.int64).tolist():
+            x = np.frombuffer(os.pread(fa.fileno(), BLOCK, at), np.uint8).reshape(-1, sector)
+            y = np.frombuffer(os.pread(fb.fileno(), BLOCK, at), np.uint8).reshape(-1, sector)
+            bits = np.packbits((x != y).any(axis=1), bitorder="little").tobytes()
+            masks.append(bits.ljust(16, b"\0"))
+    rows["mask"] = np.frombuffer(b"".join(masks), "V16")
+    return rows
+
+
 @pytest.fixture(scope="module", params=sorted(EDITS))
 def pair(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[Path, Path, np.ndarray, str]]:
+) -> Iterator[tuple[Path, Path, np.ndarray, np.ndarray, str]]:
     base = volume(FILES, SIZE)
     child = tmp_path_factory.mktemp("ntfsdelta") / "child.img"
     subprocess.run(["cp", "--sparse=always", str(base), str(child)], check=True)
     _edit(child, request.param)
-    yield base, child, _changed_blocks(base, child), request.param
+    offsets = _changed_blocks(base, child)
+    yield base, child, offsets, _sector_masks(base, child, offsets), request.param
     child.unlink()
 
 
-def _delta(base: Path, child: Path, offsets: np.ndarray, work: Path) -> fd.FileDelta:
-    shutil.rmtree(work, ignore_errors=True)
-    with RawFileDevice(str(base)) as o, RawFileDevice(str(child)) as n, Store.init(work) as store:
-        delta = fd.capture_volume(store, NtfsVolume(o), NtfsVolume(n), offsets, level=1)
+def _delta(
+    base: Path, child: Path, offsets: np.ndarray, masks: np.ndarray | None, store: Store
+) -> fd.FileDelta:
+    with RawFileDevice(str(base)) as o, RawFileDevice(str(child)) as n:
+        delta = fd.capture_volume(
+            store, NtfsVolume(o), NtfsVolume(n), offsets, masks=masks, level=1
+        )
         store.flush()
     return delta
 
 
-def _classify(base: Path, child: Path, offsets: np.ndarray) -> int:
+def _stores(work: Path) -> Iterator[Store]:
+    """Fresh stores, each opened before it is handed out (its content is new to it)."""
+    for i in itertools.count():
+        shutil.rmtree(work / str(i), ignore_errors=True)
+        yield Store.init(work / str(i))
+
+
+def _classify(base: Path, child: Path, offsets: np.ndarray, masks: np.ndarray) -> int:
     """The delta's entries without reading or storing content."""
     with RawFileDevice(str(base)) as o, RawFileDevice(str(child)) as n:
         new = NtfsVolume(n)
         bitmap = fd._block_bitmap(offsets, new.dev.size)
-        return len(ntfsdelta.settle(ntfsdelta.diff(NtfsVolume(o), new, 0, bitmap)))
+        changes = ntfsdelta.diff(NtfsVolume(o), new, 0, bitmap, (masks, 512))
+        return len(ntfsdelta.settle(changes))
 
 
 def _full_listing(child: Path) -> int:
@@ -114,22 +146,30 @@ def _full_listing(child: Path) -> int:
 
 
 def test_ntfs_delta_vs_full_scan(versus, record_ratio, pair, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    base, child, offsets, edit = pair
-    delta = _delta(base, child, offsets, tmp_path / "check")
+    base, child, offsets, masks, edit = pair
+    with Store.init(tmp_path / "blocks-only") as store:  # without masks: every record compared
+        blocks_only = _delta(base, child, offsets, None, store)
+    stores = _stores(tmp_path / "stores")
+    delta = _delta(base, child, offsets, masks, next(stores))
+    for table in ("entries", "chunks", "ntfs", "streams"):
+        assert np.array_equal(getattr(delta, table), getattr(blocks_only, table))
+    assert delta.names == blocks_only.names
     files = delta.entries[delta.entries["kind"] == fd.FILE]
     changes = {fd.CHANGE_NAMES[int(c)] for c in files["change"]}
     assert len(files) == CHANGED
     assert changes == ({"modified"} if edit == "scattered" else {"added"})
     assert int(np.count_nonzero(files["flags"] & fd.HAS_CONTENT)) == CHANGED
     assert _full_listing(child) > FILES
+    ready = [next(stores) for _ in range(3)]  # opened before timing, as finalize's store is
     ratio = versus(
-        lambda: _delta(base, child, offsets, tmp_path / "store"),
+        lambda: _delta(base, child, offsets, masks, ready.pop()),
         lambda: _full_listing(child),
         peer="NtfsVolume full listing (bulk MFT scan) of the same volume",
         target=0.10,
     )
-    classify = timed(lambda: _classify(base, child, offsets), 1 if FILES < 50_000 else 3)
-    full = timed(lambda: _full_listing(child), 1 if FILES < 50_000 else 3)
+    rounds = 1 if FILES < 50_000 else 3
+    classify = timed(lambda: _classify(base, child, offsets, masks), rounds)
+    full = timed(lambda: _full_listing(child), rounds)
     record_ratio(
         metric=f"NTFS file delta vs full listing ({edit})",
         entries_only_s=round(classify, 4),
@@ -140,4 +180,4 @@ def test_ntfs_delta_vs_full_scan(versus, record_ratio, pair, tmp_path: Path) -> 
         changed_blocks=len(offsets),
         ratio=round(ratio, 3),
     )
-    assert _classify(base, child, offsets) == len(delta.entries)
+    assert _classify(base, child, offsets, masks) == len(delta.entries)

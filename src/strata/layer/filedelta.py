@@ -260,12 +260,17 @@ def capture(
     base: BlockDevice,
     changed_offsets: np.ndarray,
     *,
+    masks: np.ndarray | None = None,
     level: int | None = None,
 ) -> FileDelta | None:
-    """The file delta of every FAT volume of ``child`` against ``base``; None when it has none.
+    """The file delta of every FAT and NTFS volume of ``child`` against ``base``; None when it
+    has none.
 
     ``changed_offsets`` are the disk offsets of the blocks the block delta holds: a file whose
     clusters are where they were and lie in no changed block is unchanged without reading it.
+    ``masks`` (``SECTOR_MASK_ROW`` rows, in ``child``'s sectors, taken against this same
+    ``base``) name the sectors that differ: NTFS then parses exactly the changed MFT records
+    instead of comparing every record of the changed blocks.
     A volume that does not read cleanly on either side is skipped and named in ``skipped``.
     """
     volumes = fat_volumes(child) + ntfs_volumes(child)
@@ -278,7 +283,7 @@ def capture(
     for vol in sorted(volumes, key=lambda v: v.partition):
         try:
             if vol.fs == "ntfs":
-                rows += diff_ntfs(vol, base, child, changed)
+                rows += diff_ntfs(vol, base, child, changed, _masks(masks, child))
                 kept.append(vol)
                 continue
             new = open_fat(open_partition(child, vol.partition))
@@ -294,19 +299,35 @@ def capture(
 NTFS_CHANGES = {"added": ADDED, "modified": MODIFIED, "deleted": DELETED, "opaque": OPAQUE}
 
 
+def _masks(masks: np.ndarray | None, child: BlockDevice) -> ntfsdelta.Masks | None:
+    return None if masks is None else (masks, child.sector_size)
+
+
 def diff_ntfs(
-    vol: Volume, base: BlockDevice, child: BlockDevice, changed: np.ndarray
+    vol: Volume,
+    base: BlockDevice,
+    child: BlockDevice,
+    changed: np.ndarray,
+    masks: ntfsdelta.Masks | None = None,
 ) -> list[_Row]:
-    """Changed entries of one NTFS volume, from only the MFT records in changed blocks."""
+    """Changed entries of one NTFS volume, from only the MFT records in changed blocks (with
+    ``masks``: only the changed records)."""
     old = open_ntfs(open_partition(base, vol.partition))
     new = open_ntfs(open_partition(child, vol.partition))
-    return ntfs_rows(vol, old, new, changed)
+    return ntfs_rows(vol, old, new, changed, masks)
 
 
-def ntfs_rows(vol: Volume, old: NtfsVolume, new: NtfsVolume, changed: np.ndarray) -> list[_Row]:
+def ntfs_rows(
+    vol: Volume,
+    old: NtfsVolume,
+    new: NtfsVolume,
+    changed: np.ndarray,
+    masks: ntfsdelta.Masks | None = None,
+) -> list[_Row]:
     """Changed entries of NTFS volume ``vol`` (``old`` in the base, ``new`` in the child)."""
     reader = NtfsContent(new)
-    changes = ntfsdelta.settle(ntfsdelta.diff_with(NtfsContent(old), reader, vol.start, changed))
+    found = ntfsdelta.diff_with(NtfsContent(old), reader, vol.start, changed, masks)
+    changes = ntfsdelta.settle(found)
     return [
         _Row(
             vol.partition,
@@ -325,12 +346,14 @@ def capture_volume(
     new: NtfsVolume,
     changed_offsets: np.ndarray,
     *,
+    masks: np.ndarray | None = None,
     level: int | None = None,
 ) -> FileDelta:
     """The file delta of a bare NTFS volume (a whole device, partition number 0)."""
     changed = _block_bitmap(changed_offsets, new.dev.size)
     vol = Volume(0, 0, new.dev.size, "ntfs")
-    return _build(store, [vol], ntfs_rows(vol, old, new, changed), [], level)
+    rows = ntfs_rows(vol, old, new, changed, _masks(masks, new.dev))
+    return _build(store, [vol], rows, [], level)
 
 
 def _block_bitmap(offsets: np.ndarray, size: int) -> np.ndarray:

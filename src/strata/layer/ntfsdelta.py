@@ -27,7 +27,7 @@ from strata.errors import CorruptImage, StrataError, Unsupported
 from strata.fs.ntfs import NtfsVolume
 from strata.fs.ntfs import structs as s
 from strata.fs.ntfs.attributes import Attribute
-from strata.fs.ntfs.records import Columns, scan_window
+from strata.fs.ntfs.records import Attributes, Columns, gather, scan_window
 from strata.fs.ntfs.runlist import Run, decode_runlist
 
 BLOCK = 64 << 10  # the block delta's grid
@@ -44,9 +44,9 @@ class NtfsItem:
     record: int
     is_dir: bool
     size: int
-    created: dt.datetime | None
-    modified: dt.datetime | None
-    accessed: dt.datetime | None
+    created_ft: int  # FILETIMEs (100 ns since 1601) from $STANDARD_INFORMATION
+    modified_ft: int
+    accessed_ft: int
     attributes: int  # the low byte: DOS attribute bits, as FAT entries carry
     ntfs_attributes: int
     security_id: int
@@ -54,6 +54,18 @@ class NtfsItem:
     links: int
     mft_modified: int  # FILETIME
     streams: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def created(self) -> dt.datetime | None:
+        return filetime_naive(self.created_ft)
+
+    @property
+    def modified(self) -> dt.datetime | None:
+        return filetime_naive(self.modified_ft)
+
+    @property
+    def accessed(self) -> dt.datetime | None:
+        return filetime_naive(self.accessed_ft)
 
 
 class NtfsContent:
@@ -106,9 +118,6 @@ def filetime_naive(filetime: int) -> dt.datetime | None:
         return None
 
 
-_time = filetime_naive
-
-
 @dataclass
 class Records:
     """The MFT records of one volume parsed so far (only those asked for), and their paths."""
@@ -122,6 +131,7 @@ class Records:
     runs: dict[int, Plain] = field(default_factory=dict)
     paths: dict[int, str | None] = field(default_factory=dict)
     _fn_rows: int = 0
+    _name_rows: int = 0
     _ads_rows: int = 0
 
     def __post_init__(self) -> None:
@@ -139,19 +149,28 @@ class Records:
         for at in range(0, nums.size, per):
             part = nums[at : at + per]
             raw, offsets = self.vol.read_records(part)
-            scan_window(raw, 0, self.vol.record_dtype, self.cols, offsets, numbers=part)
-            for r, row in zip(part.tolist(), raw, strict=True):  # fixed up in place by the scan
-                value = record_data(self.vol, row.tobytes())
-                if isinstance(value, bytes):
-                    self.resident[r] = value
-                elif value is not None:
-                    self.runs[r] = value
+            attrs = scan_window(
+                raw,
+                0,
+                self.vol.record_dtype,
+                self.cols,
+                offsets,
+                numbers=part,
+                want_attributes=True,
+            )
+            assert attrs is not None
+            unnamed_data(self.vol, raw, part, self.cols.base[part], attrs, self)
         self.scanned[nums] = True
-        flat = [row for part in self.cols.fn[self._fn_rows :] for row in part.tolist()]
-        names = self.cols.names[sum(len(p) for p in self.cols.fn[: self._fn_rows]) :]
+        fresh = self.cols.fn[self._fn_rows :]
+        names = self.cols.names[self._name_rows :]
         self._fn_rows = len(self.cols.fn)
-        for (owner, pref, ns), name in zip(flat, names, strict=True):
-            if ns != s.NAMESPACE_DOS:
+        self._name_rows = len(self.cols.names)
+        if fresh:
+            rows = np.concatenate(fresh)
+            keep = rows[:, 2] != s.NAMESPACE_DOS
+            for (owner, pref), name in zip(
+                rows[keep, :2].tolist(), np.array(names, object)[keep].tolist(), strict=True
+            ):
                 self.names.setdefault(owner, []).append((pref, name))
         for owner, name, size in self.cols.ads[self._ads_rows :]:
             self.streams.setdefault(owner, []).append((name, size))
@@ -215,29 +234,34 @@ class Records:
 
     def items(self, r: int) -> list[NtfsItem]:
         """Every resolvable name of in-use record ``r``."""
-        si = self.cols.si[r]
+        created, modified, mft_modified, accessed, attributes, security_id = self.cols.si[
+            r
+        ].tolist()
         is_dir = self.is_dir(r)
+        size = 0 if is_dir else int(self.cols.size[r])
+        reparse, links = int(self.cols.reparse[r]), int(self.cols.links[r])
+        streams = tuple(sorted(self.streams.get(r, ())))
         out = []
-        for pref, name in self.names.get(r, []):
+        for pref, name in self.names.get(r, ()):
             path = self.path_of(pref, name)
             if path is None or path.startswith(SYSTEM_DIR):  # metafiles: the volume's own
                 continue
             out.append(
                 NtfsItem(
-                    path=path,
-                    record=r,
-                    is_dir=is_dir,
-                    size=0 if is_dir else int(self.cols.size[r]),
-                    created=_time(int(si[0])),
-                    modified=_time(int(si[1])),
-                    accessed=_time(int(si[3])),
-                    attributes=int(si[4]) & 0xFF,
-                    ntfs_attributes=int(si[4]),
-                    security_id=int(si[5]),
-                    reparse_tag=int(self.cols.reparse[r]),
-                    links=int(self.cols.links[r]),
-                    mft_modified=int(si[2]),
-                    streams=tuple(sorted(self.streams.get(r, []))),
+                    path,
+                    r,
+                    is_dir,
+                    size,
+                    created,
+                    modified,
+                    accessed,
+                    attributes & 0xFF,
+                    attributes,
+                    security_id,
+                    reparse,
+                    links,
+                    mft_modified,
+                    streams,
                 )
             )
         return out
@@ -279,6 +303,90 @@ def _plain(vol: NtfsVolume, attr: bytes) -> Plain | None:
     if end != last_vcn + 1 or end * vol.geometry.cluster_size < size:
         return None
     return Plain(runs, size, init)
+
+
+def unnamed_data(
+    vol: NtfsVolume,
+    raw: np.ndarray,
+    numbers: np.ndarray,
+    base: np.ndarray,
+    attrs: Attributes,
+    into: Records,
+) -> None:
+    """``record_data`` for every row of ``raw`` (fixed-up records ``numbers``) at once, from
+    the attribute rows the scan found: resident values sliced out, single-run runlists decoded
+    with numpy, anything else through ``_plain``.  Results go to ``into.resident``/``runs``."""
+    flat = raw.reshape(-1)
+    listed = np.zeros(numbers.size, bool)
+    listed[attrs.row[attrs.type == s.ATTRIBUTE_LIST]] = True
+    unnamed = (attrs.type == s.DATA) & (flat[attrs.pos + 9] == 0)
+    rows, first = np.unique(attrs.row[unnamed], return_index=True)  # a record's first one
+    pos, length = attrs.pos[unnamed][first], attrs.length[unnamed][first]
+    own = ~listed[rows] & (base[rows] == 0) & (length >= s.ATTR_RESIDENT_SIZE)
+    rows, pos, length = rows[own], pos[own], length[own]
+    nonres = flat[pos + 8] != 0
+    vfield = _int(flat, pos + 16, 8)
+    vlen, voff = vfield & 0xFFFFFFFF, (vfield >> 32) & 0xFFFF
+    res = ~nonres & (voff + vlen <= length)
+    starts = (pos + voff)[res]
+    for r, a, b in zip(
+        numbers[rows[res]].tolist(), starts.tolist(), (starts + vlen[res]).tolist(), strict=True
+    ):
+        into.resident[r] = flat[a:b].tobytes()
+    nr = np.flatnonzero(nonres & (length >= s.ATTR_NONRESIDENT_SIZE))
+    good, lcn, count, size, init = _single_runs(vol, flat, pos[nr], length[nr])
+    for r, c, n, z, i in zip(
+        numbers[rows[nr[good]]].tolist(),
+        lcn.tolist(),
+        count.tolist(),
+        size.tolist(),
+        init.tolist(),
+        strict=True,
+    ):
+        into.runs[r] = Plain([Run(0, c, n)], z, i)
+    for k in nr[~good].tolist():
+        a = int(pos[k])
+        plain = _plain(vol, flat[a : a + int(length[k])].tobytes())
+        if plain is not None:
+            into.runs[int(numbers[rows[k]])] = plain
+
+
+def _single_runs(
+    vol: NtfsVolume, flat: np.ndarray, pos: np.ndarray, length: np.ndarray
+) -> tuple[np.ndarray, ...]:
+    """Which non-resident $DATA attributes at ``pos`` hold one plain run that ``_plain`` would
+    accept, and that run's LCN, clusters, data size and initialized size."""
+    flags, runs_at = _int(flat, pos + 12, 2), _int(flat, pos + 32, 2)
+    start_vcn, last_vcn = _int(flat, pos + 16, 8), _int(flat, pos + 24, 8)
+    size, init = _int(flat, pos + 48, 8), _int(flat, pos + 56, 8)
+    ok = flags & (s.ATTR_FLAG_COMPRESSED | s.ATTR_FLAG_ENCRYPTED) == 0
+    ok &= (start_vcn == 0) & (init >= 0) & (init <= size) & (runs_at >= 64) & (runs_at < length)
+    at = np.where(ok, pos + runs_at, pos)
+    header = flat[at].astype(np.int64)
+    lsz, osz = header & 0xF, header >> 4
+    end = runs_at + 1 + lsz + osz
+    ok &= (lsz >= 1) & (lsz <= 8) & (osz >= 1) & (osz <= 8) & (end < length)
+    ok &= flat[np.where(ok, pos + end, pos)] == 0
+    count = _signed(flat, np.where(ok, at + 1, pos), lsz)
+    lcn = _signed(flat, np.where(ok, at + 1 + lsz, pos), osz)
+    total, cs = vol.geometry.total_clusters, vol.geometry.cluster_size
+    ok &= (count > 0) & (lcn >= 0) & (lcn + count <= total) & (count == last_vcn + 1)
+    ok &= count * cs >= size
+    return ok, lcn[ok], count[ok], size[ok], init[ok]
+
+
+def _int(flat: np.ndarray, at: np.ndarray, width: int) -> np.ndarray:
+    return gather(flat, at, width).astype(np.int64)
+
+
+def _signed(flat: np.ndarray, at: np.ndarray, width: np.ndarray) -> np.ndarray:
+    """Little-endian signed integers of ``width`` (1..8) bytes at each index ``at``."""
+    idx = np.minimum(at[:, None] + np.arange(8), flat.size - 1)
+    raw = np.where(np.arange(8) < width[:, None], flat[idx], 0).astype(np.uint8)
+    value = np.ascontiguousarray(raw).view("<i8")[:, 0]
+    top = np.minimum(width, 7) * 8
+    negative = (width < 8) & (value >> (top - 1) & 1 == 1)
+    return np.where(negative, value - (np.int64(1) << top), value)
 
 
 def record_data(vol: NtfsVolume, rec: bytes) -> bytes | Plain | None:
@@ -331,6 +439,44 @@ def changed_records(vol: NtfsVolume, start: int, changed: np.ndarray) -> np.ndar
     return nums[nums < vol.record_count]
 
 
+def masked_records(vol: NtfsVolume, start: int, masks: np.ndarray, sector_size: int) -> np.ndarray:
+    """Record numbers of ``vol``'s MFT holding a sector that the sector masks mark as changed
+    (``SECTOR_MASK_ROW`` rows: a changed block's disk offset and its bitmap of differing
+    sectors, bit k = sector k, least significant bit first); ``start`` is the volume's disk
+    offset.  Cost follows the changed sectors, not the blocks around them."""
+    if len(masks) == 0:
+        return np.zeros(0, np.int64)
+    bits = np.unpackbits(
+        np.frombuffer(masks["mask"].tobytes(), np.uint8).reshape(-1, 16), axis=1, bitorder="little"
+    )
+    row, k = np.nonzero(bits[:, : BLOCK // sector_size])
+    sector = masks["offset"].astype(np.int64)[row] + k * sector_size - start
+    return _records_in(vol, sector, sector + sector_size)
+
+
+def _records_in(vol: NtfsVolume, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Record numbers of the MFT bytes that the volume byte ranges ``lo``..``hi`` cover."""
+    cs, rs = vol.geometry.cluster_size, vol.geometry.record_size
+    out: list[np.ndarray] = []
+    for run in vol.mft_runs:
+        if run.lcn is None:
+            continue
+        a0, b0 = run.lcn * cs, (run.lcn + run.clusters) * cs
+        hit = (hi > a0) & (lo < b0)
+        if not hit.any():
+            continue
+        a = np.maximum(lo[hit], a0) - a0 + run.vcn * cs
+        b = np.minimum(hi[hit], b0) - a0 + run.vcn * cs
+        ra, rb = a // rs, -(-b // rs)
+        counts = rb - ra
+        starts = np.repeat(ra - np.cumsum(counts) + counts, counts)
+        out.append(starts + np.arange(int(counts.sum())))
+    if not out:
+        return np.zeros(0, np.int64)
+    nums = np.unique(np.concatenate(out))
+    return nums[nums < vol.record_count]
+
+
 def differing(old: NtfsVolume, new: NtfsVolume, nums: np.ndarray) -> np.ndarray:
     """The records among ``nums`` whose bytes differ between base and child (a changed block
     holds 64 records of 1 KiB; usually few of them changed)."""
@@ -358,18 +504,43 @@ class Change:
     content: bool = False
 
 
-def diff(old: NtfsVolume, new: NtfsVolume, start: int, changed: np.ndarray) -> list[Change]:
+Masks = tuple[np.ndarray, int]  # SECTOR_MASK_ROW rows and the sector size they count in
+
+
+def diff(
+    old: NtfsVolume,
+    new: NtfsVolume,
+    start: int,
+    changed: np.ndarray,
+    masks: Masks | None = None,
+) -> list[Change]:
     """The changes of one NTFS volume at disk offset ``start`` (see the module text)."""
-    return diff_with(NtfsContent(old), NtfsContent(new), start, changed)
+    return diff_with(NtfsContent(old), NtfsContent(new), start, changed, masks)
 
 
 def diff_with(
-    old_data: NtfsContent, new_data: NtfsContent, start: int, changed: np.ndarray
+    old_data: NtfsContent,
+    new_data: NtfsContent,
+    start: int,
+    changed: np.ndarray,
+    masks: Masks | None = None,
 ) -> list[Change]:
-    """``diff`` with the content readers of base and child (their parsed $DATA is kept)."""
+    """``diff`` with the content readers of base and child (their parsed $DATA is kept).
+
+    With the block delta's sector ``masks`` the changed records are known exactly; without,
+    every record in a changed block is compared byte for byte between base and child."""
     old, new = old_data.vol, new_data.vol
-    nums = np.union1d(changed_records(new, start, changed), changed_records(old, start, changed))
-    nums = differing(old, new, nums[nums >= s.FIRST_USER_RECORD])
+    if masks is not None:
+        rows, sector = masks
+        nums = np.union1d(
+            masked_records(new, start, rows, sector), masked_records(old, start, rows, sector)
+        )
+        nums = nums[nums >= s.FIRST_USER_RECORD]
+    else:
+        nums = np.union1d(
+            changed_records(new, start, changed), changed_records(old, start, changed)
+        )
+        nums = differing(old, new, nums[nums >= s.FIRST_USER_RECORD])
     before, after = Records(old), Records(new)
     before.load(nums)
     after.load(nums)
@@ -443,11 +614,11 @@ def _same_file(r: int, was: list[NtfsItem], now: list[NtfsItem], where: Where) -
 
 
 def _dir_meta(i: NtfsItem) -> tuple[object, ...]:
-    return (i.ntfs_attributes, i.created, i.security_id, i.reparse_tag, i.streams)
+    return (i.ntfs_attributes, i.created_ft, i.security_id, i.reparse_tag, i.streams)
 
 
 def _file_meta(i: NtfsItem) -> tuple[object, ...]:
-    return (*_dir_meta(i), i.modified, i.size)
+    return (*_dir_meta(i), i.modified_ft, i.size)
 
 
 def _same_content(r: int, where: Where) -> bool:

@@ -587,8 +587,9 @@ def finalize(
             blocks, meta["stack"] = _fold_base_version(st, layer, record["stack"], capture.blocks)
             folded = meta["stack"] != record["stack"]
             with _file_base(st, record, meta["stack"], base, folded) as file_base:
+                masks = None if folded else capture.masks  # sectors differing from base
                 files = filedelta.capture(
-                    st, image, file_base, blocks["offset"], level=CAPTURE_LEVEL
+                    st, image, file_base, blocks["offset"], masks=masks, level=CAPTURE_LEVEL
                 )
             mid = _commit(st, layer, version, meta, blocks, capture.masks, comment, files)
         removed = _remove_disk(disk, record) if remove_disk else []

@@ -15,6 +15,7 @@ same way.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -35,6 +36,16 @@ class RecordProblem:
     def __str__(self) -> str:
         where = f" (disk offset {self.offset:#x})" if self.offset is not None else ""
         return f"MFT record {self.record}{where}: {self.problem}"
+
+
+class Attributes(NamedTuple):
+    """Attribute rows of a scanned window: record row, byte index into the window, type,
+    length."""
+
+    row: np.ndarray
+    pos: np.ndarray
+    type: np.ndarray
+    length: np.ndarray
 
 
 class Columns:
@@ -60,7 +71,7 @@ class Columns:
         table[owner[ok]] = values[ok]
 
 
-def _gather(flat: np.ndarray, idx: np.ndarray, width: int) -> np.ndarray:
+def gather(flat: np.ndarray, idx: np.ndarray, width: int) -> np.ndarray:
     """Little-endian unsigned ints of ``width`` bytes at each byte index ``idx`` of ``flat``."""
     out_type = np.int64 if width < 8 else np.uint64
     if not (idx & (width - 1)).any():  # attributes are 8-byte aligned: one gather per field
@@ -131,7 +142,7 @@ def walk_attributes(
         if not fits.all():
             broken.append(live[~fits])
             live, pos, end = live[fits], pos[fits], end[fits]
-        head = _gather(flat, pos, 8)  # type and length in one read
+        head = gather(flat, pos, 8)  # type and length in one read
         atype = (head & 0xFFFFFFFF).astype(np.int64)
         going = atype != s.ATTR_END
         live, pos, end, atype, head = live[going], pos[going], end[going], atype[going], head[going]
@@ -158,9 +169,13 @@ def scan_window(
     cols: Columns,
     disk_offsets: np.ndarray,
     numbers: np.ndarray | None = None,
-) -> None:
+    want_attributes: bool = False,
+) -> Attributes | None:
     """Scan the records ``first``..``first + len(buf)`` held in ``buf`` into ``cols`` (or, when
-    ``numbers`` is given, the records of those numbers, one per row of ``buf``)."""
+    ``numbers`` is given, the records of those numbers, one per row of ``buf``).
+
+    With ``want_attributes``, returns every attribute of the records in use, for callers
+    that read more of them (None otherwise)."""
     n, rs = buf.shape
     number = first + np.arange(n, dtype=np.int64) if numbers is None else numbers
     ok, code = apply_fixups(buf, dtype)
@@ -179,7 +194,9 @@ def scan_window(
         problem = "attribute chain runs past the record (bad attribute length)"
         cols.problems.append(RecordProblem(int(number[r]), int(disk_offsets[r]), problem))
     in_use[broken] = False
-    keep = in_use[arow] & WANTED[np.minimum(atype >> 4, WANTED.size - 1)] & (atype & 0xF == 0)
+    live = in_use[arow]
+    found = Attributes(arow[live], apos[live], atype[live], alen[live]) if want_attributes else None
+    keep = live & WANTED[np.minimum(atype >> 4, WANTED.size - 1)] & (atype & 0xF == 0)
     arow, apos, atype, alen = arow[keep], apos[keep], atype[keep], alen[keep]
     base = head["base_record"].astype(np.int64) & s.REF_RECORD_MASK
     owner_of = np.where(base != 0, base, number)
@@ -189,6 +206,7 @@ def scan_window(
     cols.base[window] = base
     cols.links[window] = head["link_count"]
     _attribute_values(flat, arow, apos, atype, alen, owner_of, cols)
+    return found
 
 
 WANTED = np.zeros(s.REPARSE_POINT // 16 + 2, bool)  # by type code / 16; the last slot: others
@@ -207,7 +225,7 @@ def _attribute_values(
     nonres = flat[apos + 8] != 0
     resident = ~nonres & (alen >= s.ATTR_RESIDENT_SIZE)
     header = np.where(resident, apos, 0)  # only read fields the attribute has room for
-    vfield = _gather(flat, header + 16, 8)  # value length (4 bytes), value offset (2)
+    vfield = gather(flat, header + 16, 8)  # value length (4 bytes), value offset (2)
     vlen = np.where(resident, vfield & 0xFFFFFFFF, 0).astype(np.int64)
     voff = np.where(resident, (vfield >> 32) & 0xFFFF, 0).astype(np.int64)
     resident &= voff + vlen <= alen
@@ -224,9 +242,9 @@ def _attribute_values(
             table[:, 4] &= 0xFFFFFFFF
             secid = (words[:, 6] >> 32).astype(np.int64)
         else:
-            table = np.stack([_gather(flat, v + 8 * k, 8) for k in range(4)], axis=1)
-            table = np.concatenate([table.astype(np.int64), _gather(flat, v + 32, 4)[:, None]], 1)
-            secid = _gather(flat, np.where(has_id, v + 52, v), 4)
+            table = np.stack([gather(flat, v + 8 * k, 8) for k in range(4)], axis=1)
+            table = np.concatenate([table.astype(np.int64), gather(flat, v + 32, 4)[:, None]], 1)
+            secid = gather(flat, np.where(has_id, v + 52, v), 4)
         table = np.concatenate([table, np.where(has_id, secid, 0)[:, None]], axis=1)
         cols.scatter(cols.si, owner[si], table)
 
@@ -236,7 +254,7 @@ def _attribute_values(
         nlen = flat[v + 64].astype(np.int64)
         fits = s.FILE_NAME_SIZE + 2 * nlen <= vlen[fn]
         fn, v, nlen = fn[fits], v[fits], nlen[fits]
-        parent = _gather(flat, v, 8).astype(np.int64)
+        parent = gather(flat, v, 8).astype(np.int64)
         namespace = flat[v + 65].astype(np.int64)
         cols.fn.append(np.stack([owner[fn], parent, namespace], axis=1))
         cols.names.extend(_decode_names(flat, v + s.FILE_NAME_SIZE, nlen))
@@ -244,11 +262,11 @@ def _attribute_values(
     data = atype == s.DATA
     name_len = np.where(data, flat[apos + 9], 0)
     first_extent = data & nonres & (alen >= s.ATTR_NONRESIDENT_SIZE)
-    first_extent &= _gather(flat, np.where(first_extent, apos + 16, apos), 8) == 0
+    first_extent &= gather(flat, np.where(first_extent, apos + 16, apos), 8) == 0
     sized = np.flatnonzero(data & (name_len == 0) & (resident | first_extent))
     if sized.size:
         nr = nonres[sized]
-        big = _gather(flat, np.where(nr, apos[sized] + 48, apos[sized]), 8).astype(np.int64)
+        big = gather(flat, np.where(nr, apos[sized] + 48, apos[sized]), 8).astype(np.int64)
         cols.scatter(cols.size, owner[sized], np.where(nr, big, vlen[sized]))
 
     for i in np.flatnonzero(data & (name_len > 0) & (resident | first_extent)):
@@ -258,7 +276,7 @@ def _attribute_values(
 
     rp = np.flatnonzero(resident & (atype == s.REPARSE_POINT) & (vlen >= 8))
     if rp.size:
-        cols.scatter(cols.reparse, owner[rp], _gather(flat, value[rp], 4))
+        cols.scatter(cols.reparse, owner[rp], gather(flat, value[rp], 4))
 
 
 def _decode_names(flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> list[str]:

@@ -576,21 +576,55 @@ class NtfsVolume:
 
     def read_records(self, numbers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Raw (not fixed up) MFT records ``numbers`` (sorted, unique, in range) as rows of one
-        buffer, and each one's disk offset; contiguous numbers are read together."""
+        buffer, and each one's disk offset; records adjacent on disk are read together."""
         rs = self.geometry.record_size
         nums = np.asarray(numbers, np.int64)
         buf = np.empty((nums.size, rs), np.uint8)
-        offsets = np.zeros(nums.size, np.int64)
         if nums.size == 0:
-            return buf, offsets
+            return buf, np.zeros(0, np.int64)
+        where = self.record_offsets(nums)
+        if where is None:  # records straddling clusters, sparse or past the device: slow path
+            return buf, self._read_groups(nums, buf)
+        breaks = np.flatnonzero(np.diff(where) != rs) + 1
+        firsts = np.concatenate(([0], breaks)).tolist()
+        lasts = np.concatenate((breaks, [nums.size])).tolist()
+        view = memoryview(buf.reshape(-1))
+        readinto = self.dev.readinto
+        for a, b, at in zip(firsts, lasts, where[firsts].tolist(), strict=True):
+            readinto(at, view[a * rs : b * rs])
+        return buf, self.base + where
+
+    def record_offsets(self, numbers: np.ndarray) -> np.ndarray | None:
+        """Volume byte offsets of MFT records ``numbers``, or None unless every one lies whole
+        inside one mapped cluster run on the device."""
+        cs, rs = self.geometry.cluster_size, self.geometry.record_size
+        if cs < rs:
+            return None
+        byte = np.asarray(numbers, np.int64) * rs
+        starts = np.array([r.vcn * cs for r in self.mft_runs], np.int64)
+        ends = np.array([(r.vcn + r.clusters) * cs for r in self.mft_runs], np.int64)
+        lcn = np.array([-1 if r.lcn is None else r.lcn * cs for r in self.mft_runs], np.int64)
+        k = np.searchsorted(starts, byte, side="right") - 1
+        if starts.size == 0 or (k < 0).any():
+            return None
+        inside = (byte + rs <= ends[k]) & (lcn[k] >= 0)
+        where = lcn[k] + byte - starts[k]
+        if not inside.all() or int(where.max()) + rs > self.dev.size:
+            return None
+        return where
+
+    def _read_groups(self, nums: np.ndarray, buf: np.ndarray) -> np.ndarray:
+        offsets = np.zeros(nums.size, np.int64)
         breaks = np.flatnonzero(np.diff(nums) != 1) + 1
         at = 0
         for group in np.split(nums, breaks):
             n = group.size
             view = buf[at : at + n].reshape(-1)
-            offsets[at : at + n] = self._read_window(int(group[0]) * rs, view)
+            offsets[at : at + n] = self._read_window(
+                int(group[0]) * self.geometry.record_size, view
+            )
             at += n
-        return buf, offsets
+        return offsets
 
     def scan_records(self, numbers: np.ndarray, cols: Columns) -> None:
         """Parse only MFT records ``numbers`` (sorted, unique, in range) into ``cols`` (a
