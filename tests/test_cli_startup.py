@@ -38,8 +38,8 @@ finally:
         f.write("\\n".join(sorted(sys.modules)))
 """
 
-# Machinery no block-level command needs: file systems, partition tables, the layer and
-# file-merge code, the ISO writer, the integrity gate, and the package metadata reader.
+# Machinery neither command needs: file systems, partition tables, capture, composition and
+# file merge, the ISO writer, the integrity gate, and the package metadata reader.
 NEVER = (
     "importlib.metadata",
     "pycdlib",
@@ -47,6 +47,8 @@ NEVER = (
     "strata.fs.ntfs",
     "strata.fs.iso",
     "strata.partition",
+    "strata.layer.blocks",
+    "strata.layer.compose",
     "strata.layer.filedelta",
     "strata.layer.filemerge",
     "strata.layer.ntfsdelta",
@@ -58,7 +60,7 @@ DRIVER_MODULES = {
     for fmt, parts in {
         "vhd": ("reader", "writer", "check", "layout"),
         "vhdx": ("reader", "writer", "check", "layout", "log"),
-        "vmdk": ("image", "writer", "check", "sparse", "stream"),
+        "vmdk": ("image", "writer", "check", "sparse", "stream", "descriptor"),
     }.items()
 }
 

@@ -23,7 +23,6 @@ from strata.blockdev.copy import Progress
 from strata.errors import InvalidInput, NotFound, StateError
 from strata.formats import registry
 from strata.formats.registry import WriteRequest
-from strata.layer.blocks import BLOCK_SIZE
 from strata.layer.storedev import StoreDevice
 from strata.ops.disk import check_destination
 from strata.ops.store import PathLike, open_store
@@ -138,6 +137,8 @@ def ordered_apps(apps: Sequence[AppRef]) -> list[AppRef]:
 
 
 def publish(tpl: Template, *, store: PathLike = None, comment: str = "") -> dict[str, Any]:
+    from strata.layer.blocks import BLOCK_SIZE  # start-up: see _compose
+
     if tpl.target is not None:
         target(tpl.target)
     started = time.monotonic()

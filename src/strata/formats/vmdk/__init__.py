@@ -8,17 +8,22 @@ from __future__ import annotations
 
 from strata.formats.registry import Deferred, DeferredOptions, FormatDriver, ProbeInput
 from strata.formats.vmdk import structs as s
-from strata.formats.vmdk.descriptor import MAX_DESCRIPTOR
 
 
 def probe(data: ProbeInput) -> int:
     if data.head.startswith(s.MAGIC):
         return 100
-    if data.size <= MAX_DESCRIPTOR and data.head.lstrip().startswith(s.DESCRIPTOR_MAGIC):
-        return 100
-    if data.size <= MAX_DESCRIPTOR and b"createType" in data.head and b"version" in data.head:
-        return 80
-    return 0
+    if data.head.lstrip().startswith(s.DESCRIPTOR_MAGIC):
+        score = 100
+    elif b"createType" in data.head and b"version" in data.head:
+        score = 80
+    else:
+        return 0
+    # Imported only for text that looks like a descriptor: every probe of every other
+    # image would otherwise pay for the descriptor parser (start-up).
+    from strata.formats.vmdk.descriptor import MAX_DESCRIPTOR
+
+    return score if data.size <= MAX_DESCRIPTOR else 0
 
 
 DRIVER = FormatDriver(
