@@ -29,11 +29,13 @@ from strata.errors import InvalidInput, StrataError
 from strata.fs import detect
 from strata.fs.fat import FatEntry, FatVolume, open_fat
 from strata.fs.ntfs import NtfsVolume, open_ntfs
+from strata.fs.ntfs.structs import FILETIME_UNIX_OFFSET
 from strata.layer import ntfsdelta
 from strata.layer.ntfsdelta import NtfsContent, NtfsItem
 from strata.native import fastcdc_cuts
 from strata.partition import PartitionTable, open_partition, read_table
 from strata.store import CHUNK_ROW, Manifest, Store, register_schema
+from strata.store.ids import Buffer
 
 CDC_MIN, CDC_AVG, CDC_MAX = 16 << 10, 64 << 10, 256 << 10
 READ_WINDOW = 1 << 20
@@ -84,6 +86,8 @@ register_schema("file-name-bytes-v1", NAME_ROW)
 register_schema("ntfs-entry-v1", NTFS_ENTRY_ROW)
 register_schema("file-stream-v1", STREAM_ROW)
 EPOCH = dt.datetime(1970, 1, 1)
+STAMP_MIN = (dt.datetime.min - EPOCH) // dt.timedelta(microseconds=1)  # what datetimes hold
+STAMP_MAX = (dt.datetime.max - EPOCH) // dt.timedelta(microseconds=1)
 
 
 @dataclass(frozen=True)
@@ -457,6 +461,20 @@ def unstamp(value: int) -> dt.datetime | None:
     return None if value == NO_TIME else EPOCH + dt.timedelta(microseconds=int(value))
 
 
+def _ft_stamp(filetime: int) -> int:
+    """``_stamp(filetime_naive(filetime))`` without making a datetime."""
+    if filetime <= 0:
+        return NO_TIME
+    micros = (filetime - FILETIME_UNIX_OFFSET) // 10
+    return micros if STAMP_MIN <= micros <= STAMP_MAX else NO_TIME
+
+
+def _stamps(e: FatEntry | NtfsItem) -> tuple[int, int, int]:
+    if isinstance(e, NtfsItem):
+        return _ft_stamp(e.created_ft), _ft_stamp(e.modified_ft), _ft_stamp(e.accessed_ft)
+    return _stamp(e.created), _stamp(e.modified), _stamp(e.accessed)
+
+
 def _build(
     store: Store,
     volumes: list[Volume],
@@ -464,18 +482,22 @@ def _build(
     skipped: list[dict[str, Any]],
     level: int | None,
 ) -> FileDelta:
-    entries = np.zeros(len(rows), FILE_ENTRY_ROW)
-    names = bytearray()
-    for i, row in enumerate(rows):
-        encoded = row.path.encode("utf-8", "surrogatepass")
-        e = row.entry
-        entries["partition"][i], entries["change"][i] = row.partition, row.change
-        entries["kind"][i] = DIRECTORY if e.is_dir else FILE
-        entries["attributes"][i], entries["size"][i] = e.attributes, 0 if e.is_dir else e.size
-        entries["name_offset"][i], entries["name_length"][i] = len(names), len(encoded)
-        entries["created"][i], entries["modified"][i] = _stamp(e.created), _stamp(e.modified)
-        entries["accessed"][i] = _stamp(e.accessed)
-        names += encoded
+    n = len(rows)
+    entries = np.zeros(n, FILE_ENTRY_ROW)
+    encoded = [row.path.encode("utf-8", "surrogatepass") for row in rows]
+    lengths = np.fromiter(map(len, encoded), np.int64, n)
+    names = bytearray(b"".join(encoded))
+    if n:
+        dirs = np.fromiter((row.entry.is_dir for row in rows), bool, n)
+        entries["partition"] = [row.partition for row in rows]
+        entries["change"] = [row.change for row in rows]
+        entries["kind"] = np.where(dirs, DIRECTORY, FILE)
+        entries["attributes"] = [row.entry.attributes for row in rows]
+        entries["size"] = np.where(dirs, 0, [row.entry.size for row in rows])
+        entries["name_offset"] = np.cumsum(lengths) - lengths
+        entries["name_length"] = lengths
+        stamps = np.array([_stamps(row.entry) for row in rows], np.int64)
+        entries["created"], entries["modified"], entries["accessed"] = stamps.T
     carried = [i for i, r in enumerate(rows) if r.content is not None and not r.entry.is_dir]
     chunks = _store_contents(store, rows, carried, entries, level)
     ntfs, streams = _ntfs_tables(rows, names)
@@ -484,56 +506,85 @@ def _build(
 
 def _ntfs_tables(rows: list[_Row], names: bytearray) -> tuple[np.ndarray, np.ndarray]:
     """The NTFS facts of the NTFS rows; stream names are appended to ``names``."""
-    items = [(i, r.entry) for i, r in enumerate(rows) if isinstance(r.entry, NtfsItem)]
-    table = np.zeros(len(items), NTFS_ENTRY_ROW)
+    facts: list[tuple[int, ...]] = []
     streams: list[tuple[int, int, int]] = []
-    for k, (i, e) in enumerate(items):
-        table[k] = (
-            i,
-            e.record,
-            e.ntfs_attributes,
-            e.security_id,
-            e.reparse_tag,
-            min(e.links, 0xFFFF),
-            len(e.streams),
-            len(streams),
-            _stamp(ntfsdelta.filetime_naive(e.mft_modified)),
+    for i, row in enumerate(rows):
+        e = row.entry
+        if not isinstance(e, NtfsItem):
+            continue
+        facts.append(
+            (
+                i,
+                e.record,
+                e.ntfs_attributes,
+                e.security_id,
+                e.reparse_tag,
+                min(e.links, 0xFFFF),
+                len(e.streams),
+                len(streams),
+                _ft_stamp(e.mft_modified),
+            )
         )
         for name, size in e.streams:
             encoded = name.encode("utf-8", "surrogatepass")
             streams.append((size, len(names), len(encoded)))
             names += encoded
-    return table, np.array(streams, STREAM_ROW)
+    return np.array(facts, NTFS_ENTRY_ROW), np.array(streams, STREAM_ROW)
 
 
 def _store_contents(
     store: Store, rows: list[_Row], carried: list[int], entries: np.ndarray, level: int | None
 ) -> np.ndarray:
-    """Chunk every carried file with FastCDC in one stream into ``put_many``."""
+    """Chunk every carried file with FastCDC in one stream into ``put_many``; NTFS files are
+    taken in disk order, small neighbours read together."""
     offsets: list[int] = []
     lengths: list[int] = []
+    done: list[tuple[int, int, int, bytes]] = []  # row, first chunk, chunks, digest
+    for reader in {id(r.content): r.content for r in rows}.values():
+        if isinstance(reader, NtfsContent):
+            reader.prefetch([rows[i].entry for i in carried if rows[i].content is reader])  # type: ignore[misc]
+    carried = sorted(carried, key=lambda i: _disk_order(rows[i]))
 
-    def stream() -> Iterator[memoryview]:
+    def stream() -> Iterator[Buffer]:
         for i in carried:
             row = rows[i]
             assert row.content is not None
             first = len(offsets)
+            pieces = row.content.iter_file(row.entry, READ_WINDOW)  # type: ignore[arg-type]
+            if row.entry.size <= CDC_MIN:  # FastCDC never cuts below its minimum: one chunk
+                data = b"".join(pieces)
+                if data:
+                    offsets.append(0)
+                    lengths.append(len(data))
+                    yield data
+                done.append((i, first, len(offsets) - first, xxhash.xxh3_128_digest(data)))
+                continue
             digest = xxhash.xxh3_128()
-            pieces = row.content.iter_file(row.entry, READ_WINDOW)
             for at, chunk in cdc_chunks(_hashing(pieces, digest)):
                 offsets.append(at)
                 lengths.append(len(chunk))
                 yield chunk
-            entries["first_chunk"][i], entries["chunk_count"][i] = first, len(offsets) - first
-            entries["digest"][i] = np.frombuffer(digest.digest(), "V16")[0]
-            entries["flags"][i] |= HAS_CONTENT
+            done.append((i, first, len(offsets) - first, digest.digest()))
 
     ids = store.put_many(stream(), level=level)
+    if done:
+        at, first, count, digests = zip(*done, strict=True)
+        where = list(at)
+        entries["first_chunk"][where] = first
+        entries["chunk_count"][where] = count
+        entries["digest"][where] = np.frombuffer(b"".join(digests), "V16")
+        entries["flags"][where] |= HAS_CONTENT
     table = np.zeros(len(ids), CHUNK_ROW)
     if ids:
         table["offset"], table["length"] = offsets, lengths
         table["id"] = np.frombuffer(b"".join(ids), "V16")
     return table
+
+
+def _disk_order(row: _Row) -> int:
+    if isinstance(row.content, NtfsContent):
+        return row.content.disk_order(row.entry)  # type: ignore[arg-type]
+    return -1
 
 
 def _hashing(pieces: Iterator[bytes], digest: Any) -> Iterator[bytes]:

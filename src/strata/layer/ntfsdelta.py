@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import xxhash
@@ -31,13 +32,15 @@ from strata.fs.ntfs.records import Attributes, Columns, gather, scan_window
 from strata.fs.ntfs.runlist import Run, decode_runlist
 
 BLOCK = 64 << 10  # the block delta's grid
+SMALL_FILE = 1 << 20  # files up to this size are read grouped with their neighbours
+GROUP_BYTES = 8 << 20  # the most one grouped read holds
+GROUP_GAP = 64 << 10  # unused bytes read between two files rather than a second read
 MAX_DEPTH = 1024  # parent hops before a path is called a cycle
 EPOCH = dt.datetime(1970, 1, 1)
 SYSTEM_DIR = "/$Extend/"
 
 
-@dataclass(frozen=True)
-class NtfsItem:
+class NtfsItem(NamedTuple):
     """One name of a changed file, shaped like a FAT entry for the shared table writer."""
 
     path: str
@@ -77,6 +80,48 @@ class NtfsContent:
         self._data: dict[int, tuple[list[Attribute], int] | StrataError] = {}
         self.resident: dict[int, bytes] = {}  # unnamed $DATA values read from parsed records
         self.runs: dict[int, Plain] = {}  # uncompressed non-resident $DATA, from the same
+        self._where: dict[int, tuple[int, int, int]] = {}  # record: group, offset, size
+        self._groups: list[tuple[int, int]] = []  # volume byte ranges read in one go
+        self._held: tuple[int, bytes] | None = None  # the group read last
+
+    def disk_order(self, item: NtfsItem) -> int:
+        """Where the item's content starts on the volume (reading in this order is
+        sequential); -1 when it is not read through ``prefetch``."""
+        found = self._where.get(item.record)
+        return -1 if found is None else found[1]
+
+    def prefetch(self, items: list[NtfsItem]) -> None:
+        """Plan reading the small one-run files among ``items`` in few large reads: runs of
+        files close together on the volume become one read of at most GROUP_BYTES."""
+        cs = self.vol.geometry.cluster_size
+        spans = []
+        for item in items:
+            plain = self.runs.get(item.record)
+            if plain is None or len(plain.runs) != 1 or plain.initialized != plain.size:
+                continue
+            lcn = plain.runs[0].lcn
+            if lcn is not None and 0 < plain.size <= SMALL_FILE:
+                spans.append((lcn * cs, plain.size, item.record))
+        spans.sort()
+        start = end = -1
+        for offset, size, record in spans:
+            if start < 0 or offset - end > GROUP_GAP or offset + size - start > GROUP_BYTES:
+                if start >= 0:
+                    self._groups.append((start, end))
+                start, end = offset, offset + size
+            else:
+                end = max(end, offset + size)
+            self._where[record] = (len(self._groups), offset, size)
+        if start >= 0:
+            self._groups.append((start, end))
+
+    def _grouped(self, record: int) -> bytes:
+        group, offset, size = self._where[record]
+        if self._held is None or self._held[0] != group:
+            lo, hi = self._groups[group]
+            self._held = (group, self.vol.read_bytes(lo, hi - lo))
+        lo = self._groups[group][0]
+        return self._held[1][offset - lo : offset - lo + size]
 
     def data(self, record: int) -> tuple[list[Attribute], int]:
         """The unnamed $DATA extents and size (the error ``vol.stream`` raises, again)."""
@@ -100,6 +145,8 @@ class NtfsContent:
         return True
 
     def iter_file(self, item: NtfsItem, window: int) -> Iterator[bytes]:
+        if item.record in self._where:
+            return iter((self._grouped(item.record),))
         if item.record in self.resident:
             return iter((self.resident[item.record],))
         if item.record in self.runs:
@@ -130,12 +177,14 @@ class Records:
     resident: dict[int, bytes] = field(default_factory=dict)
     runs: dict[int, Plain] = field(default_factory=dict)
     paths: dict[int, str | None] = field(default_factory=dict)
+    twin: Records | None = None  # the other side's records, to share the unchanged ones
+    changed: np.ndarray | None = None  # sorted numbers of the records that differ
     _fn_rows: int = 0
     _name_rows: int = 0
     _ads_rows: int = 0
 
     def __post_init__(self) -> None:
-        self.cols = Columns(self.vol.record_count)
+        self.cols = Columns(self.vol.record_count, sparse=True)
         self.scanned = np.zeros(self.vol.record_count, bool)
         self.paths[s.ROOT_RECORD] = ""
 
@@ -143,6 +192,8 @@ class Records:
         nums = np.unique(np.asarray(numbers, np.int64))
         nums = nums[(nums >= 0) & (nums < self.vol.record_count)]
         nums = nums[~self.scanned[nums]]
+        if self.twin is not None and self.changed is not None and nums.size:
+            nums = self._adopt(nums, self.twin, self.changed)
         if nums.size == 0:
             return
         per = 8192
@@ -175,6 +226,30 @@ class Records:
         for owner, name, size in self.cols.ads[self._ads_rows :]:
             self.streams.setdefault(owner, []).append((name, size))
         self._ads_rows = len(self.cols.ads)
+
+    def _adopt(self, nums: np.ndarray, twin: Records, changed: np.ndarray) -> np.ndarray:
+        """Take the records of ``nums`` that are the same bytes on both sides from ``twin``
+        (already parsed there); the others are left to read."""
+        same = nums < twin.vol.record_count
+        same[same] = twin.scanned[nums[same]]
+        same &= ~np.isin(nums, changed, assume_unique=True)
+        shared = nums[same]
+        if shared.size == 0:
+            return nums
+        mine, theirs = self.cols, twin.cols
+        for table in ("flags", "sequence", "base", "links", "si", "size", "reparse"):
+            getattr(mine, table)[shared] = getattr(theirs, table)[shared]
+        for r in shared.tolist():
+            for own, other in (
+                (self.names, twin.names),
+                (self.streams, twin.streams),
+                (self.resident, twin.resident),
+                (self.runs, twin.runs),
+            ):
+                if r in other:
+                    own[r] = other[r]  # type: ignore[index]
+        self.scanned[shared] = True
+        return nums[~same]
 
     def load_parents(self, numbers: np.ndarray) -> None:
         """Parse the ancestors of records ``numbers``, a generation per bulk pass."""
@@ -553,8 +628,9 @@ def diff_with(
     old_data.runs.update(before.runs)
     new_data.runs.update(after.runs)
     every = np.union1d(nums, extra)
-    before.load_parents(every)
     after.load_parents(every)
+    before.twin, before.changed = after, every  # unchanged ancestors: parsed once, shared
+    before.load_parents(every)
     for recs in (before, after):  # a record left out would read as deleted: refuse instead
         if recs.cols.problems:
             first = recs.cols.problems[0]

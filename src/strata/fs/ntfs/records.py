@@ -14,6 +14,7 @@ same way.
 
 from __future__ import annotations
 
+import mmap
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -50,17 +51,27 @@ class Attributes(NamedTuple):
 
 class Columns:
     """What the scan keeps: per-record tables (filled window by window, indexed by record
-    number) and rows for the variable parts (names, named streams, problems)."""
+    number) and rows for the variable parts (names, named streams, problems).
 
-    def __init__(self, nrec: int) -> None:
+    ``sparse`` is for filling a few scattered records of a big MFT: the tables are then
+    columns of one row-per-record table in memory mapped without huge pages, so a record
+    costs one page on first touch (not one zeroed huge page per table)."""
+
+    def __init__(self, nrec: int, sparse: bool = False) -> None:
         self.nrec = nrec
-        self.flags = np.zeros(nrec, np.int64)  # header flags, 0 for records not in use
-        self.sequence = np.zeros(nrec, np.int64)
-        self.base = np.zeros(nrec, np.int64)
-        self.links = np.zeros(nrec, np.int64)
-        self.si = np.zeros((nrec, 6), np.int64)  # 4 times, attributes, security id
-        self.size = np.zeros(nrec, np.int64)  # unnamed $DATA size
-        self.reparse = np.zeros(nrec, np.int64)  # reparse tag
+        if sparse:
+            self._map = mmap.mmap(-1, max(1, nrec * 12 * 8))
+            rows = np.frombuffer(self._map, np.int64, nrec * 12).reshape(nrec, 12)
+            tables = [rows[:, k] for k in range(6)] + [rows[:, 6:]]
+        else:
+            tables = [np.zeros(nrec, np.int64) for _ in range(6)] + [np.zeros((nrec, 6), np.int64)]
+        self.flags = tables[0]  # header flags, 0 for records not in use
+        self.sequence = tables[1]
+        self.base = tables[2]
+        self.links = tables[3]
+        self.size = tables[4]  # unnamed $DATA size
+        self.reparse = tables[5]  # reparse tag
+        self.si = tables[6]  # 4 times, attributes, security id
         self.fn: list[np.ndarray] = []  # rows: owner, parent ref, namespace
         self.names: list[str] = []
         self.ads: list[tuple[int, str, int]] = []  # owner, name, size

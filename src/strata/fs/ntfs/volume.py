@@ -234,6 +234,10 @@ class NtfsVolume:
         self.dev.readinto(offset, buf)
         return bytes(buf)
 
+    def read_bytes(self, offset: int, length: int) -> bytes:
+        """``length`` bytes of the volume at ``offset`` (TruncatedImage past the device)."""
+        return self._read(offset, length)
+
     def _parse_boot(self) -> Geometry:
         sector = self._read(0, min(512, self.dev.size))
         try:
@@ -542,7 +546,7 @@ class NtfsVolume:
             n = min(per, self.record_count - first)
             view = buf[: n * rs]
             offsets = self._read_window(first * rs, view)
-            scan_window(view.reshape(n, rs), first, self._dtype, cols, offsets[::1])
+            scan_window(view.reshape(n, rs), first, self._dtype, cols, offsets)
         return cols
 
     def _read_window(self, byte: int, out: np.ndarray) -> np.ndarray:
