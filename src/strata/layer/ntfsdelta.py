@@ -28,10 +28,11 @@ from strata.errors import CorruptImage, StrataError, Unsupported
 from strata.fs.ntfs import NtfsVolume
 from strata.fs.ntfs import structs as s
 from strata.fs.ntfs.attributes import Attribute
-from strata.fs.ntfs.records import Attributes, Columns, gather, scan_window
+from strata.fs.ntfs.records import ROW_FIELDS, Attributes, Columns, gather, scan_window
 from strata.fs.ntfs.runlist import Run, decode_runlist
 
 BLOCK = 64 << 10  # the block delta's grid
+NO_FACTS = [0] * ROW_FIELDS  # a record not parsed: not in use
 SMALL_FILE = 1 << 20  # files up to this size are read grouped with their neighbours
 GROUP_BYTES = 8 << 20  # the most one grouped read holds
 GROUP_GAP = 64 << 10  # unused bytes read between two files rather than a second read
@@ -177,6 +178,7 @@ class Records:
     resident: dict[int, bytes] = field(default_factory=dict)
     runs: dict[int, Plain] = field(default_factory=dict)
     paths: dict[int, str | None] = field(default_factory=dict)
+    facts: dict[int, list[int]] = field(default_factory=dict)  # table rows, as lists
     twin: Records | None = None  # the other side's records, to share the unchanged ones
     changed: np.ndarray | None = None  # sorted numbers of the records that differ
     _fn_rows: int = 0
@@ -212,6 +214,7 @@ class Records:
             assert attrs is not None
             unnamed_data(self.vol, raw, part, self.cols.base[part], attrs, self)
         self.scanned[nums] = True
+        self._snapshot(nums)
         fresh = self.cols.fn[self._fn_rows :]
         names = self.cols.names[self._name_rows :]
         self._fn_rows = len(self.cols.fn)
@@ -227,6 +230,16 @@ class Records:
             self.streams.setdefault(owner, []).append((name, size))
         self._ads_rows = len(self.cols.ads)
 
+    def _snapshot(self, nums: np.ndarray) -> None:
+        """Keep the table rows of records ``nums`` (and of the base records their extension
+        records added to) as Python lists: the per-record logic reads them many times."""
+        rows = self.cols.rows
+        assert rows is not None
+        owners = self.cols.base[nums]
+        touched = np.union1d(nums, owners[owners != 0])
+        touched = touched[touched < self.vol.record_count]
+        self.facts.update(zip(touched.tolist(), rows[touched].tolist(), strict=True))
+
     def _adopt(self, nums: np.ndarray, twin: Records, changed: np.ndarray) -> np.ndarray:
         """Take the records of ``nums`` that are the same bytes on both sides from ``twin``
         (already parsed there); the others are left to read."""
@@ -236,11 +249,11 @@ class Records:
         shared = nums[same]
         if shared.size == 0:
             return nums
-        mine, theirs = self.cols, twin.cols
-        for table in ("flags", "sequence", "base", "links", "si", "size", "reparse"):
-            getattr(mine, table)[shared] = getattr(theirs, table)[shared]
+        assert self.cols.rows is not None and twin.cols.rows is not None
+        self.cols.rows[shared] = twin.cols.rows[shared]
         for r in shared.tolist():
             for own, other in (
+                (self.facts, twin.facts),
                 (self.names, twin.names),
                 (self.streams, twin.streams),
                 (self.resident, twin.resident),
@@ -268,16 +281,16 @@ class Records:
             todo = wanted
 
     def in_use(self, r: int) -> bool:
-        if r >= self.vol.record_count:
-            return False
-        flags, base = int(self.cols.flags[r]), int(self.cols.base[r])
-        return bool(flags & s.RECORD_IN_USE) and base == 0
+        f = self.facts.get(r)
+        return f is not None and bool(f[0] & s.RECORD_IN_USE) and f[2] == 0
 
     def is_dir(self, r: int) -> bool:
-        return bool(int(self.cols.flags[r]) & s.RECORD_IS_DIRECTORY)
+        f = self.facts.get(r)
+        return f is not None and bool(f[0] & s.RECORD_IS_DIRECTORY)
 
     def sequence(self, r: int) -> int:
-        return int(self.cols.sequence[r]) if r < self.vol.record_count else -1
+        f = self.facts.get(r)
+        return f[1] if f is not None else 0 if r < self.vol.record_count else -1
 
     def path_of(self, parent_ref: int, name: str) -> str | None:
         prefix = self.dir_path(parent_ref & s.REF_RECORD_MASK, (parent_ref >> 48) & 0xFFFF)
@@ -309,12 +322,10 @@ class Records:
 
     def items(self, r: int) -> list[NtfsItem]:
         """Every resolvable name of in-use record ``r``."""
-        created, modified, mft_modified, accessed, attributes, security_id = self.cols.si[
-            r
-        ].tolist()
-        is_dir = self.is_dir(r)
-        size = 0 if is_dir else int(self.cols.size[r])
-        reparse, links = int(self.cols.reparse[r]), int(self.cols.links[r])
+        flags, _seq, _base, links, size, reparse, *si = self.facts.get(r, NO_FACTS)
+        created, modified, mft_modified, accessed, attributes, security_id = si
+        is_dir = bool(flags & s.RECORD_IS_DIRECTORY)
+        size = 0 if is_dir else size
         streams = tuple(sorted(self.streams.get(r, ())))
         out = []
         for pref, name in self.names.get(r, ()):

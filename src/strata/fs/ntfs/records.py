@@ -49,6 +49,9 @@ class Attributes(NamedTuple):
     length: np.ndarray
 
 
+ROW_FIELDS = 12  # flags, sequence, base, links, size, reparse, 6 $STANDARD_INFORMATION values
+
+
 class Columns:
     """What the scan keeps: per-record tables (filled window by window, indexed by record
     number) and rows for the variable parts (names, named streams, problems).
@@ -59,10 +62,12 @@ class Columns:
 
     def __init__(self, nrec: int, sparse: bool = False) -> None:
         self.nrec = nrec
+        self.rows: np.ndarray | None = None  # sparse: every table, one row per record
         if sparse:
-            self._map = mmap.mmap(-1, max(1, nrec * 12 * 8))
-            rows = np.frombuffer(self._map, np.int64, nrec * 12).reshape(nrec, 12)
+            self._map = mmap.mmap(-1, max(1, nrec * ROW_FIELDS * 8))
+            rows = np.frombuffer(self._map, np.int64, nrec * ROW_FIELDS).reshape(nrec, ROW_FIELDS)
             tables = [rows[:, k] for k in range(6)] + [rows[:, 6:]]
+            self.rows = rows
         else:
             tables = [np.zeros(nrec, np.int64) for _ in range(6)] + [np.zeros((nrec, 6), np.int64)]
         self.flags = tables[0]  # header flags, 0 for records not in use
