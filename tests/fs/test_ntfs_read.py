@@ -18,7 +18,7 @@ from strata.fs import detect
 from strata.fs.ntfs import NtfsVolume, link_of
 from strata.fs.ntfs import structs as s
 
-from support.ntfs_tools import fls, icat, mounted, volume, walk_mount
+from support.ntfs_tools import fls, icat, make_volume, mounted, volume, walk_mount
 
 FILES = 5000
 
@@ -182,3 +182,29 @@ def test_sample_matches_icat(vol: NtfsVolume, image: Path) -> None:
     for path in random.Random(9).sample(files, 120):
         e = vol.stat(path)
         assert vol.read_file(e) == icat(image, str(e.record)), path
+
+
+def _astral(root: Path) -> None:
+    """Names outside the BMP (UTF-16 surrogate pairs) beside plain ones in one directory."""
+    (root / "pkg").mkdir()
+    for i in range(30):
+        (root / "pkg" / f"plain{i:02d}.txt").write_bytes(b"x")
+    (root / "pkg" / "box \U0001f4e6.txt").write_bytes(b"emoji")
+    (root / "pkg" / "\U0001d49c\U0001d4b7 dir").mkdir()
+    (root / "pkg" / "\U0001d49c\U0001d4b7 dir" / "inside é.txt").write_bytes(b"y")
+
+
+def test_surrogate_pair_names_match_fls(tmp_path: Path) -> None:
+    """A window of names holding surrogate pairs takes the name-by-name path; the listing
+    still equals what fls prints."""
+    image = make_volume(tmp_path / "astral.img", "16M", _astral)
+    vol = NtfsVolume(RawFileDevice(str(image)))
+    theirs = {"/" + r.path.split(":")[0] for r in fls(image)}
+    mine = {e.path for e in vol.walk()}
+    assert mine == theirs
+    assert "/pkg/box \U0001f4e6.txt" in mine
+    assert "/pkg/\U0001d49c\U0001d4b7 dir/inside é.txt" in mine
+    entry = vol.stat("/pkg/box \U0001f4e6.txt")
+    assert (
+        entry.name == "box \U0001f4e6.txt" and b"".join(vol.iter_stream(entry.record)) == b"emoji"
+    )

@@ -182,7 +182,6 @@ class Records:
     twin: Records | None = None  # the other side's records, to share the unchanged ones
     changed: np.ndarray | None = None  # sorted numbers of the records that differ
     _fn_rows: int = 0
-    _name_rows: int = 0
     _ads_rows: int = 0
 
     def __post_init__(self) -> None:
@@ -216,9 +215,12 @@ class Records:
         self.scanned[nums] = True
         self._snapshot(nums)
         fresh = self.cols.fn[self._fn_rows :]
-        names = self.cols.names[self._name_rows :]
+        names = [
+            n
+            for k in range(self._fn_rows, len(fresh) + self._fn_rows)
+            for n in self.cols.part_names(k)
+        ]
         self._fn_rows = len(self.cols.fn)
-        self._name_rows = len(self.cols.names)
         if fresh:
             rows = np.concatenate(fresh)
             keep = rows[:, 2] != s.NAMESPACE_DOS

@@ -77,10 +77,31 @@ class Columns:
         self.size = tables[4]  # unnamed $DATA size
         self.reparse = tables[5]  # reparse tag
         self.si = tables[6]  # 4 times, attributes, security id
-        self.fn: list[np.ndarray] = []  # rows: owner, parent ref, namespace
-        self.names: list[str] = []
+        self.fn: list[np.ndarray] = []  # rows: owner, parent ref, namespace (no DOS names)
+        # the names of each ``fn`` part: one text, each name followed by NUL (names without
+        # NUL or surrogates, so a name's code units are its characters), or else a list
+        self.texts: list[str | list[str]] = []
+        self.lengths: list[np.ndarray] = []  # code units of each name, per part
         self.ads: list[tuple[int, str, int]] = []  # owner, name, size
         self.problems: list[RecordProblem] = []
+
+    @property
+    def names(self) -> list[str]:
+        """Every name, in ``fn`` row order."""
+        return [n for part in range(len(self.texts)) for n in self.part_names(part)]
+
+    def part_names(self, part: int) -> list[str]:
+        text = self.texts[part]
+        return text.split("\0")[:-1] if isinstance(text, str) else text
+
+    def char_starts(self) -> np.ndarray | None:
+        """Where each row's name starts in its part's text (None when a part is a list)."""
+        if any(not isinstance(text, str) for text in self.texts):
+            return None
+        if not self.lengths:
+            return np.zeros(0, np.int64)
+        units = [n + 1 for n in self.lengths]
+        return np.concatenate([np.cumsum(u) - u for u in units])
 
     def scatter(self, table: np.ndarray, owner: np.ndarray, values: np.ndarray) -> None:
         ok = (owner >= 0) & (owner < self.nrec)
@@ -270,10 +291,13 @@ def _attribute_values(
         nlen = flat[v + 64].astype(np.int64)
         fits = s.FILE_NAME_SIZE + 2 * nlen <= vlen[fn]
         fn, v, nlen = fn[fits], v[fits], nlen[fits]
-        parent = gather(flat, v, 8).astype(np.int64)
         namespace = flat[v + 65].astype(np.int64)
+        named = namespace != s.NAMESPACE_DOS  # the 8.3 alias of a name listed beside it
+        fn, v, nlen, namespace = fn[named], v[named], nlen[named], namespace[named]
+        parent = gather(flat, v, 8).astype(np.int64)
         cols.fn.append(np.stack([owner[fn], parent, namespace], axis=1))
-        cols.names.extend(_decode_names(flat, v + s.FILE_NAME_SIZE, nlen))
+        cols.texts.append(_decode_names(flat, v + s.FILE_NAME_SIZE, nlen))
+        cols.lengths.append(nlen)
 
     data = atype == s.DATA
     name_len = np.where(data, flat[apos + 9], 0)
@@ -295,10 +319,11 @@ def _attribute_values(
         cols.scatter(cols.reparse, owner[rp], gather(flat, value[rp], 4))
 
 
-def _decode_names(flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> list[str]:
-    """UTF-16 names at ``starts`` (``lengths`` code units each), decoded with one call."""
+def _decode_names(flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> str | list[str]:
+    """UTF-16 names at ``starts`` (``lengths`` code units each), decoded with one call: one
+    text, each name followed by NUL; a list of names when one holds NUL or a surrogate."""
     if starts.size == 0:
-        return []
+        return ""
     units = lengths + 1  # one NUL separator after each name
     ends = np.cumsum(units)
     total = int(ends[-1])
@@ -309,15 +334,20 @@ def _decode_names(flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> 
         byte_idx = np.repeat(starts, units) + 2 * unit_idx
         codes = flat[byte_idx] | flat[byte_idx + 1].astype(np.uint16) << 8
     codes[ends - 1] = 0
-    pairs = codes.astype("<u2")
-    text = pairs.tobytes().decode("utf-16-le", "surrogatepass")
-    names = text.split("\0")[:-1]
-    if len(names) != starts.size:  # a name holding NUL: decode one by one
-        names = [
-            flat[a : a + 2 * n].tobytes().decode("utf-16-le", "surrogatepass")
-            for a, n in zip(starts.tolist(), lengths.tolist(), strict=True)
-        ]
-    return names
+    top = int(codes.max())
+    if top < 0x80:
+        text = codes.astype(np.uint8).tobytes().decode("ascii")
+    else:
+        text = codes.astype("<u2").tobytes().decode("utf-16-le", "surrogatepass")
+    regular = np.count_nonzero(codes == 0) == starts.size
+    if regular and top >= 0xD800:
+        regular = not ((codes >= 0xD800) & (codes < 0xE000)).any()
+    if regular:
+        return text
+    return [
+        flat[a : a + 2 * n].tobytes().decode("utf-16-le", "surrogatepass")
+        for a, n in zip(starts.tolist(), lengths.tolist(), strict=True)
+    ]
 
 
 def _named_stream(
