@@ -10,8 +10,6 @@ from typing import Any
 from strata.blockdev.copy import Progress
 from strata.errors import NotFound
 from strata.store import Store, store_path
-from strata.store import gc as _gc
-from strata.store import verify as _verify
 
 PathLike = str | os.PathLike[str] | None
 
@@ -51,9 +49,11 @@ def store_stats(path: PathLike = None) -> dict[str, Any]:
 
 def verify_store(path: PathLike = None, progress: Progress | None = None) -> dict[str, Any]:
     """Read back every chunk and live manifest; ``clean`` is False when anything is wrong."""
+    from strata.store.verify import verify  # start-up: opening a store does not need it
+
     register_layer_schemas()
     with Store(path) as store:
-        return _verify(store, progress)
+        return verify(store, progress)
 
 
 def gc_store(
@@ -62,8 +62,10 @@ def gc_store(
     lock_timeout: float = 60.0,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
+    from strata.store.gc import gc  # start-up: opening a store does not need it
+
     register_layer_schemas()
-    return _gc(path, threshold=threshold, lock_timeout=lock_timeout, progress=progress)
+    return gc(path, threshold=threshold, lock_timeout=lock_timeout, progress=progress)
 
 
 def list_layers(path: PathLike = None) -> list[dict[str, Any]]:
