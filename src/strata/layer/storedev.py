@@ -1,21 +1,38 @@
 """A composed image (or any block table) in the store, read as a BlockDevice.
 
-Reads are sequential in practice (every writer streams), so the device decodes the next
-window's chunks on worker threads while the caller writes the current one, and decodes a
-chunk that repeats inside a window once.  Memory: two windows of decoded chunks.
+A read decodes the distinct chunks its rows name on the store's worker threads, straight
+into the caller's buffer, in as many jobs as there are workers: per-chunk futures cost more
+than the decode of a 64 KiB chunk.  Frames adjacent in one pack are read with one ``pread``.
+Read-ahead is the streaming caller's (``blockdev.copy.iter_blocks`` reads the next window on
+a thread), so one read is in flight at a time and memory is the caller's buffers alone.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from strata.blockdev.base import BaseDevice, Extent, ExtentState, zero_fill
 from strata.errors import CorruptImage, NotFound
 from strata.store import CHUNK_ROW, ZERO_ID, Store, to_hex
+from strata.store.index import Location
+
+MERGE_GAP = 4096  # read two frames of a pack with one pread when this close
+
+
+@dataclass
+class _Chunk:
+    """One distinct chunk of a read and where its bytes go in the caller's buffer."""
+
+    cid: bytes
+    place: Location
+    length: int
+    targets: list[tuple[int, int, int]] = field(default_factory=list)  # (dest lo, hi, src lo)
 
 
 class StoreDevice(BaseDevice):
@@ -36,11 +53,14 @@ class StoreDevice(BaseDevice):
             raise CorruptImage(
                 path=str(store.root), structure="block table", problem="rows overlap or overrun"
             )
+        # Reads locate chunks on a connection of their own (they may run on a read-ahead
+        # thread while this handle stores), which sees committed chunks only.
+        store.flush()
         self.store = store
         self._size = size
         self._sector_size = sector_size
         self._pool: ThreadPoolExecutor | None = None
-        self._pending: dict[bytes, Future[bytes]] = {}
+        self._threads = max(2, os.cpu_count() or 2)  # the caller's thread decodes one job
 
     def _rows_in(self, offset: int, end: int) -> tuple[int, int]:
         first = int(np.searchsorted(self.ends, offset, side="right"))
@@ -49,43 +69,63 @@ class StoreDevice(BaseDevice):
 
     def _workers(self) -> ThreadPoolExecutor:
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(os.cpu_count() or 2, thread_name_prefix="strata-read")
+            self._pool = ThreadPoolExecutor(self._threads - 1, thread_name_prefix="strata-read")
         return self._pool
-
-    def _submit(self, first: int, last: int) -> dict[bytes, Future[bytes]]:
-        """Futures for the distinct chunks of rows [first, last), reusing read-ahead ones."""
-        rows = self.rows[first:last]
-        wanted = {bytes(cid): int(n) for cid, n in zip(rows["id"], rows["length"], strict=True)}
-        futures = {cid: f for cid in wanted if (f := self._pending.get(cid)) is not None}
-        missing = [cid for cid in wanted if cid not in futures]
-        places = self.store.locate(missing) if missing else {}
-        for cid in missing:
-            place = places.get(cid)
-            if place is None:
-                raise NotFound(what=f"chunk {to_hex(cid)} of this image (not in the store)")
-            futures[cid] = self._workers().submit(self.store.read_chunk, cid, place, wanted[cid])
-        return futures
 
     def _readinto(self, offset: int, view: memoryview) -> None:
         end = offset + len(view)
         first, last = self._rows_in(offset, end)
-        current = self._submit(first, last)
-        ahead = self._rows_in(end, min(self._size, end + len(view)))
-        upcoming = self._submit(*ahead) if ahead[0] < ahead[1] else {}
-        self._pending = {**current, **upcoming}
-        rows = self.rows[first:last]
+        chunks = self._plan(first, last, offset, end)
         pos = offset
-        chunks = (current[bytes(cid)].result() for cid in rows["id"])
-        for start, stop, data in zip(
-            self.starts[first:last], self.ends[first:last], chunks, strict=True
-        ):
-            lo, hi = max(int(start), offset), min(int(stop), end)
-            if lo > pos:
-                zero_fill(view[pos - offset : lo - offset])
-            view[lo - offset : hi - offset] = memoryview(data)[lo - int(start) : hi - int(start)]
-            pos = hi
+        starts, ends = self.starts[first:last].tolist(), self.ends[first:last].tolist()
+        for start, stop in zip(starts, ends, strict=True):
+            if start > pos:
+                zero_fill(view[pos - offset : start - offset])
+            pos = max(pos, min(stop, end))
         if pos < end:
             zero_fill(view[pos - offset :])
+        jobs = _split(chunks, self._threads)
+        futures = [self._workers().submit(self._decode_into, job, view) for job in jobs[1:]]
+        try:
+            if jobs:
+                self._decode_into(jobs[0], view)
+        finally:
+            wait(futures)  # no worker may write into ``view`` after we return
+        for future in futures:
+            future.result()
+
+    def _plan(self, first: int, last: int, offset: int, end: int) -> list[_Chunk]:
+        """The distinct chunks of rows [first, last), in pack order, with their targets."""
+        rows = self.rows[first:last]
+        chunks: dict[bytes, _Chunk] = {}
+        ids = [bytes(cid) for cid in rows["id"]]
+        places = self.store.locate_committed(list(dict.fromkeys(ids)))
+        for cid, start, stop in zip(
+            ids, self.starts[first:last].tolist(), self.ends[first:last].tolist(), strict=True
+        ):
+            chunk = chunks.get(cid)
+            if chunk is None:
+                place = places.get(cid)
+                if place is None:
+                    raise NotFound(what=f"chunk {to_hex(cid)} of this image (not in the store)")
+                self.store.check_place(cid, place)
+                chunk = chunks[cid] = _Chunk(cid, place, stop - start)
+            lo, hi = max(start, offset), min(stop, end)
+            chunk.targets.append((lo - offset, hi - offset, lo - start))
+        return sorted(chunks.values(), key=lambda c: (c.place.pack, c.place.offset))
+
+    def _decode_into(self, chunks: list[_Chunk], view: memoryview) -> None:
+        for group in _adjacent(chunks):
+            head = group[0].place
+            tail = group[-1].place
+            span = tail.offset + tail.length - head.offset
+            blob = memoryview(self.store.packs.read(head.pack, head.offset, span))
+            for chunk in group:
+                at = chunk.place.offset - head.offset
+                frame = blob[at : at + chunk.place.length]
+                data = self.store.decode_chunk(chunk.cid, chunk.place, frame, chunk.length)
+                for lo, hi, src in chunk.targets:
+                    view[lo:hi] = memoryview(data)[src : src + hi - lo]
 
     def _extents(self, offset: int, length: int) -> Iterator[Extent]:
         end = offset + length
@@ -105,10 +145,33 @@ class StoreDevice(BaseDevice):
             yield Extent(pos, end - pos, ExtentState.ZERO)
 
     def close(self) -> None:
-        """Stop the read-ahead; the store belongs to the caller."""
-        for future in self._pending.values():
-            future.cancel()
-        self._pending = {}
+        """Stop the workers; the store belongs to the caller."""
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+
+
+def _adjacent(chunks: list[_Chunk]) -> Iterator[list[_Chunk]]:
+    """Runs of chunks (sorted by pack and offset) whose frames one pread can cover."""
+    group: list[_Chunk] = []
+    for chunk in chunks:
+        if group:
+            prev = group[-1].place
+            if chunk.place.pack != prev.pack or not (
+                0 <= chunk.place.offset - (prev.offset + prev.length) <= MERGE_GAP
+            ):
+                yield group
+                group = []
+        group.append(chunk)
+    if group:
+        yield group
+
+
+def _split(chunks: list[_Chunk], parts: int) -> list[list[_Chunk]]:
+    """``chunks`` cut into at most ``parts`` contiguous jobs of about equal stored bytes."""
+    if not chunks:
+        return []
+    weights = np.cumsum([c.place.length for c in chunks])
+    bounds = np.searchsorted(weights, weights[-1] * np.arange(1, parts) / parts, side="right")
+    edges = [0, *sorted(set(int(b) for b in bounds)), len(chunks)]
+    return [chunks[a:b] for a, b in itertools.pairwise(edges) if b > a]

@@ -20,6 +20,8 @@ import functools
 import json
 import os
 import secrets
+import sqlite3
+import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -145,6 +147,8 @@ class Store:
         self._rows: list[tuple[bytes, str, int, int, int]] = []
         self._pending: dict[bytes, Location | None] = {}
         self._inflight_bytes = 0
+        self._reader_db: sqlite3.Connection | None = None
+        self._reader_lock = threading.Lock()
 
     # -- life cycle ----------------------------------------------------------------------
     @classmethod
@@ -174,6 +178,8 @@ class Store:
                 self._writer = None
             self._pool.shutdown(wait=True)
             self.packs.close()
+            if self._reader_db is not None:
+                self._reader_db.close()
             self.db.close()
             self._lock.release()
 
@@ -404,7 +410,22 @@ class Store:
             found.update(index.locate(self.db, rest))
         return found
 
+    def locate_committed(self, ids: list[bytes]) -> dict[bytes, Location]:
+        """Where committed chunks are, asked on a connection of its own: safe from a
+        read-ahead thread while this handle writes on its main one (finalize reads a base
+        from the store while it stores the delta)."""
+        with self._reader_lock:
+            if self._reader_db is None:
+                self._reader_db = connect(self.root / "catalog.db", create=False, any_thread=True)
+            return index.locate(self._reader_db, ids)
+
     def read_chunk(self, cid: bytes, place: Location, length: int | None = None) -> bytes:
+        self.check_place(cid, place)
+        frame = self.packs.read(place.pack, place.offset, place.length)
+        return self.decode_chunk(cid, place, frame, length)
+
+    def check_place(self, cid: bytes, place: Location) -> None:
+        """Refuse an index entry whose sizes no chunk of this store can have (before reading)."""
         if place.raw_length > self.max_chunk or place.length > 2 * self.max_chunk + 4096:
             raise CorruptImage(
                 path=self.root / "catalog.db",
@@ -412,8 +433,12 @@ class Store:
                 problem=f"chunk {to_hex(cid)} declares {place.raw_length} bytes",
                 field="raw_length",
             )
+
+    def decode_chunk(
+        self, cid: bytes, place: Location, frame: Buffer, length: int | None = None
+    ) -> bytes:
+        """The verified bytes of chunk ``cid`` from its ``frame``, read from ``place``."""
         where = Where(f"{self._packs_dir}/{place.pack}", place.offset)  # hot: no pathlib
-        frame = self.packs.read(place.pack, place.offset, place.length)
         data = decode(frame, where, CHUNK_MAGIC, self.max_chunk, cid)
         if length is not None and len(data) != length:
             raise CorruptImage(

@@ -82,9 +82,13 @@ BEGIN SELECT RAISE(ABORT, 'the audit history is append-only'); END;
 """
 
 
-def connect(path: Path, create: bool) -> sqlite3.Connection:
+def connect(path: Path, create: bool, any_thread: bool = False) -> sqlite3.Connection:
+    """``any_thread``: the connection may be used from a thread other than its creator's
+    (never from two at once; SQLite here is built serialized anyway)."""
     try:
-        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        conn = sqlite3.connect(
+            path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=not any_thread
+        )
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=ON")
