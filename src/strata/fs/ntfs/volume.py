@@ -117,6 +117,7 @@ class Listing:
             self.problems.append(RecordProblem(int(owner[i]), None, problem))
         idx = np.flatnonzero(keep & good_parent)
         owner, parent = owner[idx], parent[idx]
+        del fn, pref, ns, safe_owner, keep, pseq, safe, good_parent  # before the paths
         dirs = self.is_dir[owner]
         starts = cols.char_starts()
         dir_paths = self._dir_paths(
@@ -197,7 +198,7 @@ def _names_at(cols: Columns, rows: np.ndarray, starts: np.ndarray | None) -> lis
     if starts is None:
         names = cols.names
         return [names[r] for r in rows.tolist()]
-    part, _ = _parts_of(cols, rows)
+    part = _parts_of(cols, rows)
     texts = cols.texts
     lengths = np.concatenate(cols.lengths)
     firsts, counts = starts[rows].tolist(), lengths[rows].tolist()
@@ -207,11 +208,12 @@ def _names_at(cols: Columns, rows: np.ndarray, starts: np.ndarray | None) -> lis
     ]
 
 
-def _parts_of(cols: Columns, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    sizes = np.array([len(f) for f in cols.fn], np.int64)
-    ends = np.cumsum(sizes)
-    part = np.searchsorted(ends, rows, side="right")
-    return part, rows - (ends - sizes)[part]
+def _parts_of(cols: Columns, rows: np.ndarray) -> np.ndarray:
+    """The part (scan window) of each ``fn`` row of ``rows``."""
+    sizes = [len(f) for f in cols.fn]
+    if len(sizes) == 1:
+        return np.zeros(rows.size, np.int64)
+    return np.repeat(np.arange(len(sizes)), sizes)[rows]
 
 
 def _join_paths(
@@ -223,12 +225,12 @@ def _join_paths(
 ) -> list[str]:
     """The path of each ``fn`` row of ``rows``: prefix ``slots`` + name.  Rows that follow
     each other in one part under one directory are a run of the part's text: the run's
-    paths are made by one replace of its NUL separators, and all paths by one final split
-    (no Python work per name)."""
+    paths are made by one replace of its NUL separators and one split (no Python work per
+    name)."""
     if rows.size == 0:
         return []
     if starts is not None:
-        part, _ = _parts_of(cols, rows)
+        part = _parts_of(cols, rows)
         lengths = np.concatenate(cols.lengths)
         cut = (np.diff(rows) != 1) | (np.diff(part) != 0) | (np.diff(slots) != 0)
         firsts = np.concatenate(([0], np.flatnonzero(cut) + 1))
@@ -238,17 +240,12 @@ def _join_paths(
             b = starts[rows[lasts]] + lengths[rows[lasts]]
             seps = ["\0" + p for p in prefixes]
             texts = cols.texts
-            runs = [
-                prefixes[k] + texts[p][i:j].replace("\0", seps[k])  # type: ignore[union-attr]
-                for p, k, i, j in zip(
-                    part[firsts].tolist(),
-                    slots[firsts].tolist(),
-                    a.tolist(),
-                    b.tolist(),
-                    strict=True,
-                )
-            ]
-            paths = "\0".join(runs).split("\0")
+            paths: list[str] = []
+            for p, k, i, j in zip(
+                part[firsts].tolist(), slots[firsts].tolist(), a.tolist(), b.tolist(), strict=True
+            ):
+                run = texts[p][i:j].replace("\0", seps[k])  # type: ignore[union-attr]
+                paths += (prefixes[k] + run).split("\0")
             if len(paths) == rows.size:
                 return paths
     names = _names_at(cols, rows, starts)
