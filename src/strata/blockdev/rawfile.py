@@ -7,12 +7,11 @@ storing zeros; where the file system cannot punch, zeros are written.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
+import functools
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from strata.blockdev.base import BaseDevice, Extent, ExtentState
 from strata.errors import InvalidInput, NotFound, StrataError
@@ -20,14 +19,24 @@ from strata.native import is_zero
 
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+
+
+@functools.cache
+def _fallocate() -> Callable[[int, int, int, int], int]:
+    """libc's fallocate (the os module has no flags), bound on first use: ctypes and the
+    library lookup cost CLI start-up ~15 ms (``find_library`` runs ldconfig), and the
+    running process already maps libc, so ``CDLL(None)`` finds it without a search."""
+    import ctypes
+
+    fallocate = ctypes.CDLL(None, use_errno=True).fallocate
+    fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    return fallocate  # type: ignore[no-any-return]
 
 
 def punch_hole(fd: int, offset: int, length: int) -> bool:
     """Deallocate a range (it then reads zero); False where unsupported."""
     mode = _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE
-    return _libc.fallocate(fd, mode, offset, length) == 0
+    return _fallocate()(fd, mode, offset, length) == 0
 
 
 def open_file(path: str, writable: bool) -> int:
