@@ -7,12 +7,14 @@ References: issue 3 and issue 7 (`strata disk convert -O vhd`, `strata image exp
 The modules a command loaded are read from ``sys.modules`` when it exits, not from
 ``python -X importtime``: importtime does not list a module imported through
 ``importlib.import_module`` (the CLI's command groups, the format drivers and their
-deferred callables are), so an absence there would prove nothing.
+deferred callables are), so an absence there would prove nothing.  The CLI also keeps
+OpenBLAS from starting a thread pool that strata never uses.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from importlib.metadata import version
@@ -137,6 +139,21 @@ def test_version_is_read_only_for_version(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == f"strata, version {version('strata')}"
     assert "importlib.metadata" in modules
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "1"), ("3", "3")])
+def test_cli_limits_openblas_threads_before_numpy_loads(given: str | None, expected: str) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    if given is not None:
+        env["OPENBLAS_NUM_THREADS"] = given
+    code = (
+        "import os, sys; import strata.cli.main; "
+        "print('numpy' in sys.modules, os.environ['OPENBLAS_NUM_THREADS'])"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    )
+    assert proc.stdout.split() == ["False", expected]
 
 
 def test_every_deferred_driver_target_resolves() -> None:
