@@ -28,7 +28,7 @@ from strata.errors import CorruptImage, StrataError, Unsupported
 from strata.fs.ntfs import NtfsVolume
 from strata.fs.ntfs import structs as s
 from strata.fs.ntfs.attributes import Attribute
-from strata.fs.ntfs.records import ROW_FIELDS, Attributes, Columns, gather, scan_window
+from strata.fs.ntfs.records import ROW_FIELDS, Attributes, SparseColumns, gather, scan_window
 from strata.fs.ntfs.runlist import Run, decode_runlist
 
 BLOCK = 64 << 10  # the block delta's grid
@@ -171,7 +171,7 @@ class Records:
     """The MFT records of one volume parsed so far (only those asked for), and their paths."""
 
     vol: NtfsVolume
-    cols: Columns = field(init=False)
+    cols: SparseColumns = field(init=False)
     scanned: np.ndarray = field(init=False)
     names: dict[int, list[tuple[int, str]]] = field(default_factory=dict)  # parent ref, name
     streams: dict[int, list[tuple[str, int]]] = field(default_factory=dict)
@@ -185,7 +185,7 @@ class Records:
     _ads_rows: int = 0
 
     def __post_init__(self) -> None:
-        self.cols = Columns(self.vol.record_count, sparse=True)
+        self.cols = SparseColumns(self.vol.record_count)
         self.scanned = np.zeros(self.vol.record_count, bool)
         self.paths[s.ROOT_RECORD] = ""
 
@@ -211,7 +211,7 @@ class Records:
                 want_attributes=True,
             )
             assert attrs is not None
-            unnamed_data(self.vol, raw, part, self.cols.base[part], attrs, self)
+            unnamed_data(self.vol, raw, part, self.cols.get(part)[:, 2], attrs, self)
         self.scanned[nums] = True
         self._snapshot(nums)
         fresh = self.cols.fn[self._fn_rows :]
@@ -235,12 +235,10 @@ class Records:
     def _snapshot(self, nums: np.ndarray) -> None:
         """Keep the table rows of records ``nums`` (and of the base records their extension
         records added to) as Python lists: the per-record logic reads them many times."""
-        rows = self.cols.rows
-        assert rows is not None
-        owners = self.cols.base[nums]
+        owners = self.cols.get(nums)[:, 2]
         touched = np.union1d(nums, owners[owners != 0])
         touched = touched[touched < self.vol.record_count]
-        self.facts.update(zip(touched.tolist(), rows[touched].tolist(), strict=True))
+        self.facts.update(zip(touched.tolist(), self.cols.get(touched).tolist(), strict=True))
 
     def _adopt(self, nums: np.ndarray, twin: Records, changed: np.ndarray) -> np.ndarray:
         """Take the records of ``nums`` that are the same bytes on both sides from ``twin``
@@ -251,8 +249,7 @@ class Records:
         shared = nums[same]
         if shared.size == 0:
             return nums
-        assert self.cols.rows is not None and twin.cols.rows is not None
-        self.cols.rows[shared] = twin.cols.rows[shared]
+        self.cols.put(shared, twin.cols.get(shared))
         for r in shared.tolist():
             for own, other in (
                 (self.facts, twin.facts),
@@ -581,7 +578,7 @@ def differing(old: NtfsVolume, new: NtfsVolume, nums: np.ndarray) -> np.ndarray:
 
 def _bases(recs: Records, nums: np.ndarray) -> np.ndarray:
     """The base records of the extension records among ``nums``."""
-    base = recs.cols.base[nums[nums < recs.vol.record_count]]
+    base = recs.cols.get(nums[nums < recs.vol.record_count])[:, 2]
     return np.unique(base[base != 0])
 
 
@@ -620,9 +617,11 @@ def diff_with(
     old, new = old_data.vol, new_data.vol
     if masks is not None:
         rows, sector = masks
-        nums = np.union1d(
-            masked_records(new, start, rows, sector), masked_records(old, start, rows, sector)
-        )
+        nums = masked_records(new, start, rows, sector)
+        if (old.mft_runs, old.geometry) != (new.mft_runs, new.geometry) or (
+            old.record_count > new.record_count
+        ):  # the MFT moved or grew: its records are not where they were
+            nums = np.union1d(nums, masked_records(old, start, rows, sector))
         nums = nums[nums >= s.FIRST_USER_RECORD]
     else:
         nums = np.union1d(

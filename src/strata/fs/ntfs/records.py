@@ -14,7 +14,6 @@ same way.
 
 from __future__ import annotations
 
-import mmap
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -52,31 +51,34 @@ class Attributes(NamedTuple):
 ROW_FIELDS = 12  # flags, sequence, base, links, size, reparse, 6 $STANDARD_INFORMATION values
 
 
+FIELDS: dict[str, int | slice] = {
+    "flags": 0,  # header flags, 0 for records not in use
+    "sequence": 1,
+    "base": 2,
+    "links": 3,
+    "size": 4,  # unnamed $DATA size
+    "reparse": 5,  # reparse tag
+    "si": slice(6, 12),  # 4 times, attributes, security id
+}
+ROW_FIELDS = 12
+
+
 class Columns:
     """What the scan keeps: per-record tables (filled window by window, indexed by record
-    number) and rows for the variable parts (names, named streams, problems).
+    number) and rows for the variable parts (names, named streams, problems)."""
 
-    ``sparse`` is for filling a few scattered records of a big MFT: the tables are then
-    columns of one row-per-record table in memory mapped without huge pages, so a record
-    costs one page on first touch (not one zeroed huge page per table)."""
-
-    def __init__(self, nrec: int, sparse: bool = False) -> None:
+    def __init__(self, nrec: int) -> None:
         self.nrec = nrec
-        self.rows: np.ndarray | None = None  # sparse: every table, one row per record
-        if sparse:
-            self._map = mmap.mmap(-1, max(1, nrec * ROW_FIELDS * 8))
-            rows = np.frombuffer(self._map, np.int64, nrec * ROW_FIELDS).reshape(nrec, ROW_FIELDS)
-            tables = [rows[:, k] for k in range(6)] + [rows[:, 6:]]
-            self.rows = rows
-        else:
-            tables = [np.zeros(nrec, np.int64) for _ in range(6)] + [np.zeros((nrec, 6), np.int64)]
-        self.flags = tables[0]  # header flags, 0 for records not in use
-        self.sequence = tables[1]
-        self.base = tables[2]
-        self.links = tables[3]
-        self.size = tables[4]  # unnamed $DATA size
-        self.reparse = tables[5]  # reparse tag
-        self.si = tables[6]  # 4 times, attributes, security id
+        self.flags = np.zeros(nrec, np.int64)
+        self.sequence = np.zeros(nrec, np.int64)
+        self.base = np.zeros(nrec, np.int64)
+        self.links = np.zeros(nrec, np.int64)
+        self.size = np.zeros(nrec, np.int64)
+        self.reparse = np.zeros(nrec, np.int64)
+        self.si = np.zeros((nrec, 6), np.int64)
+        self._parts()
+
+    def _parts(self) -> None:
         self.fn: list[np.ndarray] = []  # rows: owner, parent ref, namespace (no DOS names)
         # the names of each ``fn`` part: one text, each name followed by NUL (names without
         # NUL or surrogates, so a name's code units are its characters), or else a list
@@ -84,6 +86,15 @@ class Columns:
         self.lengths: list[np.ndarray] = []  # code units of each name, per part
         self.ads: list[tuple[int, str, int]] = []  # owner, name, size
         self.problems: list[RecordProblem] = []
+
+    def set(self, field: str, where: slice | np.ndarray, values: np.ndarray) -> None:
+        """Field ``field`` of records ``where`` (a slice or record numbers)."""
+        getattr(self, field)[where] = values
+
+    def scatter(self, field: str, owner: np.ndarray, values: np.ndarray) -> None:
+        """Field ``field`` of records ``owner`` (numbers out of range ignored)."""
+        ok = (owner >= 0) & (owner < self.nrec)
+        getattr(self, field)[owner[ok]] = values[ok]
 
     @property
     def names(self) -> list[str]:
@@ -103,9 +114,53 @@ class Columns:
         units = [n + 1 for n in self.lengths]
         return np.concatenate([np.cumsum(u) - u for u in units])
 
-    def scatter(self, table: np.ndarray, owner: np.ndarray, values: np.ndarray) -> None:
+
+class SparseColumns(Columns):
+    """``Columns`` for a few records of a big MFT: a compact table with one row per record
+    seen (slots given out in order), so the cost follows the records parsed, not the MFT."""
+
+    def __init__(self, nrec: int) -> None:
+        self.nrec = nrec
+        self.slots: dict[int, int] = {}
+        self.rows = np.zeros((64, ROW_FIELDS), np.int64)
+        self._parts()
+
+    def slot_of(self, numbers: np.ndarray) -> np.ndarray:
+        """The table rows of records ``numbers``, given out to the ones not seen yet."""
+        keys = numbers.tolist()
+        slots = self.slots
+        out = [slots.get(k, -1) for k in keys]
+        if -1 in out:
+            for i, k in enumerate(keys):
+                if out[i] < 0:
+                    out[i] = slots.setdefault(k, len(slots))
+            if len(slots) > len(self.rows):
+                grown = np.zeros((max(len(slots), 2 * len(self.rows)), ROW_FIELDS), np.int64)
+                grown[: len(self.rows)] = self.rows
+                self.rows = grown
+        return np.array(out, np.int64)
+
+    def get(self, numbers: np.ndarray) -> np.ndarray:
+        """The table rows of records ``numbers`` (zeros for records never seen)."""
+        slots = self.slots
+        at = np.array([slots.get(k, -1) for k in numbers.tolist()], np.int64)
+        out = self.rows[np.maximum(at, 0)] if at.size else np.zeros((0, ROW_FIELDS), np.int64)
+        out[at < 0] = 0
+        return out
+
+    def put(self, numbers: np.ndarray, rows: np.ndarray) -> None:
+        at = self.slot_of(numbers)  # first: it may grow the table
+        self.rows[at] = rows
+
+    def set(self, field: str, where: slice | np.ndarray, values: np.ndarray) -> None:
+        numbers = np.arange(where.start, where.stop) if isinstance(where, slice) else where
+        at = self.slot_of(numbers)
+        self.rows[at, FIELDS[field]] = values
+
+    def scatter(self, field: str, owner: np.ndarray, values: np.ndarray) -> None:
         ok = (owner >= 0) & (owner < self.nrec)
-        table[owner[ok]] = values[ok]
+        at = self.slot_of(owner[ok])
+        self.rows[at, FIELDS[field]] = values[ok]
 
 
 def gather(flat: np.ndarray, idx: np.ndarray, width: int) -> np.ndarray:
@@ -246,10 +301,10 @@ def scan_window(
     base = head["base_record"].astype(np.int64) & s.REF_RECORD_MASK
     owner_of = np.where(base != 0, base, number)
     window = slice(first, first + n) if numbers is None else number
-    cols.flags[window] = np.where(in_use, flags, 0)
-    cols.sequence[window] = head["sequence"]
-    cols.base[window] = base
-    cols.links[window] = head["link_count"]
+    cols.set("flags", window, np.where(in_use, flags, 0))
+    cols.set("sequence", window, head["sequence"])
+    cols.set("base", window, base)
+    cols.set("links", window, head["link_count"])
     _attribute_values(flat, arow, apos, atype, alen, owner_of, cols)
     return found
 
@@ -291,7 +346,7 @@ def _attribute_values(
             table = np.concatenate([table.astype(np.int64), gather(flat, v + 32, 4)[:, None]], 1)
             secid = gather(flat, np.where(has_id, v + 52, v), 4)
         table = np.concatenate([table, np.where(has_id, secid, 0)[:, None]], axis=1)
-        cols.scatter(cols.si, owner[si], table)
+        cols.scatter("si", owner[si], table)
 
     fn = np.flatnonzero(resident & (atype == s.FILE_NAME) & (vlen >= s.FILE_NAME_SIZE))
     if fn.size:
@@ -315,7 +370,7 @@ def _attribute_values(
     if sized.size:
         nr = nonres[sized]
         big = gather(flat, np.where(nr, apos[sized] + 48, apos[sized]), 8).astype(np.int64)
-        cols.scatter(cols.size, owner[sized], np.where(nr, big, vlen[sized]))
+        cols.scatter("size", owner[sized], np.where(nr, big, vlen[sized]))
 
     for i in np.flatnonzero(data & (name_len > 0) & (resident | first_extent)):
         named = _named_stream(flat, int(apos[i]), int(alen[i]), bool(nonres[i]), int(vlen[i]))
@@ -324,7 +379,7 @@ def _attribute_values(
 
     rp = np.flatnonzero(resident & (atype == s.REPARSE_POINT) & (vlen >= 8))
     if rp.size:
-        cols.scatter(cols.reparse, owner[rp], gather(flat, value[rp], 4))
+        cols.scatter("reparse", owner[rp], gather(flat, value[rp], 4))
 
 
 def _decode_names(flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> str | list[str]:
