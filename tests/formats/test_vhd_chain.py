@@ -5,20 +5,21 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 from construct import Container
 
-from strata.errors import IntegrityError, NotFound, PathOutsideAllowed
+from strata.errors import IntegrityError, InvalidInput, NotFound, PathOutsideAllowed
 from strata.formats import registry
 from strata.formats.vhd.layout import Layout, Locator
 from strata.formats.vhd.reader import VhdDevice, parent_candidates
 from strata.ops import disk as ops
 
 from support.images import MiB, random_bytes, write_sparse_raw
-from support.tools import qemu_compare, result_of, strata
+from support.tools import qemu_compare, require, result_of, strata
 from support.tools import strata_json as sj
 from support.vhd_tools import pyvhdi_chain
 
@@ -127,6 +128,20 @@ def test_parent_with_another_uuid_is_refused(chain: tuple[list[Path], bytearray]
     assert strata("disk", "info", paths[0]).returncode == 7
     check = strata("disk", "check", paths[0])
     assert check.returncode == 1 and "parent_unique_id" in check.stdout
+
+
+def test_parent_of_another_format_is_refused(chain: tuple[list[Path], bytearray]) -> None:
+    """A VHD child's parent path now holding a VMDK (made by qemu-img) is refused by name."""
+    paths, _ = chain
+    paths[1].unlink()
+    made = subprocess.run(
+        [require("qemu-img"), "create", "-q", "-f", "vmdk", str(paths[1]), str(SIZE)]
+    )
+    assert made.returncode == 0
+    with pytest.raises(InvalidInput, match=r"is a vmdk image; this VHD parent .* must be vhd"):
+        registry.open_image(str(paths[0]))
+    proc = strata("disk", "info", paths[0])
+    assert proc.returncode == 3 and "vmdk" in proc.stderr
 
 
 def test_parent_outside_allowed_dirs_is_refused(tmp_path: Path) -> None:

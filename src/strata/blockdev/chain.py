@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from strata.blockdev.base import BaseDevice, BlockDevice, Buffer, Extent, ExtentState, zero_fill
-from strata.errors import NotFound, PathOutsideAllowed, StrataError
+from strata.errors import InvalidInput, NotFound, PathOutsideAllowed, StrataError
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,7 @@ def attach_parents(
         seen.add(path)
         parent = open_layer(path)
         try:
+            _check_format(parent, path, ref)
             ref.verify(parent)
         except BaseException:
             parent.close()
@@ -87,6 +88,14 @@ def attach_parents(
         layer.parent = parent
         layer = parent
     raise StrataError(f"{dev!r}: parent chain deeper than {max_depth}")
+
+
+def _check_format(parent: BlockDevice, path: str, ref: ParentRef) -> None:
+    found = getattr(parent, "format_name", "?")
+    if ref.formats and found not in ref.formats:
+        raise InvalidInput(
+            f"{path} is a {found} image; this {ref.description} must be {' or '.join(ref.formats)}"
+        )
 
 
 class ChainDevice(BaseDevice):
