@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from support.integrity_tools import (
     read_from_disk,
     windows_disk,
 )
-from support.tools import result_of, strata_json
+from support.tools import require, result_of, strata_json
 
 pytestmark = pytest.mark.skipif(not can_mount(), reason="ntfs-3g FUSE mounts need root")
 BLOCK = 64 << 10
@@ -252,3 +253,83 @@ def test_a_torn_changed_record_skips_the_volume(world: dict[str, Any]) -> None:
     assert delta is not None and delta.volumes == [] and len(delta.entries) == 0
     (skipped,) = delta.skipped
     assert skipped["partition"] == 1 and f"MFT record {record}" in skipped["reason"]
+
+
+def _project(root: Path) -> None:
+    proj = root / "Data" / "proj"
+    (proj / "sub" / "deeper").mkdir(parents=True)
+    for i in range(150):  # enough names that the index spills into INDX blocks
+        (proj / f"file{i:03d}.txt").write_bytes(b"project file %d\n" % i * (1 + i % 40))
+    (proj / "sub" / "big.bin").write_bytes(BIG)
+    (proj / "sub" / "deeper" / "leaf.txt").write_bytes(b"leaf\n")
+    (root / "Data" / "stays.txt").write_bytes(b"untouched\n")
+
+
+def _move(root: Path) -> None:
+    (root / "Apps").mkdir()
+    (root / "Data" / "proj").rename(root / "Apps" / "proj2")  # mv of a directory holding files
+
+
+def _fls_paths(image: Path) -> set[str]:
+    """``fls -r -p`` of partition 1: every allocated name's path."""
+    out = subprocess.run(
+        [require("fls"), "-r", "-p", "-o", str(PART_START // 512), str(image)],
+        check=True,
+        capture_output=True,
+    ).stdout.decode("utf-8", "surrogateescape")
+    paths = set()
+    for line in out.splitlines():
+        head, _, path = line.partition("\t")
+        if "*" not in head and ":" not in path:
+            paths.add("/" + path)
+    return paths
+
+
+def test_renamed_directory_is_deleted_and_added_with_its_subtree(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """``mv`` of a directory through ntfs-3g: the old path is deleted, the new one added with
+    every name below it (what fls lists under it in the child), each file with its content."""
+    root = tmp_path_factory.mktemp("ntfsrename")
+    base = windows_disk(root)
+    on_ntfs(base, _project, root)
+    child = root / "child.raw"
+    shutil.copyfile(base, child)
+    on_ntfs(child, _move, root)
+    offsets = _changed_blocks(base, child)
+    masks = _sector_masks(base, child, offsets)
+    store = Store.init(root / "store")
+    with RawFileDevice(str(child)) as new, RawFileDevice(str(base)) as old:
+        delta = fd.capture(store, new, old, offsets, masks=masks)
+    assert delta is not None and not delta.skipped, delta and delta.skipped
+    store.flush()
+    got = {
+        delta.path(i): fd.CHANGE_NAMES[int(delta.entries[i]["change"])]
+        for i in range(len(delta.entries))
+    }
+    below = {p for p in _fls_paths(child) if p.startswith("/Apps/")}
+    assert len(below) == 150 + 5
+    expected = {"/Data/proj": "deleted", "/Apps": "added", **dict.fromkeys(below, "added")}
+    assert got == expected
+    with store:
+        contents = _contents(store, delta)
+    assert contents["/Apps/proj2/sub/big.bin"] == BIG
+    assert contents["/Apps/proj2/file007.txt"] == b"project file 7\n" * 8
+    oracle = read_from_disk(child, "Apps/proj2/sub/deeper/leaf.txt", root / "leaf.oracle", root)
+    assert contents["/Apps/proj2/sub/deeper/leaf.txt"] == oracle.read_bytes()
+    dirs = {
+        delta.path(i) for i in range(len(delta.entries)) if delta.entries[i]["kind"] == fd.DIRECTORY
+    }
+    assert set(contents) == set(below) - dirs
+
+
+def test_directory_index_lists_what_the_scan_finds(world: dict[str, Any]) -> None:
+    """Children read from each directory's $I30 index (no scan) equal the full listing's."""
+    with RawFileDevice(str(world["child"])) as dev:
+        vol = NtfsVolume(open_partition(dev, 1))
+        listing = vol.scan()
+        dirs = sorted(set(listing.owner[listing.is_dir[listing.owner]].tolist()))
+        for d in dirs:
+            got = {ref & ((1 << 48) - 1) for ref in vol.directory_children(d)}
+            assert got == set(listing.owner[listing.parent == d].tolist()), d
+    assert len(dirs) > 5

@@ -10,8 +10,9 @@ What changed is decided per record number: in use in the child and not (or with 
 sequence number) in the base is an added file; the reverse a deleted one; the same file with
 other names is moved (deleted at the old path, added at the new); the same name with other
 content or metadata is modified.  Directory times that change only because a child changed
-are not recorded.  A renamed or moved directory is refused (its unchanged subtree would have to
-be enumerated): the volume is then skipped and named in the delta's ``skipped``.
+are not recorded.  A renamed or moved directory is deleted at its old path and added at the new
+one with everything below it (as the FAT delta records it); the subtree comes from the
+directories' $I30 indexes, not from a volume scan.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import NamedTuple
 import numpy as np
 import xxhash
 
-from strata.errors import CorruptImage, StrataError, Unsupported
+from strata.errors import CorruptImage, StrataError
 from strata.fs.ntfs import NtfsVolume
 from strata.fs.ntfs import structs as s
 from strata.fs.ntfs.attributes import Attribute
@@ -643,20 +644,28 @@ def diff_with(
     after.load_parents(every)
     before.twin, before.changed = after, every  # unchanged ancestors: parsed once, shared
     before.load_parents(every)
-    for recs in (before, after):  # a record left out would read as deleted: refuse instead
-        if recs.cols.problems:
-            first = recs.cols.problems[0]
-            raise CorruptImage(
-                path=recs.vol.path,
-                structure=f"MFT record {first.record}",
-                problem=f"{first.problem} ({len(recs.cols.problems)} record(s) unreadable)",
-                field="record",
-                offset=first.offset,
-            )
+    _refuse_problems(before)
+    _refuse_problems(after)
     out: list[Change] = []
     for r in every.tolist():
         out += _record_changes(before, after, r, (old_data, new_data, changed, start))
+    _refuse_problems(after)  # records below a renamed directory were read since
+    new_data.resident.update(after.resident)  # records a renamed directory's subtree added
+    new_data.runs.update(after.runs)
     return out
+
+
+def _refuse_problems(recs: Records) -> None:
+    """A record left out would read as deleted (or a subtree as smaller): refuse instead."""
+    if recs.cols.problems:
+        first = recs.cols.problems[0]
+        raise CorruptImage(
+            path=recs.vol.path,
+            structure=f"MFT record {first.record}",
+            problem=f"{first.problem} ({len(recs.cols.problems)} record(s) unreadable)",
+            field="record",
+            offset=first.offset,
+        )
 
 
 Where = tuple[NtfsContent, NtfsContent, np.ndarray, int]  # base, child, changed blocks, start
@@ -668,21 +677,21 @@ def _record_changes(before: Records, after: Records, r: int, where: Where) -> li
     if not was and not now:
         return []
     if was and now and before.sequence(r) == after.sequence(r):
-        return _same_file(r, was, now, where)
+        return _same_file(after, r, was, now, where)
     return [Change("deleted", w) for w in was] + [Change("added", n, True) for n in now]
 
 
-def _same_file(r: int, was: list[NtfsItem], now: list[NtfsItem], where: Where) -> list[Change]:
+def _same_file(
+    after: Records, r: int, was: list[NtfsItem], now: list[NtfsItem], where: Where
+) -> list[Change]:
     old_paths = {w.path: w for w in was}
     new_paths = {n.path: n for n in now}
     gone = [w for p, w in old_paths.items() if p not in new_paths]
     came = [n for p, n in new_paths.items() if p not in old_paths]
     if now[0].is_dir:
-        if gone or came:
-            where = ", ".join(sorted(w.path for w in gone))
-            raise Unsupported(
-                what=f"NTFS file delta: directory {where} was renamed or moved (record {r})"
-            )
+        if gone or came:  # renamed or moved: deleted at the old path, added with its subtree
+            moved = [Change("deleted", w) for w in gone] + [Change("added", n) for n in came]
+            return moved + _subtree(after, r, [n.path for n in came])
         return [
             Change("modified", n)
             for p, n in new_paths.items()
@@ -698,6 +707,37 @@ def _same_file(r: int, was: list[NtfsItem], now: list[NtfsItem], where: Where) -
             out.append(Change("modified", n, True))
         elif _file_meta(w) != _file_meta(n):
             out.append(Change("modified", n))
+    return out
+
+
+def _subtree(after: Records, d: int, paths: list[str]) -> list[Change]:
+    """Everything below directory ``d`` (now at ``paths``), added with its content: what a
+    renamed directory changes for the layer.  Children come from the directories' $I30
+    indexes, a generation per bulk record load, so the cost follows the subtree."""
+    vol = after.vol
+    under = tuple(f"{p}/" for p in paths)
+    out: list[Change] = []
+    seen = {d}
+    todo = [d]
+    while todo:
+        kids = []
+        for parent in todo:
+            for ref in vol.directory_children(parent):
+                c = ref & s.REF_RECORD_MASK
+                if c >= s.FIRST_USER_RECORD and c not in seen:
+                    seen.add(c)
+                    kids.append(c)
+        after.load(np.array(sorted(kids), np.int64))
+        todo = []
+        for c in kids:
+            if not after.in_use(c):
+                continue
+            is_dir = after.is_dir(c)
+            out += [
+                Change("added", i, not is_dir) for i in after.items(c) if i.path.startswith(under)
+            ]
+            if is_dir:
+                todo.append(c)
     return out
 
 

@@ -218,3 +218,32 @@ LZNT1_SIZE_MASK = 0x0FFF
 
 # FILETIME epoch: 100 ns intervals since 1601-01-01 UTC.
 FILETIME_UNIX_OFFSET = 116444736000000000
+
+# Directory indexes ($I30: keys are $FILE_NAME values), Russon 5.9 ($INDEX_ROOT),
+# 5.10 ($INDEX_ALLOCATION), 4.3 (INDX record); libfsntfs "Index" (same facts).
+INDEX_ROOT_HEADER = Struct(
+    "attr_type" / Int32ul,  # 0x30: an index of file names
+    "collation" / Int32ul,
+    "block_size" / Int32ul,  # bytes of one INDX block
+    "clusters_per_block" / Int8ul,
+    Padding(3),
+)
+INDEX_ROOT_HEADER_SIZE = 16
+INDEX_NODE_HEADER = Struct(  # offsets are from the start of this header
+    "entries_offset" / Int32ul,
+    "entries_end" / Int32ul,
+    "allocated" / Int32ul,
+    "flags" / Int8ul,  # 1: entries have sub-nodes (INDX blocks)
+    Padding(3),
+)
+INDEX_NODE_HEADER_SIZE = 16
+INDX_MAGIC = b"INDX"
+INDX_NODE_OFFSET = 0x18  # an INDX block: magic, update sequence, LSN, VCN, then the node
+INDX_VCN_OFFSET = 0x10
+# one index entry: file reference u64, entry length u16, key length u16, flags u32, then the
+# key; an entry with a sub-node ends with that node's VCN (u64)
+INDEX_ENTRY_FORMAT = "<QHHI"
+INDEX_ENTRY_SIZE = 16
+INDEX_ENTRY_SUBNODE = 0x1
+INDEX_ENTRY_LAST = 0x2
+INDEX_NAME = "$I30"

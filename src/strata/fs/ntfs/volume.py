@@ -26,6 +26,7 @@ from strata.fs.ntfs.attributes import (
     parse_reparse,
     parse_standard_info,
 )
+from strata.fs.ntfs.index import children as index_children
 from strata.fs.ntfs.lznt1 import decompress
 from strata.fs.ntfs.records import Columns, RecordProblem, apply_fixups, scan_window
 from strata.fs.ntfs.runlist import Run, decode_runlist
@@ -741,6 +742,20 @@ class NtfsVolume:
             int(listing.links[s.ROOT_RECORD]),
             0,
         )
+
+    def directory_children(self, number: int) -> list[int]:
+        """File references (record number | sequence << 48) of every name in directory
+        ``number``'s $I30 index, read from the index itself (no volume scan)."""
+        attrs = self.attributes(number)
+        offset = self.record_offset(number)
+
+        def bad(problem: str, field: str, at: int) -> CorruptImage:
+            return self.corrupt(f"MFT record {number} $I30 index", problem, field, offset)
+
+        def read(extents: list[Attribute]) -> bytes:
+            return b"".join(self.iter_attribute(extents))
+
+        return index_children(attrs, self.geometry.cluster_size, read, bad)
 
     def listdir(self, path: str = "/") -> list[NtfsEntry]:
         entry = self.stat(path)
