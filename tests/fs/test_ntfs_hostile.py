@@ -1,12 +1,13 @@
 """Damaged NTFS volumes: a bad update sequence, an attribute running past its record, a
-runlist past the volume, a parent-reference cycle, a bad boot sector, a truncated image, and a
-fuzz of MFT records — specific StrataErrors, or a named warning for the one record in a full
-listing, never another exception or a hang.
+runlist past the volume, a parent-reference cycle, a bad boot sector, a truncated image, and
+fuzzes of MFT records and of directory indexes — specific StrataErrors, or a named warning for
+the one record in a full listing, never another exception or a hang.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import random
 from pathlib import Path
@@ -18,6 +19,7 @@ from strata.blockdev.base import BaseDevice
 from strata.errors import CorruptImage, NotFound, StrataError, TruncatedImage
 from strata.fs.ntfs import NtfsVolume, link_of
 from strata.fs.ntfs import structs as s
+from strata.fs.ntfs.index import children as index_children
 from strata.fs.ntfs.lznt1 import decompress
 
 from support.ntfs_tools import attr_offsets, protect, small_volume, write_record
@@ -205,3 +207,39 @@ def test_fuzz_mft_records(image: Path) -> None:
             data[at : at + 1024] = saved
         assert len(data) == image.stat().st_size
     assert outcomes["ok"] and outcomes["error"], outcomes
+
+
+def test_fuzz_directory_index(image: Path) -> None:
+    """Mutated $INDEX_ROOT values and INDX blocks: the children or a CorruptImage, no other
+    exception and no hang (a looping tree is read once per block)."""
+    vol = open_vol(image)
+    dirs = [e.record for e in vol.walk() if e.is_dir] + [s.ROOT_RECORD]
+    with_blocks = [d for d in dirs if any(a.type == s.INDEX_ALLOCATION for a in vol.attributes(d))]
+    assert with_blocks
+    number = with_blocks[0]
+    attrs = vol.attributes(number)
+    expected = vol.directory_children(number)
+    alloc = b"".join(vol.iter_attribute([a for a in attrs if a.type == s.INDEX_ALLOCATION]))
+    root_at = next(i for i, a in enumerate(attrs) if a.type == s.INDEX_ROOT)
+
+    def bad(problem: str, field: str, at: int) -> CorruptImage:
+        return CorruptImage(path="<fuzz>", structure="$I30", problem=problem, field=field)
+
+    rng = random.Random(99)
+    outcomes = {"same": 0, "other": 0, "error": 0}
+    for i in range(2000):
+        root = bytearray(attrs[root_at].value)
+        blocks = bytearray(alloc)
+        target = root if i % 3 == 0 else blocks
+        for _ in range(rng.randrange(1, 5)):
+            pos = rng.randrange(len(target))
+            target[pos] = rng.randrange(256) if rng.random() < 0.7 else target[pos] ^ 0x01
+        mutated = list(attrs)
+        mutated[root_at] = dataclasses.replace(attrs[root_at], value=bytes(root))
+        try:
+            data = bytes(blocks)
+            got = index_children(mutated, vol.geometry.cluster_size, lambda _, d=data: d, bad)
+            outcomes["same" if got == expected else "other"] += 1
+        except CorruptImage:
+            outcomes["error"] += 1
+    assert outcomes["same"] and outcomes["error"], outcomes
