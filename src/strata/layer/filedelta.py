@@ -338,7 +338,7 @@ def ntfs_rows(
             c.item.path,
             NTFS_CHANGES[c.change],
             c.item,
-            reader if c.content and reader.readable(c.item) else None,
+            reader if c.content and not c.item.is_dir and reader.readable(c.item) else None,
         )
         for c in changes
     ]
