@@ -647,8 +647,10 @@ def diff_with(
     _refuse_problems(before)
     _refuse_problems(after)
     out: list[Change] = []
+    where = (old_data, new_data, changed, start)
     for r in every.tolist():
-        out += _record_changes(before, after, r, (old_data, new_data, changed, start))
+        found = _kept_file(before, after, r, where)
+        out += found if found is not None else _record_changes(before, after, r, where)
     _refuse_problems(after)  # records below a renamed directory were read since
     new_data.resident.update(after.resident)  # records a renamed directory's subtree added
     new_data.runs.update(after.runs)
@@ -679,6 +681,31 @@ def _record_changes(before: Records, after: Records, r: int, where: Where) -> li
     if was and now and before.sequence(r) == after.sequence(r):
         return _same_file(after, r, was, now, where)
     return [Change("deleted", w) for w in was] + [Change("added", n, True) for n in now]
+
+
+def _kept_file(before: Records, after: Records, r: int, where: Where) -> list[Change] | None:
+    """``_record_changes`` for the usual case, read straight from the records' rows: a file
+    with one name, the same on both sides (None when the case is another)."""
+    fb, fa = before.facts.get(r), after.facts.get(r)
+    if fb is None or fa is None or fb[1] != fa[1] or fb[2] or fa[2]:
+        return None
+    if not fb[0] & fa[0] & s.RECORD_IN_USE or (fb[0] | fa[0]) & s.RECORD_IS_DIRECTORY:
+        return None
+    names = after.names.get(r)
+    if names is None or len(names) != 1 or before.names.get(r) != names:
+        return None
+    pref, name = names[0]
+    path = after.path_of(pref, name)
+    if path is None or path.startswith(SYSTEM_DIR) or before.path_of(pref, name) != path:
+        return None
+    streams_b = sorted(before.streams.get(r, ()))
+    streams_a = sorted(after.streams.get(r, ()))
+    if fb[4] != fa[4] or not _same_content(r, where):
+        return [Change("modified", after.items(r)[0], True)]
+    meta = (fb[4], fb[5], fb[6], fb[7], fb[10], fb[11], streams_b)
+    if meta != (fa[4], fa[5], fa[6], fa[7], fa[10], fa[11], streams_a):
+        return [Change("modified", after.items(r)[0])]
+    return []
 
 
 def _same_file(

@@ -123,6 +123,7 @@ class SparseColumns(Columns):
         self.nrec = nrec
         self.slots: dict[int, int] = {}
         self.rows = np.zeros((64, ROW_FIELDS), np.int64)
+        self._last: tuple[slice | np.ndarray, np.ndarray] | None = None  # where, its slots
         self._parts()
 
     def slot_of(self, numbers: np.ndarray) -> np.ndarray:
@@ -153,9 +154,10 @@ class SparseColumns(Columns):
         self.rows[at] = rows
 
     def set(self, field: str, where: slice | np.ndarray, values: np.ndarray) -> None:
-        numbers = np.arange(where.start, where.stop) if isinstance(where, slice) else where
-        at = self.slot_of(numbers)
-        self.rows[at, FIELDS[field]] = values
+        if self._last is None or self._last[0] is not where:  # a window sets several fields
+            numbers = np.arange(where.start, where.stop) if isinstance(where, slice) else where
+            self._last = (where, self.slot_of(numbers))
+        self.rows[self._last[1], FIELDS[field]] = values
 
     def scatter(self, field: str, owner: np.ndarray, values: np.ndarray) -> None:
         ok = (owner >= 0) & (owner < self.nrec)
