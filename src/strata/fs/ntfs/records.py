@@ -93,8 +93,14 @@ class Columns:
 
     def scatter(self, field: str, owner: np.ndarray, values: np.ndarray) -> None:
         """Field ``field`` of records ``owner`` (numbers out of range ignored)."""
+        table = getattr(self, field)
+        n = owner.size
+        run = n > 0 and owner[0] >= 0 and owner[-1] < self.nrec and owner[-1] - owner[0] == n - 1
+        if run and (n == 1 or (np.diff(owner) == 1).all()):  # the usual run: one copy
+            table[owner[0] : owner[0] + n] = values
+            return
         ok = (owner >= 0) & (owner < self.nrec)
-        getattr(self, field)[owner[ok]] = values[ok]
+        table[owner[ok]] = values[ok]
 
     @property
     def names(self) -> list[str]:
