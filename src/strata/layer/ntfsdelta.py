@@ -84,7 +84,7 @@ class NtfsContent:
         self.runs: dict[int, Plain] = {}  # uncompressed non-resident $DATA, from the same
         self._where: dict[int, tuple[int, int, int]] = {}  # record: group, offset, size
         self._groups: list[tuple[int, int]] = []  # volume byte ranges read in one go
-        self._held: tuple[int, bytes] | None = None  # the group read last
+        self._held: tuple[int, memoryview] | None = None  # the group read last
 
     def disk_order(self, item: NtfsItem) -> int:
         """Where the item's content starts on the volume (reading in this order is
@@ -121,9 +121,9 @@ class NtfsContent:
         group, offset, size = self._where[record]
         if self._held is None or self._held[0] != group:
             lo, hi = self._groups[group]
-            self._held = (group, self.vol.read_bytes(lo, hi - lo))
+            self._held = (group, self.vol.read_view(lo, hi - lo))
         lo = self._groups[group][0]
-        return self._held[1][offset - lo : offset - lo + size]
+        return bytes(self._held[1][offset - lo : offset - lo + size])
 
     def data(self, record: int) -> tuple[list[Attribute], int]:
         """The unnamed $DATA extents and size (the error ``vol.stream`` raises, again)."""

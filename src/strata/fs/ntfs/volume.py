@@ -297,9 +297,14 @@ class NtfsVolume:
         self.dev.readinto(offset, buf)
         return bytes(buf)
 
-    def read_bytes(self, offset: int, length: int) -> bytes:
-        """``length`` bytes of the volume at ``offset`` (TruncatedImage past the device)."""
-        return self._read(offset, length)
+    def read_view(self, offset: int, length: int) -> memoryview:
+        """``length`` bytes of the volume at ``offset`` (TruncatedImage past the device),
+        in a fresh buffer."""
+        if offset < 0 or offset + length > self.dev.size:
+            self._read(offset, length)  # raises the error naming the range
+        buf = bytearray(length)
+        self.dev.readinto(offset, buf)
+        return memoryview(buf)
 
     def _parse_boot(self) -> Geometry:
         sector = self._read(0, min(512, self.dev.size))
