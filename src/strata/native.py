@@ -10,19 +10,23 @@ from __future__ import annotations
 import os
 from types import ModuleType
 
-from strata import _py
 from strata.errors import Unsupported
 
 
 def _select() -> tuple[str, ModuleType]:
+    # The numpy reference is imported only when chosen (start-up of every command).
     wanted = os.environ.get("STRATA_BACKEND", "").strip().lower()
     if wanted == "python":
+        from strata import _py
+
         return "python", _py
     try:
         from strata import _native
     except ImportError as e:
         if wanted == "native":
             raise Unsupported(what="STRATA_BACKEND=native but strata._native is not built") from e
+        from strata import _py
+
         return "python", _py
     return "native", _native
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from strata.errors import Conflict
-from strata.store import Manifest, Store, gc
+from strata.store import Manifest, Store
+from strata.store.gc import gc
 
 from support.store_tools import blocks, physical_copies, piece
 

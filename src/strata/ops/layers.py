@@ -33,9 +33,9 @@ from strata.layer.blocks import (
 )
 from strata.layer.compose import compose_tables
 from strata.layer.storedev import StoreDevice
+from strata.ops.store import open_store
 from strata.store import Manifest, Store, to_hex
 from strata.store.chunkstore import durable_write
-from strata.store.locate import store_path
 
 PathLike = str | os.PathLike[str] | None
 CAPTURE_LEVEL = 1  # zstd level for capture: finalize is on the user's critical path
@@ -46,17 +46,6 @@ BASE_OPTIONS = {
     "vhdx": ("subformat=dynamic",),
     "vmdk": ("subformat=monolithicSparse",),
 }
-
-
-@contextmanager
-def open_store(path: PathLike, create: bool = False) -> Iterator[Store]:
-    root = store_path(path)
-    if not (root / "store.json").exists():
-        if not create:
-            raise NotFound(what=f"store {root} (run `strata store init` or `strata os import`)")
-        Store.init(root).close()
-    with Store(root) as store:
-        yield store
 
 
 @dataclass(frozen=True)

@@ -9,17 +9,15 @@ References: docs/architecture.md ("Store"). Public surface::
     store.put_manifest(Manifest) -> id    durable manifest
     store.catalog                         layers, versions, states, images, audit history
     store.commit_version(layer, version, manifest_id)
-    gc(path), verify(store)
+    strata.store.gc.gc(path), strata.store.verify.verify(store)   (their own modules: start-up)
 """
 
 from strata.store.catalog import KINDS, STATES, TRANSITIONS, Catalog
 from strata.store.chunkstore import PutStats, Store
-from strata.store.gc import gc
 from strata.store.ids import ZERO_ID, chunk_id, from_hex, to_hex
 from strata.store.locate import default_store, store_path
 from strata.store.manifest import Manifest, chunk_table, register_schema
 from strata.store.structs import CHUNK_ROW
-from strata.store.verify import verify
 
 __all__ = [
     "CHUNK_ROW",
@@ -35,9 +33,7 @@ __all__ = [
     "chunk_table",
     "default_store",
     "from_hex",
-    "gc",
     "register_schema",
     "store_path",
     "to_hex",
-    "verify",
 ]
