@@ -174,7 +174,14 @@ def test_export_vs_qemu_convert(
             check=True,
         )
 
-    ratio = versus(ours, theirs, peer=f"qemu-img convert -O {qemu_fmt}", rounds=3, target=1.0)
+    ratio = versus(
+        ours,
+        theirs,
+        peer=f"qemu-img convert -O {qemu_fmt}",
+        rounds=3,
+        target=1.0,
+        reset=lambda: [p.unlink(missing_ok=True) for p in (ours_out, theirs_out)],
+    )
     assert (
         subprocess.run(
             [qemu, "compare", "-f", "raw", "-F", qemu_fmt, str(raw), str(ours_out)]

@@ -35,7 +35,13 @@ def _in_process(raw: Path, out: Path, subformat: str) -> float:
     return time.perf_counter() - start
 
 
+def _remove(*paths: Path) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
+
+
 def peer_time(out: Path, run_peer: Callable[[], None]) -> float:
+    out.unlink(missing_ok=True)
     start = time.perf_counter()
     run_peer()
     return time.perf_counter() - start
@@ -56,7 +62,6 @@ def test_convert_vs_qemu(versus, record_ratio, mixed_raw: Path, subformat: str) 
     rss: list[int] = []
 
     def run_ours() -> None:
-        ours.unlink(missing_ok=True)
         m = _ok(
             measure_strata(
                 "disk", "convert", "-O", "vhd", "-o", f"subformat={subformat}", mixed_raw, ours
@@ -65,7 +70,6 @@ def test_convert_vs_qemu(versus, record_ratio, mixed_raw: Path, subformat: str) 
         rss.append(m.peak_rss)
 
     def run_qemu() -> None:
-        theirs.unlink(missing_ok=True)
         cmd = [qemu, "convert", "-f", "raw", "-O", "vpc", "-o", f"subformat={subformat}"]
         _ok(measure([*cmd, mixed_raw, theirs]))
 
@@ -75,6 +79,7 @@ def test_convert_vs_qemu(versus, record_ratio, mixed_raw: Path, subformat: str) 
         peer=f"qemu-img convert -O vpc ({subformat})",
         target=1.0,
         per_byte=DATA,
+        reset=lambda: _remove(ours, theirs),
     )
     assert qemu_compare(mixed_raw, ours, "vpc") == 0
     inproc = _in_process(mixed_raw, ours, subformat)

@@ -22,6 +22,11 @@ DATA = scaled(1 * GiB, 64 * MiB)
 RSS_LIMIT = 128 * MiB
 
 
+def _remove(*paths: Path) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
+
+
 def _ok(m: Measured) -> Measured:
     assert m.returncode == 0, m.stderr
     return m
@@ -34,16 +39,19 @@ def test_cli_dynamic_vs_qemu(versus, record_ratio, mixed_raw: Path) -> None:  # 
     rss: list[int] = []
 
     def run_ours() -> None:
-        ours.unlink(missing_ok=True)
         m = _ok(measure_strata("disk", "convert", "-O", "vhdx", "-o", options, mixed_raw, ours))
         rss.append(m.peak_rss)
 
     def run_qemu() -> None:
-        theirs.unlink(missing_ok=True)
         _ok(measure([qemu, "convert", "-f", "raw", "-O", "vhdx", "-o", options, mixed_raw, theirs]))
 
     ratio = versus(
-        run_ours, run_qemu, peer="qemu-img convert -O vhdx (dynamic)", target=1.0, per_byte=DATA
+        run_ours,
+        run_qemu,
+        peer="qemu-img convert -O vhdx (dynamic)",
+        target=1.0,
+        per_byte=DATA,
+        reset=lambda: _remove(ours, theirs),
     )
     assert qemu_compare(mixed_raw, ours, "vhdx") == 0
     record_ratio(
@@ -64,11 +72,9 @@ def test_engine_dynamic_vs_qemu(versus, mixed_raw: Path) -> None:  # type: ignor
     options = "subformat=dynamic,block_size=32M"
 
     def run_ours() -> None:
-        ours.unlink(missing_ok=True)
         ops.convert(ops.OpenSpec(str(mixed_raw)), str(ours), "vhdx", [options])
 
     def run_qemu() -> None:
-        theirs.unlink(missing_ok=True)
         _ok(measure([qemu, "convert", "-f", "raw", "-O", "vhdx", "-o", options, mixed_raw, theirs]))
 
     ratio = versus(
@@ -77,6 +83,7 @@ def test_engine_dynamic_vs_qemu(versus, mixed_raw: Path) -> None:  # type: ignor
         peer="qemu-img convert -O vhdx (in-process strata)",
         target=1.0,
         per_byte=DATA,
+        reset=lambda: _remove(ours, theirs),
     )
     assert qemu_compare(mixed_raw, ours, "vhdx") == 0
     if not SMOKE:
