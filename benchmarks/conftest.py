@@ -75,19 +75,22 @@ def versus(benchmark: Any, request: pytest.FixtureRequest) -> Callable[..., floa
         rounds: int = 3,
         target: float | None = None,
         per_byte: int | None = None,
-        reset: Callable[[], object] | None = None,
+        outputs: tuple[Path, Path] | None = None,
     ) -> float:
-        """``reset`` runs untimed before every round of either tool, before the sync: it
-        removes the outputs, so neither tool is timed freeing the previous round's file
-        (unlinking 800 MB cost 0.15-0.19 s here, half of a convert)."""
+        """``outputs`` (ours, theirs) are removed untimed before each tool's round, so
+        neither is timed freeing its previous round's file (unlinking 800 MB cost 0.15-0.19 s
+        here, half of a convert); both exist after the last round."""
         rounds = 1 if SMOKE else rounds
         peer_times: list[float] = []
-        prepare = reset or (lambda: None)
+
+        def remove(which: int) -> None:
+            if outputs is not None:
+                outputs[which].unlink(missing_ok=True)
 
         def peer_then_settle() -> None:
-            prepare()
+            remove(1)
             peer_times.append(timed(theirs, 1))
-            prepare()
+            remove(0)
             settle()
 
         benchmark.pedantic(

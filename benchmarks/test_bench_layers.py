@@ -180,7 +180,7 @@ def test_export_vs_qemu_convert(
         peer=f"qemu-img convert -O {qemu_fmt}",
         rounds=3,
         target=1.0,
-        reset=lambda: [p.unlink(missing_ok=True) for p in (ours_out, theirs_out)],
+        outputs=(ours_out, theirs_out),
     )
     assert (
         subprocess.run(

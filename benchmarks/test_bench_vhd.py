@@ -35,11 +35,6 @@ def _in_process(raw: Path, out: Path, subformat: str) -> float:
     return time.perf_counter() - start
 
 
-def _remove(*paths: Path) -> None:
-    for path in paths:
-        path.unlink(missing_ok=True)
-
-
 def peer_time(out: Path, run_peer: Callable[[], None]) -> float:
     out.unlink(missing_ok=True)
     start = time.perf_counter()
@@ -79,7 +74,7 @@ def test_convert_vs_qemu(versus, record_ratio, mixed_raw: Path, subformat: str) 
         peer=f"qemu-img convert -O vpc ({subformat})",
         target=1.0,
         per_byte=DATA,
-        reset=lambda: _remove(ours, theirs),
+        outputs=(ours, theirs),
     )
     assert qemu_compare(mixed_raw, ours, "vpc") == 0
     inproc = _in_process(mixed_raw, ours, subformat)

@@ -22,11 +22,6 @@ DATA = scaled(1 * GiB, 64 * MiB)
 RSS_LIMIT = 128 * MiB
 
 
-def _remove(*paths: Path) -> None:
-    for path in paths:
-        path.unlink(missing_ok=True)
-
-
 def _ok(m: Measured) -> Measured:
     assert m.returncode == 0, m.stderr
     return m
@@ -51,7 +46,7 @@ def test_cli_dynamic_vs_qemu(versus, record_ratio, mixed_raw: Path) -> None:  # 
         peer="qemu-img convert -O vhdx (dynamic)",
         target=1.0,
         per_byte=DATA,
-        reset=lambda: _remove(ours, theirs),
+        outputs=(ours, theirs),
     )
     assert qemu_compare(mixed_raw, ours, "vhdx") == 0
     record_ratio(
@@ -83,7 +78,7 @@ def test_engine_dynamic_vs_qemu(versus, mixed_raw: Path) -> None:  # type: ignor
         peer="qemu-img convert -O vhdx (in-process strata)",
         target=1.0,
         per_byte=DATA,
-        reset=lambda: _remove(ours, theirs),
+        outputs=(ours, theirs),
     )
     assert qemu_compare(mixed_raw, ours, "vhdx") == 0
     if not SMOKE:
