@@ -122,10 +122,18 @@ class StoreDevice(BaseDevice):
             blob = memoryview(self.store.packs.read(head.pack, head.offset, span))
             for chunk in group:
                 at = chunk.place.offset - head.offset
-                frame = blob[at : at + chunk.place.length]
-                data = self.store.decode_chunk(chunk.cid, chunk.place, frame, chunk.length)
-                for lo, hi, src in chunk.targets:
-                    view[lo:hi] = memoryview(data)[src : src + hi - lo]
+                self._decode_chunk(chunk, blob[at : at + chunk.place.length], view)
+
+    def _decode_chunk(self, chunk: _Chunk, frame: memoryview, view: memoryview) -> None:
+        """Decode into the first place in ``view`` that holds the whole chunk (a scratch
+        buffer when none does: a row cut by the read's ends), then copy it to the others."""
+        whole = next((t for t in chunk.targets if t[1] - t[0] == chunk.length), None)
+        data = view[whole[0] : whole[1]] if whole else memoryview(bytearray(chunk.length))
+        self.store.decode_chunk_into(chunk.cid, chunk.place, frame, data)
+        for target in chunk.targets:
+            if target is not whole:
+                lo, hi, src = target
+                view[lo:hi] = data[src : src + hi - lo]
 
     def _extents(self, offset: int, length: int) -> Iterator[Extent]:
         end = offset + length

@@ -36,7 +36,7 @@ from strata.native import is_zero
 from strata.store import index
 from strata.store.catalog import Catalog
 from strata.store.db import connect, transaction
-from strata.store.frames import Where, decode, encode
+from strata.store.frames import Where, decode, decode_into, encode
 from strata.store.ids import ZERO_ID, Buffer, chunk_id, to_hex
 from strata.store.index import Location
 from strata.store.locate import store_path
@@ -433,6 +433,22 @@ class Store:
                 problem=f"chunk {to_hex(cid)} declares {place.raw_length} bytes",
                 field="raw_length",
             )
+
+    def decode_chunk_into(
+        self, cid: bytes, place: Location, frame: Buffer, out: memoryview
+    ) -> None:
+        """Decode chunk ``cid`` from its ``frame`` straight into ``out`` (the table's length
+        of the chunk), verified, without holding the GIL while zstd runs."""
+        if place.raw_length != len(out):
+            raise CorruptImage(
+                path=f"{self._packs_dir}/{place.pack}",
+                structure="chunk",
+                problem=f"chunk {to_hex(cid)} holds {place.raw_length} bytes, "
+                f"the table says {len(out)}",
+                offset=place.offset,
+            )
+        where = Where(f"{self._packs_dir}/{place.pack}", place.offset)
+        decode_into(frame, where, CHUNK_MAGIC, self.max_chunk, cid, out)
 
     def decode_chunk(
         self, cid: bytes, place: Location, frame: Buffer, length: int | None = None

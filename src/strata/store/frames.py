@@ -109,6 +109,34 @@ def _check_header(h: FrameHeader, where: Where, magic: bytes, max_raw: int) -> N
 
 def decode(buf: Buffer, where: Where, magic: bytes, max_raw: int, expect: bytes | None) -> bytes:
     """The verified uncompressed bytes of the frame in ``buf`` (header + payload)."""
+    header, payload = _checked(buf, where, magic, max_raw, expect)
+    data = _inflate(payload, header, where)
+    _verify(data, header, where)
+    return data
+
+
+def decode_into(
+    buf: Buffer, where: Where, magic: bytes, max_raw: int, expect: bytes, out: memoryview
+) -> None:
+    """Decode the frame in ``buf`` straight into ``out``, which must be exactly as long as
+    the frame's raw length, and verify it.  Unlike ``decode`` this runs without the GIL:
+    python-zstandard's one-shot ``decompress`` holds it (two threads decoded no faster than
+    one, measured), its stream reader's ``readinto`` releases it (1.8x on two cores)."""
+    header, payload = _checked(buf, where, magic, max_raw, expect)
+    if header.raw_length != len(out):
+        raise _bad_payload(where, f"holds {header.raw_length} bytes, {len(out)} expected")
+    if header.codec == CODEC_STORED:
+        out[:] = payload
+    else:
+        _check_content_size(payload, header, where)
+        _inflate_into(payload, where, out)
+    _verify(out, header, where)
+
+
+def _checked(
+    buf: Buffer, where: Where, magic: bytes, max_raw: int, expect: bytes | None
+) -> tuple[FrameHeader, memoryview]:
+    """The frame's header, checked, and its whole payload."""
     header = parse_header(buf, where, magic, max_raw)
     if expect is not None and header.id != expect:
         raise IntegrityError(
@@ -124,25 +152,47 @@ def decode(buf: Buffer, where: Where, magic: bytes, max_raw: int, expect: bytes 
             field="stored_length",
             offset=where.offset,
         )
-    payload = memoryview(buf)[HEADER_SIZE:end]
-    data = _inflate(payload, header, where)
+    return header, memoryview(buf)[HEADER_SIZE:end]
+
+
+def _verify(data: Buffer, header: FrameHeader, where: Where) -> None:
     if chunk_id(data) != header.id:
         raise IntegrityError(
             what=f"chunk {to_hex(header.id)} ({where.path} at offset {where.offset:#x}): "
             "content does not match its id"
         )
-    return data
 
 
-def _inflate(payload: memoryview, h: FrameHeader, where: Where) -> bytes:
-    if h.codec == CODEC_STORED:
-        return bytes(payload)
+def _inflate_into(payload: memoryview, where: Where, out: memoryview) -> None:
+    try:
+        reader = _decompressor().stream_reader(payload, read_across_frames=False)
+        filled = 0
+        while filled < len(out):
+            n = reader.readinto(out[filled:])
+            if not n:
+                break
+            filled += n
+        extra = reader.read(1)
+    except zstandard.ZstdError as e:
+        raise _bad_payload(where, f"zstd: {e}") from e
+    if filled != len(out) or extra:
+        problem = "more" if extra else f"{filled}"
+        raise _bad_payload(where, f"inflates to {problem} bytes, header says {len(out)}")
+
+
+def _check_content_size(payload: memoryview, h: FrameHeader, where: Where) -> None:
     try:
         declared = zstandard.frame_content_size(payload)
     except zstandard.ZstdError as e:
         raise _bad_payload(where, f"not a zstd frame ({e})") from e
     if declared not in (-1, h.raw_length):
         raise _bad_payload(where, f"zstd frame declares {declared} bytes, header {h.raw_length}")
+
+
+def _inflate(payload: memoryview, h: FrameHeader, where: Where) -> bytes:
+    if h.codec == CODEC_STORED:
+        return bytes(payload)
+    _check_content_size(payload, h, where)
     try:
         data = _decompressor().decompress(payload, max_output_size=h.raw_length)
     except zstandard.ZstdError as e:
