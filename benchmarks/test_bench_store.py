@@ -142,6 +142,7 @@ def test_ingest_vs_casync(versus, source: Path, bench_dir: Path) -> None:  # typ
         target=0.333,
         per_byte=SIZE,
         rounds=1,
+        warmup=False,
     )
     assert ratio < 1.0, "ingest slower than casync make"
 
