@@ -72,7 +72,7 @@ def versus(benchmark: Any, request: pytest.FixtureRequest) -> Callable[..., floa
         theirs: Callable[[], object],
         *,
         peer: str,
-        rounds: int = 3,
+        rounds: int = 5,
         target: float | None = None,
         per_byte: int | None = None,
         outputs: tuple[Path, Path] | None = None,

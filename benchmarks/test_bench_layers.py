@@ -181,7 +181,7 @@ def test_export_vs_qemu_convert(
         ours,
         theirs,
         peer=f"qemu-img convert -O {qemu_fmt}",
-        rounds=3,
+        rounds=5,
         target=1.0,
         outputs=(ours_out, theirs_out),
     )

@@ -7,17 +7,15 @@ process so its peak RSS is measured with wait4.
 from __future__ import annotations
 
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from conftest import scaled
+from conftest import SMOKE, scaled
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from strata.ops import disk as ops
+from strata import api
 
 from support.images import GiB, MiB
 from support.tools import Measured, measure, measure_strata, qemu_compare, require
@@ -25,21 +23,6 @@ from support.tools import Measured, measure, measure_strata, qemu_compare, requi
 DISK = scaled(4 * GiB, 512 * MiB)
 DATA = scaled(1 * GiB, 64 * MiB)
 RSS_LIMIT = 128 * MiB
-
-
-def _in_process(raw: Path, out: Path, subformat: str) -> float:
-    """The convert alone, without the interpreter start-up the CLI pays."""
-    out.unlink(missing_ok=True)
-    start = time.perf_counter()
-    ops.convert(ops.OpenSpec(str(raw)), str(out), "vhd", [f"subformat={subformat}"])
-    return time.perf_counter() - start
-
-
-def peer_time(out: Path, run_peer: Callable[[], None]) -> float:
-    out.unlink(missing_ok=True)
-    start = time.perf_counter()
-    run_peer()
-    return time.perf_counter() - start
 
 
 def _ok(m: Measured) -> Measured:
@@ -77,10 +60,7 @@ def test_convert_vs_qemu(versus, record_ratio, mixed_raw: Path, subformat: str) 
         outputs=(ours, theirs),
     )
     assert qemu_compare(mixed_raw, ours, "vpc") == 0
-    inproc = _in_process(mixed_raw, ours, subformat)
     record_ratio(
-        in_process_s=round(inproc, 4),
-        in_process_ratio=round(inproc / peer_time(theirs, run_qemu), 3),
         subformat=subformat,
         strata_bytes=ours.stat().st_blocks * 512,
         qemu_bytes=theirs.stat().st_blocks * 512,
@@ -89,5 +69,31 @@ def test_convert_vs_qemu(versus, record_ratio, mixed_raw: Path, subformat: str) 
         time_ratio=round(ratio, 3),
     )
     assert max(rss) <= RSS_LIMIT, f"peak RSS {max(rss)} bytes"
-    # The time ratio (target 1.0) is recorded, not asserted: on a shared 2-core machine it
-    # swings with load and includes strata's interpreter start-up against a native binary.
+    # The CLI's time ratio (target 1.0) is recorded, not asserted: it includes ~0.13 s of
+    # interpreter, numpy and click start-up against a native binary, and swings with load.
+
+
+@pytest.mark.parametrize("subformat", ["dynamic", "fixed"])
+def test_engine_vs_qemu(versus, mixed_raw: Path, subformat: str) -> None:  # type: ignore[no-untyped-def]
+    """``strata.api.convert`` in process (what a controller calls) beside the qemu-img run."""
+    qemu = require("qemu-img")
+    ours = mixed_raw.with_name(f"se-{subformat}.vhd")
+    theirs = mixed_raw.with_name(f"qe-{subformat}.vhd")
+
+    def run_qemu() -> None:
+        cmd = [qemu, "convert", "-f", "raw", "-O", "vpc", "-o", f"subformat={subformat}"]
+        _ok(measure([*cmd, mixed_raw, theirs]))
+
+    ratio = versus(
+        lambda: api.convert(
+            api.OpenSpec(str(mixed_raw)), str(ours), "vhd", [f"subformat={subformat}"]
+        ),
+        run_qemu,
+        peer=f"qemu-img convert -O vpc ({subformat}; strata in process)",
+        target=1.0,
+        per_byte=DATA,
+        outputs=(ours, theirs),
+    )
+    assert qemu_compare(mixed_raw, ours, "vpc") == 0
+    if not SMOKE:
+        assert ratio <= 1.0
