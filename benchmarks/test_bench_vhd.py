@@ -7,6 +7,7 @@ process so its peak RSS is measured with wait4.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -30,9 +31,17 @@ def _ok(m: Measured) -> Measured:
     return m
 
 
+def _qemu_convert(raw: Path, out: Path, subformat: str) -> Callable[[], None]:
+    cmd = [require("qemu-img"), "convert", "-f", "raw", "-O", "vpc", "-o", f"subformat={subformat}"]
+
+    def run() -> None:
+        _ok(measure([*cmd, raw, out]))
+
+    return run
+
+
 @pytest.mark.parametrize("subformat", ["dynamic", "fixed"])
 def test_convert_vs_qemu(versus, record_ratio, mixed_raw: Path, subformat: str) -> None:  # type: ignore[no-untyped-def]
-    qemu = require("qemu-img")
     ours, theirs = (
         mixed_raw.with_name(f"s-{subformat}.vhd"),
         mixed_raw.with_name(f"q-{subformat}.vhd"),
@@ -47,13 +56,9 @@ def test_convert_vs_qemu(versus, record_ratio, mixed_raw: Path, subformat: str) 
         )
         rss.append(m.peak_rss)
 
-    def run_qemu() -> None:
-        cmd = [qemu, "convert", "-f", "raw", "-O", "vpc", "-o", f"subformat={subformat}"]
-        _ok(measure([*cmd, mixed_raw, theirs]))
-
     ratio = versus(
         run_ours,
-        run_qemu,
+        _qemu_convert(mixed_raw, theirs, subformat),
         peer=f"qemu-img convert -O vpc ({subformat})",
         target=1.0,
         per_byte=DATA,
@@ -76,19 +81,13 @@ def test_convert_vs_qemu(versus, record_ratio, mixed_raw: Path, subformat: str) 
 @pytest.mark.parametrize("subformat", ["dynamic", "fixed"])
 def test_engine_vs_qemu(versus, mixed_raw: Path, subformat: str) -> None:  # type: ignore[no-untyped-def]
     """``strata.api.convert`` in process (what a controller calls) beside the qemu-img run."""
-    qemu = require("qemu-img")
     ours = mixed_raw.with_name(f"se-{subformat}.vhd")
     theirs = mixed_raw.with_name(f"qe-{subformat}.vhd")
-
-    def run_qemu() -> None:
-        cmd = [qemu, "convert", "-f", "raw", "-O", "vpc", "-o", f"subformat={subformat}"]
-        _ok(measure([*cmd, mixed_raw, theirs]))
-
     ratio = versus(
         lambda: api.convert(
             api.OpenSpec(str(mixed_raw)), str(ours), "vhd", [f"subformat={subformat}"]
         ),
-        run_qemu,
+        _qemu_convert(mixed_raw, theirs, subformat),
         peer=f"qemu-img convert -O vpc ({subformat}; strata in process)",
         target=1.0,
         per_byte=DATA,

@@ -502,27 +502,8 @@ def record_data(vol: NtfsVolume, rec: bytes) -> bytes | Plain | None:
 def changed_records(vol: NtfsVolume, start: int, changed: np.ndarray) -> np.ndarray:
     """Record numbers of ``vol``'s MFT that lie (even partly) in a changed 64 KiB block;
     ``start`` is the volume's disk offset, ``changed`` the disk's block bitmap."""
-    cs, rs = vol.geometry.cluster_size, vol.geometry.record_size
-    out: list[np.ndarray] = []
-    for run in vol.mft_runs:
-        if run.lcn is None:
-            continue
-        lo = start + run.lcn * cs
-        hi = lo + run.clusters * cs
-        first, last = lo // BLOCK, min((hi - 1) // BLOCK, changed.size - 1)
-        blocks = np.flatnonzero(changed[first : last + 1]) + first
-        if blocks.size == 0:
-            continue
-        a = np.maximum(blocks * BLOCK, lo) - lo + run.vcn * cs
-        b = np.minimum((blocks + 1) * BLOCK, hi) - lo + run.vcn * cs
-        ra, rb = a // rs, -(-b // rs)
-        counts = rb - ra
-        starts = np.repeat(ra - np.cumsum(counts) + counts, counts)
-        out.append(starts + np.arange(int(counts.sum())))
-    if not out:
-        return np.zeros(0, np.int64)
-    nums = np.unique(np.concatenate(out))
-    return nums[nums < vol.record_count]
+    lo = np.flatnonzero(changed).astype(np.int64) * BLOCK - start
+    return _records_in(vol, lo, lo + BLOCK)
 
 
 def masked_records(vol: NtfsVolume, start: int, masks: np.ndarray, sector_size: int) -> np.ndarray:
