@@ -163,3 +163,32 @@ def test_bad_input_json_error_event(tmp_path: Path) -> None:
 def test_usage_error_exit_code() -> None:
     assert strata("disk", "convert").returncode == 2
     assert strata("--version").stdout.startswith("strata, version")
+
+
+def test_failed_write_removes_only_what_it_touched(tmp_path: Path) -> None:
+    """A failure before the output is touched leaves an existing file as it was; a failure
+    after (the writer truncates first) removes the partial image; a new file is removed."""
+    from strata.ops.disk import removed_on_failure
+
+    kept, rewritten, new = tmp_path / "kept", tmp_path / "rewritten", tmp_path / "new"
+    kept.write_bytes(b"old image")
+    rewritten.write_bytes(b"old image")
+    for path, write in ((kept, None), (rewritten, b"partial"), (new, b"partial")):
+        with pytest.raises(InvalidInput), removed_on_failure(str(path)):
+            if write is not None:
+                path.write_bytes(write)
+            raise InvalidInput("failed")
+    assert kept.read_bytes() == b"old image"
+    assert not rewritten.exists() and not new.exists()
+
+
+def test_convert_refused_before_writing_keeps_existing_output(tmp_path: Path) -> None:
+    small = write_sparse_raw(tmp_path / "small.raw", MiB, [(0, 4096)])
+    base = tmp_path / "base.vhd"
+    assert strata("disk", "create", "-O", "vhd", base, "2M").returncode == 0
+    out = tmp_path / "o.vhd"
+    out.write_bytes(b"the user's file")
+    proc = strata("disk", "convert", "-O", "vhd", "-B", base, small, out)
+    assert proc.returncode == InvalidInput.exit_code, proc.stderr
+    assert "larger than the source" in proc.stderr
+    assert out.read_bytes() == b"the user's file"

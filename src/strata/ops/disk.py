@@ -85,14 +85,25 @@ def compare(a: OpenSpec, b: OpenSpec, progress: Progress | None = None) -> int |
 
 @contextmanager
 def removed_on_failure(path: str) -> Iterator[None]:
-    """Delete ``path`` if the block fails and the file did not exist before it."""
-    existed = os.path.exists(path)
+    """Delete ``path`` if the block fails after writing it: a file it created, or one that
+    existed and was touched (a writer truncates first, so what is left is a partial image,
+    not the old content).  A file the block failed before touching is left as it was."""
+    before = _identity(path)
     try:
         yield
     except BaseException:
-        if not existed and os.path.exists(path):
+        after = _identity(path)
+        if after is not None and after != before:
             os.unlink(path)
         raise
+
+
+def _identity(path: str) -> tuple[int, int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def check_destination(path: str) -> None:

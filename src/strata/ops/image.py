@@ -13,7 +13,6 @@ result carries a conflict report (path, layers, winner), also kept in the image'
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from strata.errors import InvalidInput, NotFound, StateError
 from strata.formats import registry
 from strata.formats.registry import WriteRequest
 from strata.layer.storedev import StoreDevice
-from strata.ops.disk import check_destination
+from strata.ops.disk import check_destination, removed_on_failure
 from strata.ops.store import PathLike, open_store
 from strata.ops.targets import TARGETS, target
 from strata.store import Manifest, Store, to_hex
@@ -306,11 +305,8 @@ def export(
         if driver.write is None:
             raise InvalidInput(f"strata cannot write {out_format}")
         try:
-            driver.write(WriteRequest(source, dest, parsed, progress=progress))
-        except BaseException:
-            if os.path.exists(dest):
-                os.unlink(dest)
-            raise
+            with removed_on_failure(dest):
+                driver.write(WriteRequest(source, dest, parsed, progress=progress))
         finally:
             source.close()
         return {
