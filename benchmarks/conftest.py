@@ -1,6 +1,8 @@
 """Benchmarks always run strata beside a peer tool in the same session and report the ratio.
 
 ``STRATA_BENCH_SMOKE=1`` shrinks every data set so CI runs them quickly and they cannot rot.
+``STRATA_BENCH_ROUNDS=N`` sets the timed rounds of every strata-vs-peer comparison (default 5,
+fewer where a peer takes long): this machine's page reclaim swings single runs up to 5x.
 Ratios are printed at the end and written to ``build/bench/ratios.json``.
 """
 
@@ -82,7 +84,7 @@ def versus(benchmark: Any, request: pytest.FixtureRequest) -> Callable[..., floa
         neither is timed freeing its previous round's file (unlinking 800 MB cost 0.15-0.19 s
         here, half of a convert); both exist after the last round.  ``warmup=False`` skips the
         untimed first round of each (for peers that take half a minute)."""
-        rounds = 1 if SMOKE else rounds
+        rounds = 1 if SMOKE else int(os.environ.get("STRATA_BENCH_ROUNDS", rounds))
         peer_times: list[float] = []
 
         def remove(which: int) -> None:
