@@ -8,6 +8,8 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -139,6 +141,7 @@ def test_export_vs_qemu_convert(
     published: tuple[Path, Path],
     tmp_path: Path,
     versus,  # type: ignore[no-untyped-def]
+    record_ratio,  # type: ignore[no-untyped-def]
     fmt: str,
     qemu_fmt: str,
     opts: list[str],
@@ -148,34 +151,18 @@ def test_export_vs_qemu_convert(
     qemu = require("qemu-img")
     ours_out, theirs_out = tmp_path / f"ours.{fmt}", tmp_path / f"theirs.{fmt}"
     strata_opts = ["-o", "subformat=monolithicSparse"] if fmt == "vmdk" else []
+    cpu: dict[str, list[float]] = {"strata": [], "qemu": []}
 
     def ours() -> None:
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "strata",
-                "image",
-                "export",
-                "img",
-                str(ours_out),
-                "--target",
-                target or "raw",
-                "-O",
-                fmt,
-                *strata_opts,
-                "--force",
-                "--store",
-                str(store),
-            ],
-            check=True,
-        )
+        with _child_cpu(cpu["strata"]):
+            _export(store, ours_out, target or "raw", fmt, strata_opts)
 
     def theirs() -> None:
-        subprocess.run(
-            [qemu, "convert", "-f", "raw", "-O", qemu_fmt, *opts, str(raw), str(theirs_out)],
-            check=True,
-        )
+        with _child_cpu(cpu["qemu"]):
+            subprocess.run(
+                [qemu, "convert", "-f", "raw", "-O", qemu_fmt, *opts, str(raw), str(theirs_out)],
+                check=True,
+            )
 
     ratio = versus(
         ours,
@@ -184,6 +171,12 @@ def test_export_vs_qemu_convert(
         rounds=5,
         target=1.0,
         outputs=(ours_out, theirs_out),
+    )
+    record_ratio(
+        what=f"export {fmt}: CPU seconds (user + system), medians",
+        strata_cpu_s=round(statistics.median(cpu["strata"]), 3),
+        qemu_cpu_s=round(statistics.median(cpu["qemu"]), 3),
+        time_ratio=round(ratio, 3),
     )
     assert (
         subprocess.run(
@@ -194,6 +187,38 @@ def test_export_vs_qemu_convert(
     if not SMOKE:
         assert ratio <= 1.0
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+@contextmanager
+def _child_cpu(into: list[float]) -> Iterator[None]:
+    """Append the CPU seconds (user + system) of the child processes the block waited for."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    yield
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    into.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+
+
+def _export(store: Path, out: Path, target: str, fmt: str, options: list[str]) -> None:
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "strata",
+            "image",
+            "export",
+            "img",
+            str(out),
+            "--target",
+            target,
+            "-O",
+            fmt,
+            *options,
+            "--force",
+            "--store",
+            str(store),
+        ],
+        check=True,
+    )
 
 
 def test_export_read_side_vs_qemu_convert(

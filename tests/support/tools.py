@@ -81,6 +81,7 @@ class Measured:
     returncode: int
     stdout: str
     stderr: str
+    cpu_seconds: float = 0.0  # user + system, all threads
 
 
 def measure_strata(*args: str | os.PathLike[str]) -> Measured:
@@ -88,7 +89,7 @@ def measure_strata(*args: str | os.PathLike[str]) -> Measured:
 
 
 def measure(cmd: Sequence[str | os.PathLike[str]]) -> Measured:
-    """Wall time and peak RSS of one command.
+    """Wall time, peak RSS and CPU seconds (user + system) of one command.
 
     GNU time runs the command: a child forked straight from this (large) Python
     process would inherit its RSS high-water mark across exec and report that.
@@ -97,7 +98,7 @@ def measure(cmd: Sequence[str | os.PathLike[str]]) -> Measured:
         wrapped = [
             require("time"),
             "-f",
-            "%e %M",
+            "%e %M %U %S",
             "-o",
             report.name,
             *map(str, cmd),
@@ -106,5 +107,5 @@ def measure(cmd: Sequence[str | os.PathLike[str]]) -> Measured:
         proc = subprocess.run(wrapped, capture_output=True, text=True, errors="replace")
         seconds = time.perf_counter() - start
         fields = report.read().split()
-    rss_kib = int(fields[-1]) if fields else 0
-    return Measured(seconds, rss_kib * 1024, proc.returncode, proc.stdout, proc.stderr)
+    rss_kib, cpu = (int(fields[-3]), float(fields[-2]) + float(fields[-1])) if fields else (0, 0.0)
+    return Measured(seconds, rss_kib * 1024, proc.returncode, proc.stdout, proc.stderr, cpu)
