@@ -27,6 +27,16 @@ def scaled(full: int, smoke: int) -> int:
     return smoke if SMOKE else full
 
 
+def timed_rounds(rounds: int) -> int:
+    return 1 if SMOKE else int(os.environ.get("STRATA_BENCH_ROUNDS", rounds))
+
+
+def ours_calls(rounds: int = 5, warmup: bool = True) -> int:
+    """How many times ``versus`` calls ``ours``: for benchmarks that prepare each call's
+    input untimed beforehand."""
+    return timed_rounds(rounds) + (1 if warmup and not SMOKE else 0)
+
+
 @pytest.fixture(scope="session")
 def mixed_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The format benchmarks' common source: a 4 GiB raw with 1 GiB of mixed data in 64 runs."""
@@ -84,7 +94,7 @@ def versus(benchmark: Any, request: pytest.FixtureRequest) -> Callable[..., floa
         neither is timed freeing its previous round's file (unlinking 800 MB cost 0.15-0.19 s
         here, half of a convert); both exist after the last round.  ``warmup=False`` skips the
         untimed first round of each (for peers that take half a minute)."""
-        rounds = 1 if SMOKE else int(os.environ.get("STRATA_BENCH_ROUNDS", rounds))
+        rounds = timed_rounds(rounds)
         peer_times: list[float] = []
 
         def remove(which: int) -> None:
