@@ -8,6 +8,7 @@ loaded machine), so the conversion itself is also timed in-process.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from conftest import SMOKE, scaled
@@ -27,8 +28,16 @@ def _ok(m: Measured) -> Measured:
     return m
 
 
+def _qemu_convert(raw: Path, out: Path, options: str) -> Callable[[], None]:
+    cmd = [require("qemu-img"), "convert", "-f", "raw", "-O", "vhdx", "-o", options, raw, out]
+
+    def run() -> None:
+        _ok(measure(cmd))
+
+    return run
+
+
 def test_cli_dynamic_vs_qemu(versus, record_ratio, mixed_raw: Path) -> None:  # type: ignore[no-untyped-def]
-    qemu = require("qemu-img")
     ours, theirs = mixed_raw.with_name("s.vhdx"), mixed_raw.with_name("q.vhdx")
     options = "subformat=dynamic,block_size=32M"
     rss: list[int] = []
@@ -37,12 +46,9 @@ def test_cli_dynamic_vs_qemu(versus, record_ratio, mixed_raw: Path) -> None:  # 
         m = _ok(measure_strata("disk", "convert", "-O", "vhdx", "-o", options, mixed_raw, ours))
         rss.append(m.peak_rss)
 
-    def run_qemu() -> None:
-        _ok(measure([qemu, "convert", "-f", "raw", "-O", "vhdx", "-o", options, mixed_raw, theirs]))
-
     ratio = versus(
         run_ours,
-        run_qemu,
+        _qemu_convert(mixed_raw, theirs, options),
         peer="qemu-img convert -O vhdx (dynamic)",
         target=1.0,
         per_byte=DATA,
@@ -62,19 +68,15 @@ def test_cli_dynamic_vs_qemu(versus, record_ratio, mixed_raw: Path) -> None:  # 
 def test_engine_dynamic_vs_qemu(versus, mixed_raw: Path) -> None:  # type: ignore[no-untyped-def]
     from strata.ops import disk as ops
 
-    qemu = require("qemu-img")
     ours, theirs = mixed_raw.with_name("se.vhdx"), mixed_raw.with_name("qe.vhdx")
     options = "subformat=dynamic,block_size=32M"
 
     def run_ours() -> None:
         ops.convert(ops.OpenSpec(str(mixed_raw)), str(ours), "vhdx", [options])
 
-    def run_qemu() -> None:
-        _ok(measure([qemu, "convert", "-f", "raw", "-O", "vhdx", "-o", options, mixed_raw, theirs]))
-
     ratio = versus(
         run_ours,
-        run_qemu,
+        _qemu_convert(mixed_raw, theirs, options),
         peer="qemu-img convert -O vhdx (in-process strata)",
         target=1.0,
         per_byte=DATA,

@@ -9,6 +9,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -89,14 +90,22 @@ EXPECTED = {
 CARRIED = {p for p, c in EXPECTED.items() if c != "deleted" and p not in ("/App", "/App/sub")}
 
 
+def _base_and_child(
+    root: Path, fill: Callable[[Path], None], change: Callable[[Path], None]
+) -> tuple[Path, Path]:
+    """A Windows disk filled through ntfs-3g, and a copy of it changed through ntfs-3g."""
+    base = windows_disk(root)
+    on_ntfs(base, fill, root)
+    child = root / "child.raw"
+    shutil.copyfile(base, child)
+    on_ntfs(child, change, root)
+    return base, child
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("ntfsdelta")
-    base = windows_disk(root)
-    on_ntfs(base, _base_files, root)
-    child = root / "child.raw"
-    shutil.copyfile(base, child)
-    on_ntfs(child, _change, root)
+    base, child = _base_and_child(root, _base_files, _change)
     return {"root": root, "base": base, "child": child}
 
 
@@ -291,11 +300,7 @@ def test_renamed_directory_is_deleted_and_added_with_its_subtree(
     """``mv`` of a directory through ntfs-3g: the old path is deleted, the new one added with
     every name below it (what fls lists under it in the child), each file with its content."""
     root = tmp_path_factory.mktemp("ntfsrename")
-    base = windows_disk(root)
-    on_ntfs(base, _project, root)
-    child = root / "child.raw"
-    shutil.copyfile(base, child)
-    on_ntfs(child, _move, root)
+    base, child = _base_and_child(root, _project, _move)
     offsets = _changed_blocks(base, child)
     masks = _sector_masks(base, child, offsets)
     store = Store.init(root / "store")
