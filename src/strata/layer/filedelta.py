@@ -10,8 +10,15 @@ Three binary tables sit beside the block delta in the layer-version manifest:
 ``first_chunk .. first_chunk + chunk_count``) and ``file-names`` (``file-name-bytes-v1``, the
 UTF-8 paths an entry points into).  Meta ``file_delta`` lists the volumes it covers.
 NTFS volumes (``strata.layer.ntfsdelta``: only the MFT records in changed blocks are parsed) add
-``file-ntfs`` (``ntfs-entry-v1``: full attributes, security id, reparse tag, record, links and
-the entry's rows of ``file-streams``, ``file-stream-v1``: named streams, names in file-names).
+``file-ntfs`` (``ntfs-entry-v2``: full attributes, security id, reparse tag, record, links, the
+entry's rows of ``file-streams`` and its rows of ``file-ntfs-blobs``), ``file-streams``
+(``file-stream-v2``: each named $DATA stream's name (in file-names), size, digest and its
+content's rows of ``file-chunks``, after every entry's own) and ``file-ntfs-blobs``
+(``chunks-v1``, offset 0: one chunk per distinct security descriptor or reparse value; an
+entry names the row of its self-relative descriptor and of its whole $REPARSE_POINT value).
+Manifests written with ``ntfs-entry-v1``/``file-stream-v1`` (no bytes, only ids, tags and
+stream names) still load, as rows that carry none.  Records whose descriptor or a stream
+cannot be read are named in meta ``file_delta.warnings``; the rest of them is carried.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from strata.errors import InvalidInput, StrataError
 from strata.fs import detect
 from strata.fs.fat import FatEntry, FatVolume, open_fat
 from strata.fs.ntfs import NtfsVolume, open_ntfs
+from strata.fs.ntfs.attributes import Attribute
 from strata.fs.ntfs.structs import FILETIME_UNIX_OFFSET
 from strata.layer import ntfsdelta
 from strata.layer.ntfsdelta import NtfsContent, NtfsItem
@@ -67,7 +75,7 @@ FILE_ENTRY_ROW = np.dtype(
     ]
 )
 NAME_ROW = np.dtype([("byte", "u1")])
-NTFS_ENTRY_ROW = np.dtype(
+NTFS_ENTRY_V1 = np.dtype(
     [
         ("entry", "<u4"),  # row of the files table
         ("record", "<u8"),  # MFT record number in the child
@@ -80,11 +88,30 @@ NTFS_ENTRY_ROW = np.dtype(
         ("mft_modified", "<i8"),  # microseconds since 1970; -1 none
     ]
 )
-STREAM_ROW = np.dtype([("size", "<u8"), ("name_offset", "<u8"), ("name_length", "<u4")])
+NO_BLOB = 0xFFFFFFFF  # an entry without that blob
+NTFS_ENTRY_ROW = np.dtype(
+    [
+        *NTFS_ENTRY_V1.descr,
+        ("security_blob", "<u4"),  # row of file-ntfs-blobs: the self-relative descriptor
+        ("reparse_blob", "<u4"),  # row of file-ntfs-blobs: the whole $REPARSE_POINT value
+    ]
+)
+STREAM_V1 = np.dtype([("size", "<u8"), ("name_offset", "<u8"), ("name_length", "<u4")])
+STREAM_ROW = np.dtype(
+    [
+        *STREAM_V1.descr,
+        ("flags", "<u4"),  # HAS_CONTENT when the stream's content is carried
+        ("first_chunk", "<u8"),  # rows of file-chunks
+        ("chunk_count", "<u4"),
+        ("digest", "V16"),  # xxh3-128 of the stream's content
+    ]
+)
 register_schema("file-entry-v1", FILE_ENTRY_ROW)
 register_schema("file-name-bytes-v1", NAME_ROW)
-register_schema("ntfs-entry-v1", NTFS_ENTRY_ROW)
-register_schema("file-stream-v1", STREAM_ROW)
+register_schema("ntfs-entry-v1", NTFS_ENTRY_V1)
+register_schema("file-stream-v1", STREAM_V1)
+register_schema("ntfs-entry-v2", NTFS_ENTRY_ROW)
+register_schema("file-stream-v2", STREAM_ROW)
 EPOCH = dt.datetime(1970, 1, 1)
 STAMP_MIN = (dt.datetime.min - EPOCH) // dt.timedelta(microseconds=1)  # what datetimes hold
 STAMP_MAX = (dt.datetime.max - EPOCH) // dt.timedelta(microseconds=1)
@@ -107,6 +134,8 @@ class FileDelta:
     skipped: list[dict[str, Any]] = field(default_factory=list)
     ntfs: np.ndarray = field(default_factory=lambda: np.zeros(0, NTFS_ENTRY_ROW))
     streams: np.ndarray = field(default_factory=lambda: np.zeros(0, STREAM_ROW))
+    blobs: np.ndarray = field(default_factory=lambda: np.zeros(0, CHUNK_ROW))
+    warnings: list[dict[str, Any]] = field(default_factory=list)
 
     def path(self, row: int) -> str:
         entry = self.entries[row]
@@ -131,11 +160,13 @@ class FileDelta:
         manifest.add_table("file-chunks", "chunks-v1", self.chunks)
         manifest.add_table("file-names", "file-name-bytes-v1", np.frombuffer(self.names, NAME_ROW))
         if any(v.fs == "ntfs" for v in self.volumes):
-            manifest.add_table("file-ntfs", "ntfs-entry-v1", self.ntfs)
-            manifest.add_table("file-streams", "file-stream-v1", self.streams)
+            manifest.add_table("file-ntfs", "ntfs-entry-v2", self.ntfs)
+            manifest.add_table("file-streams", "file-stream-v2", self.streams)
+            manifest.add_table("file-ntfs-blobs", "chunks-v1", self.blobs)
         manifest.meta["file_delta"] = {
             "volumes": [_volume_meta(v) for v in self.volumes],
             "skipped": self.skipped,
+            **({"warnings": self.warnings} if self.warnings else {}),
         }
 
     def summary(self) -> dict[str, Any]:
@@ -156,6 +187,10 @@ class FileDelta:
         return self.ntfs[at[0]] if at.size else None
 
     def stream_names(self, row: int) -> list[tuple[str, int]]:
+        return [(name, int(st["size"])) for name, st in self.stream_rows(row)]
+
+    def stream_rows(self, row: int) -> list[tuple[str, np.void]]:
+        """Entry ``row``'s named streams: name and ``file-stream-v2`` row."""
         facts = self.ntfs_row(row)
         if facts is None:
             return []
@@ -166,8 +201,20 @@ class FileDelta:
             name = self.names[start : start + int(st["name_length"])].decode(
                 "utf-8", "surrogatepass"
             )
-            out.append((name, int(st["size"])))
+            out.append((name, st))
         return out
+
+    def stream_chunks(self, stream: np.void) -> np.ndarray:
+        """The ``file-chunks`` rows of a named stream's content (none when not carried)."""
+        first = int(stream["first_chunk"])
+        return self.chunks[first : first + int(stream["chunk_count"])]
+
+    def blob(self, row: int, kind: str) -> np.ndarray:
+        """The ``file-ntfs-blobs`` row (as a one-row table, for ``read_content``) of entry
+        ``row``'s ``kind`` ("security" or "reparse"); empty when it carries none."""
+        facts = self.ntfs_row(row)
+        at = NO_BLOB if facts is None else int(facts[f"{kind}_blob"])
+        return self.blobs[at : at + 1] if at != NO_BLOB else self.blobs[:0]
 
     def listing(self) -> list[dict[str, Any]]:
         out = []
@@ -208,14 +255,44 @@ def load(manifest: Manifest) -> FileDelta | None:
     if len(entries) and (int(ends.max()) > len(names) or int(chunk_ends.max()) > len(chunks)):
         raise InvalidInput("file delta: an entry points past the names or chunk table")
     delta = FileDelta(volumes, entries, chunks, names, list(info.get("skipped", [])))
+    delta.warnings = list(info.get("warnings", []))
     if "file-ntfs" in manifest.tables:
-        delta.ntfs = manifest.table("file-ntfs")
-        delta.streams = manifest.table("file-streams")
-        ends = delta.streams["name_offset"] + delta.streams["name_length"].astype(np.uint64)
-        bad = len(delta.ntfs) and int(delta.ntfs["entry"].max()) >= len(entries)
-        if bad or (len(ends) and int(ends.max()) > len(names)):
-            raise InvalidInput("file delta: an NTFS row points past the entries or names")
+        delta.ntfs = _widened(manifest.table("file-ntfs"), NTFS_ENTRY_ROW)
+        delta.streams = _widened(manifest.table("file-streams"), STREAM_ROW)
+        if "file-ntfs-blobs" in manifest.tables:
+            delta.blobs = manifest.table("file-ntfs-blobs")
+        _check_ntfs(delta)
     return delta
+
+
+def _widened(rows: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Rows of an older schema (``ntfs-entry-v1``, ``file-stream-v1``) in ``dtype``: the
+    fields they lack say "not carried" (no blob, no chunks)."""
+    if rows.dtype == dtype:
+        return rows
+    out = np.zeros(len(rows), dtype)
+    for name in rows.dtype.names or ():
+        out[name] = rows[name]
+    for name in ("security_blob", "reparse_blob"):
+        if name in (dtype.names or ()) and name not in (rows.dtype.names or ()):
+            out[name] = NO_BLOB
+    return out
+
+
+def _check_ntfs(delta: FileDelta) -> None:
+    entries, streams, ntfs = delta.entries, delta.streams, delta.ntfs
+    ends = streams["name_offset"] + streams["name_length"].astype(np.uint64)
+    chunk_ends = streams["first_chunk"] + streams["chunk_count"].astype(np.uint64)
+    stream_ends = ntfs["first_stream"].astype(np.uint64) + ntfs["stream_count"]
+    blob_rows = np.concatenate([ntfs["security_blob"], ntfs["reparse_blob"]])
+    blob_rows = blob_rows[blob_rows != NO_BLOB]
+    bad = len(ntfs) and (
+        int(ntfs["entry"].max()) >= len(entries) or int(stream_ends.max()) > len(streams)
+    )
+    bad = bad or (len(ends) and int(ends.max()) > len(delta.names))
+    bad = bad or (len(chunk_ends) and int(chunk_ends.max()) > len(delta.chunks))
+    if bad or (len(blob_rows) and int(blob_rows.max()) >= len(delta.blobs)):
+        raise InvalidInput("file delta: an NTFS row points past the entries, names or chunks")
 
 
 def _volume_meta(v: Volume) -> dict[str, Any]:
@@ -256,6 +333,7 @@ class _Row:
     change: int
     entry: FatEntry | NtfsItem
     content: FatVolume | NtfsContent | None = None  # where the carried content is read from
+    ntfs: NtfsContent | None = None  # the child volume of an NTFS entry (its metadata bytes)
 
 
 def capture(
@@ -339,6 +417,7 @@ def ntfs_rows(
             NTFS_CHANGES[c.change],
             c.item,
             reader if c.content and not c.item.is_dir and reader.readable(c.item) else None,
+            reader,
         )
         for c in changes
     ]
@@ -498,20 +577,70 @@ def _build(
         entries["name_length"] = lengths
         stamps = np.array([_stamps(row.entry) for row in rows], np.int64)
         entries["created"], entries["modified"], entries["accessed"] = stamps.T
+    warnings: list[dict[str, Any]] = []
+    metas = _ntfs_metas(rows, warnings)
     carried = [i for i, r in enumerate(rows) if r.content is not None and not r.entry.is_dir]
-    chunks = _store_contents(store, rows, carried, entries, level)
-    ntfs, streams = _ntfs_tables(rows, names)
-    return FileDelta(volumes, entries, chunks, bytes(names), skipped, ntfs, streams)
+    chunks, blobs, streams_done = _store_contents(store, rows, carried, entries, metas, level)
+    ntfs, streams = _ntfs_tables(rows, names, streams_done)
+    return FileDelta(
+        volumes, entries, chunks, bytes(names), skipped, ntfs, streams, blobs, warnings
+    )
 
 
-def _ntfs_tables(rows: list[_Row], names: bytearray) -> tuple[np.ndarray, np.ndarray]:
-    """The NTFS facts of the NTFS rows; stream names are appended to ``names``."""
+@dataclass
+class _Meta:
+    """The bytes an NTFS entry carries besides its unnamed $DATA."""
+
+    security: bytes | None = None
+    reparse: bytes | None = None
+    streams: dict[str, list[Attribute]] = field(default_factory=dict)  # readable named ones
+
+
+def _ntfs_metas(rows: list[_Row], warnings: list[dict[str, Any]]) -> dict[int, _Meta]:
+    """Per NTFS row still present in the child: its security descriptor (from $Secure by
+    id, each id read once; or its own attribute), reparse value and readable named streams.
+    What cannot be read is left out and named in ``warnings``, one per record and problem."""
+    out: dict[int, _Meta] = {}
+    for i, row in enumerate(rows):
+        e, reader = row.entry, row.ntfs
+        if not isinstance(e, NtfsItem) or reader is None or row.change == DELETED:
+            continue
+        problems: list[str] = []
+        try:
+            extras = reader.extras(e)
+        except StrataError as err:
+            problems.append(f"attributes: {err}")
+            extras = ntfsdelta.Extras()
+        problems += extras.problems
+        security = extras.security
+        if e.security_id and security is None:
+            security = reader.descriptor(e.security_id)
+            if security is None:
+                problems.append(f"security id {e.security_id} is not in $Secure:$SDS")
+        if e.reparse_tag and extras.reparse is None:
+            problems.append(f"reparse tag {e.reparse_tag:#x} without a readable value")
+        for problem in problems:
+            where = {"partition": row.partition, "path": row.path, "record": e.record}
+            warnings.append({**where, "problem": problem})
+        out[i] = _Meta(security, extras.reparse, extras.streams)
+    return out
+
+
+def _ntfs_tables(
+    rows: list[_Row],
+    names: bytearray,
+    done: dict[tuple[int, str], Any],
+) -> tuple[np.ndarray, np.ndarray]:
+    """The NTFS facts of the NTFS rows; stream names are appended to ``names``.  ``done``
+    (from ``_store_contents``) holds per (row, stream name) carried its first chunk row,
+    chunk rows and digest, per (row, _SECURITY or _REPARSE) its blob row."""
     facts: list[tuple[int, ...]] = []
-    streams: list[tuple[int, int, int]] = []
+    streams: list[tuple[Any, ...]] = []
     for i, row in enumerate(rows):
         e = row.entry
         if not isinstance(e, NtfsItem):
             continue
+        sec, rep = done.get((i, _SECURITY), NO_BLOB), done.get((i, _REPARSE), NO_BLOB)
         facts.append(
             (
                 i,
@@ -523,48 +652,97 @@ def _ntfs_tables(rows: list[_Row], names: bytearray) -> tuple[np.ndarray, np.nda
                 len(e.streams),
                 len(streams),
                 _ft_stamp(e.mft_modified),
+                sec,
+                rep,
             )
         )
         for name, size in e.streams:
             encoded = name.encode("utf-8", "surrogatepass")
-            streams.append((size, len(names), len(encoded)))
+            carried = done.get((i, name))
+            if carried is None:
+                streams.append((size, len(names), len(encoded), 0, 0, 0, bytes(16)))
+            else:
+                first, count, digest = carried  # type: ignore[misc]
+                streams.append((size, len(names), len(encoded), HAS_CONTENT, first, count, digest))
             names += encoded
     return np.array(facts, NTFS_ENTRY_ROW), np.array(streams, STREAM_ROW)
 
 
+_SECURITY, _REPARSE = "\0security", "\0reparse"  # keys beside stream names (never one)
+
+
+class _Chunks:
+    """The ``file-chunks`` rows being made: content cut like a file's, as one stream."""
+
+    def __init__(self) -> None:
+        self.offsets: list[int] = []
+        self.lengths: list[int] = []
+
+    def cut(self, pieces: Iterator[bytes], size: int) -> Iterator[Buffer]:
+        """Yield the chunks of one content (one chunk up to CDC_MIN: FastCDC never cuts
+        below its minimum); ``self.last`` is then (first row, rows, xxh3-128 digest)."""
+        first = len(self.offsets)
+        if size <= CDC_MIN:
+            data = b"".join(pieces)
+            if data:
+                self.offsets.append(0)
+                self.lengths.append(len(data))
+                yield data
+            self.last = (first, len(self.offsets) - first, xxhash.xxh3_128_digest(data))
+            return
+        digest = xxhash.xxh3_128()
+        for at, chunk in cdc_chunks(_hashing(pieces, digest)):
+            self.offsets.append(at)
+            self.lengths.append(len(chunk))
+            yield chunk
+        self.last = (first, len(self.offsets) - first, digest.digest())
+
+
 def _store_contents(
-    store: Store, rows: list[_Row], carried: list[int], entries: np.ndarray, level: int | None
-) -> np.ndarray:
+    store: Store,
+    rows: list[_Row],
+    carried: list[int],
+    entries: np.ndarray,
+    metas: dict[int, _Meta],
+    level: int | None,
+) -> tuple[np.ndarray, np.ndarray, dict[tuple[int, str], Any]]:
     """Chunk every carried file with FastCDC in one stream into ``put_many``; NTFS files are
-    taken in disk order, small neighbours read together."""
-    offsets: list[int] = []
-    lengths: list[int] = []
+    taken in disk order, small neighbours read together.  Then the named streams of NTFS
+    entries (cut the same way, their rows after the files'), then each distinct security
+    descriptor and reparse value as one blob chunk.  Returns the file-chunks table, the
+    blobs table and, per (row, stream name or blob key), where its bytes went."""
+    cuts = _Chunks()
     done: list[tuple[int, int, int, bytes]] = []  # row, first chunk, chunks, digest
     for reader in {id(r.content): r.content for r in rows}.values():
         if isinstance(reader, NtfsContent):
             reader.prefetch([rows[i].entry for i in carried if rows[i].content is reader])  # type: ignore[misc]
     carried = sorted(carried, key=lambda i: _disk_order(rows[i]))
+    placed: dict[tuple[int, str], Any] = {}
+    blobs: dict[bytes, int] = {}
+    for i, meta in sorted(metas.items()):
+        for key, value in ((_SECURITY, meta.security), (_REPARSE, meta.reparse)):
+            if value is not None:
+                placed[(i, key)] = blobs.setdefault(value, len(blobs))
 
     def stream() -> Iterator[Buffer]:
         for i in carried:
             row = rows[i]
             assert row.content is not None
-            first = len(offsets)
             pieces = row.content.iter_file(row.entry, READ_WINDOW)  # type: ignore[arg-type]
-            if row.entry.size <= CDC_MIN:  # FastCDC never cuts below its minimum: one chunk
-                data = b"".join(pieces)
-                if data:
-                    offsets.append(0)
-                    lengths.append(len(data))
-                    yield data
-                done.append((i, first, len(offsets) - first, xxhash.xxh3_128_digest(data)))
-                continue
-            digest = xxhash.xxh3_128()
-            for at, chunk in cdc_chunks(_hashing(pieces, digest)):
-                offsets.append(at)
-                lengths.append(len(chunk))
-                yield chunk
-            done.append((i, first, len(offsets) - first, digest.digest()))
+            yield from cuts.cut(pieces, row.entry.size)
+            done.append((i, *cuts.last))
+        same_record: dict[tuple[int, int, str], tuple[int, int, bytes]] = {}
+        for i, meta in sorted(metas.items()):
+            row = rows[i]
+            for name, extents in meta.streams.items():
+                key = (id(row.ntfs), row.entry.record, name)  # type: ignore[union-attr]
+                if key not in same_record:  # hard links share their record's streams
+                    vol = row.ntfs.vol  # type: ignore[union-attr]
+                    size = min(extents, key=lambda a: a.start_vcn).size
+                    yield from cuts.cut(vol.iter_attribute(extents, READ_WINDOW), size)
+                    same_record[key] = cuts.last
+                placed[(i, name)] = same_record[key]
+        yield from blobs
 
     ids = store.put_many(stream(), level=level)
     if done:
@@ -574,11 +752,16 @@ def _store_contents(
         entries["chunk_count"][where] = count
         entries["digest"][where] = np.frombuffer(b"".join(digests), "V16")
         entries["flags"][where] |= HAS_CONTENT
-    table = np.zeros(len(ids), CHUNK_ROW)
-    if ids:
-        table["offset"], table["length"] = offsets, lengths
-        table["id"] = np.frombuffer(b"".join(ids), "V16")
-    return table
+    n = len(cuts.offsets)
+    table = np.zeros(n, CHUNK_ROW)
+    if n:
+        table["offset"], table["length"] = cuts.offsets, cuts.lengths
+        table["id"] = np.frombuffer(b"".join(ids[:n]), "V16")
+    blob_table = np.zeros(len(blobs), CHUNK_ROW)
+    if blobs:
+        blob_table["length"] = [len(b) for b in blobs]
+        blob_table["id"] = np.frombuffer(b"".join(ids[n:]), "V16")
+    return table, blob_table, placed
 
 
 def _disk_order(row: _Row) -> int:

@@ -4,7 +4,8 @@ paths are resolved through parent references (parent records read on demand, cac
 
 References: Russon & Fledel "NTFS Documentation" 4.1 (FILE record: sequence number, in-use
 flag, base reference), 5.1 ($STANDARD_INFORMATION), 5.3 ($FILE_NAME: parent reference,
-namespace), 5.7 ($DATA), 5.12 ($REPARSE_POINT); docs/architecture.md ("Layers at file level").
+namespace), 5.6 ($SECURITY_DESCRIPTOR), 5.7 ($DATA), 5.12 ($REPARSE_POINT), 6.8 ($Secure: $SDS);
+docs/architecture.md ("Layers at file level").
 
 What changed is decided per record number: in use in the child and not (or with another
 sequence number) in the base is an added file; the reverse a deleted one; the same file with
@@ -73,12 +74,25 @@ class NtfsItem(NamedTuple):
         return filetime_naive(self.accessed_ft)
 
 
+@dataclass(frozen=True)
+class Extras:
+    """What a changed record carries besides its unnamed $DATA: its whole $REPARSE_POINT
+    value, its own (old-style) $SECURITY_DESCRIPTOR, its named $DATA streams' extents, and a
+    problem per stream or attribute that cannot be read (the rest is still carried)."""
+
+    reparse: bytes | None = None
+    security: bytes | None = None
+    streams: dict[str, list[Attribute]] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+
 class NtfsContent:
     """Reads an item's unnamed $DATA, as ``FatVolume.iter_file`` reads a FAT entry; each
     record's attributes are parsed once (compare, check and read all need them)."""
 
     def __init__(self, vol: NtfsVolume) -> None:
         self.vol = vol
+        self._extras: dict[int, Extras | StrataError] = {}
         self._data: dict[int, tuple[list[Attribute], int] | StrataError] = {}
         self.resident: dict[int, bytes] = {}  # unnamed $DATA values read from parsed records
         self.runs: dict[int, Plain] = {}  # uncompressed non-resident $DATA, from the same
@@ -146,6 +160,27 @@ class NtfsContent:
             return False
         return True
 
+    def descriptor(self, security_id: int) -> bytes | None:
+        """The descriptor ``$Secure:$SDS`` holds for ``security_id`` ($SDS is read once per
+        volume, on the first call; None when no entry has that id)."""
+        return self.vol.security_descriptor(security_id)
+
+    def extras(self, item: NtfsItem) -> Extras:
+        """The reparse value, own descriptor and named streams of ``item``'s record: its
+        attributes are parsed only when it has any of them (or no security id), once per
+        record; a record that cannot be parsed raises its StrataError (again)."""
+        if not (item.streams or item.reparse_tag or item.security_id == 0):
+            return Extras()
+        if item.record not in self._extras:
+            try:
+                self._extras[item.record] = record_extras(self.vol, item.record)
+            except StrataError as e:
+                self._extras[item.record] = e
+        found = self._extras[item.record]
+        if isinstance(found, StrataError):
+            raise found
+        return found
+
     def iter_file(self, item: NtfsItem, window: int) -> Iterator[bytes]:
         if item.record in self._where:
             return iter((self._grouped(item.record),))
@@ -155,6 +190,56 @@ class NtfsContent:
             plain = self.runs[item.record]
             return self.vol.iter_runs(plain.runs, plain.size, plain.initialized, window)
         return self.vol.iter_attribute(self.data(item.record)[0], window)
+
+
+def record_extras(vol: NtfsVolume, record: int) -> Extras:
+    """``NtfsContent.extras`` of one in-use record: a named stream whose runs do not map its
+    size inside the volume, or that is encrypted, is left out with a problem named."""
+    attrs = vol.attributes(record)
+    reparse = next((a for a in attrs if a.type == s.REPARSE_POINT), None)
+    own = next((a for a in attrs if a.type == s.SECURITY_DESCRIPTOR), None)
+    named: dict[str, list[Attribute]] = {}
+    for a in attrs:
+        if a.type == s.DATA and a.name:
+            named.setdefault(a.name, []).append(a)
+    problems: list[str] = []
+    streams: dict[str, list[Attribute]] = {}
+    for name, extents in sorted(named.items()):
+        problem = _stream_problem(vol, extents)
+        if problem is None:
+            streams[name] = extents
+        else:
+            problems.append(f"stream {name!r}: {problem}")
+    values = []
+    for what, attr in (("$REPARSE_POINT", reparse), ("$SECURITY_DESCRIPTOR", own)):
+        try:
+            values.append(None if attr is None else vol.read_attribute(attr))
+        except StrataError as e:
+            problems.append(f"{what}: {e}")
+            values.append(None)
+    return Extras(values[0], values[1], streams, problems)
+
+
+def _stream_problem(vol: NtfsVolume, extents: list[Attribute]) -> str | None:
+    """Why a named stream cannot be read (None when it can): encrypted, or runs that are
+    corrupt, leave the volume or do not map its size."""
+    first = min(extents, key=lambda a: a.start_vcn)
+    if first.flags & s.ATTR_FLAG_ENCRYPTED:
+        return "EFS-encrypted"
+    if not first.non_resident:
+        return None
+    try:
+        runs = vol.data_runs(extents)
+    except StrataError as e:
+        return str(e)
+    cs = vol.geometry.cluster_size
+    mapped = (runs[-1].vcn + runs[-1].clusters) * cs if runs else 0
+    if mapped < first.data_size and not first.compressed:
+        return f"runs map {mapped} bytes of {first.data_size}"
+    end = max((r.lcn + r.clusters for r in runs if r.lcn is not None), default=0)
+    if end * cs > vol.dev.size:
+        return f"runs end at cluster {end}, past the volume"
+    return None
 
 
 def filetime_naive(filetime: int) -> dt.datetime | None:
