@@ -60,6 +60,7 @@ class NtfsItem(NamedTuple):
     links: int
     mft_modified: int  # FILETIME
     streams: tuple[tuple[str, int], ...] = ()
+    own_security: bool = False  # may hold a $SECURITY_DESCRIPTOR (or has an attribute list)
 
     @property
     def created(self) -> dt.datetime | None:
@@ -96,6 +97,8 @@ class NtfsContent:
         self._data: dict[int, tuple[list[Attribute], int] | StrataError] = {}
         self.resident: dict[int, bytes] = {}  # unnamed $DATA values read from parsed records
         self.runs: dict[int, Plain] = {}  # uncompressed non-resident $DATA, from the same
+        self.security: dict[int, bytes] = {}  # resident $SECURITY_DESCRIPTOR values, same
+        self.reparse: dict[int, bytes] = {}  # resident $REPARSE_POINT values, same
         self._where: dict[int, tuple[int, int, int]] = {}  # record: group, offset, size
         self._groups: list[tuple[int, int]] = []  # volume byte ranges read in one go
         self._held: tuple[int, memoryview] | None = None  # the group read last
@@ -167,10 +170,11 @@ class NtfsContent:
 
     def extras(self, item: NtfsItem) -> Extras:
         """The reparse value, own descriptor and named streams of ``item``'s record: its
-        attributes are parsed only when it has any of them (or no security id), once per
+        attributes are parsed only when it may have any of them, once per
         record; a record that cannot be parsed raises its StrataError (again)."""
-        if not (item.streams or item.reparse_tag or item.security_id == 0):
-            return Extras()
+        fast = Extras(self.reparse.get(item.record), self.security.get(item.record))
+        if not (item.streams or (item.reparse_tag and fast.reparse is None) or item.own_security):
+            return fast
         if item.record not in self._extras:
             try:
                 self._extras[item.record] = record_extras(self.vol, item.record)
@@ -264,6 +268,9 @@ class Records:
     resident: dict[int, bytes] = field(default_factory=dict)
     runs: dict[int, Plain] = field(default_factory=dict)
     paths: dict[int, str | None] = field(default_factory=dict)
+    own_security: set[int] = field(default_factory=set)  # see NtfsItem.own_security
+    security: dict[int, bytes] = field(default_factory=dict)  # resident values sliced out
+    reparse: dict[int, bytes] = field(default_factory=dict)
     facts: dict[int, list[int]] = field(default_factory=dict)  # table rows, as lists
     twin: Records | None = None  # the other side's records, to share the unchanged ones
     changed: np.ndarray | None = None  # sorted numbers of the records that differ
@@ -297,7 +304,16 @@ class Records:
                 want_attributes=True,
             )
             assert attrs is not None
-            unnamed_data(self.vol, raw, part, self.cols.get(part)[:, 2], attrs, self)
+            base = self.cols.get(part)[:, 2]
+            unnamed_data(self.vol, raw, part, base, attrs, self)
+            hit = attrs.row[
+                (attrs.type == s.SECURITY_DESCRIPTOR) | (attrs.type == s.ATTRIBUTE_LIST)
+            ]
+            sd = resident_values(raw, part, base, attrs, s.SECURITY_DESCRIPTOR)
+            self.security.update(sd)
+            self.reparse.update(resident_values(raw, part, base, attrs, s.REPARSE_POINT))
+            owners = np.where(base[hit] != 0, base[hit], part[hit]).tolist()
+            self.own_security.update(r for r in owners if r not in sd)
         self.scanned[nums] = True
         self._snapshot(nums)
         fresh = self.cols.fn[self._fn_rows :]
@@ -336,6 +352,7 @@ class Records:
         if shared.size == 0:
             return nums
         self.cols.put(shared, twin.cols.get(shared))
+        self.own_security.update(twin.own_security.intersection(shared.tolist()))
         for r in shared.tolist():
             for own, other in (
                 (self.facts, twin.facts),
@@ -343,6 +360,8 @@ class Records:
                 (self.streams, twin.streams),
                 (self.resident, twin.resident),
                 (self.runs, twin.runs),
+                (self.security, twin.security),
+                (self.reparse, twin.reparse),
             ):
                 if r in other:
                     own[r] = other[r]  # type: ignore[index]
@@ -433,6 +452,7 @@ class Records:
                     links,
                     mft_modified,
                     streams,
+                    r in self.own_security,
                 )
             )
         return out
@@ -520,6 +540,32 @@ def unnamed_data(
         plain = _plain(vol, flat[a : a + int(length[k])].tobytes())
         if plain is not None:
             into.runs[int(numbers[rows[k]])] = plain
+
+
+def resident_values(
+    raw: np.ndarray, numbers: np.ndarray, base: np.ndarray, attrs: Attributes, atype: int
+) -> dict[int, bytes]:
+    """The value of each record's first resident attribute of type ``atype``, sliced out of
+    ``raw`` (fixed-up records ``numbers``), for records that are base records without an
+    attribute list (others: the full parser, see ``NtfsContent.extras``)."""
+    flat = raw.reshape(-1)
+    listed = np.zeros(numbers.size, bool)
+    listed[attrs.row[attrs.type == s.ATTRIBUTE_LIST]] = True
+    mine = attrs.type == atype
+    rows, first = np.unique(attrs.row[mine], return_index=True)
+    pos, length = attrs.pos[mine][first], attrs.length[mine][first]
+    own = ~listed[rows] & (base[rows] == 0) & (length >= s.ATTR_RESIDENT_SIZE)
+    rows, pos, length = rows[own], pos[own], length[own]
+    vfield = _int(flat, pos + 16, 8)
+    vlen, voff = vfield & 0xFFFFFFFF, (vfield >> 32) & 0xFFFF
+    ok = (flat[pos + 8] == 0) & (voff + vlen <= length)
+    starts = (pos + voff)[ok]
+    return {
+        r: flat[a:b].tobytes()
+        for r, a, b in zip(
+            numbers[rows[ok]].tolist(), starts.tolist(), (starts + vlen[ok]).tolist(), strict=True
+        )
+    }
 
 
 def _single_runs(
@@ -706,6 +752,8 @@ def diff_with(
     new_data.resident.update(after.resident)  # all its resident $DATA itself
     old_data.runs.update(before.runs)
     new_data.runs.update(after.runs)
+    new_data.security.update(after.security)
+    new_data.reparse.update(after.reparse)
     every = np.union1d(nums, extra)
     after.load_parents(every)
     before.twin, before.changed = after, every  # unchanged ancestors: parsed once, shared
@@ -720,6 +768,8 @@ def diff_with(
     _refuse_problems(after)  # records below a renamed directory were read since
     new_data.resident.update(after.resident)  # records a renamed directory's subtree added
     new_data.runs.update(after.runs)
+    new_data.security.update(after.security)
+    new_data.reparse.update(after.reparse)
     return out
 
 
