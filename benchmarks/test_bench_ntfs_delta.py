@@ -155,7 +155,7 @@ def test_ntfs_delta_vs_full_scan(versus, record_ratio, pair, tmp_path: Path) -> 
         blocks_only = _delta(base, child, offsets, None, store)
     stores = _stores(tmp_path / "stores")
     delta = _delta(base, child, offsets, masks, next(stores))
-    for table in ("entries", "chunks", "ntfs", "streams"):
+    for table in ("entries", "chunks", "ntfs", "streams", "blobs"):
         assert np.array_equal(getattr(delta, table), getattr(blocks_only, table))
     assert delta.names == blocks_only.names
     files = delta.entries[delta.entries["kind"] == fd.FILE]
@@ -163,6 +163,8 @@ def test_ntfs_delta_vs_full_scan(versus, record_ratio, pair, tmp_path: Path) -> 
     assert len(files) == CHANGED
     assert changes == ({"modified"} if edit == "scattered" else {"added"})
     assert int(np.count_nonzero(files["flags"] & fd.HAS_CONTENT)) == CHANGED
+    assert not delta.warnings and len(delta.blobs) >= 1  # every file's descriptor carried
+    assert not (delta.ntfs["security_blob"] == fd.NO_BLOB).any()
     assert _full_listing(child) > FILES
     ready = [next(stores) for _ in range(ours_calls())]  # opened untimed, as finalize's is
     ratio = versus(
