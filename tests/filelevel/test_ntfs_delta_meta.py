@@ -38,7 +38,14 @@ SMALL = b"a small named stream\n"
 BIG = os.urandom(60_000)  # non-resident, above FastCDC's minimum (xattr values stop at 64 KiB)
 NOTE = b"stream added to a file the base had\n"
 SYMLINK, JUNCTION = 0xA000000C, 0xA0000003
-PATHS = ("Data/ads.txt", "Data/link", "Data/junction", "Data/acl.txt", "Data/keep.txt")
+PATHS = (
+    "Data/ads.txt",
+    "Data/link",
+    "Data/junction",
+    "Data/acl.txt",
+    "Data/keep.txt",
+    "Data/restream.txt",
+)
 
 
 def _reparse(tag: int, body: bytes) -> bytes:
@@ -72,6 +79,8 @@ def _fill(root: Path) -> None:
     data.mkdir()
     (data / "acl.txt").write_bytes(b"its ACL changes\n")
     (data / "keep.txt").write_bytes(b"gets a stream\n")
+    (data / "restream.txt").write_bytes(b"its stream is rewritten, same size\n")
+    os.setxattr(data / "restream.txt", "user.same", b"A" * 100)
     for i in range(50):
         (data / f"filler{i:02d}.txt").write_bytes(b"filler %d\n" % i)
 
@@ -83,6 +92,7 @@ def _change(root: Path) -> None:
     os.setxattr(ads, "user.small", SMALL)
     os.setxattr(ads, "user.big", BIG)
     os.setxattr(data / "keep.txt", "user.note", NOTE)
+    os.setxattr(data / "restream.txt", "user.same", b"B" * 100)
     (data / "link").write_bytes(b"")
     os.setxattr(data / "link", "system.ntfs_reparse_data", _symlink("ads.txt"))
     (data / "junction").mkdir()
@@ -187,7 +197,7 @@ def test_entries_and_no_warnings(world: dict[str, Any]) -> None:
     }
     for rel in PATHS:
         assert got["/" + rel] in ("added", "modified"), rel
-    assert got["/Data/acl.txt"] == got["/Data/keep.txt"] == "modified"
+    assert got["/Data/acl.txt"] == got["/Data/keep.txt"] == got["/Data/restream.txt"] == "modified"
     assert delta.warnings == []
 
 
@@ -221,7 +231,7 @@ def test_reparse_value_is_what_ntfs3g_reports(world: dict[str, Any], path: str, 
     assert len(delta.blob(_row(delta, "/Data/ads.txt"), "reparse")) == 0
 
 
-@pytest.mark.parametrize("path", ["/Data/ads.txt", "/Data/keep.txt"])
+@pytest.mark.parametrize("path", ["/Data/ads.txt", "/Data/keep.txt", "/Data/restream.txt"])
 def test_named_streams_are_what_ntfs3g_reads(world: dict[str, Any], path: str) -> None:
     delta, store = world["delta"], world["store"]
     oracle = {k[5:]: v for k, v in world["oracle"][path].items() if k.startswith("user.")}
@@ -234,6 +244,8 @@ def test_named_streams_are_what_ntfs3g_reads(world: dict[str, Any], path: str) -
         assert bytes(st["digest"]) == xxhash.xxh3_128_digest(data)
     if path == "/Data/ads.txt":
         assert oracle["big"] == BIG and oracle["small"] == SMALL
+    if path == "/Data/restream.txt":
+        assert oracle["same"] == b"B" * 100
 
 
 def test_manifest_round_trip_and_v1_rows(world: dict[str, Any]) -> None:

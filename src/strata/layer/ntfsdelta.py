@@ -795,7 +795,7 @@ def _record_changes(before: Records, after: Records, r: int, where: Where) -> li
     if not was and not now:
         return []
     if was and now and before.sequence(r) == after.sequence(r):
-        return _same_file(after, r, was, now, where)
+        return _same_file(after, r, was, now, where, _same_extras(before, after, r, where))
     return [Change("deleted", w) for w in was] + [Change("added", n, True) for n in now]
 
 
@@ -821,11 +821,46 @@ def _kept_file(before: Records, after: Records, r: int, where: Where) -> list[Ch
     meta = (fb[4], fb[5], fb[6], fb[7], fb[10], fb[11], streams_b)
     if meta != (fa[4], fa[5], fa[6], fa[7], fa[10], fa[11], streams_a):
         return [Change("modified", after.items(r)[0])]
+    if not _same_extras(before, after, r, where):
+        return [Change("modified", after.items(r)[0])]
     return []
 
 
+def _same_extras(before: Records, after: Records, r: int, where: Where) -> bool:
+    """What the record rows do not show is equal on both sides: the own security descriptor
+    and reparse value (sliced out with the rows) and the named streams' content (read only
+    for records that have named streams)."""
+    if before.security.get(r) != after.security.get(r):
+        return False
+    if before.reparse.get(r) != after.reparse.get(r):
+        return False
+    names = sorted(after.streams.get(r, ()))
+    if names != sorted(before.streams.get(r, ())):
+        return False
+    old, new = where[0].vol, where[1].vol
+    for name, _size in names:
+        try:
+            if _stream_digest(old, r, name) != _stream_digest(new, r, name):
+                return False
+        except StrataError:  # unreadable on a side: carried as changed, with its warning
+            return False
+    return True
+
+
+def _stream_digest(vol: NtfsVolume, r: int, name: str) -> bytes:
+    h = xxhash.xxh3_128()
+    for piece in vol.iter_stream(r, name, 1 << 20):
+        h.update(piece)
+    return h.digest()
+
+
 def _same_file(
-    after: Records, r: int, was: list[NtfsItem], now: list[NtfsItem], where: Where
+    after: Records,
+    r: int,
+    was: list[NtfsItem],
+    now: list[NtfsItem],
+    where: Where,
+    same_extras: bool = True,
 ) -> list[Change]:
     old_paths = {w.path: w for w in was}
     new_paths = {n.path: n for n in now}
@@ -838,7 +873,7 @@ def _same_file(
         return [
             Change("modified", n)
             for p, n in new_paths.items()
-            if _dir_meta(old_paths[p]) != _dir_meta(n)
+            if _dir_meta(old_paths[p]) != _dir_meta(n) or not same_extras
         ]
     out = [Change("deleted", w) for w in gone] + [Change("added", n, True) for n in came]
     kept = [(old_paths[p], n) for p, n in new_paths.items() if p in old_paths]
@@ -848,7 +883,7 @@ def _same_file(
     for w, n in kept:
         if not same:
             out.append(Change("modified", n, True))
-        elif _file_meta(w) != _file_meta(n):
+        elif _file_meta(w) != _file_meta(n) or not same_extras:
             out.append(Change("modified", n))
     return out
 
