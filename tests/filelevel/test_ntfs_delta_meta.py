@@ -7,6 +7,7 @@ $Secure does not hold, a stream whose runs leave the volume) give a named warnin
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import struct
@@ -21,9 +22,11 @@ import pytest
 import xxhash
 
 from strata.blockdev.rawfile import RawFileDevice
+from strata.errors import StrataError
 from strata.fs.ntfs import NtfsVolume
 from strata.fs.ntfs import structs as s
 from strata.layer import filedelta as fd
+from strata.layer import ntfsdelta
 from strata.partition import open_partition
 from strata.store import Manifest, Store
 from strata.store.manifest import parse
@@ -337,3 +340,48 @@ def test_hostile_security_id_and_stream_runs(world: dict[str, Any]) -> None:
     delta.add_to(m)
     assert m.meta["file_delta"]["warnings"] == delta.warnings
     store.close()
+
+
+FUZZ_ROUNDS = 1000  # per record; two records: 2000 mutations
+
+
+@pytest.mark.parametrize("path", ["/Data/ads.txt", "/Data/link"])
+def test_fuzzed_records_give_only_strata_errors(world: dict[str, Any], path: str) -> None:
+    """Random bytes of a changed record (its update-sequence bytes kept, so the record still
+    fixes up and the attribute parsers see the damage): the row scan, the sliced values and
+    the per-record extras (and the first MiB of each named stream) raise only StrataError."""
+    root = world["root"]
+    work = root / f"fuzz{path.replace('/', '_')}.raw"
+    shutil.copyfile(world["child"], work)
+    with RawFileDevice(str(work)) as dev:
+        vol = NtfsVolume(open_partition(dev, 1))
+        rec = _record(vol, path)
+        rs = vol.geometry.record_size
+        at = PART_START + vol.record_offset(rec)
+    pristine = work.read_bytes()[at : at + rs]
+    free = np.array([k for k in range(48, rs) if k % 512 not in (510, 511)])
+    rng = np.random.default_rng(9)
+    outcomes: dict[str, int] = {}
+    with open(work, "r+b") as f:
+        for _ in range(FUZZ_ROUNDS):
+            buf = bytearray(pristine)
+            for k in rng.choice(free, int(rng.integers(1, 9)), replace=False).tolist():
+                buf[k] = int(rng.integers(0, 256))
+            os.pwrite(f.fileno(), bytes(buf), at)
+            with RawFileDevice(str(work)) as dev:
+                outcome = _exercise(NtfsVolume(open_partition(dev, 1)), rec)
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    assert outcomes.get("ok", 0) > 0 and len(outcomes) > 1, outcomes
+
+
+def _exercise(vol: NtfsVolume, rec: int) -> str:
+    try:
+        recs = ntfsdelta.Records(vol)
+        recs.load(np.array([rec]))
+        extras = ntfsdelta.record_extras(vol, rec)
+        for extents in extras.streams.values():
+            for _ in itertools.islice(vol.iter_attribute(extents, 64 << 10), 16):
+                pass
+    except StrataError as e:
+        return type(e).__name__
+    return "ok"

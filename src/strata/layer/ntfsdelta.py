@@ -230,6 +230,8 @@ def _stream_problem(vol: NtfsVolume, extents: list[Attribute]) -> str | None:
     first = min(extents, key=lambda a: a.start_vcn)
     if first.flags & s.ATTR_FLAG_ENCRYPTED:
         return "EFS-encrypted"
+    if first.size > vol.dev.size:  # reading it would not end (a sparse or corrupt size)
+        return f"{first.size} bytes, more than the volume holds"
     if not first.non_resident:
         return None
     try:
