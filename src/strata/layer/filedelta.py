@@ -612,11 +612,11 @@ def _ntfs_metas(rows: list[_Row], warnings: list[dict[str, Any]]) -> dict[int, _
             problems.append(f"attributes: {err}")
             extras = ntfsdelta.Extras()
         problems += extras.problems
-        security = extras.security
+        security = reader.descriptor(e.security_id) if e.security_id else None
         if e.security_id and security is None:
-            security = reader.descriptor(e.security_id)
-            if security is None:
-                problems.append(f"security id {e.security_id} is not in $Secure:$SDS")
+            problems.append(f"security id {e.security_id} is not in $Secure:$SDS")
+        if security is None:  # the id rules when set (as ntfs-3g and Windows read it)
+            security = extras.security
         if e.reparse_tag and extras.reparse is None:
             problems.append(f"reparse tag {e.reparse_tag:#x} without a readable value")
         for problem in problems:
