@@ -130,6 +130,29 @@ def test_edits_pass_fsck_and_mtools_sees_them(pristine, fat: int, tmp_path: Path
         assert vol.directory(vol.stat("/many")).size > 100 * 32 * 3
 
 
+@pytest.mark.parametrize("fat", sorted(VOLUMES))
+def test_cached_listings_match_the_disk(pristine, fat: int, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The editor updates its cached listings in place when an entry's metadata changes: what
+    it then serves equals what a fresh reader parses from the disk, for every path."""
+    image, tree, cluster = fresh(pristine, fat, tmp_path)
+    with RawFileDevice(str(image), writable=True) as dev:
+        ed = open_fat(dev, writable=True)
+        edit_scenario(ed, tree, cluster)
+        files = sorted(p for p, data in tree.items() if data is not None)
+        for n, path in enumerate(files):
+            if n % 2:
+                ed.set_times(path, modified=STAMP + dt.timedelta(seconds=2 * n))
+            if n % 3 == 0:
+                ed.set_attributes(path, s.ATTR_ARCHIVE | s.ATTR_HIDDEN)
+        ed.write_file(files[0], b"rewritten after its metadata changed")
+        served = {path: ed.stat(path) for path in tree}
+        ed.flush()
+    with RawFileDevice(str(image)) as dev:
+        vol = FatVolume(dev)
+        assert {path: vol.stat(path) for path in tree} == served
+    assert fsck(image) == "clean"
+
+
 def test_refusals_leave_the_volume_clean(pristine, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     image, tree, _ = fresh(pristine, 16, tmp_path)
     with RawFileDevice(str(image), writable=True) as dev:

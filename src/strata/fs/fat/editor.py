@@ -28,6 +28,7 @@ from strata.fs.fat.reader import (
     FatVolume,
     encode_fat12,
     parse_entries,
+    record_fields,
     split_path,
 )
 
@@ -456,7 +457,25 @@ class FatEditor(FatVolume):
         if accessed is not None:
             rec["acc_date"] = encode_stamp(dt.datetime.combine(accessed, dt.time()))[0]
         self.dev.write(at, rec.tobytes())  # type: ignore[attr-defined]
-        self.forget(d.first_cluster)
+        self._refresh(d, entry.slot, rec[0])
+
+    def _refresh(self, d: Directory, slot: int, rec: np.void) -> None:
+        """Update the cached listing's entry at ``slot`` from its rewritten short entry.
+        Dropping the listing instead made every metadata change re-read and re-parse the
+        whole directory: quadratic in its size for an install of many files."""
+        cached = self._dir_cache.get(d.first_cluster)
+        at = next((i for i, e in enumerate(cached or ()) if e.slot == slot), None)
+        if cached is None or at is None:
+            self.forget(d.first_cluster)
+            return
+        old = cached[at]
+        new = replace(old, **record_fields(rec))
+        cached[at] = new
+        index = self._dir_index.get(d.first_cluster)
+        if index is not None:
+            for key in (old.name.upper(), old.short_name.upper()):
+                if index.get(key) is old:
+                    index[key] = new
 
     def _delete(self, d: Directory, entry: FatEntry, path: str, recursive: bool) -> None:
         if entry.is_dir:

@@ -140,6 +140,7 @@ class FatVolume:
         self.fat = self._load_fat()
         self._dir_cache: dict[int, list[FatEntry]] = {}
         self._dir_index: dict[int, dict[str, FatEntry]] = {}
+        self._dir_spans: dict[int, Directory] = {}
 
     # ------------------------------------------------------------------ basics
 
@@ -287,6 +288,9 @@ class FatVolume:
                     entry.cluster_field,
                 )
             return Directory(0, [(g.root_offset, g.root_entries * s.DIRENT_SIZE)])
+        known = self._dir_spans.get(entry.first_cluster)
+        if known is not None:
+            return known  # resolving a path walks every parent: chains are followed once
         spans = self.cluster_spans(
             self.runs(entry.first_cluster, f"directory {entry.name!r}", entry.cluster_field)
         )
@@ -297,6 +301,9 @@ class FatVolume:
                 f"{d.size} bytes, more than {s.MAX_DIR_ENTRIES} entries",
                 "first_cluster",
             )
+        if len(self._dir_spans) >= DIR_CACHE:
+            self._dir_spans.pop(next(iter(self._dir_spans)))
+        self._dir_spans[entry.first_cluster] = d
         return d
 
     def read_directory(self, d: Directory) -> np.ndarray:
@@ -317,9 +324,10 @@ class FatVolume:
         return cached
 
     def forget(self, first_cluster: int) -> None:
-        """Drop a directory's cached entries (after it changed)."""
+        """Drop a directory's cached entries and chain (after it changed)."""
         self._dir_cache.pop(first_cluster, None)
         self._dir_index.pop(first_cluster, None)
+        self._dir_spans.pop(first_cluster, None)
 
     def listdir(self, path: str = "/") -> list[FatEntry]:
         entry = self.stat(path)
@@ -598,21 +606,27 @@ def _entry(
     e = table[index]
     short = short_display(name_raw, int(e["nt_res"]))
     long_name, count = _long_name(table, units, is_lfn, index, s.lfn_checksum(name_raw))
-    cluster = (int(e["cluster_hi"]) << 16) | int(e["cluster_lo"])
-    attrs = int(e["attr"])
     return FatEntry(
         name=long_name if long_name is not None else short,
         short_name=short,
-        attributes=attrs,
-        size=0 if attrs & s.ATTR_DIRECTORY else int(e["size"]),
-        first_cluster=cluster,
-        created=fat_date(int(e["crt_date"]), int(e["crt_time"]), int(e["crt_time_tenth"])),
-        modified=fat_date(int(e["wrt_date"]), int(e["wrt_time"])),
-        accessed=(d.date() if (d := fat_date(int(e["acc_date"]))) else None),
         slot=index,
         lfn_slots=count,
         raw_short=name_raw,
+        **record_fields(e),
     )
+
+
+def record_fields(e: np.void) -> dict[str, Any]:
+    """What a short entry (``DIRENT_DTYPE``) says besides its names."""
+    attrs = int(e["attr"])
+    return {
+        "attributes": attrs,
+        "size": 0 if attrs & s.ATTR_DIRECTORY else int(e["size"]),
+        "first_cluster": (int(e["cluster_hi"]) << 16) | int(e["cluster_lo"]),
+        "created": fat_date(int(e["crt_date"]), int(e["crt_time"]), int(e["crt_time_tenth"])),
+        "modified": fat_date(int(e["wrt_date"]), int(e["wrt_time"])),
+        "accessed": (d.date() if (d := fat_date(int(e["acc_date"]))) else None),
+    }
 
 
 def _long_name(
