@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 APT_PACKAGES := qemu-utils ntfs-3g dosfstools mtools e2fsprogs sleuthkit libhivex-bin \
-                casync zstd xorriso genisoimage gdisk fdisk time
+                casync zstd xorriso genisoimage gdisk fdisk time attr
 
 .PHONY: all deps install demo test lint bench bench-smoke clean
 

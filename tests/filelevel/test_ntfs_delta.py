@@ -9,7 +9,6 @@ import hashlib
 import os
 import shutil
 import subprocess
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,6 @@ from strata.blockdev.rawfile import RawFileDevice
 from strata.fs.ntfs import NtfsVolume
 from strata.layer import filedelta as fd
 from strata.layer import ntfsdelta
-from strata.layer.blocks import SECTOR_MASK_ROW
 from strata.ops import layers
 from strata.partition import open_partition
 from strata.store import Store
@@ -29,11 +27,10 @@ from support.filelevel_tools import package
 from support.integrity_tools import (
     PART_START,
     can_mount,
-    on_ntfs,
     package_machine,
     read_from_disk,
-    windows_disk,
 )
+from support.ntfs_delta_tools import base_and_child, changed_blocks, sector_masks
 from support.tools import require, result_of, strata_json
 
 pytestmark = pytest.mark.skipif(not can_mount(), reason="ntfs-3g FUSE mounts need root")
@@ -90,41 +87,11 @@ EXPECTED = {
 CARRIED = {p for p, c in EXPECTED.items() if c != "deleted" and p not in ("/App", "/App/sub")}
 
 
-def _base_and_child(
-    root: Path, fill: Callable[[Path], None], change: Callable[[Path], None]
-) -> tuple[Path, Path]:
-    """A Windows disk filled through ntfs-3g, and a copy of it changed through ntfs-3g."""
-    base = windows_disk(root)
-    on_ntfs(base, fill, root)
-    child = root / "child.raw"
-    shutil.copyfile(base, child)
-    on_ntfs(child, change, root)
-    return base, child
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("ntfsdelta")
-    base, child = _base_and_child(root, _base_files, _change)
+    base, child = base_and_child(root, _base_files, _change)
     return {"root": root, "base": base, "child": child}
-
-
-def _changed_blocks(a: Path, b: Path) -> np.ndarray:
-    x = np.fromfile(a, np.uint8).reshape(-1, BLOCK)
-    y = np.fromfile(b, np.uint8).reshape(-1, BLOCK)
-    return np.flatnonzero((x != y).any(axis=1)).astype(np.uint64) * BLOCK
-
-
-def _sector_masks(a: Path, b: Path, offsets: np.ndarray) -> np.ndarray:
-    """What the block delta records beside each changed block: its differing 512-byte sectors."""
-    x = np.fromfile(a, np.uint8).reshape(-1, BLOCK // 512, 512)
-    y = np.fromfile(b, np.uint8).reshape(-1, BLOCK // 512, 512)
-    blocks = (np.asarray(offsets, np.int64) // BLOCK).tolist()
-    rows = np.zeros(len(blocks), SECTOR_MASK_ROW)
-    rows["offset"] = offsets
-    bits = (x[blocks] != y[blocks]).any(axis=2)
-    rows["mask"] = np.frombuffer(np.packbits(bits, axis=1, bitorder="little").tobytes(), "V16")
-    return rows
 
 
 def _contents(store: Store, delta: fd.FileDelta) -> dict[str, bytes]:
@@ -139,8 +106,8 @@ def _contents(store: Store, delta: fd.FileDelta) -> dict[str, bytes]:
 def test_delta_is_exactly_what_ntfs3g_did(world: dict[str, Any], with_masks: bool) -> None:
     root = world["root"]
     store = Store.init(root / f"store-{with_masks}")
-    offsets = _changed_blocks(world["base"], world["child"])
-    masks = _sector_masks(world["base"], world["child"], offsets) if with_masks else None
+    offsets = changed_blocks(world["base"], world["child"])
+    masks = sector_masks(world["base"], world["child"], offsets) if with_masks else None
     with RawFileDevice(str(world["child"])) as new, RawFileDevice(str(world["base"])) as old:
         delta = fd.capture(store, new, old, offsets, masks=masks)
     assert delta is not None and not delta.skipped
@@ -165,7 +132,7 @@ def test_delta_is_exactly_what_ntfs3g_did(world: dict[str, Any], with_masks: boo
 
 
 def test_only_changed_records_are_parsed(world: dict[str, Any]) -> None:
-    offsets = _changed_blocks(world["base"], world["child"])
+    offsets = changed_blocks(world["base"], world["child"])
     with RawFileDevice(str(world["child"])) as dev:
         vol = NtfsVolume(open_partition(dev, 1))
         bitmap = fd._block_bitmap(offsets, dev.size)
@@ -185,8 +152,8 @@ def test_only_changed_records_are_parsed(world: dict[str, Any]) -> None:
 def test_masks_name_exactly_the_records_that_differ(world: dict[str, Any]) -> None:
     """The sector masks give the records whose bytes differ, found here by comparing every
     record of base and child (the records in unchanged sectors are not among them)."""
-    offsets = _changed_blocks(world["base"], world["child"])
-    masks = _sector_masks(world["base"], world["child"], offsets)
+    offsets = changed_blocks(world["base"], world["child"])
+    masks = sector_masks(world["base"], world["child"], offsets)
     with RawFileDevice(str(world["child"])) as new, RawFileDevice(str(world["base"])) as old:
         a, b = NtfsVolume(open_partition(old, 1)), NtfsVolume(open_partition(new, 1))
         got = np.union1d(
@@ -256,7 +223,7 @@ def test_a_torn_changed_record_skips_the_volume(world: dict[str, Any]) -> None:
         f.seek(at + 510)  # the first sector's check value: the update sequence disagrees
         f.write(b"\xde\xad")
     store = Store.init(root / "torn-store")
-    offsets = _changed_blocks(world["base"], torn)
+    offsets = changed_blocks(world["base"], torn)
     with store, RawFileDevice(str(torn)) as new, RawFileDevice(str(world["base"])) as old:
         delta = fd.capture(store, new, old, offsets)
     assert delta is not None and delta.volumes == [] and len(delta.entries) == 0
@@ -300,9 +267,9 @@ def test_renamed_directory_is_deleted_and_added_with_its_subtree(
     """``mv`` of a directory through ntfs-3g: the old path is deleted, the new one added with
     every name below it (what fls lists under it in the child), each file with its content."""
     root = tmp_path_factory.mktemp("ntfsrename")
-    base, child = _base_and_child(root, _project, _move)
-    offsets = _changed_blocks(base, child)
-    masks = _sector_masks(base, child, offsets)
+    base, child = base_and_child(root, _project, _move)
+    offsets = changed_blocks(base, child)
+    masks = sector_masks(base, child, offsets)
     store = Store.init(root / "store")
     with RawFileDevice(str(child)) as new, RawFileDevice(str(base)) as old:
         delta = fd.capture(store, new, old, offsets, masks=masks)

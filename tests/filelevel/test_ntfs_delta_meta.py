@@ -13,7 +13,7 @@ import shutil
 import struct
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +32,11 @@ from strata.store import Manifest, Store
 from strata.store.manifest import parse
 
 from support.filelevel_tools import extract
-from support.integrity_tools import PART_SIZE, PART_START, can_mount, on_ntfs, windows_disk
+from support.integrity_tools import PART_SIZE, PART_START, can_mount
+from support.ntfs_delta_tools import base_and_child, changed_blocks
 from support.tools import require, run
 
 pytestmark = pytest.mark.skipif(not can_mount(), reason="ntfs-3g FUSE mounts need root")
-BLOCK = 64 << 10
 SMALL = b"a small named stream\n"
 BIG = os.urandom(60_000)  # non-resident, above FastCDC's minimum (xattr values stop at 64 KiB)
 NOTE = b"stream added to a file the base had\n"
@@ -139,26 +139,9 @@ def _oracle(raw: Path, work: Path) -> dict[str, dict[str, bytes]]:
     return out
 
 
-def _base_and_child(
-    root: Path, fill: Callable[[Path], None], change: Callable[[Path], None]
-) -> tuple[Path, Path]:
-    base = windows_disk(root)
-    on_ntfs(base, fill, root)
-    child = root / "child.raw"
-    shutil.copyfile(base, child)
-    on_ntfs(child, change, root)
-    return base, child
-
-
-def _changed_blocks(a: Path, b: Path) -> np.ndarray:
-    x = np.fromfile(a, np.uint8).reshape(-1, BLOCK)
-    y = np.fromfile(b, np.uint8).reshape(-1, BLOCK)
-    return np.flatnonzero((x != y).any(axis=1)).astype(np.uint64) * BLOCK
-
-
 def _capture(root: Path, base: Path, child: Path, name: str) -> tuple[Store, fd.FileDelta]:
     store = Store.init(root / name)
-    offsets = _changed_blocks(base, child)
+    offsets = changed_blocks(base, child)
     with RawFileDevice(str(child)) as new, RawFileDevice(str(base)) as old:
         delta = fd.capture(store, new, old, offsets)
     assert delta is not None and not delta.skipped
@@ -170,7 +153,7 @@ def _capture(root: Path, base: Path, child: Path, name: str) -> tuple[Store, fd.
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     require("getfattr")
     root = tmp_path_factory.mktemp("ntfsmeta")
-    base, child = _base_and_child(root, _fill, _change)
+    base, child = base_and_child(root, _fill, _change)
     store, delta = _capture(root, base, child, "store")
     yield {
         "root": root,
