@@ -32,17 +32,20 @@ def captured(tmp_path: Path) -> tuple[Path, bytes, np.ndarray]:
     return root, raw.read_bytes(), table
 
 
-def _read(root: Path, table: np.ndarray, spans: list[tuple[int, int]]) -> list[bytes]:
-    with Store(root) as store, StoreDevice(store, table, SIZE) as dev:
+def _read(
+    root: Path, table: np.ndarray, spans: list[tuple[int, int]], workers: int | None = None
+) -> list[bytes]:
+    with Store(root, workers=workers) as store, StoreDevice(store, table, SIZE) as dev:
         return [dev.read(offset, length) for offset, length in spans]
 
 
-def test_reads_equal_the_source(captured: tuple[Path, bytes, np.ndarray]) -> None:
+@pytest.mark.parametrize("workers", [1, 3])  # STRATA_THREADS: decoded on the caller's thread alone
+def test_reads_equal_the_source(captured: tuple[Path, bytes, np.ndarray], workers: int) -> None:
     root, source, table = captured
     rng = random.Random(1)
     spans = [(0, SIZE), (SIZE - 512, 512), (3 * MiB - 100, 200)]
     spans += [(o, rng.randrange(1, 3 * MiB)) for o in rng.sample(range(0, SIZE - 3 * MiB), 40)]
-    for (offset, length), data in zip(spans, _read(root, table, spans), strict=True):
+    for (offset, length), data in zip(spans, _read(root, table, spans, workers), strict=True):
         assert data == source[offset : offset + length], (offset, length)
 
 

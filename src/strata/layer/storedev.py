@@ -10,7 +10,6 @@ a thread), so one read is in flight at a time and memory is the caller's buffers
 from __future__ import annotations
 
 import itertools
-import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -60,7 +59,7 @@ class StoreDevice(BaseDevice):
         self._size = size
         self._sector_size = sector_size
         self._pool: ThreadPoolExecutor | None = None
-        self._threads = max(2, os.cpu_count() or 2)  # the caller's thread decodes one job
+        self._threads = max(1, store.workers)  # the caller's thread decodes one job
 
     def _rows_in(self, offset: int, end: int) -> tuple[int, int]:
         first = int(np.searchsorted(self.ends, offset, side="right"))
