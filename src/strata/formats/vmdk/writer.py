@@ -23,6 +23,7 @@ import numpy as np
 
 from strata.blockdev.base import BlockDevice
 from strata.blockdev.copy import Block, iter_blocks
+from strata.blockdev.rawfile import pwrite_all
 from strata.errors import InvalidInput
 from strata.formats.options import FormatOption, bool_option
 from strata.formats.registry import CreateRequest, WriteRequest
@@ -125,7 +126,18 @@ class ExtentSink(Protocol):
     def abort(self) -> None: ...
 
 
-class SparseSink:
+class _FileSink:
+    """An extent file being written; ``abort`` closes it (the caller removes the file)."""
+
+    fd: int
+
+    def abort(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class SparseSink(_FileSink):
     """One hosted sparse extent file, written grain after grain."""
 
     def __init__(self, path: str, capacity: int, descriptor: bytes | None, zeroed: bool) -> None:
@@ -140,15 +152,15 @@ class SparseSink:
         head = self.layout.header(zeroed) + (descriptor or b"").ljust(
             desc_sectors * s.SECTOR, b"\0"
         )
-        os.pwrite(self.fd, head, 0)
+        pwrite_all(self.fd, 0, memoryview(head))
         self.cursor = self.layout.overhead * s.SECTOR
 
     def put(self, offset: int, data: memoryview) -> None:
         gb = self.layout.grain_size * s.SECTOR
         count = -(-len(data) // gb)
-        _pwrite(self.fd, data, self.cursor)
+        pwrite_all(self.fd, self.cursor, data)
         if len(data) % gb:
-            _pwrite(self.fd, memoryview(bytes(gb - len(data) % gb)), self.cursor + len(data))
+            pwrite_all(self.fd, self.cursor + len(data), memoryview(bytes(gb - len(data) % gb)))
         first = offset // gb
         sector = self.cursor // s.SECTOR
         self.gte[first : first + count] = sector + np.arange(count) * self.layout.grain_size
@@ -165,18 +177,13 @@ class SparseSink:
         lay = self.layout
         for gd_sector in (lay.rgd_offset, lay.gd_offset):
             gd, gts = lay.tables(self.gte, gd_sector)
-            os.pwrite(self.fd, gd + gts, gd_sector * s.SECTOR)
+            pwrite_all(self.fd, gd_sector * s.SECTOR, memoryview(gd + gts))
         os.ftruncate(self.fd, max(self.cursor, lay.overhead * s.SECTOR))
         os.close(self.fd)
         self.fd = -1
 
-    def abort(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
 
-
-class FlatSink:
+class FlatSink(_FileSink):
     """A flat extent file: the disk's bytes, holes where it is zero."""
 
     def __init__(self, path: str, size: int) -> None:
@@ -185,7 +192,7 @@ class FlatSink:
         os.ftruncate(self.fd, size)
 
     def put(self, offset: int, data: memoryview) -> None:
-        _pwrite(self.fd, data, offset)
+        pwrite_all(self.fd, offset, data)
 
     def zero(self, offset: int, length: int) -> None:
         raise AssertionError("flat extents have no parent, so nothing is written as zero")
@@ -193,17 +200,6 @@ class FlatSink:
     def finish(self) -> None:
         os.close(self.fd)
         self.fd = -1
-
-    def abort(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-
-def _pwrite(fd: int, data: memoryview, offset: int) -> None:
-    done = 0
-    while done < len(data):
-        done += os.pwrite(fd, data[done:], offset + done)
 
 
 # -- naming and descriptors -------------------------------------------------------------
