@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from strata.blockdev.base import BaseDevice, BlockDevice
+from strata.blockdev.rawfile import pwrite_all
 from strata.errors import StateError
 from strata.fs.fat import FatEditor, FatEntry, open_fat
 from strata.fs.fat import structs as fat
@@ -102,9 +103,9 @@ class OverlayDevice(BaseDevice):
             if not self.written[edge] and (offset > lo or end < hi):
                 buf = bytearray(hi - lo)
                 self.source.readinto(lo, buf)
-                os.pwrite(self._file.fileno(), buf, lo)
+                pwrite_all(self._file.fileno(), lo, memoryview(buf))
         self.written[offset // BLOCK : (end - 1) // BLOCK + 1] = True
-        os.pwrite(self._file.fileno(), view, offset)
+        pwrite_all(self._file.fileno(), offset, view)
 
     def changed_blocks(self) -> Iterator[tuple[int, bytes]]:
         for index in np.flatnonzero(self.written).tolist():

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from strata.blockdev.rawfile import pwrite_all
 from strata.formats.vhdx import structs as S
 
 
@@ -260,6 +261,6 @@ def write_headers(fd: int, fields: HeaderFields, first_slot: int = 0, durable: b
     for i in range(2):
         slot = (first_slot + i) % 2
         h = HeaderFields(**{**fields.__dict__, "sequence_number": fields.sequence_number + i})
-        os.pwrite(fd, encode_header(h), S.HEADER_OFFSETS[slot])
+        pwrite_all(fd, S.HEADER_OFFSETS[slot], memoryview(encode_header(h)))
         if durable:
             os.fsync(fd)
