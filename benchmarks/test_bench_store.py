@@ -18,12 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import scaled
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
 from strata.store import Manifest, PutStats, Store
 
+from conftest import scaled
 from support.images import mixed_bytes
 from support.tools import measure, require
 

@@ -7,18 +7,14 @@ process so its peak RSS is measured with wait4.
 from __future__ import annotations
 
 import statistics
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from conftest import SMOKE, scaled
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
 from strata import api
 
+from conftest import SMOKE, scaled
 from support.images import GiB, MiB
 from support.tools import Measured, measure, measure_strata, qemu_compare, require
 

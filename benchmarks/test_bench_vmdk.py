@@ -11,16 +11,12 @@ interpreter's start-up and the import of every command group.
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
 from strata import api
 
 from conftest import SMOKE, scaled
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
 from support.images import GiB, MiB
 from support.tools import Measured, measure, measure_strata, qemu_compare, require
 
