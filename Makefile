@@ -4,7 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 APT_PACKAGES := qemu-utils ntfs-3g dosfstools mtools e2fsprogs sleuthkit libhivex-bin \
-                casync zstd xorriso genisoimage gdisk fdisk time attr
+                casync zstd xorriso genisoimage gdisk fdisk time attr \
+                libzstd-dev libxxhash-dev
 
 .PHONY: all deps install demo test lint bench bench-smoke clean
 

@@ -4,6 +4,7 @@ and a damaged frame (stored or zstd) gives a specific error, never wrong bytes."
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from strata.blockdev import RawFileDevice
 from strata.errors import CorruptImage, IntegrityError, TruncatedImage
 from strata.layer.blocks import capture_disk
 from strata.layer.storedev import StoreDevice
-from strata.store import Store
+from strata.store import Store, frames
 
 from support.images import MiB, write_sparse_raw
 
@@ -32,6 +33,16 @@ def captured(tmp_path: Path) -> tuple[Path, bytes, np.ndarray]:
     return root, raw.read_bytes(), table
 
 
+@pytest.fixture(params=["native", "python"])
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Frames decoded by the C decoder, then by its pure-Python reference."""
+    monkeypatch.setenv("STRATA_BACKEND", request.param)
+    frames.frame_decoder.cache_clear()
+    yield request.param
+    monkeypatch.delenv("STRATA_BACKEND")
+    frames.frame_decoder.cache_clear()
+
+
 def _read(
     root: Path, table: np.ndarray, spans: list[tuple[int, int]], workers: int | None = None
 ) -> list[bytes]:
@@ -40,7 +51,9 @@ def _read(
 
 
 @pytest.mark.parametrize("workers", [1, 3])  # STRATA_THREADS: decoded on the caller's thread alone
-def test_reads_equal_the_source(captured: tuple[Path, bytes, np.ndarray], workers: int) -> None:
+def test_reads_equal_the_source(
+    captured: tuple[Path, bytes, np.ndarray], workers: int, backend: str
+) -> None:
     root, source, table = captured
     rng = random.Random(1)
     spans = [(0, SIZE), (SIZE - 512, 512), (3 * MiB - 100, 200)]
@@ -64,7 +77,7 @@ def _frames(root: Path) -> list[tuple[Path, int, int, int]]:
 
 @pytest.mark.parametrize("codec", [0, 1], ids=["stored", "zstd"])
 def test_damaged_payload_is_an_integrity_error(
-    captured: tuple[Path, bytes, np.ndarray], codec: int
+    captured: tuple[Path, bytes, np.ndarray], codec: int, backend: str
 ) -> None:
     root, _, table = captured
     pack, offset, length, _ = next(f for f in _frames(root) if f[3] == codec)
@@ -77,7 +90,9 @@ def test_damaged_payload_is_an_integrity_error(
         _read(root, table, [(0, SIZE)])
 
 
-def test_random_damage_never_reads_wrong_bytes(captured: tuple[Path, bytes, np.ndarray]) -> None:
+def test_random_damage_never_reads_wrong_bytes(
+    captured: tuple[Path, bytes, np.ndarray], backend: str
+) -> None:
     """200 single-byte flips anywhere in frames: the read is right or refused, nothing else."""
     root, source, table = captured
     frames = _frames(root)

@@ -107,32 +107,33 @@ class StoreDevice(BaseDevice):
                 place = places.get(cid)
                 if place is None:
                     raise NotFound(what=f"chunk {to_hex(cid)} of this image (not in the store)")
-                self.store.check_place(cid, place)
+                self.store.check_place(cid, place, stop - start)
                 chunk = chunks[cid] = _Chunk(cid, place, stop - start)
             lo, hi = max(start, offset), min(stop, end)
             chunk.targets.append((lo - offset, hi - offset, lo - start))
         return sorted(chunks.values(), key=lambda c: (c.place.pack, c.place.offset))
 
     def _decode_into(self, chunks: list[_Chunk], view: memoryview) -> None:
+        """Each chunk is decoded into the first place in ``view`` that holds it whole (a
+        scratch buffer when none does: a row cut by the read's ends), then copied to the
+        others.  The whole ones of one pread go to the store's decoder in one call."""
         for group in _adjacent(chunks):
             head = group[0].place
             tail = group[-1].place
             span = tail.offset + tail.length - head.offset
             blob = memoryview(self.store.packs.read(head.pack, head.offset, span))
-            for chunk in group:
-                at = chunk.place.offset - head.offset
-                self._decode_chunk(chunk, blob[at : at + chunk.place.length], view)
-
-    def _decode_chunk(self, chunk: _Chunk, frame: memoryview, view: memoryview) -> None:
-        """Decode into the first place in ``view`` that holds the whole chunk (a scratch
-        buffer when none does: a row cut by the read's ends), then copy it to the others."""
-        whole = next((t for t in chunk.targets if t[1] - t[0] == chunk.length), None)
-        data = view[whole[0] : whole[1]] if whole else memoryview(bytearray(chunk.length))
-        self.store.decode_chunk_into(chunk.cid, chunk.place, frame, data)
-        for target in chunk.targets:
-            if target is not whole:
-                lo, hi, src = target
-                view[lo:hi] = data[src : src + hi - lo]
+            wholes = [(chunk, _whole(chunk)) for chunk in group]
+            run = [(c.cid, c.place, whole[0]) for c, whole in wholes if whole is not None]
+            self.store.decode_run_into(head.offset, blob, run, view)
+            for chunk, whole in wholes:
+                if whole is None:
+                    at = chunk.place.offset - head.offset
+                    data = memoryview(bytearray(chunk.length))
+                    frame = blob[at : at + chunk.place.length]
+                    self.store.decode_chunk_into(chunk.cid, chunk.place, frame, data)
+                else:
+                    data = view[whole[0] : whole[1]]
+                _copy_to_targets(chunk, whole, data, view)
 
     def _extents(self, offset: int, length: int) -> Iterator[Extent]:
         end = offset + length
@@ -156,6 +157,19 @@ class StoreDevice(BaseDevice):
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+
+
+def _whole(chunk: _Chunk) -> tuple[int, int, int] | None:
+    return next((t for t in chunk.targets if t[1] - t[0] == chunk.length), None)
+
+
+def _copy_to_targets(
+    chunk: _Chunk, whole: tuple[int, int, int] | None, data: memoryview, view: memoryview
+) -> None:
+    for target in chunk.targets:
+        if target is not whole:
+            lo, hi, src = target
+            view[lo:hi] = data[src : src + hi - lo]
 
 
 def _adjacent(chunks: list[_Chunk]) -> Iterator[list[_Chunk]]:

@@ -23,7 +23,7 @@ import secrets
 import sqlite3
 import threading
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,12 +31,19 @@ from typing import Any
 
 import numpy as np
 
-from strata.errors import CorruptImage, InvalidInput, NotFound, StateError, StrataError
+from strata.errors import (
+    CorruptImage,
+    IntegrityError,
+    InvalidInput,
+    NotFound,
+    StateError,
+    StrataError,
+)
 from strata.native import is_zero
 from strata.store import index
 from strata.store.catalog import Catalog
 from strata.store.db import connect, transaction
-from strata.store.frames import Where, decode, decode_into, encode
+from strata.store.frames import Where, decode, decode_frames, decode_into, encode
 from strata.store.ids import ZERO_ID, Buffer, chunk_id, to_hex
 from strata.store.index import Location
 from strata.store.locate import store_path
@@ -431,8 +438,9 @@ class Store:
         frame = self.packs.read(place.pack, place.offset, place.length)
         return self.decode_chunk(cid, place, frame, length)
 
-    def check_place(self, cid: bytes, place: Location) -> None:
-        """Refuse an index entry whose sizes no chunk of this store can have (before reading)."""
+    def check_place(self, cid: bytes, place: Location, length: int | None = None) -> None:
+        """Refuse an index entry whose sizes no chunk of this store can have, or (given the
+        table's ``length`` of the chunk) that disagrees with the table, before reading."""
         if place.raw_length > self.max_chunk or place.length > 2 * self.max_chunk + 4096:
             raise CorruptImage(
                 path=self.root / "catalog.db",
@@ -440,22 +448,48 @@ class Store:
                 problem=f"chunk {to_hex(cid)} declares {place.raw_length} bytes",
                 field="raw_length",
             )
+        if length is not None and place.raw_length != length:
+            raise CorruptImage(
+                path=f"{self._packs_dir}/{place.pack}",
+                structure="chunk",
+                problem=f"chunk {to_hex(cid)} holds {place.raw_length} bytes, "
+                f"the table says {length}",
+                offset=place.offset,
+            )
 
     def decode_chunk_into(
         self, cid: bytes, place: Location, frame: Buffer, out: memoryview
     ) -> None:
         """Decode chunk ``cid`` from its ``frame`` straight into ``out`` (the table's length
         of the chunk), verified, without holding the GIL while zstd runs."""
-        if place.raw_length != len(out):
-            raise CorruptImage(
-                path=f"{self._packs_dir}/{place.pack}",
-                structure="chunk",
-                problem=f"chunk {to_hex(cid)} holds {place.raw_length} bytes, "
-                f"the table says {len(out)}",
-                offset=place.offset,
-            )
+        self.check_place(cid, place, len(out))
         where = Where(f"{self._packs_dir}/{place.pack}", place.offset)
         decode_into(frame, where, CHUNK_MAGIC, self.max_chunk, cid, out)
+
+    def decode_run_into(
+        self,
+        base: int,
+        blob: Buffer,
+        chunks: Sequence[tuple[bytes, Location, int]],
+        out: memoryview,
+    ) -> None:
+        """Decode ``chunks`` (id, place, offset in ``out``), whose frames all lie in ``blob``
+        (read from their pack at offset ``base``), into ``out``, each verified and as long as
+        its place's raw length.  One call of the C decoder for the whole run; a frame it refuses
+        is decoded again by the reference, which raises the error that names it."""
+        plan = np.array(
+            [(p.offset - base, p.length, at, p.raw_length) for _, p, at in chunks], np.int64
+        )
+        ids = b"".join(cid for cid, _, _ in chunks)
+        failed = decode_frames(blob, plan, ids, out, CHUNK_MAGIC, self.max_chunk)
+        if failed < 0:
+            return
+        cid, place, at = chunks[failed]
+        frame = memoryview(blob)[place.offset - base : place.offset - base + place.length]
+        self.decode_chunk_into(cid, place, frame, out[at : at + place.raw_length])
+        raise IntegrityError(
+            what=f"chunk {to_hex(cid)}: the C frame decoder refused a frame its reference accepts"
+        )
 
     def decode_chunk(
         self, cid: bytes, place: Location, frame: Buffer, length: int | None = None

@@ -10,12 +10,15 @@ maximum chunk size. Every decode ends by comparing the xxh3-128 of the output wi
 
 from __future__ import annotations
 
+import functools
+import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import zstandard
 
-from strata.errors import CorruptImage, IntegrityError, TruncatedImage
+from strata.errors import CorruptImage, IntegrityError, StrataError, TruncatedImage, Unsupported
 from strata.store.ids import Buffer, chunk_id, to_hex
 from strata.store.structs import CODEC_STORED, CODEC_ZSTD, FORMAT_VERSION, FRAME
 
@@ -131,6 +134,58 @@ def decode_into(
         _check_content_size(payload, header, where)
         _inflate_into(payload, where, out)
     _verify(out, header, where)
+
+
+PLAN_FIELDS = (
+    4  # decode_frames plan row: frame offset in blob, frame length, out offset, raw length
+)
+
+
+def decode_frames(
+    blob: Buffer, plan: Buffer, ids: bytes, out: memoryview, magic: bytes, max_raw: int
+) -> int:
+    """Decode the frames ``plan`` names (int64 rows of ``PLAN_FIELDS``) from ``blob`` into
+    ``out``, each verified against its 16-byte id in ``ids``: the index of the first frame that
+    fails, or -1.  The C decoder (``strata._native_store``) runs this without the GIL; this is
+    its reference, and the caller re-decodes a failed frame with ``decode_into`` to name the
+    error."""
+    decoder = frame_decoder()
+    if decoder is not None:
+        return int(decoder(blob, plan, ids, out, magic, max_raw))
+    rows = memoryview(plan).cast("B").cast("q")
+    for i in range(len(rows) // PLAN_FIELDS):
+        src, length, dst, raw = rows[i * PLAN_FIELDS : (i + 1) * PLAN_FIELDS]
+        frame = memoryview(blob)[src : src + length]
+        try:
+            decode_into(
+                frame,
+                Where("", src),
+                magic,
+                max_raw,
+                ids[i * 16 : i * 16 + 16],
+                out[dst : dst + raw],
+            )
+        except StrataError:
+            return i
+    return -1
+
+
+@functools.cache
+def frame_decoder() -> Callable[..., int] | None:
+    """The C frame decoder, or None when the reference serves: ``STRATA_BACKEND=python``, or
+    the optional extension was not built (no libzstd-dev / libxxhash-dev)."""
+    wanted = os.environ.get("STRATA_BACKEND", "").strip().lower()
+    if wanted == "python":
+        return None
+    try:
+        from strata._native_store import decode_frames as native
+    except ImportError as e:
+        if wanted == "native":
+            raise Unsupported(
+                what="STRATA_BACKEND=native but strata._native_store is not built"
+            ) from e
+        return None
+    return native
 
 
 def _checked(
