@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import xxhash
 
 from strata.blockdev.rawfile import RawFileDevice
 from strata.fs.ntfs import NtfsVolume
@@ -57,6 +58,8 @@ WRITTEN = {
     "/App/sub/big.bin": BIG,
     "/Windows/added.dll": b"MZ" + b"\x90" * 5000,
     "/Data/mod.txt": b"version two\n" * 50,
+    "/App/empty.txt": b"",
+    "/App/zeros.bin": bytes(3000),  # a zero chunk: its id is not its digest
 }
 
 
@@ -74,6 +77,8 @@ def _change(root: Path) -> None:
 EXPECTED = {
     "/App": "added",
     "/App/new1.txt": "added",
+    "/App/empty.txt": "added",
+    "/App/zeros.bin": "added",
     "/App/sub": "added",
     "/App/sub/big.bin": "added",
     "/Windows/added.dll": "added",
@@ -123,6 +128,10 @@ def test_delta_is_exactly_what_ntfs3g_did(world: dict[str, Any], with_masks: boo
     assert set(contents) == CARRIED
     for path, data in WRITTEN.items():
         assert contents[path] == data
+    for i in range(len(delta.entries)):  # the digest is of the content read back
+        if delta.entries[i]["flags"] & fd.HAS_CONTENT:
+            want = xxhash.xxh3_128_digest(contents[delta.path(i)])
+            assert bytes(delta.entries[i]["digest"]) == want, delta.path(i)
     oracle = read_from_disk(world["child"], "Data/grow.bin", root / "grow.oracle", root)
     assert contents["/Data/grow.bin"] == oracle.read_bytes()
     big = next(i for i in range(len(delta.entries)) if delta.path(i) == "/App/sub/big.bin")
@@ -202,7 +211,8 @@ def test_finalize_and_layer_diff_show_ntfs_entries(world: dict[str, Any]) -> Non
         pkg["disk_path"], pkg["layer"], pkg["version"], store=store, target="pvs"
     )
     assert done["file_delta"]["volumes"] == [1]
-    assert done["file_delta"]["added"] == 6 and done["file_delta"]["deleted"] == 3
+    added = sum(1 for change in EXPECTED.values() if change == "added")
+    assert done["file_delta"]["added"] == added and done["file_delta"]["deleted"] == 3
     ref = f"{pkg['layer']}:{pkg['version']}"
     shown = result_of(strata_json("layer", "diff", ref, "--store", store))
     (volume,) = shown["volumes"]

@@ -43,7 +43,7 @@ from strata.layer.ntfsdelta import NtfsContent, NtfsItem
 from strata.native import fastcdc_cuts
 from strata.partition import PartitionTable, open_partition, read_table
 from strata.store import CHUNK_ROW, Manifest, Store, register_schema
-from strata.store.ids import Buffer
+from strata.store.ids import ZERO_ID, Buffer
 
 CDC_MIN, CDC_AVG, CDC_MAX = 16 << 10, 64 << 10, 256 << 10
 READ_WINDOW = 1 << 20
@@ -678,24 +678,47 @@ class _Chunks:
         self.offsets: list[int] = []
         self.lengths: list[int] = []
 
+    def small(self, data: bytes) -> Iterator[bytes]:
+        """The one chunk of a content of at most CDC_MIN bytes (none when empty); its digest
+        is left for ``digests`` to take from the chunk's id (both are its xxh3-128)."""
+        first = len(self.offsets)
+        if data:
+            self.offsets.append(0)
+            self.lengths.append(len(data))
+            yield data
+        self.last = (first, len(self.offsets) - first, None)
+
     def cut(self, pieces: Iterator[bytes], size: int) -> Iterator[Buffer]:
         """Yield the chunks of one content (one chunk up to CDC_MIN: FastCDC never cuts
-        below its minimum); ``self.last`` is then (first row, rows, xxh3-128 digest)."""
-        first = len(self.offsets)
+        below its minimum); ``self.last`` is then (first row, rows, xxh3-128 digest or None:
+        see ``small``)."""
         if size <= CDC_MIN:
-            data = b"".join(pieces)
-            if data:
-                self.offsets.append(0)
-                self.lengths.append(len(data))
-                yield data
-            self.last = (first, len(self.offsets) - first, xxhash.xxh3_128_digest(data))
+            yield from self.small(b"".join(pieces))
             return
+        first = len(self.offsets)
         digest = xxhash.xxh3_128()
         for at, chunk in cdc_chunks(_hashing(pieces, digest)):
             self.offsets.append(at)
             self.lengths.append(len(chunk))
             yield chunk
         self.last = (first, len(self.offsets) - first, digest.digest())
+
+
+def _digest_of(
+    digest: bytes | None, first: int, count: int, ids: list[bytes], lengths: list[int]
+) -> bytes:
+    """A content's xxh3-128: given, or that of its one chunk, which is the chunk's id unless
+    the store named it by the zero id (or the content is empty)."""
+    if digest is not None:
+        return digest
+    if count == 0:
+        return EMPTY_DIGEST
+    if ids[first] == ZERO_ID:
+        return xxhash.xxh3_128_digest(bytes(lengths[first]))
+    return ids[first]
+
+
+EMPTY_DIGEST = xxhash.xxh3_128_digest(b"")
 
 
 def _store_contents(
@@ -728,8 +751,12 @@ def _store_contents(
         for i in carried:
             row = rows[i]
             assert row.content is not None
-            pieces = row.content.iter_file(row.entry, READ_WINDOW)  # type: ignore[arg-type]
-            yield from cuts.cut(pieces, row.entry.size)
+            whole = row.content.whole(row.entry) if isinstance(row.entry, NtfsItem) else None
+            if whole is not None and len(whole) <= CDC_MIN:
+                yield from cuts.small(whole)
+            else:
+                pieces = row.content.iter_file(row.entry, READ_WINDOW)  # type: ignore[arg-type]
+                yield from cuts.cut(pieces, row.entry.size)
             done.append((i, *cuts.last))
         same_record: dict[tuple[int, int, str], tuple[int, int, bytes]] = {}
         for i, meta in sorted(metas.items()):
@@ -745,12 +772,23 @@ def _store_contents(
         yield from blobs
 
     ids = store.put_many(stream(), level=level)
+    lengths = cuts.lengths
+    for key, found in placed.items():  # streams: (first, count, digest or None)
+        if isinstance(found, tuple):
+            first, count, digest = found
+            placed[key] = (first, count, _digest_of(digest, first, count, ids, lengths))
     if done:
         at, first, count, digests = zip(*done, strict=True)
         where = list(at)
         entries["first_chunk"][where] = first
         entries["chunk_count"][where] = count
-        entries["digest"][where] = np.frombuffer(b"".join(digests), "V16")
+        entries["digest"][where] = np.frombuffer(
+            b"".join(
+                _digest_of(d, f, c, ids, lengths)
+                for d, f, c in zip(digests, first, count, strict=True)
+            ),
+            "V16",
+        )
         entries["flags"][where] |= HAS_CONTENT
     n = len(cuts.offsets)
     table = np.zeros(n, CHUNK_ROW)

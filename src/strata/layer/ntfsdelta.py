@@ -185,6 +185,13 @@ class NtfsContent:
             raise found
         return found
 
+    def whole(self, item: NtfsItem) -> bytes | None:
+        """The item's content when it is at hand in one piece (resident, or read grouped
+        with its neighbours); None when ``iter_file`` must read it."""
+        if item.record in self._where:
+            return self._grouped(item.record)
+        return self.resident.get(item.record)
+
     def iter_file(self, item: NtfsItem, window: int) -> Iterator[bytes]:
         if item.record in self._where:
             return iter((self._grouped(item.record),))
@@ -270,6 +277,7 @@ class Records:
     resident: dict[int, bytes] = field(default_factory=dict)
     runs: dict[int, Plain] = field(default_factory=dict)
     paths: dict[int, str | None] = field(default_factory=dict)
+    prefixes: dict[int, str] = field(default_factory=dict)  # parent reference: its path
     own_security: set[int] = field(default_factory=set)  # see NtfsItem.own_security
     security: dict[int, bytes] = field(default_factory=dict)  # resident values sliced out
     reparse: dict[int, bytes] = field(default_factory=dict)
@@ -399,8 +407,13 @@ class Records:
         return f[1] if f is not None else 0 if r < self.vol.record_count else -1
 
     def path_of(self, parent_ref: int, name: str) -> str | None:
-        prefix = self.dir_path(parent_ref & s.REF_RECORD_MASK, (parent_ref >> 48) & 0xFFFF)
-        return None if prefix is None else f"{prefix}/{name}"
+        prefix = self.prefixes.get(parent_ref)
+        if prefix is None:
+            prefix = self.dir_path(parent_ref & s.REF_RECORD_MASK, (parent_ref >> 48) & 0xFFFF)
+            if prefix is None:
+                return None
+            self.prefixes[parent_ref] = prefix
+        return f"{prefix}/{name}"
 
     def dir_path(self, d: int, seq: int) -> str | None:
         """The path of directory ``d`` (None when gone, reused or in a cycle), cached."""
@@ -428,36 +441,37 @@ class Records:
 
     def items(self, r: int) -> list[NtfsItem]:
         """Every resolvable name of in-use record ``r``."""
-        flags, _seq, _base, links, size, reparse, *si = self.facts.get(r, NO_FACTS)
-        created, modified, mft_modified, accessed, attributes, security_id = si
-        is_dir = bool(flags & s.RECORD_IS_DIRECTORY)
-        size = 0 if is_dir else size
-        streams = tuple(sorted(self.streams.get(r, ())))
         out = []
         for pref, name in self.names.get(r, ()):
             path = self.path_of(pref, name)
             if path is None or path.startswith(SYSTEM_DIR):  # metafiles: the volume's own
                 continue
-            out.append(
-                NtfsItem(
-                    path,
-                    r,
-                    is_dir,
-                    size,
-                    created,
-                    modified,
-                    accessed,
-                    attributes & 0xFF,
-                    attributes,
-                    security_id,
-                    reparse,
-                    links,
-                    mft_modified,
-                    streams,
-                    r in self.own_security,
-                )
-            )
+            out.append(self.item(r, path))
         return out
+
+    def item(self, r: int, path: str) -> NtfsItem:
+        """In-use record ``r`` under the name at ``path``."""
+        flags, _seq, _base, links, size, reparse, *si = self.facts.get(r, NO_FACTS)
+        created, modified, mft_modified, accessed, attributes, security_id = si
+        is_dir = bool(flags & s.RECORD_IS_DIRECTORY)
+        streams = self.streams.get(r)
+        return NtfsItem(
+            path,
+            r,
+            is_dir,
+            0 if is_dir else size,
+            created,
+            modified,
+            accessed,
+            attributes & 0xFF,
+            attributes,
+            security_id,
+            reparse,
+            links,
+            mft_modified,
+            tuple(sorted(streams)) if streams else (),
+            r in self.own_security,
+        )
 
 
 @dataclass(frozen=True)
@@ -816,15 +830,13 @@ def _kept_file(before: Records, after: Records, r: int, where: Where) -> list[Ch
     path = after.path_of(pref, name)
     if path is None or path.startswith(SYSTEM_DIR) or before.path_of(pref, name) != path:
         return None
-    streams_b = sorted(before.streams.get(r, ()))
-    streams_a = sorted(after.streams.get(r, ()))
     if fb[4] != fa[4] or not _same_content(r, where):
-        return [Change("modified", after.items(r)[0], True)]
-    meta = (fb[4], fb[5], fb[6], fb[7], fb[10], fb[11], streams_b)
-    if meta != (fa[4], fa[5], fa[6], fa[7], fa[10], fa[11], streams_a):
-        return [Change("modified", after.items(r)[0])]
+        return [Change("modified", after.item(r, path), True)]
+    streams_b, streams_a = sorted(before.streams.get(r, ())), sorted(after.streams.get(r, ()))
+    if fb[5:8] != fa[5:8] or fb[10:] != fa[10:] or streams_b != streams_a:  # reparse, times,
+        return [Change("modified", after.item(r, path))]  # attributes, security id, streams
     if not _same_extras(before, after, r, where):
-        return [Change("modified", after.items(r)[0])]
+        return [Change("modified", after.item(r, path))]
     return []
 
 

@@ -123,34 +123,39 @@ class Columns:
 
 class SparseColumns(Columns):
     """``Columns`` for a few records of a big MFT: a compact table with one row per record
-    seen (slots given out in order), so the cost follows the records parsed, not the MFT."""
+    seen (slots given out in order), so the parsing cost follows the records parsed, not the
+    MFT; only the record -> slot map (4 bytes a record, filled with numpy) spans the MFT."""
 
     def __init__(self, nrec: int) -> None:
         self.nrec = nrec
-        self.slots: dict[int, int] = {}
+        self.slot = np.full(nrec, -1, np.int32)  # record number -> row of ``rows``
+        self.used = 0
         self.rows = np.zeros((64, ROW_FIELDS), np.int64)
         self._last: tuple[slice | np.ndarray, np.ndarray] | None = None  # where, its slots
         self._parts()
 
     def slot_of(self, numbers: np.ndarray) -> np.ndarray:
-        """The table rows of records ``numbers``, given out to the ones not seen yet."""
-        keys = numbers.tolist()
-        slots = self.slots
-        out = [slots.get(k, -1) for k in keys]
-        if -1 in out:
-            for i, k in enumerate(keys):
-                if out[i] < 0:
-                    out[i] = slots.setdefault(k, len(slots))
-            if len(slots) > len(self.rows):
-                grown = np.zeros((max(len(slots), 2 * len(self.rows)), ROW_FIELDS), np.int64)
+        """The table rows of records ``numbers`` (in range), given out to the ones not seen
+        yet."""
+        at = self.slot[numbers]
+        if (at < 0).any():
+            fresh = np.unique(numbers[at < 0])
+            self.slot[fresh] = np.arange(self.used, self.used + fresh.size, dtype=np.int32)
+            self.used += fresh.size
+            if self.used > len(self.rows):
+                grown = np.zeros((max(self.used, 2 * len(self.rows)), ROW_FIELDS), np.int64)
                 grown[: len(self.rows)] = self.rows
                 self.rows = grown
-        return np.array(out, np.int64)
+            at = self.slot[numbers]
+        return at.astype(np.int64)
 
     def get(self, numbers: np.ndarray) -> np.ndarray:
-        """The table rows of records ``numbers`` (zeros for records never seen)."""
-        slots = self.slots
-        at = np.array([slots.get(k, -1) for k in numbers.tolist()], np.int64)
+        """The table rows of records ``numbers`` (zeros for records never seen or out of
+        range)."""
+        numbers = np.asarray(numbers, np.int64)
+        inside = (numbers >= 0) & (numbers < self.nrec)
+        at = np.full(numbers.size, -1, np.int64)
+        at[inside] = self.slot[numbers[inside]]
         out = self.rows[np.maximum(at, 0)] if at.size else np.zeros((0, ROW_FIELDS), np.int64)
         out[at < 0] = 0
         return out
