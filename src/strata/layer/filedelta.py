@@ -752,11 +752,13 @@ def _store_contents(
             row = rows[i]
             assert row.content is not None
             whole = row.content.whole(row.entry) if isinstance(row.entry, NtfsItem) else None
-            if whole is not None and len(whole) <= CDC_MIN:
-                yield from cuts.small(whole)
-            else:
+            if whole is None:
                 pieces = row.content.iter_file(row.entry, READ_WINDOW)  # type: ignore[arg-type]
                 yield from cuts.cut(pieces, row.entry.size)
+            elif len(whole) <= CDC_MIN:
+                yield from cuts.small(whole)
+            else:
+                yield from cuts.cut(iter((whole,)), len(whole))
             done.append((i, *cuts.last))
         same_record: dict[tuple[int, int, str], tuple[int, int, bytes]] = {}
         for i, meta in sorted(metas.items()):

@@ -474,8 +474,7 @@ class Records:
         )
 
 
-@dataclass(frozen=True)
-class Plain:
+class Plain(NamedTuple):
     """An uncompressed, unencrypted non-resident unnamed $DATA held in one extent."""
 
     runs: list[Run]

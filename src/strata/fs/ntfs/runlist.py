@@ -7,13 +7,12 @@ References: Russon & Fledel "NTFS Documentation" 7.6 (data runs); libfsntfs docu
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from strata.errors import CorruptImage
 
 
-@dataclass(frozen=True)
-class Run:
+class Run(NamedTuple):  # a tuple: the delta makes one per changed file (cheaper than a class)
     vcn: int
     lcn: int | None  # None: a sparse run (reads as zeros)
     clusters: int

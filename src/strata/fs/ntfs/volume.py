@@ -299,10 +299,10 @@ class NtfsVolume:
 
     def read_view(self, offset: int, length: int) -> memoryview:
         """``length`` bytes of the volume at ``offset`` (TruncatedImage past the device),
-        in a fresh buffer."""
+        in a fresh buffer (not zeroed first: the read fills it)."""
         if offset < 0 or offset + length > self.dev.size:
             self._read(offset, length)  # raises the error naming the range
-        buf = bytearray(length)
+        buf = np.empty(length, np.uint8)
         self.dev.readinto(offset, buf)
         return memoryview(buf)
 
