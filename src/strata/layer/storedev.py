@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -25,13 +25,19 @@ MERGE_GAP = 4096  # read two frames of a pack with one pread when this close
 
 
 @dataclass
-class _Chunk:
-    """One distinct chunk of a read and where its bytes go in the caller's buffer."""
+class _Plan:
+    """The distinct chunks of one read, in pack order, as arrays: where each frame is and
+    where its bytes go.  ``dest`` is the offset in the caller's buffer of a row that holds
+    the chunk whole (decoded there), -1 when every row of it is cut by the read's ends (decoded
+    into scratch); ``copies`` are the chunk's other places (chunk, dest lo, dest hi, src lo)."""
 
-    cid: bytes
-    place: Location
-    length: int
-    targets: list[tuple[int, int, int]] = field(default_factory=list)  # (dest lo, hi, src lo)
+    ids: np.ndarray  # V16
+    packs: list[str]
+    offsets: np.ndarray  # int64 offset of the frame in its pack
+    frame_lengths: np.ndarray  # int64
+    lengths: np.ndarray  # int64 raw bytes
+    dest: np.ndarray  # int64
+    copies: dict[int, list[tuple[int, int, int]]]
 
 
 class StoreDevice(BaseDevice):
@@ -74,66 +80,114 @@ class StoreDevice(BaseDevice):
     def _readinto(self, offset: int, view: memoryview) -> None:
         end = offset + len(view)
         first, last = self._rows_in(offset, end)
-        chunks = self._plan(first, last, offset, end)
-        pos = offset
-        starts, ends = self.starts[first:last].tolist(), self.ends[first:last].tolist()
-        for start, stop in zip(starts, ends, strict=True):
-            if start > pos:
-                zero_fill(view[pos - offset : start - offset])
-            pos = max(pos, min(stop, end))
-        if pos < end:
-            zero_fill(view[pos - offset :])
-        jobs = _split(chunks, self._threads)
-        futures = [self._workers().submit(self._decode_into, job, view) for job in jobs[1:]]
+        self._zero_gaps(first, last, offset, view)
+        if first == last:
+            return
+        plan = self._plan(first, last, offset, end)
+        jobs = _split(plan, self._threads)
+        futures = [self._workers().submit(self._decode_into, plan, job, view) for job in jobs[1:]]
         try:
             if jobs:
-                self._decode_into(jobs[0], view)
+                self._decode_into(plan, jobs[0], view)
         finally:
             wait(futures)  # no worker may write into ``view`` after we return
         for future in futures:
             future.result()
 
-    def _plan(self, first: int, last: int, offset: int, end: int) -> list[_Chunk]:
-        """The distinct chunks of rows [first, last), in pack order, with their targets."""
-        rows = self.rows[first:last]
-        chunks: dict[bytes, _Chunk] = {}
-        ids = [bytes(cid) for cid in rows["id"]]
-        places = self.store.locate_committed(list(dict.fromkeys(ids)))
-        for cid, start, stop in zip(
-            ids, self.starts[first:last].tolist(), self.ends[first:last].tolist(), strict=True
-        ):
-            chunk = chunks.get(cid)
-            if chunk is None:
-                place = places.get(cid)
-                if place is None:
-                    raise NotFound(what=f"chunk {to_hex(cid)} of this image (not in the store)")
-                self.store.check_place(cid, place, stop - start)
-                chunk = chunks[cid] = _Chunk(cid, place, stop - start)
-            lo, hi = max(start, offset), min(stop, end)
-            chunk.targets.append((lo - offset, hi - offset, lo - start))
-        return sorted(chunks.values(), key=lambda c: (c.place.pack, c.place.offset))
+    def _zero_gaps(self, first: int, last: int, offset: int, view: memoryview) -> None:
+        """Zero what no row of [first, last) covers."""
+        end = offset + len(view)
+        starts = np.maximum(self.starts[first:last], offset)
+        ends = np.minimum(self.ends[first:last], end)
+        gap_starts = np.concatenate(([offset], ends)).tolist()
+        gap_ends = np.concatenate((starts, [end])).tolist()
+        for lo, hi in zip(gap_starts, gap_ends, strict=True):
+            if hi > lo:
+                zero_fill(view[lo - offset : hi - offset])
 
-    def _decode_into(self, chunks: list[_Chunk], view: memoryview) -> None:
-        """Each chunk is decoded into the first place in ``view`` that holds it whole (a
-        scratch buffer when none does: a row cut by the read's ends), then copied to the
-        others.  The whole ones of one pread go to the store's decoder in one call."""
-        for group in _adjacent(chunks):
-            head = group[0].place
-            tail = group[-1].place
-            span = tail.offset + tail.length - head.offset
-            blob = memoryview(self.store.packs.read(head.pack, head.offset, span))
-            wholes = [(chunk, _whole(chunk)) for chunk in group]
-            run = [(c.cid, c.place, whole[0]) for c, whole in wholes if whole is not None]
-            self.store.decode_run_into(head.offset, blob, run, view)
-            for chunk, whole in wholes:
-                if whole is None:
-                    at = chunk.place.offset - head.offset
-                    data = memoryview(bytearray(chunk.length))
-                    frame = blob[at : at + chunk.place.length]
-                    self.store.decode_chunk_into(chunk.cid, chunk.place, frame, data)
-                else:
-                    data = view[whole[0] : whole[1]]
-                _copy_to_targets(chunk, whole, data, view)
+    def _plan(self, first: int, last: int, offset: int, end: int) -> _Plan:
+        starts, ends = self.starts[first:last], self.ends[first:last]
+        ids, inverse = np.unique(self.rows["id"][first:last], return_inverse=True)
+        places = self._locate(ids.tolist())
+        self._check_lengths(ids, inverse, places, ends - starts)
+        dest, copies = _destinations(starts, ends, inverse, len(ids), offset, end)
+        order = _pack_order(places)
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(order))
+        return _Plan(
+            ids=ids[order],
+            packs=[places[i].pack for i in order.tolist()],
+            offsets=np.array([places[i].offset for i in order.tolist()], np.int64),
+            frame_lengths=np.array([places[i].length for i in order.tolist()], np.int64),
+            lengths=np.array([places[i].raw_length for i in order.tolist()], np.int64),
+            dest=dest[order],
+            copies={int(rank[c]): t for c, t in copies.items()},
+        )
+
+    def _locate(self, ids: list[bytes]) -> list[Location]:
+        found = self.store.locate_committed(ids)
+        places = []
+        for cid in ids:
+            place = found.get(cid)
+            if place is None:
+                raise NotFound(what=f"chunk {to_hex(cid)} of this image (not in the store)")
+            self.store.check_place(cid, place)
+            places.append(place)
+        return places
+
+    def _check_lengths(
+        self, ids: np.ndarray, inverse: np.ndarray, places: list[Location], table: np.ndarray
+    ) -> None:
+        """Every row as long as its chunk: a hostile table naming a chunk with another length
+        would otherwise have the copies read past the decoded bytes."""
+        stored = np.array([p.raw_length for p in places], np.int64)[inverse]
+        bad = np.flatnonzero(stored != table)
+        if len(bad):
+            chunk = int(inverse[bad[0]])
+            self.store.check_place(bytes(ids[chunk]), places[chunk], int(table[bad[0]]))
+
+    def _decode_into(self, plan: _Plan, job: range, view: memoryview) -> None:
+        """Decode ``plan``'s chunks ``job``: each pread's run of frames in one call of the
+        store's decoder, into the row that holds each whole, then copy each to its others."""
+        for group in _adjacent(plan, job):
+            lo, hi = group.start, group.stop
+            base = int(plan.offsets[lo])
+            span = int(plan.offsets[hi - 1] + plan.frame_lengths[hi - 1]) - base
+            blob = memoryview(self.store.packs.read(plan.packs[lo], base, span))
+            direct = np.flatnonzero(plan.dest[lo:hi] >= 0) + lo
+            rows = np.stack(
+                (
+                    plan.offsets[direct] - base,
+                    plan.frame_lengths[direct],
+                    plan.dest[direct],
+                    plan.lengths[direct],
+                ),
+                axis=1,
+            )
+            self.store.decode_run_into(plan.packs[lo], base, blob, rows, plan.ids[direct], view)
+            for chunk in group:
+                if plan.dest[chunk] >= 0 and chunk not in plan.copies:
+                    continue
+                self._copy_out(plan, chunk, base, blob, view)
+
+    def _copy_out(
+        self, plan: _Plan, chunk: int, base: int, blob: memoryview, view: memoryview
+    ) -> None:
+        """Copy ``chunk`` to its other places, decoding it into scratch first when no place
+        holds it whole."""
+        length, dest = int(plan.lengths[chunk]), int(plan.dest[chunk])
+        if dest >= 0:
+            data = view[dest : dest + length]
+        else:
+            cid = bytes(plan.ids[chunk])
+            place = Location(
+                plan.packs[chunk], int(plan.offsets[chunk]), int(plan.frame_lengths[chunk]), length
+            )
+            at = place.offset - base
+            data = memoryview(bytearray(length))
+            self.store.decode_chunk_into(cid, place, blob[at : at + place.length], data)
+        for lo, hi, src in plan.copies.get(chunk, ()):
+            view[lo:hi] = data[src : src + hi - lo]
 
     def _extents(self, offset: int, length: int) -> Iterator[Extent]:
         end = offset + length
@@ -159,40 +213,50 @@ class StoreDevice(BaseDevice):
             self._pool = None
 
 
-def _whole(chunk: _Chunk) -> tuple[int, int, int] | None:
-    return next((t for t in chunk.targets if t[1] - t[0] == chunk.length), None)
+def _destinations(
+    starts: np.ndarray, ends: np.ndarray, inverse: np.ndarray, chunks: int, offset: int, end: int
+) -> tuple[np.ndarray, dict[int, list[tuple[int, int, int]]]]:
+    """Per chunk, the offset in the read of the first row that holds it whole (-1: none
+    does), and the places of its other rows (dest lo, dest hi, src lo)."""
+    count = len(starts)
+    whole = np.where((starts >= offset) & (ends <= end), np.arange(count), count)
+    chosen = np.full(chunks, count)
+    np.minimum.at(chosen, inverse, whole)
+    dest = np.where(chosen < count, starts[np.minimum(chosen, count - 1)] - offset, -1)
+    copies: dict[int, list[tuple[int, int, int]]] = {}
+    for row in np.flatnonzero(np.arange(count) != chosen[inverse]).tolist():
+        lo, hi = max(int(starts[row]), offset), min(int(ends[row]), end)
+        copies.setdefault(int(inverse[row]), []).append(
+            (lo - offset, hi - offset, lo - int(starts[row]))
+        )
+    return dest, copies
 
 
-def _copy_to_targets(
-    chunk: _Chunk, whole: tuple[int, int, int] | None, data: memoryview, view: memoryview
-) -> None:
-    for target in chunk.targets:
-        if target is not whole:
-            lo, hi, src = target
-            view[lo:hi] = data[src : src + hi - lo]
+def _pack_order(places: list[Location]) -> np.ndarray:
+    """Indexes of ``places`` sorted by pack, then offset: the order frames lie on disk."""
+    names = {name: code for code, name in enumerate(sorted({p.pack for p in places}))}
+    offsets = np.array([p.offset for p in places], np.int64)
+    return np.lexsort((offsets, np.array([names[p.pack] for p in places])))
 
 
-def _adjacent(chunks: list[_Chunk]) -> Iterator[list[_Chunk]]:
-    """Runs of chunks (sorted by pack and offset) whose frames one pread can cover."""
-    group: list[_Chunk] = []
-    for chunk in chunks:
-        if group:
-            prev = group[-1].place
-            if chunk.place.pack != prev.pack or not (
-                0 <= chunk.place.offset - (prev.offset + prev.length) <= MERGE_GAP
-            ):
-                yield group
-                group = []
-        group.append(chunk)
-    if group:
-        yield group
+def _adjacent(plan: _Plan, job: range) -> Iterator[range]:
+    """Runs of ``job``'s chunks (in pack order) whose frames one pread can cover."""
+    if not job:
+        return
+    offsets, lengths = plan.offsets[job.start : job.stop], plan.frame_lengths[job.start : job.stop]
+    gaps = offsets[1:] - (offsets[:-1] + lengths[:-1])
+    same = np.array([a == b for a, b in itertools.pairwise(plan.packs[job.start : job.stop])], bool)
+    breaks = np.flatnonzero(~same | (gaps < 0) | (gaps > MERGE_GAP)) + 1 + job.start
+    edges = [job.start, *breaks.tolist(), job.stop]
+    for a, b in itertools.pairwise(edges):
+        yield range(a, b)
 
 
-def _split(chunks: list[_Chunk], parts: int) -> list[list[_Chunk]]:
-    """``chunks`` cut into at most ``parts`` contiguous jobs of about equal stored bytes."""
-    if not chunks:
+def _split(plan: _Plan, parts: int) -> list[range]:
+    """``plan``'s chunks cut into at most ``parts`` contiguous jobs of about equal stored bytes."""
+    if not len(plan.offsets):
         return []
-    weights = np.cumsum([c.place.length for c in chunks])
+    weights = np.cumsum(plan.frame_lengths)
     bounds = np.searchsorted(weights, weights[-1] * np.arange(1, parts) / parts, side="right")
-    edges = [0, *sorted(set(int(b) for b in bounds)), len(chunks)]
-    return [chunks[a:b] for a, b in itertools.pairwise(edges) if b > a]
+    edges = [0, *sorted(set(int(b) for b in bounds)), len(weights)]
+    return [range(a, b) for a, b in itertools.pairwise(edges) if b > a]

@@ -23,7 +23,7 @@ import secrets
 import sqlite3
 import threading
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -468,25 +468,30 @@ class Store:
 
     def decode_run_into(
         self,
+        pack: str,
         base: int,
         blob: Buffer,
-        chunks: Sequence[tuple[bytes, Location, int]],
+        plan: np.ndarray,
+        ids: np.ndarray,
         out: memoryview,
     ) -> None:
-        """Decode ``chunks`` (id, place, offset in ``out``), whose frames all lie in ``blob``
-        (read from their pack at offset ``base``), into ``out``, each verified and as long as
-        its place's raw length.  One call of the C decoder for the whole run; a frame it refuses
-        is decoded again by the reference, which raises the error that names it."""
-        plan = np.array(
-            [(p.offset - base, p.length, at, p.raw_length) for _, p, at in chunks], np.int64
-        )
-        ids = b"".join(cid for cid, _, _ in chunks)
-        failed = decode_frames(blob, plan, ids, out, CHUNK_MAGIC, self.max_chunk)
+        """Decode the frames ``plan`` names (int64 rows: offset in ``blob``, frame length,
+        offset in ``out``, raw length), all read from ``pack`` at offset ``base``, into
+        ``out``, each verified against its id in ``ids`` (V16).  One call of the C decoder for
+        the run; a frame it refuses is decoded again by the reference, which raises the error
+        that names it."""
+        if not len(plan):
+            return
+        plan = np.ascontiguousarray(plan, np.int64)
+        failed = decode_frames(blob, plan, ids.tobytes(), out, CHUNK_MAGIC, self.max_chunk)
         if failed < 0:
             return
-        cid, place, at = chunks[failed]
-        frame = memoryview(blob)[place.offset - base : place.offset - base + place.length]
-        self.decode_chunk_into(cid, place, frame, out[at : at + place.raw_length])
+        at, length, dest, raw = (int(x) for x in plan[failed])
+        cid = bytes(ids[failed])
+        place = Location(pack, base + at, length, raw)
+        self.decode_chunk_into(
+            cid, place, memoryview(blob)[at : at + length], out[dest : dest + raw]
+        )
         raise IntegrityError(
             what=f"chunk {to_hex(cid)}: the C frame decoder refused a frame its reference accepts"
         )

@@ -152,7 +152,7 @@ def decode_frames(
     decoder = frame_decoder()
     if decoder is not None:
         return int(decoder(blob, plan, ids, out, magic, max_raw))
-    rows = memoryview(plan).cast("B").cast("q")
+    rows = memoryview(bytes(memoryview(plan))).cast("q")
     for i in range(len(rows) // PLAN_FIELDS):
         src, length, dst, raw = rows[i * PLAN_FIELDS : (i + 1) * PLAN_FIELDS]
         frame = memoryview(blob)[src : src + length]
