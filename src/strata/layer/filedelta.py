@@ -548,6 +548,25 @@ def _ft_stamp(filetime: int) -> int:
     return micros if STAMP_MIN <= micros <= STAMP_MAX else NO_TIME
 
 
+def _all_stamps(rows: list[_Row]) -> np.ndarray:
+    """Created, modified and accessed stamps of every row; NTFS FILETIMEs converted with
+    numpy (``_ft_stamp`` of each)."""
+    out = np.empty((len(rows), 3), np.int64)
+    ntfs = [i for i, row in enumerate(rows) if isinstance(row.entry, NtfsItem)]
+    if ntfs:
+        ft = np.array(
+            [(e.created_ft, e.modified_ft, e.accessed_ft) for e in (rows[i].entry for i in ntfs)],
+            np.int64,
+        ).reshape(-1, 3)
+        micros = (ft - FILETIME_UNIX_OFFSET) // 10
+        ok = (ft > 0) & (micros >= STAMP_MIN) & (micros <= STAMP_MAX)
+        out[ntfs] = np.where(ok, micros, NO_TIME)
+    if len(ntfs) < len(rows):
+        fat = [i for i, row in enumerate(rows) if not isinstance(row.entry, NtfsItem)]
+        out[fat] = np.array([_stamps(rows[i].entry) for i in fat], np.int64).reshape(-1, 3)
+    return out
+
+
 def _stamps(e: FatEntry | NtfsItem) -> tuple[int, int, int]:
     if isinstance(e, NtfsItem):
         return _ft_stamp(e.created_ft), _ft_stamp(e.modified_ft), _ft_stamp(e.accessed_ft)
@@ -575,7 +594,7 @@ def _build(
         entries["size"] = np.where(dirs, 0, [row.entry.size for row in rows])
         entries["name_offset"] = np.cumsum(lengths) - lengths
         entries["name_length"] = lengths
-        stamps = np.array([_stamps(row.entry) for row in rows], np.int64)
+        stamps = _all_stamps(rows)
         entries["created"], entries["modified"], entries["accessed"] = stamps.T
     warnings: list[dict[str, Any]] = []
     metas = _ntfs_metas(rows, warnings)

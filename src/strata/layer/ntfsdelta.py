@@ -659,10 +659,25 @@ def masked_records(vol: NtfsVolume, start: int, masks: np.ndarray, sector_size: 
     offset.  Cost follows the changed sectors, not the blocks around them."""
     if len(masks) == 0:
         return np.zeros(0, np.int64)
-    bits = np.unpackbits(
-        np.frombuffer(masks["mask"].tobytes(), np.uint8).reshape(-1, 16), axis=1, bitorder="little"
-    )
-    row, k = np.nonzero(bits[:, : BLOCK // sector_size])
+    cs = vol.geometry.cluster_size
+    runs = [
+        (start + r.lcn * cs, start + (r.lcn + r.clusters) * cs)
+        for r in vol.mft_runs
+        if r.lcn is not None
+    ]
+    lo, hi = np.array(runs, np.int64).reshape(-1, 2).T
+    at = masks["offset"].astype(np.int64)
+    masks = masks[((at[:, None] < hi) & (at[:, None] + BLOCK > lo)).any(axis=1)]  # MFT blocks
+    if len(masks) == 0:
+        return np.zeros(0, np.int64)
+    per = BLOCK // sector_size
+    mask = np.frombuffer(masks["mask"].tobytes(), np.uint8).reshape(-1, 16)[:, : -(-per // 8)]
+    row, byte = np.nonzero(mask)  # the few bytes with a changed sector, then their bits
+    bits = np.unpackbits(mask[row, byte][:, None], axis=1, bitorder="little")
+    hit, bit = np.nonzero(bits)
+    row, k = row[hit], byte[hit] * 8 + bit
+    keep = k < per
+    row, k = row[keep], k[keep]
     sector = masks["offset"].astype(np.int64)[row] + k * sector_size - start
     return _records_in(vol, sector, sector + sector_size)
 
