@@ -131,6 +131,27 @@ def test_edits_pass_fsck_and_mtools_sees_them(pristine, fat: int, tmp_path: Path
 
 
 @pytest.mark.parametrize("fat", sorted(VOLUMES))
+def test_a_batch_commits_once_and_passes_fsck(pristine, fat: int, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Inside ``batch`` the FAT on disk is left alone (commit is deferred); after it the
+    volume is what the same edits made one by one give: fsck clean, mtools reads the tree,
+    every FAT copy and FSInfo agree."""
+    image, tree, cluster = fresh(pristine, fat, tmp_path)
+    with RawFileDevice(str(image), writable=True) as dev:
+        ed = open_fat(dev, writable=True)
+        assert isinstance(ed, FatEditor)
+        g = ed.geometry
+        before = dev.read(g.fat_offset, g.fat_bytes)
+        with ed.batch():
+            edit_scenario(ed, tree, cluster)
+            assert dev.read(g.fat_offset, g.fat_bytes) == before
+            assert strata_tree(ed) == tree
+        assert dev.read(g.fat_offset, g.fat_bytes) != before
+    assert fsck(image) == "clean"
+    assert mtools_tree(image, tmp_path) == tree
+    check_fats_and_fsinfo(image)
+
+
+@pytest.mark.parametrize("fat", sorted(VOLUMES))
 def test_cached_listings_match_the_disk(pristine, fat: int, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """The editor updates its cached listings in place when an entry's metadata changes: what
     it then serves equals what a fresh reader parses from the disk, for every path."""

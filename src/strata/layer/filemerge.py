@@ -305,13 +305,14 @@ class _Merger:
             assert isinstance(editor, FatEditor)
             rows = delta.rows_of(vol.partition)
             changes = delta.entries["change"][rows]
-            for row in rows[changes == DELETED]:  # whiteouts first
-                count += self._whiteout(editor, label, vol.partition, delta, int(row))
-            for batch in _batches(delta, rows[changes != DELETED]):
-                contents = self._prefetch(delta, batch)
-                for row in batch:
-                    self._place(editor, label, vol.partition, delta, row, contents.get(row))
-                    count += 1
+            with editor.batch():  # the overlay is thrown away if publish fails
+                for row in rows[changes == DELETED]:  # whiteouts first
+                    count += self._whiteout(editor, label, vol.partition, delta, int(row))
+                for batch in _batches(delta, rows[changes != DELETED]):
+                    contents = self._prefetch(delta, batch)
+                    for row in batch:
+                        self._place(editor, label, vol.partition, delta, row, contents.get(row))
+                        count += 1
             editor.flush()
         self.applied[label] = count
 

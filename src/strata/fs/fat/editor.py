@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import datetime as dt
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import BinaryIO
 
@@ -41,6 +43,8 @@ class FatEditor(FatVolume):
         if not getattr(dev, "writable", False):
             raise StateError(what=f"{getattr(dev, 'path', dev)} is open read-only")
         self._dir_shorts: dict[int, set[bytes]] = {}
+        self._dir_free: dict[int, np.ndarray] = {}  # per directory: slot i may take an entry
+        self._batched = 0
         super().__init__(dev)
         self.used_clusters()  # refuse to edit a volume that is already inconsistent
         self._dirty: tuple[int, int] | None = None
@@ -178,9 +182,26 @@ class FatEditor(FatVolume):
 
     def commit(self) -> None:
         """Write the changed FAT entries to every copy and refresh FSInfo (each operation
-        ends with this, so the volume is consistent between operations)."""
+        ends with this, so the volume is consistent between operations; inside ``batch``,
+        once at its end)."""
+        if self._batched:
+            return
         self._write_fat()
         self._write_fsinfo()
+
+    @contextmanager
+    def batch(self) -> Iterator[FatEditor]:
+        """Operations inside commit once, when the outermost batch ends (also on an error):
+        the volume is consistent after the batch, not between its operations.  For callers
+        that throw the volume away on failure (publish edits a copy-on-write overlay); each
+        commit rewrites the dirty FAT range and both FSInfo sectors, which for thousands of
+        small files cost a fifth of a file-level publish (measured)."""
+        self._batched += 1
+        try:
+            yield self
+        finally:
+            self._batched -= 1
+            self.commit()
 
     def flush(self) -> None:
         """``commit``, then make it durable on the device."""
@@ -370,6 +391,7 @@ class FatEditor(FatVolume):
         for index in range(slots):
             chunk = record[index * s.DIRENT_SIZE : (index + 1) * s.DIRENT_SIZE]
             self.dev.write(d.slot_offset(first + index), chunk)  # type: ignore[attr-defined]
+        self._free_slots(d)[first : first + slots] = False
         self._remember(d, record, first)
 
     def _short_names(self, d: Directory) -> set[bytes]:
@@ -382,6 +404,7 @@ class FatEditor(FatVolume):
     def forget(self, first_cluster: int) -> None:
         super().forget(first_cluster)
         self._dir_shorts.pop(first_cluster, None)
+        self._dir_free.pop(first_cluster, None)
 
     def _remember(self, d: Directory, record: bytes, first: int) -> None:
         """Add a just-written entry to the cached listing instead of re-reading the directory."""
@@ -402,16 +425,23 @@ class FatEditor(FatVolume):
 
     def _find_slots(self, parent: FatEntry, d: Directory, need: int) -> int:
         while True:
-            table = self.read_directory(d)
-            first_bytes = table.view(np.uint8).reshape(-1, s.DIRENT_SIZE)[:, 0]
+            found = _first_window(self._free_slots(d), need)
+            if found is not None:
+                return found
+            self._grow(parent, d)
+
+    def _free_slots(self, d: Directory) -> np.ndarray:
+        """Which slots of ``d`` may take an entry, kept across adds (a delete or ``forget``
+        drops it): re-reading the directory for every new entry was quadratic."""
+        free = self._dir_free.get(d.first_cluster)
+        if free is None or len(free) != d.size // s.DIRENT_SIZE:
+            first_bytes = self.read_directory(d).view(np.uint8).reshape(-1, s.DIRENT_SIZE)[:, 0]
             free = np.isin(first_bytes, (s.END_MARK, s.FREE_MARK))
             ends = np.flatnonzero(first_bytes == s.END_MARK)
             if len(ends):
                 free[int(ends[0]) :] = True
-            found = _first_window(free, need)
-            if found is not None:
-                return found
-            self._grow(parent, d)
+            self._dir_free[d.first_cluster] = free
+        return free
 
     def _grow(self, parent: FatEntry, d: Directory) -> None:
         g = self.geometry
