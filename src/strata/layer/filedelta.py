@@ -24,7 +24,7 @@ cannot be read are named in meta ``file_delta.warnings``; the rest of them is ca
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -612,7 +612,7 @@ class _Meta:
 
     security: bytes | None = None
     reparse: bytes | None = None
-    streams: dict[str, list[Attribute]] = field(default_factory=dict)  # readable named ones
+    streams: Mapping[str, list[Attribute]] = field(default_factory=dict)  # readable named ones
 
 
 def _ntfs_metas(rows: list[_Row], warnings: list[dict[str, Any]]) -> dict[int, _Meta]:

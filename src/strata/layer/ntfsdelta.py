@@ -19,8 +19,9 @@ directories' $I30 indexes, not from a volume scan.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import NamedTuple
 
 import numpy as np
@@ -75,16 +76,16 @@ class NtfsItem(NamedTuple):
         return filetime_naive(self.accessed_ft)
 
 
-@dataclass(frozen=True)
-class Extras:
+class Extras(NamedTuple):
     """What a changed record carries besides its unnamed $DATA: its whole $REPARSE_POINT
     value, its own (old-style) $SECURITY_DESCRIPTOR, its named $DATA streams' extents, and a
-    problem per stream or attribute that cannot be read (the rest is still carried)."""
+    problem per stream or attribute that cannot be read (the rest is still carried).  A
+    tuple with immutable defaults: one is made per changed file."""
 
     reparse: bytes | None = None
     security: bytes | None = None
-    streams: dict[str, list[Attribute]] = field(default_factory=dict)
-    problems: list[str] = field(default_factory=list)
+    streams: Mapping[str, list[Attribute]] = MappingProxyType({})
+    problems: Sequence[str] = ()
 
 
 class NtfsContent:
