@@ -7,7 +7,9 @@ the child is a sparse copy that ntfs-3g edited; the block delta (64 KiB blocks t
 with each one's bitmap of differing 512-byte sectors, ``SECTOR_MASK_ROW``) is computed before
 timing, as finalize has it already; so is the store: finalize's is open and has just taken
 the block delta's chunks (its pack file exists), so each timed store is opened and given one
-chunk before.  Writing the files' content and flushing it durable are timed: one pack fsync
+chunk before.  Both images are opened as finalize opens them (``registry.open_image``: a
+ChainDevice over the raw file), the listing too.  Writing the files' content and flushing
+it durable are timed: one pack fsync
 and one SQLite commit, the flush finalize does once for the whole capture (the block delta
 shares it), charged here to the file delta alone.
 
@@ -29,7 +31,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from strata.blockdev import RawFileDevice
+from strata.blockdev.chain import ChainDevice
+from strata.formats import registry
 from strata.fs.ntfs import NtfsVolume
 from strata.layer import filedelta as fd
 from strata.layer import ntfsdelta
@@ -120,10 +123,16 @@ def pair(
     child.unlink()
 
 
+def _open(image: Path) -> ChainDevice:
+    """An image opened as finalize opens the packaging disk and its base: through the
+    format registry, as a ChainDevice (every read asks the top layer for its extents)."""
+    return registry.open_image(str(image), "raw")
+
+
 def _delta(
     base: Path, child: Path, offsets: np.ndarray, masks: np.ndarray | None, store: Store
 ) -> fd.FileDelta:
-    with RawFileDevice(str(base)) as o, RawFileDevice(str(child)) as n:
+    with _open(base) as o, _open(child) as n:
         delta = fd.capture_volume(
             store, NtfsVolume(o), NtfsVolume(n), offsets, masks=masks, level=1
         )
@@ -143,7 +152,7 @@ def _stores(work: Path) -> Iterator[Store]:
 
 def _classify(base: Path, child: Path, offsets: np.ndarray, masks: np.ndarray) -> int:
     """The delta's entries without reading or storing content."""
-    with RawFileDevice(str(base)) as o, RawFileDevice(str(child)) as n:
+    with _open(base) as o, _open(child) as n:
         new = NtfsVolume(n)
         bitmap = fd._block_bitmap(offsets, new.dev.size)
         changes = ntfsdelta.diff(NtfsVolume(o), new, 0, bitmap, (masks, 512))
@@ -163,7 +172,7 @@ def _pieces(store: Store, delta: fd.FileDelta) -> list[bytes]:
 
 
 def _full_listing(child: Path) -> int:
-    with RawFileDevice(str(child)) as dev:
+    with _open(child) as dev:
         return len(NtfsVolume(dev).scan().paths)
 
 
