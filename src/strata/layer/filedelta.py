@@ -774,10 +774,16 @@ def _store_contents(
             if whole is None:
                 pieces = row.content.iter_file(row.entry, READ_WINDOW)  # type: ignore[arg-type]
                 yield from cuts.cut(pieces, row.entry.size)
-            elif len(whole) <= CDC_MIN:
-                yield from cuts.small(whole)
-            else:
+            elif len(whole) > CDC_MIN:
                 yield from cuts.cut(iter((whole,)), len(whole))
+            elif whole:  # ``cuts.small`` inline: most files of a delta are small
+                done.append((i, len(cuts.offsets), 1, None))
+                cuts.offsets.append(0)
+                cuts.lengths.append(len(whole))
+                yield whole
+                continue
+            else:
+                cuts.last = (len(cuts.offsets), 0, None)
             done.append((i, *cuts.last))
         same_record: dict[tuple[int, int, str], tuple[int, int, bytes]] = {}
         for i, meta in sorted(metas.items()):

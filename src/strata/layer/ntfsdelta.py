@@ -1028,8 +1028,13 @@ def settle(changes: list[Change]) -> list[Change]:
     closed = {k for k, c in deleted.items() if c.item.is_dir}
     closed |= {k for k, c in live.items() if c.change == "opaque"}
     whiteouts = [c for k, c in deleted.items() if not any(_under(k, d) for d in closed if d != k)]
-    ordered = sorted(live.values(), key=lambda c: c.item.path.split("/"))
-    return ordered + sorted(whiteouts, key=lambda c: c.item.path.split("/"))
+    ordered = sorted(live.values(), key=_walk_key)
+    return ordered + sorted(whiteouts, key=_walk_key)
+
+
+def _walk_key(c: Change) -> str:
+    """Sorts like the path's components (a separator below every character): parents first."""
+    return c.item.path.replace("/", "\0")
 
 
 def _under(key: str, directory: str) -> bool:
