@@ -83,6 +83,27 @@ def test_flipped_byte_named_with_every_version(tmp_path: Path) -> None:
     assert readable_except(root, {cid}) > 0
 
 
+def test_every_damaged_frame_of_a_run_is_named(tmp_path: Path) -> None:
+    """Verify decodes adjacent frames as one run; a damaged frame must not hide the next
+    ones: three frames damaged side by side (two payloads, one header) are three problems."""
+    root = tmp_path / "s"
+    build(root)
+    (pack,) = list((root / "packs").glob("*.pack"))
+    raw = pack.read_bytes()
+    frames = [f for f in scan_pack(pack) if raw[f[1] + 5] == 1]  # zstd frames
+    damaged = frames[3:6]
+    with open(pack, "r+b") as f:
+        for n, (_, offset, length) in enumerate(damaged):
+            at = offset + 8 if n == 1 else offset + 32 + length // 2  # raw_length, payload
+            f.seek(at)
+            byte = f.read(1)
+            f.seek(at)
+            f.write(bytes([byte[0] ^ 0x20]))
+    report = verify_json(root)
+    assert {p["chunk"] for p in report["problems"]} == {cid.hex() for cid, _, _ in damaged}
+    assert report["chunks_checked"] == len(scan_pack(pack))
+
+
 def test_truncated_pack(tmp_path: Path) -> None:
     root = tmp_path / "s"
     build(root)

@@ -19,9 +19,8 @@ import numpy as np
 from strata.blockdev.base import BaseDevice, Extent, ExtentState, zero_fill
 from strata.errors import CorruptImage, NotFound
 from strata.store import CHUNK_ROW, ZERO_ID, Store, to_hex
+from strata.store.chunkstore import MERGE_GAP
 from strata.store.index import Location
-
-MERGE_GAP = 4096  # read two frames of a pack with one pread when this close
 
 
 @dataclass

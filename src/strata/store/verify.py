@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from strata.errors import StrataError
-from strata.store.chunkstore import Store
+from strata.store.chunkstore import RUN_SPAN, Store, adjacent_runs
 from strata.store.ids import to_hex
 from strata.store.index import Location, load_id_set, missing
 from strata.store.packs import check_pack_header
@@ -105,30 +105,55 @@ def _rows(store: Store) -> Iterator[tuple[bytes, Location]]:
 def _check_chunks(
     store: Store, progress: Progress | None
 ) -> tuple[int, int, dict[bytes, tuple[Location, str]]]:
+    """Every indexed chunk read back and verified, in pack order, streamed from the index
+    (memory stays the runs in flight, whatever the store's size), each run of adjacent frames
+    in one job: one pread and one call of the C decoder, on the store's workers."""
     total = store.db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
-    rows = list(_rows(store))
-    inflight: deque[tuple[bytes, Location, Future[bytes]]] = deque()
+    inflight: deque[Future[_RunResult]] = deque()
     bad: dict[bytes, tuple[Location, str]] = {}
     done = checked_bytes = 0
 
     def settle() -> None:
         nonlocal done, checked_bytes
-        cid, place, future = inflight.popleft()
-        try:
-            checked_bytes += len(future.result())
-        except StrataError as e:
-            bad[cid] = (place, e.message)
-        done += 1
-        if progress and (done % 256 == 0 or done == total):
+        count, good_bytes, failures = inflight.popleft().result()
+        done += count
+        checked_bytes += good_bytes
+        bad.update(failures)
+        if progress:
             progress(done, total)
 
-    for cid, place in rows:
-        inflight.append((cid, place, store._pool.submit(store.read_chunk, cid, place)))
-        if len(inflight) > 8 * store.workers:
+    for run in adjacent_runs(_rows(store), RUN_SPAN):
+        inflight.append(store._pool.submit(_check_run, store, run))
+        if len(inflight) >= 2 * store.workers:
             settle()
     while inflight:
         settle()
     return done, checked_bytes, bad
+
+
+_RunResult = tuple[int, int, dict[bytes, tuple[Location, str]]]
+
+
+def _check_run(store: Store, run: list[tuple[bytes, Location]]) -> _RunResult:
+    """(chunks, verified bytes, failures) of one run; a failure never stops the others."""
+    bad: dict[bytes, tuple[Location, str]] = {}
+    plausible = []
+    for cid, place in run:
+        try:
+            store.check_place(cid, place)
+            plausible.append((cid, place))
+        except StrataError as e:
+            bad[cid] = (place, e.message)
+    good = 0
+    for part in adjacent_runs(plausible, RUN_SPAN):
+        failed: dict[int, StrataError] = {}
+        store.read_run(part, on_error=failed.__setitem__)
+        for i, (cid, place) in enumerate(part):
+            if i in failed:
+                bad[cid] = (place, failed[i].message)
+            else:
+                good += place.raw_length
+    return len(run), good, bad
 
 
 def _reclaimable(store: Store, live: np.ndarray) -> dict[str, int]:
