@@ -75,6 +75,19 @@ class NtfsEntry:
         return self.record < s.FIRST_USER_RECORD or self.path.startswith("/$Extend/")
 
 
+def read_pieces(dev: BlockDevice, pieces: list[tuple[int, memoryview]]) -> None:
+    """Fill each view from its device offset: in one call when the device offers a vectored
+    ``readv(pieces)`` (scattered MFT records are many small reads, and a chain of layers
+    costs several microseconds a call), else one ``readinto`` each."""
+    readv = getattr(dev, "readv", None)
+    if readv is not None:
+        readv(pieces)
+        return
+    readinto = dev.readinto
+    for offset, view in pieces:
+        readinto(offset, view)
+
+
 def filetime(value: int) -> dt.datetime | None:
     if value <= 0:
         return None
@@ -661,9 +674,11 @@ class NtfsVolume:
         firsts = np.concatenate(([0], breaks)).tolist()
         lasts = np.concatenate((breaks, [nums.size])).tolist()
         view = memoryview(buf.reshape(-1))
-        readinto = self.dev.readinto
-        for a, b, at in zip(firsts, lasts, where[firsts].tolist(), strict=True):
-            readinto(at, view[a * rs : b * rs])
+        pieces = [
+            (at, view[a * rs : b * rs])
+            for a, b, at in zip(firsts, lasts, where[firsts].tolist(), strict=True)
+        ]
+        read_pieces(self.dev, pieces)
         return buf, self.base + where
 
     def record_offsets(self, numbers: np.ndarray) -> np.ndarray | None:
