@@ -166,10 +166,11 @@ def test_security_descriptors_match_ntfs3g(vol: NtfsVolume, image: Path) -> None
             acl = os.getxattr(f"{mnt}{path}", "system.ntfs_acl")
             assert vol.security(vol.stat(path).record) == acl
     assert vol.owner_sid(vol.stat("/docs/readme.txt").record).startswith("S-1-5-")
-    vol.security_descriptor(0)
-    assert vol._sds, "$Secure:$SDS holds the descriptors mkntfs wrote"
-    for sd in vol._sds.values():
-        assert sd[0] == 1  # self-relative descriptor revision
+    ids = vol.security_ids()
+    assert ids, "$Secure:$SDS holds the descriptors mkntfs wrote"
+    for sid in ids:
+        sd = vol.security_descriptor(sid)
+        assert sd is not None and sd[0] == 1  # self-relative descriptor revision
     # system files carry security ids into $Secure
     mft_attrs = vol.attributes(0)
     info = next(a for a in mft_attrs if a.type == s.STANDARD_INFORMATION).value

@@ -186,6 +186,7 @@ SDS_ENTRY = Struct(
     "length" / Int32ul,
 )
 SDS_ENTRY_SIZE = 20
+SDS_ENTRY_FORMAT = "<IIQI"  # the same header for struct.unpack_from: hash, id, offset, length
 SDS_BLOCK = 256 * 1024
 
 # Well-known MFT record numbers (Russon 3).

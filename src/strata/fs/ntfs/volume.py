@@ -9,6 +9,7 @@ References: Russon & Fledel "NTFS Documentation" (see ``structs``); [MS-DTYP] 2.
 from __future__ import annotations
 
 import datetime as dt
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -73,6 +74,27 @@ class NtfsEntry:
     @property
     def is_system(self) -> bool:
         return self.record < s.FIRST_USER_RECORD or self.path.startswith("/$Extend/")
+
+
+_SDS_HEADER = struct.Struct(s.SDS_ENTRY_FORMAT)
+
+
+def sds_entries(data: bytes) -> dict[int, tuple[int, int]]:
+    """Where each security id's descriptor lies in the $SDS stream ``data`` (start, end; the
+    first entry of an id wins): 16-byte aligned entries whose header names its own offset; an
+    entry that does not ends its 256 KiB block, and the block after it, the mirror, is skipped.
+    Headers are unpacked with ``struct`` (a system volume holds thousands of descriptors:
+    a construct parse each cost ~14 us)."""
+    out: dict[int, tuple[int, int]] = {}
+    unpack, size, pos = _SDS_HEADER.unpack_from, len(data), 0
+    while pos + s.SDS_ENTRY_SIZE <= size:
+        _hash, sid, offset, length = unpack(data, pos)
+        if length < s.SDS_ENTRY_SIZE or offset != pos or pos + length > size:
+            pos = (pos // s.SDS_BLOCK + 2) * s.SDS_BLOCK  # the rest of this block and its mirror
+            continue
+        out.setdefault(sid, (pos + s.SDS_ENTRY_SIZE, pos + length))
+        pos += -(-length // 16) * 16
+    return out
 
 
 def read_pieces(dev: BlockDevice, pieces: list[tuple[int, memoryview]]) -> None:
@@ -286,7 +308,8 @@ class NtfsVolume:
         self.record_count = self.mft_size // self.geometry.record_size
         self._listing: Listing | None = None
         self._by_path: dict[str, int] | None = None
-        self._sds: dict[int, bytes] | None = None
+        self._sds: tuple[bytes, dict[int, tuple[int, int]]] | None = None  # bytes, id: span
+        self._sds_values: dict[int, bytes] = {}
 
     # ------------------------------------------------------------------ basics
 
@@ -571,28 +594,32 @@ class NtfsVolume:
     # ------------------------------------------------------------------ security
 
     def security_descriptor(self, security_id: int) -> bytes | None:
-        """The self-relative security descriptor $Secure:$SDS holds for ``security_id``."""
+        """The self-relative security descriptor $Secure:$SDS holds for ``security_id``
+        ($SDS is read and its entry headers walked once, on the first call)."""
         if self._sds is None:
             self._sds = self._load_sds()
-        return self._sds.get(security_id)
+        found = self._sds_values.get(security_id)
+        if found is None:
+            data, where = self._sds
+            span = where.get(security_id)
+            if span is None:
+                return None
+            found = self._sds_values[security_id] = data[span[0] : span[1]]
+        return found
 
-    def _load_sds(self) -> dict[int, bytes]:
+    def security_ids(self) -> list[int]:
+        """Every security id $Secure:$SDS holds a descriptor for."""
+        if self._sds is None:
+            self._sds = self._load_sds()
+        return sorted(self._sds[1])
+
+    def _load_sds(self) -> tuple[bytes, dict[int, tuple[int, int]]]:
         try:
             extents, _ = self.stream(s.SECURE_RECORD, "$SDS")
         except NotFound:
-            return {}
+            return b"", {}
         data = b"".join(self.iter_attribute(extents))
-        out: dict[int, bytes] = {}
-        pos = 0
-        while pos + s.SDS_ENTRY_SIZE <= len(data):
-            e = s.SDS_ENTRY.parse(data[pos : pos + s.SDS_ENTRY_SIZE])
-            block_end = (pos // s.SDS_BLOCK + 1) * s.SDS_BLOCK
-            if e.length < s.SDS_ENTRY_SIZE or e.offset != pos or pos + e.length > len(data):
-                pos = block_end + s.SDS_BLOCK  # the rest of this block is unused; skip its mirror
-                continue
-            out.setdefault(e.security_id, data[pos + s.SDS_ENTRY_SIZE : pos + e.length])
-            pos += -(-e.length // 16) * 16
-        return out
+        return data, sds_entries(data)
 
     def security(self, number: int) -> bytes | None:
         """A file's security descriptor: its own $SECURITY_DESCRIPTOR, else $Secure's by id."""
