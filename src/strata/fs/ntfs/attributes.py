@@ -7,9 +7,8 @@ References: Russon & Fledel "NTFS Documentation" 4.2 (attribute header), 5.1-5.1
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
-
-from construct import ConstructError
 
 from strata.errors import CorruptImage
 from strata.fs.ntfs import structs as s
@@ -83,49 +82,58 @@ def parse_attributes(rec: bytes, number: int, where: str, base: int) -> list[Att
         pos += length
 
 
+_COMMON = struct.Struct(s.ATTR_COMMON_FORMAT)
+_RESIDENT = struct.Struct(s.ATTR_RESIDENT_FORMAT)
+_NONRESIDENT = struct.Struct(s.ATTR_NONRESIDENT_FORMAT)
+_LIST_ENTRY = struct.Struct(s.ATTR_LIST_ENTRY_FORMAT)
+
+
 def _attribute(raw: bytes, number: int, pos: int, bad) -> Attribute:  # type: ignore[no-untyped-def]
+    """One attribute (``raw``: its ``length`` bytes, at least ATTR_COMMON_SIZE)."""
     try:
-        head = s.ATTR_COMMON.parse(raw)
-        name_end = head.name_offset + 2 * head.name_length
+        atype, _length, non_resident, name_length, name_offset, flags, attr_id = (
+            _COMMON.unpack_from(raw)
+        )
+        name_end = name_offset + 2 * name_length
         if name_end > len(raw):
             raise bad("attribute name runs past the attribute", "attribute.name_offset", pos)
-        name = raw[head.name_offset : name_end].decode("utf-16-le", "surrogatepass")
-        common = dict(
-            record=number,
-            type=head.type,
-            name=name,
-            flags=head.flags,
-            attr_id=head.attr_id,
-            offset=pos,
-        )
-        if not head.non_resident:
+        name = raw[name_offset:name_end].decode("utf-16-le", "surrogatepass")
+        if not non_resident:
             if len(raw) < s.ATTR_RESIDENT_SIZE:
                 raise bad("resident header cut short", "attribute.length", pos)
-            res = s.ATTR_RESIDENT.parse(raw[s.ATTR_COMMON_SIZE :])
-            end = res.value_offset + res.value_length
+            value_length, value_offset, _indexed = _RESIDENT.unpack_from(raw, s.ATTR_COMMON_SIZE)
+            end = value_offset + value_length
             if end > len(raw):
                 raise bad("resident value runs past the attribute", "attribute.value_length", pos)
-            value = raw[res.value_offset : end]
-            return Attribute(non_resident=False, value=value, **common)
+            return Attribute(
+                number, atype, name, flags, attr_id, False, raw[value_offset:end], offset=pos
+            )
         if len(raw) < s.ATTR_NONRESIDENT_SIZE:
             raise bad("non-resident header cut short", "attribute.length", pos)
-        nr = s.ATTR_NONRESIDENT.parse(raw[s.ATTR_COMMON_SIZE :])
-        if nr.runlist_offset > len(raw) or nr.last_vcn + 1 < nr.start_vcn:
+        start_vcn, last_vcn, runlist_offset, unit, allocated, data_size, initialized = (
+            _NONRESIDENT.unpack_from(raw, s.ATTR_COMMON_SIZE)
+        )
+        if runlist_offset > len(raw) or last_vcn + 1 < start_vcn:
             raise bad("runlist offset or VCN range is invalid", "attribute.runlist_offset", pos)
-        if nr.initialized_size > nr.data_size or nr.data_size > 1 << 62:
+        if initialized > data_size or data_size > 1 << 62:
             raise bad("sizes disagree", "attribute.data_size", pos)
         return Attribute(
-            non_resident=True,
-            start_vcn=nr.start_vcn,
-            last_vcn=nr.last_vcn,
-            runlist=raw[nr.runlist_offset :],
-            compression_unit=nr.compression_unit,
-            allocated_size=nr.allocated_size,
-            data_size=nr.data_size,
-            initialized_size=nr.initialized_size,
-            **common,
+            number,
+            atype,
+            name,
+            flags,
+            attr_id,
+            True,
+            start_vcn=start_vcn,
+            last_vcn=last_vcn,
+            runlist=raw[runlist_offset:],
+            compression_unit=unit,
+            allocated_size=allocated,
+            data_size=data_size,
+            initialized_size=initialized,
+            offset=pos,
         )
-    except (ConstructError, UnicodeDecodeError) as e:
+    except (struct.error, UnicodeDecodeError) as e:
         raise bad(f"attribute header unreadable: {e}", "attribute", pos) from e
 
 
@@ -134,16 +142,18 @@ def parse_attribute_list(value: bytes, bad) -> list[tuple[int, str, int, int]]: 
     out = []
     pos = 0
     while pos + s.ATTR_LIST_ENTRY_SIZE <= len(value):
-        e = s.ATTR_LIST_ENTRY.parse(value[pos:])
-        if e.length < s.ATTR_LIST_ENTRY_SIZE or e.length % 8 or pos + e.length > len(value):
-            raise bad(f"attribute list entry length {e.length}", "attribute_list.length", pos)
-        name_end = e.name_offset + 2 * e.name_length
-        if name_end > e.length:
+        atype, length, name_length, name_offset, start_vcn, base_ref, _id = _LIST_ENTRY.unpack_from(
+            value, pos
+        )
+        if length < s.ATTR_LIST_ENTRY_SIZE or length % 8 or pos + length > len(value):
+            raise bad(f"attribute list entry length {length}", "attribute_list.length", pos)
+        name_end = name_offset + 2 * name_length
+        if name_end > length:
             raise bad("attribute list name runs past its entry", "attribute_list.name", pos)
-        raw_name = value[pos + e.name_offset : pos + name_end]
+        raw_name = value[pos + name_offset : pos + name_end]
         name = raw_name.decode("utf-16-le", "surrogatepass")
-        out.append((e.type, name, e.start_vcn, e.base_ref & s.REF_RECORD_MASK))
-        pos += e.length
+        out.append((atype, name, start_vcn, base_ref & s.REF_RECORD_MASK))
+        pos += length
     return out
 
 

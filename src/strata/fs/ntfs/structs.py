@@ -100,6 +100,11 @@ ATTR_NONRESIDENT = Struct(
 ATTR_COMMON_SIZE = 16
 ATTR_RESIDENT_SIZE = 24
 ATTR_NONRESIDENT_SIZE = 64
+# The same three headers for struct.unpack_from (the per-record parser runs for every changed
+# file with streams or an attribute list; construct cost ~35 us an attribute).
+ATTR_COMMON_FORMAT = "<IIBBHHH"
+ATTR_RESIDENT_FORMAT = "<IHBx"
+ATTR_NONRESIDENT_FORMAT = "<QQHH4xQQQ"
 ATTR_END = 0xFFFFFFFF
 ATTR_FLAG_COMPRESSED = 0x0001
 ATTR_FLAG_ENCRYPTED = 0x4000
@@ -163,6 +168,7 @@ ATTR_LIST_ENTRY = Struct(
     "attr_id" / Int16ul,
 )
 ATTR_LIST_ENTRY_SIZE = 26
+ATTR_LIST_ENTRY_FORMAT = "<IHBBQQH"  # the same entry for struct.unpack_from
 
 # Reparse data buffer header and the two link kinds ([MS-FSCC] 2.1.2.1, 2.1.2.4, 2.1.2.5).
 REPARSE_HEADER = Struct("tag" / Int32ul, "data_length" / Int16ul, Padding(2))

@@ -29,7 +29,7 @@ from strata.fs.ntfs.attributes import (
 )
 from strata.fs.ntfs.index import children as index_children
 from strata.fs.ntfs.lznt1 import decompress
-from strata.fs.ntfs.records import Columns, RecordProblem, apply_fixups, scan_window
+from strata.fs.ntfs.records import Columns, RecordProblem, fixup_one, scan_window
 from strata.fs.ntfs.runlist import Run, decode_runlist
 
 WINDOW = 8 << 20  # bytes of MFT fixed up and walked per numpy pass
@@ -377,12 +377,11 @@ class NtfsVolume:
     # ------------------------------------------------------------------ records
 
     def _fixup(self, raw: bytes, number: int, offset: int) -> bytes:
-        buf = np.frombuffer(bytearray(raw), np.uint8).reshape(1, -1)
-        ok, code = apply_fixups(buf, self._dtype)
-        if not ok[0]:
-            problem = "record never written" if code[0] == 1 else _PROBLEMS[int(code[0])]
+        fixed, code = fixup_one(raw)
+        if code:
+            problem = "record never written" if code == 1 else _PROBLEMS[code]
             raise self.corrupt(f"MFT record {number}", problem, "magic/usa", offset)
-        return buf.tobytes()
+        return fixed
 
     def _load_mft(self) -> tuple[list[Run], int]:
         g = self.geometry
