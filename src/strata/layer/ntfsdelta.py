@@ -325,6 +325,8 @@ class Records:
             self.reparse.update(resident_values(raw, part, base, attrs, s.REPARSE_POINT))
             owners = np.where(base[hit] != 0, base[hit], part[hit]).tolist()
             self.own_security.update(r for r in owners if r not in sd)
+            keep = _parsed_again(raw, base, attrs)
+            self.vol.keep_records(part[keep].tolist(), [raw[k].tobytes() for k in keep.tolist()])
         self.scanned[nums] = True
         self._snapshot(nums)
         fresh = self.cols.fn[self._fn_rows :]
@@ -473,6 +475,18 @@ class Records:
             tuple(sorted(streams)) if streams else (),
             r in self.own_security,
         )
+
+
+def _parsed_again(raw: np.ndarray, base: np.ndarray, attrs: Attributes) -> np.ndarray:
+    """Rows of ``raw`` (fixed up) that the full attribute parser will read again: records with
+    named streams, an attribute list or a non-resident descriptor or reparse value, and
+    extension records (read through their base's list)."""
+    flat = raw.reshape(-1)
+    t = attrs.type
+    again = (t == s.ATTRIBUTE_LIST) | ((t == s.DATA) & (flat[attrs.pos + 9] != 0))
+    again |= ((t == s.SECURITY_DESCRIPTOR) | (t == s.REPARSE_POINT)) & (flat[attrs.pos + 8] != 0)
+    live = np.unique(attrs.row)
+    return np.union1d(attrs.row[again], live[base[live] != 0])
 
 
 class Plain(NamedTuple):

@@ -310,6 +310,7 @@ class NtfsVolume:
         self._by_path: dict[str, int] | None = None
         self._sds: tuple[bytes, dict[int, tuple[int, int]]] | None = None  # bytes, id: span
         self._sds_values: dict[int, bytes] = {}
+        self._kept: dict[int, bytes] = {}  # fixed-up records handed over by ``keep_records``
 
     # ------------------------------------------------------------------ basics
 
@@ -451,8 +452,16 @@ class NtfsVolume:
             out += self._read(self._vcn_offset(runs, at), take)
         return bytes(out)
 
+    def keep_records(self, numbers: list[int], records: list[bytes]) -> None:
+        """Remember fixed-up records a caller already read in bulk, so that ``record`` (and
+        the attribute parser over it) does not read them again (the volume is read-only)."""
+        self._kept.update(zip(numbers, records, strict=True))
+
     def record(self, number: int) -> bytes:
         """MFT record ``number``, fixed up."""
+        kept = self._kept.get(number)
+        if kept is not None:
+            return kept
         if not 0 <= number < self.record_count:
             raise NotFound(what=f"MFT record {number} (the MFT holds {self.record_count})")
         rs = self.geometry.record_size
