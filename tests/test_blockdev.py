@@ -185,3 +185,45 @@ def test_stream_copy_refuses_smaller_destination(tmp_path: Path) -> None:
         pytest.raises(InvalidInput),
     ):
         stream_copy(src, dst)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    chains(), st.lists(st.tuples(st.integers(0, 24 * SECTOR), st.integers(0, 3000)), max_size=12)
+)
+def test_readv_reads_like_readinto(
+    case: tuple[ChainDevice, bytes], spans: list[tuple[int, int]]
+) -> None:
+    """Scattered pieces in one call give what each readinto gives (the flat model), through a
+    chain and a range over it; a piece outside the device is refused."""
+    dev, flat = case
+    part = RangeDevice(dev, SECTOR // 2, len(flat) - SECTOR // 2)
+    for target, model in ((dev, flat), (part, flat[SECTOR // 2 :])):
+        fits = [(o, n) for o, n in spans if o + n <= len(model)]
+        bufs = [bytearray(n) for _, n in fits]
+        target.readv(list(zip((o for o, _ in fits), bufs, strict=True)))
+        assert [bytes(b) for b in bufs] == [model[o : o + n] for o, n in fits]
+        with pytest.raises(InvalidInput):
+            target.readv([(len(model) - 1, bytearray(2))])
+
+
+def test_raw_readv_through_holes(tmp_path: Path) -> None:
+    path = tmp_path / "holes.raw"
+    data = np.random.default_rng(3).integers(0, 256, 1 << 16, dtype=np.uint8).tobytes()
+    with open(path, "wb") as f:
+        f.truncate(1 << 20)
+        f.seek(300_000)
+        f.write(data)
+    flat = path.read_bytes()
+    spans = [(0, 512), (299_000, 4096), (300_000 + 65_000, 2000), ((1 << 20) - 7, 7)]
+    with RawFileDevice(str(path)) as dev, ChainDevice(RawFileDevice(str(path))) as chain:
+        for target in (dev, chain, RangeDevice(chain, 4096, (1 << 20) - 8192)):
+            shift = 4096 if isinstance(target, RangeDevice) else 0
+            fits = [
+                (o - shift, n) for o, n in spans if o - shift >= 0 and o - shift + n <= target.size
+            ]
+            bufs = [bytearray(n) for _, n in fits]
+            target.readv(list(zip((o for o, _ in fits), bufs, strict=True)))
+            assert [bytes(b) for b in bufs] == [flat[o + shift : o + shift + n] for o, n in fits]
+            with pytest.raises(InvalidInput):
+                target.readv([(target.size, bytearray(1))])

@@ -117,6 +117,12 @@ class BaseDevice:
         self.readinto(offset, buf)
         return bytes(buf)
 
+    def readv(self, pieces: Iterable[tuple[int, Buffer]]) -> None:
+        """Fill each buffer from its offset: many small scattered reads (MFT records) in one
+        call, which devices override to skip per-call work that a whole batch shares."""
+        for offset, buf in pieces:
+            self.readinto(offset, buf)
+
     def write(self, offset: int, data: bytes | Buffer) -> None:
         if not self.writable:
             raise StateError(what=f"{self.path or self.format_name} is open read-only")

@@ -10,7 +10,7 @@ caller allows.  :class:`ChainDevice` then reads the composed disk.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -124,6 +124,9 @@ class ChainDevice(BaseDevice):
         return chain
 
     def _readinto(self, offset: int, view: memoryview) -> None:
+        if self.below is None:  # a layer reads zeros where it holds nothing: no extents needed
+            self.top.readinto(offset, view)
+            return
         for ext in self.top.extents(offset, len(view)):
             part = view[ext.offset - offset : ext.end - offset]
             if ext.state == ExtentState.DATA:
@@ -132,6 +135,13 @@ class ChainDevice(BaseDevice):
                 self._read_below(ext.offset, part)
             else:
                 zero_fill(part)
+
+    def readv(self, pieces: Iterable[tuple[int, Buffer]]) -> None:
+        readv = getattr(self.top, "readv", None)
+        if self.below is None and readv is not None:
+            readv(pieces)
+        else:
+            super().readv(pieces)
 
     def _read_below(self, offset: int, part: memoryview) -> None:
         assert self.below is not None

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
-from strata.blockdev.base import BaseDevice, BlockDevice, Extent
+from strata.blockdev.base import BaseDevice, BlockDevice, Buffer, Extent
 from strata.errors import InvalidInput
 
 
@@ -25,6 +25,17 @@ class RangeDevice(BaseDevice):
 
     def _readinto(self, offset: int, view: memoryview) -> None:
         self.base.readinto(self.start + offset, view)
+
+    def readv(self, pieces: Iterable[tuple[int, Buffer]]) -> None:
+        shifted = []
+        for offset, buf in pieces:
+            self.check_range(offset, memoryview(buf).nbytes)
+            shifted.append((self.start + offset, buf))
+        readv = getattr(self.base, "readv", None)
+        if readv is None:
+            super().readv(shifted)
+        else:
+            readv(shifted)
 
     def _write(self, offset: int, view: memoryview) -> None:
         self.base.write(self.start + offset, view)  # type: ignore[attr-defined]

@@ -11,9 +11,9 @@ import errno
 import functools
 import os
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
-from strata.blockdev.base import BaseDevice, Extent, ExtentState
+from strata.blockdev.base import BaseDevice, Buffer, Extent, ExtentState
 from strata.errors import InvalidInput, NotFound, StrataError
 from strata.native import is_zero
 
@@ -134,6 +134,13 @@ class RawFileDevice(BaseDevice):
         got = pread_exact(self._fd, offset, view)
         if got < len(view):
             raise StrataError(f"{self.path}: file shrank while reading at {offset + got:#x}")
+
+    def readv(self, pieces: Iterable[tuple[int, Buffer]]) -> None:
+        for offset, buf in pieces:
+            view = memoryview(buf).cast("B")
+            self.check_range(offset, len(view))
+            if view and os.preadv(self._fd, [view], offset) != len(view):
+                self._readinto(offset, view)  # a short read: finish it, or say the file shrank
 
     def _write(self, offset: int, view: memoryview) -> None:
         if is_zero(view) and punch_hole(self._fd, offset, len(view)):
