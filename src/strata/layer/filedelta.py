@@ -317,6 +317,17 @@ def volumes_of(disk: BlockDevice, fs: str, table: PartitionTable | None = None) 
     return found
 
 
+def file_volumes(disk: BlockDevice, table: PartitionTable) -> list[Volume]:
+    """Every FAT and NTFS partition of ``disk``, each probed once."""
+    found = []
+    for part in table.partitions:
+        dev = open_partition(disk, part.number, table)
+        fs = detect(dev) if dev.size >= 512 else None
+        if fs in ("fat", "ntfs"):
+            found.append(Volume(part.number, part.start, part.length, fs))
+    return found
+
+
 def fat_volumes(disk: BlockDevice, table: PartitionTable | None = None) -> list[Volume]:
     return volumes_of(disk, "fat", table)
 
@@ -355,21 +366,29 @@ def capture(
     instead of comparing every record of the changed blocks.
     A volume that does not read cleanly on either side is skipped and named in ``skipped``.
     """
-    volumes = fat_volumes(child) + ntfs_volumes(child)
+    try:
+        table = read_table(child)  # read once: every volume is opened through it
+    except StrataError:
+        return None
+    volumes = file_volumes(child, table)
     if not volumes:
         return None
     changed = _block_bitmap(changed_offsets, child.size)
     rows: list[_Row] = []
     kept: list[Volume] = []
     skipped: list[dict[str, Any]] = []
+    tables: list[PartitionTable] = []  # the base's, read on the first volume
     for vol in sorted(volumes, key=lambda v: v.partition):
         try:
+            if not tables:
+                tables.append(read_table(base))
+            both = (tables[0], table)
             if vol.fs == "ntfs":
-                rows += diff_ntfs(vol, base, child, changed, _masks(masks, child))
+                rows += diff_ntfs(vol, base, child, changed, _masks(masks, child), both)
                 kept.append(vol)
                 continue
-            new = open_fat(open_partition(child, vol.partition))
-            old = open_fat(open_partition(base, vol.partition))
+            new = open_fat(open_partition(child, vol.partition, table))
+            old = open_fat(open_partition(base, vol.partition, tables[0]))
             rows += diff_volumes(vol, old, new, changed)
         except StrataError as e:
             skipped.append({"partition": vol.partition, "reason": str(e)})
@@ -391,11 +410,13 @@ def diff_ntfs(
     child: BlockDevice,
     changed: np.ndarray,
     masks: ntfsdelta.Masks | None = None,
+    tables: tuple[PartitionTable | None, PartitionTable | None] = (None, None),
 ) -> list[_Row]:
     """Changed entries of one NTFS volume, from only the MFT records in changed blocks (with
-    ``masks``: only the changed records)."""
-    old = open_ntfs(open_partition(base, vol.partition))
-    new = open_ntfs(open_partition(child, vol.partition))
+    ``masks``: only the changed records); ``tables``: base's and child's partition tables
+    when already read."""
+    old = open_ntfs(open_partition(base, vol.partition, tables[0]))
+    new = open_ntfs(open_partition(child, vol.partition, tables[1]))
     return ntfs_rows(vol, old, new, changed, masks)
 
 
