@@ -73,3 +73,26 @@ def test_fastcdc_throughput(versus, record_ratio) -> None:  # type: ignore[no-un
         per_byte=size,
     )
     assert ratio < 1.0
+
+
+def test_lznt1_throughput(versus) -> None:  # type: ignore[no-untyped-def]
+    """One 64 KiB NTFS compression unit of text-like data (what a compressed folder holds),
+    native beside the pure-Python reference."""
+    from support.images import mixed_bytes
+    from support.lznt1_tools import compress
+
+    words = [b"strata ", b"layers ", b"compose ", b"disks ", b"windows ", b"\r\n"]
+    picks = np.random.default_rng(1).integers(0, len(words), 20_000).tolist()
+    text = b"".join(words[i] for i in picks)[: 32 << 10]
+    unit = text + mixed_bytes(32 << 10, 4)
+    stream = compress(unit)
+    assert _native.lznt1_decompress(stream, len(unit)) == (unit, None, 0)
+    assert _py.lznt1_decompress(stream, len(unit)) == (unit, None, 0)
+    ratio = versus(
+        lambda: _native.lznt1_decompress(stream, len(unit)),
+        lambda: _py.lznt1_decompress(stream, len(unit)),
+        peer="strata._py.lznt1_decompress (pure-Python reference)",
+        rounds=5,
+        per_byte=len(unit),
+    )
+    assert ratio < 0.1, "native LZNT1 not 10x faster than the Python reference"

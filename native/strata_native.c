@@ -289,6 +289,162 @@ done:
     return cuts;
 }
 
+/* LZNT1 ([MS-XCA] 2.5; Russon 7.4), mirroring strata/_py/lznt1.py step for step, problems
+ * included: returns (bytes, None, 0) or (b"", problem, byte position). */
+#define LZNT1_CHUNK 4096
+
+typedef struct {
+    unsigned char *out;
+    Py_ssize_t len, cap;
+    const char *problem;
+    Py_ssize_t pos;
+    long a, b; /* the offset and length a bad back reference names */
+} lznt1_state;
+
+static int lznt1_chunk(const unsigned char *data, Py_ssize_t start, Py_ssize_t end,
+                       lznt1_state *st)
+{
+    const Py_ssize_t base = st->len;
+    Py_ssize_t pos = start;
+    while (pos < end) {
+        const unsigned flags = data[pos++];
+        for (int bit = 0; bit < 8; bit++) {
+            if (pos >= end)
+                return 0;
+            if (!(flags >> bit & 1)) {
+                if (st->len >= st->cap)
+                    return -1;
+                st->out[st->len++] = data[pos++];
+                continue;
+            }
+            if (pos + 2 > end) {
+                st->problem = "back reference cut short";
+                st->pos = pos;
+                return 1;
+            }
+            const unsigned token = data[pos] | (unsigned)data[pos + 1] << 8;
+            pos += 2;
+            const Py_ssize_t done = st->len - base;
+            if (done == 0) {
+                st->problem = "back reference before any literal";
+                st->pos = pos;
+                return 1;
+            }
+            unsigned mask = 0x0FFF, shift = 12;
+            for (Py_ssize_t p = done - 1; p >= 0x10; p >>= 1) {
+                mask >>= 1;
+                shift--;
+            }
+            const long length = (long)(token & mask) + 3, offset = (long)(token >> shift) + 1;
+            if (offset > done || done + length > LZNT1_CHUNK) {
+                st->problem = "back reference";
+                st->pos = pos;
+                st->a = offset;
+                st->b = length;
+                return 1;
+            }
+            if (st->len + length > st->cap)
+                return -1;
+            /* An overlapping reference repeats its last ``offset`` bytes: copy from as far
+             * back as a whole number of periods allows, so each memcpy is disjoint and the
+             * copied span doubles (a run of one byte is not 4096 one-byte copies). */
+            unsigned char *dst = st->out + st->len;
+            for (long copied = 0; copied < length;) {
+                const long span = (copied + offset) / offset * offset;
+                const long n = length - copied < span ? length - copied : span;
+                memcpy(dst + copied, dst + copied - span, (size_t)n);
+                copied += n;
+            }
+            st->len += length;
+        }
+    }
+    return 0;
+}
+
+static int lznt1_run(const unsigned char *data, Py_ssize_t n, Py_ssize_t limit, lznt1_state *st)
+{
+    Py_ssize_t pos = 0;
+    while (pos + 2 <= n && st->len < limit) {
+        const unsigned header = data[pos] | (unsigned)data[pos + 1] << 8;
+        if (header == 0)
+            break;
+        const Py_ssize_t size = (Py_ssize_t)(header & 0x0FFF) + 1;
+        const Py_ssize_t start = pos + 2, end = pos + 2 + size;
+        if (end > n) {
+            st->problem = "chunk runs past the unit";
+            st->pos = pos;
+            st->a = (long)size;
+            return 1;
+        }
+        if (header & 0x8000) {
+            const Py_ssize_t before = st->len;
+            const int rc = lznt1_chunk(data, start, end, st);
+            if (rc)
+                return rc;
+            if (st->len - before > LZNT1_CHUNK) {
+                st->problem = "chunk expands past 4 KiB";
+                st->pos = pos;
+                return 1;
+            }
+        } else {
+            if (st->len + size > st->cap)
+                return -1;
+            memcpy(st->out + st->len, data + start, (size_t)size);
+            st->len += size;
+        }
+        pos = end;
+    }
+    return 0;
+}
+
+static PyObject *lznt1_problem(const lznt1_state *st)
+{
+    if (strcmp(st->problem, "back reference") == 0)
+        return PyUnicode_FromFormat("back reference %ld bytes back, %ld long", st->a, st->b);
+    if (strcmp(st->problem, "chunk runs past the unit") == 0)
+        return PyUnicode_FromFormat("chunk of %ld bytes runs past the unit", st->a);
+    return PyUnicode_FromString(st->problem);
+}
+
+static PyObject *py_lznt1_decompress(PyObject *self, PyObject *args)
+{
+    Py_buffer in;
+    Py_ssize_t limit;
+    PyObject *result = NULL;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*n", &in, &limit))
+        return NULL;
+    if (limit < 0)
+        limit = 0;
+    /* A chunk takes at least 3 input bytes and gives at most 8 KiB (back references stop at
+     * 4 KiB, literals after them at the chunk's own size, before "expands past 4 KiB" is
+     * seen), and one may start just below the limit: the output never needs more than this. */
+    const Py_ssize_t per_chunk = 2 * LZNT1_CHUNK, most = (in.len / 3 + 1) * per_chunk;
+    lznt1_state st = {NULL, 0, (limit < most ? limit : most) + per_chunk, NULL, 0, 0, 0};
+    st.out = PyMem_Malloc((size_t)st.cap);
+    if (st.out == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = lznt1_run(in.buf, in.len, limit, &st);
+    Py_END_ALLOW_THREADS
+    if (rc < 0)
+        PyErr_SetString(PyExc_RuntimeError, "lznt1: output bound exceeded (a strata bug)");
+    else if (rc > 0) {
+        PyObject *problem = lznt1_problem(&st);
+        if (problem)
+            result = Py_BuildValue("(yNn)", "", problem, st.pos);
+    } else
+        result = Py_BuildValue("(y#On)", (const char *)st.out, st.len < limit ? st.len : limit,
+                               Py_None, (Py_ssize_t)0);
+done:
+    PyMem_Free(st.out);
+    PyBuffer_Release(&in);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"is_zero", py_is_zero, METH_O, "is_zero(buf) -> True when every byte is zero."},
     {"changed_sectors", py_changed_sectors, METH_VARARGS,
@@ -297,6 +453,8 @@ static PyMethodDef methods[] = {
      "nonzero_blocks(buf, block_size) -> LSB-first bitmap, bit i set when block i holds a non-zero byte."},
     {"bitmap_runs", (PyCFunction)(void (*)(void))py_bitmap_runs, METH_VARARGS | METH_KEYWORDS,
      "bitmap_runs(bitmap, msb_first, nbits=-1) -> [(start, length)] runs of set bits."},
+    {"lznt1_decompress", py_lznt1_decompress, METH_VARARGS,
+     "lznt1_decompress(data, limit) -> (bytes, None, 0), or (b'', problem, position)."},
     {"fastcdc_cuts", (PyCFunction)(void (*)(void))py_fastcdc_cuts, METH_VARARGS | METH_KEYWORDS,
      "fastcdc_cuts(buf, min_size, avg_size, max_size, final=True) -> [chunk end offsets]."},
     {NULL, NULL, 0, NULL},

@@ -95,3 +95,68 @@ def test_kernels_reject_bad_arguments(impl: object) -> None:
         impl.changed_sectors(b"abc", b"abd", 2)  # type: ignore[attr-defined]
     with pytest.raises(ValueError):
         impl.nonzero_blocks(b"abc", 0)  # type: ignore[attr-defined]
+
+
+@st.composite
+def lznt1_streams(draw: st.DrawFn) -> tuple[bytes, int]:
+    """A valid LZNT1 stream (runs, repeats, noise) with a few bytes damaged or cut off, or
+    plain noise, and a limit below, at or above its size."""
+    from support.lznt1_tools import compress
+
+    parts = draw(
+        st.lists(
+            st.one_of(
+                st.binary(max_size=300),
+                st.builds(
+                    lambda b, n: b * n, st.binary(min_size=1, max_size=9), st.integers(1, 900)
+                ),
+            ),
+            max_size=8,
+        )
+    )
+    data = b"".join(parts)
+    stream = bytearray(compress(data)) if draw(st.booleans()) else bytearray(draw(st.binary()))
+    for _ in range(draw(st.integers(0, 3))):
+        if stream:
+            stream[draw(st.integers(0, len(stream) - 1))] = draw(st.integers(0, 255))
+    if stream and draw(st.booleans()):
+        del stream[draw(st.integers(0, len(stream) - 1)) :]
+    return bytes(stream), draw(st.sampled_from([0, 1, len(data), len(data) + 4096, 1 << 20]))
+
+
+@needs_native
+@CASES
+@given(lznt1_streams())
+def test_lznt1_agrees(case: tuple[bytes, int]) -> None:
+    """The same bytes, or the same problem at the same byte, as the reference."""
+    stream, limit = case
+    assert _native.lznt1_decompress(stream, limit) == _py.lznt1_decompress(stream, limit)
+
+
+@pytest.mark.parametrize("impl", [_py, _native] if _native else [_py], ids=lambda m: m.__name__)
+def test_lznt1_round_trips_and_names_damage(impl: object) -> None:
+    from support.lznt1_tools import compress
+
+    data = b"".join(b"layer %d of the packaging disk; " % (i % 97) for i in range(3000))
+    data += bytes(10_000) + b"ab" * 5000 + np.random.default_rng(2).bytes(9000)
+    stream = compress(data)
+    assert impl.lznt1_decompress(stream, len(data)) == (data, None, 0)  # type: ignore[attr-defined]
+    assert impl.lznt1_decompress(stream, 5000) == (data[:5000], None, 0)  # type: ignore[attr-defined]
+    starts, at = [], 0
+    while at + 2 <= len(stream):
+        starts.append(at)
+        at += 3 + (int.from_bytes(stream[at : at + 2], "little") & 0x0FFF)
+    size = (int.from_bytes(stream[starts[-1] : starts[-1] + 2], "little") & 0x0FFF) + 1
+    assert impl.lznt1_decompress(stream[:-10], len(data)) == (  # type: ignore[attr-defined]
+        b"",
+        f"chunk of {size} bytes runs past the unit",
+        starts[-1],
+    )
+    bad = bytearray(stream)
+    assert bad[1] & 0x80  # the first chunk is compressed; its first flag byte follows
+    bad[2] |= 0x01  # its first item becomes a back reference, with no literal before it
+    assert impl.lznt1_decompress(bytes(bad), len(data)) == (  # type: ignore[attr-defined]
+        b"",
+        "back reference before any literal",
+        5,
+    )

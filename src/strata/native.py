@@ -38,6 +38,7 @@ changed_sectors = _impl.changed_sectors
 nonzero_blocks = _impl.nonzero_blocks
 bitmap_runs = _impl.bitmap_runs
 fastcdc_cuts = _impl.fastcdc_cuts
+lznt1_decompress = _impl.lznt1_decompress
 
 __all__ = [
     "BACKEND",
@@ -45,5 +46,6 @@ __all__ = [
     "changed_sectors",
     "fastcdc_cuts",
     "is_zero",
+    "lznt1_decompress",
     "nonzero_blocks",
 ]

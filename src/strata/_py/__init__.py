@@ -2,5 +2,13 @@
 
 from strata._py.fastcdc import fastcdc_cuts
 from strata._py.kernels import bitmap_runs, changed_sectors, is_zero, nonzero_blocks
+from strata._py.lznt1 import lznt1_decompress
 
-__all__ = ["bitmap_runs", "changed_sectors", "fastcdc_cuts", "is_zero", "nonzero_blocks"]
+__all__ = [
+    "bitmap_runs",
+    "changed_sectors",
+    "fastcdc_cuts",
+    "is_zero",
+    "lznt1_decompress",
+    "nonzero_blocks",
+]

@@ -218,11 +218,6 @@ FILE_ATTRIBUTES = {
 }
 DUP_DIRECTORY = 0x10000000  # $FILE_NAME flags: the file is a directory (index present)
 
-# LZNT1 (Russon 7.4): chunks of up to 4 KiB uncompressed behind a 16-bit header.
-LZNT1_CHUNK = 4096
-LZNT1_COMPRESSED = 0x8000
-LZNT1_SIZE_MASK = 0x0FFF
-
 # FILETIME epoch: 100 ns intervals since 1601-01-01 UTC.
 FILETIME_UNIX_OFFSET = 116444736000000000
 
