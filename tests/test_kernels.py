@@ -160,3 +160,33 @@ def test_lznt1_round_trips_and_names_damage(impl: object) -> None:
         "back reference before any literal",
         5,
     )
+
+
+# RFC 3720 B.4 check values.
+CRC32C_VECTORS = [
+    (b"123456789", 0xE3069283),
+    (bytes(32), 0x8A9136AA),
+    (b"\xff" * 32, 0x62A8AB43),
+    (bytes(range(32)), 0x46DD794E),
+    (bytes(range(31, -1, -1)), 0x113FDB5C),
+]
+
+
+@pytest.mark.parametrize("impl", [_py, _native] if _native else [_py], ids=lambda m: m.__name__)
+def test_crc32c_rfc3720_vectors(impl: object) -> None:
+    for data, expected in CRC32C_VECTORS:
+        assert impl.crc32c(data) == expected  # type: ignore[attr-defined]
+
+
+@needs_native
+@CASES
+@given(st.binary(max_size=5000), st.integers(0, 5000), st.integers(0, 0xFFFFFFFF))
+def test_crc32c_agrees_with_the_crc32c_package(data: bytes, cut: int, seed: int) -> None:
+    """The native kernel, the reference and the crc32c package (google's algorithm, hardware
+    or software) agree, also when continued from an earlier value."""
+    import crc32c
+
+    expected = crc32c.crc32c(data, seed)
+    assert _native.crc32c(data, seed) == _py.crc32c(data, seed) == expected
+    cut = min(cut, len(data))
+    assert _native.crc32c(data[cut:], _native.crc32c(data[:cut], seed)) == expected

@@ -39,11 +39,13 @@ nonzero_blocks = _impl.nonzero_blocks
 bitmap_runs = _impl.bitmap_runs
 fastcdc_cuts = _impl.fastcdc_cuts
 lznt1_decompress = _impl.lznt1_decompress
+crc32c = _impl.crc32c
 
 __all__ = [
     "BACKEND",
     "bitmap_runs",
     "changed_sectors",
+    "crc32c",
     "fastcdc_cuts",
     "is_zero",
     "lznt1_decompress",

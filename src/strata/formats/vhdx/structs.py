@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import uuid
 
-import crc32c
 from construct import Bytes, Const, Int16ul, Int32ul, Int64ul, Padding, Struct
+
+from strata.native import crc32c
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -207,9 +208,9 @@ LogDataSector = Struct(
 def checksum(buf: bytes | bytearray | memoryview, at: int = 4) -> int:
     """CRC-32C of ``buf`` with the 4-byte checksum field at ``at`` taken as zero."""
     view = memoryview(buf)
-    crc = crc32c.crc32c(view[:at])
-    crc = crc32c.crc32c(b"\0\0\0\0", crc)
-    return crc32c.crc32c(view[at + 4 :], crc)
+    crc = crc32c(view[:at])
+    crc = crc32c(b"\0\0\0\0", crc)
+    return crc32c(view[at + 4 :], crc)
 
 
 def with_checksum(buf: bytearray, at: int = 4) -> bytearray:
