@@ -11,13 +11,11 @@ CHUNK = 4096
 
 
 def _split(pos: int) -> tuple[int, int]:
-    """(length mask, offset shift) of a back reference ``pos`` bytes into its chunk."""
-    mask, shift, p = 0x0FFF, 12, pos - 1
-    while p >= 0x10:
-        mask >>= 1
-        shift -= 1
-        p >>= 1
-    return mask, shift
+    """(length mask, offset shift) of a back reference ``pos`` bytes into its chunk: the
+    offset takes as many bits as ``pos - 1`` needs, at least 4 ([MS-XCA] 2.5.1.1), the length
+    the rest of the 16."""
+    length_bits = 16 - max(4, (pos - 1).bit_length())
+    return (1 << length_bits) - 1, length_bits
 
 
 def _compress_chunk(chunk: bytes) -> bytes:
