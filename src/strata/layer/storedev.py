@@ -19,7 +19,7 @@ import numpy as np
 from strata.blockdev.base import BaseDevice, Extent, ExtentState, zero_fill
 from strata.errors import CorruptImage, NotFound
 from strata.store import CHUNK_ROW, ZERO_ID, Store, to_hex
-from strata.store.chunkstore import MERGE_GAP
+from strata.store.chunkstore import RUN_SPAN, adjacent_runs
 from strata.store.index import Location
 
 
@@ -31,7 +31,7 @@ class _Plan:
     into scratch); ``copies`` are the chunk's other places (chunk, dest lo, dest hi, src lo)."""
 
     ids: np.ndarray  # V16
-    packs: list[str]
+    places: list[Location]
     offsets: np.ndarray  # int64 offset of the frame in its pack
     frame_lengths: np.ndarray  # int64
     lengths: np.ndarray  # int64 raw bytes
@@ -115,7 +115,7 @@ class StoreDevice(BaseDevice):
         rank[order] = np.arange(len(order))
         return _Plan(
             ids=ids[order],
-            packs=[places[i].pack for i in order.tolist()],
+            places=[places[i] for i in order.tolist()],
             offsets=np.array([places[i].offset for i in order.tolist()], np.int64),
             frame_lengths=np.array([places[i].length for i in order.tolist()], np.int64),
             lengths=np.array([places[i].raw_length for i in order.tolist()], np.int64),
@@ -152,7 +152,8 @@ class StoreDevice(BaseDevice):
             lo, hi = group.start, group.stop
             base = int(plan.offsets[lo])
             span = int(plan.offsets[hi - 1] + plan.frame_lengths[hi - 1]) - base
-            blob = memoryview(self.store.packs.read(plan.packs[lo], base, span))
+            pack = plan.places[lo].pack
+            blob = memoryview(self.store.packs.read(pack, base, span))
             direct = np.flatnonzero(plan.dest[lo:hi] >= 0) + lo
             rows = np.stack(
                 (
@@ -163,7 +164,7 @@ class StoreDevice(BaseDevice):
                 ),
                 axis=1,
             )
-            self.store.decode_run_into(plan.packs[lo], base, blob, rows, plan.ids[direct], view)
+            self.store.decode_run_into(pack, base, blob, rows, plan.ids[direct], view)
             for chunk in group:
                 if plan.dest[chunk] >= 0 and chunk not in plan.copies:
                     continue
@@ -178,13 +179,11 @@ class StoreDevice(BaseDevice):
         if dest >= 0:
             data = view[dest : dest + length]
         else:
-            cid = bytes(plan.ids[chunk])
-            place = Location(
-                plan.packs[chunk], int(plan.offsets[chunk]), int(plan.frame_lengths[chunk]), length
-            )
+            place = plan.places[chunk]
             at = place.offset - base
             data = memoryview(bytearray(length))
-            self.store.decode_chunk_into(cid, place, blob[at : at + place.length], data)
+            frame = blob[at : at + place.length]
+            self.store.decode_chunk_into(bytes(plan.ids[chunk]), place, frame, data)
         for lo, hi, src in plan.copies.get(chunk, ()):
             view[lo:hi] = data[src : src + hi - lo]
 
@@ -239,16 +238,11 @@ def _pack_order(places: list[Location]) -> np.ndarray:
 
 
 def _adjacent(plan: _Plan, job: range) -> Iterator[range]:
-    """Runs of ``job``'s chunks (in pack order) whose frames one pread can cover."""
-    if not job:
-        return
-    offsets, lengths = plan.offsets[job.start : job.stop], plan.frame_lengths[job.start : job.stop]
-    gaps = offsets[1:] - (offsets[:-1] + lengths[:-1])
-    same = np.array([a == b for a, b in itertools.pairwise(plan.packs[job.start : job.stop])], bool)
-    breaks = np.flatnonzero(~same | (gaps < 0) | (gaps > MERGE_GAP)) + 1 + job.start
-    edges = [job.start, *breaks.tolist(), job.stop]
-    for a, b in itertools.pairwise(edges):
-        yield range(a, b)
+    """Runs of ``job``'s chunks (in pack order) whose frames one pread can cover: the store's
+    own rule (``adjacent_runs``), over the plan's indexes."""
+    items = zip(job, plan.places[job.start : job.stop], strict=True)
+    for run in adjacent_runs(items, RUN_SPAN):
+        yield range(run[0][0], run[-1][0] + 1)
 
 
 def _split(plan: _Plan, parts: int) -> list[range]:

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -69,6 +69,7 @@ READ_WINDOW = 512  # ids located in one index query
 READ_BATCH = 8  # chunks decoded per worker job
 MERGE_GAP = 4096  # two frames of a pack this close are read with one pread
 RUN_SPAN = 4 << 20  # a run of frames: at most this much read, and this much decoded
+K = TypeVar("K")  # what names an item of adjacent_runs (a chunk id, a plan index)
 # A compression job holds up to JOB_BYTES of chunks (at most JOB_CHUNKS): 64 KiB blocks go
 # 8 to a job as before, while a file delta's thousand 100-byte files no longer make a
 # thousand/8 thread round trips (measured: put+flush of 1 000 tiny chunks 17.5 -> 11.3 ms).
@@ -693,13 +694,13 @@ def _zeros(length: int) -> bytes:
 
 
 def adjacent_runs(
-    items: Iterable[tuple[bytes, Location]], max_span: int
-) -> Iterator[list[tuple[bytes, Location]]]:
+    items: Iterable[tuple[K, Location]], max_span: int
+) -> Iterator[list[tuple[K, Location]]]:
     """Consecutive ``items`` grouped into runs whose frames one ``pread`` of at most
     ``max_span`` bytes covers (same pack, each starting at most ``MERGE_GAP`` after the last)
     and whose decoded bytes add up to at most ``max_span`` too (a run of well-compressed
     frames would otherwise decode to many times its span)."""
-    run: list[tuple[bytes, Location]] = []
+    run: list[tuple[K, Location]] = []
     raw = 0
     for item in items:
         place = item[1]
