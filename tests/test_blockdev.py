@@ -227,3 +227,22 @@ def test_raw_readv_through_holes(tmp_path: Path) -> None:
             assert [bytes(b) for b in bufs] == [flat[o + shift : o + shift + n] for o, n in fits]
             with pytest.raises(InvalidInput):
                 target.readv([(target.size, bytearray(1))])
+
+
+class _ReadintoOnly:
+    """A BlockDevice with the protocol's readinto and nothing more (no readv)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.size, self.sector_size = data, len(data), 512
+
+    def readinto(self, offset: int, buf: bytearray) -> int:
+        buf[:] = self.data[offset : offset + len(buf)]
+        return len(buf)
+
+
+def test_range_readv_over_a_base_without_readv() -> None:
+    data = np.random.default_rng(4).bytes(64 << 10)
+    part = RangeDevice(_ReadintoOnly(data), 4096, 32 << 10)  # type: ignore[arg-type]
+    bufs = [bytearray(100), bytearray(7000)]
+    part.readv([(0, bufs[0]), (20_000, bufs[1])])
+    assert bufs == [data[4096:4196], data[24_096:31_096]]

@@ -32,10 +32,11 @@ class RangeDevice(BaseDevice):
             self.check_range(offset, memoryview(buf).nbytes)
             shifted.append((self.start + offset, buf))
         readv = getattr(self.base, "readv", None)
-        if readv is None:
-            super().readv(shifted)
-        else:
+        if readv is not None:
             readv(shifted)
+            return
+        for offset, buf in shifted:  # a base that only has the protocol's readinto
+            self.base.readinto(offset, buf)
 
     def _write(self, offset: int, view: memoryview) -> None:
         self.base.write(self.start + offset, view)  # type: ignore[attr-defined]
