@@ -105,6 +105,7 @@ def test_fastcdc_second_version_new_bytes(
         strata_mean_chunk=size // len(s1),
         casync_mean_chunk=size // len(c1),
         target=0.10,
+        target_of="strata_fraction",
     )
     assert ours <= 0.10 * v2.stat().st_size
 

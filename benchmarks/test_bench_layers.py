@@ -18,7 +18,7 @@ from strata.blockdev import RawFileDevice
 from strata.ops import image as images
 from strata.ops import layers
 
-from conftest import SMOKE, scaled
+from conftest import scaled
 from support.images import GiB, MiB, mixed_bytes, write_sparse_raw
 from support.layers import apply_with_strata
 from support.tools import require
@@ -81,8 +81,6 @@ def test_finalize_cost_follows_writes_not_disk_size(tmp_path: Path, record_ratio
         target=1.3,
         writes_bytes=WRITES,
     )
-    if not SMOKE:
-        assert ratio <= 1.3
 
 
 def test_finalize_vs_casync_make(tmp_path: Path, record_ratio) -> None:  # type: ignore[no-untyped-def]
@@ -109,10 +107,8 @@ def test_finalize_vs_casync_make(tmp_path: Path, record_ratio) -> None:  # type:
         peer_s=round(peer, 3),
         ratio=round(ours / peer, 3),
         speedup=round(peer / ours, 2),
-        target="speedup >= 3",
+        target=round(1 / 3, 3),  # at least 3x faster
     )
-    if not SMOKE:
-        assert peer / ours >= 3
 
 
 EXPORT_DATA = scaled(1 * GiB, 32 * MiB)
@@ -184,8 +180,6 @@ def test_export_vs_qemu_convert(
         ).returncode
         == 0
     )
-    if not SMOKE:
-        assert ratio <= 1.0
     shutil.rmtree(tmp_path, ignore_errors=True)
 
 

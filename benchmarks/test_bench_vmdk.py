@@ -16,7 +16,7 @@ from pathlib import Path
 
 from strata import api
 
-from conftest import SMOKE, scaled
+from conftest import scaled
 from support.images import GiB, MiB
 from support.tools import Measured, measure, measure_strata, qemu_compare, require
 
@@ -30,9 +30,7 @@ def _ok(m: Measured) -> Measured:
     return m
 
 
-def _bench(
-    versus, record_ratio, raw: Path, subformat: str, target: float
-) -> tuple[float, int, int]:  # type: ignore[no-untyped-def]
+def _bench(versus, record_ratio, raw: Path, subformat: str, target: float) -> tuple[int, int]:  # type: ignore[no-untyped-def]
     qemu = require("qemu-img")
     ours, theirs = raw.with_name(f"s-{subformat}.vmdk"), raw.with_name(f"q-{subformat}.vmdk")
     opts = [f"subformat={subformat}"]
@@ -42,7 +40,7 @@ def _bench(
             measure([qemu, "convert", "-f", "raw", "-O", "vmdk", "-o", opts[0], raw, theirs])
         )
 
-    ratio = versus(
+    versus(
         lambda: api.convert(api.OpenSpec(str(raw)), str(ours), "vmdk", opts),
         run_qemu,
         peer=f"qemu-img convert -O vmdk ({subformat})",
@@ -67,18 +65,14 @@ def _bench(
         peak_rss=cli.peak_rss,
     )
     assert cli.peak_rss <= RSS_LIMIT, f"peak RSS {cli.peak_rss >> 20} MiB"
-    return ratio, our_size, qemu_size
+    return our_size, qemu_size
 
 
 def test_stream_optimized_vs_qemu(versus, record_ratio, mixed_raw: Path) -> None:  # type: ignore[no-untyped-def]
-    ratio, ours, theirs = _bench(versus, record_ratio, mixed_raw, "streamOptimized", 0.2)
+    ours, theirs = _bench(versus, record_ratio, mixed_raw, "streamOptimized", 0.2)
     assert abs(ours / theirs - 1) <= 0.10, f"{ours} bytes vs qemu's {theirs}"
-    if not SMOKE:
-        assert ratio <= 0.2, f"streamOptimized only {1 / ratio:.1f}x faster than qemu-img"
 
 
 def test_monolithic_sparse_vs_qemu(versus, record_ratio, mixed_raw: Path) -> None:  # type: ignore[no-untyped-def]
-    ratio, ours, theirs = _bench(versus, record_ratio, mixed_raw, "monolithicSparse", 1.0)
+    ours, theirs = _bench(versus, record_ratio, mixed_raw, "monolithicSparse", 1.0)
     assert ours <= theirs * 1.01
-    if not SMOKE:
-        assert ratio <= 1.0, f"monolithicSparse {ratio:.2f}x qemu-img's time"
