@@ -85,3 +85,24 @@ def test_images_keep_their_chunks_live(tmp_path: Path) -> None:
         live = len(manifest.chunk_ids())
     report = gc(root)
     assert report["chunks_removed"] == 0 and report["live_chunks"] == live
+
+
+def test_gc_live_set_merged_in_small_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many versions sharing chunks, merged into the live set one manifest at a time: gc
+    keeps exactly the union and drops the dead version's own chunks."""
+    monkeypatch.setattr("strata.store.manifest.LIVE_BATCH_IDS", 1)
+    root = tmp_path / "s"
+    with Store.init(root) as store:
+        store.catalog.create_layer("os", "os")
+        live = [version(store, f"v{n}", [n, n + 1, 100]) for n in range(1, 6)]
+        dead = version(store, "dead", [200, 201, 100], commit=False)
+        each = [set(store.get_manifest(mid).chunk_ids().tolist()) for mid in live]
+        expected = set().union(*each)
+        dead_only = set(store.get_manifest(dead).chunk_ids().tolist()) - expected
+    assert dead_only and len(expected) > max(map(len, each))
+    report = gc(root)
+    assert report["live_chunks"] == len(expected)
+    assert report["chunks_removed"] == len(dead_only)
+    assert set(physical_copies(root)) == expected

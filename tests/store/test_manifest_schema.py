@@ -78,3 +78,17 @@ def test_hostile_layouts_are_refused(
 def test_register_schema_refuses_types_a_manifest_cannot_declare() -> None:
     with pytest.raises(InvalidInput):
         mf.register_schema("bad-v1", np.dtype([("when", "<M8[s]")]))
+
+
+def test_live_set_merges_in_batches_and_equals_the_distinct_union() -> None:
+    rng = np.random.default_rng(5)
+    pool = rng.integers(0, 256, (3000, 16), np.uint8).view("V16").ravel()
+    manifests = [np.unique(rng.choice(pool, 700)) for _ in range(12)]  # much shared
+    live = mf.LiveSet(batch_ids=1000)
+    for ids in manifests:
+        live.add(ids)
+        assert live._pending_ids < 1000  # memory: the merged set plus under one batch
+    expected = np.unique(np.concatenate(manifests))
+    assert np.array_equal(live.ids(), expected)
+    assert len(expected) < sum(map(len, manifests)) / 2  # the case it is for: overlap
+    assert len(mf.LiveSet().ids()) == 0

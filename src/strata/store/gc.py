@@ -18,14 +18,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from strata.errors import StrataError
 from strata.store.chunkstore import LOCK_TIMEOUT_S, Store
 from strata.store.db import transaction
 from strata.store.frames import Where, decode
 from strata.store.ids import from_hex, to_hex
 from strata.store.index import load_id_set
+from strata.store.manifest import LiveSet
 from strata.store.packs import PackWriter, fsync_dir
 from strata.store.structs import CHUNK_MAGIC, PACK_HEADER
 
@@ -47,8 +46,10 @@ def gc(
 def collect(store: Store, threshold: float, progress: Progress | None = None) -> dict[str, Any]:
     started = time.monotonic()
     manifests = store.catalog.live_manifests()
-    columns = [store.get_manifest(mid).chunk_ids() for mid, _ in manifests]
-    live = np.unique(np.concatenate(columns)) if columns else np.zeros(0, "V16")
+    gathered = LiveSet()
+    for mid, _ in manifests:
+        gathered.add(store.get_manifest(mid).chunk_ids())
+    live = gathered.ids()
     report: dict[str, Any] = {
         "store": str(store.root),
         "live_manifests": len(manifests),

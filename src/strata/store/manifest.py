@@ -28,9 +28,39 @@ from strata.store.structs import (
 
 SCHEMAS: dict[str, np.dtype] = {"chunks-v1": CHUNK_ROW}
 ID_DTYPE = np.dtype("V16")
+LIVE_BATCH_IDS = 4 << 20  # ids (64 MiB) gathered before they are merged into a LiveSet
 # Field types a table may declare: little-endian integers and floats, raw bytes.
 _FIELD_TYPE = re.compile(r"^(<[uif][1248]|\|[uiV]1|\|V[0-9]{1,3}|\|S[0-9]{1,3})$")
 _FIELD_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,63}$")
+
+
+class LiveSet:
+    """The distinct chunk ids of many manifests (what ``gc`` keeps and ``verify`` reports
+    against).  Versions of a layer share most of their chunks, so the sum of every manifest's
+    ids can be many times the distinct set: ids are merged into the sorted set every
+    ``batch_ids``, and memory stays the distinct set plus one batch."""
+
+    def __init__(self, batch_ids: int | None = None) -> None:
+        self._batch_ids = LIVE_BATCH_IDS if batch_ids is None else batch_ids
+        self._merged = np.zeros(0, ID_DTYPE)
+        self._pending: list[np.ndarray] = []
+        self._pending_ids = 0
+
+    def add(self, ids: np.ndarray) -> None:
+        self._pending.append(ids)
+        self._pending_ids += len(ids)
+        if self._pending_ids >= self._batch_ids:
+            self._merge()
+
+    def ids(self) -> np.ndarray:
+        """Every id added, sorted and distinct."""
+        self._merge()
+        return self._merged
+
+    def _merge(self) -> None:
+        if self._pending:
+            self._merged = np.unique(np.concatenate([self._merged, *self._pending]))
+            self._pending, self._pending_ids = [], 0
 
 
 def register_schema(name: str, dtype: np.dtype) -> None:

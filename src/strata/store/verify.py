@@ -20,6 +20,7 @@ from strata.errors import StrataError
 from strata.store.chunkstore import RUN_SPAN, Store, adjacent_runs
 from strata.store.ids import to_hex
 from strata.store.index import Location, load_id_set, missing
+from strata.store.manifest import ID_DTYPE, LiveSet
 from strata.store.packs import check_pack_header
 
 Progress = Callable[[int, int], None]
@@ -46,43 +47,51 @@ def verify(store: Store, progress: Progress | None = None) -> dict[str, Any]:
             check_pack_header(path)
         except StrataError as e:
             problems.append(Problem("pack", e.message, pack=path.name))
-    uses, manifest_problems = _manifest_uses(store)
     checked, checked_bytes, bad = _check_chunks(store, progress)
+    uses = _manifest_uses(store, list(bad))
     for cid, (place, message) in bad.items():
-        users = [who for who, ids in uses if _contains(ids, cid)]
+        users = uses.users.get(cid, [])
         problems.append(
             Problem("chunk", message, to_hex(cid), place.pack, place.offset, users=users)
         )
-    problems += manifest_problems
-    live = np.unique(np.concatenate([ids for _, ids in uses])) if uses else np.zeros(0, "V16")
+    problems += uses.problems
     return {
         "store": str(store.root),
         "clean": not problems,
         "problems": [asdict(p) for p in problems],
         "chunks_checked": checked,
         "bytes_checked": checked_bytes,
-        "manifests_checked": len(uses),
-        **_reclaimable(store, live),
+        "manifests_checked": uses.readable,
+        **_reclaimable(store, uses.live.ids()),
     }
 
 
-def _contains(ids: np.ndarray, cid: bytes) -> bool:
-    return bool(np.isin(ids, np.frombuffer(cid, "V16")).any())
+@dataclass
+class _Uses:
+    live: LiveSet = field(default_factory=LiveSet)
+    users: dict[bytes, list[str]] = field(default_factory=dict)  # of the damaged chunks
+    problems: list[Problem] = field(default_factory=list)
+    readable: int = 0
 
 
-def _manifest_uses(store: Store) -> tuple[list[tuple[str, np.ndarray]], list[Problem]]:
-    """(user, chunk ids) for every readable live manifest, and a problem for every other."""
-    uses: list[tuple[str, np.ndarray]] = []
-    problems: list[Problem] = []
+def _manifest_uses(store: Store, damaged: list[bytes]) -> _Uses:
+    """Every live manifest read once, one at a time (memory: one manifest and the distinct
+    live set): its ids gathered, who uses each ``damaged`` chunk, a problem for each chunk it
+    names that the store lacks, and one for each manifest that cannot be read."""
+    out = _Uses()
+    damaged_ids = np.frombuffer(b"".join(damaged), ID_DTYPE)
     for mid, who in store.catalog.live_manifests():
         try:
             ids = store.get_manifest(mid).chunk_ids()
         except StrataError as e:
-            problems.append(Problem("manifest", e.message, manifest=to_hex(mid), users=[who]))
+            out.problems.append(Problem("manifest", e.message, manifest=to_hex(mid), users=[who]))
             continue
-        uses.append((who, ids))
+        out.readable += 1
+        out.live.add(ids)
+        for k in np.flatnonzero(np.isin(damaged_ids, ids)).tolist():
+            out.users.setdefault(damaged[k], []).append(who)
         for cid in missing(store.db, ids):
-            problems.append(
+            out.problems.append(
                 Problem(
                     "missing-chunk",
                     f"manifest {to_hex(mid)} names chunk {to_hex(cid)}, which the store lacks",
@@ -91,7 +100,7 @@ def _manifest_uses(store: Store) -> tuple[list[tuple[str, np.ndarray]], list[Pro
                     users=[who],
                 )
             )
-    return uses, problems
+    return out
 
 
 def _rows(store: Store) -> Iterator[tuple[bytes, Location]]:
