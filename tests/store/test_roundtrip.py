@@ -92,3 +92,29 @@ def test_zero_chunk_needs_length_and_is_not_stored(tmp_path: Path) -> None:
         with pytest.raises(Exception, match="needs its length"):
             store.get(ZERO_ID)
     assert not list((tmp_path / "s" / "packs").glob("*.pack"))
+
+
+def test_packs_roll_over_at_their_limit(tmp_path: Path) -> None:
+    """A writer starts a new pack once one reaches ``pack_limit`` (the frame that crosses it
+    still goes in): jobs of many frames are split there, and every index row names the pack
+    and offset where a scan of the files finds the frame."""
+    limit = 64 << 10
+    rng = np.random.default_rng(3)
+    chunks = [rng.integers(0, 256, 3000 + 7 * k, np.uint8).tobytes() for k in range(300)]
+    with Store.init(tmp_path / "s", pack_limit=limit) as store:
+        ids = store.put_many(chunks, level=1)
+        store.flush()
+        rows = store.db.execute("SELECT id, pack, offset, length FROM chunks").fetchall()
+        assert b"".join(store.get_many(ids)) == b"".join(chunks)
+    packs = list((tmp_path / "s" / "packs").glob("*.pack"))
+    frames = {p.name: scan_pack(p) for p in packs}
+    assert len(packs) >= len(b"".join(chunks)) // limit
+    for p in packs:
+        size, last = p.stat().st_size, frames[p.name][-1]
+        if last[0] != ids[-1]:  # every pack but the open one: crossed by its last frame only
+            assert last[1] < limit <= size == last[1] + last[2]
+    found = {
+        cid: (name, offset, length) for name, fs in frames.items() for cid, offset, length in fs
+    }
+    assert len(found) == len(rows) == len(chunks)
+    assert {bytes(r[0]): (r[1], r[2], r[3]) for r in rows} == found

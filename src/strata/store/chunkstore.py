@@ -327,8 +327,7 @@ class Store:
                 for cid, _ in sizes:
                     self._pending.pop(cid, None)
                 raise
-            for frame, (cid, raw_length) in zip(frames, sizes, strict=True):
-                self._write_frame(frame, cid, raw_length, stats)
+            self._write_frames(frames, sizes, stats)
 
     def _abandon(self, inflight: deque[_Job]) -> None:
         """After a failure: forget chunks queued but never written."""
@@ -340,22 +339,41 @@ class Store:
                 if cid in self._pending and self._pending[cid] is None:
                     del self._pending[cid]
 
-    def _write_frame(self, frame: bytes, cid: bytes, raw_length: int, stats: PutStats) -> None:
-        if self._writer is None:
-            self._writer = PackWriter(self.root / "packs", self.root / "tmp")
-        offset = self._writer.append(frame)
-        location = Location(self._writer.name, offset, len(frame), raw_length)
-        self._pending[cid] = location
-        self._rows.append((cid, *location))
-        stats.new_chunks += 1
-        stats.new_bytes += raw_length
-        stats.stored_bytes += len(frame)
-        if self._writer.size >= self.config["pack_limit"]:
-            self.flush()
-            self._writer.close()
-            self._writer = None
-        elif len(self._rows) >= FLUSH_ROWS:
-            self.flush()
+    def _write_frames(
+        self, frames: list[bytes], sizes: list[tuple[bytes, int]], stats: PutStats
+    ) -> None:
+        """Append a job's frames to the open pack, a new pack once it reaches its limit (the
+        frame that crosses it still goes in); index rows pending until ``flush``."""
+        limit = self.config["pack_limit"]
+        at = 0
+        while at < len(frames):
+            if self._writer is None:
+                self._writer = PackWriter(self.root / "packs", self.root / "tmp")
+            writer = self._writer
+            end, size = at, writer.size
+            while end < len(frames) and size < limit:
+                size += len(frames[end])
+                end += 1
+            part = frames[at:end]
+            offsets = writer.append_many(part)
+            rows = [
+                (cid, writer.name, offset, len(frame), raw_length)
+                for (cid, raw_length), frame, offset in zip(
+                    sizes[at:end], part, offsets, strict=True
+                )
+            ]
+            self._pending.update((row[0], Location(*row[1:])) for row in rows)
+            self._rows += rows
+            stats.new_chunks += len(rows)
+            stats.new_bytes += sum(row[4] for row in rows)
+            stats.stored_bytes += size - offsets[0]
+            at = end
+            if writer.size >= limit:
+                self.flush()
+                writer.close()
+                self._writer = None
+            elif len(self._rows) >= FLUSH_ROWS:
+                self.flush()
 
     def flush(self) -> None:
         """Make every chunk written so far durable and visible to other processes."""

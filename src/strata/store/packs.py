@@ -8,6 +8,7 @@ never share a file; a pack is only ever rewritten by ``gc`` under the store's ex
 
 from __future__ import annotations
 
+import itertools
 import os
 import secrets
 import threading
@@ -72,6 +73,20 @@ class PackWriter:
         if self._batch_bytes >= self.BATCH or len(self._batch) >= self.IOV:
             self._submit()
         return offset
+
+    def append_many(self, frames: list[bytes]) -> list[int]:
+        """``append`` of each frame, in order: their offsets in the pack."""
+        offsets = list(itertools.accumulate(map(len, frames), initial=self.size))
+        self.size = offsets.pop()
+        at = 0
+        while at < len(frames):
+            part = frames[at : at + self.IOV - len(self._batch)]
+            self._batch += part
+            self._batch_bytes += sum(map(len, part))
+            at += len(part)
+            if self._batch_bytes >= self.BATCH or len(self._batch) >= self.IOV:
+                self._submit()
+        return offsets
 
     def _submit(self) -> None:
         if self._batch:
