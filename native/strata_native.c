@@ -4,12 +4,25 @@
  *
  * Bitmaps returned by changed_sectors / nonzero_blocks are LSB-first
  * (numpy.packbits(bitorder="little")): bit i lives in byte i/8, bit i%8.
- * The GIL is released around every scan so threads can run them in parallel.
+ * The GIL is released around every scan of RELEASE_GIL_BYTES or more, so threads can
+ * run them in parallel.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+
+/* Below this much input a scan is shorter than handing the GIL to a waiting thread and
+ * taking it back: measured, is_zero on 1 000 chunks of ~10 KiB spent 2.7 ms on the hand-off
+ * while the store's compressor threads ran, against microseconds of scanning. */
+#define RELEASE_GIL_BYTES ((Py_ssize_t)256 * 1024)
+#define SCAN_BEGIN(n) \
+    { \
+        PyThreadState *scan_save_ = (n) >= RELEASE_GIL_BYTES ? PyEval_SaveThread() : NULL;
+#define SCAN_END \
+    if (scan_save_) \
+        PyEval_RestoreThread(scan_save_); \
+    }
 
 static int buffer_is_zero(const unsigned char *p, Py_ssize_t n)
 {
@@ -32,9 +45,9 @@ static PyObject *py_is_zero(PyObject *self, PyObject *arg)
     (void)self;
     if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
         return NULL;
-    Py_BEGIN_ALLOW_THREADS
+    SCAN_BEGIN(view.len)
     zero = buffer_is_zero((const unsigned char *)view.buf, view.len);
-    Py_END_ALLOW_THREADS
+    SCAN_END
     PyBuffer_Release(&view);
     return PyBool_FromLong(zero);
 }
@@ -63,14 +76,14 @@ static PyObject *py_changed_sectors(PyObject *self, PyObject *args)
             goto done;
         unsigned char *bits = (unsigned char *)PyBytes_AS_STRING(result);
         const unsigned char *pa = a.buf, *pb = b.buf;
-        Py_BEGIN_ALLOW_THREADS
+        SCAN_BEGIN(a.len)
         memset(bits, 0, (size_t)((count + 7) / 8));
         for (Py_ssize_t i = 0; i < count; i++) {
             const Py_ssize_t off = i * sector_size;
             if (memcmp(pa + off, pb + off, (size_t)sector_size))
                 bits[i >> 3] |= (unsigned char)(1u << (i & 7));
         }
-        Py_END_ALLOW_THREADS
+        SCAN_END
     }
 done:
     PyBuffer_Release(&a);
@@ -97,7 +110,7 @@ static PyObject *py_nonzero_blocks(PyObject *self, PyObject *args)
             goto done;
         unsigned char *bits = (unsigned char *)PyBytes_AS_STRING(result);
         const unsigned char *p = a.buf;
-        Py_BEGIN_ALLOW_THREADS
+        SCAN_BEGIN(a.len)
         memset(bits, 0, (size_t)((count + 7) / 8));
         for (Py_ssize_t i = 0; i < count; i++) {
             const Py_ssize_t off = i * block_size;
@@ -105,7 +118,7 @@ static PyObject *py_nonzero_blocks(PyObject *self, PyObject *args)
             if (!buffer_is_zero(p + off, len))
                 bits[i >> 3] |= (unsigned char)(1u << (i & 7));
         }
-        Py_END_ALLOW_THREADS
+        SCAN_END
     }
 done:
     PyBuffer_Release(&a);
@@ -259,30 +272,35 @@ static PyObject *py_fastcdc_cuts(PyObject *self, PyObject *args, PyObject *kwarg
     }
     if (!gear_ready)
         init_gear();
-    cuts = PyList_New(0);
-    if (!cuts)
-        goto done;
     {
+        /* every cut but the last is at least min_size past the one before */
+        Py_ssize_t *ends = PyMem_Malloc((size_t)(view.len / min_size + 2) * sizeof(Py_ssize_t));
+        if (!ends) {
+            PyErr_NoMemory();
+            goto done;
+        }
         const unsigned char *p = view.buf;
         const uint64_t mask_s = top_mask(avg_bits + 2), mask_l = top_mask(avg_bits - 2);
-        Py_ssize_t pos = 0;
+        Py_ssize_t pos = 0, count = 0;
+        SCAN_BEGIN(view.len)
         while (pos < view.len) {
-            Py_ssize_t len;
-            Py_BEGIN_ALLOW_THREADS
-            len = next_cut(p + pos, view.len - pos, min_size, avg_size, max_size, mask_s, mask_l,
-                           final);
-            Py_END_ALLOW_THREADS
+            Py_ssize_t len = next_cut(p + pos, view.len - pos, min_size, avg_size, max_size,
+                                      mask_s, mask_l, final);
             if (len == 0)
                 break;
             pos += len;
-            PyObject *end = PyLong_FromSsize_t(pos);
-            if (!end || PyList_Append(cuts, end) < 0) {
-                Py_XDECREF(end);
-                Py_CLEAR(cuts);
-                goto done;
-            }
-            Py_DECREF(end);
+            ends[count++] = pos;
         }
+        SCAN_END
+        cuts = PyList_New(count);
+        for (Py_ssize_t i = 0; cuts && i < count; i++) {
+            PyObject *end = PyLong_FromSsize_t(ends[i]);
+            if (!end)
+                Py_CLEAR(cuts);
+            else
+                PyList_SET_ITEM(cuts, i, end);
+        }
+        PyMem_Free(ends);
     }
 done:
     PyBuffer_Release(&view);
@@ -493,9 +511,9 @@ static PyObject *py_crc32c(PyObject *self, PyObject *args)
     (void)self;
     if (!PyArg_ParseTuple(args, "y*|k", &view, &crc))
         return NULL;
-    Py_BEGIN_ALLOW_THREADS
+    SCAN_BEGIN(view.len)
     c = crc32c_impl((uint32_t)crc ^ 0xFFFFFFFFu, view.buf, (size_t)view.len) ^ 0xFFFFFFFFu;
-    Py_END_ALLOW_THREADS
+    SCAN_END
     PyBuffer_Release(&view);
     return PyLong_FromUnsignedLong(c);
 }
