@@ -13,8 +13,8 @@
 #include <string.h>
 
 /* Below this much input a scan is shorter than handing the GIL to a waiting thread and
- * taking it back: measured, is_zero on 1 000 chunks of ~10 KiB spent 2.7 ms on the hand-off
- * while the store's compressor threads ran, against microseconds of scanning. */
+ * taking it back: measured, 1 000 is_zero calls on ~10 KiB chunks took 0.51-0.70 ms while
+ * two threads compressed with the GIL released per call, 0.05 ms holding it. */
 #define RELEASE_GIL_BYTES ((Py_ssize_t)256 * 1024)
 #define SCAN_BEGIN(n) \
     { \

@@ -66,13 +66,7 @@ class PackWriter:
 
     def append(self, frame: bytes) -> int:
         """Offset of the frame in the pack."""
-        offset = self.size
-        self.size += len(frame)
-        self._batch.append(frame)
-        self._batch_bytes += len(frame)
-        if self._batch_bytes >= self.BATCH or len(self._batch) >= self.IOV:
-            self._submit()
-        return offset
+        return self.append_many([frame])[0]
 
     def append_many(self, frames: list[bytes]) -> list[int]:
         """``append`` of each frame, in order: their offsets in the pack."""
