@@ -16,6 +16,7 @@ Layout of a store directory::
 
 from __future__ import annotations
 
+import bisect
 import functools
 import itertools
 import json
@@ -45,7 +46,7 @@ from strata.native import is_zero
 from strata.store import index
 from strata.store.catalog import Catalog
 from strata.store.db import connect, transaction
-from strata.store.frames import Where, decode, decode_frames, decode_into, encode
+from strata.store.frames import Where, decode, decode_frames, decode_into, encode, encode_frames
 from strata.store.ids import ZERO_ID, Buffer, chunk_id, to_hex
 from strata.store.index import Location
 from strata.store.locate import store_path
@@ -77,11 +78,13 @@ JOB_BYTES = 512 << 10
 JOB_CHUNKS = 256
 
 
-_Job = tuple[Future[list[bytes]], list[tuple[bytes, int]]]
+_Job = tuple[Future[tuple[bytes, list[int]]], list[tuple[bytes, int]]]
 
 
-def _encode_batch(batch: list[tuple[bytes, bytes]], level: int) -> list[bytes]:
-    return [encode(data, cid, level, CHUNK_MAGIC) for cid, data in batch]
+def _encode_batch(batch: list[tuple[bytes, bytes]], level: int) -> tuple[bytes, list[int]]:
+    """The batch's frames back to back, and where each ends."""
+    ids = b"".join(cid for cid, _ in batch)
+    return encode_frames([data for _, data in batch], ids, level, CHUNK_MAGIC)
 
 
 @dataclass
@@ -322,12 +325,12 @@ class Store:
             future, sizes = inflight.popleft()
             self._inflight_bytes -= sum(n for _, n in sizes)
             try:
-                frames = future.result()
+                blob, ends = future.result()
             except BaseException:
                 for cid, _ in sizes:
                     self._pending.pop(cid, None)
                 raise
-            self._write_frames(frames, sizes, stats)
+            self._write_frames(blob, ends, sizes, stats)
 
     def _abandon(self, inflight: deque[_Job]) -> None:
         """After a failure: forget chunks queued but never written."""
@@ -340,33 +343,30 @@ class Store:
                     del self._pending[cid]
 
     def _write_frames(
-        self, frames: list[bytes], sizes: list[tuple[bytes, int]], stats: PutStats
+        self, blob: bytes, ends: list[int], sizes: list[tuple[bytes, int]], stats: PutStats
     ) -> None:
-        """Append a job's frames to the open pack, a new pack once it reaches its limit (the
-        frame that crosses it still goes in); index rows pending until ``flush``."""
+        """Append a job's frames (back to back in ``blob``, each ending at ``ends``) to the
+        open pack, a new pack once it reaches its limit (the frame that crosses it still goes
+        in); index rows pending until ``flush``."""
         limit = self.config["pack_limit"]
         at = 0
-        while at < len(frames):
+        while at < len(ends):
             if self._writer is None:
                 self._writer = PackWriter(self.root / "packs", self.root / "tmp")
             writer = self._writer
-            end, size = at, writer.size
-            while end < len(frames) and size < limit:
-                size += len(frames[end])
-                end += 1
-            part = frames[at:end]
-            offsets = writer.append_many(part)
+            start = ends[at - 1] if at else 0
+            end = min(bisect.bisect_left(ends, start + limit - writer.size, at) + 1, len(ends))
+            base = writer.append_many([memoryview(blob)[start : ends[end - 1]]])[0] - start
+            starts = [start, *ends[at : end - 1]]
             rows = [
-                (cid, writer.name, offset, len(frame), raw_length)
-                for (cid, raw_length), frame, offset in zip(
-                    sizes[at:end], part, offsets, strict=True
-                )
+                (cid, writer.name, base + a, b - a, raw_length)
+                for (cid, raw_length), a, b in zip(sizes[at:end], starts, ends[at:end], strict=True)
             ]
             self._pending.update((row[0], Location(*row[1:])) for row in rows)
             self._rows += rows
             stats.new_chunks += len(rows)
             stats.new_bytes += sum(row[4] for row in rows)
-            stats.stored_bytes += size - offsets[0]
+            stats.stored_bytes += ends[end - 1] - start
             at = end
             if writer.size >= limit:
                 self.flush()

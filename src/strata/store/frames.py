@@ -11,9 +11,10 @@ maximum chunk size. Every decode ends by comparing the xxh3-128 of the output wi
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import zstandard
@@ -69,6 +70,20 @@ def encode(data: Buffer, cid: bytes, level: int, magic: bytes) -> bytes:
     if len(payload) >= len(data):
         payload, codec = bytes(data), CODEC_STORED
     return FRAME.pack(magic, FORMAT_VERSION, codec, 0, len(data), len(payload), cid) + payload
+
+
+def encode_frames(
+    chunks: Sequence[Buffer], ids: bytes, level: int, magic: bytes
+) -> tuple[bytes, list[int]]:
+    """``encode`` of each chunk (``ids``: their 16-byte ids back to back): the frames back to
+    back in one bytes, and where each ends in it.  The C encoder (``strata._native_store``)
+    runs this without the GIL; this is its reference."""
+    encoder = frame_encoder()
+    if encoder is not None:
+        blob, ends = encoder(chunks, ids, level, magic)
+        return blob, memoryview(ends).cast("q").tolist()
+    frames = [encode(c, ids[16 * i : 16 * i + 16], level, magic) for i, c in enumerate(chunks)]
+    return b"".join(frames), list(itertools.accumulate(map(len, frames)))
 
 
 def parse_header(buf: Buffer, where: Where, magic: bytes, max_raw: int) -> FrameHeader:
@@ -185,6 +200,16 @@ def frame_decoder() -> Callable[..., int] | None:
                 what="STRATA_BACKEND=native but strata._native_store is not built"
             ) from e
         return None
+    return native
+
+
+def frame_encoder() -> Callable[..., tuple[bytes, bytes]] | None:
+    """The C frame encoder, or None when the reference serves (``frame_decoder`` decides for
+    both, so clearing its cache switches both)."""
+    if frame_decoder() is None:
+        return None
+    from strata._native_store import encode_frames as native
+
     return native
 
 
