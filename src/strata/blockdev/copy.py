@@ -12,11 +12,9 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
-import numpy as np
-
 from strata.blockdev.base import BlockDevice, ExtentState
 from strata.errors import InvalidInput
-from strata.native import changed_sectors, is_zero, nonzero_blocks
+from strata.native import bitmap_runs, changed_sectors, is_zero, nonzero_blocks
 
 Progress = Callable[[int, int], None]
 WINDOW = 4 << 20
@@ -72,10 +70,6 @@ def aligned_union(
 def _windows(start: int, end: int, window: int) -> Iterator[tuple[int, int]]:
     for lo in range(start, end, window):
         yield lo, min(end, lo + window)
-
-
-def _bits(bitmap: bytes, count: int) -> np.ndarray:
-    return np.unpackbits(np.frombuffer(bitmap, np.uint8), bitorder="little")[:count]
 
 
 def iter_blocks(
@@ -172,10 +166,8 @@ def _buffer_set(window: int, with_base: bool) -> tuple[bytearray, bytearray | No
 
 def _nonzero_runs(lo: int, view: memoryview, block_size: int) -> Iterator[Block]:
     count = -(-len(view) // block_size)
-    bits = _bits(nonzero_blocks(view, block_size), count)
-    edges = np.diff(np.concatenate(([0], bits.astype(np.int8), [0])))
-    for first, last in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1), strict=True):
-        a, b = int(first) * block_size, min(len(view), int(last) * block_size)
+    for first, blocks in bitmap_runs(nonzero_blocks(view, block_size), False, count):
+        a, b = first * block_size, min(len(view), (first + blocks) * block_size)
         yield Block(lo + a, view[a:b])
 
 
@@ -183,14 +175,22 @@ def _changed_blocks(
     lo: int, view: memoryview, other: memoryview, block_size: int, sector_size: int
 ) -> Iterator[Block]:
     per_block = block_size // sector_size
-    bitmap = changed_sectors(view, other, sector_size)
-    sectors = _bits(bitmap, len(view) // sector_size)
-    for index in range(0, len(sectors), per_block):
-        block_bits = sectors[index : index + per_block]
-        if block_bits.any():
+    sectors = len(view) // sector_size
+    # The window's bitmap as one integer, LSB = first sector: a block's bits are a shift
+    # and a mask away, whatever the block's width in sectors.
+    changed = int.from_bytes(changed_sectors(view, other, sector_size), "little")
+    changed &= (1 << sectors) - 1
+    mask = (1 << per_block) - 1
+    index = 0
+    while changed:
+        bits = changed & mask
+        if bits:
             a = index * sector_size
-            b = min(len(view), a + block_size)
-            yield Block(lo + a, view[a:b], np.packbits(block_bits, bitorder="little").tobytes())
+            count = min(per_block, sectors - index)
+            changed_bits = bits.to_bytes(-(-count // 8), "little")
+            yield Block(lo + a, view[a : min(len(view), a + block_size)], changed_bits)
+        changed >>= per_block
+        index += per_block
 
 
 def read_base_padded(dev: BlockDevice, offset: int, view: memoryview) -> None:
@@ -245,8 +245,9 @@ def first_difference(
 
 
 def _first_mismatch(a: memoryview, b: memoryview) -> int:
-    diff = np.frombuffer(a, np.uint8) != np.frombuffer(b, np.uint8)
-    return int(np.argmax(diff))
+    # Read big-endian, the first differing byte is the XOR's most significant one.
+    diff = int.from_bytes(a, "big") ^ int.from_bytes(b, "big")
+    return len(a) - (diff.bit_length() + 7) // 8
 
 
 def _first_nonzero(dev: BlockDevice, start: int, buf: bytearray) -> int | None:
@@ -256,5 +257,6 @@ def _first_nonzero(dev: BlockDevice, start: int, buf: bytearray) -> int | None:
             view = memoryview(buf)[: whi - wlo]
             dev.readinto(wlo, view)
             if not is_zero(view):
-                return wlo + int(np.argmax(np.frombuffer(view, np.uint8) != 0))
+                data = bytes(view)
+                return wlo + len(data) - len(data.lstrip(b"\0"))
     return None
