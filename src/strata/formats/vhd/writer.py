@@ -43,7 +43,7 @@ import numpy as np
 
 from strata.blockdev.base import BlockDevice
 from strata.blockdev.copy import iter_blocks
-from strata.blockdev.rawfile import pwrite_all
+from strata.blockdev.rawfile import pwrite_all, pwrite_new
 from strata.errors import InvalidInput
 from strata.formats.registry import CreateRequest, WriteRequest
 from strata.formats.vhd import structs as s
@@ -255,14 +255,14 @@ class FileWriter:
     def put(self, offset: int, data: memoryview) -> None:
         """Write guest data (fixed: in place; dynamic: into blocks, every bit set)."""
         if self.plan.disk_type == s.DISK_FIXED:
-            pwrite_all(self.fd, offset, data)
+            pwrite_new(self.fd, offset, data)
             return
         bs, end = self.plan.block_size, offset + len(data)
         while offset < end:
             block = offset // bs
             stop = min(end, (block + 1) * bs)
             at = self._block_data(block, self._full_bitmap)
-            pwrite_all(self.fd, at + offset - block * bs, data[: stop - offset])
+            pwrite_new(self.fd, at + offset - block * bs, data[: stop - offset])
             data, offset = data[stop - offset :], stop
 
     def put_sectors(self, offset: int, data: memoryview, present: np.ndarray) -> None:

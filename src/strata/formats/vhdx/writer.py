@@ -18,7 +18,7 @@ import numpy as np
 from strata.blockdev.base import BlockDevice
 from strata.blockdev.chain import ChainDevice
 from strata.blockdev.copy import Progress, iter_blocks
-from strata.blockdev.rawfile import pwrite_all
+from strata.blockdev.rawfile import pwrite_all, pwrite_new
 from strata.errors import InvalidInput
 from strata.formats.options import FormatOption, size_option
 from strata.formats.registry import CreateRequest, WriteRequest
@@ -217,7 +217,7 @@ class _Payload:
         while pos < len(data):
             at = offset + pos
             n = min(len(data) - pos, bs - at % bs)
-            pwrite_all(self.fd, self.block_offset(at // bs) + at % bs, data[pos : pos + n])
+            pwrite_new(self.fd, self.block_offset(at // bs) + at % bs, data[pos : pos + n])
             pos += n
 
     def add_bitmap(self, chunk: int, bitmap: np.ndarray) -> None:

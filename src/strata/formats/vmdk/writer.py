@@ -23,7 +23,7 @@ import numpy as np
 
 from strata.blockdev.base import BlockDevice
 from strata.blockdev.copy import Block, iter_blocks
-from strata.blockdev.rawfile import pwrite_all
+from strata.blockdev.rawfile import pwrite_all, pwrite_new
 from strata.errors import InvalidInput
 from strata.formats.options import FormatOption, bool_option
 from strata.formats.registry import CreateRequest, WriteRequest
@@ -158,7 +158,7 @@ class SparseSink(_FileSink):
     def put(self, offset: int, data: memoryview) -> None:
         gb = self.layout.grain_size * s.SECTOR
         count = -(-len(data) // gb)
-        pwrite_all(self.fd, self.cursor, data)
+        pwrite_new(self.fd, self.cursor, data)
         if len(data) % gb:
             pwrite_all(self.fd, self.cursor + len(data), memoryview(bytes(gb - len(data) % gb)))
         first = offset // gb
@@ -192,7 +192,7 @@ class FlatSink(_FileSink):
         os.ftruncate(self.fd, size)
 
     def put(self, offset: int, data: memoryview) -> None:
-        pwrite_all(self.fd, offset, data)
+        pwrite_new(self.fd, offset, data)
 
     def zero(self, offset: int, length: int) -> None:
         raise AssertionError("flat extents have no parent, so nothing is written as zero")
