@@ -27,7 +27,6 @@ from strata.formats.vhd.layout import Layout, inspect
 from strata.native import is_zero
 
 BITMAP_CACHE = 4096
-DATA_ALIGN = 4096
 
 
 class VhdDevice(BaseDevice):
@@ -239,7 +238,7 @@ class VhdDevice(BaseDevice):
 
     def _allocate(self, block: int) -> None:
         assert self._bat is not None
-        bitmap_at = align_bitmap(self._next_free, self.layout.bitmap_size)
+        bitmap_at = s.align_bitmap(self._next_free, self.layout.bitmap_size)
         end = bitmap_at + self.layout.bitmap_size + self.block_size
         old_footer = self._next_free
         pwrite_all(self._fd, bitmap_at, memoryview(bytes(self.layout.bitmap_size)))
@@ -300,12 +299,6 @@ def libvhdi_safe(bits: np.ndarray) -> np.ndarray:
     pad = -bits.size % 8
     grid = np.concatenate((bits, np.zeros(pad, bool))).reshape(-1, 8)
     return np.logical_or.accumulate(grid, axis=1).reshape(-1)[: bits.size]
-
-
-def align_bitmap(free: int, bitmap_size: int) -> int:
-    """Where a new block's bitmap goes so that its data starts 4 KiB aligned."""
-    data = -(-(free + bitmap_size) // DATA_ALIGN) * DATA_ALIGN
-    return data - bitmap_size
 
 
 def _runs(flags: np.ndarray) -> Iterator[tuple[int, int, bool]]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
-import numpy as np
 from construct import Array, Bytes, Int8ub, Int16ub, Int32ub, Int64ub, Struct
 
 SECTOR = 512
@@ -100,13 +99,17 @@ HEADER_CHECKSUM_AT = 36
 HEADER_LOCATORS_AT = 576
 
 # "Block Allocation Table": u32 sector numbers; bitmaps are MSB-first (bit 7 = first sector).
-BAT_DTYPE = np.dtype(">u4")
+# A dtype string, not np.dtype: the fixed and dynamic writers run without numpy (start-up).
+BAT_DTYPE = ">u4"
+BAT_ENTRY = 4
+# Where strata puts a new block's data (after its bitmap): 4 KiB, a page and an NTFS cluster.
+DATA_ALIGN = 4096
 
 
 def checksum(data: bytes | bytearray | memoryview, field_at: int) -> int:
     """Ones' complement of the byte sum, the 4-byte checksum field counted as zero."""
-    arr = np.frombuffer(data, np.uint8)
-    total = int(arr.sum(dtype=np.uint64)) - int(arr[field_at : field_at + 4].sum(dtype=np.uint64))
+    raw = bytes(data)
+    total = sum(raw) - sum(raw[field_at : field_at + 4])
     return ~total & 0xFFFFFFFF
 
 
@@ -136,6 +139,12 @@ def chs_geometry(size: int) -> tuple[int, int, int]:
 
 def chs_size(cylinders: int, heads: int, spt: int) -> int:
     return cylinders * heads * spt * SECTOR
+
+
+def align_bitmap(free: int, bitmap_size: int) -> int:
+    """Where a new block's bitmap goes so that its data starts ``DATA_ALIGN`` aligned."""
+    data = -(-(free + bitmap_size) // DATA_ALIGN) * DATA_ALIGN
+    return data - bitmap_size
 
 
 def bitmap_bytes(block_size: int) -> int:

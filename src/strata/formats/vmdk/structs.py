@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import struct
 
-import numpy as np
 from construct import Bytes, Const, Int8ul, Int16ul, Int32ul, Int64ul, Struct
 
 SECTOR = 512
@@ -84,7 +83,8 @@ assert GRAIN_MARKER.size == GrainMarker.sizeof() == GRAIN_MARKER_SIZE
 MetadataMarker = Struct("num_sectors" / Int64ul, "size" / Int32ul, "type" / Int32ul)
 METADATA_MARKER_SIZE = 16
 
-GTE_DTYPE = np.dtype("<u4")
+# A dtype string, not np.dtype: probing every format (each command) then needs no numpy.
+GTE_DTYPE = "<u4"
 
 
 def header_defaults() -> dict[str, int | bytes]:
