@@ -22,6 +22,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+# Before anything imports numpy, as the strata CLI does: OpenBLAS otherwise starts a thread
+# per core that spins for a while, and the in-process rows then time strata beside it
+# (perf: 3-6 % of a convert's samples in blas_thread_server; strata calls no BLAS).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import pytest
 
 SMOKE = os.environ.get("STRATA_BENCH_SMOKE") == "1"
