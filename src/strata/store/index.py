@@ -31,7 +31,7 @@ def _batches(items: Sequence[bytes]) -> Iterable[Sequence[bytes]]:
 
 
 # The ids travel as one blob, cut into 16-byte keys by SQL (one PRIMARY KEY lookup each):
-# binding 500 parameters a query cost twice as much (1 001 ids: 1.0 -> 0.5 ms).
+# binding 500 parameters a query cost twice as much (1 001 ids: 0.63 -> 0.33 ms).
 PRESENT = (
     "WITH RECURSIVE k(at) AS (SELECT 1 UNION ALL SELECT at + 16 FROM k WHERE at + 16 <= ?) "
     "SELECT chunks.id FROM k JOIN chunks ON chunks.id = substr(?, k.at, 16)"
