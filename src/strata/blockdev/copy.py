@@ -190,7 +190,6 @@ def _changed_blocks(
     # The window's bitmap as one integer, LSB = first sector: a block's bits are a shift
     # and a mask away, whatever the block's width in sectors.
     changed = int.from_bytes(changed_sectors(view, other, sector_size), "little")
-    changed &= (1 << sectors) - 1
     mask = (1 << per_block) - 1
     index = 0
     while changed:
