@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
 import io
 import os
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,8 +28,9 @@ from strata.blockdev import (
     rawfile,
     stream_copy,
 )
+from strata.blockdev.copy import HUGE_PAGE, huge_page_buffer
 from strata.blockdev.rawfile import PREALLOCATE_MIN, data_runs, pwrite_new
-from strata.errors import InvalidInput
+from strata.errors import InvalidInput, StrataError
 
 SECTOR = 512
 
@@ -64,6 +68,7 @@ def chains(draw: st.DrawFn) -> tuple[ChainDevice, bytes]:
     """A chain of 1 to 3 layers and the flat content it must read as."""
     sectors = draw(st.integers(1, 24))
     depth = draw(st.integers(1, 3))
+    concurrent = draw(st.booleans())  # bulk copies then keep two reads in flight
     flat = bytes(sectors * SECTOR)
     layer: BaseDevice | None = None
     for level in range(depth):
@@ -82,6 +87,7 @@ def chains(draw: st.DrawFn) -> tuple[ChainDevice, bytes]:
                 merged[part] = bytes(SECTOR)
         flat = bytes(merged)
         layer = MemLayer(data, states, layer)
+        layer.concurrent_reads = concurrent
     assert layer is not None
     return ChainDevice(layer), flat
 
@@ -291,3 +297,56 @@ def test_range_readv_over_a_base_without_readv() -> None:
     bufs = [bytearray(100), bytearray(7000)]
     part.readv([(0, bufs[0]), (20_000, bufs[1])])
     assert bufs == [data[4096:4196], data[24_096:31_096]]
+
+
+class _SlowReads(BaseDevice):
+    """Non-zero content whose reads take a while and record how many ran at once."""
+
+    def __init__(self, size: int, concurrent: bool, fail_at: int | None = None) -> None:
+        self._size = size
+        self.concurrent_reads = concurrent
+        self.fail_at = fail_at
+        self.active = 0
+        self.most_at_once = 0
+        self.lock = threading.Lock()
+
+    def _readinto(self, offset: int, view: memoryview) -> None:
+        with self.lock:
+            self.active += 1
+            self.most_at_once = max(self.most_at_once, self.active)
+        try:
+            time.sleep(0.01)
+            if self.fail_at is not None and offset >= self.fail_at:
+                raise StrataError(f"cannot read at {offset:#x}")
+            view[:] = (offset // SECTOR % 255 + 1).to_bytes() * len(view)
+        finally:
+            with self.lock:
+                self.active -= 1
+
+
+@pytest.mark.parametrize("concurrent", [False, True])
+def test_iter_blocks_reads_concurrently_only_devices_that_allow_it(concurrent: bool) -> None:
+    dev = _SlowReads(16 * 4096, concurrent)
+    offsets = [blk.offset for blk in iter_blocks(dev, 4096, window=4096)]
+    assert offsets == list(range(0, dev.size, 4096))  # in order, whatever the depth
+    assert dev.most_at_once == (2 if concurrent else 1)
+
+
+def test_a_failed_read_ahead_stops_the_copy_and_its_threads() -> None:
+    dev = _SlowReads(16 * 4096, True, fail_at=5 * 4096)
+    seen = []
+    with pytest.raises(StrataError, match="cannot read at 0x5000"):
+        for blk in iter_blocks(dev, 4096, window=4096):
+            seen.append(blk.offset)
+    assert seen == list(range(0, 5 * 4096, 4096))
+    assert not [t for t in threading.enumerate() if t.name.startswith("strata-readahead")]
+
+
+def test_huge_page_buffer_is_zeroed_writable_and_aligned() -> None:
+    buf = huge_page_buffer(3 * HUGE_PAGE)
+    view = memoryview(buf)
+    assert len(view) == 3 * HUGE_PAGE and not view.readonly and not any(view)
+    view[-1] = 7
+    if isinstance(buf, memoryview):  # backed by a mapping: its start is a huge-page boundary
+        address = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+        assert address % HUGE_PAGE == 0

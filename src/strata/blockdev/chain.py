@@ -117,6 +117,10 @@ class ChainDevice(BaseDevice):
         return self.top.parent
 
     @property
+    def concurrent_reads(self) -> bool:  # type: ignore[override]
+        return all(getattr(layer, "concurrent_reads", False) for layer in self.layers)
+
+    @property
     def layers(self) -> list[BlockDevice]:
         chain: list[BlockDevice] = [self.top]
         while chain[-1].parent is not None:

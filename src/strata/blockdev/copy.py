@@ -7,12 +7,16 @@ virtual size, and memory stays flat whatever the disk size.
 
 from __future__ import annotations
 
+import ctypes
 import heapq
+import mmap
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from itertools import islice
 
-from strata.blockdev.base import BlockDevice, ExtentState
+from strata.blockdev.base import BlockDevice, Buffer, ExtentState
 from strata.errors import InvalidInput
 from strata.native import bitmap_runs, changed_sectors, is_zero, nonzero_blocks
 
@@ -128,18 +132,18 @@ def _read_ahead(
     scan: Scan,
 ) -> Iterator[tuple[int, list[Block]]]:
     """Each span's end and the blocks ``scan`` finds in its bytes (and the base's), the next
-    span read and scanned on a thread meanwhile.
+    spans read and scanned on threads meanwhile.
 
-    Two buffer sets alternate: the consumer writes from one while the other fills, so reading
-    and the caller's writing overlap (measured: convert of 1 GiB on two cores, 1.6x faster).
-    The scan runs on the reading thread too: the consumer is left with its writes alone
+    The consumer writes from one buffer set while the others fill, so reading and the
+    caller's writing overlap (measured: convert of 1 GiB on two cores, 1.6x faster).
+    The scan runs on the reading threads too: the consumer is left with its writes alone
     (measured: in-process fixed VHD convert of 1 GiB mixed data, 15 alternating rounds,
     median 0.54-0.68 -> 0.29 s; dynamic unchanged at 0.29-0.30 s).
-    A buffer is refilled only after the consumer asked for the next window, which is when
-    the ``Block`` views into it are dead.  One read is in flight at a time, so devices need
-    not be thread-safe.
+    A buffer set is refilled only after the consumer asked for the next window, which is when
+    the ``Block`` views into it are dead.  Spans come back in order whatever the depth.
     """
-    buffers = [_buffer_set(window, base is not None) for _ in range(2)]
+    depth = _reads_in_flight(src, base)
+    buffers = [_buffer_set(window, base is not None) for _ in range(depth + 1)]
 
     def fill(span: tuple[int, int], which: int) -> tuple[int, list[Block]]:
         lo, hi = span
@@ -152,27 +156,62 @@ def _read_ahead(
         read_base_padded(base, lo, theirs)
         return hi, scan(lo, view, theirs)
 
-    span = next(spans, None)
-    if span is None:
-        return
-    with ThreadPoolExecutor(1, thread_name_prefix="strata-readahead") as pool:
-        pending = pool.submit(fill, span, 0)
-        which = 0
+    with ThreadPoolExecutor(depth, thread_name_prefix="strata-readahead") as pool:
+        queue: deque[tuple[Future[tuple[int, list[Block]]], int]] = deque()
+        for which, span in enumerate(islice(spans, depth)):
+            queue.append((pool.submit(fill, span, which), which))
+        free = depth
         try:
-            while pending is not None:
+            while queue:
+                pending, which = queue.popleft()
                 ready = pending.result()
                 span = next(spans, None)
-                which ^= 1
-                pending = pool.submit(fill, span, which) if span is not None else None
+                if span is not None:
+                    queue.append((pool.submit(fill, span, free), free))
                 yield ready
+                free = which
         finally:
-            if pending is not None:
+            for pending, _ in queue:
                 pending.cancel()
-                wait([pending])
+            wait([pending for pending, _ in queue])
 
 
-def _buffer_set(window: int, with_base: bool) -> tuple[bytearray, bytearray | None]:
-    return bytearray(window), bytearray(window) if with_base else None
+def _reads_in_flight(src: BlockDevice, base: BlockDevice | None) -> int:
+    """Two reads at once when every device allows it, else one.
+
+    Copying out of the page cache is the slowest stage of a convert, and one thread's copy
+    does not use the machine's memory bandwidth: reading the benchmark's 1 GiB of data
+    took 0.17 s on one thread, 0.087 s on two.
+    """
+    devices = [src] if base is None else [src, base]
+    return 2 if all(getattr(dev, "concurrent_reads", False) for dev in devices) else 1
+
+
+def _buffer_set(window: int, with_base: bool) -> tuple[Buffer, Buffer | None]:
+    return huge_page_buffer(window), huge_page_buffer(window) if with_base else None
+
+
+HUGE_PAGE = 2 << 20
+
+
+def huge_page_buffer(size: int) -> Buffer:
+    """``size`` zeroed bytes on transparent huge pages where the kernel offers them.
+
+    The kernel's copies into and out of the buffer then walk 512 times fewer page-table
+    entries: reading 1 GiB from the page cache into a 4 MiB buffer took 0.166 s into a
+    bytearray, 0.131 s into this.  Anonymous mappings are not 2 MiB-aligned by every
+    kernel (this one does not), so the mapping is padded and the view aligned by hand.
+    """
+    advice = getattr(mmap, "MADV_HUGEPAGE", None)
+    if advice is None:
+        return bytearray(size)
+    mapping = mmap.mmap(-1, size + HUGE_PAGE)
+    try:
+        mapping.madvise(advice)
+    except OSError:  # a kernel built without transparent huge pages
+        return memoryview(mapping)[:size]
+    start = -ctypes.addressof(ctypes.c_char.from_buffer(mapping)) % HUGE_PAGE
+    return memoryview(mapping)[start : start + size]
 
 
 def _nonzero_runs(lo: int, view: memoryview, block_size: int) -> Iterator[Block]:

@@ -123,6 +123,7 @@ def data_runs(fd: int, start: int, end: int) -> Iterator[tuple[int, int, bool]]:
 
 class RawFileDevice(BaseDevice):
     format_name = "raw"
+    concurrent_reads = True  # every read is a positioned pread of the one descriptor
 
     def __init__(self, path: str, writable: bool = False, sector_size: int = 512) -> None:
         self.path = path
