@@ -13,6 +13,7 @@ OpenBLAS from starting a thread pool that strata never uses.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -23,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from strata import api
+from strata.cli.main import run
 from strata.formats import registry
 from strata.formats.registry import Deferred, DeferredOptions
 
@@ -185,3 +187,33 @@ def test_disk_formats_lists_every_driver_with_its_options(tmp_path: Path) -> Non
 def test_deferred_rejects_a_target_without_attribute() -> None:
     with pytest.raises(ValueError):
         Deferred("strata.formats.vhd.writer")
+
+
+# Runs `python -m strata ARGS` and prints, at its exit, the collector's state.
+RUN_AND_SHOW_GC = """
+import gc, runpy, sys
+try:
+    runpy.run_module("strata", run_name="__main__", alter_sys=True)
+finally:
+    print(gc.isenabled(), gc.get_freeze_count(), file=sys.stderr)
+"""
+
+
+def test_the_console_script_freezes_what_its_command_loaded(tmp_path: Path) -> None:
+    src = write_sparse_raw(tmp_path / "src.raw", 4 * MiB, [(MiB, 64 << 10)], seed=3)
+    proc = subprocess.run(
+        [sys.executable, "-c", RUN_AND_SHOW_GC, "disk", "info", str(src)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    enabled, frozen = proc.stderr.split()
+    # Collecting again once the command's modules are in, with their objects set aside.
+    assert enabled == "True" and int(frozen) > 10_000
+
+
+def test_run_leaves_the_callers_collector_alone() -> None:
+    before = (gc.isenabled(), gc.get_freeze_count())
+    assert run(["disk", "formats", "--json"]) == 0
+    assert (gc.isenabled(), gc.get_freeze_count()) == before
