@@ -309,21 +309,18 @@ def volumes_of(disk: BlockDevice, fs: str, table: PartitionTable | None = None) 
         table = table if table is not None else read_table(disk)
     except StrataError:
         return []
-    found = []
-    for part in table.partitions:
-        dev = open_partition(disk, part.number, table)
-        if dev.size >= 512 and detect(dev) == fs:
-            found.append(Volume(part.number, part.start, part.length, fs))
-    return found
+    return file_volumes(disk, table, (fs,))
 
 
-def file_volumes(disk: BlockDevice, table: PartitionTable) -> list[Volume]:
-    """Every FAT and NTFS partition of ``disk``, each probed once."""
+def file_volumes(
+    disk: BlockDevice, table: PartitionTable, kinds: tuple[str, ...] = ("fat", "ntfs")
+) -> list[Volume]:
+    """Every partition of ``disk`` holding a file system of ``kinds``, each probed once."""
     found = []
     for part in table.partitions:
         dev = open_partition(disk, part.number, table)
         fs = detect(dev) if dev.size >= 512 else None
-        if fs in ("fat", "ntfs"):
+        if fs in kinds:
             found.append(Volume(part.number, part.start, part.length, fs))
     return found
 
@@ -377,18 +374,18 @@ def capture(
     rows: list[_Row] = []
     kept: list[Volume] = []
     skipped: list[dict[str, Any]] = []
-    tables: list[PartitionTable] = []  # the base's, read on the first volume
+    base_table: PartitionTable | None = None  # read with a volume: failing skips that volume
     for vol in sorted(volumes, key=lambda v: v.partition):
         try:
-            if not tables:
-                tables.append(read_table(base))
-            both = (tables[0], table)
+            if base_table is None:
+                base_table = read_table(base)
             if vol.fs == "ntfs":
+                both = (base_table, table)
                 rows += diff_ntfs(vol, base, child, changed, _masks(masks, child), both)
                 kept.append(vol)
                 continue
             new = open_fat(open_partition(child, vol.partition, table))
-            old = open_fat(open_partition(base, vol.partition, tables[0]))
+            old = open_fat(open_partition(base, vol.partition, base_table))
             rows += diff_volumes(vol, old, new, changed)
         except StrataError as e:
             skipped.append({"partition": vol.partition, "reason": str(e)})
