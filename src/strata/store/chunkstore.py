@@ -356,7 +356,7 @@ class Store:
             writer = self._writer
             start = ends[at - 1] if at else 0
             end = min(bisect.bisect_left(ends, start + limit - writer.size, at) + 1, len(ends))
-            base = writer.append_many([memoryview(blob)[start : ends[end - 1]]])[0] - start
+            base = writer.append(memoryview(blob)[start : ends[end - 1]]) - start
             starts = [start, *ends[at : end - 1]]
             rows = [
                 (cid, writer.name, base + a, b - a, raw_length)

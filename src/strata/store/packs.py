@@ -8,7 +8,6 @@ never share a file; a pack is only ever rewritten by ``gc`` under the store's ex
 
 from __future__ import annotations
 
-import itertools
 import os
 import secrets
 import threading
@@ -17,6 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from strata.errors import CorruptImage, NotFound, TruncatedImage
+from strata.store.ids import Buffer
 from strata.store.structs import FORMAT_VERSION, PACK_HEADER, PACK_MAGIC
 
 PACK_SUFFIX = ".pack"
@@ -59,28 +59,20 @@ class PackWriter:
         fsync_dir(directory)
         self.size = len(header)
         self._io = ThreadPoolExecutor(1, thread_name_prefix="strata-pack")
-        self._batch: list[bytes] = []
+        self._batch: list[Buffer] = []
         self._batch_bytes = 0
         self._queued: deque[tuple[Future[None], int]] = deque()
         self._queued_bytes = 0
 
-    def append(self, frame: bytes) -> int:
-        """Offset of the frame in the pack."""
-        return self.append_many([frame])[0]
-
-    def append_many(self, frames: list[bytes]) -> list[int]:
-        """``append`` of each frame, in order: their offsets in the pack."""
-        offsets = list(itertools.accumulate(map(len, frames), initial=self.size))
-        self.size = offsets.pop()
-        at = 0
-        while at < len(frames):
-            part = frames[at : at + self.IOV - len(self._batch)]
-            self._batch += part
-            self._batch_bytes += sum(map(len, part))
-            at += len(part)
-            if self._batch_bytes >= self.BATCH or len(self._batch) >= self.IOV:
-                self._submit()
-        return offsets
+    def append(self, frame: Buffer) -> int:
+        """Offset of the frame (one, or several back to back) in the pack."""
+        offset = self.size
+        self.size += len(frame)
+        self._batch.append(frame)
+        self._batch_bytes += len(frame)
+        if self._batch_bytes >= self.BATCH or len(self._batch) >= self.IOV:
+            self._submit()
+        return offset
 
     def _submit(self) -> None:
         if self._batch:
@@ -115,7 +107,7 @@ class PackWriter:
                 self.fd = -1
 
 
-def _write_frames(fd: int, frames: list[bytes]) -> None:
+def _write_frames(fd: int, frames: list[Buffer]) -> None:
     done = os.writev(fd, frames)
     if done < sum(len(f) for f in frames):  # a short write: finish frame by frame
         for frame in frames:
@@ -126,7 +118,7 @@ def _write_frames(fd: int, frames: list[bytes]) -> None:
             done = 0
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: Buffer) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
