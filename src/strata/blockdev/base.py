@@ -82,8 +82,9 @@ class BaseDevice:
     _parent: BlockDevice | None = None
     writable: bool = False
     path: str | None = None
-    # True when ``readinto`` may run on several threads at once (no shared file position,
-    # cache or buffer): bulk copies then keep more than one read in flight.
+    # True when ``readinto`` may run on several threads at once while nothing writes: reads
+    # are positioned (no shared file position or buffer) and any cache stays consistent when
+    # two threads fill it.  Bulk copies then keep more than one read in flight.
     concurrent_reads: bool = False
 
     @property

@@ -31,6 +31,7 @@ BITMAP_CACHE = 4096
 
 class VhdDevice(BaseDevice):
     format_name = "vhd"
+    concurrent_reads = True  # preads; two threads filling one bitmap cache slot agree
 
     def __init__(self, path: str, writable: bool = False) -> None:
         self.path = path

@@ -567,6 +567,7 @@ class VhdxDevice(BaseDevice):
     """One VHDX layer; NOT_PRESENT blocks of a differencing disk read from the parent."""
 
     format_name = "vhdx"
+    concurrent_reads = True  # preads; the replayed log's patches are only read after opening
 
     def __init__(self, path: str, writable: bool = False) -> None:
         self.path = path

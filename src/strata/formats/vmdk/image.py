@@ -42,6 +42,7 @@ class ExtentReader(Protocol):
 
 class VmdkDevice(BaseDevice):
     format_name = "vmdk"
+    concurrent_reads = True  # preads of descriptors opened once; caches filled idempotently
 
     def __init__(self, path: str, writable: bool = False) -> None:
         self.path = path

@@ -304,8 +304,9 @@ class SparseExtent:
 
     def grain_data(self, grain: int) -> bytes:
         """The decompressed bytes of one compressed grain (last one cached)."""
-        if self._cache is not None and self._cache[0] == grain:
-            return self._cache[1]
+        cached = self._cache  # read once: another reading thread may replace it
+        if cached is not None and cached[0] == grain:
+            return cached[1]
         data = self._inflate(grain, self.entry(grain))
         self._cache = (grain, data)
         return data
