@@ -39,6 +39,13 @@ def scaled(full: int, smoke: int) -> int:
     return smoke if SMOKE else full
 
 
+# Rounds for the convert rows beside qemu-img, where each tool takes 0.15-0.5 s.  This VM has
+# slow spells of a few seconds in which either tool's system time doubles or triples with the
+# same page allocations, no reclaim and no compaction (/proc/vmstat; the VM's balloon reports
+# free pages to the host): with 5 rounds the median flipped the verdict from run to run.
+CONVERT_ROUNDS = 11
+
+
 def timed_rounds(rounds: int) -> int:
     return 1 if SMOKE else int(os.environ.get("STRATA_BENCH_ROUNDS", rounds))
 

@@ -14,16 +14,13 @@ import pytest
 
 from strata import api
 
-from conftest import scaled
+from conftest import CONVERT_ROUNDS, scaled
 from support.images import GiB, MiB
 from support.tools import Measured, measure, measure_strata, qemu_compare, require
 
 DISK = scaled(4 * GiB, 512 * MiB)
 DATA = scaled(1 * GiB, 64 * MiB)
 RSS_LIMIT = 128 * MiB
-# Each tool's convert takes 0.2-0.4 s and this machine has 2-5x slow spells a few seconds
-# long: the median of 5 rounds flipped the verdict from run to run, 11 rarely does.
-ROUNDS = 11
 
 
 def _ok(m: Measured) -> Measured:
@@ -88,7 +85,7 @@ def test_convert_vs_qemu(  # type: ignore[no-untyped-def]
         target=1.0,
         per_byte=DATA,
         outputs=(ours, theirs),
-        rounds=ROUNDS,
+        rounds=CONVERT_ROUNDS,
     )
     assert qemu_compare(mixed_raw, ours, "vpc") == 0
     record_ratio(
@@ -122,6 +119,6 @@ def test_engine_vs_qemu(versus, mixed_raw: Path, subformat: str) -> None:  # typ
         target=1.0,
         per_byte=DATA,
         outputs=(ours, theirs),
-        rounds=ROUNDS,
+        rounds=CONVERT_ROUNDS,
     )
     assert qemu_compare(mixed_raw, ours, "vpc") == 0

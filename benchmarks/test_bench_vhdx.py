@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from conftest import scaled
+from conftest import CONVERT_ROUNDS, scaled
 from support.images import GiB, MiB
 from support.tools import Measured, measure, measure_strata, qemu_compare, require
 
@@ -49,6 +49,7 @@ def test_cli_dynamic_vs_qemu(versus, record_ratio, mixed_raw: Path) -> None:  # 
         target=1.0,
         per_byte=DATA,
         outputs=(ours, theirs),
+        rounds=CONVERT_ROUNDS,
     )
     assert qemu_compare(mixed_raw, ours, "vhdx") == 0
     record_ratio(
@@ -77,5 +78,6 @@ def test_engine_dynamic_vs_qemu(versus, mixed_raw: Path) -> None:  # type: ignor
         target=1.0,
         per_byte=DATA,
         outputs=(ours, theirs),
+        rounds=CONVERT_ROUNDS,
     )
     assert qemu_compare(mixed_raw, ours, "vhdx") == 0
