@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import filecmp
 import os
-import random
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ from strata.blockdev.copy import _reads_in_flight, iter_blocks
 from strata.formats import registry
 
 from support.images import MiB
-from support.tools import qemu_img, require, run
+from support.tools import qemu_img, qemu_io_scribble
 
 SIZE = 96 * MiB
 WINDOW = 64 << 10  # small windows: hundreds of reads, two in flight at every step
@@ -29,15 +28,7 @@ FORMATS = {
 
 
 def _scribble(image: Path, fmt: str, seed: int) -> None:
-    """Patterned writes of every size class at random offsets, through qemu-io."""
-    rng = random.Random(seed)
-    cmds = []
-    for _ in range(60):
-        length = rng.choice([512, 4096, 65536, 3 * MiB + 512])
-        offset = rng.randrange(0, SIZE - length) // 512 * 512
-        cmds += ["-c", f"write -P {rng.randrange(1, 256):#x} {offset} {length}"]
-    cmds += ["-c", f"write -P 0x5a {SIZE - 512} 512"]
-    run([require("qemu-io"), "-f", fmt, *cmds, image])
+    qemu_io_scribble(image, fmt, SIZE, seed=seed, writes=60, extra=[(SIZE - 512, 512, 0x5A)])
 
 
 def _qemu_image(tmp_path: Path, name: str) -> Path:

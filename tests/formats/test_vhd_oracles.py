@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ from strata.formats.vhd import structs as s
 from strata.ops import disk as ops
 
 from support.images import GiB, MiB
-from support.tools import qemu_compare, qemu_img, qemu_info, require, result_of, run, strata
+from support.tools import qemu_compare, qemu_img, qemu_info, qemu_io_scribble, result_of, strata
 from support.tools import strata_json as sj
 from support.vhd_tools import (
     edge_runs,
@@ -117,14 +116,8 @@ def _qemu_written(tmp_path: Path, subformat: str, seed: int) -> Path:
     image = tmp_path / f"q-{subformat}.vhd"
     qemu_img("create", "-q", "-f", "vpc", "-o", f"subformat={subformat}", image, "300M")
     size = qemu_info(image, "vpc")["virtual-size"]
-    rng = random.Random(seed)
-    cmds = []
-    for _ in range(40):
-        length = rng.choice([512, 4096, 65536, 3 * MiB + 512])
-        offset = rng.randrange(0, size - length) // 512 * 512
-        cmds += ["-c", f"write -P {rng.randrange(1, 256):#x} {offset} {length}"]
-    cmds += ["-c", f"write -P 0x77 {size - 512} 512", "-c", f"write -P 0x66 {2 * MiB - 512} 1024"]
-    run([require("qemu-io"), "-f", "vpc", *cmds, image])
+    extra = [(size - 512, 512, 0x77), (2 * MiB - 512, 1024, 0x66)]
+    qemu_io_scribble(image, "vpc", size, seed=seed, writes=40, extra=extra)
     return image
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -64,6 +65,28 @@ def result_of(events: list[dict[str, Any]]) -> dict[str, Any]:
 
 def qemu_img(*args: str | os.PathLike[str], check: bool = True) -> subprocess.CompletedProcess[str]:
     return run([require("qemu-img"), *map(str, args)], check=check)
+
+
+def qemu_io_scribble(
+    image: Path,
+    fmt: str,
+    size: int,
+    *,
+    seed: int,
+    writes: int,
+    extra: Sequence[tuple[int, int, int]] = (),
+) -> None:
+    """``writes`` patterned writes of every size class (a sector to 3 MiB and a sector) at
+    random sector offsets, then the ``extra`` (offset, length, pattern) ones: one qemu-io run."""
+    rng = random.Random(seed)
+    cmds = []
+    for _ in range(writes):
+        length = rng.choice([512, 4096, 65536, (3 << 20) + 512])
+        offset = rng.randrange(0, size - length) // 512 * 512
+        cmds += ["-c", f"write -P {rng.randrange(1, 256):#x} {offset} {length}"]
+    for offset, length, pattern in extra:
+        cmds += ["-c", f"write -P {pattern:#x} {offset} {length}"]
+    run([require("qemu-io"), "-f", fmt, *cmds, image])
 
 
 def qemu_info(path: Path | str, fmt: str) -> dict[str, Any]:
