@@ -29,9 +29,11 @@ from strata.blockdev import (
     rawfile,
     stream_copy,
 )
-from strata.blockdev.copy import page_aligned_buffer
+from strata.blockdev.copy import WINDOW, page_aligned_buffer
 from strata.blockdev.rawfile import PREALLOCATE_MIN, data_runs, pwrite_new
 from strata.errors import InvalidInput, StrataError
+from strata.layer.blocks import BLOCK_SIZE, capture_disk
+from strata.store import Store
 
 SECTOR = 512
 
@@ -325,12 +327,26 @@ class _SlowReads(BaseDevice):
                 self.active -= 1
 
 
-@pytest.mark.parametrize("concurrent", [False, True])
-def test_iter_blocks_reads_concurrently_only_devices_that_allow_it(concurrent: bool) -> None:
+@pytest.mark.parametrize(
+    ("concurrent", "max_reads", "at_once"), [(False, 2, 1), (True, 2, 2), (True, 1, 1)]
+)
+def test_iter_blocks_reads_concurrently_only_devices_that_allow_it(
+    concurrent: bool, max_reads: int, at_once: int
+) -> None:
     dev = _SlowReads(16 * 4096, concurrent)
-    offsets = [blk.offset for blk in iter_blocks(dev, 4096, window=4096)]
+    blocks = iter_blocks(dev, 4096, window=4096, max_reads=max_reads)
+    offsets = [blk.offset for blk in blocks]
     assert offsets == list(range(0, dev.size, 4096))  # in order, whatever the depth
-    assert dev.most_at_once == (2 if concurrent else 1)
+    assert dev.most_at_once == at_once
+
+
+def test_a_capture_reads_one_window_at_a_time(tmp_path: Path) -> None:
+    """The store's compression threads keep the cores busy: a capture adds no read thread."""
+    dev = _SlowReads(3 * WINDOW, True)  # three windows: room for two reads at once
+    with Store.init(tmp_path / "store") as store:
+        capture = capture_disk(store, dev)
+        assert capture.blocks["offset"].tolist() == list(range(0, dev.size, BLOCK_SIZE))
+    assert dev.most_at_once == 1
 
 
 def test_a_failed_read_ahead_stops_the_copy_and_its_threads() -> None:

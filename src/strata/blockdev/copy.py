@@ -83,6 +83,7 @@ def iter_blocks(
     progress: Progress | None = None,
     window: int = WINDOW,
     within: Iterable[tuple[int, int]] | None = None,
+    max_reads: int = 2,
 ) -> Iterator[Block]:
     """The blocks of ``src`` worth writing.
 
@@ -91,6 +92,8 @@ def iter_blocks(
     ``src`` reads as zeros past its end), with the changed-sector bitmap.
     ``within`` (sorted ``(start, end)`` ranges) replaces the allocation maps as
     the places to look: finalize passes what the child layer itself allocated.
+    ``max_reads`` (at least 1) caps the windows read at once (see ``_reads_in_flight``):
+    a consumer that keeps every core busy itself gains nothing from more.
     """
     if block_size <= 0 or block_size % src.sector_size:
         raise InvalidInput(f"block size {block_size} is not a multiple of the sector size")
@@ -112,7 +115,8 @@ def iter_blocks(
             return list(_nonzero_runs(lo, view, block_size))
         return list(_changed_blocks(lo, view, other, block_size, src.sector_size))
 
-    for end, blocks in _read_ahead(src, base, spans, window, scan):
+    depth = min(max_reads, _reads_in_flight(src, base))
+    for end, blocks in _read_ahead(src, base, spans, window, scan, depth):
         yield from blocks
         if progress is not None:
             progress(end, src.size)
@@ -129,6 +133,7 @@ def _read_ahead(
     spans: Iterator[tuple[int, int]],
     window: int,
     scan: Scan,
+    depth: int,
 ) -> Iterator[tuple[int, list[Block]]]:
     """Each span's end and the blocks ``scan`` finds in its bytes (and the base's), the next
     spans read and scanned on threads meanwhile.
@@ -141,7 +146,6 @@ def _read_ahead(
     A buffer set is refilled only after the consumer asked for the next window, which is when
     the ``Block`` views into it are dead.  Spans come back in order whatever the depth.
     """
-    depth = _reads_in_flight(src, base)
     buffers = [_buffer_set(window, base is not None) for _ in range(depth + 1)]
 
     def fill(span: tuple[int, int], which: int) -> tuple[int, list[Block]]:
