@@ -39,10 +39,11 @@ def scaled(full: int, smoke: int) -> int:
     return smoke if SMOKE else full
 
 
-# Rounds for the convert rows beside qemu-img, where each tool takes 0.15-0.5 s.  This VM has
-# slow spells of a few seconds in which either tool's system time doubles or triples with the
-# same page allocations, no reclaim and no compaction (/proc/vmstat; the VM's balloon reports
-# free pages to the host): with 5 rounds the median flipped the verdict from run to run.
+# Rounds for the convert rows beside qemu-img, where each tool takes 0.15-0.5 s.  A round of
+# either tool that a pass of the VM's free page reporting falls into (reported_kib in
+# /sys/module/page_reporting/parameters grows) is 5-7x slower, all of it kernel time in the
+# copy into new page-cache folios: with 5 rounds the median flipped the verdict from run to
+# run (docs/benchmarks.md).
 CONVERT_ROUNDS = 11
 
 
