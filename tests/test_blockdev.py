@@ -340,6 +340,11 @@ def test_iter_blocks_reads_concurrently_only_devices_that_allow_it(
     assert dev.most_at_once == at_once
 
 
+def test_iter_blocks_refuses_no_reads_in_flight() -> None:
+    with pytest.raises(InvalidInput, match="max_reads is 0"):
+        next(iter_blocks(_SlowReads(4096, True), 4096, max_reads=0))
+
+
 def test_a_capture_reads_one_window_at_a_time(tmp_path: Path) -> None:
     """The store's compression threads keep the cores busy: a capture adds no read thread."""
     dev = _SlowReads(3 * WINDOW, True)  # three windows: room for two reads at once

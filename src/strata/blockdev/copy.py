@@ -92,11 +92,13 @@ def iter_blocks(
     ``src`` reads as zeros past its end), with the changed-sector bitmap.
     ``within`` (sorted ``(start, end)`` ranges) replaces the allocation maps as
     the places to look: finalize passes what the child layer itself allocated.
-    ``max_reads`` (at least 1) caps the windows read at once (see ``_reads_in_flight``):
+    ``max_reads`` caps the windows read at once (see ``_reads_in_flight``):
     a consumer that keeps every core busy itself gains nothing from more.
     """
     if block_size <= 0 or block_size % src.sector_size:
         raise InvalidInput(f"block size {block_size} is not a multiple of the sector size")
+    if max_reads < 1:
+        raise InvalidInput(f"max_reads is {max_reads}; at least one read must be in flight")
     window = max(block_size, window - window % block_size)
     if within is not None:
         streams = [iter(within)]
