@@ -41,7 +41,7 @@ def scaled(full: int, smoke: int) -> int:
 
 # Rounds for the convert rows beside qemu-img, where each tool takes 0.15-0.5 s.  A round of
 # either tool that a pass of the VM's free page reporting falls into (reported_kib in
-# /sys/module/page_reporting/parameters grows) is 5-7x slower, all of it kernel time in the
+# /sys/module/page_reporting/parameters grows) is 5-7x slower, most of it kernel time in the
 # copy into new page-cache folios: with 5 rounds the median flipped the verdict from run to
 # run (docs/benchmarks.md).
 CONVERT_ROUNDS = 11
