@@ -11,6 +11,8 @@
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+#include <errno.h>
+#include <unistd.h>
 
 /* Below this much input a scan is shorter than handing the GIL to a waiting thread and
  * taking it back: measured, 1 000 is_zero calls on ~10 KiB chunks took 0.51-0.70 ms while
@@ -518,6 +520,102 @@ static PyObject *py_crc32c(PyObject *self, PyObject *args)
     return PyLong_FromUnsignedLong(c);
 }
 
+/* pread_pieces: many small positioned reads (scattered MFT records) in one call.  The
+ * Python loop it replaces cost ~1 us a piece on top of the ~1 us pread itself, measured
+ * on 1 000 records of 1 KiB.  Every buffer is taken first, then the GIL is released once
+ * for all the reads. */
+static Py_ssize_t pieces_held(PyObject *seq, Py_buffer *views, long long *offsets,
+                              long long limit)
+{
+    const Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *offset_obj, *buf_obj;
+        if (!PyArg_ParseTuple(items[i], "OO", &offset_obj, &buf_obj))
+            return -i - 2;
+        offsets[i] = PyLong_AsLongLong(offset_obj);
+        if (offsets[i] == -1 && PyErr_Occurred())
+            return -i - 2;
+        if (PyObject_GetBuffer(buf_obj, &views[i], PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
+            return -i - 2;
+        if (offsets[i] < 0 || views[i].len > limit - offsets[i]) {
+            PyBuffer_Release(&views[i]);
+            return i; /* out of range: the caller reports it */
+        }
+    }
+    return n;
+}
+
+static Py_ssize_t pread_all(int fd, const Py_buffer *views, const long long *offsets,
+                            Py_ssize_t n, int *err)
+{
+    for (Py_ssize_t i = 0; i < n; i++) {
+        char *p = views[i].buf;
+        Py_ssize_t left = views[i].len;
+        long long at = offsets[i];
+        while (left > 0) {
+            ssize_t got = pread(fd, p, (size_t)left, (off_t)at);
+            if (got < 0 && errno == EINTR)
+                continue;
+            if (got < 0) {
+                *err = errno;
+                return i;
+            }
+            if (got == 0)
+                return i; /* end of file: the caller says the file shrank */
+            p += got;
+            at += got;
+            left -= got;
+        }
+    }
+    return n;
+}
+
+static PyObject *py_pread_pieces(PyObject *self, PyObject *args)
+{
+    int fd;
+    long long limit;
+    PyObject *pieces, *seq;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "iOL", &fd, &pieces, &limit))
+        return NULL;
+    seq = PySequence_Fast(pieces, "pieces must be a sequence of (offset, buffer)");
+    if (!seq)
+        return NULL;
+    const Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    Py_buffer *views = PyMem_Calloc((size_t)(n ? n : 1), sizeof(Py_buffer));
+    long long *offsets = PyMem_Calloc((size_t)(n ? n : 1), sizeof(long long));
+    PyObject *result = NULL;
+    if (!views || !offsets) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_ssize_t held = pieces_held(seq, views, offsets, limit);
+    if (held < -1) {
+        for (Py_ssize_t i = 0; i < -held - 2; i++)
+            PyBuffer_Release(&views[i]);
+        goto done;
+    }
+    int err = 0;
+    Py_ssize_t done_count;
+    Py_BEGIN_ALLOW_THREADS
+    done_count = pread_all(fd, views, offsets, held, &err);
+    Py_END_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < held; i++)
+        PyBuffer_Release(&views[i]);
+    if (err) {
+        errno = err;
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto done;
+    }
+    result = PyLong_FromSsize_t(done_count);
+done:
+    PyMem_Free(views);
+    PyMem_Free(offsets);
+    Py_DECREF(seq);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"is_zero", py_is_zero, METH_O, "is_zero(buf) -> True when every byte is zero."},
     {"changed_sectors", py_changed_sectors, METH_VARARGS,
@@ -530,6 +628,9 @@ static PyMethodDef methods[] = {
      "crc32c(data, crc=0) -> CRC-32C of data, continuing from crc."},
     {"lznt1_decompress", py_lznt1_decompress, METH_VARARGS,
      "lznt1_decompress(data, limit) -> (bytes, None, 0), or (b'', problem, position)."},
+    {"pread_pieces", py_pread_pieces, METH_VARARGS,
+     "pread_pieces(fd, pieces, limit) -> how many (offset, buffer) pieces, in order, were "
+     "filled whole from fd; it stops at one that ends past limit or at end of file."},
     {"fastcdc_cuts", (PyCFunction)(void (*)(void))py_fastcdc_cuts, METH_VARARGS | METH_KEYWORDS,
      "fastcdc_cuts(buf, min_size, avg_size, max_size, final=True) -> [chunk end offsets]."},
     {NULL, NULL, 0, NULL},

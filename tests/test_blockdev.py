@@ -283,6 +283,19 @@ def test_raw_readv_through_holes(tmp_path: Path) -> None:
                 target.readv([(target.size, bytearray(1))])
 
 
+def test_raw_readv_says_the_file_shrank(tmp_path: Path) -> None:
+    """A piece the file no longer holds (it was cut short after opening) is refused with
+    StrataError, not read as zeros; the pieces before it were read."""
+    path = tmp_path / "shrinks.raw"
+    path.write_bytes(bytes(range(256)) * 64)
+    with RawFileDevice(str(path)) as dev:
+        os.truncate(path, 8192)
+        first, cut = bytearray(16), bytearray(512)
+        with pytest.raises(StrataError, match="shrank"):
+            dev.readv([(16, first), (8000, cut), (0, bytearray(1))])
+        assert first == bytes(range(16, 32))
+
+
 class _ReadintoOnly:
     """A BlockDevice with the protocol's readinto and nothing more (no readv)."""
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -190,3 +192,57 @@ def test_crc32c_agrees_with_the_crc32c_package(data: bytes, cut: int, seed: int)
     assert _native.crc32c(data, seed) == _py.crc32c(data, seed) == expected
     cut = min(cut, len(data))
     assert _native.crc32c(data[cut:], _native.crc32c(data[:cut], seed)) == expected
+
+
+@st.composite
+def read_pieces(draw: st.DrawFn) -> tuple[int, list[tuple[int, int]]]:
+    """A limit (at, below or past the file's 20 000 bytes) and pieces (offset, length), some
+    of them past the limit or the file's end, or below 0."""
+    limit = draw(st.sampled_from([20_000, 12_345, 30_000]))
+    spans = st.tuples(st.integers(-2, 30_000), st.integers(0, 3_000))
+    return limit, draw(st.lists(spans, max_size=12))
+
+
+@needs_native
+@CASES
+@given(read_pieces())
+def test_pread_pieces_agrees(tmp_path_factory: pytest.TempPathFactory, case: tuple) -> None:  # type: ignore[type-arg]
+    """Both stop at the same piece (one past the limit, or the file ends inside it), having
+    filled every piece before it with the file's bytes."""
+    limit, spans = case
+    path = tmp_path_factory.getbasetemp() / "pread_pieces.bin"
+    if not path.exists():
+        path.write_bytes(np.random.default_rng(5).bytes(20_000))
+    data = path.read_bytes()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        got = []
+        for impl in (_native, _py):
+            bufs = [bytearray(n) for _, n in spans]
+            done = impl.pread_pieces(fd, list(zip((o for o, _ in spans), bufs, strict=True)), limit)
+            got.append((done, [bytes(b) for b in bufs[:done]]))
+    finally:
+        os.close(fd)
+    assert got[0] == got[1]
+    done, filled = got[0]
+    assert filled == [data[o : o + n] for o, n in spans[:done]]
+    if done < len(spans):
+        o, n = spans[done]
+        assert o < 0 or o + n > min(limit, len(data))
+
+
+@needs_native
+def test_pread_pieces_refuses_what_is_not_a_piece(tmp_path: Path) -> None:
+    path = tmp_path / "f.bin"
+    path.write_bytes(bytes(100))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for impl in (_native, _py):
+            with pytest.raises((TypeError, BufferError)):
+                impl.pread_pieces(fd, [(0, b"read-only")], 100)  # not writable
+            with pytest.raises((TypeError, ValueError)):
+                impl.pread_pieces(fd, [(0,)], 100)
+        with pytest.raises(OSError):
+            _native.pread_pieces(-1, [(0, bytearray(1))], 100)
+    finally:
+        os.close(fd)

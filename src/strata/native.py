@@ -40,6 +40,7 @@ bitmap_runs = _impl.bitmap_runs
 fastcdc_cuts = _impl.fastcdc_cuts
 lznt1_decompress = _impl.lznt1_decompress
 crc32c = _impl.crc32c
+pread_pieces = _impl.pread_pieces
 
 __all__ = [
     "BACKEND",
@@ -50,4 +51,5 @@ __all__ = [
     "is_zero",
     "lznt1_decompress",
     "nonzero_blocks",
+    "pread_pieces",
 ]

@@ -2,7 +2,13 @@
 
 from strata._py.crc32c import crc32c
 from strata._py.fastcdc import fastcdc_cuts
-from strata._py.kernels import bitmap_runs, changed_sectors, is_zero, nonzero_blocks
+from strata._py.kernels import (
+    bitmap_runs,
+    changed_sectors,
+    is_zero,
+    nonzero_blocks,
+    pread_pieces,
+)
 from strata._py.lznt1 import lznt1_decompress
 
 __all__ = [
@@ -13,4 +19,5 @@ __all__ = [
     "is_zero",
     "lznt1_decompress",
     "nonzero_blocks",
+    "pread_pieces",
 ]

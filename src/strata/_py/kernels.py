@@ -6,6 +6,9 @@ function takes ``msb_first``.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
+
 import numpy as np
 
 Buffer = bytes | bytearray | memoryview
@@ -48,3 +51,19 @@ def bitmap_runs(bitmap: Buffer, msb_first: bool, nbits: int = -1) -> list[tuple[
     starts = np.flatnonzero(edges == 1)
     ends = np.flatnonzero(edges == -1)
     return [(int(s), int(e - s)) for s, e in zip(starts, ends, strict=True)]
+
+
+def pread_pieces(fd: int, pieces: Sequence[tuple[int, Buffer]], limit: int) -> int:
+    """How many pieces, in order, were filled whole from ``fd`` at their offsets; it stops at
+    one that ends past ``limit`` (or starts below 0) and at one the file ends inside."""
+    for i, (offset, buf) in enumerate(pieces):
+        view = memoryview(buf).cast("B")
+        if offset < 0 or len(view) > limit - offset:
+            return i
+        done = 0
+        while done < len(view):
+            got = os.preadv(fd, [view[done:]], offset + done)
+            if got == 0:
+                return i
+            done += got
+    return len(pieces)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 from strata.blockdev.base import BaseDevice, Buffer, Extent, ExtentState
 from strata.errors import InvalidInput, NotFound, StrataError
-from strata.native import is_zero
+from strata.native import is_zero, pread_pieces
 
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
@@ -155,11 +155,14 @@ class RawFileDevice(BaseDevice):
             raise StrataError(f"{self.path}: file shrank while reading at {offset + got:#x}")
 
     def readv(self, pieces: Iterable[tuple[int, Buffer]]) -> None:
-        for offset, buf in pieces:
-            view = memoryview(buf).cast("B")
-            self.check_range(offset, len(view))
-            if view and os.preadv(self._fd, [view], offset) != len(view):
-                self._readinto(offset, view)  # a short read: finish it, or say the file shrank
+        pending = pieces if isinstance(pieces, list | tuple) else list(pieces)
+        while pending:
+            done = pread_pieces(self._fd, pending, self.size)
+            if done == len(pending):
+                return
+            offset, buf = pending[done]  # out of range (refused), or short: finished or refused
+            self.readinto(offset, buf)
+            pending = pending[done + 1 :]
 
     def _write(self, offset: int, view: memoryview) -> None:
         if is_zero(view) and punch_hole(self._fd, offset, len(view)):
