@@ -3,15 +3,19 @@ a rerun succeeds, and gc reclaims what the killed runs left behind."""
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from strata.ops.store import verify_store
-from strata.store import Store
+from strata.store import Store, packs
 
 from support.store_tools import MiB, ingest_cmd, physical_copies, run_ingest
 from support.tools import result_of, strata_json
@@ -108,3 +112,42 @@ def test_sigkill_ingest_at_random_moments(tmp_path: Path) -> None:
     with Store(root) as store:
         states = [v["state"] for v in store.catalog.versions("crash")]
     assert set(states) == {"deployable"} and len(states) >= KILLS + 1
+
+
+def _committed_chunks(root: Path) -> int:
+    """Chunk rows another process would see (only committed ones, WAL isolation)."""
+    with sqlite3.connect(root / "catalog.db") as other:
+        return int(other.execute("SELECT COUNT(*) FROM chunks").fetchone()[0])
+
+
+def test_flush_commits_rows_only_after_the_pack_is_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The index rows go in while the pack is fsynced, but commit after it: at the moment
+    the fsync runs, no row of the flush is visible; when the fsync fails, none is until a
+    later flush makes the pack durable."""
+    seen: list[int] = []
+
+    def watching_fsync(fd: int) -> None:
+        seen.append(_committed_chunks(tmp_path / "s"))
+        real_fsync(fd)
+
+    real_fsync = os.fsync
+    with Store.init(tmp_path / "s") as store:
+        before = _committed_chunks(tmp_path / "s")
+        monkeypatch.setattr(packs.os, "fsync", watching_fsync)
+        store.put_many([b"chunk %d" % i * 50 for i in range(300)], level=1)
+        store.flush()
+        assert seen and set(seen) == {before}
+        assert _committed_chunks(tmp_path / "s") == before + 300
+
+        def failing_fsync(fd: int) -> None:
+            raise OSError(errno.EIO, "injected fsync failure")
+
+        monkeypatch.setattr(packs.os, "fsync", failing_fsync)
+        store.put_many([b"never durable %d" % i * 50 for i in range(300)], level=1)
+        with pytest.raises(OSError, match="injected"):
+            store.flush()
+        assert _committed_chunks(tmp_path / "s") == before + 300
+        monkeypatch.undo()  # the rows stay pending: closing flushes them, durable this time
+    assert _committed_chunks(tmp_path / "s") == before + 600

@@ -380,9 +380,9 @@ class Store:
         if not self._rows:
             return
         assert self._writer is not None or not self._rows
-        if self._writer is not None:
-            self._writer.sync()
-        index.insert(self.db, self._rows)
+        # The pack's fsync runs while SQLite takes the rows; they commit only after it.
+        synced = self._writer.sync_in_background() if self._writer is not None else None
+        index.insert(self.db, self._rows, before_commit=synced)
         self._rows = []
         self._pending = {cid: loc for cid, loc in self._pending.items() if loc is None}
 

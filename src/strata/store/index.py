@@ -8,7 +8,7 @@ the other frame becomes dead bytes that ``gc`` reclaims.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -54,10 +54,22 @@ def locate(conn: sqlite3.Connection, ids: Sequence[bytes]) -> dict[bytes, Locati
     return {row[0]: Location(*row[1:]) for row in _rows(conn, LOCATE, ids)}
 
 
-def insert(conn: sqlite3.Connection, rows: Sequence[tuple[bytes, str, int, int, int]]) -> None:
-    if rows:
-        with transaction(conn):
-            conn.executemany("INSERT OR IGNORE INTO chunks VALUES (?, ?, ?, ?, ?)", rows)
+def insert(
+    conn: sqlite3.Connection,
+    rows: Sequence[tuple[bytes, str, int, int, int]],
+    before_commit: Callable[[], object] | None = None,
+) -> None:
+    """Add ``rows``; ``before_commit`` (the wait for the pack's fsync) runs inside the
+    transaction, so no row commits before the bytes it points at are durable, and an
+    error there rolls the rows back."""
+    if not rows:
+        if before_commit is not None:
+            before_commit()
+        return
+    with transaction(conn):
+        conn.executemany("INSERT OR IGNORE INTO chunks VALUES (?, ?, ?, ?, ?)", rows)
+        if before_commit is not None:
+            before_commit()
 
 
 def load_id_set(conn: sqlite3.Connection, table: str, ids: np.ndarray) -> None:

@@ -12,6 +12,7 @@ import os
 import secrets
 import threading
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -94,8 +95,20 @@ class PackWriter:
         self._wait(0)
 
     def sync(self) -> None:
-        self.drain()
-        os.fsync(self.fd)
+        self.sync_in_background()()
+
+    def sync_in_background(self) -> Callable[[], None]:
+        """Start making every appended frame durable on the I/O thread, after the writes
+        queued before it; returns the wait for it, which raises a failed write or fsync.
+        The caller works meanwhile (the index rows go in while the pack is synced)."""
+        self._submit()
+        synced = self._io.submit(os.fsync, self.fd)
+
+        def wait() -> None:
+            self._wait(0)
+            synced.result()
+
+        return wait
 
     def close(self) -> None:
         if self.fd >= 0:
