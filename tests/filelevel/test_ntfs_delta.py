@@ -249,11 +249,15 @@ def _project(root: Path) -> None:
     (proj / "sub" / "big.bin").write_bytes(BIG)
     (proj / "sub" / "deeper" / "leaf.txt").write_bytes(b"leaf\n")
     (root / "Data" / "stays.txt").write_bytes(b"untouched\n")
+    (root / "Data" / "keep" / "inner").mkdir(parents=True)
+    for name in ("one.txt", "two.txt", "inner/three.txt"):
+        (root / "Data" / "keep" / name).write_bytes(name.encode() * 30)
 
 
 def _move(root: Path) -> None:
     (root / "Apps").mkdir()
     (root / "Data" / "proj").rename(root / "Apps" / "proj2")  # mv of a directory holding files
+    (root / "Data" / "keep").rename(root / "Data" / "kept")  # renamed where it is
 
 
 def _fls_paths(image: Path) -> set[str]:
@@ -271,13 +275,18 @@ def _fls_paths(image: Path) -> set[str]:
     return paths
 
 
+@pytest.fixture(scope="module")
+def moved(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    root = tmp_path_factory.mktemp("ntfsrename")
+    return (root, *base_and_child(root, _project, _move))
+
+
 def test_renamed_directory_is_deleted_and_added_with_its_subtree(
-    tmp_path_factory: pytest.TempPathFactory,
+    moved: tuple[Path, Path, Path],
 ) -> None:
     """``mv`` of a directory through ntfs-3g: the old path is deleted, the new one added with
     every name below it (what fls lists under it in the child), each file with its content."""
-    root = tmp_path_factory.mktemp("ntfsrename")
-    base, child = base_and_child(root, _project, _move)
+    root, base, child = moved
     offsets = changed_blocks(base, child)
     masks = sector_masks(base, child, offsets)
     store = Store.init(root / "store")
@@ -289,9 +298,18 @@ def test_renamed_directory_is_deleted_and_added_with_its_subtree(
         delta.path(i): fd.CHANGE_NAMES[int(delta.entries[i]["change"])]
         for i in range(len(delta.entries))
     }
-    below = {p for p in _fls_paths(child) if p.startswith("/Apps/")}
-    assert len(below) == 150 + 5
-    expected = {"/Data/proj": "deleted", "/Apps": "added", **dict.fromkeys(below, "added")}
+    listed = _fls_paths(child)
+    below = {p for p in listed if p.startswith("/Apps/")}
+    kept = {p for p in listed if p.startswith("/Data/kept/")}
+    assert len(below) == 150 + 5 and len(kept) == 4
+    expected = {
+        "/Data/proj": "deleted",
+        "/Apps": "added",
+        **dict.fromkeys(below, "added"),
+        "/Data/keep": "deleted",
+        "/Data/kept": "added",
+        **dict.fromkeys(kept, "added"),
+    }
     assert got == expected
     with store:
         contents = _contents(store, delta)
@@ -302,7 +320,46 @@ def test_renamed_directory_is_deleted_and_added_with_its_subtree(
     dirs = {
         delta.path(i) for i in range(len(delta.entries)) if delta.entries[i]["kind"] == fd.DIRECTORY
     }
-    assert set(contents) == set(below) - dirs
+    assert set(contents) == (below | kept) - dirs
+    assert contents["/Data/kept/inner/three.txt"] == b"inner/three.txt" * 30
+
+
+def test_base_paths_shared_with_the_child_are_the_base_paths(
+    moved: tuple[Path, Path, Path],
+) -> None:
+    """The base side takes a directory's path from the child's records when the directory
+    and its ancestors did not change (``Records.same_chain``): every base path it gives,
+    below the moved directory and elsewhere, equals the base's own resolution."""
+    _, base, child = moved
+    offsets = changed_blocks(base, child)
+    masks = sector_masks(base, child, offsets)
+    with RawFileDevice(str(base)) as b, RawFileDevice(str(child)) as c:
+        old, new = NtfsVolume(open_partition(b, 1)), NtfsVolume(open_partition(c, 1))
+        listing = old.scan()
+        every = ntfsdelta.masked_records(new, PART_START, masks, 512)
+        every = every[every >= 16]
+        before, after, alone = (
+            ntfsdelta.Records(old),
+            ntfsdelta.Records(new),
+            ntfsdelta.Records(old),
+        )
+        after.load(every)
+        after.load_parents(every)
+        before.twin, before.changed = after, every
+        users = np.unique(listing.owner[listing.owner >= 16])
+        before.load(users)
+        alone.load(users)
+        before.load_parents(users)
+        alone.load_parents(users)
+        shared = [r for r in users.tolist() if before.names.get(r)]
+        paths = {r: [before.path_of(p, n) for p, n in before.names[r]] for r in shared}
+        own = {r: [alone.path_of(p, n) for p, n in alone.names[r]] for r in shared}
+        renamed = next(r for r in users.tolist() if own.get(r) == ["/Data/keep"])
+    assert paths == own
+    assert any(p.startswith("/Data/keep/inner/") for ps in own.values() for p in ps)
+    assert renamed in set(every.tolist()) and not before.same_chain(renamed)
+    taken = [ref for ref, path in before.prefixes.items() if path is after.prefixes.get(ref)]
+    assert taken and all(before.same_chain(ref & 0xFFFF_FFFF_FFFF) for ref in taken)
 
 
 def test_directory_index_lists_what_the_scan_finds(world: dict[str, Any]) -> None:

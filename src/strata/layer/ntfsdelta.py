@@ -285,6 +285,8 @@ class Records:
     facts: dict[int, list[int]] = field(default_factory=dict)  # table rows, as lists
     twin: Records | None = None  # the other side's records, to share the unchanged ones
     changed: np.ndarray | None = None  # sorted numbers of the records that differ
+    _changed_set: set[int] | None = None
+    _same_chain: dict[int, bool] = field(default_factory=dict)  # see ``same_chain``
     _fn_rows: int = 0
     _ads_rows: int = 0
 
@@ -391,7 +393,11 @@ class Records:
                 for pref, _name in self.names.get(r, [])
                 if pref & s.REF_RECORD_MASK not in self.paths
             }
-            wanted = {d for d in wanted if d < self.vol.record_count and not self.scanned[d]}
+            wanted = {
+                d
+                for d in wanted
+                if d < self.vol.record_count and not self.scanned[d] and not self.same_chain(d)
+            }
             if not wanted:
                 return
             self.load(np.array(sorted(wanted), np.int64))
@@ -410,13 +416,52 @@ class Records:
         return f[1] if f is not None else 0 if r < self.vol.record_count else -1
 
     def path_of(self, parent_ref: int, name: str) -> str | None:
+        prefix = self.prefix_of(parent_ref)
+        return None if prefix is None else f"{prefix}/{name}"
+
+    def prefix_of(self, parent_ref: int) -> str | None:
+        """The path of the directory ``parent_ref`` names (None when gone, reused or in a
+        cycle), cached; the twin's when that directory's chain is the same on both sides."""
         prefix = self.prefixes.get(parent_ref)
         if prefix is None:
-            prefix = self.dir_path(parent_ref & s.REF_RECORD_MASK, (parent_ref >> 48) & 0xFFFF)
-            if prefix is None:
-                return None
-            self.prefixes[parent_ref] = prefix
-        return f"{prefix}/{name}"
+            d, seq = parent_ref & s.REF_RECORD_MASK, (parent_ref >> 48) & 0xFFFF
+            if self.twin is not None and self.same_chain(d):
+                prefix = self.twin.prefix_of(parent_ref)
+            else:
+                prefix = self.dir_path(d, seq)
+            if prefix is not None:
+                self.prefixes[parent_ref] = prefix
+        return prefix
+
+    def same_chain(self, d: int) -> bool:
+        """Directory ``d`` and its ancestors up to the root are records the twin has parsed
+        and that hold the same bytes on both sides (none among ``changed``): their names,
+        and so the paths below them, are the twin's, and need not be parsed here."""
+        twin, verdict = self.twin, False
+        if twin is None or self.changed is None:
+            return False
+        if self._changed_set is None:
+            self._changed_set = set(self.changed.tolist())
+        seen = []
+        for _ in range(MAX_DEPTH):
+            known = self._same_chain.get(d)
+            if known is not None:
+                verdict = known
+                break
+            seen.append(d)
+            if d == s.ROOT_RECORD:
+                verdict = True
+                break
+            inside = 0 <= d < min(self.vol.record_count, twin.vol.record_count)
+            if not inside or not twin.scanned[d] or d in self._changed_set:
+                break
+            names = twin.names.get(d)
+            if not names:
+                break
+            d = names[0][0] & s.REF_RECORD_MASK
+        for x in seen:
+            self._same_chain[x] = verdict
+        return verdict
 
     def dir_path(self, d: int, seq: int) -> str | None:
         """The path of directory ``d`` (None when gone, reused or in a cycle), cached."""
@@ -857,7 +902,11 @@ def _kept_file(before: Records, after: Records, r: int, where: Where) -> list[Ch
         return None
     pref, name = names[0]
     path = after.path_of(pref, name)
-    if path is None or path.startswith(SYSTEM_DIR) or before.path_of(pref, name) != path:
+    if (
+        path is None
+        or path.startswith(SYSTEM_DIR)
+        or before.prefix_of(pref) != after.prefix_of(pref)
+    ):
         return None
     if fb[4] != fa[4] or not _same_content(r, where):
         return [Change("modified", after.item(r, path), True)]
