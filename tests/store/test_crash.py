@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from strata.errors import StrataError
 from strata.ops.store import verify_store
 from strata.store import Store, packs
 
@@ -151,3 +152,34 @@ def test_flush_commits_rows_only_after_the_pack_is_durable(
         assert _committed_chunks(tmp_path / "s") == before + 300
         monkeypatch.undo()  # the rows stay pending: closing flushes them, durable this time
     assert _committed_chunks(tmp_path / "s") == before + 600
+
+
+def test_a_failed_pack_write_commits_no_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pack write that fails (a full disk) fails the put or the flush, and every later flush
+    and the close: no index row ever points at frames that are not in the pack, and the
+    store verifies clean (the pack's bytes are unindexed, for gc)."""
+
+    def full_disk(fd: int, frames: list[bytes]) -> None:
+        raise OSError(errno.ENOSPC, "injected: no space left on device")
+
+    root = tmp_path / "s"
+    store = Store.init(root)
+    store.put(b"committed before the failure")
+    store.flush()
+    monkeypatch.setattr(packs, "_write_frames", full_disk)
+    with pytest.raises(OSError, match="injected"):
+        store.put_many([b"lost %d" % i * 40 for i in range(300)], level=1)
+        store.flush()
+    monkeypatch.undo()
+    with pytest.raises(StrataError, match="earlier write"):
+        store.flush()
+    with pytest.raises(StrataError, match="earlier write"):
+        store.close()
+    assert _committed_chunks(root) == 1
+    with Store(root) as again:
+        assert again.put(b"after the failure")
+    assert _committed_chunks(root) == 2
+    report = verify_store(root)
+    assert report["clean"], report["problems"]

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from strata.errors import CorruptImage, NotFound, TruncatedImage
+from strata.errors import CorruptImage, NotFound, StateError, TruncatedImage
 from strata.store.ids import Buffer
 from strata.store.structs import FORMAT_VERSION, PACK_HEADER, PACK_MAGIC
 
@@ -64,9 +64,18 @@ class PackWriter:
         self._batch_bytes = 0
         self._queued: deque[tuple[Future[None], int]] = deque()
         self._queued_bytes = 0
+        self._failed: BaseException | None = None  # the first write that failed
+
+    def _refuse_after_failure(self) -> None:
+        """Once a write failed, the frames after it would not lie where their offsets say:
+        nothing more is appended or synced (the store's rows for this pack never commit)."""
+        if self._failed is not None:
+            problem = f"pack {self.name}: an earlier write failed ({self._failed})"
+            raise StateError(what=f"{problem}; nothing more is written to it") from self._failed
 
     def append(self, frame: Buffer) -> int:
         """Offset of the frame (one, or several back to back) in the pack."""
+        self._refuse_after_failure()
         offset = self.size
         self.size += len(frame)
         self._batch.append(frame)
@@ -87,7 +96,11 @@ class PackWriter:
         while self._queued and self._queued_bytes > limit:
             future, size = self._queued.popleft()
             self._queued_bytes -= size
-            future.result()
+            try:
+                future.result()
+            except BaseException as e:
+                self._failed = e
+                raise
 
     def drain(self) -> None:
         """Every appended frame is in the file (not necessarily durable)."""
@@ -101,6 +114,7 @@ class PackWriter:
         """Start making every appended frame durable on the I/O thread, after the writes
         queued before it; returns the wait for it, which raises a failed write or fsync.
         The caller works meanwhile (the index rows go in while the pack is synced)."""
+        self._refuse_after_failure()
         self._submit()
         synced = self._io.submit(os.fsync, self.fd)
 
@@ -113,7 +127,8 @@ class PackWriter:
     def close(self) -> None:
         if self.fd >= 0:
             try:
-                self.drain()
+                if self._failed is None:
+                    self.drain()
             finally:
                 self._io.shutdown(wait=True)
                 os.close(self.fd)
