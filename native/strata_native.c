@@ -14,6 +14,8 @@
 #include <errno.h>
 #include <unistd.h>
 
+#include "strata_mft.h"
+
 /* Below this much input a scan is shorter than handing the GIL to a waiting thread and
  * taking it back: measured, 1 000 is_zero calls on ~10 KiB chunks took 0.51-0.70 ms while
  * two threads compressed with the GIL released per call, 0.05 ms holding it. */
@@ -628,6 +630,9 @@ static PyMethodDef methods[] = {
      "crc32c(data, crc=0) -> CRC-32C of data, continuing from crc."},
     {"lznt1_decompress", py_lznt1_decompress, METH_VARARGS,
      "lznt1_decompress(data, limit) -> (bytes, None, 0), or (b'', problem, position)."},
+    {"mft_scan", strata_mft_scan, METH_VARARGS,
+     "mft_scan(buf, record_size, want_attributes) -> (codes, live, attrs, si, fn, sizes, ads, "
+     "reparse): a window of MFT records fixed up in place and walked (see strata_mft.c)."},
     {"pread_pieces", py_pread_pieces, METH_VARARGS,
      "pread_pieces(fd, pieces, limit) -> how many (offset, buffer) pieces, in order, were "
      "filled whole from fd; it stops at one that ends past limit or at end of file."},

@@ -41,6 +41,9 @@ fastcdc_cuts = _impl.fastcdc_cuts
 lznt1_decompress = _impl.lznt1_decompress
 crc32c = _impl.crc32c
 pread_pieces = _impl.pread_pieces
+# The MFT scan's reference is fs.ntfs.records.scan_numpy (whole-window numpy, not a kernel
+# of strata._py): None selects it.
+mft_scan = getattr(_impl, "mft_scan", None)
 
 __all__ = [
     "BACKEND",
@@ -50,6 +53,7 @@ __all__ = [
     "fastcdc_cuts",
     "is_zero",
     "lznt1_decompress",
+    "mft_scan",
     "nonzero_blocks",
     "pread_pieces",
 ]

@@ -20,6 +20,7 @@ from typing import NamedTuple
 import numpy as np
 
 from strata.fs.ntfs import structs as s
+from strata.native import mft_scan
 
 FIXUP_STRIDE = 512  # the update sequence protects every 512 bytes, whatever the sector size
 _AR = {n: np.arange(n) for n in (2, 4, 8)}
@@ -258,6 +259,8 @@ PROBLEMS = {
     3: "invalid update sequence array",
     4: "update sequence mismatch (torn or corrupt sector)",
 }
+BROKEN = 5  # mft_scan's code for a record whose attribute chain runs past it
+BROKEN_CHAIN = "attribute chain runs past the record (bad attribute length)"
 
 
 def walk_attributes(
@@ -309,9 +312,82 @@ def scan_window(
     ``numbers`` is given, the records of those numbers, one per row of ``buf``).
 
     With ``want_attributes``, returns every attribute of the records in use, for callers
-    that read more of them (None otherwise)."""
-    n, rs = buf.shape
+    that read more of them (None otherwise).  The C kernel ``mft_scan`` does the work when
+    it is built; this module's numpy path is its reference (``STRATA_BACKEND=python``)."""
+    n = buf.shape[0]
     number = first + np.arange(n, dtype=np.int64) if numbers is None else numbers
+    window = slice(first, first + n) if numbers is None else number
+    scan = scan_native if mft_scan is not None and buf.flags.c_contiguous else scan_numpy
+    return scan(buf, number, window, dtype, cols, disk_offsets, want_attributes)
+
+
+def scan_native(
+    buf: np.ndarray,
+    number: np.ndarray,
+    window: slice | np.ndarray,
+    dtype: np.dtype,
+    cols: Columns,
+    disk_offsets: np.ndarray,
+    want_attributes: bool,
+) -> Attributes | None:
+    """``scan_numpy`` through the C kernel: fixups, the attribute walk and the values in
+    one pass; rows come back as int64 tables, scattered here to each owner record."""
+    assert mft_scan is not None
+    codes, live, attrs, si, fn, sizes, ads, reparse = mft_scan(buf, buf.shape[1], want_attributes)
+    code = np.frombuffer(codes, np.int8)
+    in_use = np.frombuffer(live, np.bool_)
+    head = buf.view(dtype)[:, 0]
+    flags = head["flags"].astype(np.int64)
+    for r in np.flatnonzero((code >= 2) & (code <= 4) & (flags & s.RECORD_IN_USE != 0)):
+        cols.problems.append(RecordProblem(int(number[r]), int(disk_offsets[r]), PROBLEMS[code[r]]))
+    for r in np.flatnonzero(code == BROKEN):
+        cols.problems.append(RecordProblem(int(number[r]), int(disk_offsets[r]), BROKEN_CHAIN))
+    base = head["base_record"].astype(np.int64) & s.REF_RECORD_MASK
+    owner_of = np.where(base != 0, base, number)
+    cols.set("flags", window, np.where(in_use, flags, 0))
+    cols.set("sequence", window, head["sequence"])
+    cols.set("base", window, base)
+    cols.set("links", window, head["link_count"])
+    flat = buf.reshape(-1)
+    si_rows = _table(si, 7)
+    if len(si_rows):
+        cols.scatter("si", owner_of[si_rows[:, 0]], si_rows[:, 1:])
+    fn_rows = _table(fn, 5)
+    if len(fn_rows):
+        cols.fn.append(np.stack([owner_of[fn_rows[:, 0]], fn_rows[:, 1], fn_rows[:, 2]], axis=1))
+        cols.texts.append(_decode_names(flat, fn_rows[:, 3], fn_rows[:, 4]))
+        cols.lengths.append(fn_rows[:, 4])
+    size_rows = _table(sizes, 2)
+    if len(size_rows):
+        cols.scatter("size", owner_of[size_rows[:, 0]], size_rows[:, 1])
+    for row, pos, length, nonres, vlen in _table(ads, 5).tolist():
+        named = _named_stream(flat, pos, length, bool(nonres), vlen)
+        if named is not None:
+            cols.ads.append((int(owner_of[row]), *named))
+    reparse_rows = _table(reparse, 2)
+    if len(reparse_rows):
+        cols.scatter("reparse", owner_of[reparse_rows[:, 0]], reparse_rows[:, 1])
+    if not want_attributes:
+        return None
+    a = _table(attrs, 4)
+    return Attributes(a[:, 0], a[:, 1], a[:, 2], a[:, 3])
+
+
+def _table(raw: bytes, width: int) -> np.ndarray:
+    return np.frombuffer(raw, np.int64).reshape(-1, width)
+
+
+def scan_numpy(
+    buf: np.ndarray,
+    number: np.ndarray,
+    window: slice | np.ndarray,
+    dtype: np.dtype,
+    cols: Columns,
+    disk_offsets: np.ndarray,
+    want_attributes: bool,
+) -> Attributes | None:
+    """The reference of ``mft_scan``: every step over the whole window in numpy."""
+    rs = buf.shape[1]
     ok, code = apply_fixups(buf, dtype)
     head = buf.view(dtype)[:, 0]
     flags = head["flags"].astype(np.int64)
@@ -325,8 +401,7 @@ def scan_window(
     flat = buf.reshape(-1)
     (arow, apos, atype, alen), broken = walk_attributes(flat, rs, rows, start[rows], limit[rows])
     for r in broken:
-        problem = "attribute chain runs past the record (bad attribute length)"
-        cols.problems.append(RecordProblem(int(number[r]), int(disk_offsets[r]), problem))
+        cols.problems.append(RecordProblem(int(number[r]), int(disk_offsets[r]), BROKEN_CHAIN))
     in_use[broken] = False
     live = in_use[arow]
     found = Attributes(arow[live], apos[live], atype[live], alen[live]) if want_attributes else None
@@ -334,7 +409,6 @@ def scan_window(
     arow, apos, atype, alen = arow[keep], apos[keep], atype[keep], alen[keep]
     base = head["base_record"].astype(np.int64) & s.REF_RECORD_MASK
     owner_of = np.where(base != 0, base, number)
-    window = slice(first, first + n) if numbers is None else number
     cols.set("flags", window, np.where(in_use, flags, 0))
     cols.set("sequence", window, head["sequence"])
     cols.set("base", window, base)
