@@ -15,7 +15,9 @@ shares it), charged here to the file delta alone.
 
 Beside the ratio it records the entries alone (classification, no content read or stored) and
 the store alone (``store_only``: the delta's chunks and blobs, already cut, put into a fresh
-store and flushed), so the part of the budget each one takes is visible.
+store and flushed), so the part of the budget each one takes is visible, and, for scale, the
+delta beside the walk of the whole volume that sleuthkit makes (``fls -r -p`` of the child,
+informative: the target is judged against strata's own listing).
 """
 
 from __future__ import annotations
@@ -176,6 +178,10 @@ def _full_listing(child: Path) -> int:
         return len(NtfsVolume(dev).scan().paths)
 
 
+def _fls(child: Path) -> None:
+    subprocess.run([require("fls"), "-r", "-p", str(child)], check=True, stdout=subprocess.DEVNULL)
+
+
 def test_ntfs_delta_vs_full_scan(versus, record_ratio, pair, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     base, child, offsets, masks, edit = pair
     with Store.init(tmp_path / "blocks-only") as store:  # without masks: every record compared
@@ -207,6 +213,9 @@ def test_ntfs_delta_vs_full_scan(versus, record_ratio, pair, tmp_path: Path) -> 
     spare = [next(stores) for _ in range(rounds)]
     store_only = timed(lambda: _store_only(pieces, spare.pop()), rounds)
     full = timed(lambda: _full_listing(child), rounds)
+    fls = timed(lambda: _fls(child), rounds)
+    again = [next(stores) for _ in range(rounds)]
+    delta_s = timed(lambda: _delta(base, child, offsets, masks, again.pop()), rounds)
     record_ratio(
         metric=f"NTFS file delta vs full listing ({edit})",
         entries_only_s=round(classify, 4),
@@ -218,6 +227,8 @@ def test_ntfs_delta_vs_full_scan(versus, record_ratio, pair, tmp_path: Path) -> 
         files=FILES,
         changed_files=CHANGED,
         changed_blocks=len(offsets),
+        fls_s=round(fls, 4),
+        vs_fls_ratio=round(delta_s / fls, 3),
         ratio=round(ratio, 3),
     )
     assert _classify(base, child, offsets, masks) == len(delta.entries)
