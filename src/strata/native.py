@@ -41,7 +41,7 @@ fastcdc_cuts = _impl.fastcdc_cuts
 lznt1_decompress = _impl.lznt1_decompress
 crc32c = _impl.crc32c
 pread_pieces = _impl.pread_pieces
-# The MFT scan's reference is fs.ntfs.records.scan_numpy (whole-window numpy, not a kernel
+# The MFT scan's reference is fs.ntfs.records.numpy_rows (whole-window numpy, not a kernel
 # of strata._py): None selects it.
 mft_scan = getattr(_impl, "mft_scan", None)
 

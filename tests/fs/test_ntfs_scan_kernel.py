@@ -24,7 +24,7 @@ try:
 except ImportError:  # pragma: no cover - make test always builds it
     _native = None
 pytestmark = pytest.mark.skipif(_native is None, reason="strata._native is not built")
-Scan = Callable[..., r.Attributes | None]
+Kernel = Callable[..., tuple[bytes, ...]] | None
 Damage = Callable[[np.ndarray, np.random.Generator], None]
 # Values that sit on the boundaries the scan tests: attribute lengths and value sizes, the
 # four attribute types it keeps, the end marker's byte.
@@ -60,23 +60,37 @@ def _windows(vol: NtfsVolume, damage: Damage | None, seed: int) -> list[tuple[np
 
 
 def _scan_all(
-    scan: Scan, vol: NtfsVolume, windows: list[tuple[np.ndarray, ...]], sparse: bool
+    kernel: Kernel, vol: NtfsVolume, windows: list[tuple[np.ndarray, ...]], sparse: bool
 ) -> tuple[r.Columns, list[r.Attributes | None], list[np.ndarray]]:
-    """Each window scanned by ``scan`` into one table (Columns, or SparseColumns given the
-    record numbers as the NTFS delta gives them), with the attribute rows."""
+    """Each window through ``scan_window`` (the kernel, or the numpy reference when None) into
+    one table (Columns, or SparseColumns given the record numbers as the NTFS delta gives
+    them), with the attribute rows; the rows themselves are compared first."""
     cols = r.SparseColumns(vol.record_count) if sparse else r.Columns(vol.record_count)
     found, fixed = [], []
-    for buf, numbers, offsets in windows:
-        buf = buf.copy()
-        window = numbers if sparse else slice(int(numbers[0]), int(numbers[-1]) + 1)
-        found.append(scan(buf, numbers, window, vol.record_dtype, cols, offsets, True))
-        fixed.append(buf)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(r, "mft_scan", kernel)
+        for buf, numbers, offsets in windows:
+            buf = buf.copy()
+            first, given = (0, numbers) if sparse else (int(numbers[0]), None)
+            found.append(r.scan_window(buf, first, vol.record_dtype, cols, offsets, given, True))
+            fixed.append(buf)
     return cols, found, fixed
 
 
+def _assert_rows_same(vol: NtfsVolume, windows: list[tuple[np.ndarray, ...]]) -> None:
+    for buf, _, _ in windows:
+        mine, theirs = buf.copy(), buf.copy()
+        got = r.native_rows(mine, True)
+        ref = r.numpy_rows(theirs, vol.record_dtype, True)
+        for field, a, b in zip(r.ScanRows._fields, got, ref, strict=True):
+            assert np.array_equal(a, b), field
+        assert np.array_equal(mine, theirs)  # the same records fixed up
+
+
 def _assert_same(vol: NtfsVolume, windows: list[tuple[np.ndarray, ...]], sparse: bool) -> r.Columns:
-    ref, ref_attrs, ref_bytes = _scan_all(r.scan_numpy, vol, windows, sparse)
-    got, got_attrs, got_bytes = _scan_all(r.scan_native, vol, windows, sparse)
+    _assert_rows_same(vol, windows)
+    ref, ref_attrs, ref_bytes = _scan_all(None, vol, windows, sparse)
+    got, got_attrs, got_bytes = _scan_all(_native.mft_scan, vol, windows, sparse)
     numbers = np.arange(vol.record_count)
     if sparse:
         assert np.array_equal(got.get(numbers), ref.get(numbers))

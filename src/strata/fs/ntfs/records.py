@@ -312,124 +312,124 @@ def scan_window(
     ``numbers`` is given, the records of those numbers, one per row of ``buf``).
 
     With ``want_attributes``, returns every attribute of the records in use, for callers
-    that read more of them (None otherwise).  The C kernel ``mft_scan`` does the work when
-    it is built; this module's numpy path is its reference (``STRATA_BACKEND=python``)."""
+    that read more of them (None otherwise).  The C kernel ``mft_scan`` finds the rows when
+    it is built; ``numpy_rows`` is its reference (``STRATA_BACKEND=python``)."""
     n = buf.shape[0]
     number = first + np.arange(n, dtype=np.int64) if numbers is None else numbers
     window = slice(first, first + n) if numbers is None else number
-    scan = scan_native if mft_scan is not None and buf.flags.c_contiguous else scan_numpy
-    return scan(buf, number, window, dtype, cols, disk_offsets, want_attributes)
-
-
-def scan_native(
-    buf: np.ndarray,
-    number: np.ndarray,
-    window: slice | np.ndarray,
-    dtype: np.dtype,
-    cols: Columns,
-    disk_offsets: np.ndarray,
-    want_attributes: bool,
-) -> Attributes | None:
-    """``scan_numpy`` through the C kernel: fixups, the attribute walk and the values in
-    one pass; rows come back as int64 tables, scattered here to each owner record."""
-    assert mft_scan is not None
-    codes, live, attrs, si, fn, sizes, ads, reparse = mft_scan(buf, buf.shape[1], want_attributes)
-    code = np.frombuffer(codes, np.int8)
-    in_use = np.frombuffer(live, np.bool_)
-    head = buf.view(dtype)[:, 0]
-    flags = head["flags"].astype(np.int64)
-    for r in np.flatnonzero((code >= 2) & (code <= 4) & (flags & s.RECORD_IN_USE != 0)):
-        cols.problems.append(RecordProblem(int(number[r]), int(disk_offsets[r]), PROBLEMS[code[r]]))
-    for r in np.flatnonzero(code == BROKEN):
-        cols.problems.append(RecordProblem(int(number[r]), int(disk_offsets[r]), BROKEN_CHAIN))
-    base = head["base_record"].astype(np.int64) & s.REF_RECORD_MASK
-    owner_of = np.where(base != 0, base, number)
-    cols.set("flags", window, np.where(in_use, flags, 0))
-    cols.set("sequence", window, head["sequence"])
-    cols.set("base", window, base)
-    cols.set("links", window, head["link_count"])
-    flat = buf.reshape(-1)
-    si_rows = _table(si, 7)
-    if len(si_rows):
-        cols.scatter("si", owner_of[si_rows[:, 0]], si_rows[:, 1:])
-    fn_rows = _table(fn, 5)
-    if len(fn_rows):
-        cols.fn.append(np.stack([owner_of[fn_rows[:, 0]], fn_rows[:, 1], fn_rows[:, 2]], axis=1))
-        cols.texts.append(_decode_names(flat, fn_rows[:, 3], fn_rows[:, 4]))
-        cols.lengths.append(fn_rows[:, 4])
-    size_rows = _table(sizes, 2)
-    if len(size_rows):
-        cols.scatter("size", owner_of[size_rows[:, 0]], size_rows[:, 1])
-    for row, pos, length, nonres, vlen in _table(ads, 5).tolist():
-        named = _named_stream(flat, pos, length, bool(nonres), vlen)
-        if named is not None:
-            cols.ads.append((int(owner_of[row]), *named))
-    reparse_rows = _table(reparse, 2)
-    if len(reparse_rows):
-        cols.scatter("reparse", owner_of[reparse_rows[:, 0]], reparse_rows[:, 1])
+    native = mft_scan is not None and buf.flags.c_contiguous and buf.flags.writeable
+    rows = native_rows(buf, want_attributes) if native else numpy_rows(buf, dtype, want_attributes)
+    _store(rows, buf, number, window, dtype, cols, disk_offsets)
     if not want_attributes:
         return None
-    a = _table(attrs, 4)
-    return Attributes(a[:, 0], a[:, 1], a[:, 2], a[:, 3])
+    return Attributes(rows.attrs[:, 0], rows.attrs[:, 1], rows.attrs[:, 2], rows.attrs[:, 3])
 
 
-def _table(raw: bytes, width: int) -> np.ndarray:
-    return np.frombuffer(raw, np.int64).reshape(-1, width)
+class ScanRows(NamedTuple):
+    """What a window's scan finds, per record row of the window and per attribute (int64
+    tables whose first column is the record row; attribute order is step-major: every
+    record's first attribute, then every record's second, as the walk goes)."""
+
+    code: np.ndarray  # per record: 0, PROBLEMS' codes, or BROKEN
+    live: np.ndarray  # per record: in use, its attribute chain whole
+    attrs: np.ndarray  # row, byte index into the window, type, length (when asked for)
+    si: np.ndarray  # row, 4 times, attributes, security id ($STANDARD_INFORMATION)
+    fn: np.ndarray  # row, parent reference, namespace, name's byte index, its length
+    sizes: np.ndarray  # row, unnamed $DATA size
+    ads: np.ndarray  # row, byte index, length, non-resident, value length (named $DATA)
+    reparse: np.ndarray  # row, reparse tag
 
 
-def scan_numpy(
-    buf: np.ndarray,
-    number: np.ndarray,
-    window: slice | np.ndarray,
-    dtype: np.dtype,
-    cols: Columns,
-    disk_offsets: np.ndarray,
-    want_attributes: bool,
-) -> Attributes | None:
-    """The reference of ``mft_scan``: every step over the whole window in numpy."""
+ROW_WIDTHS = (4, 7, 5, 2, 5, 2)  # of attrs, si, fn, sizes, ads, reparse
+
+
+def native_rows(buf: np.ndarray, want_attributes: bool) -> ScanRows:
+    """``numpy_rows`` by the C kernel, in one pass over each record."""
+    assert mft_scan is not None
+    code, live, *tables = mft_scan(buf, buf.shape[1], want_attributes)
+    shaped = (
+        np.frombuffer(t, np.int64).reshape(-1, w) for t, w in zip(tables, ROW_WIDTHS, strict=True)
+    )
+    return ScanRows(np.frombuffer(code, np.int8), np.frombuffer(live, np.bool_), *shaped)
+
+
+def numpy_rows(buf: np.ndarray, dtype: np.dtype, want_attributes: bool) -> ScanRows:
+    """The reference of ``mft_scan``: the window fixed up in place and walked, every step
+    over all its records at once."""
     rs = buf.shape[1]
     ok, code = apply_fixups(buf, dtype)
     head = buf.view(dtype)[:, 0]
-    flags = head["flags"].astype(np.int64)
-    for r in np.flatnonzero((code >= 2) & (flags & s.RECORD_IN_USE != 0)):
-        cols.problems.append(RecordProblem(int(number[r]), int(disk_offsets[r]), PROBLEMS[code[r]]))
-    in_use = ok & (flags & s.RECORD_IN_USE != 0)
+    in_use = ok & (head["flags"].astype(np.int64) & s.RECORD_IN_USE != 0)
     limit = np.minimum(head["bytes_in_use"].astype(np.int64), rs)
     start = head["attrs_offset"].astype(np.int64)
     in_use &= (start >= s.RECORD_HEADER_SIZE) & (start < limit)
     rows = np.flatnonzero(in_use)
     flat = buf.reshape(-1)
     (arow, apos, atype, alen), broken = walk_attributes(flat, rs, rows, start[rows], limit[rows])
-    for r in broken:
-        cols.problems.append(RecordProblem(int(number[r]), int(disk_offsets[r]), BROKEN_CHAIN))
+    code[broken] = BROKEN
     in_use[broken] = False
     live = in_use[arow]
-    found = Attributes(arow[live], apos[live], atype[live], alen[live]) if want_attributes else None
-    keep = live & WANTED[np.minimum(atype >> 4, WANTED.size - 1)] & (atype & 0xF == 0)
-    arow, apos, atype, alen = arow[keep], apos[keep], atype[keep], alen[keep]
+    arow, apos, atype, alen = arow[live], apos[live], atype[live], alen[live]
+    attrs = np.stack([arow, apos, atype, alen], axis=1) if want_attributes else _rows(4)
+    keep = WANTED[np.minimum(atype >> 4, WANTED.size - 1)] & (atype & 0xF == 0)
+    values = _attribute_rows(flat, arow[keep], apos[keep], atype[keep], alen[keep])
+    return ScanRows(code, in_use, attrs, *values)
+
+
+def _rows(width: int) -> np.ndarray:
+    return np.zeros((0, width), np.int64)
+
+
+def _store(
+    rows: ScanRows,
+    buf: np.ndarray,
+    number: np.ndarray,
+    window: slice | np.ndarray,
+    dtype: np.dtype,
+    cols: Columns,
+    disk_offsets: np.ndarray,
+) -> None:
+    """A window's rows into ``cols``: its records' header fields, each value scattered to the
+    record that owns it (the base record of an extension record), the problems."""
+    head = buf.view(dtype)[:, 0]
+    flags = head["flags"].astype(np.int64)
+    code = rows.code
+    for r in np.flatnonzero((code >= 2) & (code <= 4) & (flags & s.RECORD_IN_USE != 0)):
+        cols.problems.append(RecordProblem(int(number[r]), int(disk_offsets[r]), PROBLEMS[code[r]]))
+    for r in np.flatnonzero(code == BROKEN):
+        cols.problems.append(RecordProblem(int(number[r]), int(disk_offsets[r]), BROKEN_CHAIN))
     base = head["base_record"].astype(np.int64) & s.REF_RECORD_MASK
     owner_of = np.where(base != 0, base, number)
-    cols.set("flags", window, np.where(in_use, flags, 0))
+    cols.set("flags", window, np.where(rows.live, flags, 0))
     cols.set("sequence", window, head["sequence"])
     cols.set("base", window, base)
     cols.set("links", window, head["link_count"])
-    _attribute_values(flat, arow, apos, atype, alen, owner_of, cols)
-    return found
+    flat = buf.reshape(-1)
+    if len(rows.si):
+        cols.scatter("si", owner_of[rows.si[:, 0]], rows.si[:, 1:])
+    if len(rows.fn):
+        fn = rows.fn
+        cols.fn.append(np.stack([owner_of[fn[:, 0]], fn[:, 1], fn[:, 2]], axis=1))
+        cols.texts.append(_decode_names(flat, fn[:, 3], fn[:, 4]))
+        cols.lengths.append(fn[:, 4])
+    if len(rows.sizes):
+        cols.scatter("size", owner_of[rows.sizes[:, 0]], rows.sizes[:, 1])
+    for row, pos, length, nonres, vlen in rows.ads.tolist():
+        named = _named_stream(flat, pos, length, bool(nonres), vlen)
+        if named is not None:
+            cols.ads.append((int(owner_of[row]), *named))
+    if len(rows.reparse):
+        cols.scatter("reparse", owner_of[rows.reparse[:, 0]], rows.reparse[:, 1])
 
 
 WANTED = np.zeros(s.REPARSE_POINT // 16 + 2, bool)  # by type code / 16; the last slot: others
 WANTED[[t // 16 for t in (s.STANDARD_INFORMATION, s.FILE_NAME, s.DATA, s.REPARSE_POINT)]] = True
 
 
-def _attribute_values(
-    flat: np.ndarray,
-    arow: np.ndarray,
-    apos: np.ndarray,
-    atype: np.ndarray,
-    alen: np.ndarray,
-    owner_of: np.ndarray,
-    cols: Columns,
-) -> None:
+def _attribute_rows(
+    flat: np.ndarray, arow: np.ndarray, apos: np.ndarray, atype: np.ndarray, alen: np.ndarray
+) -> tuple[np.ndarray, ...]:
+    """The si, fn, sizes, ads and reparse tables of ``ScanRows`` from the kept attributes."""
     nonres = flat[apos + 8] != 0
     resident = ~nonres & (alen >= s.ATTR_RESIDENT_SIZE)
     header = np.where(resident, apos, 0)  # only read fields the attribute has room for
@@ -438,7 +438,7 @@ def _attribute_values(
     voff = np.where(resident, (vfield >> 32) & 0xFFFF, 0).astype(np.int64)
     resident &= voff + vlen <= alen
     value = apos + voff
-    owner = owner_of[arow]
+    si_rows, fn_rows, size_rows, reparse_rows = _rows(7), _rows(5), _rows(2), _rows(2)
 
     si = np.flatnonzero(resident & (atype == s.STANDARD_INFORMATION) & (vlen >= 48))
     if si.size:
@@ -453,8 +453,7 @@ def _attribute_values(
             table = np.stack([gather(flat, v + 8 * k, 8) for k in range(4)], axis=1)
             table = np.concatenate([table.astype(np.int64), gather(flat, v + 32, 4)[:, None]], 1)
             secid = gather(flat, np.where(has_id, v + 52, v), 4)
-        table = np.concatenate([table, np.where(has_id, secid, 0)[:, None]], axis=1)
-        cols.scatter("si", owner[si], table)
+        si_rows = np.concatenate([arow[si, None], table, np.where(has_id, secid, 0)[:, None]], 1)
 
     fn = np.flatnonzero(resident & (atype == s.FILE_NAME) & (vlen >= s.FILE_NAME_SIZE))
     if fn.size:
@@ -466,9 +465,7 @@ def _attribute_values(
         named = namespace != s.NAMESPACE_DOS  # the 8.3 alias of a name listed beside it
         fn, v, nlen, namespace = fn[named], v[named], nlen[named], namespace[named]
         parent = gather(flat, v, 8).astype(np.int64)
-        cols.fn.append(np.stack([owner[fn], parent, namespace], axis=1))
-        cols.texts.append(_decode_names(flat, v + s.FILE_NAME_SIZE, nlen))
-        cols.lengths.append(nlen)
+        fn_rows = np.stack([arow[fn], parent, namespace, v + s.FILE_NAME_SIZE, nlen], axis=1)
 
     data = atype == s.DATA
     name_len = np.where(data, flat[apos + 9], 0)
@@ -478,16 +475,15 @@ def _attribute_values(
     if sized.size:
         nr = nonres[sized]
         big = gather(flat, np.where(nr, apos[sized] + 48, apos[sized]), 8).astype(np.int64)
-        cols.scatter("size", owner[sized], np.where(nr, big, vlen[sized]))
+        size_rows = np.stack([arow[sized], np.where(nr, big, vlen[sized])], axis=1)
 
-    for i in np.flatnonzero(data & (name_len > 0) & (resident | first_extent)):
-        named = _named_stream(flat, int(apos[i]), int(alen[i]), bool(nonres[i]), int(vlen[i]))
-        if named is not None:
-            cols.ads.append((int(owner[i]), *named))
+    ads = np.flatnonzero(data & (name_len > 0) & (resident | first_extent))
+    ads_rows = np.stack([arow[ads], apos[ads], alen[ads], nonres[ads], vlen[ads]], axis=1)
 
     rp = np.flatnonzero(resident & (atype == s.REPARSE_POINT) & (vlen >= 8))
     if rp.size:
-        cols.scatter("reparse", owner[rp], gather(flat, value[rp], 4))
+        reparse_rows = np.stack([arow[rp], gather(flat, value[rp], 4)], axis=1)
+    return tuple(t.astype(np.int64) for t in (si_rows, fn_rows, size_rows, ads_rows, reparse_rows))
 
 
 def _decode_names(flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> str | list[str]:
