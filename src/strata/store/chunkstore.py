@@ -168,6 +168,7 @@ class Store:
         self._pending: dict[bytes, Location | None] = {}
         self._inflight_bytes = 0
         self._reader_db: sqlite3.Connection | None = None
+        self._closed = False
         self._reader_lock = threading.Lock()
 
     # -- life cycle ----------------------------------------------------------------------
@@ -190,9 +191,15 @@ class Store:
         return cls(path)
 
     def close(self) -> None:
+        """Flush and release everything; a second call does nothing (a close whose flush
+        failed has still released all, and its rows can never commit)."""
+        if self._closed:
+            return
+        self._closed = True
         try:
             self.flush()
         finally:
+            self._rows = []
             if self._writer is not None:
                 self._writer.close()
                 self._writer = None

@@ -67,10 +67,12 @@ class PackWriter:
         self._failed: BaseException | None = None  # the first write that failed
 
     def _refuse_after_failure(self) -> None:
-        """Once a write failed, the frames after it would not lie where their offsets say:
-        nothing more is appended or synced (the store's rows for this pack never commit)."""
+        """Once a write failed, the frames after it would not lie where their offsets say;
+        once an fsync failed, the kernel may have dropped the dirty pages and a second fsync
+        can succeed without them: nothing more is appended or synced (the store's rows for
+        this pack never commit)."""
         if self._failed is not None:
-            problem = f"pack {self.name}: an earlier write failed ({self._failed})"
+            problem = f"pack {self.name}: an earlier write or fsync failed ({self._failed})"
             raise StateError(what=f"{problem}; nothing more is written to it") from self._failed
 
     def append(self, frame: Buffer) -> int:
@@ -120,7 +122,11 @@ class PackWriter:
 
         def wait() -> None:
             self._wait(0)
-            synced.result()
+            try:
+                synced.result()
+            except BaseException as e:
+                self._failed = e
+                raise
 
         return wait
 
