@@ -7,7 +7,7 @@ compressed files, reparse points), whole and with its record and attribute heade
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -32,10 +32,9 @@ TELLING = [0, 1, 8, 16, 24, 48, 56, 64, 66, 0x10, 0x30, 0x80, 0xC0, 0xFF]
 
 
 @pytest.fixture(autouse=True)
-def kernel(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def kernel(monkeypatch: pytest.MonkeyPatch) -> None:
     """The kernel, whatever STRATA_BACKEND selected for the rest of strata."""
     monkeypatch.setattr(r, "mft_scan", _native.mft_scan if _native is not None else None)
-    yield
 
 
 @pytest.fixture(scope="module")
@@ -192,19 +191,19 @@ def _used(value: int) -> Callable[[np.ndarray], None]:
     return edit
 
 
+def _end_first(rec: np.ndarray) -> None:
+    at = _first_attr(rec)
+    rec[at : at + 4] = 0xFF
+
+
 CRAFTED = {  # edit of the root record, and whether it stays in use (else: a broken chain)
     "length not a multiple of 8, then the end": (_chain(20, 0xFFFFFFFF), False),
     "length below a header": (_chain(8, None), False),
     "length past the bytes in use": (_chain(1000, None), False),
-    "end marker first": (lambda rec: _end_first(rec), True),
+    "end marker first": (_end_first, True),
     "bytes in use past the record": (_used(5000), True),
     "a whole first attribute, then the end": (_chain(96, 0xFFFFFFFF), True),
 }
-
-
-def _end_first(rec: np.ndarray) -> None:
-    at = _first_attr(rec)
-    rec[at : at + 4] = 0xFF
 
 
 @pytest.mark.parametrize("case", sorted(CRAFTED))

@@ -49,6 +49,12 @@ class Extent:
         return replace(self, offset=lo, length=hi - lo, file_offset=fo)
 
 
+def read_concurrently(devices: Iterable[object]) -> bool:
+    """Every one of ``devices`` allows reads on several threads at once
+    (``BaseDevice.concurrent_reads``; a device that does not say so does not)."""
+    return all(getattr(dev, "concurrent_reads", False) for dev in devices)
+
+
 @runtime_checkable
 class BlockDevice(Protocol):
     """What every disk, volume and view in strata offers."""

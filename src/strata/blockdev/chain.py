@@ -14,7 +14,15 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from strata.blockdev.base import BaseDevice, BlockDevice, Buffer, Extent, ExtentState, zero_fill
+from strata.blockdev.base import (
+    BaseDevice,
+    BlockDevice,
+    Buffer,
+    Extent,
+    ExtentState,
+    read_concurrently,
+    zero_fill,
+)
 from strata.errors import InvalidInput, NotFound, PathOutsideAllowed, StrataError
 
 
@@ -118,7 +126,7 @@ class ChainDevice(BaseDevice):
 
     @property
     def concurrent_reads(self) -> bool:  # type: ignore[override]
-        return all(getattr(layer, "concurrent_reads", False) for layer in self.layers)
+        return read_concurrently(self.layers)
 
     @property
     def layers(self) -> list[BlockDevice]:

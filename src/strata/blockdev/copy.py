@@ -15,7 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from itertools import islice
 
-from strata.blockdev.base import BlockDevice, Buffer, ExtentState
+from strata.blockdev.base import BlockDevice, Buffer, ExtentState, read_concurrently
 from strata.errors import InvalidInput
 from strata.native import bitmap_runs, changed_sectors, is_zero, nonzero_blocks
 
@@ -189,7 +189,7 @@ def _reads_in_flight(src: BlockDevice, base: BlockDevice | None) -> int:
     took 0.17 s on one thread, 0.087 s on two.
     """
     devices = [src] if base is None else [src, base]
-    return 2 if all(getattr(dev, "concurrent_reads", False) for dev in devices) else 1
+    return 2 if read_concurrently(devices) else 1
 
 
 def _buffer_set(window: int, with_base: bool) -> tuple[Buffer, Buffer | None]:

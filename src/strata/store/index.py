@@ -62,10 +62,6 @@ def insert(
     """Add ``rows``; ``before_commit`` (the wait for the pack's fsync) runs inside the
     transaction, so no row commits before the bytes it points at are durable, and an
     error there rolls the rows back."""
-    if not rows:
-        if before_commit is not None:
-            before_commit()
-        return
     with transaction(conn):
         conn.executemany("INSERT OR IGNORE INTO chunks VALUES (?, ?, ?, ?, ?)", rows)
         if before_commit is not None:

@@ -98,11 +98,16 @@ class PackWriter:
         while self._queued and self._queued_bytes > limit:
             future, size = self._queued.popleft()
             self._queued_bytes -= size
-            try:
-                future.result()
-            except BaseException as e:
-                self._failed = e
-                raise
+            self._result(future)
+
+    def _result(self, future: Future[None]) -> None:
+        """The outcome of a write or fsync on the I/O thread; a failure is kept (see
+        ``_refuse_after_failure``)."""
+        try:
+            future.result()
+        except BaseException as e:
+            self._failed = e
+            raise
 
     def drain(self) -> None:
         """Every appended frame is in the file (not necessarily durable)."""
@@ -122,11 +127,7 @@ class PackWriter:
 
         def wait() -> None:
             self._wait(0)
-            try:
-                synced.result()
-            except BaseException as e:
-                self._failed = e
-                raise
+            self._result(synced)
 
         return wait
 
