@@ -192,3 +192,28 @@ def test_convert_refused_before_writing_keeps_existing_output(tmp_path: Path) ->
     assert proc.returncode == InvalidInput.exit_code, proc.stderr
     assert "larger than the source" in proc.stderr
     assert out.read_bytes() == b"the user's file"
+
+
+def test_a_full_disk_is_a_clear_error_and_leaves_no_partial_output(tmp_path: Path) -> None:
+    """Converting onto a file system that fills up (a 2 MiB tmpfs): one line naming the
+    system's refusal and exit code 11 (not an internal error, no traceback), and the
+    half-written output removed."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    source = write_sparse_raw(tmp_path / "src.raw", 16 * MiB, [(0, 8 * MiB)])
+    small = tmp_path / "small"
+    small.mkdir()
+    run(["mount", "-t", "tmpfs", "-o", "size=2M", "tmpfs", small])
+    try:
+        out = small / "out.raw"
+        proc = strata("disk", "convert", "-O", "raw", source, out)
+        events = strata_json("disk", "convert", "-O", "raw", source, out)
+    finally:
+        run(["umount", small])
+    assert proc.returncode == 11, proc.stderr
+    assert "No space left on device" in proc.stderr and "Traceback" not in proc.stderr
+    assert "internal error" not in proc.stderr
+    error = events[-1]
+    assert error["event"] == "error" and error["kind"] == "SystemIOError", error
+    assert error["exit_code"] == 11
+    assert not out.exists()

@@ -17,6 +17,7 @@ Exit codes (documented in the README):
     8  StateError        an operation not allowed in the object's current state
     9  NotReady          the finalize integrity gate refused a disk
    10  Conflict          concurrent modification or lock contention
+   11  SystemIOError     the system refused a read or write (disk full, I/O error, permission)
    70  internal error (a bug: please report it)
 """
 
@@ -124,6 +125,18 @@ class Conflict(StrataError):
 
 class PathOutsideAllowed(InvalidInput):
     """{path} lies outside the allowed directories {allowed}"""
+
+
+class SystemIOError(StrataError):
+    """{what}"""
+
+    exit_code = 11
+
+    @classmethod
+    def of(cls, e: OSError) -> SystemIOError:
+        """The one line a user sees for an OSError the system raised: what and where."""
+        where = f"{e.filename}: " if e.filename else ""
+        return cls(what=f"{where}{e.strerror or e}")
 
 
 EXIT_DIFFERENT = 1

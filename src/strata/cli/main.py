@@ -12,7 +12,7 @@ import click
 
 import strata
 from strata.cli.events import current, json_option
-from strata.errors import EXIT_INTERNAL, EXIT_USAGE, StrataError
+from strata.errors import EXIT_INTERNAL, EXIT_USAGE, StrataError, SystemIOError
 
 # strata calls no BLAS routine, yet OpenBLAS starts a spinning thread per core when numpy is
 # imported: on a busy machine that costs a command ~50 ms of start-up and as much CPU. Set
@@ -118,6 +118,10 @@ def run(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as e:  # the system refused (a full disk, an I/O error): not a bug
+        err = SystemIOError.of(e)
+        current().error(err.message, err.exit_code, type(err).__name__)
+        return err.exit_code
     except Exception as e:  # a bug: one line for the user, the trace on request
         if os.environ.get("STRATA_DEBUG"):
             traceback.print_exc()
