@@ -391,3 +391,13 @@ def test_exit_9_and_70_mapping(
     assert cli_main.run(["disk", "info", "whatever"]) == code
     err = capsys.readouterr().err
     assert err.startswith("strata: ") and "Traceback" not in err
+
+
+def test_each_run_starts_in_text_mode(capsys: pytest.CaptureFixture) -> None:
+    """A controller calling ``run`` twice in one process: ``--json`` of the first does not
+    turn the second's error into JSON on stdout."""
+    assert cli_main.run(["disk", "formats", "--json"]) == 0
+    capsys.readouterr()
+    assert cli_main.run(["disk", "info", "/nonexistent/disk.raw"]) == NotFound.exit_code
+    out, err = capsys.readouterr()
+    assert err.startswith("strata: ") and out == ""

@@ -99,6 +99,14 @@ def current() -> Reporter:
     return _current
 
 
+def reset() -> Reporter:
+    """A text reporter for a new invocation (``--json`` of an earlier one in the same
+    process does not carry over)."""
+    global _current
+    _current = Reporter()
+    return _current
+
+
 def set_json(enabled: bool) -> Reporter:
     global _current
     _current = Reporter(json_mode=enabled or _current.json_mode)

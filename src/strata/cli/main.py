@@ -11,7 +11,7 @@ import traceback
 import click
 
 import strata
-from strata.cli.events import current, json_option
+from strata.cli.events import current, json_option, reset
 from strata.errors import EXIT_INTERNAL, EXIT_USAGE, StrataError, SystemIOError
 
 # strata calls no BLAS routine, yet OpenBLAS starts a spinning thread per core when numpy is
@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def run(argv: list[str] | None = None) -> int:
+    reset()
     try:
         result = cli.main(args=argv, prog_name="strata", standalone_mode=False)
         return result if isinstance(result, int) else 0
