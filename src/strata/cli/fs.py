@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
 
 import click
 
@@ -38,24 +37,19 @@ def ls_cmd(
     With --json: one `result` event with `filesystem`, `partition`, `where` and `entries`
     ({path, type, size, created, modified, accessed, attributes, ...}).
     """
-    report = ops.ls(target, path, recursive, system, fmt, allowed_dirs)
+    report = ops.ls_table(target, path, recursive, system, fmt, allowed_dirs)
     rep = current()
     for problem in report["warnings"]:
         rep.warning(problem, kind="CorruptRecord")
     if rep.json_mode:
-        rep.result(**report)
+        rep.result(**ops.with_rows(report))
         return 0
     click.echo(f"# {report['filesystem']} on {report['where']}", err=True)
-    if report["entries"]:
-        click.echo("\n".join(_line(row) for row in report["entries"]))
+    out = click.get_text_stream("stdout")
+    for lines in report["table"].lines():
+        out.write(lines)
+    out.flush()
     return 0
-
-
-def _line(row: dict[str, Any]) -> str:
-    modified = (row.get("modified") or "-")[:19]
-    attrs = ",".join(row["attributes"]) or "-"
-    link = f" -> {row['target']}" if "target" in row else ""
-    return f"{row['type']:<8} {row['size']:>14} {modified:<19} {attrs:<24} {row['path']}{link}"
 
 
 @group.command("cat")

@@ -1,0 +1,92 @@
+"""Fixed-width text columns for listings, built for every row at once as byte matrices.
+
+``strata fs ls -r`` of a 200 000-file volume spent 0.3 s formatting sizes and times one row
+at a time (f-strings and ``numpy.datetime_as_string``, 0.4-0.7 us a value); the matrices here
+take about 30 ms for both.  Each function's reference is the per-row Python it replaces, and
+the tests compare the two.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from strata.fs.ntfs.structs import FILETIME_UNIX_OFFSET
+
+SPACE, DASH = ord(" "), ord("-")
+STAMP_WIDTH = 19  # YYYY-MM-DDTHH:MM:SS
+_YEAR_10000_US = 253402300800 * 10**6  # microseconds from 1970 to 10000-01-01
+
+
+def filetime_micros(filetimes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Microseconds since 1970 of FILETIME values, and which are times at all (not 0, before
+    the year 10000); the others' microseconds are 0."""
+    filetimes = np.asarray(filetimes, np.int64)
+    micros = (filetimes - FILETIME_UNIX_OFFSET) // 10
+    valid = (filetimes > 0) & (micros < _YEAR_10000_US)
+    return np.where(valid, micros, 0), valid
+
+
+def stamps_to_seconds(filetimes: np.ndarray) -> np.ndarray:
+    """(n, 19) uint8: each FILETIME as ``YYYY-MM-DDTHH:MM:SS`` UTC (truncated to the second),
+    or ``-`` and spaces where there is no time."""
+    micros, valid = filetime_micros(filetimes)
+    days, second_of_day = np.divmod(micros // 10**6, 86400)
+    # Few distinct days in any real volume: format those, then gather.
+    unique_days, which = np.unique(days, return_inverse=True)
+    dates = np.datetime_as_string(unique_days.astype("datetime64[D]"), "D").astype("S10")
+    out = np.empty((len(micros), STAMP_WIDTH), np.uint8)
+    out[:, :10] = dates.view(np.uint8).reshape(-1, 10)[which.reshape(-1)]
+    out[:, 10] = ord("T")
+    out[:, 11:] = _clock_table()[second_of_day]
+    out[~valid] = SPACE
+    out[~valid, 0] = DASH
+    return out
+
+
+@functools.cache
+def _clock_table() -> np.ndarray:
+    """(86400, 8) uint8: ``HH:MM:SS`` of every second of a day."""
+    hours, rest = np.divmod(np.arange(86400), 3600)
+    minutes, seconds = np.divmod(rest, 60)
+    table = np.empty((86400, 8), np.uint8)
+    for col, value in ((0, hours), (3, minutes), (6, seconds)):
+        table[:, col], table[:, col + 1] = np.divmod(value, 10)
+        table[:, col : col + 2] += ord("0")
+    table[:, 2] = table[:, 5] = ord(":")
+    return table
+
+
+def right_aligned(values: np.ndarray, width: int) -> np.ndarray:
+    """(n, width) uint8: each value in decimal, right-aligned in spaces.  Values must lie in
+    [0, 10**width)."""
+    v = np.asarray(values, np.int64)
+    out = np.empty((len(v), width), np.uint8)
+    for col in range(width - 1, -1, -1):
+        v, out[:, col] = np.divmod(v, 10)
+    digits = np.searchsorted(_powers(width), values, side="right") + 1
+    out += ord("0")
+    out[np.arange(width) < width - digits[:, None]] = SPACE
+    return out
+
+
+@functools.cache
+def _powers(width: int) -> np.ndarray:
+    return 10 ** np.arange(1, width, dtype=np.int64)
+
+
+def decoded(matrix: np.ndarray) -> list[str]:
+    """Each row of a byte matrix of printable ASCII as a str."""
+    # One decode and one split: numpy's bytes-to-str cast took twice as long.
+    lines = np.empty((matrix.shape[0], matrix.shape[1] + 1), np.uint8)
+    lines[:, :-1] = matrix
+    lines[:, -1] = ord("\n")
+    return lines.tobytes().decode("ascii").split("\n")[:-1]
+
+
+def seconds_of(stamps: list[str | None]) -> np.ndarray:
+    """(n, 19) uint8 of ISO 8601 strings cut to the second (``-`` for none): the row-at-a-time
+    form of ``stamps_to_seconds``, for times that are not FILETIMEs."""
+    text = "".join(f"{(s or '-')[:STAMP_WIDTH]:<{STAMP_WIDTH}}" for s in stamps)
+    return np.frombuffer(text.encode("ascii"), np.uint8).reshape(-1, STAMP_WIDTH)

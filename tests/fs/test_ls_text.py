@@ -1,0 +1,117 @@
+"""``strata fs ls`` text output: the byte-matrix columns of ``ops.textcols`` against the
+row-at-a-time Python they replace, and the text of a whole listing against the JSON rows of
+the same listing (which tests/fs/test_fs_cli.py checks against ntfs-3g and mtools), each row
+formatted the way the CLI printed it before the columns existed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from strata.fs.ntfs.structs import FILETIME_UNIX_OFFSET
+from strata.ops import fs as ops
+from strata.ops import textcols as tc
+
+from support.fat_tools import make_volume, populate
+from support.ntfs_tools import volume
+from support.tools import result_of, strata, strata_json
+
+FILETIME_MAX = 2**63 - 1
+YEAR_10000 = FILETIME_UNIX_OFFSET + 253402300800 * 10**7  # first FILETIME past 9999
+
+
+def reference_stamp(filetime: int) -> str:
+    """What ``_iso_times`` gives for one value, cut to the second, or ``-``."""
+    if filetime <= 0 or filetime >= YEAR_10000:
+        return f"{'-':<19}"
+    micros = (filetime - FILETIME_UNIX_OFFSET) // 10
+    when = dt.datetime(1970, 1, 1) + dt.timedelta(microseconds=micros)
+    return when.isoformat(timespec="seconds")
+
+
+EDGES = [
+    0,
+    -1,
+    1,
+    FILETIME_UNIX_OFFSET - 1,
+    FILETIME_UNIX_OFFSET,
+    FILETIME_UNIX_OFFSET + 10**7 - 1,
+    YEAR_10000 - 1,
+    YEAR_10000,
+    FILETIME_MAX,
+    FILETIME_UNIX_OFFSET + (951782400 - 1) * 10**7,  # 2000-02-28T23:59:59, then leap day
+    FILETIME_UNIX_OFFSET + 951782400 * 10**7,
+]
+
+
+@given(st.lists(st.integers(-(2**63), FILETIME_MAX), max_size=200))
+def test_stamps_match_python_datetime(filetimes: list[int]) -> None:
+    values = np.array(filetimes + EDGES, np.int64)
+    got = tc.decoded(tc.stamps_to_seconds(values))
+    assert got == [reference_stamp(v) for v in values.tolist()]
+
+
+@given(st.integers(1, 18), st.lists(st.integers(0, 10**18 - 1), max_size=100))
+def test_right_aligned_matches_format(width: int, values: list[int]) -> None:
+    limit = 10**width
+    picked = [v % limit for v in values] + [0, 9 % limit, limit - 1, limit // 10]
+    got = tc.decoded(tc.right_aligned(np.array(picked, np.int64), width))
+    assert got == [f"{v:>{width}}" for v in picked]
+
+
+def test_seconds_of_matches_the_matrix() -> None:
+    values = np.array(EDGES, np.int64)
+    iso = [None if s.startswith("-") else s for s in map(reference_stamp, EDGES)]
+    assert np.array_equal(tc.seconds_of(iso), tc.stamps_to_seconds(values))
+
+
+def line_before(row: dict[str, Any]) -> str:
+    """A row as the CLI printed it before ``Table.lines`` (one f-string per row)."""
+    modified = (row.get("modified") or "-")[:19]
+    attrs = ",".join(row["attributes"]) or "-"
+    link = f" -> {row['target']}" if "target" in row else ""
+    return f"{row['type']:<8} {row['size']:>14} {modified:<19} {attrs:<24} {row['path']}{link}"
+
+
+@pytest.fixture(scope="module")
+def fat_disk(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    work = tmp_path_factory.mktemp("fatls")
+    path = make_volume(work / "fat.img", 16, 24 << 20)
+    populate(path, work, 0)
+    return path
+
+
+@pytest.mark.parametrize("args", [("-r",), (), ("--system",), ("-r", "{image}", "/docs")])
+@pytest.mark.parametrize("kind", ["ntfs", "fat"])
+def test_text_is_the_json_rows(kind: str, args: tuple[str, ...], fat_disk: Path) -> None:
+    image = str(volume(40, "16M") if kind == "ntfs" else fat_disk)
+    if "{image}" in args:
+        args = (*args[:1], image, "/Dir" if kind == "fat" else args[2])
+    else:
+        args = (*args, image)
+    rows = result_of(strata_json("fs", "ls", *args))["entries"]
+    text = strata("fs", "ls", *args).stdout
+    assert rows, "an empty listing proves nothing"
+    assert text == "".join(f"{line_before(r)}\n" for r in rows)
+    if kind == "ntfs" and "-r" in args and len(args) == 2:
+        assert " -> " in text and "compressed" in text  # a link and an attribute were shown
+
+
+def test_sizes_wider_than_the_column() -> None:
+    table = ops.Table(
+        path=["/big", "/small"],
+        kind=["file", "file"],
+        size=[10**14 + 5, 7],
+        flags=[0, 0x20],
+        names_of=lambda bits: ["archive"] if bits else [],
+        stamps=lambda k: [None, "2026-01-02T03:04:05.123456+00:00"],
+    )
+    rows = table.rows()
+    assert "".join(table.lines()) == "".join(f"{line_before(r)}\n" for r in rows)
