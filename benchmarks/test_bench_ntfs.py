@@ -58,3 +58,31 @@ def test_ntfs_full_listing(versus, record_ratio, image: Path) -> None:  # type: 
         strata_process_s=round(ours.seconds, 3),
         peer_process_s=round(peer.seconds, 3),
     )
+
+
+def cli_listing(image: Path) -> None:
+    """What a person at a shell runs: the interpreter, the imports, the scan and every line
+    printed (to /dev/null, as fls's are)."""
+    subprocess.run(
+        [sys.executable, "-m", "strata", "fs", "ls", "-r", str(image)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def test_ntfs_cli_listing(versus, record_ratio, image: Path) -> None:  # type: ignore[no-untyped-def]
+    """``strata fs ls -r`` beside ``fls -r -p``, both as processes writing every entry."""
+    versus(lambda: cli_listing(image), lambda: fls(image), peer="fls -r -p (CLI)", target=0.2)
+    ours = measure([sys.executable, "-m", "strata", "fs", "ls", "-r", image])
+    peer = measure([require("fls"), "-r", "-p", image])
+    assert ours.returncode == 0 and ours.stdout.count("\n") > FILES
+    # Start-up alone (interpreter, numpy, click, strata's modules): no part of fls's time.
+    startup = measure([sys.executable, "-m", "strata", "fs", "--help"])
+    record_ratio(
+        files=FILES,
+        strata_rss=ours.peak_rss,
+        peer_rss=peer.peak_rss,
+        rss_ratio=round(ours.peak_rss / peer.peak_rss, 2),
+        strata_startup_s=round(startup.seconds, 3),
+    )
