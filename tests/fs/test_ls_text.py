@@ -1,12 +1,16 @@
-"""``strata fs ls`` text output: the byte-matrix columns of ``ops.textcols`` against the
-row-at-a-time Python they replace, and the text of a whole listing against the JSON rows of
-the same listing (which tests/fs/test_fs_cli.py checks against ntfs-3g and mtools), each row
-formatted the way the CLI printed it before the columns existed.
+"""``strata fs ls`` output built from columns: the byte-matrix columns of ``ops.textcols``
+against the row-at-a-time Python they replace; the text of a whole listing against the JSON
+rows of the same listing (which tests/fs/test_fs_cli.py checks against ntfs-3g and mtools),
+each row formatted the way the CLI printed it before the columns existed; the JSON text built
+from the columns and streamed against ``json.dumps`` of the rows.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +19,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from strata.cli.events import Reporter
 from strata.fs.ntfs.structs import FILETIME_UNIX_OFFSET
 from strata.ops import fs as ops
 from strata.ops import textcols as tc
@@ -66,6 +71,19 @@ def test_right_aligned_matches_format(width: int, values: list[int]) -> None:
     assert got == [f"{v:>{width}}" for v in picked]
 
 
+@given(st.lists(st.integers(1, FILETIME_MAX), max_size=200))
+def test_iso_stamps_match_numpy(filetimes: list[int]) -> None:
+    """The JSON times: what the listing wrote with ``numpy.datetime_as_string`` before."""
+    values = np.array(filetimes + [v for v in EDGES if v > 0], np.int64)
+    matrix, valid = tc.stamps_to_iso(values)
+    micros = (values - FILETIME_UNIX_OFFSET) // 10
+    expected = np.datetime_as_string(micros[valid].astype("datetime64[us]"), "us")
+    assert [s for s, ok in zip(tc.decoded(matrix), valid, strict=True) if ok] == [
+        f"{s}+00:00" for s in expected.tolist()
+    ]
+    assert valid.tolist() == [0 < v < YEAR_10000 for v in values.tolist()]
+
+
 def test_seconds_of_matches_the_matrix() -> None:
     values = np.array(EDGES, np.int64)
     iso = [None if s.startswith("-") else s for s in map(reference_stamp, EDGES)]
@@ -115,3 +133,33 @@ def test_sizes_wider_than_the_column() -> None:
     )
     rows = table.rows()
     assert "".join(table.lines()) == "".join(f"{line_before(r)}\n" for r in rows)
+
+
+@pytest.mark.parametrize("recursive", [True, False])
+@pytest.mark.parametrize("kind", ["ntfs", "fat"])
+def test_json_items_are_json_dumps(kind: str, recursive: bool, fat_disk: Path) -> None:
+    image = str(volume(40, "16M") if kind == "ntfs" else fat_disk)
+    table = ops.ls_table(image, "/", recursive)["entries"]
+    rows = table.rows()
+    assert ", ".join(table.json_items(batch=7)) == json.dumps(rows)[1:-1]
+    if kind == "ntfs" and recursive:
+        assert any("streams" in r for r in rows) and any("target" in r for r in rows)
+
+
+@pytest.mark.parametrize(
+    ("fields", "runs"),
+    [
+        ({"a": 1, "entries": None, "warnings": ["w"]}, [[{"x": 1}, {"x": 2}], [], [{"x": "é"}]]),
+        ({"a": None, "entries": None}, [[3]]),
+        ({"entries": None, "b": {"c": [1]}}, []),
+    ],
+)
+def test_result_streamed_is_emit(fields: dict[str, Any], runs: list[list[Any]]) -> None:
+    streamed, emitted = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(streamed):
+        texts = (json.dumps(run)[1:-1] for run in runs)
+        Reporter(json_mode=True).result_streamed(fields, "entries", texts)
+    with contextlib.redirect_stdout(emitted):
+        whole = [item for run in runs for item in run]
+        Reporter(json_mode=True).emit("result", **{**fields, "entries": whole})
+    assert streamed.getvalue() == emitted.getvalue()

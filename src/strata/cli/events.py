@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -26,6 +26,24 @@ class Reporter:
 
     def emit(self, event: str, **fields: Any) -> None:
         print(json.dumps({"event": event, **fields}, default=str), flush=True)
+
+    def result_streamed(self, fields: dict[str, Any], key: str, items: Iterable[str]) -> None:
+        """The ``result`` line ``emit`` would write for ``fields``, but with the list at
+        ``key`` written as ``items`` come (JSON texts of runs of its items, each run joined
+        by ", "): a long listing is never held whole as one string."""
+        names = list(fields)
+        at = names.index(key)
+        before = {"event": "result", **{k: fields[k] for k in names[:at]}}
+        after = {k: fields[k] for k in names[at + 1 :]}
+        out = sys.stdout
+        out.write(f"{json.dumps(before, default=str)[:-1]}, {json.dumps(key)}: [")
+        separator = ""
+        for text in items:
+            if text:
+                out.write(separator + text)
+                separator = ", "
+        out.write(f"], {json.dumps(after, default=str)[1:]}\n" if after else "]}\n")
+        out.flush()
 
     def result(self, text: str | None = None, **fields: Any) -> None:
         if self.json_mode:

@@ -42,11 +42,11 @@ def ls_cmd(
     for problem in report["warnings"]:
         rep.warning(problem, kind="CorruptRecord")
     if rep.json_mode:
-        rep.result(**ops.with_rows(report))
+        rep.result_streamed(report, "entries", report["entries"].json_items())
         return 0
     click.echo(f"# {report['filesystem']} on {report['where']}", err=True)
     out = click.get_text_stream("stdout")
-    for lines in report["table"].lines():
+    for lines in report["entries"].lines():
         out.write(lines)
     out.flush()
     return 0

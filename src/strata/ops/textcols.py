@@ -32,6 +32,26 @@ def stamps_to_seconds(filetimes: np.ndarray) -> np.ndarray:
     """(n, 19) uint8: each FILETIME as ``YYYY-MM-DDTHH:MM:SS`` UTC (truncated to the second),
     or ``-`` and spaces where there is no time."""
     micros, valid = filetime_micros(filetimes)
+    out = _seconds(micros)
+    out[~valid] = SPACE
+    out[~valid, 0] = DASH
+    return out
+
+
+def stamps_to_iso(filetimes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(n, 32) uint8: each FILETIME as ``YYYY-MM-DDTHH:MM:SS.ffffff+00:00`` (what
+    ``numpy.datetime_as_string`` in microseconds and a UTC offset make), and which rows are
+    times at all (the others' text is meaningless)."""
+    micros, valid = filetime_micros(filetimes)
+    out = np.empty((len(micros), STAMP_WIDTH + 13), np.uint8)
+    out[:, :STAMP_WIDTH] = _seconds(micros)
+    out[:, STAMP_WIDTH] = ord(".")
+    out[:, STAMP_WIDTH + 1 : STAMP_WIDTH + 7] = _digits(micros % 10**6, 6) + ord("0")
+    out[:, STAMP_WIDTH + 7 :] = np.frombuffer(b"+00:00", np.uint8)
+    return out, valid
+
+
+def _seconds(micros: np.ndarray) -> np.ndarray:
     days, second_of_day = np.divmod(micros // 10**6, 86400)
     # Few distinct days in any real volume: format those, then gather.
     unique_days, which = np.unique(days, return_inverse=True)
@@ -40,8 +60,6 @@ def stamps_to_seconds(filetimes: np.ndarray) -> np.ndarray:
     out[:, :10] = dates.view(np.uint8).reshape(-1, 10)[which.reshape(-1)]
     out[:, 10] = ord("T")
     out[:, 11:] = _clock_table()[second_of_day]
-    out[~valid] = SPACE
-    out[~valid, 0] = DASH
     return out
 
 
@@ -61,13 +79,18 @@ def _clock_table() -> np.ndarray:
 def right_aligned(values: np.ndarray, width: int) -> np.ndarray:
     """(n, width) uint8: each value in decimal, right-aligned in spaces.  Values must lie in
     [0, 10**width)."""
+    out = _digits(values, width) + ord("0")
+    digits = np.searchsorted(_powers(width), values, side="right") + 1
+    out[np.arange(width) < width - digits[:, None]] = SPACE
+    return out
+
+
+def _digits(values: np.ndarray, width: int) -> np.ndarray:
+    """(n, width) uint8: the low ``width`` decimal digits of each value (0-9, not ASCII)."""
     v = np.asarray(values, np.int64)
     out = np.empty((len(v), width), np.uint8)
     for col in range(width - 1, -1, -1):
         v, out[:, col] = np.divmod(v, 10)
-    digits = np.searchsorted(_powers(width), values, side="right") + 1
-    out += ord("0")
-    out[np.arange(width) < width - digits[:, None]] = SPACE
     return out
 
 
