@@ -292,9 +292,10 @@ _SYSTEM, _REPARSE = 0x4, 0x400
 def _ntfs_ls(vol: NtfsVolume, path: str, recursive: bool, system: bool) -> Table:
     top = vol.stat(path)
     listing = vol.scan()
-    if not top.is_dir:
-        return _ntfs_table(vol, np.array([vol._path_index()[top.path]], np.int64))
     paths = listing.paths
+    if not top.is_dir:
+        names = np.flatnonzero(listing.owner == top.record).tolist()
+        return _ntfs_table(vol, np.array([i for i in names if paths[i] == top.path], np.int64))
     if not recursive:
         chosen = np.flatnonzero(listing.parent == top.record)
     elif top.path:

@@ -26,6 +26,29 @@ MAX_BLOCKS = 1 << 20  # INDX blocks one directory may have
 def children(attrs: list[Attribute], cluster_size: int, read: Reader, bad: Bad) -> list[int]:
     """File references (record number and sequence, as stored) of every entry in the $I30
     index of a directory with attributes ``attrs``, each reference once, in index order."""
+    return list(dict.fromkeys(ref for ref, _key in entries(attrs, cluster_size, read, bad)))
+
+
+def names(
+    attrs: list[Attribute], cluster_size: int, read: Reader, bad: Bad
+) -> list[tuple[int, int, str]]:
+    """(file reference, namespace, name) of every entry in the $I30 index, in index order: a
+    name and its DOS alias are two entries."""
+    out = []
+    for ref, key in entries(attrs, cluster_size, read, bad):
+        length, namespace = key[s.FILE_NAME_SIZE - 2], key[s.FILE_NAME_SIZE - 1]
+        if s.FILE_NAME_SIZE + 2 * length > len(key):
+            raise bad(f"index key of {len(key)} bytes holds no {length}-unit name", "key", 0)
+        raw = key[s.FILE_NAME_SIZE : s.FILE_NAME_SIZE + 2 * length]
+        out.append((ref, namespace, raw.decode("utf-16-le", "surrogatepass")))
+    return out
+
+
+def entries(
+    attrs: list[Attribute], cluster_size: int, read: Reader, bad: Bad
+) -> list[tuple[int, bytes]]:
+    """(file reference, key: a $FILE_NAME value) of every entry in the $I30 index, in index
+    order."""
     root = [a for a in attrs if a.type == s.INDEX_ROOT and a.name == s.INDEX_NAME]
     if not root:
         raise bad("directory has no $I30 index root", "$INDEX_ROOT", 0)
@@ -37,10 +60,10 @@ def children(attrs: list[Attribute], cluster_size: int, read: Reader, bad: Bad) 
     size = head.block_size
     if size < 512 or size & (size - 1) or size > 1 << 16:
         raise bad(f"index block size {size}", "block_size", 8)
-    refs: dict[int, None] = {}
-    todo = _node(value, s.INDEX_ROOT_HEADER_SIZE, refs, bad)
+    found: list[tuple[int, bytes]] = []
+    todo = _node(value, s.INDEX_ROOT_HEADER_SIZE, found, bad)
     if not todo:
-        return list(refs)
+        return found
     alloc = [a for a in attrs if a.type == s.INDEX_ALLOCATION and a.name == s.INDEX_NAME]
     if not alloc:
         raise bad("index entries point to sub-nodes but there is no allocation", "flags", 0)
@@ -58,8 +81,8 @@ def children(attrs: list[Attribute], cluster_size: int, read: Reader, bad: Bad) 
         if at < 0 or at + size > len(data):
             raise bad(f"sub-node VCN {vcn} lies past the allocation", "vcn", 0)
         block = _fixup(bytearray(data[at : at + size]), vcn, bad)
-        todo += _node(block, s.INDX_NODE_OFFSET, refs, bad)
-    return list(refs)
+        todo += _node(block, s.INDX_NODE_OFFSET, found, bad)
+    return found
 
 
 def _fixup(block: bytearray, vcn: int, bad: Bad) -> bytes:
@@ -80,8 +103,9 @@ def _fixup(block: bytearray, vcn: int, bad: Bad) -> bytes:
     return bytes(block)
 
 
-def _node(buf: bytes, at: int, refs: dict[int, None], bad: Bad) -> list[int]:
-    """Add the references of the node whose header is at ``at``; its sub-node VCNs."""
+def _node(buf: bytes, at: int, found: list[tuple[int, bytes]], bad: Bad) -> list[int]:
+    """Add the (reference, key) entries of the node whose header is at ``at``; its sub-node
+    VCNs."""
     try:
         node = s.INDEX_NODE_HEADER.parse(buf[at : at + s.INDEX_NODE_HEADER_SIZE])
     except ConstructError as e:
@@ -104,5 +128,6 @@ def _node(buf: bytes, at: int, refs: dict[int, None], bad: Bad) -> list[int]:
             return subnodes
         if s.INDEX_ENTRY_SIZE + key > length or key < s.FILE_NAME_SIZE:
             raise bad(f"index key of {key} bytes", "key_length", pos)
-        refs.setdefault(ref, None)
+        start = pos + s.INDEX_ENTRY_SIZE
+        found.append((ref, bytes(buf[start : start + key])))
         pos += length

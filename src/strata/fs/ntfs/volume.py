@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import datetime as dt
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 from construct import ConstructError
@@ -28,11 +29,20 @@ from strata.fs.ntfs.attributes import (
     parse_standard_info,
 )
 from strata.fs.ntfs.index import children as index_children
+from strata.fs.ntfs.index import names as index_names
 from strata.fs.ntfs.lznt1 import decompress
-from strata.fs.ntfs.records import Columns, RecordProblem, fixup_one, scan_window
+from strata.fs.ntfs.records import (
+    FIELDS,
+    Columns,
+    RecordProblem,
+    SparseColumns,
+    fixup_one,
+    scan_window,
+)
 from strata.fs.ntfs.runlist import Run, decode_runlist
 
 WINDOW = 8 << 20  # bytes of MFT fixed up and walked per numpy pass
+DIRECTORIES_KEPT = 64  # directory indexes ``stat`` keeps parsed
 READ_CHUNK = 1 << 20
 MAX_EXTENSIONS = 4096  # extension records one file may name in its attribute list
 
@@ -307,7 +317,8 @@ class NtfsVolume:
         self.mft_runs, self.mft_size = self._load_mft()
         self.record_count = self.mft_size // self.geometry.record_size
         self._listing: Listing | None = None
-        self._by_path: dict[str, int] | None = None
+        # (record, parent reference, name) of every $FILE_NAME ``stat`` has parsed
+        self._dir_names: dict[int, list[tuple[int, int, str]]] = {}  # least recent first
         self._sds: tuple[bytes, dict[int, tuple[int, int]]] | None = None  # bytes, id: span
         self._sds_values: dict[int, bytes] = {}
         self._kept: dict[int, bytes] = {}  # fixed-up records handed over by ``keep_records``
@@ -763,44 +774,88 @@ class NtfsVolume:
         first = min(extents, key=lambda a: a.start_vcn)
         return self._joined_runs(extents, self.record_offset(first.record))
 
-    def _path_index(self) -> dict[str, int]:
-        if self._by_path is None:
-            listing = self.scan()
-            self._by_path = {p.casefold(): i for i, p in enumerate(listing.paths)}
-            self._by_path.update({p: i for i, p in enumerate(listing.paths)})
-        return self._by_path
-
     def stat(self, path: str) -> NtfsEntry:
-        """The entry at ``path`` ("/" is the root; exact case first, then case-insensitive)."""
-        norm = normalize(path)
-        if norm == "":
-            return self.root()
-        index = self._path_index()
-        i = index.get(norm, index.get(norm.casefold()))
-        if i is None:
-            raise NotFound(what=f"{path} on the NTFS volume in {self.path}")
-        return self.scan().entry(i)
+        """The entry at ``path`` ("/" is the root), found through the directory indexes from
+        the root: only the records and index blocks on the way are read, never the whole MFT.
+
+        Each component matches a name exactly, else case-insensitively (``str.casefold``).  An
+        index entry whose record does not carry that name under that directory (a stale
+        entry) is passed over, so a path resolves here exactly when the full listing has it.
+        """
+        here = self._found(s.ROOT_RECORD, "", s.ROOT_RECORD)
+        for name in normalize(path).split("/")[1:]:
+            found = self._child(here, name) if here is not None and here.entry.is_dir else None
+            if found is None:
+                raise NotFound(what=f"{path} on the NTFS volume in {self.path}")
+            here = found
+        if here is None:
+            raise NotFound(what=f"the root directory of the NTFS volume in {self.path}")
+        return here.entry
 
     def root(self) -> NtfsEntry:
-        listing = self.scan()
-        si = listing.si[s.ROOT_RECORD]
-        return NtfsEntry(
-            "",
-            "",
-            s.ROOT_RECORD,
-            s.ROOT_RECORD,
-            True,
-            0,
-            *map(int, si[:4]),
-            int(si[4]),
-            int(si[5]),
-            int(listing.links[s.ROOT_RECORD]),
-            0,
-        )
+        return self.stat("/")
+
+    def _child(self, d: Found, name: str) -> Found | None:
+        """The entry named ``name`` in directory ``d``."""
+        listed = [
+            (ref, n) for ref, ns, n in self.directory_names(d.entry.record) if ns != s.NAMESPACE_DOS
+        ]
+        folded = name.casefold()
+        exact = [(ref, n) for ref, n in listed if n == name]
+        loose = [(ref, n) for ref, n in listed if n != name and n.casefold() == folded]
+        parent_ref = d.entry.record | d.sequence << 48
+        for ref, n in exact + loose:
+            found = self._found(ref & s.REF_RECORD_MASK, f"{d.entry.path}/{n}", d.entry.record)
+            if found is not None and (parent_ref, n) in found.names:
+                return found
+        return None
+
+    def _found(self, record: int, path: str, parent: int) -> Found | None:
+        """``record`` as the entry at ``path``, parsed as the full scan parses it (with its
+        extension records); None unless it is a base record in use."""
+        if not 0 <= record < self.record_count:
+            return None
+        cols = SparseColumns(self.record_count)
+        self.scan_records(np.array([record], np.int64), cols)
+        flags, sequence, base = (int(v) for v in cols.get(np.array([record]))[0, :3])
+        if not flags & s.RECORD_IN_USE or base != 0:
+            return None
+        extensions = self._extension_records(record)
+        if extensions.size:
+            self.scan_records(extensions, cols)
+        rows = np.concatenate(cols.fn)[:, :2].tolist() if cols.fn else []
+        names = {
+            (pref, n) for (owner, pref), n in zip(rows, cols.names, strict=True) if owner == record
+        }
+        return Found(_entry_of(cols, record, path, parent), sequence, names)
+
+    def _extension_records(self, record: int) -> np.ndarray:
+        """The records an $ATTRIBUTE_LIST of ``record`` names besides itself (sorted)."""
+        rec = self.record(record)
+        attrs = parse_attributes(rec, record, self.path, self.base + self.record_offset(record))
+        if not any(a.type == s.ATTRIBUTE_LIST for a in attrs):
+            return np.zeros(0, np.int64)
+        others = {a.record for a in self._all_attributes(record, attrs)} - {record}
+        return np.array(sorted(o for o in others if o < self.record_count), np.int64)
+
+    def directory_names(self, number: int) -> list[tuple[int, int, str]]:
+        """(file reference, namespace, name) of every entry of directory ``number``'s $I30
+        index, read from the index itself (no volume scan); the last few directories' are
+        kept, as lookups share their parents."""
+        names = self._dir_names.pop(number, None)
+        if names is None:
+            names = self._index(number, index_names)
+            if len(self._dir_names) >= DIRECTORIES_KEPT:
+                del self._dir_names[next(iter(self._dir_names))]
+        self._dir_names[number] = names
+        return names
 
     def directory_children(self, number: int) -> list[int]:
         """File references (record number | sequence << 48) of every name in directory
         ``number``'s $I30 index, read from the index itself (no volume scan)."""
+        return self._index(number, index_children)
+
+    def _index(self, number: int, walk: Callable[..., _T]) -> _T:
         attrs = self.attributes(number)
         offset = self.record_offset(number)
 
@@ -810,7 +865,7 @@ class NtfsVolume:
         def read(extents: list[Attribute]) -> bytes:
             return b"".join(self.iter_attribute(extents))
 
-        return index_children(attrs, self.geometry.cluster_size, read, bad)
+        return walk(attrs, self.geometry.cluster_size, read, bad)
 
     def listdir(self, path: str = "/") -> list[NtfsEntry]:
         entry = self.stat(path)
@@ -843,6 +898,46 @@ _PROBLEMS = {
     3: "invalid update sequence array",
     4: "update sequence mismatch (torn or corrupt sector)",
 }
+
+
+_T = TypeVar("_T")
+
+
+class Found(NamedTuple):
+    """A record ``stat`` reached: its entry, sequence number and (parent reference, name) of
+    each $FILE_NAME it carries (DOS aliases aside)."""
+
+    entry: NtfsEntry
+    sequence: int
+    names: set[tuple[int, str]]
+
+
+def _entry_of(cols: Columns, record: int, path: str, parent: int) -> NtfsEntry:
+    """``Listing.entry`` for one record parsed into ``cols``."""
+    row = cols.get(np.array([record]))[0]
+    flags, size, links, reparse = (
+        int(row[FIELDS[k]]) for k in ("flags", "size", "links", "reparse")
+    )
+    created, modified, mft_modified, accessed, attributes, security_id = row[FIELDS["si"]].tolist()
+    is_dir = bool(flags & s.RECORD_IS_DIRECTORY)
+    root = record == s.ROOT_RECORD
+    return NtfsEntry(
+        path=path,
+        name=path.rpartition("/")[2],
+        record=record,
+        parent=parent,
+        is_dir=is_dir,
+        size=0 if is_dir else size,
+        created=created,
+        modified=modified,
+        mft_modified=mft_modified,
+        accessed=accessed,
+        attributes=attributes,
+        security_id=security_id,
+        links=links,
+        reparse_tag=0 if root else reparse,
+        streams=() if root else tuple((n, z) for owner, n, z in cols.ads if owner == record),
+    )
 
 
 def normalize(path: str) -> str:

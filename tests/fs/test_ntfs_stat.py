@@ -1,0 +1,76 @@
+"""``NtfsVolume.stat`` walks the directory indexes from the root instead of scanning the MFT:
+on volumes that mkntfs made and ntfs-3g filled, every path of the full listing (which
+tests/fs/test_ntfs_read.py checks against ntfs-3g and fls) resolves to the same entry, field
+for field, without a scan; a name its record no longer carries under that directory is not
+found, as the listing leaves it out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from strata.blockdev import RawFileDevice
+from strata.errors import NotFound
+from strata.fs.ntfs import NtfsVolume
+from strata.fs.ntfs import structs as s
+
+from support.ntfs_tools import attr_offsets, small_volume, volume, write_record
+
+
+def fresh(image: Path) -> NtfsVolume:
+    return NtfsVolume(RawFileDevice(str(image)))
+
+
+@pytest.mark.parametrize("files", [40, 5000])
+def test_every_listed_path_resolves_to_its_entry(files: int) -> None:
+    image = volume(files, "16M" if files == 40 else "512M")
+    listed = list(fresh(image).walk())
+    vol = fresh(image)
+    scan = fresh(image).scan()
+    si, links = scan.si[s.ROOT_RECORD].tolist(), int(scan.links[s.ROOT_RECORD])
+    root = (s.ROOT_RECORD, s.ROOT_RECORD, True, 0, *si[:4], si[4], si[5], links, 0, ())
+    assert dataclasses.astuple(vol.root())[2:] == root
+    for entry in listed:
+        assert vol.stat(entry.path) == entry, entry.path
+    assert vol._listing is None, "stat scanned the volume"
+    assert len(listed) > files
+
+
+def test_case_insensitive_and_missing() -> None:
+    image = volume(40, "16M")
+    listed = list(fresh(image).walk())
+    folded: dict[str, list[int]] = {}
+    for e in listed:
+        folded.setdefault(e.path.casefold(), []).append(e.record)
+    vol = fresh(image)
+    checked = 0
+    for e in listed:
+        if len(folded[e.path.casefold()]) == 1 and e.path.swapcase() != e.path:
+            assert vol.stat(e.path.swapcase()).record == e.record, e.path
+            checked += 1
+    assert checked > 20
+    for missing in ("/no/such/file", "/docs/readme.txt/below-a-file", "/docs/readme.tx"):
+        with pytest.raises(NotFound):
+            vol.stat(missing)
+    assert vol.stat("\\docs\\readme.txt") == vol.stat("/docs/./readme.txt")
+
+
+def test_a_name_its_record_no_longer_carries(tmp_path: Path) -> None:
+    """The index still lists the file, but its $FILE_NAME names another parent sequence (a
+    stale entry): the listing drops the path with a problem, and stat does not find it."""
+    image = small_volume(tmp_path)
+    vol = fresh(image)
+    number = vol.stat("/docs/readme.txt").record
+    rec = bytearray(vol.record(number))
+    for at in attr_offsets(bytes(rec))[s.FILE_NAME]:
+        value = at + int.from_bytes(rec[at + 20 : at + 22], "little")
+        rec[value + 6] ^= 0x5A  # the parent reference's sequence number
+    write_record(image, vol.record_offset(number), bytes(rec))
+    damaged = fresh(image)
+    with pytest.raises(NotFound):
+        damaged.stat("/docs/readme.txt")
+    assert "/docs/readme.txt" not in damaged.scan().paths
+    assert any(p.record == number for p in damaged.scan().problems)
