@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -86,3 +87,33 @@ def test_ntfs_cli_listing(versus, record_ratio, image: Path) -> None:  # type: i
         rss_ratio=round(ours.peak_rss / peer.peak_rss, 2),
         strata_startup_s=round(startup.seconds, 3),
     )
+
+
+def test_ntfs_cat_by_path(versus, record_ratio, image: Path) -> None:  # type: ignore[no-untyped-def]
+    """``strata fs cat IMAGE PATH`` (the path found through the directory indexes, no MFT
+    scan) beside sleuthkit's ``ifind -n PATH`` then ``icat`` of the inode it prints."""
+    path = "/many/d0001/f000501.txt"
+    strata_cmd = [sys.executable, "-m", "strata", "fs", "cat", str(image), path]
+    expected = subprocess.run(strata_cmd, check=True, capture_output=True).stdout
+
+    def peer() -> bytes:
+        found = subprocess.run(
+            [require("ifind"), "-n", path, str(image)], check=True, capture_output=True, text=True
+        )
+        return subprocess.run(
+            [require("icat"), str(image), found.stdout.strip()], check=True, capture_output=True
+        ).stdout
+
+    assert peer() == expected and expected
+    versus(
+        lambda: subprocess.run(strata_cmd, check=True, stdout=subprocess.DEVNULL),
+        peer,
+        peer="ifind -n + icat",
+    )
+    with RawFileDevice(str(image)) as dev:
+        vol = NtfsVolume(dev)
+        start = time.perf_counter()
+        vol.stat(path)
+        lookup = time.perf_counter() - start
+        assert vol._listing is None
+    record_ratio(files=FILES, in_process_lookup_ms=round(lookup * 1e3, 2))
