@@ -139,7 +139,7 @@ def test_sizes_wider_than_the_column() -> None:
 @pytest.mark.parametrize("kind", ["ntfs", "fat"])
 def test_json_items_are_json_dumps(kind: str, recursive: bool, fat_disk: Path) -> None:
     image = str(volume(40, "16M") if kind == "ntfs" else fat_disk)
-    table = ops.ls_table(image, "/", recursive)["entries"]
+    table = ops.ls(image, "/", recursive, columns=True)["entries"]
     rows = table.rows()
     assert ", ".join(table.json_items(batch=7)) == json.dumps(rows)[1:-1]
     if kind == "ntfs" and recursive:

@@ -37,7 +37,7 @@ def ls_cmd(
     With --json: one `result` event with `filesystem`, `partition`, `where` and `entries`
     ({path, type, size, created, modified, accessed, attributes, ...}).
     """
-    report = ops.ls_table(target, path, recursive, system, fmt, allowed_dirs)
+    report = ops.ls(target, path, recursive, system, fmt, allowed_dirs, columns=True)
     rep = current()
     for problem in report["warnings"]:
         rep.warning(problem, kind="CorruptRecord")

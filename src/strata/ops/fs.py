@@ -360,25 +360,14 @@ def ls(
     system: bool = False,
     fmt: str | None = None,
     allowed_dirs: Sequence[str] = (),
+    *,
+    columns: bool = False,
 ) -> dict[str, Any]:
     """Entries under ``path`` (one level, or all with ``recursive``), with where they came from.
 
-    ``system``: also NTFS metadata files ($MFT, $Extend/...).
+    ``system``: also NTFS metadata files ($MFT, $Extend/...).  ``columns``: the entries stay a
+    ``Table`` (for output built from its columns) instead of a list of dicts.
     """
-    report = ls_table(target, path, recursive, system, fmt, allowed_dirs)
-    report["entries"] = report["entries"].rows()
-    return report
-
-
-def ls_table(
-    target: str,
-    path: str = "/",
-    recursive: bool = False,
-    system: bool = False,
-    fmt: str | None = None,
-    allowed_dirs: Sequence[str] = (),
-) -> dict[str, Any]:
-    """``ls`` with the entries left as a ``Table``, for output built from its columns."""
     with open_fs(target, fmt, allowed_dirs) as m:
         if isinstance(m.fs, NtfsVolume):
             table = _ntfs_ls(m.fs, path, recursive, system)
@@ -390,7 +379,7 @@ def ls_table(
             "filesystem": m.kind,
             "partition": m.partition,
             "where": m.where,
-            "entries": table,
+            "entries": table if columns else table.rows(),
             "warnings": problems,
         }
 
