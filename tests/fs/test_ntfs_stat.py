@@ -1,8 +1,9 @@
-"""``NtfsVolume.stat`` walks the directory indexes from the root instead of scanning the MFT:
-on volumes that mkntfs made and ntfs-3g filled, every path of the full listing (which
+"""``NtfsVolume.stat`` and ``directory`` walk the directory indexes instead of scanning the
+MFT: on volumes that mkntfs made and ntfs-3g filled, every path of the full listing (which
 tests/fs/test_ntfs_read.py checks against ntfs-3g and fls) resolves to the same entry, field
-for field, without a scan; a name its record no longer carries under that directory is not
-found, as the listing leaves it out.
+for field, and every directory lists exactly its entries of the full listing, without a scan;
+a name its record no longer carries under that directory is not found and not listed, as the
+listing leaves it out.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from strata.blockdev import RawFileDevice
 from strata.errors import NotFound
 from strata.fs.ntfs import NtfsVolume
 from strata.fs.ntfs import structs as s
+from strata.ops import fs as ops
 
 from support.ntfs_tools import attr_offsets, small_volume, volume, write_record
 
@@ -37,6 +39,38 @@ def test_every_listed_path_resolves_to_its_entry(files: int) -> None:
         assert vol.stat(entry.path) == entry, entry.path
     assert vol._listing is None, "stat scanned the volume"
     assert len(listed) > files
+
+
+@pytest.mark.parametrize("files", [40, 5000])
+def test_every_directory_lists_its_entries_of_the_full_listing(files: int) -> None:
+    image = volume(files, "16M" if files == 40 else "512M")
+    listed = list(fresh(image).walk())
+    below: dict[str, list] = {}
+    for e in listed:
+        below.setdefault(e.path.rpartition("/")[0], []).append(e)
+    vol = fresh(image)
+    dirs = ["", *(e.path for e in listed if e.is_dir)]
+    for d in dirs:
+        entries, problems = vol.directory(d or "/")
+        assert sorted(entries, key=lambda e: e.path) == sorted(
+            below.get(d, []), key=lambda e: e.path
+        ), d
+        assert problems == []
+    assert vol._listing is None, "directory scanned the volume"
+    assert len(dirs) > 10
+
+
+def test_ls_of_one_directory_is_the_recursive_rows_below_it() -> None:
+    """The CLI-facing rows (links, streams, times as text) of ``ls DIR`` built from the
+    index walk, against the same rows of ``ls -r`` built from the full scan."""
+    image = str(volume(40, "16M"))
+    for system in (False, True):
+        whole = ops.ls(image, "/", True, system)["entries"]
+        dirs = ["/", *(r["path"] for r in whole if r["type"] in ("dir", "junction"))]
+        for d in dirs:
+            parent = "" if d == "/" else d
+            expected = [r for r in whole if r["path"].rpartition("/")[0] == parent]
+            assert ops.ls(image, d, False, system)["entries"] == expected, d
 
 
 def test_case_insensitive_and_missing() -> None:
@@ -72,5 +106,7 @@ def test_a_name_its_record_no_longer_carries(tmp_path: Path) -> None:
     damaged = fresh(image)
     with pytest.raises(NotFound):
         damaged.stat("/docs/readme.txt")
+    assert "/docs/readme.txt" not in {e.path for e in damaged.listdir("/docs")}
+    assert "/docs/with-ads.txt" in {e.path for e in damaged.listdir("/docs")}
     assert "/docs/readme.txt" not in damaged.scan().paths
     assert any(p.record == number for p in damaged.scan().problems)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii as _json_str  # type: ignore[attr-defined]
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -24,7 +24,7 @@ from strata.errors import InvalidInput, NotFound, Unsupported
 from strata.formats import registry
 from strata.fs import detect
 from strata.fs.fat import FatEntry, FatVolume
-from strata.fs.ntfs import Listing, NtfsVolume, attribute_names, link_of
+from strata.fs.ntfs import Listing, NtfsEntry, NtfsVolume, attribute_names, link_of
 from strata.fs.ntfs.structs import FIRST_USER_RECORD
 from strata.ops import textcols as tc
 from strata.partition import open_partition, read_table
@@ -254,51 +254,99 @@ SIZE_WIDTH = 14
 # ---------------------------------------------------------------------------- NTFS
 
 
-def _ntfs_table(vol: NtfsVolume, chosen: np.ndarray) -> Table:
-    """Rows for listing entries ``chosen`` (indices), times and sizes taken as columns."""
-    listing = vol.scan()
+class _NtfsRows(NamedTuple):
+    """What a listing table takes per row: a full listing's columns gathered (``-r``), or
+    the entries of one directory read through its index."""
+
+    path: list[str]
+    record: np.ndarray
+    is_dir: np.ndarray
+    si: np.ndarray  # (n, 6): times, attributes, security id
+    size: np.ndarray
+    links: np.ndarray
+    reparse: np.ndarray
+    streams: dict[int, list[tuple[str, int]]]  # by record
+    entry: Callable[[int], NtfsEntry]  # of a row, for its link
+
+
+def _listing_rows(listing: Listing, chosen: np.ndarray) -> _NtfsRows:
     rec = listing.owner[chosen]
-    is_dir = listing.is_dir[rec]
-    si = listing.si[rec]
-    flags = si[:, 4]
+    return _NtfsRows(
+        [listing.paths[i] for i in chosen.tolist()],
+        rec,
+        listing.is_dir[rec],
+        listing.si[rec],
+        listing.size[rec],
+        listing.links[rec],
+        listing.reparse_tag[rec],
+        listing.streams,
+        lambda j: listing.entry(int(chosen[j])),
+    )
+
+
+def _entry_rows(entries: list[NtfsEntry]) -> _NtfsRows:
+    entries = sorted(entries, key=lambda e: e.path)
+    times = [
+        (e.created, e.modified, e.mft_modified, e.accessed, e.attributes, e.security_id)
+        for e in entries
+    ]
+    return _NtfsRows(
+        [e.path for e in entries],
+        np.array([e.record for e in entries], np.int64),
+        np.array([e.is_dir for e in entries], bool),
+        np.array(times, np.int64).reshape(-1, 6),
+        np.array([e.size for e in entries], np.int64),
+        np.array([e.links for e in entries], np.int64),
+        np.array([e.reparse_tag for e in entries], np.int64),
+        {e.record: list(e.streams) for e in entries if e.streams},
+        entries.__getitem__,
+    )
+
+
+def _ntfs_table(vol: NtfsVolume, rows: _NtfsRows) -> Table:
+    """The table of ``rows``, times and sizes taken as columns."""
+    flags = rows.si[:, 4]
     table = Table(
-        path=[listing.paths[i] for i in chosen.tolist()],
-        kind=np.where(is_dir, "dir", "file").tolist(),
-        size=np.where(is_dir, 0, listing.size[rec]).tolist(),
+        path=rows.path,
+        kind=np.where(rows.is_dir, "dir", "file").tolist(),
+        size=np.where(rows.is_dir, 0, rows.size).tolist(),
         flags=flags.tolist(),
         names_of=attribute_names,
-        filetimes=si[:, (0, 1, 3)],
-        more={"record": rec.tolist(), "links": listing.links[rec].tolist()},
+        filetimes=rows.si[:, (0, 1, 3)],
+        more={"record": rows.record.tolist(), "links": rows.links.tolist()},
     )
-    maybe_link = np.flatnonzero(
-        (flags & (_SYSTEM | _REPARSE) != 0) | (listing.reparse_tag[rec] != 0)
-    )
+    maybe_link = np.flatnonzero((flags & (_SYSTEM | _REPARSE) != 0) | (rows.reparse != 0))
     for j in maybe_link.tolist():
-        link = link_of(vol, listing.entry(int(chosen[j])))
+        link = link_of(vol, rows.entry(j))
         if link is not None:
             table.kind[j], target = link
             if target is not None:
                 table.sparse[j] = {"target": target}
-    streams = listing.streams
-    for j in np.flatnonzero(np.isin(rec, np.fromiter(streams, np.int64, len(streams)))).tolist():
-        named = streams[int(rec[j])]
-        table.sparse.setdefault(j, {})["streams"] = [{"name": n, "size": s} for n, s in named]
+    streams = rows.streams
+    named = np.isin(rows.record, np.fromiter(streams, np.int64, len(streams)))
+    for j in np.flatnonzero(named).tolist():
+        table.sparse.setdefault(j, {})["streams"] = [
+            {"name": n, "size": s} for n, s in streams[int(rows.record[j])]
+        ]
     return table
 
 
 _SYSTEM, _REPARSE = 0x4, 0x400
 
 
-def _ntfs_ls(vol: NtfsVolume, path: str, recursive: bool, system: bool) -> Table:
+def _ntfs_ls(vol: NtfsVolume, path: str, recursive: bool, system: bool) -> tuple[Table, list[str]]:
+    """The table and the problems met: one directory (or file) is read through the indexes,
+    a recursive listing scans the whole MFT."""
     top = vol.stat(path)
+    if not top.is_dir:
+        return _ntfs_table(vol, _entry_rows([top])), []
+    if not recursive:
+        entries, problems = vol.directory(path)
+        shown = [e for e in entries if system or not e.is_system]
+        return _ntfs_table(vol, _entry_rows(shown)), [str(p) for p in problems]
     listing = vol.scan()
     paths = listing.paths
-    if not top.is_dir:
-        names = np.flatnonzero(listing.owner == top.record).tolist()
-        return _ntfs_table(vol, np.array([i for i in names if paths[i] == top.path], np.int64))
-    if not recursive:
-        chosen = np.flatnonzero(listing.parent == top.record)
-    elif top.path:
+    if top.path:
         prefix = f"{top.path}/"
         chosen = np.array([i for i, p in enumerate(paths) if p.startswith(prefix)], np.int64)
     else:
@@ -306,8 +354,8 @@ def _ntfs_ls(vol: NtfsVolume, path: str, recursive: bool, system: bool) -> Table
     if not system:
         chosen = chosen[listing.owner[chosen] >= FIRST_USER_RECORD]
         chosen = chosen[~np.isin(listing.parent[chosen], _extend_dirs(listing))]
-    order = sorted(chosen.tolist(), key=paths.__getitem__)
-    return _ntfs_table(vol, np.array(order, np.int64))
+    order = np.array(sorted(chosen.tolist(), key=paths.__getitem__), np.int64)
+    return _ntfs_table(vol, _listing_rows(listing, order)), [str(p) for p in listing.problems]
 
 
 def _extend_dirs(listing: Listing) -> np.ndarray:
@@ -370,8 +418,7 @@ def ls(
     """
     with open_fs(target, fmt, allowed_dirs) as m:
         if isinstance(m.fs, NtfsVolume):
-            table = _ntfs_ls(m.fs, path, recursive, system)
-            problems = [str(p) for p in m.fs.scan().problems]
+            table, problems = _ntfs_ls(m.fs, path, recursive, system)
         else:
             table = _fat_ls(m.fs, path, recursive)
             problems = []

@@ -143,9 +143,7 @@ class Listing:
         self.size, self.reparse_tag = cols.size, cols.reparse
         self.in_use = (cols.flags & s.RECORD_IN_USE != 0) & (cols.base == 0)
         self.is_dir = self.in_use & (cols.flags & s.RECORD_IS_DIRECTORY != 0)
-        self.streams: dict[int, list[tuple[str, int]]] = {}
-        for owner, name, size in cols.ads:
-            self.streams.setdefault(owner, []).append((name, size))
+        self.streams = streams_by_owner(cols)
         self._tree(vol, cols, nrec)
 
     def _tree(self, vol: NtfsVolume, cols: Columns, nrec: int) -> None:
@@ -759,15 +757,22 @@ class NtfsVolume:
             at += n
         return offsets
 
-    def scan_records(self, numbers: np.ndarray, cols: Columns) -> None:
+    def scan_records(
+        self, numbers: np.ndarray, cols: Columns, with_lists: list[int] | None = None
+    ) -> None:
         """Parse only MFT records ``numbers`` (sorted, unique, in range) into ``cols`` (a
-        ``Columns(record_count)``), a window of records per bulk pass."""
+        ``Columns(record_count)``), a window of records per bulk pass; ``with_lists`` gets
+        the numbers of those that hold an $ATTRIBUTE_LIST."""
         nums = np.asarray(numbers, np.int64)
         per = max(1, WINDOW // self.geometry.record_size)
         for at in range(0, nums.size, per):
             part = nums[at : at + per]
             raw, offsets = self.read_records(part)
-            scan_window(raw, 0, self._dtype, cols, offsets, numbers=part)
+            want = with_lists is not None
+            attrs = scan_window(raw, 0, self._dtype, cols, offsets, part, want_attributes=want)
+            if attrs is not None and with_lists is not None:
+                rows = np.unique(attrs.row[attrs.type == s.ATTRIBUTE_LIST])
+                with_lists.extend(part[rows].tolist())
 
     def data_runs(self, extents: list[Attribute]) -> list[Run]:
         """The runs of a non-resident attribute (all its extents, in VCN order)."""
@@ -782,6 +787,9 @@ class NtfsVolume:
         index entry whose record does not carry that name under that directory (a stale
         entry) is passed over, so a path resolves here exactly when the full listing has it.
         """
+        return self._resolve(path).entry
+
+    def _resolve(self, path: str) -> Found:
         here = self._found(s.ROOT_RECORD, "", s.ROOT_RECORD)
         for name in normalize(path).split("/")[1:]:
             found = self._child(here, name) if here is not None and here.entry.is_dir else None
@@ -790,7 +798,7 @@ class NtfsVolume:
             here = found
         if here is None:
             raise NotFound(what=f"the root directory of the NTFS volume in {self.path}")
-        return here.entry
+        return here
 
     def root(self) -> NtfsEntry:
         return self.stat("/")
@@ -815,26 +823,58 @@ class NtfsVolume:
         extension records); None unless it is a base record in use."""
         if not 0 <= record < self.record_count:
             return None
-        cols = SparseColumns(self.record_count)
-        self.scan_records(np.array([record], np.int64), cols)
+        cols = self._parsed(np.array([record], np.int64))
         flags, sequence, base = (int(v) for v in cols.get(np.array([record]))[0, :3])
         if not flags & s.RECORD_IN_USE or base != 0:
             return None
-        extensions = self._extension_records(record)
-        if extensions.size:
-            self.scan_records(extensions, cols)
-        rows = np.concatenate(cols.fn)[:, :2].tolist() if cols.fn else []
-        names = {
-            (pref, n) for (owner, pref), n in zip(rows, cols.names, strict=True) if owner == record
-        }
-        return Found(_entry_of(cols, record, path, parent), sequence, names)
+        entry = _entries_of(cols, [(record, path, parent)])[0]
+        return Found(entry, sequence, _names_by_owner(cols).get(record, set()))
+
+    def directory(self, path: str) -> tuple[list[NtfsEntry], list[RecordProblem]]:
+        """The entries of directory ``path`` from its $I30 index, each name taken only when
+        its record's own $FILE_NAME carries it under this directory (as ``stat`` does), in
+        index order, and the problems of the records read: no volume scan."""
+        d = self._resolve(path)
+        if not d.entry.is_dir:
+            raise InvalidInput(f"{path} is not a directory")
+        listed = dict.fromkeys(
+            (ref & s.REF_RECORD_MASK, n)
+            for ref, ns, n in self.directory_names(d.entry.record)
+            if ns != s.NAMESPACE_DOS
+        )
+        records = np.unique(np.fromiter((r for r, _n in listed), np.int64, len(listed)))
+        records = records[(records < self.record_count) & (records != s.ROOT_RECORD)]
+        cols = self._parsed(records)
+        live = cols.get(records)
+        in_use = set(
+            records[(live[:, FIELDS["flags"]] & s.RECORD_IN_USE != 0) & (live[:, 2] == 0)].tolist()
+        )
+        names = _names_by_owner(cols)
+        parent_ref = d.entry.record | d.sequence << 48
+        base = d.entry.path
+        chosen = [
+            (r, f"{base}/{n}", d.entry.record)
+            for r, n in listed
+            if r in in_use and (parent_ref, n) in names.get(r, ())
+        ]
+        return _entries_of(cols, chosen), cols.problems
+
+    def _parsed(self, records: np.ndarray) -> SparseColumns:
+        """Records ``records`` (sorted, unique, in range) parsed as the full scan parses them,
+        with the extension records their $ATTRIBUTE_LISTs name."""
+        cols = SparseColumns(self.record_count)
+        listed: list[int] = []
+        self.scan_records(records, cols, with_lists=listed)
+        extensions = {e for r in listed for e in self._extension_records(r).tolist()}
+        extensions -= set(records.tolist())
+        if extensions:
+            self.scan_records(np.array(sorted(extensions), np.int64), cols)
+        return cols
 
     def _extension_records(self, record: int) -> np.ndarray:
         """The records an $ATTRIBUTE_LIST of ``record`` names besides itself (sorted)."""
         rec = self.record(record)
         attrs = parse_attributes(rec, record, self.path, self.base + self.record_offset(record))
-        if not any(a.type == s.ATTRIBUTE_LIST for a in attrs):
-            return np.zeros(0, np.int64)
         others = {a.record for a in self._all_attributes(record, attrs)} - {record}
         return np.array(sorted(o for o in others if o < self.record_count), np.int64)
 
@@ -868,11 +908,7 @@ class NtfsVolume:
         return walk(attrs, self.geometry.cluster_size, read, bad)
 
     def listdir(self, path: str = "/") -> list[NtfsEntry]:
-        entry = self.stat(path)
-        if not entry.is_dir:
-            raise InvalidInput(f"{path} is not a directory")
-        listing = self.scan()
-        return [listing.entry(int(i)) for i in np.flatnonzero(listing.parent == entry.record)]
+        return self.directory(path)[0]
 
     def walk(self) -> Iterator[NtfsEntry]:
         """Every name on the volume, in MFT order (parents are not necessarily first)."""
@@ -912,32 +948,55 @@ class Found(NamedTuple):
     names: set[tuple[int, str]]
 
 
-def _entry_of(cols: Columns, record: int, path: str, parent: int) -> NtfsEntry:
-    """``Listing.entry`` for one record parsed into ``cols``."""
-    row = cols.get(np.array([record]))[0]
-    flags, size, links, reparse = (
-        int(row[FIELDS[k]]) for k in ("flags", "size", "links", "reparse")
-    )
-    created, modified, mft_modified, accessed, attributes, security_id = row[FIELDS["si"]].tolist()
-    is_dir = bool(flags & s.RECORD_IS_DIRECTORY)
-    root = record == s.ROOT_RECORD
-    return NtfsEntry(
-        path=path,
-        name=path.rpartition("/")[2],
-        record=record,
-        parent=parent,
-        is_dir=is_dir,
-        size=0 if is_dir else size,
-        created=created,
-        modified=modified,
-        mft_modified=mft_modified,
-        accessed=accessed,
-        attributes=attributes,
-        security_id=security_id,
-        links=links,
-        reparse_tag=0 if root else reparse,
-        streams=() if root else tuple((n, z) for owner, n, z in cols.ads if owner == record),
-    )
+def _entries_of(cols: Columns, chosen: list[tuple[int, str, int]]) -> list[NtfsEntry]:
+    """``Listing.entry`` for each (record, path, parent directory) of records parsed into
+    ``cols``."""
+    rows = cols.get(np.array([r for r, _p, _d in chosen], np.int64)).tolist()
+    streams = streams_by_owner(cols)
+    at = {k: FIELDS[k] for k in ("flags", "size", "links", "reparse")}
+    si = FIELDS["si"]
+    out = []
+    for (record, path, parent), row in zip(chosen, rows, strict=True):
+        is_dir = bool(row[at["flags"]] & s.RECORD_IS_DIRECTORY)
+        root = record == s.ROOT_RECORD
+        out.append(
+            NtfsEntry(
+                path,
+                path.rpartition("/")[2],
+                record,
+                parent,
+                is_dir,
+                0 if is_dir else row[at["size"]],
+                *row[si],
+                links=row[at["links"]],
+                reparse_tag=0 if root else row[at["reparse"]],
+                streams=() if root else tuple(streams.get(record, ())),
+            )
+        )
+    return out
+
+
+def streams_by_owner(cols: Columns) -> dict[int, list[tuple[str, int]]]:
+    """(name, size) of the named $DATA streams parsed into ``cols``, by owner record, in
+    name order as NTFS keeps attributes (case-insensitive first): the scan finds the streams
+    of a file's extension records interleaved with other records' attributes."""
+    out: dict[int, list[tuple[str, int]]] = {}
+    for owner, name, size in cols.ads:
+        out.setdefault(owner, []).append((name, size))
+    for named in out.values():
+        if len(named) > 1:
+            named.sort(key=lambda stream: (stream[0].upper(), stream[0]))
+    return out
+
+
+def _names_by_owner(cols: Columns) -> dict[int, set[tuple[int, str]]]:
+    """(parent reference, name) of the $FILE_NAMEs parsed into ``cols`` (DOS aliases aside),
+    by the record that owns them."""
+    out: dict[int, set[tuple[int, str]]] = {}
+    rows = np.concatenate(cols.fn)[:, :2].tolist() if cols.fn else []
+    for (owner, pref), name in zip(rows, cols.names, strict=True):
+        out.setdefault(owner, set()).add((pref, name))
+    return out
 
 
 def normalize(path: str) -> str:
