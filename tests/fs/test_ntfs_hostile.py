@@ -20,6 +20,7 @@ from strata.errors import CorruptImage, NotFound, StrataError, TruncatedImage
 from strata.fs.ntfs import NtfsVolume, link_of
 from strata.fs.ntfs import structs as s
 from strata.fs.ntfs.index import children as index_children
+from strata.fs.ntfs.index import names as index_names
 from strata.fs.ntfs.lznt1 import decompress
 
 from support.ntfs_tools import attr_offsets, protect, small_volume, write_record
@@ -167,8 +168,15 @@ class MemoryDevice(BaseDevice):
         return iter(())
 
 
-def exercise(dev: MemoryDevice, number: int) -> None:
+def exercise(dev: MemoryDevice, number: int, paths: list[str]) -> None:
+    """Read record ``number`` every way: through the lookups (``paths`` are its names on the
+    healthy volume: each resolved, its directory listed) and through the full listing."""
     vol = NtfsVolume(dev)
+    for path in paths:
+        with contextlib.suppress(NotFound):
+            vol.stat(path)
+        with contextlib.suppress(NotFound):
+            vol.listdir(path.rpartition("/")[0] or "/")
     listing = vol.scan()
     for e in listing.entries():
         if e.record == number:
@@ -185,7 +193,10 @@ def test_fuzz_mft_records(image: Path) -> None:
     data = bytearray(image.read_bytes())
     dev = MemoryDevice(data)
     vol = NtfsVolume(dev)
-    records = sorted({e.record for e in vol.walk()})
+    paths: dict[int, list[str]] = {}
+    for e in vol.walk():
+        paths.setdefault(e.record, []).append(e.path)
+    records = sorted(paths)
     rng = random.Random(2024)
     outcomes = {"ok": 0, "error": 0}
     for i in range(2000):
@@ -199,7 +210,7 @@ def test_fuzz_mft_records(image: Path) -> None:
             rec[pos] = rng.randrange(256) if rng.random() < 0.7 else rec[pos] ^ 0x80
         data[at : at + 1024] = protect(bytes(rec)) if i % 2 else bytes(rec)
         try:
-            exercise(dev, number)
+            exercise(dev, number, paths[number])
             outcomes["ok"] += 1
         except StrataError:
             outcomes["error"] += 1
@@ -239,6 +250,8 @@ def test_fuzz_directory_index(image: Path) -> None:
         try:
             data = bytes(blocks)
             got = index_children(mutated, vol.geometry.cluster_size, lambda _, d=data: d, bad)
+            named = index_names(mutated, vol.geometry.cluster_size, lambda _, d=data: d, bad)
+            assert all(isinstance(n, str) for _ref, _ns, n in named)
             outcomes["same" if got == expected else "other"] += 1
         except CorruptImage:
             outcomes["error"] += 1
