@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
 
-from strata.errors import InvalidInput, NotFound, Unsupported
+from strata.errors import (
+    EXIT_DIFFERENT,
+    EXIT_INTERNAL,
+    EXIT_USAGE,
+    InvalidInput,
+    NotFound,
+    StrataError,
+    Unsupported,
+)
 
 from support.images import GiB, MiB, scattered_runs, write_sparse_raw
 from support.tools import measure_strata, qemu_img, require, result_of, run, strata, strata_json
@@ -217,3 +226,18 @@ def test_a_full_disk_is_a_clear_error_and_leaves_no_partial_output(tmp_path: Pat
     assert error["event"] == "error" and error["kind"] == "SystemIOError", error
     assert error["exit_code"] == 11
     assert not out.exists()
+
+
+def _error_classes(cls: type[StrataError]) -> list[type[StrataError]]:
+    return [cls, *(c for sub in cls.__subclasses__() for c in _error_classes(sub))]
+
+
+def test_help_and_readme_list_every_exit_code() -> None:
+    """``strata --help`` and the README's table name every code a command can exit with."""
+    codes = {c.exit_code for c in _error_classes(StrataError)}
+    codes |= {0, EXIT_DIFFERENT, EXIT_USAGE, EXIT_INTERNAL}
+    help_text = " ".join(strata("--help").stdout.split())
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    for code in sorted(codes):
+        assert re.search(rf"(?<![\d.]){code} [a-z]", help_text), code
+        assert re.search(rf"^\| {code} \| \S", readme, re.M), code

@@ -80,7 +80,8 @@ def cli() -> None:
 
     Exit codes: 0 success, 1 difference or problem found, 2 usage, 3 invalid input,
     4 not found, 5 corrupt image, 6 unsupported, 7 integrity error, 8 wrong state,
-    9 not ready to finalize, 10 conflict, 70 internal error.
+    9 not ready to finalize, 10 conflict, 11 the system refused a read or write (disk full,
+    I/O error, permission denied), 70 internal error.
     """
 
 
