@@ -163,3 +163,24 @@ def test_result_streamed_is_emit(fields: dict[str, Any], runs: list[list[Any]]) 
         whole = [item for run in runs for item in run]
         Reporter(json_mode=True).emit("result", **{**fields, "entries": whole})
     assert streamed.getvalue() == emitted.getvalue()
+
+
+def test_times_given_whole_are_made_once() -> None:
+    """FAT gives each time column whole: batching the output must not remake it per batch."""
+    calls: list[int] = []
+
+    def stamps(k: int) -> list[str | None]:
+        calls.append(k)
+        return [f"2026-01-{i + 1:02d}T00:00:00" for i in range(10)]
+
+    table = ops.Table(
+        path=[f"/f{i}" for i in range(10)],
+        kind=["file"] * 10,
+        size=list(range(10)),
+        flags=[0] * 10,
+        names_of=lambda bits: [],
+        stamps=stamps,
+    )
+    assert ", ".join(table.json_items(batch=3)) == json.dumps(table.rows())[1:-1]
+    assert "".join(table.lines(batch=3)) == "".join(f"{line_before(r)}\n" for r in table.rows())
+    assert sorted(calls) == [0, 1, 2]

@@ -117,6 +117,7 @@ class Table:
     more: dict[str, list[Any]] = field(default_factory=dict)  # fields every row has
     sparse: dict[int, dict[str, Any]] = field(default_factory=dict)  # fields some rows have
     _spelled: dict[int, list[str]] = field(default_factory=dict)
+    _stamped: dict[int, list[str | None]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.path)
@@ -125,7 +126,9 @@ class Table:
         """ISO 8601 text of TIME_FIELDS[k] for rows ``lo:hi`` (None where there is none)."""
         if self.filetimes is None:
             assert self.stamps is not None
-            return self.stamps(k)[lo:hi]
+            if k not in self._stamped:  # given whole: made once, however many batches
+                self._stamped[k] = self.stamps(k)
+            return self._stamped[k][lo:hi]
         matrix, valid = tc.stamps_to_iso(self.filetimes[lo:hi, k])
         text = tc.decoded(matrix)
         return [s if ok else None for s, ok in zip(text, valid.tolist(), strict=True)]
