@@ -157,3 +157,22 @@ def test_errors(disk: Path, tmp_path: Path, args: tuple, code: int, kind: str) -
     assert out.returncode == code, out.stderr
     event = json.loads(out.stdout.splitlines()[-1])
     assert event["event"] == "error" and event["kind"] == kind
+
+
+@pytest.mark.parametrize(
+    "args", [("fs", "cat", "{ntfs}", "/docs/big.bin"), ("fs", "ls", "-r", "{big}")]
+)
+def test_a_reader_that_stops_early_ends_the_command_quietly(ntfs: Path, args: tuple) -> None:
+    """``strata fs cat IMG PATH | head -c 10``: exit 0, nothing on stderr (click alone made
+    it exit 1, the code for "difference found")."""
+    big = volume(5000)
+    argv = [a.format(ntfs=ntfs, big=big) for a in args]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "strata", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    assert len(proc.stdout.read(10)) == 10
+    proc.stdout.close()  # the output is far larger than the pipe: the next write fails
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=60) == 0, stderr
+    assert b"Error" not in stderr and b"Exception" not in stderr, stderr

@@ -51,6 +51,17 @@ class LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)
 
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            # The reader went away (``strata fs ls -r IMG | head``): stop quietly, as a
+            # success.  Caught here because click's ``main`` turns it into exit status 1,
+            # our "difference found".  What stdout still buffers goes to /dev/null, so the
+            # flush at exit does not fail again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise click.exceptions.Exit(0) from None
+
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         module_name = COMMANDS.get(cmd_name)
         if module_name is None:
@@ -118,8 +129,6 @@ def run(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         click.echo("strata: interrupted", err=True)
         return 130
-    except BrokenPipeError:
-        return 0
     except OSError as e:  # the system refused (a full disk, an I/O error): not a bug
         err = SystemIOError.of(e)
         current().error(err.message, err.exit_code, type(err).__name__)
