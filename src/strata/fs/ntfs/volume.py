@@ -316,7 +316,7 @@ class NtfsVolume:
         self.record_count = self.mft_size // self.geometry.record_size
         self._listing: Listing | None = None
         # (record, parent reference, name) of every $FILE_NAME ``stat`` has parsed
-        self._dir_names: dict[int, list[tuple[int, int, str]]] = {}  # least recent first
+        self._directories: dict[int, _Directory] = {}  # least recent first
         self._sds: tuple[bytes, dict[int, tuple[int, int]]] | None = None  # bytes, id: span
         self._sds_values: dict[int, bytes] = {}
         self._kept: dict[int, bytes] = {}  # fixed-up records handed over by ``keep_records``
@@ -805,14 +805,10 @@ class NtfsVolume:
 
     def _child(self, d: Found, name: str) -> Found | None:
         """The entry named ``name`` in directory ``d``."""
-        listed = [
-            (ref, n) for ref, ns, n in self.directory_names(d.entry.record) if ns != s.NAMESPACE_DOS
-        ]
-        folded = name.casefold()
-        exact = [(ref, n) for ref, n in listed if n == name]
-        loose = [(ref, n) for ref, n in listed if n != name and n.casefold() == folded]
+        alike = self._directory(d.entry.record).by_folded.get(name.casefold(), [])
+        exact = [(ref, n) for ref, n in alike if n == name]
         parent_ref = d.entry.record | d.sequence << 48
-        for ref, n in exact + loose:
+        for ref, n in exact + [(ref, n) for ref, n in alike if n != name]:
             found = self._found(ref & s.REF_RECORD_MASK, f"{d.entry.path}/{n}", d.entry.record)
             if found is not None and (parent_ref, n) in found.names:
                 return found
@@ -882,13 +878,16 @@ class NtfsVolume:
         """(file reference, namespace, name) of every entry of directory ``number``'s $I30
         index, read from the index itself (no volume scan); the last few directories' are
         kept, as lookups share their parents."""
-        names = self._dir_names.pop(number, None)
-        if names is None:
-            names = self._index(number, index_names)
-            if len(self._dir_names) >= DIRECTORIES_KEPT:
-                del self._dir_names[next(iter(self._dir_names))]
-        self._dir_names[number] = names
-        return names
+        return self._directory(number).names
+
+    def _directory(self, number: int) -> _Directory:
+        found = self._directories.pop(number, None)
+        if found is None:
+            found = _Directory(self._index(number, index_names))
+            if len(self._directories) >= DIRECTORIES_KEPT:
+                del self._directories[next(iter(self._directories))]
+        self._directories[number] = found
+        return found
 
     def directory_children(self, number: int) -> list[int]:
         """File references (record number | sequence << 48) of every name in directory
@@ -937,6 +936,17 @@ _PROBLEMS = {
 
 
 _T = TypeVar("_T")
+
+
+class _Directory:
+    """A directory's $I30 names, and its long names (DOS aliases aside) by casefolded name."""
+
+    def __init__(self, names: list[tuple[int, int, str]]) -> None:
+        self.names = names
+        self.by_folded: dict[str, list[tuple[int, str]]] = {}
+        for ref, namespace, name in names:
+            if namespace != s.NAMESPACE_DOS:
+                self.by_folded.setdefault(name.casefold(), []).append((ref, name))
 
 
 class Found(NamedTuple):
