@@ -23,6 +23,7 @@ from strata.cli.events import Reporter
 from strata.fs.ntfs.structs import FILETIME_UNIX_OFFSET
 from strata.ops import fs as ops
 from strata.ops import textcols as tc
+from strata.ops.table import Table
 
 from support.fat_tools import make_volume, populate
 from support.ntfs_tools import volume
@@ -123,7 +124,7 @@ def test_text_is_the_json_rows(kind: str, args: tuple[str, ...], fat_disk: Path)
 
 
 def test_sizes_wider_than_the_column() -> None:
-    table = ops.Table(
+    table = Table(
         path=["/big", "/small"],
         kind=["file", "file"],
         size=[10**14 + 5, 7],
@@ -173,7 +174,7 @@ def test_times_given_whole_are_made_once() -> None:
         calls.append(k)
         return [f"2026-01-{i + 1:02d}T00:00:00" for i in range(10)]
 
-    table = ops.Table(
+    table = Table(
         path=[f"/f{i}" for i in range(10)],
         kind=["file"] * 10,
         size=list(range(10)),

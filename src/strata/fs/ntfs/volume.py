@@ -315,8 +315,7 @@ class NtfsVolume:
         self.mft_runs, self.mft_size = self._load_mft()
         self.record_count = self.mft_size // self.geometry.record_size
         self._listing: Listing | None = None
-        # (record, parent reference, name) of every $FILE_NAME ``stat`` has parsed
-        self._directories: dict[int, _Directory] = {}  # least recent first
+        self._directories: dict[int, _Directory] = {}  # kept by ``stat``, least recent first
         self._sds: tuple[bytes, dict[int, tuple[int, int]]] | None = None  # bytes, id: span
         self._sds_values: dict[int, bytes] = {}
         self._kept: dict[int, bytes] = {}  # fixed-up records handed over by ``keep_records``
@@ -789,7 +788,7 @@ class NtfsVolume:
         """
         return self._resolve(path).entry
 
-    def _resolve(self, path: str) -> Found:
+    def _resolve(self, path: str) -> _Found:
         here = self._found(s.ROOT_RECORD, "", s.ROOT_RECORD)
         for name in normalize(path).split("/")[1:]:
             found = self._child(here, name) if here is not None and here.entry.is_dir else None
@@ -803,7 +802,7 @@ class NtfsVolume:
     def root(self) -> NtfsEntry:
         return self.stat("/")
 
-    def _child(self, d: Found, name: str) -> Found | None:
+    def _child(self, d: _Found, name: str) -> _Found | None:
         """The entry named ``name`` in directory ``d``."""
         alike = self._directory(d.entry.record).by_folded.get(name.casefold(), [])
         exact = [(ref, n) for ref, n in alike if n == name]
@@ -814,17 +813,18 @@ class NtfsVolume:
                 return found
         return None
 
-    def _found(self, record: int, path: str, parent: int) -> Found | None:
+    def _found(self, record: int, path: str, parent: int) -> _Found | None:
         """``record`` as the entry at ``path``, parsed as the full scan parses it (with its
         extension records); None unless it is a base record in use."""
         if not 0 <= record < self.record_count:
             return None
         cols = self._parsed(np.array([record], np.int64))
-        flags, sequence, base = (int(v) for v in cols.get(np.array([record]))[0, :3])
+        row = cols.get(np.array([record]))[0]
+        flags, sequence, base = (int(row[FIELDS[k]]) for k in ("flags", "sequence", "base"))
         if not flags & s.RECORD_IN_USE or base != 0:
             return None
         entry = _entries_of(cols, [(record, path, parent)])[0]
-        return Found(entry, sequence, _names_by_owner(cols).get(record, set()))
+        return _Found(entry, sequence, _names_by_owner(cols).get(record, set()))
 
     def directory(self, path: str) -> tuple[list[NtfsEntry], list[RecordProblem]]:
         """The entries of directory ``path`` from its $I30 index, each name taken only when
@@ -843,7 +843,9 @@ class NtfsVolume:
         cols = self._parsed(records)
         live = cols.get(records)
         in_use = set(
-            records[(live[:, FIELDS["flags"]] & s.RECORD_IN_USE != 0) & (live[:, 2] == 0)].tolist()
+            records[
+                (live[:, FIELDS["flags"]] & s.RECORD_IN_USE != 0) & (live[:, FIELDS["base"]] == 0)
+            ].tolist()
         )
         names = _names_by_owner(cols)
         parent_ref = d.entry.record | d.sequence << 48
@@ -949,7 +951,7 @@ class _Directory:
                 self.by_folded.setdefault(name.casefold(), []).append((ref, name))
 
 
-class Found(NamedTuple):
+class _Found(NamedTuple):
     """A record ``stat`` reached: its entry, sequence number and (parent reference, name) of
     each $FILE_NAME it carries (DOS aliases aside)."""
 

@@ -1,0 +1,174 @@
+"""A listing's rows kept as columns, and the text and JSON written from them.
+
+``strata fs ls`` builds a ``Table`` per volume (``ops.fs``); the text output formats its
+sizes and times as byte matrices (``textcols``), the JSON output writes each row's JSON text
+straight from the columns, and only the API gets a dict per row.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from json.encoder import encode_basestring_ascii as _json_str  # type: ignore[attr-defined]
+from typing import Any
+
+import numpy as np
+
+from strata.ops import textcols as tc
+
+
+@dataclass
+class Table:
+    """Listing rows as columns, row ``i`` across them, sorted by path.
+
+    The text and JSON outputs are built from the columns, a batch of rows at a time; ``rows()``
+    makes dicts for the API.  A 200 000-file listing built as dicts first took 0.7 s and
+    280 MB before a line was printed, and 1.5 s and 330 MB as JSON.
+    """
+
+    path: list[str]
+    kind: list[str]
+    size: list[int]
+    flags: list[int]  # file attribute bits; ``names_of`` spells them
+    names_of: Callable[[int], list[str]]
+    filetimes: np.ndarray | None = None  # (n, 3) FILETIMEs of TIME_FIELDS (NTFS)
+    stamps: Callable[[int], list[str | None]] | None = None  # else ISO 8601 of TIME_FIELDS[k]
+    more: dict[str, list[Any]] = field(default_factory=dict)  # fields every row has
+    sparse: dict[int, dict[str, Any]] = field(default_factory=dict)  # fields some rows have
+    _spelled: dict[int, list[str]] = field(default_factory=dict)
+    _stamped: dict[int, list[str | None]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.path)
+
+    def times(self, k: int, lo: int = 0, hi: int | None = None) -> list[str | None]:
+        """ISO 8601 text of TIME_FIELDS[k] for rows ``lo:hi`` (None where there is none)."""
+        if self.filetimes is None:
+            assert self.stamps is not None
+            if k not in self._stamped:  # given whole: made once, however many batches
+                self._stamped[k] = self.stamps(k)
+            return self._stamped[k][lo:hi]
+        matrix, valid = tc.stamps_to_iso(self.filetimes[lo:hi, k])
+        text = tc.decoded(matrix)
+        return [s if ok else None for s, ok in zip(text, valid.tolist(), strict=True)]
+
+    def attributes(self) -> list[list[str]]:
+        """Each row's attribute names; rows with the same bits share one list."""
+        spelled = self._spell()
+        return [spelled[bits] for bits in self.flags]
+
+    def _spell(self) -> dict[int, list[str]]:
+        for bits in set(self.flags) - self._spelled.keys():
+            self._spelled[bits] = self.names_of(bits)
+        return self._spelled
+
+    def rows(self) -> list[dict[str, Any]]:
+        columns = {
+            "path": self.path,
+            "type": self.kind,
+            "size": self.size,
+            **{name: self.times(k) for k, name in enumerate(TIME_FIELDS)},
+            "attributes": self.attributes(),
+            **self.more,
+        }
+        names = list(columns)
+        values = zip(*columns.values(), strict=True)
+        rows = [dict(zip(names, row, strict=True)) for row in values]
+        for i, extra in self.sparse.items():
+            rows[i].update(extra)
+        return rows
+
+    def json_items(self, batch: int = 8192) -> Iterator[str]:
+        """``rows()`` as the JSON text ``json.dumps`` writes for them, ``batch`` rows at a
+        time, each run joined by ``", "`` as in a list."""
+        kinds = {kind: _json(kind) for kind in set(self.kind)}
+        spelled = {bits: _json(names) for bits, names in self._spell().items()}
+        for lo in range(0, len(self), batch):
+            hi = min(len(self), lo + batch)
+            created, modified, accessed = (
+                ["null" if s is None else f'"{s}"' for s in self.times(k, lo, hi)]
+                for k in range(len(TIME_FIELDS))
+            )
+            tails = self._json_tails(lo, hi)
+            yield ", ".join(
+                f'{{"path": {_json_str(path)}, "type": {kinds[kind]}, "size": {size}, '
+                f'"created": {c}, "modified": {m}, "accessed": {a}, '
+                f'"attributes": {spelled[bits]}{tail}}}'
+                for path, kind, size, c, m, a, bits, tail in zip(
+                    self.path[lo:hi],
+                    self.kind[lo:hi],
+                    self.size[lo:hi],
+                    created,
+                    modified,
+                    accessed,
+                    self.flags[lo:hi],
+                    tails,
+                    strict=True,
+                )
+            )
+
+    def _json_tails(self, lo: int, hi: int) -> list[str]:
+        """The fields after ``attributes`` of rows ``lo:hi``, as JSON text."""
+        columns = [
+            [f", {_json_str(name)}: {_json(value)}" for value in values[lo:hi]]
+            for name, values in self.more.items()
+        ]
+        tails = ["".join(parts) for parts in zip(*columns, strict=True)] or [""] * (hi - lo)
+        for i, extra in self.sparse.items():
+            if lo <= i < hi and extra:
+                tails[i - lo] += ", " + _json(extra)[1:-1]
+        return tails
+
+    def lines(self, batch: int = 8192) -> Iterator[str]:
+        """The text listing, ``batch`` lines at a time (newline-terminated): type, size,
+        modified time to the second, attributes, path (and `` -> target`` for a link)."""
+        kinds = {kind: f"{kind:<8} " for kind in set(self.kind)}
+        spelled = {bits: f"{','.join(names) or '-':<24} " for bits, names in self._spell().items()}
+        for lo in range(0, len(self), batch):
+            hi = min(len(self), lo + batch)
+            middle = self._sizes_and_stamps(lo, hi)
+            out = [
+                kinds[kind] + mid + spelled[bits] + path
+                for kind, mid, bits, path in zip(
+                    self.kind[lo:hi],
+                    middle,
+                    self.flags[lo:hi],
+                    self.path[lo:hi],
+                    strict=True,
+                )
+            ]
+            for i, extra in self.sparse.items():
+                if lo <= i < hi and extra.get("target") is not None:
+                    out[i - lo] += f" -> {extra['target']}"
+            yield "\n".join(out) + "\n"
+
+    def _sizes_and_stamps(self, lo: int, hi: int) -> list[str]:
+        """``{size:>14} {modified to the second:<19} `` of rows ``lo:hi``, built as one
+        matrix."""
+        if self.filetimes is not None:
+            stamps = tc.stamps_to_seconds(self.filetimes[lo:hi, 1])
+        else:
+            stamps = tc.seconds_of(self.times(1, lo, hi))
+        sizes = np.array(self.size[lo:hi], np.int64)
+        odd = (sizes < 0) | (sizes >= 10**SIZE_WIDTH)  # wider than the column: row by row
+        matrix = np.full((len(sizes), SIZE_WIDTH + tc.STAMP_WIDTH + 2), tc.SPACE, np.uint8)
+        matrix[:, :SIZE_WIDTH] = tc.right_aligned(np.where(odd, 0, sizes), SIZE_WIDTH)
+        matrix[:, SIZE_WIDTH + 1 : -1] = stamps
+        middle = tc.decoded(matrix)
+        for i in np.flatnonzero(odd).tolist():
+            middle[i] = f"{self.size[lo + i]:>{SIZE_WIDTH}}{middle[i][SIZE_WIDTH:]}"
+        return middle
+
+
+def _json(value: Any) -> str:
+    """``value`` as ``json.dumps`` (and so the JSON reporter) writes it."""
+    if type(value) is int:
+        return str(value)
+    if type(value) is str:
+        return _json_str(value)
+    return json.dumps(value, default=str)
+
+
+TIME_FIELDS = ("created", "modified", "accessed")
+SIZE_WIDTH = 14
