@@ -106,4 +106,7 @@ def test_lookups_through_the_index_match_the_listing(image: Path) -> None:
         below = [e for e in listed if e.path.rpartition("/")[0] == parent]
         assert sorted(vol.listdir(d), key=lambda e: e.path) == sorted(below, key=lambda e: e.path)
     assert len(vol.stat("/streams.txt").streams) == STREAMS
+    walked = vol.subtree("/")
+    assert walked is not None
+    assert sorted(walked[0], key=lambda e: e.path) == sorted(listed, key=lambda e: e.path)
     assert vol._listing is None

@@ -56,8 +56,10 @@ def test_every_directory_lists_its_entries_of_the_full_listing(files: int) -> No
             below.get(d, []), key=lambda e: e.path
         ), d
         assert problems == []
+    whole, problems = vol.subtree("/")  # every directory, walked: the whole listing
+    assert sorted(whole, key=lambda e: e.path) == sorted(listed, key=lambda e: e.path)
     assert vol._listing is None, "directory scanned the volume"
-    assert len(dirs) > 10
+    assert len(dirs) > 10 and problems == []
 
 
 def test_ls_of_one_directory_is_the_recursive_rows_below_it() -> None:
@@ -110,3 +112,30 @@ def test_a_name_its_record_no_longer_carries(tmp_path: Path) -> None:
     assert "/docs/with-ads.txt" in {e.path for e in damaged.listdir("/docs")}
     assert "/docs/readme.txt" not in damaged.scan().paths
     assert any(p.record == number for p in damaged.scan().problems)
+
+
+@pytest.mark.parametrize("files", [40, 5000])
+def test_ls_r_of_a_subtree_walks_the_indexes_to_the_scans_rows(files: int) -> None:
+    """``ls -r DIR`` through the subtree walk (let run to the end) gives the rows the full
+    scan gives, for every directory, with and without --system, and scans nothing."""
+    image = volume(files, "16M" if files == 40 else "512M")
+    dirs = [e.path for e in fresh(image).walk() if e.is_dir]
+    assert len(dirs) > 10
+    for system in (False, True):
+        for d in dirs:
+            walking = fresh(image)
+            walked, met = ops._ntfs_ls(walking, d, True, system, walk_limit=1 << 40)
+            assert walking._listing is None, d
+            scanned, problems = ops._ntfs_ls(fresh(image), d, True, system, walk_limit=0)
+            assert walked.rows() == scanned.rows(), d
+            assert met == problems == []
+
+
+def test_ls_r_walks_a_small_subtree_and_scans_for_a_big_one() -> None:
+    """By default the walk stops at 1/64 of the MFT's records (5 118 here: 79 entries)."""
+    image = str(volume(5000))
+    small, big = fresh(Path(image)), fresh(Path(image))
+    ops._ntfs_ls(small, "/docs", True, False)
+    assert small._listing is None
+    rows, _ = ops._ntfs_ls(big, "/many", True, False)
+    assert big._listing is not None and len(rows) > 5000

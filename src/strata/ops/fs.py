@@ -23,6 +23,7 @@ from strata.formats import registry
 from strata.fs import detect
 from strata.fs.fat import FatEntry, FatVolume
 from strata.fs.ntfs import Listing, NtfsEntry, NtfsVolume, attribute_names, link_of
+from strata.fs.ntfs.records import RecordProblem
 from strata.fs.ntfs.structs import FIRST_USER_RECORD
 from strata.ops.table import TIME_FIELDS, Table
 from strata.partition import open_partition, read_table
@@ -174,18 +175,30 @@ def _ntfs_table(vol: NtfsVolume, rows: _NtfsRows) -> Table:
 
 
 _SYSTEM, _REPARSE = 0x4, 0x400
+# A subtree walk reads ~20 us an entry, the bulk scan ~0.5-0.9 us a record (200 000-record
+# volume): the walk stops at 1/64 of the records, so a subtree it cannot finish costs at most
+# about a third more than the scan alone.
+WALK_SHARE = 64
 
 
-def _ntfs_ls(vol: NtfsVolume, path: str, recursive: bool, system: bool) -> tuple[Table, list[str]]:
-    """The table and the problems met: one directory (or file) is read through the indexes,
-    a recursive listing scans the whole MFT."""
+def _ntfs_ls(
+    vol: NtfsVolume, path: str, recursive: bool, system: bool, walk_limit: int | None = None
+) -> tuple[Table, list[str]]:
+    """The table and the problems met.  One directory (or file) is read through the indexes;
+    a recursive listing below the root walks the indexes too while it stays under
+    ``walk_limit`` entries, and otherwise (and from the root) scans the whole MFT."""
     top = vol.stat(path)
     if not top.is_dir:
         return _ntfs_table(vol, _entry_rows([top])), []
+    walked: tuple[list[NtfsEntry], list[RecordProblem]] | None = None
     if not recursive:
-        entries, problems = vol.directory(path)
-        shown = [e for e in entries if system or not e.is_system]
-        return _ntfs_table(vol, _entry_rows(shown)), [str(p) for p in problems]
+        walked = vol.directory(path)
+    elif top.path:
+        limit = vol.record_count // WALK_SHARE if walk_limit is None else walk_limit
+        walked = vol.subtree(path, limit)
+    if walked is not None:
+        shown = [e for e in walked[0] if system or not e.is_system]
+        return _ntfs_table(vol, _entry_rows(shown)), [str(p) for p in walked[1]]
     listing = vol.scan()
     paths = listing.paths
     if top.path:

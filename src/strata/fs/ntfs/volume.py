@@ -833,6 +833,34 @@ class NtfsVolume:
         d = self._resolve(path)
         if not d.entry.is_dir:
             raise InvalidInput(f"{path} is not a directory")
+        children, problems = self._children(d)
+        return [c.entry for c in children], problems
+
+    def subtree(
+        self, path: str, limit: int | None = None
+    ) -> tuple[list[NtfsEntry], list[RecordProblem]] | None:
+        """Every entry below directory ``path``, directory by directory through the indexes
+        as ``directory`` reads one, and the problems of the records read; None once more
+        than ``limit`` entries are found (the bulk scan is then the cheaper way)."""
+        top = self._resolve(path)
+        if not top.entry.is_dir:
+            raise InvalidInput(f"{path} is not a directory")
+        todo, seen = [top], {top.entry.record}
+        entries: list[NtfsEntry] = []
+        problems: list[RecordProblem] = []
+        while todo:
+            children, met = self._children(todo.pop())
+            problems += met
+            entries += (c.entry for c in children)
+            if limit is not None and len(entries) > limit:
+                return None
+            for c in children:
+                if c.entry.is_dir and c.entry.record not in seen:  # a looping tree: once
+                    seen.add(c.entry.record)
+                    todo.append(c)
+        return entries, problems
+
+    def _children(self, d: _Found) -> tuple[list[_Found], list[RecordProblem]]:
         listed = dict.fromkeys(
             (ref & s.REF_RECORD_MASK, n)
             for ref, ns, n in self.directory_names(d.entry.record)
@@ -842,20 +870,20 @@ class NtfsVolume:
         records = records[(records < self.record_count) & (records != s.ROOT_RECORD)]
         cols = self._parsed(records)
         live = cols.get(records)
-        in_use = set(
-            records[
-                (live[:, FIELDS["flags"]] & s.RECORD_IN_USE != 0) & (live[:, FIELDS["base"]] == 0)
-            ].tolist()
-        )
+        in_use = (live[:, FIELDS["flags"]] & s.RECORD_IN_USE != 0) & (live[:, FIELDS["base"]] == 0)
+        sequence = dict(zip(records.tolist(), live[:, FIELDS["sequence"]].tolist(), strict=True))
+        alive = set(records[in_use].tolist())
         names = _names_by_owner(cols)
         parent_ref = d.entry.record | d.sequence << 48
-        base = d.entry.path
         chosen = [
-            (r, f"{base}/{n}", d.entry.record)
+            (r, f"{d.entry.path}/{n}", d.entry.record)
             for r, n in listed
-            if r in in_use and (parent_ref, n) in names.get(r, ())
+            if r in alive and (parent_ref, n) in names.get(r, ())
         ]
-        return _entries_of(cols, chosen), cols.problems
+        found = [
+            _Found(entry, sequence[entry.record], set()) for entry in _entries_of(cols, chosen)
+        ]
+        return found, cols.problems
 
     def _parsed(self, records: np.ndarray) -> SparseColumns:
         """Records ``records`` (sorted, unique, in range) parsed as the full scan parses them,
