@@ -7,9 +7,7 @@ from the columns and streamed against ``json.dumps`` of the rows.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import io
 import json
 from pathlib import Path
 from typing import Any
@@ -19,7 +17,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from strata.cli.events import Reporter
 from strata.fs.ntfs.structs import FILETIME_UNIX_OFFSET
 from strata.ops import fs as ops
 from strata.ops import textcols as tc
@@ -145,25 +142,6 @@ def test_json_items_are_json_dumps(kind: str, recursive: bool, fat_disk: Path) -
     assert ", ".join(table.json_items(batch=7)) == json.dumps(rows)[1:-1]
     if kind == "ntfs" and recursive:
         assert any("streams" in r for r in rows) and any("target" in r for r in rows)
-
-
-@pytest.mark.parametrize(
-    ("fields", "runs"),
-    [
-        ({"a": 1, "entries": None, "warnings": ["w"]}, [[{"x": 1}, {"x": 2}], [], [{"x": "é"}]]),
-        ({"a": None, "entries": None}, [[3]]),
-        ({"entries": None, "b": {"c": [1]}}, []),
-    ],
-)
-def test_result_streamed_is_emit(fields: dict[str, Any], runs: list[list[Any]]) -> None:
-    streamed, emitted = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(streamed):
-        texts = (json.dumps(run)[1:-1] for run in runs)
-        Reporter(json_mode=True).result_streamed(fields, "entries", texts)
-    with contextlib.redirect_stdout(emitted):
-        whole = [item for run in runs for item in run]
-        Reporter(json_mode=True).emit("result", **{**fields, "entries": whole})
-    assert streamed.getvalue() == emitted.getvalue()
 
 
 def test_times_given_whole_are_made_once() -> None:

@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from itertools import islice
 from typing import Any
 
 import click
@@ -38,10 +39,14 @@ class Reporter:
         out = sys.stdout
         out.write(f"{json.dumps(before, default=str)[:-1]}, {json.dumps(key)}: [")
         separator = ""
-        for text in items:
-            if text:
-                out.write(separator + text)
-                separator = ", "
+        try:
+            for text in items:
+                if text:
+                    out.write(separator + text)
+                    separator = ", "
+        except BaseException:
+            out.write("\n")  # the cut line stays alone: the error event gets a line of its own
+            raise
         out.write(f"], {json.dumps(after, default=str)[1:]}\n" if after else "]}\n")
         out.flush()
 
@@ -148,3 +153,11 @@ def json_option(func: Callable[..., Any]) -> Callable[..., Any]:
         callback=enable,
         help="Print one JSON event per line (progress, warning, integrity, result, error).",
     )(func)
+
+
+def json_runs(items: Iterable[Any], size: int = 4096) -> Iterator[str]:
+    """``items`` as the JSON text of a list's items, ``size`` items a run (for
+    ``Reporter.result_streamed``)."""
+    iterator = iter(items)
+    while batch := list(islice(iterator, size)):
+        yield json.dumps(batch, default=str)[1:-1]
