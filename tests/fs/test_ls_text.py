@@ -31,7 +31,8 @@ YEAR_10000 = FILETIME_UNIX_OFFSET + 253402300800 * 10**7  # first FILETIME past 
 
 
 def reference_stamp(filetime: int) -> str:
-    """What ``_iso_times`` gives for one value, cut to the second, or ``-``."""
+    """What the listing showed for one value before the byte matrices (``datetime``), cut to
+    the second, or ``-``."""
     if filetime <= 0 or filetime >= YEAR_10000:
         return f"{'-':<19}"
     micros = (filetime - FILETIME_UNIX_OFFSET) // 10
