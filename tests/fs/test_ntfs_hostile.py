@@ -16,7 +16,7 @@ import pytest
 
 from strata.blockdev import RawFileDevice
 from strata.blockdev.base import BaseDevice
-from strata.errors import CorruptImage, NotFound, StrataError, TruncatedImage
+from strata.errors import CorruptImage, InvalidInput, NotFound, StrataError, TruncatedImage
 from strata.fs.ntfs import NtfsVolume, link_of
 from strata.fs.ntfs import structs as s
 from strata.fs.ntfs.index import children as index_children
@@ -170,13 +170,16 @@ class MemoryDevice(BaseDevice):
 
 def exercise(dev: MemoryDevice, number: int, paths: list[str]) -> None:
     """Read record ``number`` every way: through the lookups (``paths`` are its names on the
-    healthy volume: each resolved, its directory listed) and through the full listing."""
+    healthy volume: each resolved, its directory listed, its own subtree walked) and through
+    the full listing."""
     vol = NtfsVolume(dev)
     for path in paths:
         with contextlib.suppress(NotFound):
             vol.stat(path)
         with contextlib.suppress(NotFound):
             vol.listdir(path.rpartition("/")[0] or "/")
+        with contextlib.suppress(NotFound, InvalidInput):  # InvalidInput: not a directory
+            vol.subtree(path)
     listing = vol.scan()
     for e in listing.entries():
         if e.record == number:
