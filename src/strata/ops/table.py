@@ -7,6 +7,7 @@ straight from the columns, and only the API gets a dict per row.
 
 from __future__ import annotations
 
+import bisect
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ class Table:
     sparse: dict[int, dict[str, Any]] = field(default_factory=dict)  # fields some rows have
     _spelled: dict[int, list[str]] = field(default_factory=dict)
     _stamped: dict[int, list[str | None]] = field(default_factory=dict)
+    _sparse_rows: list[int] | None = None  # sorted keys of ``sparse``, once output starts
 
     def __len__(self) -> int:
         return len(self.path)
@@ -115,10 +117,19 @@ class Table:
             for name, values in self.more.items()
         ]
         tails = ["".join(parts) for parts in zip(*columns, strict=True)] or [""] * (hi - lo)
-        for i, extra in self.sparse.items():
-            if lo <= i < hi and extra:
+        for i, extra in self._sparse_in(lo, hi):
+            if extra:
                 tails[i - lo] += ", " + _json(extra)[1:-1]
         return tails
+
+    def _sparse_in(self, lo: int, hi: int) -> Iterator[tuple[int, dict[str, Any]]]:
+        """The rows of ``lo:hi`` that have fields of their own, without going through every
+        such row of the table for each batch."""
+        if self._sparse_rows is None:
+            self._sparse_rows = sorted(self.sparse)
+        rows = self._sparse_rows
+        for i in rows[bisect.bisect_left(rows, lo) : bisect.bisect_left(rows, hi)]:
+            yield i, self.sparse[i]
 
     def lines(self, batch: int = 8192) -> Iterator[str]:
         """The text listing, ``batch`` lines at a time (newline-terminated): type, size,
@@ -138,8 +149,8 @@ class Table:
                     strict=True,
                 )
             ]
-            for i, extra in self.sparse.items():
-                if lo <= i < hi and extra.get("target") is not None:
+            for i, extra in self._sparse_in(lo, hi):
+                if extra.get("target") is not None:
                     out[i - lo] += f" -> {extra['target']}"
             yield "\n".join(out) + "\n"
 
