@@ -42,7 +42,7 @@ from strata.fs.ntfs.records import (
 from strata.fs.ntfs.runlist import Run, decode_runlist
 
 WINDOW = 8 << 20  # bytes of MFT fixed up and walked per numpy pass
-DIRECTORIES_KEPT = 64  # directory indexes ``stat`` keeps parsed
+LOOKUPS_KEPT = 64  # directory indexes, and resolved paths, ``stat`` keeps
 READ_CHUNK = 1 << 20
 MAX_EXTENSIONS = 4096  # extension records one file may name in its attribute list
 
@@ -315,7 +315,9 @@ class NtfsVolume:
         self.mft_runs, self.mft_size = self._load_mft()
         self.record_count = self.mft_size // self.geometry.record_size
         self._listing: Listing | None = None
-        self._directories: dict[int, _Directory] = {}  # kept by ``stat``, least recent first
+        # What ``stat`` found, least recent first (see ``_kept``)
+        self._directories: dict[int, _Directory] = {}
+        self._resolved: dict[str, _Found] = {}
         self._sds: tuple[bytes, dict[int, tuple[int, int]]] | None = None  # bytes, id: span
         self._sds_values: dict[int, bytes] = {}
         self._kept: dict[int, bytes] = {}  # fixed-up records handed over by ``keep_records``
@@ -789,6 +791,10 @@ class NtfsVolume:
         return self._resolve(path).entry
 
     def _resolve(self, path: str) -> _Found:
+        # Kept: callers look the same path up again (the gate: exists, then stat, then read).
+        return _kept(self._resolved, normalize(path), lambda: self._walk(path))
+
+    def _walk(self, path: str) -> _Found:
         here = self._found(s.ROOT_RECORD, "", s.ROOT_RECORD)
         for name in normalize(path).split("/")[1:]:
             found = self._child(here, name) if here is not None and here.entry.is_dir else None
@@ -911,13 +917,9 @@ class NtfsVolume:
         return self._directory(number).names
 
     def _directory(self, number: int) -> _Directory:
-        found = self._directories.pop(number, None)
-        if found is None:
-            found = _Directory(self._index(number, index_names))
-            if len(self._directories) >= DIRECTORIES_KEPT:
-                del self._directories[next(iter(self._directories))]
-        self._directories[number] = found
-        return found
+        return _kept(
+            self._directories, number, lambda: _Directory(self._index(number, index_names))
+        )
 
     def directory_children(self, number: int) -> list[int]:
         """File references (record number | sequence << 48) of every name in directory
@@ -966,6 +968,18 @@ _PROBLEMS = {
 
 
 _T = TypeVar("_T")
+_K = TypeVar("_K")
+
+
+def _kept(cache: dict[_K, _T], key: _K, make: Callable[[], _T]) -> _T:
+    """``cache[key]``, made on a miss; ``cache`` keeps the LOOKUPS_KEPT most recently used."""
+    value = cache.pop(key, None)
+    if value is None:
+        value = make()
+        if len(cache) >= LOOKUPS_KEPT:
+            del cache[next(iter(cache))]
+    cache[key] = value
+    return value
 
 
 class _Directory:
