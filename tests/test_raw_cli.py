@@ -241,3 +241,38 @@ def test_help_and_readme_list_every_exit_code() -> None:
     for code in sorted(codes):
         assert re.search(rf"(?<![\d.]){code} [a-z]", help_text), code
         assert re.search(rf"^\| {code} \| \S", readme, re.M), code
+
+
+@pytest.mark.parametrize("width", [60, 80, 100, 200])
+def test_help_lists_commands_as_click_would(width: int) -> None:
+    """The summaries ``strata --help`` shows equal what click makes from each group's own
+    help (which loads every command's module), at any terminal width."""
+    import click
+
+    from strata.cli.main import cli
+
+    ours, clicks = click.HelpFormatter(width=width), click.HelpFormatter(width=width)
+    ctx = click.Context(cli, info_name="strata")
+    cli.format_commands(ctx, ours)
+    click.Group.format_commands(cli, ctx, clicks)
+    assert ours.getvalue() == clicks.getvalue()
+    assert ours.getvalue().count("\n") >= 1 + len(cli.list_commands(ctx))
+
+
+def test_help_loads_no_command() -> None:
+    import subprocess
+    import sys
+
+    from strata.cli.main import COMMANDS
+
+    probe = (
+        "import sys; from strata.cli.main import run; code = run(['--help']); "
+        "print('loaded:', code, *sorted(sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout
+    code, *loaded = out.rpartition("loaded: ")[2].split()
+    assert code == "0" and "Commands:" in out
+    assert "strata.cli.main" in loaded
+    assert not {c.module for c in COMMANDS.values()} & set(loaded)

@@ -7,8 +7,10 @@ import importlib
 import os
 import sys
 import traceback
+from typing import NamedTuple
 
 import click
+from click.utils import make_default_short_help
 
 import strata
 from strata.cli.events import current, json_option, reset
@@ -19,17 +21,47 @@ from strata.errors import EXIT_INTERNAL, EXIT_USAGE, StrataError, SystemIOError
 # before any numpy import (this module imports none); an explicit setting wins.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-# Command name -> module defining it as ``group``. Modules load only when their command
-# runs: importing every verb's dependencies cost most of a short command's time.
+
+class Command(NamedTuple):
+    module: str  # defines the command as ``group``
+    summary: str  # the first paragraph of that group's help, for ``strata --help``
+
+
+# Modules load only when their command runs: importing every verb's dependencies cost most
+# of a short command's time.  ``strata --help`` lists every command from the summaries here,
+# so it loads none (0.28 s -> 0.08 s); a test holds each summary to its group's help.
 COMMANDS = {
-    "disk": "strata.cli.disk",
-    "finalize": "strata.cli.finalize",
-    "fs": "strata.cli.fs",
-    "image": "strata.cli.image",
-    "layer": "strata.cli.layer",
-    "os": "strata.cli.os_layer",
-    "packaging-disk": "strata.cli.packaging",
-    "store": "strata.cli.store",
+    "disk": Command(
+        "strata.cli.disk",
+        "Inspect, compare, convert, create and check disk images (raw, vhd, vhdx, vmdk).",
+    ),
+    "finalize": Command(
+        "strata.cli.finalize",
+        "Check the disk (pending reboots, MSI or NGen work, SCCM state, KMS rearm, ...), read "
+        "what the packaging machine wrote (only the disk's allocated blocks), keep the sectors "
+        "that differ from the base, and make LAYER:VERSION deployable.",
+    ),
+    "fs": Command(
+        "strata.cli.fs",
+        "List and read files in FAT and NTFS volumes (IMAGE[:PART], PART a partition number).",
+    ),
+    "image": Command(
+        "strata.cli.image", "Publish layered images from templates; export them for a platform."
+    ),
+    "layer": Command(
+        "strata.cli.layer", "Layers (os, platform, app), their versions and audit history."
+    ),
+    "os": Command(
+        "strata.cli.os_layer",
+        "OS layers: whole disks (partition table and volumes) imported from an image.",
+    ),
+    "packaging-disk": Command(
+        "strata.cli.packaging", "Create the disk a packaging machine installs software onto."
+    ),
+    "store": Command(
+        "strata.cli.store",
+        "The chunk store: content-addressed zstd chunks in packs, and the layer catalog.",
+    ),
 }
 
 
@@ -62,11 +94,18 @@ class LazyGroup(click.Group):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             raise click.exceptions.Exit(0) from None
 
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list, as click writes it, from the summaries (no module loaded)."""
+        limit = formatter.width - 6 - max(len(name) for name in COMMANDS)
+        rows = [(name, make_default_short_help(c.summary, limit)) for name, c in COMMANDS.items()]
+        with formatter.section("Commands"):
+            formatter.write_dl(sorted(rows))
+
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        module_name = COMMANDS.get(cmd_name)
-        if module_name is None:
+        entry = COMMANDS.get(cmd_name)
+        if entry is None:
             return None
-        command: click.Command = importlib.import_module(module_name).group
+        command: click.Command = importlib.import_module(entry.module).group
         if self.settle_heap_after_import:
             gc.freeze()
             gc.enable()
