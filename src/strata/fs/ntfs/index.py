@@ -25,14 +25,14 @@ MAX_BLOCKS = 1 << 20  # INDX blocks one directory may have
 
 def children(attrs: list[Attribute], cluster_size: int, read: Reader, bad: Bad) -> list[int]:
     """File references (record number and sequence, as stored) of every entry in the $I30
-    index of a directory with attributes ``attrs``, each reference once, in index order."""
+    index of a directory with attributes ``attrs``, each reference once, in node order."""
     return list(dict.fromkeys(ref for ref, _key in entries(attrs, cluster_size, read, bad)))
 
 
 def names(
     attrs: list[Attribute], cluster_size: int, read: Reader, bad: Bad
 ) -> list[tuple[int, int, str]]:
-    """(file reference, namespace, name) of every entry in the $I30 index, in index order: a
+    """(file reference, namespace, name) of every entry in the $I30 index, in node order: a
     name and its DOS alias are two entries."""
     out = []
     for ref, key in entries(attrs, cluster_size, read, bad):
@@ -47,8 +47,9 @@ def names(
 def entries(
     attrs: list[Attribute], cluster_size: int, read: Reader, bad: Bad
 ) -> list[tuple[int, bytes]]:
-    """(file reference, key: a $FILE_NAME value) of every entry in the $I30 index, in index
-    order."""
+    """(file reference, key: a $FILE_NAME value) of every entry in the $I30 index, in node
+    order: the root's entries, then each block's as the blocks are reached (last sub-node
+    first), which is not the index's collation order; callers sort what they show."""
     root = [a for a in attrs if a.type == s.INDEX_ROOT and a.name == s.INDEX_NAME]
     if not root:
         raise bad("directory has no $I30 index root", "$INDEX_ROOT", 0)

@@ -835,7 +835,7 @@ class NtfsVolume:
     def directory(self, path: str) -> tuple[list[NtfsEntry], list[RecordProblem]]:
         """The entries of directory ``path`` from its $I30 index, each name taken only when
         its record's own $FILE_NAME carries it under this directory (as ``stat`` does), in
-        index order, and the problems of the records read: no volume scan."""
+        the index's node order, and the problems of the records read: no volume scan."""
         d = self._resolve(path)
         if not d.entry.is_dir:
             raise InvalidInput(f"{path} is not a directory")
