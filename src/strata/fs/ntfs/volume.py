@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple, TypeVar
 
@@ -211,23 +211,16 @@ class Listing:
 
     def entry(self, i: int) -> NtfsEntry:
         o = int(self.owner[i])
-        si = self.si[o]
-        return NtfsEntry(
-            path=self.paths[i],
-            name=self.paths[i].rpartition("/")[2],
-            record=o,
-            parent=int(self.parent[i]),
+        return _entry(
+            self.paths[i],
+            o,
+            int(self.parent[i]),
             is_dir=bool(self.is_dir[o]),
-            size=0 if self.is_dir[o] else int(self.size[o]),
-            created=int(si[0]),
-            modified=int(si[1]),
-            mft_modified=int(si[2]),
-            accessed=int(si[3]),
-            attributes=int(si[4]),
-            security_id=int(si[5]),
+            size=int(self.size[o]),
+            si=self.si[o].tolist(),
             links=int(self.links[o]),
             reparse_tag=int(self.reparse_tag[o]),
-            streams=tuple(self.streams.get(o, ())),
+            streams=self.streams.get(o, ()),
         )
 
     def entries(self) -> Iterator[NtfsEntry]:
@@ -1011,23 +1004,49 @@ def _entries_of(cols: Columns, chosen: list[tuple[int, str, int]]) -> list[NtfsE
     si = FIELDS["si"]
     out = []
     for (record, path, parent), row in zip(chosen, rows, strict=True):
-        is_dir = bool(row[at["flags"]] & s.RECORD_IS_DIRECTORY)
         root = record == s.ROOT_RECORD
         out.append(
-            NtfsEntry(
+            _entry(
                 path,
-                path.rpartition("/")[2],
                 record,
                 parent,
-                is_dir,
-                0 if is_dir else row[at["size"]],
-                *row[si],
+                is_dir=bool(row[at["flags"]] & s.RECORD_IS_DIRECTORY),
+                size=row[at["size"]],
+                si=row[si],
                 links=row[at["links"]],
                 reparse_tag=0 if root else row[at["reparse"]],
-                streams=() if root else tuple(streams.get(record, ())),
+                streams=() if root else streams.get(record, ()),
             )
         )
     return out
+
+
+def _entry(
+    path: str,
+    record: int,
+    parent: int,
+    *,
+    is_dir: bool,
+    size: int,
+    si: list[int],
+    links: int,
+    reparse_tag: int,
+    streams: Iterable[tuple[str, int]],
+) -> NtfsEntry:
+    """The entry of one name; ``si`` holds the $STANDARD_INFORMATION values in
+    ``NtfsEntry``'s order (four times, attributes, security id)."""
+    return NtfsEntry(
+        path,
+        path.rpartition("/")[2],
+        record,
+        parent,
+        is_dir,
+        0 if is_dir else size,
+        *si,
+        links=links,
+        reparse_tag=reparse_tag,
+        streams=tuple(streams),
+    )
 
 
 def streams_by_owner(cols: Columns) -> dict[int, list[tuple[str, int]]]:
