@@ -174,23 +174,6 @@ def test_usage_error_exit_code() -> None:
     assert strata("--version").stdout.startswith("strata, version")
 
 
-def test_failed_write_removes_only_what_it_touched(tmp_path: Path) -> None:
-    """A failure before the output is touched leaves an existing file as it was; a failure
-    after (the writer truncates first) removes the partial image; a new file is removed."""
-    from strata.ops.disk import removed_on_failure
-
-    kept, rewritten, new = tmp_path / "kept", tmp_path / "rewritten", tmp_path / "new"
-    kept.write_bytes(b"old image")
-    rewritten.write_bytes(b"old image")
-    for path, write in ((kept, None), (rewritten, b"partial"), (new, b"partial")):
-        with pytest.raises(InvalidInput), removed_on_failure(str(path)):
-            if write is not None:
-                path.write_bytes(write)
-            raise InvalidInput("failed")
-    assert kept.read_bytes() == b"old image"
-    assert not rewritten.exists() and not new.exists()
-
-
 def test_convert_refused_before_writing_keeps_existing_output(tmp_path: Path) -> None:
     small = write_sparse_raw(tmp_path / "small.raw", MiB, [(0, 4096)])
     base = tmp_path / "base.vhd"
@@ -205,8 +188,8 @@ def test_convert_refused_before_writing_keeps_existing_output(tmp_path: Path) ->
 
 def test_a_full_disk_is_a_clear_error_and_leaves_no_partial_output(tmp_path: Path) -> None:
     """Converting onto a file system that fills up (a 2 MiB tmpfs): one line naming the
-    system's refusal and exit code 11 (not an internal error, no traceback), and the
-    half-written output removed."""
+    system's refusal and the file, exit code 11 (not an internal error, no traceback), the
+    half-written output removed, and a file it was to replace kept."""
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root")
     source = write_sparse_raw(tmp_path / "src.raw", 16 * MiB, [(0, 8 * MiB)])
@@ -214,13 +197,18 @@ def test_a_full_disk_is_a_clear_error_and_leaves_no_partial_output(tmp_path: Pat
     small.mkdir()
     run(["mount", "-t", "tmpfs", "-o", "size=2M", "tmpfs", small])
     try:
-        out = small / "out.raw"
+        out, kept = small / "out.raw", small / "kept.raw"
+        kept.write_bytes(b"the user's old image")
         proc = strata("disk", "convert", "-O", "raw", source, out)
         events = strata_json("disk", "convert", "-O", "raw", source, out)
+        replacing = strata("disk", "convert", "-O", "raw", source, kept)
+        assert replacing.returncode == 11, replacing.stderr
+        assert kept.read_bytes() == b"the user's old image"
+        assert sorted(p.name for p in small.iterdir()) == ["kept.raw"]
     finally:
         run(["umount", small])
     assert proc.returncode == 11, proc.stderr
-    assert "No space left on device" in proc.stderr and "Traceback" not in proc.stderr
+    assert f"{out}: No space left on device" in proc.stderr and "Traceback" not in proc.stderr
     assert "internal error" not in proc.stderr
     error = events[-1]
     assert error["event"] == "error" and error["kind"] == "SystemIOError", error

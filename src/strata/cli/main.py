@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import importlib
 import os
+import signal
 import sys
 import traceback
 from typing import NamedTuple
@@ -135,6 +136,14 @@ def cli() -> None:
     """
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived: unwound like Ctrl-C, so a half-written output is removed."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> None:
     """The console script.  Loading a command makes some 17 000 objects the collector
     tracks, and no garbage; its passes over them while modules load (about 40) and at exit
@@ -143,6 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     settings."""
     gc.disable()
     cli.settle_heap_after_import = True  # type: ignore[attr-defined]
+    signal.signal(signal.SIGTERM, _terminate)
     sys.exit(run(argv))
 
 
@@ -168,6 +178,9 @@ def run(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         click.echo("strata: interrupted", err=True)
         return 130
+    except Terminated:
+        click.echo("strata: terminated", err=True)
+        return 128 + signal.SIGTERM
     except OSError as e:  # the system refused (a full disk, an I/O error): not a bug
         err = SystemIOError.of(e)
         current().error(err.message, err.exit_code, type(err).__name__)

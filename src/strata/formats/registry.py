@@ -80,6 +80,9 @@ class FormatDriver:
     write: Callable[[WriteRequest], None] | None = None
     check: Callable[[str], list[Problem]] | None = None
     options: Sequence[FormatOption] = field(default_factory=tuple)
+    # Whether an image may be written under a temporary name and renamed into place
+    # (``ops.output.written``): not when its files name each other.
+    atomic_replace: bool = True
 
 
 class Deferred:

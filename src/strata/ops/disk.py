@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ from strata.blockdev.copy import Progress, first_difference
 from strata.errors import InvalidInput, StrataError
 from strata.formats import registry
 from strata.formats.registry import CreateRequest, Problem, WriteRequest
+from strata.ops.output import check_destination, input_files, refuse_inputs, written
 
 
 @dataclass(frozen=True)
@@ -83,37 +83,6 @@ def compare(a: OpenSpec, b: OpenSpec, progress: Progress | None = None) -> int |
         return first_difference(da, db, progress=progress)
 
 
-@contextmanager
-def removed_on_failure(path: str) -> Iterator[None]:
-    """Delete ``path`` if the block fails after writing it: a file it created, or one that
-    existed and was touched (a writer truncates first, so what is left is a partial image,
-    not the old content).  A file the block failed before touching is left as it was."""
-    before = _identity(path)
-    try:
-        yield
-    except BaseException:
-        after = _identity(path)
-        if after is not None and after != before:
-            os.unlink(path)
-        raise
-
-
-def _identity(path: str) -> tuple[int, int, int, int] | None:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
-
-
-def check_destination(path: str) -> None:
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise InvalidInput(f"cannot write {path}: directory {parent} does not exist")
-    if os.path.isdir(path):
-        raise InvalidInput(f"cannot write {path}: it is a directory")
-
-
 def output_driver(
     fmt: str, option_texts: Sequence[str], dst: str, verb: str
 ) -> tuple[registry.FormatDriver, dict[str, Any]]:
@@ -135,18 +104,15 @@ def convert(
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     driver, options = output_driver(out_format, option_texts, dst, "write")
-    if os.path.abspath(dst) in {
-        os.path.abspath(src.path),
-        os.path.abspath(backing.path) if backing else "",
-    }:
-        raise InvalidInput(f"{dst} is also an input; write to another file")
-    with open_disk(src) as source, _opened(backing) as base, removed_on_failure(dst):
+    with open_disk(src) as source, _opened(backing) as base:
+        refuse_inputs(dst, input_files([source, base]))
         if base is not None and base.size > source.size:
             raise InvalidInput(
                 f"backing {backing.path if backing else ''} is larger than the source"
             )
         layer = base.top if base is not None else None
-        driver.write(WriteRequest(source, dst, options, base, layer, progress))
+        with written(dst, driver.atomic_replace) as path:
+            driver.write(WriteRequest(source, path, options, base, layer, progress))
     return {"filename": dst, "format": driver.name, "virtual-size": source.size}
 
 
@@ -167,7 +133,8 @@ def create(
     parent: OpenSpec | None = None,
 ) -> dict[str, Any]:
     driver, options = output_driver(out_format, option_texts, path, "create")
-    with _opened(parent) as base, removed_on_failure(path):
+    with _opened(parent) as base:
+        refuse_inputs(path, input_files([base]))
         if size is None:
             if base is None:
                 raise InvalidInput("a size is needed unless --parent gives one")
@@ -175,8 +142,8 @@ def create(
         if size <= 0:
             raise InvalidInput(f"size must be positive, not {size}")
         layer = base.top if base is not None else None
-        dev = driver.create(CreateRequest(path, size, options, layer))
-        dev.close()
+        with written(path, driver.atomic_replace) as where:
+            driver.create(CreateRequest(where, size, options, layer)).close()
     return {"filename": path, "format": driver.name, "virtual-size": size}
 
 

@@ -23,7 +23,7 @@ from strata.errors import InvalidInput, NotFound, StateError
 from strata.formats import registry
 from strata.formats.registry import WriteRequest
 from strata.layer.storedev import StoreDevice
-from strata.ops.disk import check_destination, removed_on_failure
+from strata.ops.output import check_destination, refuse_inside, written
 from strata.ops.store import PathLike, open_store
 from strata.ops.targets import TARGETS, target
 from strata.store import Manifest, Store, to_hex
@@ -302,11 +302,12 @@ def export(
             st, manifest.table("blocks"), size, int(manifest.meta.get("sector_size", 512))
         )
         check_destination(dest)
+        refuse_inside(dest, st.root, "the store")
         if driver.write is None:
             raise InvalidInput(f"strata cannot write {out_format}")
         try:
-            with removed_on_failure(dest):
-                driver.write(WriteRequest(source, dest, parsed, progress=progress))
+            with written(dest, driver.atomic_replace) as path:
+                driver.write(WriteRequest(source, path, parsed, progress=progress))
         finally:
             source.close()
         return {

@@ -35,6 +35,9 @@ DRIVER = FormatDriver(
     write=Deferred("strata.formats.vmdk.writer:write"),
     check=Deferred("strata.formats.vmdk.check:check"),
     options=DeferredOptions("strata.formats.vmdk.writer:OPTIONS"),
+    # A descriptor names its extent files (a monolithicSparse file names itself), so a
+    # VMDK is written under its own names, in place.
+    atomic_replace=False,
 )
 
 __all__ = ["DRIVER"]
