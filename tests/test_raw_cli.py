@@ -169,6 +169,15 @@ def test_bad_input_json_error_event(tmp_path: Path) -> None:
     assert event["event"] == "error" and event["exit_code"] == NotFound.exit_code
 
 
+@pytest.mark.parametrize(
+    "option", [("--wait", "-1"), ("--wait", "nan"), ("--wait", "inf"), ("--threshold", "nan")]
+)
+def test_store_gc_refuses_numbers_out_of_range(tmp_path: Path, option: tuple[str, str]) -> None:
+    proc = strata("store", "gc", *option, "--store", tmp_path / "store")
+    assert proc.returncode == EXIT_USAGE and f"Invalid value for '{option[0]}'" in proc.stderr
+    assert not (tmp_path / "store").exists()
+
+
 def test_usage_error_exit_code() -> None:
     assert strata("disk", "convert").returncode == 2
     assert strata("--version").stdout.startswith("strata, version")

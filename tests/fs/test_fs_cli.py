@@ -159,6 +159,13 @@ def test_errors(disk: Path, tmp_path: Path, args: tuple, code: int, kind: str) -
     assert event["event"] == "error" and event["kind"] == kind
 
 
+@pytest.mark.parametrize(("part", "path"), [(1, "/Dir/Sub"), (2, "/docs")])
+def test_cat_of_a_directory_names_the_path_asked_for(disk: Path, part: int, path: str) -> None:
+    proc = strata("fs", "cat", f"{disk}:{part}", path)
+    assert proc.returncode == 3
+    assert proc.stderr.strip() == f"strata: {path} is a directory"
+
+
 @pytest.mark.parametrize(
     "args", [("fs", "cat", "{ntfs}", "/docs/big.bin"), ("fs", "ls", "-r", "{big}")]
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -32,3 +33,14 @@ def store_option(func: Callable[..., Any]) -> Callable[..., Any]:
         type=click.Path(file_okay=False),
         help="Store directory (default: $STRATA_STORE, else ~/.local/share/strata/store).",
     )(func)
+
+
+class FiniteRange(click.FloatRange):
+    """``click.FloatRange`` that also refuses nan and infinity: no comparison with a bound
+    refuses nan."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number

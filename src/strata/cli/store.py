@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from strata.cli.events import current, json_option
-from strata.cli.options import store_option
+from strata.cli.options import FiniteRange, store_option
 from strata.errors import EXIT_DIFFERENT
 from strata.ops import store as ops
 from strata.units import human_size
@@ -76,7 +76,7 @@ def verify_cmd(store: str | None) -> int:
 @store_option
 @click.option(
     "--threshold",
-    type=click.FloatRange(0.0, 1.0),
+    type=FiniteRange(0.0, 1.0),
     default=0.0,
     show_default=True,
     help="Rewrite a pack only when more than this share of it is dead.",
@@ -84,7 +84,7 @@ def verify_cmd(store: str | None) -> int:
 @click.option(
     "--wait",
     "lock_timeout",
-    type=float,
+    type=FiniteRange(min=0.0),
     default=60.0,
     show_default=True,
     help="Seconds to wait for other users of the store to finish.",

@@ -387,7 +387,7 @@ class FatVolume:
     def iter_file(self, path: str | FatEntry, chunk: int = 1 << 20) -> Iterator[bytes]:
         entry = self.stat(path) if isinstance(path, str) else path
         if entry.is_dir:
-            raise InvalidInput(f"{entry.name} is a directory")
+            raise InvalidInput(f"{path if isinstance(path, str) else entry.name} is a directory")
         for offset, length in self.file_runs(entry):
             for lo in range(0, length, chunk):
                 yield self._read(offset + lo, min(chunk, length - lo))
