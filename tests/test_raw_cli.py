@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import struct
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from strata.errors import (
     EXIT_DIFFERENT,
     EXIT_INTERNAL,
     EXIT_USAGE,
+    CorruptImage,
     InvalidInput,
     NotFound,
     StrataError,
@@ -167,6 +169,39 @@ def test_bad_input_json_error_event(tmp_path: Path) -> None:
     assert proc.returncode == NotFound.exit_code
     event = json.loads(proc.stdout.strip())
     assert event["event"] == "error" and event["exit_code"] == NotFound.exit_code
+
+
+def _unmappable(tmp_path: Path, case: str) -> tuple[Path, type[StrataError]]:
+    if case == "missing":
+        return tmp_path / "nope.raw", NotFound
+    if case == "no format":
+        text = tmp_path / "notes.txt"
+        text.write_text("not a disk")
+        return text, Unsupported
+    # Opens (its grain directory is read), then fails at the first grain table it reads.
+    image = tmp_path / "gd.vmdk"
+    source = write_sparse_raw(tmp_path / "s.raw", 8 * MiB, [(0, MiB)])
+    assert strata("disk", "convert", "-O", "vmdk", source, image).returncode == 0
+    with open(image, "r+b") as f:
+        for table in struct.unpack_from("<QQ", f.read(512), 0x30):
+            f.seek(table * 512)
+            f.write(struct.pack("<I", 0x7FFFFFF0))
+    return image, CorruptImage
+
+
+@pytest.mark.parametrize("json_mode", [False, True])
+@pytest.mark.parametrize("case", ["missing", "no format", "first grain table past the end"])
+def test_a_failing_map_writes_no_partial_result(tmp_path: Path, case: str, json_mode: bool) -> None:
+    image, error = _unmappable(tmp_path, case)
+    proc = strata(*(["--json"] if json_mode else []), "disk", "map", image)
+    assert proc.returncode == error.exit_code, (proc.returncode, proc.stderr)
+    if json_mode:
+        events = [json.loads(line) for line in proc.stdout.splitlines()]
+        assert [e["event"] for e in events] == ["error"], proc.stdout
+        assert events[0]["kind"] == error.__name__
+    else:
+        assert proc.stdout == ""
+        assert len(proc.stderr.splitlines()) == 1, proc.stderr
 
 
 def test_usage_error_exit_code() -> None:

@@ -125,7 +125,10 @@ def test_missing_parent_is_not_found(chain: tuple[list[Path], bytearray]) -> Non
     assert proc.returncode == 4 and "c2.vhd" in proc.stderr
 
 
-@pytest.mark.parametrize("args", [["disk", "info"], ["--json", "disk", "info"], ["disk", "map"]])
+@pytest.mark.parametrize(
+    "args",
+    [["disk", "info"], ["--json", "disk", "info"], ["disk", "map"], ["--json", "disk", "map"]],
+)
 def test_a_child_that_is_its_own_parent_is_corrupt(tmp_path: Path, args: list[str]) -> None:
     """A child renamed over its parent names itself as parent: a corrupt image (exit 5)
     naming the file, not an internal error."""
