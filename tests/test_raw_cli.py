@@ -6,6 +6,8 @@ import json
 import os
 import re
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,7 @@ from strata.errors import (
     Unsupported,
 )
 
+from support.fat_tools import make_volume, mtools
 from support.images import GiB, MiB, scattered_runs, write_sparse_raw
 from support.tools import measure_strata, qemu_img, require, result_of, run, strata, strata_json
 
@@ -202,6 +205,40 @@ def test_a_failing_map_writes_no_partial_result(tmp_path: Path, case: str, json_
     else:
         assert proc.stdout == ""
         assert len(proc.stderr.splitlines()) == 1, proc.stderr
+
+
+def _full_stdout_args(tmp_path: Path, command: str) -> list[str | Path]:
+    if command == "disk info":
+        return ["disk", "info", write_sparse_raw(tmp_path / "r.raw", MiB, [(0, 4096)])]
+    if command == "disk map":  # runs enough to fill stdout's buffer part-way through
+        runs = [(offset, 512) for offset in range(0, 8 * MiB, 8192)]
+        return ["disk", "map", write_sparse_raw(tmp_path / "f.raw", 8 * MiB, runs)]
+    if command == "fs ls":
+        volume = make_volume(tmp_path / "fat.img", 12, 8 * MiB)
+        mtools("mmd", "-i", volume, "::/dir")
+        return ["fs", "ls", volume]
+    assert strata("store", "init", "--store", tmp_path / "store").returncode == 0
+    return ["layer", "list", "--store", tmp_path / "store"]
+
+
+@pytest.mark.parametrize("json_mode", [False, True])
+@pytest.mark.parametrize("command", ["disk info", "disk map", "fs ls", "layer list"])
+def test_a_full_stdout_is_one_line_and_exit_11(
+    tmp_path: Path, command: str, json_mode: bool
+) -> None:
+    """``strata [--json] disk info IMG > /dev/full``: the system refused the write, said in
+    one line on stderr (the JSON error event cannot be written either), no traceback."""
+    args = [*(["--json"] if json_mode else []), *_full_stdout_args(tmp_path, command)]
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(
+            [sys.executable, "-m", "strata", *map(str, args)],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    assert proc.returncode == 11, proc.stderr
+    said = [line for line in proc.stderr.splitlines() if not line.startswith("# fat on")]
+    assert said == ["strata: No space left on device"], proc.stderr
 
 
 def test_usage_error_exit_code() -> None:
