@@ -28,7 +28,7 @@ from strata.errors import (
     InvalidInput,
     NotFound,
     PathOutsideAllowed,
-    StrataError,
+    Unsupported,
 )
 
 
@@ -103,7 +103,9 @@ def attach_parents(
             raise
         layer.parent = parent
         layer = parent
-    raise StrataError(f"{dev!r}: parent chain deeper than {max_depth}")
+    if getattr(layer, "parent_ref", None) is None:  # the last parent the limit allows
+        return dev
+    raise Unsupported(what=f"{getattr(dev, 'path', dev)}: a parent chain deeper than {max_depth}")
 
 
 def _check_format(parent: BlockDevice, path: str, ref: ParentRef) -> None:
