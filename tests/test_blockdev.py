@@ -29,9 +29,10 @@ from strata.blockdev import (
     rawfile,
     stream_copy,
 )
+from strata.blockdev.chain import ParentRef, attach_parents
 from strata.blockdev.copy import WINDOW, page_aligned_buffer
 from strata.blockdev.rawfile import PREALLOCATE_MIN, data_runs, pwrite_new
-from strata.errors import InvalidInput, StrataError
+from strata.errors import CorruptImage, InvalidInput, StrataError, Unsupported
 from strata.layer.blocks import BLOCK_SIZE, capture_disk
 from strata.store import Store
 
@@ -382,3 +383,51 @@ def test_page_aligned_buffer_is_zeroed_writable_and_aligned() -> None:
     assert len(view) == 3 * mmap.PAGESIZE + 100 and not view.readonly and not any(view)
     view[-1] = 7
     assert ctypes.addressof(ctypes.c_char.from_buffer(view)) % mmap.PAGESIZE == 0
+
+
+class _Layer(BaseDevice):
+    """An empty layer at ``path`` whose parent is ``parent_path``."""
+
+    def __init__(self, path: str, parent_path: str | None) -> None:
+        self.path = path
+        self._size = 1 << 20
+        self.parent_ref = ParentRef([parent_path]) if parent_path else None
+
+    def _readinto(self, offset: int, view: memoryview) -> None:
+        view[:] = bytes(len(view))
+
+
+def test_a_chain_looping_back_to_its_top_is_corrupt_before_the_top_opens_again(
+    tmp_path: Path,
+) -> None:
+    a, b = tmp_path / "a.img", tmp_path / "b.img"
+    a.touch()
+    b.touch()
+    opened: list[str] = []
+
+    def open_layer(path: str) -> _Layer:
+        opened.append(path)
+        return _Layer(path, str(a if path == str(b) else b))
+
+    with pytest.raises(CorruptImage, match="corrupt parent chain: loops back to") as caught:
+        attach_parents(_Layer(str(a), str(b)), open_layer, [str(tmp_path)])
+    assert caught.value.path == str(b) and opened == [str(b)]
+
+
+def test_a_chain_deeper_than_the_limit_is_unsupported(tmp_path: Path) -> None:
+    """Layer i names layer i + 1 as its parent, the last none: 64 parents attach, 65 do not."""
+
+    def chain(parents: int) -> BaseDevice:
+        names = [str(tmp_path / f"l{i}.img") for i in range(parents + 1)]
+        for name in names:
+            Path(name).touch()
+
+        def open_layer(path: str) -> _Layer:
+            below = names.index(path) + 1
+            return _Layer(path, names[below] if below < len(names) else None)
+
+        return attach_parents(_Layer(names[0], names[1]), open_layer, [str(tmp_path)])
+
+    assert len(ChainDevice(chain(64)).layers) == 65
+    with pytest.raises(Unsupported, match="deeper than 64"):
+        chain(65)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,12 +16,14 @@ from strata.errors import (
     EXIT_DIFFERENT,
     EXIT_INTERNAL,
     EXIT_USAGE,
+    CorruptImage,
     InvalidInput,
     NotFound,
     StrataError,
     Unsupported,
 )
 
+from support.fat_tools import make_volume, mtools
 from support.images import GiB, MiB, scattered_runs, write_sparse_raw
 from support.tools import measure_strata, qemu_img, require, result_of, run, strata, strata_json
 
@@ -176,6 +181,73 @@ def test_store_gc_refuses_numbers_out_of_range(tmp_path: Path, option: tuple[str
     proc = strata("store", "gc", *option, "--store", tmp_path / "store")
     assert proc.returncode == EXIT_USAGE and f"Invalid value for '{option[0]}'" in proc.stderr
     assert not (tmp_path / "store").exists()
+
+
+def _unmappable(tmp_path: Path, case: str) -> tuple[Path, type[StrataError]]:
+    if case == "missing":
+        return tmp_path / "nope.raw", NotFound
+    if case == "no format":
+        text = tmp_path / "notes.txt"
+        text.write_text("not a disk")
+        return text, Unsupported
+    # Opens (its grain directory is read), then fails at the first grain table it reads.
+    image = tmp_path / "gd.vmdk"
+    source = write_sparse_raw(tmp_path / "s.raw", 8 * MiB, [(0, MiB)])
+    assert strata("disk", "convert", "-O", "vmdk", source, image).returncode == 0
+    with open(image, "r+b") as f:
+        for table in struct.unpack_from("<QQ", f.read(512), 0x30):
+            f.seek(table * 512)
+            f.write(struct.pack("<I", 0x7FFFFFF0))
+    return image, CorruptImage
+
+
+@pytest.mark.parametrize("json_mode", [False, True])
+@pytest.mark.parametrize("case", ["missing", "no format", "first grain table past the end"])
+def test_a_failing_map_writes_no_partial_result(tmp_path: Path, case: str, json_mode: bool) -> None:
+    image, error = _unmappable(tmp_path, case)
+    proc = strata(*(["--json"] if json_mode else []), "disk", "map", image)
+    assert proc.returncode == error.exit_code, (proc.returncode, proc.stderr)
+    if json_mode:
+        events = [json.loads(line) for line in proc.stdout.splitlines()]
+        assert [e["event"] for e in events] == ["error"], proc.stdout
+        assert events[0]["kind"] == error.__name__
+    else:
+        assert proc.stdout == ""
+        assert len(proc.stderr.splitlines()) == 1, proc.stderr
+
+
+def _full_stdout_args(tmp_path: Path, command: str) -> list[str | Path]:
+    if command == "disk info":
+        return ["disk", "info", write_sparse_raw(tmp_path / "r.raw", MiB, [(0, 4096)])]
+    if command == "disk map":  # runs enough to fill stdout's buffer part-way through
+        runs = [(offset, 512) for offset in range(0, 8 * MiB, 8192)]
+        return ["disk", "map", write_sparse_raw(tmp_path / "f.raw", 8 * MiB, runs)]
+    if command == "fs ls":
+        volume = make_volume(tmp_path / "fat.img", 12, 8 * MiB)
+        mtools("mmd", "-i", volume, "::/dir")
+        return ["fs", "ls", volume]
+    assert strata("store", "init", "--store", tmp_path / "store").returncode == 0
+    return ["layer", "list", "--store", tmp_path / "store"]
+
+
+@pytest.mark.parametrize("json_mode", [False, True])
+@pytest.mark.parametrize("command", ["disk info", "disk map", "fs ls", "layer list"])
+def test_a_full_stdout_is_one_line_and_exit_11(
+    tmp_path: Path, command: str, json_mode: bool
+) -> None:
+    """``strata [--json] disk info IMG > /dev/full``: the system refused the write, said in
+    one line on stderr (the JSON error event cannot be written either), no traceback."""
+    args = [*(["--json"] if json_mode else []), *_full_stdout_args(tmp_path, command)]
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(
+            [sys.executable, "-m", "strata", *map(str, args)],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    assert proc.returncode == 11, proc.stderr
+    said = [line for line in proc.stderr.splitlines() if not line.startswith("# fat on")]
+    assert said == ["strata: No space left on device"], proc.stderr
 
 
 def test_usage_error_exit_code() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -12,14 +13,20 @@ import numpy as np
 import pytest
 from construct import Container
 
-from strata.errors import IntegrityError, InvalidInput, NotFound, PathOutsideAllowed
+from strata.errors import (
+    CorruptImage,
+    IntegrityError,
+    InvalidInput,
+    NotFound,
+    PathOutsideAllowed,
+)
 from strata.formats import registry
 from strata.formats.vhd.layout import Layout, Locator
 from strata.formats.vhd.reader import VhdDevice, parent_candidates
 from strata.ops import disk as ops
 
 from support.images import MiB, random_bytes, write_sparse_raw
-from support.tools import qemu_compare, require, result_of, strata
+from support.tools import qemu_compare, qemu_img, require, result_of, strata
 from support.tools import strata_json as sj
 from support.vhd_tools import pyvhdi_chain
 
@@ -116,6 +123,31 @@ def test_missing_parent_is_not_found(chain: tuple[list[Path], bytearray]) -> Non
         registry.open_image(str(paths[0]))
     proc = strata("disk", "info", paths[0])
     assert proc.returncode == 4 and "c2.vhd" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["disk", "info"], ["--json", "disk", "info"], ["disk", "map"], ["--json", "disk", "map"]],
+)
+def test_a_child_that_is_its_own_parent_is_corrupt(tmp_path: Path, args: list[str]) -> None:
+    """A child renamed over its parent names itself as parent: a corrupt image (exit 5)
+    naming the file, not an internal error."""
+    parent = tmp_path / "p.vhd"
+    qemu_img("create", "-f", "vpc", parent, "64M")
+    child = tmp_path / "c.vhd"
+    assert strata("disk", "create", "-O", "vhd", "-b", parent, child).returncode == 0
+    child.rename(parent)
+    proc = strata(*args, parent)
+    assert proc.returncode == CorruptImage.exit_code, (proc.returncode, proc.stderr)
+    if "--json" in args:
+        (event,) = [json.loads(line) for line in proc.stdout.splitlines()]
+        assert event["event"] == "error" and event["kind"] == "CorruptImage", event
+        message = event["message"]
+    else:
+        (line,) = proc.stderr.splitlines()
+        message = line.removeprefix("strata: ")
+    assert message.startswith(f"{parent}: corrupt parent chain: ")
+    assert f"loops back to {os.path.realpath(parent)}" in message
 
 
 def test_parent_with_another_uuid_is_refused(chain: tuple[list[Path], bytearray]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import struct
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from strata.blockdev.base import BaseDevice
 from strata.errors import InvalidInput, StrataError
 from strata.formats import registry
 from strata.formats.registry import WriteRequest
+from strata.formats.vmdk.writer import MAX_SIZE, ONE_EXTENT_MAX
 from strata.ops import disk as ops
 
 from support.images import GiB, MiB, write_sparse_raw
@@ -221,3 +223,63 @@ def test_write_allocates_missing_grain_tables(tmp_path: Path) -> None:
     assert qemu_compare(ref, image, "vmdk") == 0
     assert qemu_img("check", "-f", "vmdk", image, check=False).returncode == 0
     assert not ops.check(ops.OpenSpec(str(image)))
+
+
+def _refused_quickly(tmp_path: Path, *args: str | Path) -> str:
+    """The one stderr line of a CLI call refused as invalid input at once, leaving no file."""
+    before = set(os.listdir(tmp_path))
+    start = time.monotonic()
+    proc = strata(*args, timeout=120)
+    seconds = time.monotonic() - start
+    assert proc.returncode == InvalidInput.exit_code, (proc.returncode, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("strata: "), proc.stderr
+    assert set(os.listdir(tmp_path)) == before
+    assert seconds < 10, seconds  # the tables of a 64 TiB sparse disk took minutes
+    return lines[0]
+
+
+@pytest.mark.parametrize("size", ["100T", "64T", "past"])
+@pytest.mark.parametrize("subformat", SUBFORMATS)
+def test_create_refuses_a_size_past_the_limit(tmp_path: Path, subformat: str, size: str) -> None:
+    one_extent = subformat in ("monolithicSparse", "streamOptimized")
+    limit = ONE_EXTENT_MAX if one_extent else MAX_SIZE
+    text = str(limit + 512) if size == "past" else size
+    args = ("disk", "create", "-O", "vmdk", "-o", f"subformat={subformat}")
+    line = _refused_quickly(tmp_path, *args, tmp_path / "x.vmdk", text)
+    assert f"holds at most 2 TiB{' less its grain tables' if one_extent else ''} ({limit}" in line
+
+
+def test_convert_refuses_a_source_past_the_limit(tmp_path: Path) -> None:
+    source = tmp_path / "big.vhdx"
+    assert strata("disk", "create", "-O", "vhdx", source, "64T").returncode == 0
+    line = _refused_quickly(tmp_path, "disk", "convert", "-O", "vmdk", source, tmp_path / "o.vmdk")
+    assert "holds at most 2 TiB less its grain tables" in line
+
+
+def test_the_largest_sparse_disk_keeps_every_grain_addressable(tmp_path: Path) -> None:
+    """At the limit, the header, tables and every grain of a full disk end by sector 2**32,
+    the last a 32-bit grain table entry (and qemu) can point at; qemu takes the image."""
+    require("qemu-img")
+    image = tmp_path / "max.vmdk"
+    assert strata("disk", "create", "-O", "vmdk", image, str(ONE_EXTENT_MAX)).returncode == 0
+    with open(image, "rb") as f:
+        capacity, grain = struct.unpack_from("<QQ", f.read(512), 12)
+        f.seek(64)
+        (overhead,) = struct.unpack("<Q", f.read(8))
+    assert capacity * 512 == ONE_EXTENT_MAX and capacity % grain == 0
+    assert overhead + capacity <= 1 << 32
+    info = qemu_img("info", "--output=json", image).stdout
+    assert f'"virtual-size": {ONE_EXTENT_MAX}' in info
+    assert qemu_img("check", image, check=False).returncode == 0
+
+
+@pytest.mark.parametrize("size", ["1", "511", "1000"])
+@pytest.mark.parametrize(
+    "fmt", [*(f"vmdk:{sub}" for sub in SUBFORMATS), "vhd:dynamic", "vhdx:dynamic"]
+)
+def test_create_refuses_a_size_not_in_whole_sectors(tmp_path: Path, fmt: str, size: str) -> None:
+    name, subformat = fmt.split(":")
+    args = ("disk", "create", "-O", name, "-o", f"subformat={subformat}")
+    line = _refused_quickly(tmp_path, *args, tmp_path / f"x.{name}", size)
+    assert f"size must be a positive multiple of 512, not {size}" in line

@@ -23,7 +23,13 @@ from strata.blockdev.base import (
     read_concurrently,
     zero_fill,
 )
-from strata.errors import InvalidInput, NotFound, PathOutsideAllowed, StrataError
+from strata.errors import (
+    CorruptImage,
+    InvalidInput,
+    NotFound,
+    PathOutsideAllowed,
+    Unsupported,
+)
 
 
 @dataclass(frozen=True)
@@ -83,9 +89,11 @@ def attach_parents(
         if ref is None:
             return dev
         path = find_parent(layer.path, ref, allowed_dirs)
-        if path in seen or path == os.path.realpath(layer.path):
-            raise StrataError(f"{layer.path}: parent chain loops back to {path}")
-        seen.add(path)
+        seen.add(os.path.realpath(layer.path))
+        if path in seen:
+            raise CorruptImage(
+                path=layer.path, structure="parent chain", problem=f"loops back to {path}"
+            )
         parent = open_layer(path)
         try:
             _check_format(parent, path, ref)
@@ -95,7 +103,9 @@ def attach_parents(
             raise
         layer.parent = parent
         layer = parent
-    raise StrataError(f"{dev!r}: parent chain deeper than {max_depth}")
+    if getattr(layer, "parent_ref", None) is None:  # the last parent the limit allows
+        return dev
+    raise Unsupported(what=f"{getattr(dev, 'path', dev)}: a parent chain deeper than {max_depth}")
 
 
 def _check_format(parent: BlockDevice, path: str, ref: ParentRef) -> None:

@@ -58,14 +58,14 @@ def map_cmd(image: str, fmt: str | None, allowed_dirs: tuple[str, ...]) -> int:
     data[, offset]} like `qemu-img map --output=json`.
     """
     # Streamed, as qemu-img map does: a fragmented 2 TiB image has a million runs.
-    entries = ops.map_entries(ops.OpenSpec(image, fmt, allowed_dirs))
-    if current().json_mode:
-        current().result_streamed({"map": None}, "map", json_runs(entries))
-        return 0
-    click.echo(f"{'offset':>18} {'length':>18} {'depth':>5}  state")
-    for e in entries:
-        state = "data" if e["data"] else ("zero" if e["present"] else "unallocated")
-        click.echo(f"{e['start']:#18x} {e['length']:#18x} {e['depth']:>5}  {state}")
+    with ops.opened_map(ops.OpenSpec(image, fmt, allowed_dirs)) as entries:
+        if current().json_mode:
+            current().result_streamed({"map": None}, "map", json_runs(entries))
+            return 0
+        click.echo(f"{'offset':>18} {'length':>18} {'depth':>5}  state")
+        for e in entries:
+            state = "data" if e["data"] else ("zero" if e["present"] else "unallocated")
+            click.echo(f"{e['start']:#18x} {e['length']:#18x} {e['depth']:>5}  {state}")
     return 0
 
 

@@ -8,6 +8,7 @@ when stderr is a terminal).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -64,9 +65,11 @@ class Reporter:
 
     def error(self, message: str, exit_code: int, kind: str) -> None:
         if self.json_mode:
-            self.emit("error", message=message, exit_code=exit_code, kind=kind)
-        else:
-            click.echo(f"strata: {message}", err=True)
+            # stdout may refuse the event too (a full device): then say it as text mode does.
+            with contextlib.suppress(OSError):
+                self.emit("error", message=message, exit_code=exit_code, kind=kind)
+                return
+        click.echo(f"strata: {message}", err=True)
 
     @contextmanager
     def progress(self, stage: str) -> Iterator[Progress]:

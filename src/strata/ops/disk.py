@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -58,9 +59,18 @@ def describe(disk: ChainDevice) -> dict[str, Any]:
 
 def map_entries(spec: OpenSpec) -> Iterator[dict[str, Any]]:
     """The allocation map in ``qemu-img map --output=json`` terms."""
+    with opened_map(spec) as entries:
+        yield from entries
+
+
+@contextmanager
+def opened_map(spec: OpenSpec) -> Iterator[Iterator[dict[str, Any]]]:
+    """``map_entries`` of an image already opened, its chain checked and its first run
+    found, so a caller streaming the map writes nothing for an image that fails there."""
     with open_disk(spec) as disk:
-        for ext in coalesce(disk.extents()):
-            yield map_entry(ext)
+        entries = (map_entry(ext) for ext in coalesce(disk.extents()))
+        first = next(entries, None)
+        yield itertools.chain([] if first is None else [first], entries)
 
 
 def map_entry(ext: Extent) -> dict[str, Any]:

@@ -44,6 +44,7 @@ from strata.blockdev.copy import iter_blocks
 from strata.blockdev.rawfile import pwrite_all, pwrite_new
 from strata.errors import InvalidInput
 from strata.formats.registry import CreateRequest, WriteRequest
+from strata.formats.sizes import check_disk_size
 from strata.formats.vhd import structs as s
 
 # numpy and the reader are imported by the paths that need them (differencing, create):
@@ -208,10 +209,7 @@ def plan_for(size: int, options: Mapping[str, Any], parent: Parent | None = None
 
 
 def check_size(size: int, azure: bool) -> None:
-    if size <= 0 or size % s.SECTOR:
-        raise InvalidInput(f"a VHD's size must be a positive multiple of 512, not {size}")
-    if size > s.MAX_SIZE:
-        raise InvalidInput(f"a VHD holds at most 2040 GiB ({s.MAX_SIZE} bytes), not {size}")
+    check_disk_size(size, "a VHD", s.MAX_SIZE, "2040 GiB", s.SECTOR)
     if azure and size % MiB:
         up = -(-size // MiB) * MiB
         raise InvalidInput(

@@ -22,6 +22,7 @@ from strata.blockdev.rawfile import pwrite_all, pwrite_new
 from strata.errors import InvalidInput
 from strata.formats.options import FormatOption, size_option
 from strata.formats.registry import CreateRequest, WriteRequest
+from strata.formats.sizes import check_disk_size
 from strata.formats.vhdx import structs as S
 from strata.formats.vhdx.layout import (
     Geometry,
@@ -84,10 +85,7 @@ def settings(options: Mapping[str, Any], parent: BlockDevice | None) -> Settings
 
 
 def geometry_for(size: int, s: Settings) -> Geometry:
-    if size <= 0 or size % s.logical_sector:
-        raise InvalidInput(f"vhdx size {size} must be a positive multiple of {s.logical_sector}")
-    if size > S.MAX_VIRTUAL_SIZE:
-        raise InvalidInput(f"vhdx size {size} exceeds the 64 TiB maximum")
+    check_disk_size(size, "a VHDX", S.MAX_VIRTUAL_SIZE, "64 TiB", s.logical_sector)
     return Geometry(size, s.block_size, s.logical_sector, s.subformat == "differencing")
 
 

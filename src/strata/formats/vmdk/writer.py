@@ -27,6 +27,7 @@ from strata.blockdev.rawfile import pwrite_all, pwrite_new
 from strata.errors import InvalidInput
 from strata.formats.options import FormatOption, bool_option
 from strata.formats.registry import CreateRequest, WriteRequest
+from strata.formats.sizes import check_disk_size
 from strata.formats.vmdk import structs as s
 from strata.formats.vmdk.descriptor import (
     ADAPTER_TYPES,
@@ -112,6 +113,29 @@ class SparseLayout:
         padded = np.zeros(self.num_gts * s.GTES_PER_GT, s.GTE_DTYPE)
         padded[: len(gte)] = gte
         return gd_bytes, padded.tobytes()
+
+
+# Grain table entries are 32-bit sector numbers, so a sparse extent's header, descriptor,
+# both table copies and every grain must lie below sector 2**32 of its file (qemu's
+# VMDK_EXTENT_MAX_SECTORS: it allocates no grain past it; here an entry would wrap).  Tables
+# grow with the capacity, so those of a 2**32-sector extent bound them: a disk held in one
+# sparse extent (monolithicSparse, streamOptimized) is at most 2 TiB less some 257 MiB.
+MAX_EXTENT_SECTORS = 1 << 32
+ONE_EXTENT_MAX = (
+    MAX_EXTENT_SECTORS - SparseLayout(MAX_EXTENT_SECTORS, s.DESCRIPTOR_SECTORS).overhead
+) * s.SECTOR
+# The split and flat layouts have no such table, and take the 2 TB qemu's vmdk.c gives as the
+# most VMDK4 supports (VMware's hosted limit).  Both stay under the 64 TiB strata's reader
+# takes (sparse.MAX_CAPACITY), past which even the tables alone took minutes to write.
+MAX_SIZE = 2 << 40
+
+
+def check_size(size: int, subformat: str) -> None:
+    if subformat in ("monolithicSparse", "streamOptimized"):
+        limit = "2 TiB less its grain tables"
+        check_disk_size(size, f"a {subformat} VMDK", ONE_EXTENT_MAX, limit, s.SECTOR)
+    else:
+        check_disk_size(size, f"a {subformat} VMDK", MAX_SIZE, "2 TiB", s.SECTOR)
 
 
 class ExtentSink(Protocol):
@@ -335,6 +359,7 @@ def _level(options: dict[str, Any]) -> int:
 def write(req: WriteRequest) -> None:
     options = dict(req.options)
     _level(options)
+    check_size(req.source.size, options["subformat"])
     if options["subformat"] == "streamOptimized":
         if req.backing is not None:
             raise InvalidInput("a streamOptimized VMDK cannot be a child; use monolithicSparse")
@@ -375,6 +400,7 @@ def write_stream(req: WriteRequest, options: dict[str, Any]) -> None:
 def create(req: CreateRequest) -> BlockDevice:
     options = dict(req.options)
     _level(options)
+    check_size(req.size, options["subformat"])
     out = Output(req.path, options, req.size, req.parent)
     try:
         if out.subformat == "streamOptimized":
