@@ -401,3 +401,27 @@ def test_each_run_starts_in_text_mode(capsys: pytest.CaptureFixture) -> None:
     assert cli_main.run(["disk", "info", "/nonexistent/disk.raw"]) == NotFound.exit_code
     out, err = capsys.readouterr()
     assert err.startswith("strata: ") and out == ""
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["os", "import", "good", "{dir}/os.raw", "--version", "1:2"],
+        ["os", "import", "good@5", "{dir}/os.raw", "--version", "1"],
+        ["packaging-disk", "create", "--layer", "pkg:x", "--os", "winA", "--format", "vhd",
+         "--name", "pkgx", "--out", "{dir}"],
+        ["packaging-disk", "create", "--layer", "pkgx", "--new-version", "a@b", "--os", "winA",
+         "--format", "vhd", "--name", "pkgx", "--out", "{dir}"],
+        ["image", "publish", "--name", "../../etc/x", "--os", "winA"],
+    ],
+)  # fmt: skip
+def test_names_with_reserved_characters_are_refused(store: Path, args: list[str]) -> None:
+    """NAME:VERSION and NAME@PRIORITY references could never name them again."""
+    before = result_of(strata_json("layer", "list", "--store", store))
+    proc = strata(*[a.format(dir=store.parent) for a in args], "--store", store)
+    assert proc.returncode == InvalidInput.exit_code, proc.stderr
+    assert "is not allowed" in proc.stderr and ": @ / \\" in proc.stderr
+    assert result_of(strata_json("layer", "list", "--store", store)) == before
+    assert not (store.parent / "pkgx.vhd").exists()
+    with Store(store) as st:
+        assert all("/" not in img["name"] for img in st.catalog.images())

@@ -27,6 +27,7 @@ from strata.ops.disk import check_destination, removed_on_failure
 from strata.ops.store import PathLike, open_store
 from strata.ops.targets import TARGETS, target
 from strata.store import Manifest, Store, to_hex
+from strata.store.catalog import check_name
 
 if TYPE_CHECKING:
     from strata.layer import filemerge
@@ -138,6 +139,7 @@ def ordered_apps(apps: Sequence[AppRef]) -> list[AppRef]:
 def publish(tpl: Template, *, store: PathLike = None, comment: str = "") -> dict[str, Any]:
     from strata.layer.blocks import BLOCK_SIZE  # start-up: see _compose
 
+    check_name(tpl.name, "image")
     if tpl.target is not None:
         target(tpl.target)
     started = time.monotonic()

@@ -35,6 +35,7 @@ from strata.layer.compose import compose_tables
 from strata.layer.storedev import StoreDevice
 from strata.ops.store import open_store
 from strata.store import Manifest, Store, to_hex
+from strata.store.catalog import check_name
 from strata.store.chunkstore import durable_write
 
 PathLike = str | os.PathLike[str] | None
@@ -170,6 +171,8 @@ def import_os(
 ) -> dict[str, Any]:
     """Any supported disk image → a deployable version of OS layer ``name``."""
     started = time.monotonic()
+    check_name(name, "layer")
+    check_name(version, "version")
     with registry.open_image(image, fmt) as disk, open_store(store, create=True) as st:
         if _find_layer(st, name) is None:
             st.catalog.create_layer(name, "os", description=description, comment=comment)
@@ -292,6 +295,9 @@ def create_packaging_disk(
 ) -> dict[str, Any]:
     if req.fmt not in BASE_OPTIONS:
         raise InvalidInput(f"a packaging disk is vhd, vhdx or vmdk, not {req.fmt!r}")
+    check_name(req.layer, "layer")
+    if req.version is not None:
+        check_name(req.version, "version")
     out = os.path.abspath(req.out)
     if not os.path.isdir(out):
         raise InvalidInput(f"output directory {req.out} does not exist")

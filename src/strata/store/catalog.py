@@ -32,13 +32,22 @@ TRANSITIONS: dict[str, tuple[str, ...]] = {
     "failed": (),
 }
 MAX_NAME = 200
+# ':' splits NAME:VERSION, '@' splits NAME@PRIORITY; an image name must not leave the
+# directory it is written under.
+RESERVED = ":@/\\"
 
 
-def _name(value: str, what: str) -> str:
+def check_name(value: str, what: str) -> str:
+    """The one rule for the name of a layer, a version or an image (``what``)."""
     if not isinstance(value, str) or not value.strip() or len(value) > MAX_NAME:
         raise InvalidInput(f"{what} name must be 1-{MAX_NAME} characters, got {value!r}")
     if any(ord(c) < 32 for c in value):
         raise InvalidInput(f"{what} name {value!r} holds control characters")
+    if any(c in RESERVED for c in value) or value in (".", ".."):
+        raise InvalidInput(
+            f"{what} name {value!r} is not allowed: a name may not contain "
+            f"{' '.join(RESERVED)} nor be . or .."
+        )
     return value
 
 
@@ -103,7 +112,7 @@ class Catalog:
         purpose: str | None = None,
         comment: str = "",
     ) -> dict[str, Any]:
-        _name(name, "layer")
+        check_name(name, "layer")
         if kind not in KINDS:
             raise InvalidInput(f"layer kind must be one of {', '.join(KINDS)}, got {kind!r}")
         mime = icon_type(icon) if icon is not None else None
@@ -249,7 +258,7 @@ class Catalog:
         comment: str = "",
     ) -> dict[str, Any]:
         """A new version in state ``packaging``; its base defaults to the latest deployable."""
-        _name(name, "version")
+        check_name(name, "version")
         with transaction(self.conn):
             row = self._layer_row(layer)
             if self.conn.execute(
@@ -349,7 +358,7 @@ class Catalog:
         comment: str = "",
     ) -> None:
         """Caller holds the transaction (see Store.commit_image)."""
-        _name(name, "image")
+        check_name(name, "image")
         if self.conn.execute("SELECT 1 FROM images WHERE name = ?", (name,)).fetchone():
             raise InvalidInput(f"image {name!r} already exists")
         self.conn.execute(
