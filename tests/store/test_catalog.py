@@ -217,3 +217,17 @@ def test_names_that_clash_with_references_or_paths_are_refused(store: Store, bad
     assert [r["name"] for r in store.catalog.layers()] == ["os"]
     assert [v["name"] for v in store.catalog.versions("os")] == ["v1"]
     assert store.catalog.images() == []
+
+
+def test_discard_version_undoes_only_an_empty_packaging_version(store: Store) -> None:
+    store.catalog.create_layer("os", "os")
+    commit_small(store, "os", "v1", 1)
+    store.catalog.create_version("os", "v2")
+    store.catalog.discard_version("os", "v1", drop_layer=True)  # deployable: stays
+    store.catalog.discard_version("os", "v2", drop_layer=True)  # v1 is left: the layer stays
+    assert [v["name"] for v in store.catalog.versions("os")] == ["v1"]
+    store.catalog.create_layer("new", "os")
+    store.catalog.create_version("new", "1")
+    store.catalog.discard_version("new", "1", drop_layer=True)
+    assert [r["name"] for r in store.catalog.layers()] == ["os"]
+    assert store.catalog.history()[-1]["operation"] == "discard-version"

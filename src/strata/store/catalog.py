@@ -277,6 +277,35 @@ class Catalog:
             )
         return self.version(layer, name)
 
+    def discard_version(
+        self, layer: str, name: str, *, drop_layer: bool = False, comment: str = ""
+    ) -> None:
+        """Undo ``create_version`` (and, with ``drop_layer``, ``create_layer``) for a command
+        that failed before the version held anything: only a version still ``packaging``
+        without a manifest goes, and the layer only when no version is left."""
+        with transaction(self.conn):
+            row = self._layer_row(layer)
+            self.conn.execute(
+                "DELETE FROM versions WHERE layer = ? AND name = ? AND state = 'packaging'"
+                " AND manifest IS NULL",
+                (row["id"], name),
+            )
+            dropped = (
+                drop_layer
+                and not self.conn.execute(
+                    "SELECT 1 FROM versions WHERE layer = ?", (row["id"],)
+                ).fetchone()
+            )
+            if dropped:
+                self.conn.execute("DELETE FROM layers WHERE id = ?", (row["id"],))
+            self.record(
+                "discard-version",
+                comment=comment,
+                layer=layer,
+                version=name,
+                details={"layer_dropped": dropped},
+            )
+
     def _base_id(self, layer_id: int, layer: str, base: str | None) -> int | None:
         if base is None:
             row = self.conn.execute(

@@ -128,7 +128,12 @@ def _check_schema(conn: sqlite3.Connection, path: Path) -> None:
 
 @contextmanager
 def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """BEGIN IMMEDIATE … COMMIT; a lock that stays busy past the timeout is a Conflict."""
+    """BEGIN IMMEDIATE … COMMIT; a lock that stays busy past the timeout is a Conflict.
+    Opened inside another transaction, it is part of that one (which commits or rolls back
+    the whole)."""
+    if conn.in_transaction:
+        yield conn
+        return
     try:
         conn.execute("BEGIN IMMEDIATE")
     except sqlite3.OperationalError as e:
