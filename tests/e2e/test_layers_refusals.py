@@ -425,3 +425,52 @@ def test_names_with_reserved_characters_are_refused(store: Path, args: list[str]
     assert not (store.parent / "pkgx.vhd").exists()
     with Store(store) as st:
         assert all("/" not in img["name"] for img in st.catalog.images())
+
+
+def _layer_versions(store: Path, layer: str) -> list[str] | None:
+    with Store(store) as st:
+        try:
+            return [v["name"] for v in st.catalog.layer(layer)["versions"]]
+        except NotFound:
+            return None
+
+
+def _create_args(store: Path, layer: str, name: str, out: Path, *extra: str) -> list[str]:
+    return [
+        "packaging-disk", "create", "--layer", layer, "--os", "winA", "--format", "vhd",
+        "--name", name, "--out", str(out), "--store", str(store), *extra,
+    ]  # fmt: skip
+
+
+def test_an_existing_job_iso_is_refused_and_kept(store: Path, tmp_path: Path) -> None:
+    (tmp_path / "d2-job.iso").write_bytes(b"precious\n")
+    proc = strata(*_create_args(store, "isokeep", "d2", tmp_path))
+    assert proc.returncode == InvalidInput.exit_code, proc.stderr
+    assert "d2-job.iso already exists" in proc.stderr
+    assert (tmp_path / "d2-job.iso").read_bytes() == b"precious\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d2-job.iso"]
+    assert _layer_versions(store, "isokeep") is None
+
+
+@pytest.mark.parametrize(
+    "layer, extra, words",
+    [
+        ("dup", ["--new-version", "1"], "already has a version '1'"),
+        ("dup", ["-o", "block_size=3"], "block size 3"),
+        ("fresh6", ["-o", "subformat=bad"], "subformat='bad'"),
+        ("fresh7", ["-o", "block_size=3"], "block size 3"),
+        ("dup", ["--base-version", "9"], "version '9' of layer 'dup'"),
+    ],
+)
+def test_a_failed_packaging_disk_create_leaves_nothing(
+    store: Path, tmp_path: Path, layer: str, extra: list[str], words: str
+) -> None:
+    """Only the cached base may stay: it is valid and other disks may already use it."""
+    if layer == "dup" and _layer_versions(store, layer) is None:
+        _package(store, layer)
+    before = _layer_versions(store, layer)
+    proc = strata(*_create_args(store, layer, "n11", tmp_path, *extra))
+    assert proc.returncode in (InvalidInput.exit_code, NotFound.exit_code), proc.stderr
+    assert words in proc.stderr
+    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith("strata-base-")] == []
+    assert _layer_versions(store, layer) == before
