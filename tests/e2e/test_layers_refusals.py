@@ -474,3 +474,31 @@ def test_a_failed_packaging_disk_create_leaves_nothing(
     assert words in proc.stderr
     assert [p.name for p in tmp_path.iterdir() if not p.name.startswith("strata-base-")] == []
     assert _layer_versions(store, layer) == before
+
+
+def test_import_of_an_existing_version_is_invalid_input(store: Path) -> None:
+    proc = strata(
+        "os", "import", "winA", store.parent / "os.raw", "--version", "1", "--store", store
+    )
+    assert proc.returncode == InvalidInput.exit_code, proc.stderr
+    assert "version '1' of 'winA' already exists (deployable)" in proc.stderr
+
+
+def test_a_version_being_written_is_claimed(store: Path) -> None:
+    """While one process writes a version (import, finalize), another is refused before it
+    reads or stores anything; a killed writer's claim goes with it (flock)."""
+    pkg = _package(store, "claimed")
+    apply_with_strata(Path(pkg["disk_path"]), [(MiB, b"\x0c" * 4096)])
+    with Store(store) as st:
+        packs = st.stats()["pack_bytes"]
+        with st.claim_version("claimed", "1"), st.claim_version("winC", "1"):
+            imported = strata(
+                "os", "import", "winC", store.parent / "os.raw", "--version", "1", "--store", store
+            )
+            finalized = _finalize(store, pkg["disk_path"], "claimed")
+        assert st.stats()["pack_bytes"] == packs
+    assert imported.returncode == Conflict.exit_code, imported.stderr
+    assert "writing winC:1 is under way in another process" in imported.stderr
+    assert finalized == Conflict.exit_code
+    assert _state(store, "claimed") == "packaging"
+    assert _finalize(store, pkg["disk_path"], "claimed") == 0

@@ -174,11 +174,12 @@ def import_os(
     started = time.monotonic()
     check_name(name, "layer")
     check_name(version, "version")
-    with registry.open_image(image, fmt) as disk, open_store(store, create=True) as st:
-        if _find_layer(st, name) is None:
-            st.catalog.create_layer(name, "os", description=description, comment=comment)
-        elif st.catalog.layer(name)["kind"] != "os":
-            raise InvalidInput(f"layer {name!r} exists and is not an OS layer")
+    with (
+        registry.open_image(image, fmt) as disk,
+        open_store(store, create=True) as st,
+        st.claim_version(name, version),
+    ):
+        _open_os_layer(st, name, description, comment)
         _open_version(st, name, version, comment)
         meta = {
             "layer": name,
@@ -205,15 +206,27 @@ def import_os(
         }
 
 
+def _open_os_layer(st: Store, name: str, description: str, comment: str) -> None:
+    with transaction(st.db):  # two imports of new versions may both find no layer
+        layer = _find_layer(st, name)
+        if layer is None:
+            st.catalog.create_layer(name, "os", description=description, comment=comment)
+        elif layer["kind"] != "os":
+            raise InvalidInput(f"layer {name!r} exists and is not an OS layer")
+
+
 def _open_version(st: Store, layer: str, version: str, comment: str) -> None:
-    """A new version, or the one an interrupted run left behind (never a deployable one)."""
+    """A new version, or the one an interrupted run left behind (the caller holds the claim
+    on it, so no other run is writing it); never a deployable one."""
     try:
         state = st.catalog.version(layer, version)["state"]
     except NotFound:
         st.catalog.create_version(layer, version, comment=comment)
         return
     if state not in ("packaging", "finalizing"):
-        raise StateError(what=f"version {version!r} of {layer!r} already exists ({state})")
+        raise InvalidInput(
+            f"version {version!r} of {layer!r} already exists ({state}); choose another --version"
+        )
 
 
 def _partitions(disk: Any) -> dict[str, Any] | None:
@@ -593,7 +606,7 @@ def finalize(
     started = time.monotonic()
     if force != bool(reason.strip()):
         raise InvalidInput("--force needs --reason TEXT (and --reason goes with --force)")
-    with open_store(store) as st:
+    with open_store(store) as st, st.claim_version(layer, version):
         state = st.catalog.version(layer, version)["state"]
         if state not in ("packaging", "finalizing"):
             raise StateError(

@@ -27,6 +27,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -50,7 +51,7 @@ from strata.store.frames import Where, decode, decode_frames, decode_into, encod
 from strata.store.ids import ZERO_ID, Buffer, chunk_id, to_hex
 from strata.store.index import Location
 from strata.store.locate import store_path
-from strata.store.lock import StoreLock
+from strata.store.lock import StoreLock, claim
 from strata.store.manifest import Manifest, chunk_table, parse
 from strata.store.packs import PackFiles, PackWriter, fsync_dir
 from strata.store.structs import CHUNK_MAGIC, FORMAT_VERSION, MANIFEST_MAGIC
@@ -672,6 +673,12 @@ class Store:
         with transaction(self.db):
             logical, stored = self._checked_sizes(manifest, mid)
             self.catalog.add_image(name, mid, template, logical, stored, comment)
+
+    def claim_version(self, layer: str, version: str) -> AbstractContextManager[None]:
+        """This process's claim on writing ``layer:version`` (an import, a finalize): another
+        process claiming it meanwhile gets Conflict before it copies anything."""
+        key = to_hex(chunk_id(json.dumps([layer, version]).encode()))
+        return claim(self.root / "tmp" / f"claim-{key}.lock", f"writing {layer}:{version}")
 
     # -- facts ---------------------------------------------------------------------------
     def pack_files(self) -> list[Path]:
