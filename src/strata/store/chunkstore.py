@@ -41,6 +41,7 @@ from strata.errors import (
     NotFound,
     StateError,
     StrataError,
+    SystemIOError,
     TruncatedImage,
 )
 from strata.native import is_zero
@@ -114,6 +115,9 @@ def durable_write(path: Path, data: bytes, tmp_dir: Path) -> None:
         while view:
             view = view[os.write(fd, view) :]
         os.fsync(fd)
+    except OSError as e:
+        os.unlink(tmp)
+        raise SystemIOError.of(e, tmp) from e
     finally:
         os.close(fd)
     os.rename(tmp, path)
