@@ -502,3 +502,25 @@ def test_a_version_being_written_is_claimed(store: Path) -> None:
     assert finalized == Conflict.exit_code
     assert _state(store, "claimed") == "packaging"
     assert _finalize(store, pkg["disk_path"], "claimed") == 0
+
+
+@pytest.mark.parametrize(
+    "content, words",
+    [
+        ("[" * 100000, "JSON nested too deeply"),
+        (None, "is a directory, not a JSON file"),
+        ("{", "is not JSON: Expecting property name"),
+    ],
+)
+def test_a_bad_template_is_named(
+    store: Path, tmp_path: Path, content: str | None, words: str
+) -> None:
+    template = tmp_path / "t.json"
+    if content is None:
+        template.mkdir()
+    else:
+        template.write_text(content)
+    proc = strata("image", "publish", template, "--store", store)
+    assert proc.returncode == InvalidInput.exit_code, proc.stderr
+    assert f"template {template}" in proc.stderr and words in proc.stderr
+    assert "Errno" not in proc.stderr and "Error" not in proc.stderr

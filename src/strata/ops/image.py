@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from strata.blockdev.copy import Progress
-from strata.errors import InvalidInput, NotFound, StateError
+from strata.errors import InvalidInput, NotFound, StateError, SystemIOError
 from strata.formats import registry
 from strata.formats.registry import WriteRequest
 from strata.layer.storedev import StoreDevice
@@ -73,12 +73,18 @@ def parse_app(text: str) -> AppRef:
 
 def load_template(path: str) -> Template:
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             raw = json.load(f)
     except FileNotFoundError as e:
         raise NotFound(what=f"template {path}") from e
-    except (OSError, ValueError) as e:
-        raise InvalidInput(f"template {path}: {e}") from e
+    except IsADirectoryError as e:
+        raise InvalidInput(f"template {path} is a directory, not a JSON file") from e
+    except OSError as e:
+        raise SystemIOError.of(e, path) from e
+    except RecursionError as e:
+        raise InvalidInput(f"template {path}: JSON nested too deeply") from e
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise InvalidInput(f"template {path} is not JSON: {e}") from e
     return template_from(raw, path)
 
 

@@ -43,6 +43,7 @@ from strata.errors import (
     StrataError,
     SystemIOError,
     TruncatedImage,
+    Unsupported,
 )
 from strata.native import is_zero
 from strata.store import index
@@ -132,13 +133,28 @@ def read_config(root: Path) -> dict[str, Any]:
         raise NotFound(what=f"store {root} (create it with `strata store init`)") from e
     try:
         config = json.loads(raw)
-        ok = config.get("format") == "strata-store" and config.get("version") == FORMAT_VERSION
-        settings = {key: int(config[key]) for key in DEFAULTS}
-    except (ValueError, TypeError, KeyError, AttributeError) as e:
-        raise CorruptImage(path=path, structure="store config", problem=str(e)) from e
-    if not ok:
-        raise CorruptImage(path=path, structure="store config", problem="not a strata store v1")
-    return settings
+    except (ValueError, RecursionError) as e:
+        raise CorruptImage(path=path, structure="store config", problem=f"not JSON ({e})") from e
+    if not isinstance(config, dict) or config.get("format") != "strata-store":
+        raise CorruptImage(path=path, structure="store config", problem="not a strata store")
+    if config.get("version") != FORMAT_VERSION:
+        raise Unsupported(
+            what=f"{path}: store format version {config.get('version')!r} "
+            f"(this strata reads version {FORMAT_VERSION})"
+        )
+    return {key: _setting(config, key, path) for key in DEFAULTS}
+
+
+def _setting(config: dict[str, Any], key: str, path: Path) -> int:
+    value = config.get(key)
+    if type(value) is not int:
+        raise CorruptImage(
+            path=path,
+            structure="store config",
+            problem=f"setting {key!r} is {value!r}, not an integer",
+            field=key,
+        )
+    return value
 
 
 class Store:
