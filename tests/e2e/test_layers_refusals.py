@@ -524,3 +524,13 @@ def test_a_bad_template_is_named(
     assert proc.returncode == InvalidInput.exit_code, proc.stderr
     assert f"template {template}" in proc.stderr and words in proc.stderr
     assert "Errno" not in proc.stderr and "Error" not in proc.stderr
+
+
+def test_publishing_an_existing_image_name_writes_nothing(store: Path) -> None:
+    args = ("image", "publish", "--name", "twice-img", "--os", "winA", "--store", store)
+    assert strata(*args).returncode == 0
+    manifests = sorted((store / "manifests").glob("*/*.manifest"))
+    proc = strata(*args)
+    assert proc.returncode == InvalidInput.exit_code, proc.stderr
+    assert "image 'twice-img' already exists" in proc.stderr
+    assert sorted((store / "manifests").glob("*/*.manifest")) == manifests

@@ -150,6 +150,7 @@ def publish(tpl: Template, *, store: PathLike = None, comment: str = "") -> dict
         target(tpl.target)
     started = time.monotonic()
     with open_store(store) as st:
+        st.catalog.check_new_image(tpl.name)  # before a merge stores chunks for nothing
         layers = _template_layers(st, tpl)
         first = layers[0].manifest.meta
         table, merge = _compose(st, layers, int(first["size"]), int(first.get("sector_size", 512)))

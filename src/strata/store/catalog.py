@@ -387,9 +387,7 @@ class Catalog:
         comment: str = "",
     ) -> None:
         """Caller holds the transaction (see Store.commit_image)."""
-        check_name(name, "image")
-        if self.conn.execute("SELECT 1 FROM images WHERE name = ?", (name,)).fetchone():
-            raise InvalidInput(f"image {name!r} already exists")
+        self.check_new_image(name)
         self.conn.execute(
             "INSERT INTO images(name, template, manifest, logical_size, stored_size, created)"
             " VALUES (?, ?, ?, ?, ?, ?)",
@@ -405,6 +403,12 @@ class Catalog:
         self.record(
             "add-image", comment=comment, image=name, details={"manifest": to_hex(manifest)}
         )
+
+    def check_new_image(self, name: str) -> None:
+        """InvalidInput unless ``name`` is a valid name no image has yet."""
+        check_name(name, "image")
+        if self.conn.execute("SELECT 1 FROM images WHERE name = ?", (name,)).fetchone():
+            raise InvalidInput(f"image {name!r} already exists")
 
     def images(self) -> list[dict[str, Any]]:
         rows = self.conn.execute(
