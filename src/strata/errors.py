@@ -127,16 +127,17 @@ class PathOutsideAllowed(InvalidInput):
     """{path} lies outside the allowed directories {allowed}"""
 
 
-class SystemIOError(StrataError):
+class SystemIOError(StrataError, OSError):
     """{what}"""
 
     exit_code = 11
 
     @classmethod
-    def of(cls, e: OSError) -> SystemIOError:
-        """The one line a user sees for an OSError the system raised: what and where."""
-        where = f"{e.filename}: " if e.filename else ""
-        return cls(what=f"{where}{e.strerror or e}")
+    def of(cls, e: OSError, path: object = None) -> SystemIOError:
+        """The one line a user sees for an OSError the system raised: what and where (the
+        error's own file name, else ``path``: a failed write or fsync names no file)."""
+        where = e.filename or path
+        return cls(what=f"{where}: {e.strerror or e}" if where else str(e.strerror or e))
 
 
 EXIT_DIFFERENT = 1

@@ -401,3 +401,136 @@ def test_each_run_starts_in_text_mode(capsys: pytest.CaptureFixture) -> None:
     assert cli_main.run(["disk", "info", "/nonexistent/disk.raw"]) == NotFound.exit_code
     out, err = capsys.readouterr()
     assert err.startswith("strata: ") and out == ""
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["os", "import", "good", "{dir}/os.raw", "--version", "1:2"],
+        ["os", "import", "good@5", "{dir}/os.raw", "--version", "1"],
+        ["packaging-disk", "create", "--layer", "pkg:x", "--os", "winA", "--format", "vhd",
+         "--name", "pkgx", "--out", "{dir}"],
+        ["packaging-disk", "create", "--layer", "pkgx", "--new-version", "a@b", "--os", "winA",
+         "--format", "vhd", "--name", "pkgx", "--out", "{dir}"],
+        ["image", "publish", "--name", "../../etc/x", "--os", "winA"],
+    ],
+)  # fmt: skip
+def test_names_with_reserved_characters_are_refused(store: Path, args: list[str]) -> None:
+    """NAME:VERSION and NAME@PRIORITY references could never name them again."""
+    before = result_of(strata_json("layer", "list", "--store", store))
+    proc = strata(*[a.format(dir=store.parent) for a in args], "--store", store)
+    assert proc.returncode == InvalidInput.exit_code, proc.stderr
+    assert "is not allowed" in proc.stderr and ": @ / \\" in proc.stderr
+    assert result_of(strata_json("layer", "list", "--store", store)) == before
+    assert not (store.parent / "pkgx.vhd").exists()
+    with Store(store) as st:
+        assert all("/" not in img["name"] for img in st.catalog.images())
+
+
+def _layer_versions(store: Path, layer: str) -> list[str] | None:
+    with Store(store) as st:
+        try:
+            return [v["name"] for v in st.catalog.layer(layer)["versions"]]
+        except NotFound:
+            return None
+
+
+def _create_args(store: Path, layer: str, name: str, out: Path, *extra: str) -> list[str]:
+    return [
+        "packaging-disk", "create", "--layer", layer, "--os", "winA", "--format", "vhd",
+        "--name", name, "--out", str(out), "--store", str(store), *extra,
+    ]  # fmt: skip
+
+
+def test_an_existing_job_iso_is_refused_and_kept(store: Path, tmp_path: Path) -> None:
+    (tmp_path / "d2-job.iso").write_bytes(b"precious\n")
+    proc = strata(*_create_args(store, "isokeep", "d2", tmp_path))
+    assert proc.returncode == InvalidInput.exit_code, proc.stderr
+    assert "d2-job.iso already exists" in proc.stderr
+    assert (tmp_path / "d2-job.iso").read_bytes() == b"precious\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d2-job.iso"]
+    assert _layer_versions(store, "isokeep") is None
+
+
+@pytest.mark.parametrize(
+    "layer, extra, words",
+    [
+        ("dup", ["--new-version", "1"], "already has a version '1'"),
+        ("dup", ["-o", "block_size=3"], "block size 3"),
+        ("fresh6", ["-o", "subformat=bad"], "subformat='bad'"),
+        ("fresh7", ["-o", "block_size=3"], "block size 3"),
+        ("dup", ["--base-version", "9"], "version '9' of layer 'dup'"),
+    ],
+)
+def test_a_failed_packaging_disk_create_leaves_nothing(
+    store: Path, tmp_path: Path, layer: str, extra: list[str], words: str
+) -> None:
+    """Only the cached base may stay: it is valid and other disks may already use it."""
+    if layer == "dup" and _layer_versions(store, layer) is None:
+        _package(store, layer)
+    before = _layer_versions(store, layer)
+    proc = strata(*_create_args(store, layer, "n11", tmp_path, *extra))
+    assert proc.returncode in (InvalidInput.exit_code, NotFound.exit_code), proc.stderr
+    assert words in proc.stderr
+    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith("strata-base-")] == []
+    assert _layer_versions(store, layer) == before
+
+
+def test_import_of_an_existing_version_is_invalid_input(store: Path) -> None:
+    proc = strata(
+        "os", "import", "winA", store.parent / "os.raw", "--version", "1", "--store", store
+    )
+    assert proc.returncode == InvalidInput.exit_code, proc.stderr
+    assert "version '1' of 'winA' already exists (deployable)" in proc.stderr
+
+
+def test_a_version_being_written_is_claimed(store: Path) -> None:
+    """While one process writes a version (import, finalize), another is refused before it
+    reads or stores anything; a killed writer's claim goes with it (flock)."""
+    pkg = _package(store, "claimed")
+    apply_with_strata(Path(pkg["disk_path"]), [(MiB, b"\x0c" * 4096)])
+    with Store(store) as st:
+        packs = st.stats()["pack_bytes"]
+        with st.claim_version("claimed", "1"), st.claim_version("winC", "1"):
+            imported = strata(
+                "os", "import", "winC", store.parent / "os.raw", "--version", "1", "--store", store
+            )
+            finalized = _finalize(store, pkg["disk_path"], "claimed")
+        assert st.stats()["pack_bytes"] == packs
+    assert imported.returncode == Conflict.exit_code, imported.stderr
+    assert "writing winC:1 is under way in another process" in imported.stderr
+    assert finalized == Conflict.exit_code
+    assert _state(store, "claimed") == "packaging"
+    assert _finalize(store, pkg["disk_path"], "claimed") == 0
+
+
+@pytest.mark.parametrize(
+    "content, words",
+    [
+        ("[" * 100000, "JSON nested too deeply"),
+        (None, "is a directory, not a JSON file"),
+        ("{", "is not JSON: Expecting property name"),
+    ],
+)
+def test_a_bad_template_is_named(
+    store: Path, tmp_path: Path, content: str | None, words: str
+) -> None:
+    template = tmp_path / "t.json"
+    if content is None:
+        template.mkdir()
+    else:
+        template.write_text(content)
+    proc = strata("image", "publish", template, "--store", store)
+    assert proc.returncode == InvalidInput.exit_code, proc.stderr
+    assert f"template {template}" in proc.stderr and words in proc.stderr
+    assert "Errno" not in proc.stderr and "Error" not in proc.stderr
+
+
+def test_publishing_an_existing_image_name_writes_nothing(store: Path) -> None:
+    args = ("image", "publish", "--name", "twice-img", "--os", "winA", "--store", store)
+    assert strata(*args).returncode == 0
+    manifests = sorted((store / "manifests").glob("*/*.manifest"))
+    proc = strata(*args)
+    assert proc.returncode == InvalidInput.exit_code, proc.stderr
+    assert "image 'twice-img' already exists" in proc.stderr
+    assert sorted((store / "manifests").glob("*/*.manifest")) == manifests

@@ -200,3 +200,34 @@ def test_store_location_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert default_store() == Path.home() / ".local" / "share" / "strata" / "store"
     proc = strata("store", "stats", "--store", tmp_path / "none")
     assert proc.returncode == 4 and "strata store init" in proc.stderr
+
+
+@pytest.mark.parametrize("bad", ["good:1", "app@200", "../../etc/x", "a/b", "a\\b", "..", "."])
+def test_names_that_clash_with_references_or_paths_are_refused(store: Store, bad: str) -> None:
+    """':' splits NAME:VERSION and '@' NAME@PRIORITY; an image name must stay a file name."""
+    store.catalog.create_layer("os", "os")
+    with pytest.raises(InvalidInput, match="not allowed") as layer:
+        store.catalog.create_layer(bad, "os")
+    assert repr(bad) in layer.value.message
+    with pytest.raises(InvalidInput, match="not allowed"):
+        store.catalog.create_version("os", bad)
+    mid = commit_small(store, "os", "v1", 1)
+    with pytest.raises(InvalidInput, match="not allowed"):
+        store.catalog.add_image(bad, mid, {}, 0, 0)
+    assert [r["name"] for r in store.catalog.layers()] == ["os"]
+    assert [v["name"] for v in store.catalog.versions("os")] == ["v1"]
+    assert store.catalog.images() == []
+
+
+def test_discard_version_undoes_only_an_empty_packaging_version(store: Store) -> None:
+    store.catalog.create_layer("os", "os")
+    commit_small(store, "os", "v1", 1)
+    store.catalog.create_version("os", "v2")
+    store.catalog.discard_version("os", "v1", drop_layer=True)  # deployable: stays
+    store.catalog.discard_version("os", "v2", drop_layer=True)  # v1 is left: the layer stays
+    assert [v["name"] for v in store.catalog.versions("os")] == ["v1"]
+    store.catalog.create_layer("new", "os")
+    store.catalog.create_version("new", "1")
+    store.catalog.discard_version("new", "1", drop_layer=True)
+    assert [r["name"] for r in store.catalog.layers()] == ["os"]
+    assert store.catalog.history()[-1]["operation"] == "discard-version"

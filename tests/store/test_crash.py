@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import random
+import re
 import signal
 import sqlite3
 import subprocess
@@ -14,9 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from strata.errors import StrataError
+from strata.cli import main as cli_main
+from strata.errors import StrataError, SystemIOError
 from strata.ops.store import verify_store
 from strata.store import Store, packs
+from strata.store.db import connect, transaction
 
 from support.store_tools import MiB, ingest_cmd, physical_copies, run_ingest
 from support.tools import result_of, strata_json
@@ -190,3 +193,33 @@ def test_a_failed_pack_write_commits_no_row(
     assert _committed_chunks(root) == 2
     report = verify_store(root)
     assert report["clean"], report["problems"]
+
+
+def test_a_full_disk_is_a_system_io_error_naming_the_pack(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Exit 11 with the file, whether the failed write itself or a later flush reports it."""
+
+    def full_disk(fd: int, frames: list[bytes]) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    image = tmp_path / "os.raw"
+    image.write_bytes(random.Random(1).randbytes(4 * MiB))
+    root = tmp_path / "s"
+    Store.init(root).close()
+    monkeypatch.setattr(packs, "_write_frames", full_disk)
+    code = cli_main.run(["os", "import", "w", str(image), "--version", "1", "--store", str(root)])
+    err = capsys.readouterr().err
+    assert code == SystemIOError.exit_code, err
+    assert re.search(rf"pack {re.escape(str(root))}/packs/\w+\.pack: .*No space left", err), err
+
+
+def test_a_full_catalog_is_a_system_io_error_naming_it(tmp_path: Path) -> None:
+    conn = connect(tmp_path / "c.db", create=True)
+    conn.execute(f"PRAGMA max_page_count = {conn.execute('PRAGMA page_count').fetchone()[0]}")
+    rows = ((str(i), "x" * 1000) for i in range(100))
+    full = pytest.raises(SystemIOError, match=r"c\.db: database or disk is full")
+    with full, transaction(conn):
+        conn.executemany("INSERT INTO meta VALUES (?, ?)", rows)
+    assert not conn.in_transaction
+    assert conn.execute("SELECT COUNT(*) FROM meta").fetchone()[0] == 1

@@ -225,3 +225,21 @@ def test_not_a_store_and_bad_config(tmp_path: Path) -> None:
     (tmp_path / "s" / "store.json").write_text("{nonsense")
     proc = strata("store", "verify", "--store", tmp_path / "s")
     assert proc.returncode == 5 and "store config" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "config, code, words",
+    [
+        ("[]", 5, "corrupt store config: not a strata store"),
+        ('{"version": 999}', 5, "corrupt store config: not a strata store"),
+        ('{"format": "strata-store", "version": 999}', 6, "store format version 999"),
+        ('{"format": "strata-store", "version": 1}', 5, "setting 'max_chunk' is None"),
+        ("[" * 100000, 5, "corrupt store config: not JSON"),
+    ],
+)
+def test_a_bad_store_config_is_named(tmp_path: Path, config: str, code: int, words: str) -> None:
+    Store.init(tmp_path / "s").close()
+    (tmp_path / "s" / "store.json").write_text(config)
+    proc = strata("store", "stats", "--store", tmp_path / "s")
+    assert proc.returncode == code, proc.stderr
+    assert f"{tmp_path / 's' / 'store.json'}: " in proc.stderr and words in proc.stderr

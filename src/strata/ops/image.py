@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from strata.blockdev.copy import Progress
-from strata.errors import InvalidInput, NotFound, StateError
+from strata.errors import InvalidInput, NotFound, StateError, SystemIOError
 from strata.formats import registry
 from strata.formats.registry import WriteRequest
 from strata.layer.storedev import StoreDevice
@@ -27,6 +27,7 @@ from strata.ops.output import check_destination, refuse_inside, written
 from strata.ops.store import PathLike, open_store
 from strata.ops.targets import TARGETS, target
 from strata.store import Manifest, Store, to_hex
+from strata.store.catalog import check_name
 
 if TYPE_CHECKING:
     from strata.layer import filemerge
@@ -72,12 +73,18 @@ def parse_app(text: str) -> AppRef:
 
 def load_template(path: str) -> Template:
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             raw = json.load(f)
     except FileNotFoundError as e:
         raise NotFound(what=f"template {path}") from e
-    except (OSError, ValueError) as e:
-        raise InvalidInput(f"template {path}: {e}") from e
+    except IsADirectoryError as e:
+        raise InvalidInput(f"template {path} is a directory, not a JSON file") from e
+    except OSError as e:
+        raise SystemIOError.of(e, path) from e
+    except RecursionError as e:
+        raise InvalidInput(f"template {path}: JSON nested too deeply") from e
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise InvalidInput(f"template {path} is not JSON: {e}") from e
     return template_from(raw, path)
 
 
@@ -138,10 +145,12 @@ def ordered_apps(apps: Sequence[AppRef]) -> list[AppRef]:
 def publish(tpl: Template, *, store: PathLike = None, comment: str = "") -> dict[str, Any]:
     from strata.layer.blocks import BLOCK_SIZE  # start-up: see _compose
 
+    check_name(tpl.name, "image")
     if tpl.target is not None:
         target(tpl.target)
     started = time.monotonic()
     with open_store(store) as st:
+        st.catalog.check_new_image(tpl.name)  # before a merge stores chunks for nothing
         layers = _template_layers(st, tpl)
         first = layers[0].manifest.meta
         table, merge = _compose(st, layers, int(first["size"]), int(first.get("sector_size", 512)))

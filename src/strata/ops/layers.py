@@ -10,7 +10,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,9 @@ from strata.layer.compose import compose_tables
 from strata.layer.storedev import StoreDevice
 from strata.ops.store import open_store
 from strata.store import Manifest, Store, to_hex
+from strata.store.catalog import check_name
 from strata.store.chunkstore import durable_write
+from strata.store.db import transaction
 
 PathLike = str | os.PathLike[str] | None
 CAPTURE_LEVEL = 1  # zstd level for capture: finalize is on the user's critical path
@@ -170,11 +172,14 @@ def import_os(
 ) -> dict[str, Any]:
     """Any supported disk image → a deployable version of OS layer ``name``."""
     started = time.monotonic()
-    with registry.open_image(image, fmt) as disk, open_store(store, create=True) as st:
-        if _find_layer(st, name) is None:
-            st.catalog.create_layer(name, "os", description=description, comment=comment)
-        elif st.catalog.layer(name)["kind"] != "os":
-            raise InvalidInput(f"layer {name!r} exists and is not an OS layer")
+    check_name(name, "layer")
+    check_name(version, "version")
+    with (
+        registry.open_image(image, fmt) as disk,
+        open_store(store, create=True) as st,
+        st.claim_version(name, version),
+    ):
+        _open_os_layer(st, name, description, comment)
         _open_version(st, name, version, comment)
         meta = {
             "layer": name,
@@ -201,15 +206,27 @@ def import_os(
         }
 
 
+def _open_os_layer(st: Store, name: str, description: str, comment: str) -> None:
+    with transaction(st.db):  # two imports of new versions may both find no layer
+        layer = _find_layer(st, name)
+        if layer is None:
+            st.catalog.create_layer(name, "os", description=description, comment=comment)
+        elif layer["kind"] != "os":
+            raise InvalidInput(f"layer {name!r} exists and is not an OS layer")
+
+
 def _open_version(st: Store, layer: str, version: str, comment: str) -> None:
-    """A new version, or the one an interrupted run left behind (never a deployable one)."""
+    """A new version, or the one an interrupted run left behind (the caller holds the claim
+    on it, so no other run is writing it); never a deployable one."""
     try:
         state = st.catalog.version(layer, version)["state"]
     except NotFound:
         st.catalog.create_version(layer, version, comment=comment)
         return
     if state not in ("packaging", "finalizing"):
-        raise StateError(what=f"version {version!r} of {layer!r} already exists ({state})")
+        raise InvalidInput(
+            f"version {version!r} of {layer!r} already exists ({state}); choose another --version"
+        )
 
 
 def _partitions(disk: Any) -> dict[str, Any] | None:
@@ -290,50 +307,87 @@ class PackagingRequest:
 def create_packaging_disk(
     req: PackagingRequest, *, store: PathLike = None, progress: Progress | None = None
 ) -> dict[str, Any]:
+    """Everything is checked before anything is written; what a failure leaves half made
+    (the version and a new layer in the catalog, the disk, the job ISO) is removed again.
+    A base written on the way stays: it is a cache other packaging disks may already use."""
     if req.fmt not in BASE_OPTIONS:
         raise InvalidInput(f"a packaging disk is vhd, vhdx or vmdk, not {req.fmt!r}")
+    check_name(req.layer, "layer")
+    if req.version is not None:
+        check_name(req.version, "version")
+    registry.options_for(req.fmt, req.options)
+    disk_path, iso_path = _packaging_paths(req)
+    with open_store(store) as st:
+        plan = _packaging_plan(st, req)
+        with ExitStack() as undo:
+            _claim_version(st, req, plan)
+            undo.callback(st.catalog.discard_version, req.layer, plan.version, drop_layer=plan.new)
+            undo.callback(_remove, disk_path)
+            undo.callback(_remove, iso_path)
+            record = _write_packaging_disk(st, req, plan, disk_path, iso_path, progress)
+            undo.pop_all()
+        return {**record, "state": "packaging"}
+
+
+def _packaging_paths(req: PackagingRequest) -> tuple[str, str]:
+    """The disk and its job ISO, neither of which may exist yet."""
     out = os.path.abspath(req.out)
     if not os.path.isdir(out):
         raise InvalidInput(f"output directory {req.out} does not exist")
     disk_path = os.path.join(out, _with_suffix(req.name, req.fmt))
-    if os.path.exists(disk_path):
-        raise InvalidInput(f"{disk_path} already exists; choose another --name")
-    with open_store(store) as st:
-        stack, version, base_version = _packaging_stack(st, req)
-        table = stack_table(st, stack)
-        size = int(stack[0].manifest.meta["size"])
-        sector = int(stack[0].manifest.meta.get("sector_size", 512))
-        base = None
-        if req.full:
-            _write_full(st, table, size, sector, req, disk_path, progress)
-        else:
-            base = _cached_base(st, stack, table, size, sector, req.fmt, out, progress)
-            _create_child(disk_path, req, base["path"], size)
-        st.catalog.create_version(
-            req.layer, version, base=base_version, description=req.description, comment=req.comment
-        )
-        job = {
-            "layer": req.layer,
-            "version": version,
-            "kind": req.kind,
-            "os_layer": stack[0].layer,
-            "stack": [x.ref for x in stack],
-            "disk": os.path.basename(disk_path),
-            "format": req.fmt,
-        }
-        iso_path = os.path.splitext(disk_path)[0] + "-job.iso"
-        write_job_iso(iso_path, job)
-        record = {
-            **job,
-            "disk_path": disk_path,
-            "iso": iso_path,
-            "base": base,
-            "size": size,
-            "sector_size": sector,
-            "created": time.time(),
-        }
-        _save_record(st, req.layer, version, record)
-        return {**record, "state": "packaging"}
+    iso_path = os.path.splitext(disk_path)[0] + "-job.iso"
+    for path in (disk_path, iso_path):
+        if os.path.lexists(path):
+            raise InvalidInput(f"{path} already exists; choose another --name")
+    return disk_path, iso_path
+
+
+def _remove(path: str) -> None:
+    with suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def _write_packaging_disk(
+    st: Store,
+    req: PackagingRequest,
+    plan: PackagingPlan,
+    disk_path: str,
+    iso_path: str,
+    progress: Progress | None,
+) -> dict[str, Any]:
+    """The disk (on its cached base unless ``full``), its job ISO and its packaging record."""
+    stack = plan.stack
+    table = stack_table(st, stack)
+    size = int(stack[0].manifest.meta["size"])
+    sector = int(stack[0].manifest.meta.get("sector_size", 512))
+    base = None
+    if req.full:
+        _write_full(st, table, size, sector, req, disk_path, progress)
+    else:
+        out = os.path.dirname(disk_path)
+        base = _cached_base(st, stack, table, size, sector, req.fmt, out, progress)
+        _create_child(disk_path, req, base["path"], size)
+    job = {
+        "layer": req.layer,
+        "version": plan.version,
+        "kind": req.kind,
+        "os_layer": stack[0].layer,
+        "stack": [x.ref for x in stack],
+        "disk": os.path.basename(disk_path),
+        "format": req.fmt,
+    }
+    write_job_iso(iso_path, job)
+    record = {
+        **job,
+        "disk_path": disk_path,
+        "iso": iso_path,
+        "base": base,
+        "size": size,
+        "sector_size": sector,
+        "created": time.time(),
+    }
+    _save_record(st, req.layer, plan.version, record)
+    return record
 
 
 def _with_suffix(name: str, fmt: str) -> str:
@@ -342,7 +396,17 @@ def _with_suffix(name: str, fmt: str) -> str:
     return name if name.endswith(SUFFIX[fmt]) else name + SUFFIX[fmt]
 
 
-def _packaging_stack(st: Store, req: PackagingRequest) -> tuple[list[Resolved], str, str | None]:
+@dataclass(frozen=True)
+class PackagingPlan:
+    """What a packaging disk is made of, found without changing anything."""
+
+    stack: list[Resolved]
+    version: str
+    base_version: str | None
+    new: bool  # the layer does not exist yet
+
+
+def _packaging_plan(st: Store, req: PackagingRequest) -> PackagingPlan:
     os_layer = resolve(st, req.os)
     if os_layer.kind != "os":
         raise InvalidInput(f"--os {req.os!r} is a {os_layer.kind} layer, not an OS layer")
@@ -351,34 +415,49 @@ def _packaging_stack(st: Store, req: PackagingRequest) -> tuple[list[Resolved], 
     ]
     check_same_os(os_layer, prereqs)
     existing = _find_layer(st, req.layer)
-    if existing is None:
-        st.catalog.create_layer(
-            req.layer,
-            req.kind,
-            os_layer=os_layer.layer if req.kind != "os" else None,
-            description=req.description,
-            platform_types=req.platform_types,
-            purpose=req.purpose,
-            comment=req.comment,
+    kind = existing["kind"] if existing is not None else req.kind
+    if kind == "os":
+        raise InvalidInput(
+            f"{req.layer!r} is an OS layer; import OS versions with `strata os import`"
         )
-        existing = st.catalog.layer(req.layer)
-    elif existing["os_layer"] not in (None, os_layer.layer):
+    if existing is not None and existing["os_layer"] not in (None, os_layer.layer):
         raise InvalidInput(
             f"layer {req.layer!r} belongs to OS layer {existing['os_layer']!r}, "
             f"not {os_layer.layer!r}"
         )
-    if existing["kind"] == "os":
-        raise InvalidInput(
-            f"{req.layer!r} is an OS layer; import OS versions with `strata os import`"
-        )
-    versions = existing["versions"]
+    versions = existing["versions"] if existing is not None else []
+    version = req.version or str(len(versions) + 1)
+    if any(v["name"] == version for v in versions):
+        raise InvalidInput(f"layer {req.layer!r} already has a version {version!r}")
     deployable = [v["name"] for v in versions if v["state"] == "deployable"]
     base_version = req.base_version or (deployable[-1] if deployable else None)
-    version = req.version or str(len(versions) + 1)
     stack = [os_layer, *prereqs]
     if base_version is not None:
         stack.append(resolve(st, [req.layer, base_version]))
-    return stack, version, base_version
+    return PackagingPlan(stack, version, base_version, existing is None)
+
+
+def _claim_version(st: Store, req: PackagingRequest, plan: PackagingPlan) -> None:
+    """The new version (and the layer, when new), in one transaction: a concurrent command
+    wanting the same version fails here, before either writes a file."""
+    with transaction(st.db):
+        if plan.new:
+            st.catalog.create_layer(
+                req.layer,
+                req.kind,
+                os_layer=plan.stack[0].layer,
+                description=req.description,
+                platform_types=req.platform_types,
+                purpose=req.purpose,
+                comment=req.comment,
+            )
+        st.catalog.create_version(
+            req.layer,
+            plan.version,
+            base=plan.base_version,
+            description=req.description,
+            comment=req.comment,
+        )
 
 
 def _stack_key(stack: Sequence[Resolved]) -> str:
@@ -527,7 +606,7 @@ def finalize(
     started = time.monotonic()
     if force != bool(reason.strip()):
         raise InvalidInput("--force needs --reason TEXT (and --reason goes with --force)")
-    with open_store(store) as st:
+    with open_store(store) as st, st.claim_version(layer, version):
         state = st.catalog.version(layer, version)["state"]
         if state not in ("packaging", "finalizing"):
             raise StateError(

@@ -32,13 +32,22 @@ TRANSITIONS: dict[str, tuple[str, ...]] = {
     "failed": (),
 }
 MAX_NAME = 200
+# ':' splits NAME:VERSION, '@' splits NAME@PRIORITY; an image name must not leave the
+# directory it is written under.
+RESERVED = ":@/\\"
 
 
-def _name(value: str, what: str) -> str:
+def check_name(value: str, what: str) -> str:
+    """The one rule for the name of a layer, a version or an image (``what``)."""
     if not isinstance(value, str) or not value.strip() or len(value) > MAX_NAME:
         raise InvalidInput(f"{what} name must be 1-{MAX_NAME} characters, got {value!r}")
     if any(ord(c) < 32 for c in value):
         raise InvalidInput(f"{what} name {value!r} holds control characters")
+    if any(c in RESERVED for c in value) or value in (".", ".."):
+        raise InvalidInput(
+            f"{what} name {value!r} is not allowed: a name may not contain "
+            f"{' '.join(RESERVED)} nor be . or .."
+        )
     return value
 
 
@@ -103,7 +112,7 @@ class Catalog:
         purpose: str | None = None,
         comment: str = "",
     ) -> dict[str, Any]:
-        _name(name, "layer")
+        check_name(name, "layer")
         if kind not in KINDS:
             raise InvalidInput(f"layer kind must be one of {', '.join(KINDS)}, got {kind!r}")
         mime = icon_type(icon) if icon is not None else None
@@ -249,7 +258,7 @@ class Catalog:
         comment: str = "",
     ) -> dict[str, Any]:
         """A new version in state ``packaging``; its base defaults to the latest deployable."""
-        _name(name, "version")
+        check_name(name, "version")
         with transaction(self.conn):
             row = self._layer_row(layer)
             if self.conn.execute(
@@ -267,6 +276,35 @@ class Catalog:
                 "create-version", comment=comment, layer=layer, version=name, details={"base": base}
             )
         return self.version(layer, name)
+
+    def discard_version(
+        self, layer: str, name: str, *, drop_layer: bool = False, comment: str = ""
+    ) -> None:
+        """Undo ``create_version`` (and, with ``drop_layer``, ``create_layer``) for a command
+        that failed before the version held anything: only a version still ``packaging``
+        without a manifest goes, and the layer only when no version is left."""
+        with transaction(self.conn):
+            row = self._layer_row(layer)
+            self.conn.execute(
+                "DELETE FROM versions WHERE layer = ? AND name = ? AND state = 'packaging'"
+                " AND manifest IS NULL",
+                (row["id"], name),
+            )
+            dropped = (
+                drop_layer
+                and not self.conn.execute(
+                    "SELECT 1 FROM versions WHERE layer = ?", (row["id"],)
+                ).fetchone()
+            )
+            if dropped:
+                self.conn.execute("DELETE FROM layers WHERE id = ?", (row["id"],))
+            self.record(
+                "discard-version",
+                comment=comment,
+                layer=layer,
+                version=name,
+                details={"layer_dropped": dropped},
+            )
 
     def _base_id(self, layer_id: int, layer: str, base: str | None) -> int | None:
         if base is None:
@@ -349,9 +387,7 @@ class Catalog:
         comment: str = "",
     ) -> None:
         """Caller holds the transaction (see Store.commit_image)."""
-        _name(name, "image")
-        if self.conn.execute("SELECT 1 FROM images WHERE name = ?", (name,)).fetchone():
-            raise InvalidInput(f"image {name!r} already exists")
+        self.check_new_image(name)
         self.conn.execute(
             "INSERT INTO images(name, template, manifest, logical_size, stored_size, created)"
             " VALUES (?, ?, ?, ?, ?, ?)",
@@ -367,6 +403,12 @@ class Catalog:
         self.record(
             "add-image", comment=comment, image=name, details={"manifest": to_hex(manifest)}
         )
+
+    def check_new_image(self, name: str) -> None:
+        """InvalidInput unless ``name`` is a valid name no image has yet."""
+        check_name(name, "image")
+        if self.conn.execute("SELECT 1 FROM images WHERE name = ?", (name,)).fetchone():
+            raise InvalidInput(f"image {name!r} already exists")
 
     def images(self) -> list[dict[str, Any]]:
         rows = self.conn.execute(

@@ -27,6 +27,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -40,7 +41,9 @@ from strata.errors import (
     NotFound,
     StateError,
     StrataError,
+    SystemIOError,
     TruncatedImage,
+    Unsupported,
 )
 from strata.native import is_zero
 from strata.store import index
@@ -50,7 +53,7 @@ from strata.store.frames import Where, decode, decode_frames, decode_into, encod
 from strata.store.ids import ZERO_ID, Buffer, chunk_id, to_hex
 from strata.store.index import Location
 from strata.store.locate import store_path
-from strata.store.lock import StoreLock
+from strata.store.lock import StoreLock, claim
 from strata.store.manifest import Manifest, chunk_table, parse
 from strata.store.packs import PackFiles, PackWriter, fsync_dir
 from strata.store.structs import CHUNK_MAGIC, FORMAT_VERSION, MANIFEST_MAGIC
@@ -113,6 +116,9 @@ def durable_write(path: Path, data: bytes, tmp_dir: Path) -> None:
         while view:
             view = view[os.write(fd, view) :]
         os.fsync(fd)
+    except OSError as e:
+        os.unlink(tmp)
+        raise SystemIOError.of(e, tmp) from e
     finally:
         os.close(fd)
     os.rename(tmp, path)
@@ -127,13 +133,28 @@ def read_config(root: Path) -> dict[str, Any]:
         raise NotFound(what=f"store {root} (create it with `strata store init`)") from e
     try:
         config = json.loads(raw)
-        ok = config.get("format") == "strata-store" and config.get("version") == FORMAT_VERSION
-        settings = {key: int(config[key]) for key in DEFAULTS}
-    except (ValueError, TypeError, KeyError, AttributeError) as e:
-        raise CorruptImage(path=path, structure="store config", problem=str(e)) from e
-    if not ok:
-        raise CorruptImage(path=path, structure="store config", problem="not a strata store v1")
-    return settings
+    except (ValueError, RecursionError) as e:
+        raise CorruptImage(path=path, structure="store config", problem=f"not JSON ({e})") from e
+    if not isinstance(config, dict) or config.get("format") != "strata-store":
+        raise CorruptImage(path=path, structure="store config", problem="not a strata store")
+    if config.get("version") != FORMAT_VERSION:
+        raise Unsupported(
+            what=f"{path}: store format version {config.get('version')!r} "
+            f"(this strata reads version {FORMAT_VERSION})"
+        )
+    return {key: _setting(config, key, path) for key in DEFAULTS}
+
+
+def _setting(config: dict[str, Any], key: str, path: Path) -> int:
+    value = config.get(key)
+    if type(value) is not int:
+        raise CorruptImage(
+            path=path,
+            structure="store config",
+            problem=f"setting {key!r} is {value!r}, not an integer",
+            field=key,
+        )
+    return value
 
 
 class Store:
@@ -672,6 +693,12 @@ class Store:
         with transaction(self.db):
             logical, stored = self._checked_sizes(manifest, mid)
             self.catalog.add_image(name, mid, template, logical, stored, comment)
+
+    def claim_version(self, layer: str, version: str) -> AbstractContextManager[None]:
+        """This process's claim on writing ``layer:version`` (an import, a finalize): another
+        process claiming it meanwhile gets Conflict before it copies anything."""
+        key = to_hex(chunk_id(json.dumps([layer, version]).encode()))
+        return claim(self.root / "tmp" / f"claim-{key}.lock", f"writing {layer}:{version}")
 
     # -- facts ---------------------------------------------------------------------------
     def pack_files(self) -> list[Path]:

@@ -12,10 +12,20 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from strata.errors import Conflict, CorruptImage
+from strata.errors import Conflict, CorruptImage, SystemIOError
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_S = 120.0
+# Result codes (the low byte of an extended code) of the system refusing a read or write.
+SYSTEM_CODES = frozenset(
+    (
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_PERM,
+    )
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -101,8 +111,27 @@ def connect(path: Path, create: bool, any_thread: bool = False) -> sqlite3.Conne
                 )
         _check_schema(conn, path)
     except sqlite3.DatabaseError as e:
+        refused = system_error(e, path)
+        if refused is not None:
+            raise refused from e
         raise CorruptImage(path=path, structure="catalog database", problem=str(e)) from e
     return conn
+
+
+def system_error(e: sqlite3.Error, path: object) -> SystemIOError | None:
+    """``e`` as the system refusing a read or write of ``path`` (a full disk, an I/O
+    error, no permission), or None when it is something else."""
+    code = getattr(e, "sqlite_errorcode", None)
+    if code is None or code & 0xFF not in SYSTEM_CODES:
+        return None
+    return SystemIOError(what=f"{path}: {e}")
+
+
+def _path_of(conn: sqlite3.Connection) -> str:
+    try:
+        return str(conn.execute("PRAGMA database_list").fetchone()[2])
+    except sqlite3.Error:
+        return "catalog database"
 
 
 def _statements(script: str) -> list[str]:
@@ -128,15 +157,23 @@ def _check_schema(conn: sqlite3.Connection, path: Path) -> None:
 
 @contextmanager
 def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """BEGIN IMMEDIATE … COMMIT; a lock that stays busy past the timeout is a Conflict."""
+    """BEGIN IMMEDIATE … COMMIT; a lock that stays busy past the timeout is a Conflict.
+    Opened inside another transaction, it is part of that one (which commits or rolls back
+    the whole)."""
+    if conn.in_transaction:
+        yield conn
+        return
     try:
         conn.execute("BEGIN IMMEDIATE")
     except sqlite3.OperationalError as e:
-        raise Conflict(what=f"catalog is busy: {e}") from e
+        raise system_error(e, _path_of(conn)) or Conflict(what=f"catalog is busy: {e}") from e
     try:
         yield conn
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    else:
         conn.execute("COMMIT")
+    except BaseException as e:
+        if conn.in_transaction:  # SQLite may have rolled back already (a full disk)
+            conn.execute("ROLLBACK")
+        refused = system_error(e, _path_of(conn)) if isinstance(e, sqlite3.Error) else None
+        if refused is not None:
+            raise refused from e
+        raise

@@ -1,4 +1,5 @@
-"""The store-wide lock: every open store holds it shared, ``gc`` holds it exclusive.
+"""The store-wide lock: every open store holds it shared, ``gc`` holds it exclusive; and the
+claim one writer holds on a layer version it is writing (``claim``).
 
 References: flock(2) (locks belong to the open file description, so two handles in one
 process exclude each other too, and the kernel drops them when a process dies).
@@ -9,6 +10,8 @@ from __future__ import annotations
 import fcntl
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from strata.errors import Conflict
@@ -36,3 +39,34 @@ class StoreLock:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+@contextmanager
+def claim(path: Path, what: str) -> Iterator[None]:
+    """Hold ``path`` exclusively while the block runs; Conflict at once when another process
+    holds it (``what`` names the work).  The file goes when the block ends: it is removed
+    while still held, so a process that opened it just before sees, once it gets the lock,
+    that its file is no longer the one at ``path``, and opens it again."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise Conflict(what=f"{what} is under way in another process ({path})") from None
+        if _is_at(fd, path):
+            break
+        os.close(fd)
+    try:
+        yield
+    finally:
+        os.unlink(path)
+        os.close(fd)
+
+
+def _is_at(fd: int, path: Path) -> bool:
+    try:
+        here, held = os.stat(path), os.fstat(fd)
+    except FileNotFoundError:
+        return False
+    return (here.st_dev, here.st_ino) == (held.st_dev, held.st_ino)

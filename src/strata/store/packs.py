@@ -16,7 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from strata.errors import CorruptImage, NotFound, StateError, TruncatedImage
+from strata.errors import CorruptImage, NotFound, StateError, SystemIOError, TruncatedImage
 from strata.store.ids import Buffer
 from strata.store.structs import FORMAT_VERSION, PACK_HEADER, PACK_MAGIC
 
@@ -71,9 +71,17 @@ class PackWriter:
         once an fsync failed, the kernel may have dropped the dirty pages and a second fsync
         can succeed without them: nothing more is appended or synced (the store's rows for
         this pack never commit)."""
-        if self._failed is not None:
-            problem = f"pack {self.name}: an earlier write or fsync failed ({self._failed})"
-            raise StateError(what=f"{problem}; nothing more is written to it") from self._failed
+        if self._failed is None:
+            return
+        failed = self._failed
+        reason = failed.strerror if isinstance(failed, OSError) else failed
+        what = (
+            f"pack {self.path}: an earlier write or fsync failed ({reason}); "
+            "nothing more is written to it"
+        )
+        if isinstance(failed, OSError):
+            raise SystemIOError(what=what) from failed
+        raise StateError(what=what) from failed
 
     def append(self, frame: Buffer) -> int:
         """Offset of the frame (one, or several back to back) in the pack."""
@@ -105,6 +113,9 @@ class PackWriter:
         ``_refuse_after_failure``)."""
         try:
             future.result()
+        except OSError as e:
+            self._failed = e
+            raise SystemIOError.of(e, self.path) from e
         except BaseException as e:
             self._failed = e
             raise
