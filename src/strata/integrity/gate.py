@@ -17,11 +17,10 @@ from typing import Any
 from strata.blockdev.base import BlockDevice
 from strata.errors import NotFound
 from strata.formats import registry
-from strata.fs import detect
 from strata.fs.ntfs import NtfsVolume
+from strata.fs.volumes import located_volumes
 from strata.integrity.checks import CHECKS, Finding, current_control_set
 from strata.integrity.hive import Hive, missing, open_hive
-from strata.partition import open_partition, read_table
 
 CONFIG = "\\Windows\\System32\\config"
 SYSTEM_DIR = "/Windows/System32"
@@ -94,23 +93,14 @@ class NtfsWindows:
         return self._control_set
 
 
-def _volumes(disk: BlockDevice) -> Iterator[tuple[str, BlockDevice]]:
-    if detect(disk) is not None:
-        yield "whole disk", disk
-        return
-    table = read_table(disk)
-    for p in table.partitions:
-        yield f"partition {p.number}", open_partition(disk, p.number, table)
-
-
 def windows_volumes(disk: BlockDevice) -> Iterator[tuple[str, NtfsVolume]]:
-    for where, dev in _volumes(disk):
-        if detect(dev) != "ntfs":
+    for found in located_volumes(disk):
+        if found.fs != "ntfs":
             continue
-        vol = NtfsVolume(dev)
+        vol = NtfsVolume(found.dev)
         try:
             if vol.stat(SYSTEM_DIR).is_dir:
-                yield where, vol
+                yield found.where, vol
         except NotFound:
             continue
 
