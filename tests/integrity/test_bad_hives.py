@@ -1,6 +1,7 @@
-"""Hives that are truncated, fail their base-block checksum, are missing or damaged: a clear
-error naming the hive (never a traceback); a disk without a Windows volume: a warning, and the
-Windows checks skipped. Mutated hives: only strata errors come out."""
+"""Hives that are truncated, fail their base-block checksum, are missing or damaged: a failed
+check (exit 9, overridable) naming the hive and what is wrong with it (never a traceback); a
+disk without a Windows volume: a warning, and the Windows checks skipped. Mutated hives: only
+strata errors come out."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from strata.errors import StrataError
+from strata.errors import NotReady, StrataError
 from strata.integrity.checks import CHECKS
 from strata.integrity.hive import Hive, open_hive
 
@@ -68,30 +69,42 @@ def _no_select(tmp: Path) -> Callable[[bytes], bytes]:
 
 
 BAD = [
-    ("truncated-bins", "SYSTEM", lambda d: d[:6000], 5, [SYSTEM_NAME, "hive bins end at"]),
-    ("truncated-base", "SYSTEM", lambda d: d[:1000], 5, [SYSTEM_NAME, "base block"]),
-    ("checksum", "SOFTWARE", _bad_checksum, 5, [SOFTWARE_NAME, "checksum", "0x1fc"]),
-    ("missing", "SOFTWARE", lambda d: None, 4, ["registry hive", SOFTWARE_NAME]),
-    ("hbin", "SYSTEM", _bad_hbin, 5, [SYSTEM_NAME, "hivex"]),
-    ("no-select", "SYSTEM", None, 5, [SYSTEM_NAME, "Select\\Current"]),
+    ("truncated-bins", "SYSTEM", lambda d: d[:6000], [SYSTEM_NAME, "hive bins end at"]),
+    ("truncated-base", "SYSTEM", lambda d: d[:1000], [SYSTEM_NAME, "base block"]),
+    ("five-bytes", "SYSTEM", lambda d: d[:5], [SYSTEM_NAME, "the hive is 5 bytes"]),
+    ("checksum", "SOFTWARE", _bad_checksum, [SOFTWARE_NAME, "checksum", "0x1fc"]),
+    ("missing", "SOFTWARE", lambda d: None, [f"registry hive {SOFTWARE_NAME} is missing"]),
+    ("missing-system", "SYSTEM", lambda d: None, [f"registry hive {SYSTEM_NAME} is missing"]),
+    ("hbin", "SYSTEM", _bad_hbin, [SYSTEM_NAME, "hivex"]),
+    ("no-select", "SYSTEM", None, [SYSTEM_NAME, "Select\\Current"]),
 ]
+NEEDS = {  # the checks that read each hive (pvs-ipv6 only runs with --target pvs)
+    "SYSTEM": {"boot-driver-reboot", "post-install-reboot", "ngen-in-progress"},
+    "SOFTWARE": {"post-install-reboot", "msi-in-progress", "kms-rearm"},
+}
 
 
-@pytest.mark.parametrize(("tag", "hive", "edit", "code", "words"), BAD, ids=[b[0] for b in BAD])
-def test_bad_hive_is_a_clear_error(
-    clean_raw: Path, tmp_path: Path, tag: str, hive: str, edit, code: int, words: list[str]
+@pytest.mark.parametrize(("tag", "hive", "edit", "words"), BAD, ids=[b[0] for b in BAD])
+def test_bad_hive_is_a_failed_check_naming_it(
+    clean_raw: Path, tmp_path: Path, tag: str, hive: str, edit, words: list[str]
 ) -> None:
     raw = tmp_path / f"{tag}.raw"
     shutil.copyfile(clean_raw, raw)
     on_ntfs(raw, _edit_hive(hive, edit or _no_select(tmp_path)), tmp_path)
     proc = strata("layer", "check", "--disk", raw, "--json")
-    assert proc.returncode == code, (proc.stdout, proc.stderr)
+    assert proc.returncode == NotReady.exit_code, (proc.stdout, proc.stderr)
     assert "Traceback" not in proc.stderr
-    (error,) = [json.loads(x) for x in proc.stdout.splitlines() if '"error"' in x]
+    events = [json.loads(x) for x in proc.stdout.splitlines()]
+    (error,) = [e for e in events if e["event"] == "error"]
+    (failed,) = [e for e in events if e["event"] == "integrity" and e["status"] == "failed"]
+    assert failed["check"] == "registry-hive" and failed["evidence"][0]["hive"] == hive
+    assert set(failed["evidence"][0]["checks"]) == NEEDS[hive]
+    passed = {e["check"] for e in events if e.get("status") == "passed"}
+    assert passed == {c.id for c in CHECKS if not c.targets} - NEEDS[hive]
     for word in words:
-        assert word in error["message"], error["message"]
+        assert word in error["message"] and word in failed["message"], failed["message"]
     text = strata("layer", "check", "--disk", raw)
-    assert text.returncode == code and text.stderr.startswith("strata: ")
+    assert text.returncode == NotReady.exit_code and text.stderr.startswith("strata: ")
 
 
 def test_clean_disk_passes_layer_check(clean_raw: Path) -> None:

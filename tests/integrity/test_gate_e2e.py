@@ -301,3 +301,53 @@ def test_gate_reads_through_every_packaging_format(world: World, fmt: str) -> No
     with pytest.raises(NotReady) as info:
         layers.finalize(pkg["disk_path"], pkg["layer"], pkg["version"], store=world.store)
     assert [f["check"] for f in info.value.fields["findings"]] == ["sccm-client-state"]
+
+
+def _drop_system(root: Path) -> None:
+    (root / CONFIG / "SYSTEM").unlink()
+
+
+def _five_byte_system(root: Path) -> None:
+    (root / CONFIG / "SYSTEM").write_bytes(b"regf\0")
+
+
+SYSTEM_HIVE = "\\Windows\\System32\\config\\SYSTEM (partition 1)"
+
+
+@pytest.mark.parametrize(
+    ("tag", "damage", "said"),
+    [
+        ("missing", _drop_system, f"registry hive {SYSTEM_HIVE} is missing"),
+        ("five-bytes", _five_byte_system, f"{SYSTEM_HIVE}: corrupt registry hive base block"),
+    ],
+)
+def test_unreadable_hive_fails_the_gate_and_force_overrides_it(
+    world: World, tag: str, damage: Callable[[Path], None], said: str
+) -> None:
+    work = world.root / f"hive-{tag}"
+    work.mkdir()
+    pkg = package(world.store, f"app-hive-{tag}", work / "out")
+
+    def both(root: Path) -> None:
+        _app_install(root)
+        damage(root)
+
+    package_machine(pkg, work, both)
+    args = ["finalize", "--disk", pkg["disk_path"], "--layer", pkg["layer"]]
+    args += ["--version", pkg["version"], "--store", world.store]
+    refused = strata(*args)
+    assert refused.returncode == NotReady.exit_code, refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert said in refused.stderr, refused.stderr
+
+    reason = "hive restored from backup after capture (ticket 7)"
+    forced = strata(*args, "--force", "--reason", reason, "--json")
+    assert forced.returncode == 0, forced.stdout + forced.stderr
+    result = [json.loads(x) for x in forced.stdout.splitlines()][-1]
+    assert result["state"] == "deployable" and result["integrity"]["forced"]
+    (finding,) = result["integrity"]["failed"]
+    assert finding["check"] == "registry-hive" and finding["evidence"][0]["hive"] == "SYSTEM"
+    assert "msi-in-progress" in result["integrity"]["passed"]  # SOFTWARE was still checked
+    history = strata("layer", "history", pkg["layer"], "--store", world.store).stdout
+    override = [line for line in history.splitlines() if "integrity-override" in line]
+    assert len(override) == 1 and reason in override[0]

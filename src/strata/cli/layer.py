@@ -92,14 +92,16 @@ def diff_cmd(store: str | None, ref: str) -> int:
     if current().json_mode:
         current().result(**diff)
         return 0
+    from strata.fs.volumes import where
+
     click.echo(f"layer: {diff['layer']}:{diff['version']}")
     for vol in diff["volumes"]:
-        click.echo(f"partition {vol['partition']}: {len(vol['entries'])} entries")
+        click.echo(f"{where(vol['partition'])}: {len(vol['entries'])} entries")
         for e in vol["entries"]:
             size = human_size(e["size"]) if e["type"] == "file" else "-"
             click.echo(f"  {e['change']:<9} {e['type']:<5} {size:>10}  {e['path']}")
     for skipped in diff["skipped"]:
-        click.echo(f"partition {skipped['partition']}: no file delta ({skipped['reason']})")
+        click.echo(f"{where(skipped['partition'])}: no file delta ({skipped['reason']})")
     return 0
 
 

@@ -4,7 +4,9 @@ hives through strata's NTFS reader and hivex, and run every check.
 References: ``strata.integrity.checks`` (what each check reads and why).
 
 A Windows volume is an NTFS volume holding a ``\\Windows\\System32`` directory. A disk
-without one skips the Windows checks and says so in ``warnings``.
+without one skips the Windows checks and says so in ``warnings``. A hive that is missing or
+damaged is a failed check of its own (``registry-hive``, naming the hive and what is wrong),
+so ``--force --reason`` can override it like any other; the checks that read it do not run.
 """
 
 from __future__ import annotations
@@ -15,16 +17,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from strata.blockdev.base import BlockDevice
-from strata.errors import NotFound
+from strata.errors import CorruptImage, NotFound, StrataError
 from strata.formats import registry
-from strata.fs import detect
 from strata.fs.ntfs import NtfsVolume
+from strata.fs.volumes import located_volumes
 from strata.integrity.checks import CHECKS, Finding, current_control_set
 from strata.integrity.hive import Hive, missing, open_hive
-from strata.partition import open_partition, read_table
 
 CONFIG = "\\Windows\\System32\\config"
 SYSTEM_DIR = "/Windows/System32"
+HIVE_CHECK = "registry-hive"
 
 
 @dataclass
@@ -53,6 +55,29 @@ class GateReport:
         return "; ".join(f.message for f in self.findings)
 
 
+@dataclass
+class HiveProblem:
+    """A hive the checks could not read: missing, or damaged."""
+
+    hive: str  # SYSTEM, SOFTWARE
+    label: str  # its path and volume, as errors name it
+    error: StrataError
+    checks: list[str] = field(default_factory=list)  # the checks it kept from running
+
+    def finding(self, where: str) -> Finding:
+        gone = isinstance(self.error, NotFound)
+        what = f"registry hive {self.label} is missing" if gone else self.error.message
+        message = f"{what}; the checks that read it ({', '.join(self.checks)}) could not run"
+        evidence = {
+            "hive": self.hive,
+            "file": f"{CONFIG}\\{self.hive}",
+            "problem": "missing" if gone else self.error.message,
+            "checks": list(self.checks),
+            "partition": where,
+        }
+        return Finding(HIVE_CHECK, message, where, [evidence])
+
+
 class NtfsWindows:
     """A Windows volume read through ``NtfsVolume``; hives opened once, on first use."""
 
@@ -61,15 +86,22 @@ class NtfsWindows:
         self.where = where
         self._stack = stack
         self._hives: dict[str, Hive] = {}
+        self._labels: dict[str, str] = {}  # a hive's label -> its name
         self._control_set: str | None = None
         self.warnings: list[str] = []
+        self.problems: dict[str, HiveProblem] = {}
 
     def hive(self, name: str) -> Hive:
+        if name in self.problems:  # reported once; the checks that need it stop here
+            raise self.problems[name].error
         if name not in self._hives:
             path = f"{CONFIG}\\{name}"
             label = f"{path} ({self.where})"
+            self._labels[label] = name
             if not self.exists(path):
-                raise missing(label)
+                error = missing(label)
+                self.problems[name] = HiveProblem(name, label, error)
+                raise error
             chunks = self.vol.iter_file(self.vol.stat(path))
             hive = self._stack.enter_context(open_hive(chunks, label, name))
             if hive.dirty:
@@ -93,24 +125,27 @@ class NtfsWindows:
             self._control_set = current_control_set(self.hive("SYSTEM"))
         return self._control_set
 
-
-def _volumes(disk: BlockDevice) -> Iterator[tuple[str, BlockDevice]]:
-    if detect(disk) is not None:
-        yield "whole disk", disk
-        return
-    table = read_table(disk)
-    for p in table.partitions:
-        yield f"partition {p.number}", open_partition(disk, p.number, table)
+    def hive_problem(self, error: StrataError) -> HiveProblem | None:
+        """The hive ``error`` says is missing or damaged (recorded: no check reads it again),
+        or None when ``error`` is about something else."""
+        known = next((p for p in self.problems.values() if p.error is error), None)
+        if known is not None or not isinstance(error, CorruptImage):
+            return known
+        name = self._labels.get(error.path)  # hive errors carry the hive's label as their path
+        if name is None:
+            return None
+        self.problems[name] = HiveProblem(name, error.path, error)
+        return self.problems[name]
 
 
 def windows_volumes(disk: BlockDevice) -> Iterator[tuple[str, NtfsVolume]]:
-    for where, dev in _volumes(disk):
-        if detect(dev) != "ntfs":
+    for found in located_volumes(disk):
+        if found.fs != "ntfs":
             continue
-        vol = NtfsVolume(dev)
+        vol = NtfsVolume(found.dev)
         try:
             if vol.stat(SYSTEM_DIR).is_dir:
-                yield where, vol
+                yield found.where, vol
         except NotFound:
             continue
 
@@ -136,13 +171,21 @@ def _run_checks(view: NtfsWindows, target: str | None, report: GateReport) -> No
     for check in CHECKS:
         if check.targets and target not in check.targets:
             continue
-        evidence = check.run(view)
+        try:
+            evidence = check.run(view)
+        except (NotFound, CorruptImage) as e:
+            problem = view.hive_problem(e)
+            if problem is None:
+                raise
+            problem.checks.append(check.id)
+            continue
         if evidence:
             for item in evidence:
                 item.setdefault("partition", view.where)
             report.findings.append(Finding(check.id, check.message, view.where, evidence))
         elif check.id not in report.passed:
             report.passed.append(check.id)
+    report.findings += [p.finding(view.where) for p in view.problems.values()]
 
 
 def check_image(

@@ -33,15 +33,15 @@ import xxhash
 
 from strata.blockdev.base import BlockDevice
 from strata.errors import InvalidInput, StrataError
-from strata.fs import detect
 from strata.fs.fat import FatEntry, FatVolume, open_fat
 from strata.fs.ntfs import NtfsVolume, open_ntfs
 from strata.fs.ntfs.attributes import Attribute
 from strata.fs.ntfs.structs import FILETIME_UNIX_OFFSET
+from strata.fs.volumes import located_volumes, open_volume
 from strata.layer import ntfsdelta
 from strata.layer.ntfsdelta import NtfsContent, NtfsItem
 from strata.native import fastcdc_cuts
-from strata.partition import PartitionTable, open_partition, read_table
+from strata.partition import PartitionTable, read_table
 from strata.store import CHUNK_ROW, Manifest, Store, register_schema
 from strata.store.ids import ZERO_ID, Buffer
 
@@ -304,7 +304,8 @@ def _volume_meta(v: Volume) -> dict[str, Any]:
 
 # -- file-system volumes of a disk -------------------------------------------------------------
 def volumes_of(disk: BlockDevice, fs: str, table: PartitionTable | None = None) -> list[Volume]:
-    """Every partition of ``disk`` that ``fs.detect`` recognises as ``fs``."""
+    """Every volume of ``disk`` (the whole disk, or its partitions) that ``fs.detect``
+    recognises as ``fs``."""
     try:
         table = table if table is not None else read_table(disk)
     except StrataError:
@@ -315,14 +316,13 @@ def volumes_of(disk: BlockDevice, fs: str, table: PartitionTable | None = None) 
 def file_volumes(
     disk: BlockDevice, table: PartitionTable, kinds: tuple[str, ...] = ("fat", "ntfs")
 ) -> list[Volume]:
-    """Every partition of ``disk`` holding a file system of ``kinds``, each probed once."""
-    found = []
-    for part in table.partitions:
-        dev = open_partition(disk, part.number, table)
-        fs = detect(dev) if dev.size >= 512 else None
-        if fs in kinds:
-            found.append(Volume(part.number, part.start, part.length, fs))
-    return found
+    """Every volume of ``disk`` holding a file system of ``kinds`` (``Volume.partition`` is
+    ``WHOLE_DISK`` for a file system on the whole disk), each probed once."""
+    return [
+        Volume(v.number, v.start, v.length, v.fs)
+        for v in located_volumes(disk, table)
+        if v.fs is not None and v.fs in kinds
+    ]
 
 
 def fat_volumes(disk: BlockDevice, table: PartitionTable | None = None) -> list[Volume]:
@@ -384,8 +384,8 @@ def capture(
                 rows += diff_ntfs(vol, base, child, changed, _masks(masks, child), both)
                 kept.append(vol)
                 continue
-            new = open_fat(open_partition(child, vol.partition, table))
-            old = open_fat(open_partition(base, vol.partition, base_table))
+            new = open_fat(open_volume(child, vol.partition, table))
+            old = open_fat(open_volume(base, vol.partition, base_table))
             rows += diff_volumes(vol, old, new, changed)
         except StrataError as e:
             skipped.append({"partition": vol.partition, "reason": str(e)})
@@ -412,8 +412,8 @@ def diff_ntfs(
     """Changed entries of one NTFS volume, from only the MFT records in changed blocks (with
     ``masks``: only the changed records); ``tables``: base's and child's partition tables
     when already read."""
-    old = open_ntfs(open_partition(base, vol.partition, tables[0]))
-    new = open_ntfs(open_partition(child, vol.partition, tables[1]))
+    old = open_ntfs(open_volume(base, vol.partition, tables[0]))
+    new = open_ntfs(open_volume(child, vol.partition, tables[1]))
     return ntfs_rows(vol, old, new, changed, masks)
 
 

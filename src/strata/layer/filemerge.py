@@ -28,6 +28,7 @@ from strata.blockdev.rawfile import pwrite_all
 from strata.errors import StateError
 from strata.fs.fat import FatEditor, FatEntry, open_fat
 from strata.fs.fat import structs as fat
+from strata.fs.volumes import open_volume, where
 from strata.layer.compose import compose_tables
 from strata.layer.filedelta import (
     CHANGE_NAMES,
@@ -43,7 +44,7 @@ from strata.layer.filedelta import (
     unstamp,
 )
 from strata.layer.storedev import StoreDevice
-from strata.partition import open_partition, read_table
+from strata.partition import read_table
 from strata.store import CHUNK_ROW, Manifest, Store
 
 BLOCK = 64 << 10
@@ -220,13 +221,13 @@ def _delta_for(layer: LayerLike, volumes: Sequence[Volume]) -> FileDelta | None:
                     s["reason"] for s in delta.skipped if s.get("partition") == vol.partition
                 )
             raise StateError(
-                what=f"layer {_label(layer)} changed FAT volume {vol.partition} but carries no "
-                f"file delta for it{why}; a file-level merge cannot place its changes"
+                what=f"layer {_label(layer)} changed the FAT volume ({where(vol.partition)}) but "
+                f"carries no file delta for it{why}; a file-level merge cannot place its changes"
             )
         if delta is not None and delta.volume(vol.partition) not in (None, vol):
             raise StateError(
-                what=f"layer {_label(layer)}: partition {vol.partition} lies elsewhere than on "
-                "the OS layer; a file-level merge needs the same partition table"
+                what=f"layer {_label(layer)}: its FAT volume ({where(vol.partition)}) lies "
+                "elsewhere than on the OS layer; a file-level merge needs the same partition table"
             )
     return delta
 
@@ -301,7 +302,7 @@ class _Merger:
         for vol in delta.volumes:
             if vol.partition not in self.partitions:
                 continue
-            editor = open_fat(open_partition(self.overlay, vol.partition), writable=True)
+            editor = open_fat(open_volume(self.overlay, vol.partition), writable=True)
             assert isinstance(editor, FatEditor)
             rows = delta.rows_of(vol.partition)
             changes = delta.entries["change"][rows]

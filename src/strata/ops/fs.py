@@ -25,8 +25,9 @@ from strata.fs.fat import FatEntry, FatVolume
 from strata.fs.ntfs import Listing, NtfsEntry, NtfsVolume, attribute_names, link_of
 from strata.fs.ntfs.records import RecordProblem
 from strata.fs.ntfs.structs import FIRST_USER_RECORD
+from strata.fs.volumes import WHOLE_DISK, located_volumes
 from strata.ops.table import TIME_FIELDS, Table
-from strata.partition import open_partition, read_table
+from strata.partition import open_partition
 
 SUPPORTED = ("fat", "ntfs")
 FAT_ATTRIBUTES = {0x01: "readonly", 0x02: "hidden", 0x04: "system", 0x20: "archive"}
@@ -78,15 +79,9 @@ def _locate(disk: BlockDevice, part: int | None, image: str) -> tuple[BlockDevic
                 what=f"file system {kind or 'unknown'} on partition {part} of {image}"
             )
         return dev, part, kind
-    kind = detect(disk)
-    if kind in SUPPORTED:
-        return disk, None, kind
-    table = read_table(disk)
-    for p in table.partitions:
-        dev = open_partition(disk, p.number, table)
-        kind = detect(dev)
-        if kind in SUPPORTED:
-            return dev, p.number, kind
+    for vol in located_volumes(disk):
+        if vol.fs is not None and vol.fs in SUPPORTED:
+            return vol.dev, None if vol.number == WHOLE_DISK else vol.number, vol.fs
     raise NotFound(what=f"a FAT or NTFS file system in {image} (use IMAGE:PART)")
 
 

@@ -277,7 +277,7 @@ def find_image(st: Store, name: str) -> tuple[dict[str, Any], Manifest]:
 
 
 def list_images(*, store: PathLike = None) -> list[dict[str, Any]]:
-    with open_store(store) as st:
+    with open_store(store, readonly=True) as st:
         return st.catalog.images()
 
 

@@ -146,7 +146,7 @@ def stack_table(st: Store, layers: Sequence[Resolved]) -> np.ndarray:
 
 def layer_diff(ref: str, *, store: PathLike = None) -> dict[str, Any]:
     """The file delta of a layer version: per FAT volume, each entry with its change."""
-    with open_store(store) as st:
+    with open_store(store, readonly=True) as st:
         layer = resolve(st, ref)
         delta = filedelta.load(layer.manifest)
         info = layer.manifest.meta.get("file_delta") or {}

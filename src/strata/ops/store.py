@@ -15,14 +15,15 @@ PathLike = str | os.PathLike[str] | None
 
 
 @contextmanager
-def open_store(path: PathLike, create: bool = False) -> Iterator[Store]:
-    """The store at ``path``; NotFound unless it exists or ``create`` is set."""
+def open_store(path: PathLike, create: bool = False, readonly: bool = False) -> Iterator[Store]:
+    """The store at ``path``; NotFound unless it exists or ``create`` is set. ``readonly``:
+    for verbs that only read (they then work on a store the user cannot write)."""
     root = store_path(path)
     if not (root / "store.json").exists():
         if not create:
             raise NotFound(what=f"store {root} (run `strata store init` or `strata os import`)")
         Store.init(root).close()
-    with Store(root) as store:
+    with Store(root, readonly=readonly) as store:
         yield store
 
 
@@ -43,7 +44,7 @@ def init_store(path: PathLike = None) -> dict[str, Any]:
 
 
 def store_stats(path: PathLike = None) -> dict[str, Any]:
-    with Store(path) as store:
+    with Store(path, readonly=True) as store:
         return store.stats()
 
 
@@ -52,7 +53,7 @@ def verify_store(path: PathLike = None, progress: Progress | None = None) -> dic
     from strata.store.verify import verify  # start-up: opening a store does not need it
 
     register_layer_schemas()
-    with Store(path) as store:
+    with Store(path, readonly=True) as store:
         return verify(store, progress)
 
 
@@ -69,19 +70,19 @@ def gc_store(
 
 
 def list_layers(path: PathLike = None) -> list[dict[str, Any]]:
-    with Store(path) as store:
+    with Store(path, readonly=True) as store:
         return store.catalog.layers()
 
 
 def show_layer(name: str, path: PathLike = None) -> dict[str, Any]:
-    with Store(path) as store:
+    with Store(path, readonly=True) as store:
         return store.catalog.layer(name)
 
 
 def layer_history(
     name: str | None = None, path: PathLike = None, limit: int | None = None
 ) -> list[dict[str, Any]]:
-    with Store(path) as store:
+    with Store(path, readonly=True) as store:
         return store.catalog.history(name, limit)
 
 

@@ -168,14 +168,18 @@ class Store:
         lock_timeout: float = LOCK_TIMEOUT_S,
         workers: int | None = None,
         level: int | None = None,
+        readonly: bool = False,
     ) -> None:
+        """``readonly``: a handle for reading only (lock and catalog opened without write
+        access, so a store the user cannot write is read); it must not be written through."""
         self.root = store_path(root)
         self.config = read_config(self.root)
         self.max_chunk = self.config["max_chunk"]
         self.level = self.config["level"] if level is None else level
-        self._lock = StoreLock(self.root / "lock", exclusive, lock_timeout)
+        self.readonly = readonly
+        self._lock = StoreLock(self.root / "lock", exclusive, lock_timeout, readonly)
         try:
-            self.db = connect(self.root / "catalog.db", create=False)
+            self.db = connect(self.root / "catalog.db", create=False, readonly=readonly)
         except BaseException:
             self._lock.release()
             raise
@@ -522,7 +526,9 @@ class Store:
         from the store while it stores the delta)."""
         with self._reader_lock:
             if self._reader_db is None:
-                self._reader_db = connect(self.root / "catalog.db", create=False, any_thread=True)
+                self._reader_db = connect(
+                    self.root / "catalog.db", create=False, any_thread=True, readonly=self.readonly
+                )
             return index.locate(self._reader_db, ids)
 
     def read_chunk(self, cid: bytes, place: Location, length: int | None = None) -> bytes:

@@ -2,7 +2,8 @@
 
 References: SQLite WAL (https://sqlite.org/wal.html), PRAGMA synchronous=FULL (a commit is
 durable when COMMIT returns), BEGIN IMMEDIATE (writers queue on busy_timeout instead of
-failing mid-transaction).
+failing mid-transaction); "Read-Only Databases" in wal.html and the URI parameters ``mode=ro``
+and ``immutable`` (https://sqlite.org/uri.html) for a catalog the user cannot write.
 """
 
 from __future__ import annotations
@@ -92,10 +93,17 @@ BEGIN SELECT RAISE(ABORT, 'the audit history is append-only'); END;
 """
 
 
-def connect(path: Path, create: bool, any_thread: bool = False) -> sqlite3.Connection:
+def connect(
+    path: Path, create: bool, any_thread: bool = False, readonly: bool = False
+) -> sqlite3.Connection:
     """``any_thread``: the connection may be used from a thread other than its creator's
-    (never from two at once; SQLite here is built serialized anyway)."""
+    (never from two at once; SQLite here is built serialized anyway). ``readonly``: a
+    connection that never writes, so it opens a catalog the user cannot write."""
     try:
+        if readonly:
+            conn = _open_readonly(path, any_thread)
+            _check_schema(conn, path)
+            return conn
         conn = sqlite3.connect(
             path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=not any_thread
         )
@@ -132,6 +140,42 @@ def _path_of(conn: sqlite3.Connection) -> str:
         return str(conn.execute("PRAGMA database_list").fetchone()[2])
     except sqlite3.Error:
         return "catalog database"
+
+
+def _open_readonly(path: Path, any_thread: bool) -> sqlite3.Connection:
+    uri = Path(path).resolve().as_uri()
+    try:
+        return _sqlite_ro(f"{uri}?mode=ro", any_thread)
+    except sqlite3.OperationalError as e:
+        wal, shm = Path(f"{path}-wal"), Path(f"{path}-shm")
+        if wal.exists() and wal.stat().st_size and not shm.exists():
+            raise SystemIOError(
+                what=f"{wal}: holds commits not yet in {path}, which a read-only open cannot "
+                f"replay without {shm.name}: open the store once with write access"
+            ) from e
+        if e.sqlite_errorname != "SQLITE_READONLY_DIRECTORY":
+            raise
+    # No -shm exists and none can be made beside the catalog, so no connection has it open
+    # and (no -wal holding commits, above) the file holds every commit: the ``immutable``
+    # open reads the file alone, without WAL or locks.
+    return _sqlite_ro(f"{uri}?mode=ro&immutable=1", any_thread)
+
+
+def _sqlite_ro(uri: str, any_thread: bool) -> sqlite3.Connection:
+    """The connection, opened now: SQLite opens the file on the first statement."""
+    conn = sqlite3.connect(
+        uri,
+        uri=True,
+        timeout=BUSY_TIMEOUT_S,
+        isolation_level=None,
+        check_same_thread=not any_thread,
+    )
+    try:
+        conn.execute("PRAGMA schema_version").fetchone()
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 def _statements(script: str) -> list[str]:

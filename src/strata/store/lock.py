@@ -2,7 +2,8 @@
 claim one writer holds on a layer version it is writing (``claim``).
 
 References: flock(2) (locks belong to the open file description, so two handles in one
-process exclude each other too, and the kernel drops them when a process dies).
+process exclude each other too, and the kernel drops them when a process dies; the file's
+open mode does not matter, so a reader takes its shared lock through a read-only open).
 """
 
 from __future__ import annotations
@@ -18,8 +19,11 @@ from strata.errors import Conflict
 
 
 class StoreLock:
-    def __init__(self, path: Path, exclusive: bool, timeout: float) -> None:
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    def __init__(self, path: Path, exclusive: bool, timeout: float, readonly: bool = False) -> None:
+        """``readonly``: open the lock file without asking to write it, so a store the user
+        cannot write (``chmod -R a-w``, a read-only mount) can still be read under the lock."""
+        access = os.O_RDONLY if readonly else os.O_RDWR
+        self.fd = os.open(path, access | os.O_CREAT, 0o644)
         mode = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB
         deadline = time.monotonic() + timeout
         while True:

@@ -1,0 +1,88 @@
+"""A FAT OS disk without a partition table (a "superfloppy", as ``mkfs.fat`` makes on a bare
+image) is a FAT volume for finalize and publish as it is for ``fs ls``: two app layers that
+each add a file, installed by mtools, merge at file level; the exported image is checked by
+fsck.fat, mdir and mtype."""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from strata.ops import layers
+
+from support.filelevel_tools import (
+    ENV,
+    MiB,
+    back_to_child,
+    export_raw,
+    finalize,
+    fsck_fat,
+    mtool,
+    package,
+    to_raw,
+)
+from support.tools import qemu_img, require, result_of, run, strata, strata_json
+
+FILES = {"a": ("/a.txt", b"installed by app a\r\n"), "b": ("/b.txt", b"installed by app b\r\n")}
+
+
+@dataclass(frozen=True)
+class World:
+    root: Path
+    store: Path
+    finalized: dict[str, dict]
+
+
+def _install(root: Path, store: Path, layer: str) -> dict:
+    work = root / f"work-{layer}"
+    work.mkdir()
+    pkg = package(store, layer, root / f"out-{layer}")
+    raw = to_raw(pkg, work / "pkg.raw")
+    path, data = FILES[layer]
+    local = work / Path(path).name
+    local.write_bytes(data)
+    mtool("mcopy", "-i", raw, local, f"::{path}")  # no @@offset: the FAT is the whole disk
+    back_to_child(pkg, raw)
+    return finalize(store, pkg)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    root = tmp_path_factory.mktemp("superfloppy")
+    os_raw = root / "os.img"
+    qemu_img("create", "-f", "raw", os_raw, "64M")
+    run([require("mkfs.fat"), os_raw])
+    store = root / "store"
+    layers.import_os("win", "1", str(os_raw), store=store)
+    done = {layer: _install(root, store, layer) for layer in FILES}
+    return World(root, store, done)
+
+
+def test_finalize_captures_the_whole_disk_volume(world: World) -> None:
+    for layer in FILES:
+        assert world.finalized[layer]["file_delta"]["volumes"] == [0], world.finalized[layer]
+    shown = result_of(strata_json("layer", "diff", "a:1", "--store", world.store))
+    (volume,) = shown["volumes"]
+    assert [(e["path"], e["change"]) for e in volume["entries"]] == [("/a.txt", "added")]
+    text = strata("layer", "diff", "a:1", "--store", world.store)
+    assert text.returncode == 0 and "whole disk: 1 entries" in text.stdout, text.stdout
+
+
+def test_independent_layers_publish_merged_on_a_superfloppy(world: World) -> None:
+    cmd = ["image", "publish", "--name", "merged", "--os", "win", "--app", "a", "--app", "b"]
+    result = result_of(strata_json(*cmd, "--store", world.store))
+    assert result["merge"] == "file" and result["fat_volumes"] == [0]
+    raw = export_raw(world.store, "merged", world.root / "merged.raw")
+    assert raw.stat().st_size == 64 * MiB
+    checked = fsck_fat(raw)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    listed = mtool("mdir", "-b", "-i", raw, "::/").split()
+    assert sorted(listed) == ["::/a.txt", "::/b.txt"], listed
+    for path, data in FILES.values():
+        typed = subprocess.run(
+            [require("mtype"), "-i", raw, f"::{path}"], capture_output=True, env=ENV
+        )
+        assert typed.returncode == 0 and typed.stdout == data, typed
