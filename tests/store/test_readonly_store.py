@@ -99,6 +99,19 @@ def test_reads_work_on_a_readonly_store(
     assert got == want
 
 
+def test_export_reads_a_readonly_store(populated: Path, readonly_store: Path) -> None:
+    """An image is exported from a store the user cannot write (qemu-img compares it with
+    the OS disk it was published from)."""
+    out = readonly_store.parent / "out"
+    out.mkdir()
+    os.chmod(out, 0o777)
+    proc = _as_nobody("image", "export", "desk", out / "desk.vhd", "--target", "xenserver",
+                      "--store", readonly_store)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    disk = populated.parent / "os.raw"
+    assert run([require("qemu-img"), "compare", "-f", "raw", "-F", "vpc", disk, out / "desk.vhd"])
+
+
 def test_writes_to_a_readonly_store_fail_naming_the_path(readonly_store: Path) -> None:
     lock = readonly_store / "lock"
     for verb in (

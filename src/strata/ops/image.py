@@ -293,7 +293,7 @@ def export(
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     started = time.monotonic()
-    with open_store(store) as st:
+    with open_store(store, readonly=True) as st:
         row, manifest = find_image(st, image)
         name = target_name or manifest.meta.get("target")
         if name is None:
