@@ -1,7 +1,8 @@
-"""A store the user cannot write (``chmod -R a-w``): the verbs that only read work, as an
-unprivileged user (root ignores permissions, so as root the CLI runs under setpriv as
-nobody); a write still fails with exit 11 naming the path; a catalog whose WAL holds commits
-that a read-only open cannot see is refused rather than read stale."""
+"""A store the user cannot write (``chmod -R a-w``): the verbs that only read work, as a user
+that permissions bind (root ignores them, so as root the CLI runs under setpriv without the
+capabilities that override them: the checkout may lie where no other user can reach, as in a
+``mktemp -d``); a write still fails with exit 11 naming the path; a catalog whose WAL holds
+commits that a read-only open cannot see is refused rather than read stale."""
 
 from __future__ import annotations
 
@@ -34,18 +35,18 @@ READS = [
     ("layer", "diff", "win:1"),
     ("image", "list"),
 ]
-NOBODY = 65534
+# Without these a root process reads and writes whatever the permission bits say.
+OVERRIDES = "-dac_override,-dac_read_search,-fowner"
 
 
 def _unprivileged(*args: str | os.PathLike[str]) -> list[str]:
     cmd = [sys.executable, "-m", "strata", *map(str, args)]
     if os.geteuid() != 0:
         return cmd
-    drop = [f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
-    return [require("setpriv"), *drop, *cmd]
+    return [require("setpriv"), "--bounding-set", OVERRIDES, *cmd]
 
 
-def _as_nobody(*args: str | os.PathLike[str]):  # type: ignore[no-untyped-def]
+def _as_user(*args: str | os.PathLike[str]):  # type: ignore[no-untyped-def]
     return run(_unprivileged(*args), check=False, cwd=Path(__file__).parents[2])
 
 
@@ -73,7 +74,7 @@ def populated(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def readonly_store(populated: Path) -> Iterator[Path]:
-    """A copy of the populated store, made unwritable, in a directory nobody can reach."""
+    """A copy of the populated store, made unwritable."""
     top = Path(tempfile.mkdtemp(prefix="strata-ro-"))
     os.chmod(top, 0o755)
     store = top / "store"
@@ -91,7 +92,7 @@ def test_reads_work_on_a_readonly_store(
     populated: Path, readonly_store: Path, tmp_path: Path, verb
 ) -> None:
     assert not list(readonly_store.glob("catalog.db-*"))  # closed cleanly: no WAL to read
-    got = _result(_as_nobody(*verb, "--store", readonly_store, "--json"))
+    got = _result(_as_user(*verb, "--store", readonly_store, "--json"))
     writable = shutil.copytree(populated, tmp_path / "writable")  # reading leaves the source as is
     want = _result(strata(*verb, "--store", writable, "--json"))
     for key in ("store", "seconds"):
@@ -105,7 +106,7 @@ def test_export_reads_a_readonly_store(populated: Path, readonly_store: Path) ->
     out = readonly_store.parent / "out"
     out.mkdir()
     os.chmod(out, 0o777)
-    proc = _as_nobody("image", "export", "desk", out / "desk.vhd", "--target", "xenserver",
+    proc = _as_user("image", "export", "desk", out / "desk.vhd", "--target", "xenserver",
                       "--store", readonly_store)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     disk = populated.parent / "os.raw"
@@ -123,7 +124,7 @@ def test_writes_to_a_readonly_store_fail_naming_the_path(readonly_store: Path) -
             _chmod_tree(readonly_store, writable=True)
             lock.unlink()
             _chmod_tree(readonly_store, writable=False)
-        proc = _as_nobody(*verb, "--store", readonly_store)
+        proc = _as_user(*verb, "--store", readonly_store)
         assert proc.returncode == SystemIOError.exit_code, (verb, proc.stderr)
         assert proc.stderr == f"strata: {lock}: Permission denied\n", proc.stderr
     assert _result(strata("image", "list", "--store", readonly_store, "--json"))["images"]
@@ -133,7 +134,7 @@ def test_a_reader_sees_what_a_live_writer_committed(readonly_store: Path) -> Non
     """The writer (with write access) keeps its WAL open; the read-only reader reads it."""
     with Store(readonly_store) as st:  # root, or the owner: permissions do not stop it
         st.catalog.create_layer("late", "app", os_layer="win")
-        listed = _result(_as_nobody("layer", "list", "--store", readonly_store, "--json"))
+        listed = _result(_as_user("layer", "list", "--store", readonly_store, "--json"))
     assert "late" in {row["name"] for row in listed["layers"]}
 
 
@@ -151,7 +152,7 @@ def test_uncheckpointed_wal_without_shm_is_refused(readonly_store: Path) -> None
     _chmod_tree(crashed, writable=False)
     _chmod_tree(readonly_store, writable=False)
     try:
-        proc = _as_nobody("layer", "list", "--store", crashed)
+        proc = _as_user("layer", "list", "--store", crashed)
         assert proc.returncode == SystemIOError.exit_code, proc.stderr
         assert f"{crashed}/catalog.db-wal: holds commits not yet in" in proc.stderr
     finally:
