@@ -526,13 +526,8 @@ def _create_child(disk_path: str, req: PackagingRequest, base_path: str, size: i
         raise InvalidInput(f"strata cannot create {req.fmt} children")
     options = registry.options_for(req.fmt, req.options)
     parent = registry.open_layer(base_path, req.fmt)
-    try:
-        child = driver.create(CreateRequest(disk_path, size, options, parent))
-        child.close()
-    except BaseException:
-        if os.path.exists(disk_path):
-            os.unlink(disk_path)
-        raise
+    try:  # a failure's partial disk is removed by create_packaging_disk
+        driver.create(CreateRequest(disk_path, size, options, parent)).close()
     finally:
         parent.close()
 
@@ -549,16 +544,9 @@ def _write_full(
     driver = registry.get(req.fmt)
     assert driver.write is not None
     options = registry.options_for(req.fmt, req.options)
-    try:
-        driver.write(
-            WriteRequest(
-                StoreDevice(st, table, size, sector), disk_path, options, progress=progress
-            )
-        )
-    except BaseException:
-        if os.path.exists(disk_path):
-            os.unlink(disk_path)
-        raise
+    source = StoreDevice(st, table, size, sector)
+    # A failure's partial disk is removed by create_packaging_disk.
+    driver.write(WriteRequest(source, disk_path, options, progress=progress))
 
 
 def _record_path(st: Store, layer: str, version: str) -> str:
