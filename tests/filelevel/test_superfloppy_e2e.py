@@ -27,6 +27,7 @@ from support.filelevel_tools import (
 from support.tools import qemu_img, require, result_of, run, strata, strata_json
 
 FILES = {"a": ("/a.txt", b"installed by app a\r\n"), "b": ("/b.txt", b"installed by app b\r\n")}
+CONFLICTING = {"c": ("/a.txt", b"app c writes a.txt too\r\n")}  # against a
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ def _install(root: Path, store: Path, layer: str) -> dict:
     work.mkdir()
     pkg = package(store, layer, root / f"out-{layer}")
     raw = to_raw(pkg, work / "pkg.raw")
-    path, data = FILES[layer]
+    path, data = {**FILES, **CONFLICTING}[layer]
     local = work / Path(path).name
     local.write_bytes(data)
     mtool("mcopy", "-i", raw, local, f"::{path}")  # no @@offset: the FAT is the whole disk
@@ -57,7 +58,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     run([require("mkfs.fat"), os_raw])
     store = root / "store"
     layers.import_os("win", "1", str(os_raw), store=store)
-    done = {layer: _install(root, store, layer) for layer in FILES}
+    done = {layer: _install(root, store, layer) for layer in [*FILES, *CONFLICTING]}
     return World(root, store, done)
 
 
@@ -86,3 +87,16 @@ def test_independent_layers_publish_merged_on_a_superfloppy(world: World) -> Non
             [require("mtype"), "-i", raw, f"::{path}"], capture_output=True, env=ENV
         )
         assert typed.returncode == 0 and typed.stdout == data, typed
+
+
+def test_conflict_report_names_the_whole_disk(world: World) -> None:
+    """Both layers add /a.txt: the text report says where, as ``fs ls`` does ("whole disk"),
+    and the later layer's bytes are the ones exported."""
+    cmd = ["image", "publish", "--name", "clash", "--os", "win", "--app", "a", "--app", "c"]
+    text = strata(*cmd, "--store", world.store)
+    assert text.returncode == 0, text.stderr
+    lines = [line for line in text.stdout.splitlines() if line.startswith("conflict:")]
+    assert lines == ["conflict: /a.txt (whole disk): a:1@100, c:1@200 -> c:1 wins"], text.stdout
+    raw = export_raw(world.store, "clash", world.root / "clash.raw")
+    typed = subprocess.run([require("mtype"), "-i", raw, "::/a.txt"], capture_output=True, env=ENV)
+    assert typed.returncode == 0 and typed.stdout == CONFLICTING["c"][1], typed

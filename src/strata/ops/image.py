@@ -22,6 +22,7 @@ from strata.blockdev.copy import Progress
 from strata.errors import InvalidInput, NotFound, StateError, SystemIOError
 from strata.formats import registry
 from strata.formats.registry import WriteRequest
+from strata.fs.volumes import where
 from strata.layer.storedev import StoreDevice
 from strata.ops.output import check_destination, refuse_inside, written
 from strata.ops.store import PathLike, open_store
@@ -237,7 +238,7 @@ def _with_priorities(conflicts: list[dict[str, Any]], tpl: Template) -> list[dic
 def conflict_lines(conflicts: Sequence[dict[str, Any]]) -> list[str]:
     """The conflict report as text, one line per path."""
     return [
-        f"conflict: {c['path']} (partition {c['partition']}): "
+        f"conflict: {c['path']} ({where(c['partition'])}): "
         + ", ".join(_with_prio(label, c.get("priorities", {})) for label in c["layers"])
         + f" -> {c['winner']} wins"
         for c in conflicts
