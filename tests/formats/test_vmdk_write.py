@@ -13,10 +13,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from strata.blockdev.base import BaseDevice
-from strata.errors import InvalidInput, StrataError
+from strata.blockdev.copy import Block
+from strata.errors import InvalidInput, StrataError, Unsupported
 from strata.formats import registry
 from strata.formats.registry import WriteRequest
-from strata.formats.vmdk.writer import MAX_SIZE, ONE_EXTENT_MAX
+from strata.formats.vmdk import structs as vs
+from strata.formats.vmdk.stream import StreamPlan, StreamWriter
+from strata.formats.vmdk.writer import MAX_SIZE, ONE_EXTENT_MAX, make_descriptor
 from strata.ops import disk as ops
 
 from support.images import GiB, MiB, write_sparse_raw
@@ -272,6 +275,40 @@ def test_the_largest_sparse_disk_keeps_every_grain_addressable(tmp_path: Path) -
     info = qemu_img("info", "--output=json", image).stdout
     assert f'"virtual-size": {ONE_EXTENT_MAX}' in info
     assert qemu_img("check", image, check=False).returncode == 0
+
+
+def _stream_near_the_end(path: Path, data: bytes, room: int) -> None:
+    """A streamOptimized file of ``data`` whose grains start ``room`` sectors before sector
+    2**32, the last a grain table entry holds (the file is sparse up to there)."""
+    sectors = len(data) // 512
+    desc = make_descriptor(
+        str(path),
+        "streamOptimized",
+        [(str(path), sectors)],
+        {"adapter_type": "ide", "hwversion": "4"},
+        None,
+    )
+    with open(path, "wb") as f:
+        writer = StreamWriter(f, StreamPlan(sectors, desc.encode()), workers=1)
+        f.seek((vs.MAX_EXTENT_SECTORS - room) * 512)
+        writer.write_blocks([Block(0, memoryview(data))])
+        writer.finish()
+
+
+def test_stream_output_past_what_grain_tables_address_is_refused(tmp_path: Path) -> None:
+    """Random data does not compress: near the end of what 32-bit entries address, a grain
+    that would start past it is refused by name (before: numpy wrapped its entry to a low
+    sector, then the table's directory entry raised OverflowError, exit 70).  One that
+    starts before it is read back by qemu."""
+    grain = 64 << 10
+    data = np.random.default_rng(5).integers(0, 256, 4 * grain, np.uint8).tobytes()
+    fits, past = tmp_path / "fits.vmdk", tmp_path / "past.vmdk"
+    _stream_near_the_end(fits, data[:grain], room=400)  # grain, table and directory fit
+    raw = tmp_path / "grain.raw"
+    raw.write_bytes(data[:grain])
+    assert qemu_compare(raw, fits, "vmdk") == 0
+    with pytest.raises(Unsupported, match="outgrows the 2 TiB its 32-bit grain tables"):
+        _stream_near_the_end(past, data, room=300)  # the fourth grain would start past it
 
 
 @pytest.mark.parametrize("size", ["1", "511", "1000"])

@@ -25,6 +25,7 @@ from typing import BinaryIO
 import numpy as np
 
 from strata.blockdev.copy import Block
+from strata.errors import Unsupported
 from strata.formats.vmdk import structs as s
 
 BATCH = 1 << 20  # bytes of disk per deflate task
@@ -169,6 +170,7 @@ class StreamWriter:
             # A grain table follows its grains, so switch tables before writing the next run.
             self._switch_gt(int(tables[a]))
             here = self.out.tell() // s.SECTOR
+            self._addressable(here + int(starts[b - 1] - starts[a]))
             slots = (first_grain + np.arange(a, b)) % s.GTES_PER_GT
             self.gt[slots] = here + starts[a:b] - starts[a]
             self.out.write(
@@ -184,9 +186,20 @@ class StreamWriter:
         if self.gt_index < 0 or not self.gt.any():
             return
         self.out.write(s.metadata_marker(s.MARKER_GT, GT_SECTORS))
-        self.gd[self.gt_index] = self.out.tell() // s.SECTOR
+        self.gd[self.gt_index] = self._addressable(self.out.tell() // s.SECTOR)
         self.out.write(self.gt.tobytes())
         self.gt[:] = 0
+
+    def _addressable(self, sector: int) -> int:
+        """``sector`` when a 32-bit table entry can hold it (numpy would wrap it silently)."""
+        if sector >= s.MAX_EXTENT_SECTORS:
+            size = self.plan.capacity * s.SECTOR
+            raise Unsupported(
+                what=f"a streamOptimized VMDK of {size} bytes whose data compresses too little: "
+                "the file outgrows the 2 TiB its 32-bit grain tables address "
+                "(monolithicSparse or twoGbMaxExtentSparse hold it)"
+            )
+        return sector
 
     def finish(self) -> int:
         """Write the tables, GD, footer and end-of-stream; returns the file size."""

@@ -85,6 +85,9 @@ METADATA_MARKER_SIZE = 16
 
 # A dtype string, not np.dtype: probing every format (each command) then needs no numpy.
 GTE_DTYPE = "<u4"
+# Grain directory and grain table entries are 32-bit sector numbers: every grain and table of
+# a sparse extent must start below this sector of its file.
+MAX_EXTENT_SECTORS = 1 << 32
 
 
 def header_defaults() -> dict[str, int | bytes]:

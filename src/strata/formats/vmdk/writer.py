@@ -115,14 +115,14 @@ class SparseLayout:
         return gd_bytes, padded.tobytes()
 
 
-# Grain table entries are 32-bit sector numbers, so a sparse extent's header, descriptor,
-# both table copies and every grain must lie below sector 2**32 of its file (qemu's
-# VMDK_EXTENT_MAX_SECTORS: it allocates no grain past it; here an entry would wrap).  Tables
-# grow with the capacity, so those of a 2**32-sector extent bound them: a disk held in one
-# sparse extent (monolithicSparse, streamOptimized) is at most 2 TiB less some 257 MiB.
-MAX_EXTENT_SECTORS = 1 << 32
+# A sparse extent's header, descriptor, both table copies and every grain must lie below
+# sector 2**32 of its file (s.MAX_EXTENT_SECTORS; qemu's VMDK_EXTENT_MAX_SECTORS: it allocates
+# no grain past it; here an entry would wrap).  Tables grow with the capacity, so those of a
+# 2**32-sector extent bound them: a disk held in one sparse extent (monolithicSparse,
+# streamOptimized) is at most 2 TiB less some 257 MiB.  A streamOptimized file can still
+# outgrow that when its data does not compress (markers and padding): StreamWriter refuses.
 ONE_EXTENT_MAX = (
-    MAX_EXTENT_SECTORS - SparseLayout(MAX_EXTENT_SECTORS, s.DESCRIPTOR_SECTORS).overhead
+    s.MAX_EXTENT_SECTORS - SparseLayout(s.MAX_EXTENT_SECTORS, s.DESCRIPTOR_SECTORS).overhead
 ) * s.SECTOR
 # The split and flat layouts have no such table, and take the 2 TB qemu's vmdk.c gives as the
 # most VMDK4 supports (VMware's hosted limit).  Both stay under the 64 TiB strata's reader
