@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import click
 
 from strata.cli.events import current, json_option, json_runs
@@ -40,10 +42,22 @@ def _info_text(facts: dict[str, object]) -> str:
         f"disk size: {human_size(used)}",
     ]
     skip = {"filename", "format", "subformat", "virtual-size", "actual-size", "backing-chain"}
-    lines += [f"{key}: {value}" for key, value in facts.items() if key not in skip]
+    for key, value in facts.items():
+        if key not in skip:
+            lines += _fact_lines(key, value)
     for depth, layer in enumerate(facts.get("backing-chain") or [], start=1):  # type: ignore[arg-type]
         lines.append(f"parent {depth}: {layer['filename']} ({layer['format']})")
     return "\n".join(lines)
+
+
+def _fact_lines(key: str, value: object) -> list[str]:
+    """``key: value`` as a person reads it: a list one item per indented line (a split VMDK
+    names a thousand extents), true/false and none as JSON spells them."""
+    if isinstance(value, list):
+        return [f"{key}:", *(f"    {item}" for item in value)]
+    if isinstance(value, bool) or value is None:
+        return [f"{key}: {json.dumps(value)}"]
+    return [f"{key}: {value}"]
 
 
 @group.command("map")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 from collections.abc import Iterator
 from typing import Any, Protocol
 
@@ -18,7 +19,7 @@ from strata.blockdev.base import BaseDevice, BlockDevice, Extent
 from strata.blockdev.chain import ChainDevice, ParentRef, check_allowed
 from strata.blockdev.copy import read_base_padded
 from strata.blockdev.rawfile import file_size, open_file, pread_exact, pwrite_all
-from strata.errors import CorruptImage, IntegrityError, StrataError, Unsupported
+from strata.errors import CorruptImage, IntegrityError, StrataError, SystemIOError, Unsupported
 from strata.formats.vmdk import structs as s
 from strata.formats.vmdk.descriptor import (
     MAX_DESCRIPTOR,
@@ -30,6 +31,8 @@ from strata.formats.vmdk.descriptor import (
 )
 from strata.formats.vmdk.flat import FlatExtent, ZeroExtent
 from strata.formats.vmdk.sparse import SparseExtent
+
+FD_SLACK = 64  # open files left for the rest of the process: parents, outputs, the store
 
 
 class ExtentReader(Protocol):
@@ -139,7 +142,24 @@ class VmdkDevice(BaseDevice):
         pread_exact(fd, 0, memoryview(buf))
         self._desc_where = (0, size)
         self.descriptor = parse(bytes(buf), self.path, 0)
+        self._make_room_for(sum(line.kind != "ZERO" for line in self.descriptor.extents))
         self._readers = [self._open_extent(line) for line in self.descriptor.extents]
+
+    def _make_room_for(self, files: int) -> None:
+        """Raise the soft limit on open files so that ``files`` more fit (a 2 TiB
+        twoGbMaxExtent disk has 1 024 extent files, the usual soft limit), or refuse before
+        opening any when the hard limit cannot take them."""
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if files + FD_SLACK <= soft or soft == resource.RLIM_INFINITY:
+            return
+        want = soft + files if hard == resource.RLIM_INFINITY else min(hard, soft + files)
+        if want < files + FD_SLACK:
+            raise SystemIOError(
+                what=f"{self.path}: its {files} extent files need more open files than the "
+                f"limit allows ({hard}, ulimit -Hn)"
+            )
+        with contextlib.suppress(OSError, ValueError):  # kept as it was: opening then says why
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
     def _open_extent(self, line: ExtentLine) -> ExtentReader:
         if line.access == "NOACCESS":
