@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from strata.cli.events import current, json_option
@@ -66,10 +68,16 @@ def verify_cmd(store: str | None) -> int:
             f"{report['store']}: {report['chunks_checked']} chunks, "
             f"{report['manifests_checked']} manifests checked: "
             + ("clean" if report["clean"] else f"{len(report['problems'])} problem(s)")
-            + f"; reclaimable by gc: {report['orphan_chunks']} orphan chunks, "
-            f"{human_size(report['orphan_bytes'] + report['unindexed_pack_bytes'])}"
+            + _reclaimable_text(report)
         )
     return 0 if report["clean"] else EXIT_DIFFERENT
+
+
+def _reclaimable_text(report: dict[str, Any]) -> str:
+    if report["orphan_chunks"] is None:
+        return "; reclaimable by gc: unknown until every live manifest reads (gc refuses)"
+    freed = report["orphan_bytes"] + report["unindexed_pack_bytes"]
+    return f"; reclaimable by gc: {report['orphan_chunks']} orphan chunks, {human_size(freed)}"
 
 
 @group.command("gc")

@@ -49,6 +49,7 @@ def verify(store: Store, progress: Progress | None = None) -> dict[str, Any]:
             problems.append(Problem("pack", e.message, pack=path.name))
     checked, checked_bytes, bad = _check_chunks(store, progress)
     uses = _manifest_uses(store, list(bad))
+    unread = any(p.kind == "manifest" for p in uses.problems)
     for cid, (place, message) in bad.items():
         users = uses.users.get(cid, [])
         problems.append(
@@ -62,7 +63,7 @@ def verify(store: Store, progress: Progress | None = None) -> dict[str, Any]:
         "chunks_checked": checked,
         "bytes_checked": checked_bytes,
         "manifests_checked": uses.readable,
-        **_reclaimable(store, uses.live.ids()),
+        **_reclaimable(store, uses.live.ids(), every_manifest_read=not unread),
     }
 
 
@@ -165,12 +166,16 @@ def _check_run(store: Store, run: list[tuple[bytes, Location]]) -> _RunResult:
     return len(run), good, bad
 
 
-def _reclaimable(store: Store, live: np.ndarray) -> dict[str, int]:
-    load_id_set(store.db, "live", live)
-    orphans, orphan_bytes = store.db.execute(
-        "SELECT COUNT(*), COALESCE(SUM(length), 0) FROM chunks"
-        " WHERE id NOT IN (SELECT id FROM live)"
-    ).fetchone()
+def _reclaimable(store: Store, live: np.ndarray, every_manifest_read: bool) -> dict[str, Any]:
+    """What gc would free.  While a live manifest cannot be read, the chunks only it names
+    would count as orphans, and gc refuses to run: the orphans are then unknown (None)."""
+    orphans = orphan_bytes = None
+    if every_manifest_read:
+        load_id_set(store.db, "live", live)
+        orphans, orphan_bytes = store.db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(length), 0) FROM chunks"
+            " WHERE id NOT IN (SELECT id FROM live)"
+        ).fetchone()
     indexed = store.db.execute("SELECT COALESCE(SUM(length), 0) FROM chunks").fetchone()[0]
     packs = store.pack_files()
     on_disk = sum(p.stat().st_size for p in packs)
