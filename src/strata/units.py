@@ -1,7 +1,9 @@
-"""Sizes as users write them: ``64M``, ``1G``, ``1.5T``, ``4096`` (qemu-img suffixes)."""
+"""Sizes as users write them: ``64M``, ``1G``, ``1.5T``, ``4096`` (qemu-img suffixes), and
+sizes and times as the text outputs show them."""
 
 from __future__ import annotations
 
+import datetime
 import re
 
 from strata.errors import InvalidInput
@@ -28,3 +30,8 @@ def human_size(n: int) -> str:
             return f"{int(value)} {unit}" if unit == "B" else f"{value:.4g} {unit}"
         value /= 1024
     raise AssertionError("unreachable")
+
+
+def utc_time(stamp: float) -> str:
+    """A Unix time as the listings show it: ``2026-11-21 22:46:52Z``."""
+    return datetime.datetime.fromtimestamp(stamp, datetime.UTC).strftime("%Y-%m-%d %H:%M:%SZ")

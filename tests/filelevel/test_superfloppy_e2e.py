@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from strata.ops import layers
+from strata.units import human_size
 
 from support.filelevel_tools import (
     ENV,
@@ -100,3 +101,19 @@ def test_conflict_report_names_the_whole_disk(world: World) -> None:
     raw = export_raw(world.store, "clash", world.root / "clash.raw")
     typed = subprocess.run([require("mtype"), "-i", raw, "::/a.txt"], capture_output=True, env=ENV)
     assert typed.returncode == 0 and typed.stdout == CONFLICTING["c"][1], typed
+
+
+def test_image_list_text_matches_its_json(world: World) -> None:
+    cmd = ["image", "publish", "--name", "listed", "--os", "win", "--app", "b", "--app", "a:1"]
+    assert strata(*cmd, "--target", "hyperv", "--store", world.store).returncode == 0
+    rows = {
+        r["name"]: r
+        for r in result_of(strata_json("image", "list", "--store", world.store))["images"]
+    }
+    header, *lines = strata("image", "list", "--store", world.store).stdout.splitlines()
+    assert header.split() == ["name", "data", "target", "created", "layers", "(os", "first)"]
+    shown = {line.split()[0]: line for line in lines}
+    assert set(shown) == set(rows)
+    listed = shown["listed"].split(maxsplit=6)
+    assert listed[1:3] == human_size(rows["listed"]["logical_size"]).split()
+    assert listed[3] == "hyperv" and listed[6] == "win, b, a:1"

@@ -8,6 +8,7 @@ from strata.cli.events import current, json_option
 from strata.cli.options import store_option
 from strata.ops import image as ops
 from strata.ops.targets import TARGETS
+from strata.units import human_size, utc_time
 
 
 @click.group("image")
@@ -123,8 +124,15 @@ def list_cmd(store: str | None) -> int:
     if current().json_mode:
         current().result(images=rows)
         return 0
+    click.echo(f"{'name':<24} {'data':>10}  {'target':<10} {'created':<20}  layers (os first)")
     for row in rows:
-        click.echo(f"{row['name']}  {row['manifest'][:16]}  {row['logical_size']} bytes")
+        t = row["template"]
+        platform = [t["platform"]] if t["platform"] else []
+        layers = ", ".join([t["os"], *platform, *(a["layer"] for a in t["apps"])])
+        click.echo(
+            f"{row['name']:<24} {human_size(row['logical_size']):>10}  "
+            f"{t['target'] or '-':<10} {utc_time(row['created']):<20}  {layers}"
+        )
     return 0
 
 

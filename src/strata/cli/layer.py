@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
-
 import click
 
 from strata.cli.events import current, json_option
@@ -11,16 +9,12 @@ from strata.cli.finalize import report_gate, target_option
 from strata.cli.options import store_option
 from strata.ops import store as ops
 from strata.ops.layers import layer_diff
-from strata.units import human_size
+from strata.units import human_size, utc_time
 
 
 @click.group("layer")
 def group() -> None:
     """Layers (os, platform, app), their versions and audit history."""
-
-
-def _when(stamp: float) -> str:
-    return datetime.datetime.fromtimestamp(stamp, datetime.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 @group.command("list")
@@ -59,7 +53,7 @@ def show_cmd(store: str | None, name: str) -> int:
         size = human_size(v["logical_size"]) if v["logical_size"] is not None else "-"
         click.echo(
             f"  {v['name']:<16} {v['state']:<11} base {v['base'] or '-':<12} {size:>10}  "
-            f"{_when(v['updated'])}"
+            f"{utc_time(v['updated'])}"
         )
     return 0
 
@@ -78,7 +72,9 @@ def history_cmd(store: str | None, name: str | None, limit: int | None) -> int:
     for r in rows:
         target = ":".join(x for x in (r["layer"] or r["image"], r["version"]) if x)
         comment = f'  "{r["comment"]}"' if r["comment"] else ""
-        click.echo(f"{_when(r['time'])}  {r['operation']:<16} {r['result']:<6} {target}{comment}")
+        click.echo(
+            f"{utc_time(r['time'])}  {r['operation']:<16} {r['result']:<6} {target}{comment}"
+        )
     return 0
 
 
