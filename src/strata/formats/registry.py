@@ -83,6 +83,8 @@ class FormatDriver:
     # Whether an image may be written under a temporary name and renamed into place
     # (``ops.output.written``): not when its files name each other.
     atomic_replace: bool = True
+    # Whether ``write`` may take a block device as its destination (raw: the disk's bytes).
+    onto_devices: bool = False
 
 
 class Deferred:

@@ -101,7 +101,7 @@ def output_driver(
     if getattr(driver, verb) is None:
         raise InvalidInput(f"strata cannot {verb} {driver.name} images")
     options = registry.options_for(driver.name, option_texts)
-    check_destination(dst)
+    check_destination(dst, onto_devices=verb == "write" and driver.onto_devices)
     return driver, options
 
 

@@ -311,7 +311,7 @@ def export(
         source = StoreDevice(
             st, manifest.table("blocks"), size, int(manifest.meta.get("sector_size", 512))
         )
-        check_destination(dest)
+        check_destination(dest, onto_devices=driver.onto_devices)
         refuse_inside(dest, st.root, "the store")
         if driver.write is None:
             raise InvalidInput(f"strata cannot write {out_format}")

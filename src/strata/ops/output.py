@@ -21,12 +21,25 @@ from strata.blockdev.base import BlockDevice
 from strata.errors import InvalidInput
 
 
-def check_destination(path: str) -> None:
+def check_destination(path: str, onto_devices: bool = False) -> None:
+    """``path`` can take a new image: its directory exists, it is not a directory, and it is
+    a device only when ``onto_devices`` (a raw image written onto a block device)."""
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         raise InvalidInput(f"cannot write {path}: directory {parent} does not exist")
     if os.path.isdir(path):
         raise InvalidInput(f"cannot write {path}: it is a directory")
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # a new file, or one the writer will name in its own error
+    if stat.S_ISCHR(mode):
+        raise InvalidInput(f"cannot write {path}: it is a character device, not a file or disk")
+    if stat.S_ISBLK(mode) and not onto_devices:
+        raise InvalidInput(
+            f"cannot write {path}: it is a block device; only raw images are written onto "
+            "block devices (disk convert or image export with -O raw)"
+        )
 
 
 def input_files(devices: Iterable[BlockDevice | None]) -> list[str]:

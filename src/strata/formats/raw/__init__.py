@@ -6,6 +6,7 @@ from strata.blockdev.base import BlockDevice
 from strata.blockdev.copy import stream_copy
 from strata.blockdev.rawfile import RawFileDevice
 from strata.errors import InvalidInput
+from strata.formats.raw.device import is_block_device, write_device
 from strata.formats.registry import CreateRequest, FormatDriver, ProbeInput, Problem, WriteRequest
 
 
@@ -28,6 +29,9 @@ def create(req: CreateRequest) -> BlockDevice:
 def write(req: WriteRequest) -> None:
     if req.backing is not None:
         raise InvalidInput("raw images have no backing file; choose vhd, vhdx or vmdk")
+    if is_block_device(req.path):
+        write_device(req.source, req.path, req.progress)
+        return
     dst = RawFileDevice.create(req.path, req.source.size)
     try:
         stream_copy(req.source, dst, progress=req.progress)
@@ -48,6 +52,7 @@ def check(path: str) -> list[Problem]:
 
 
 DRIVER = FormatDriver(
+    onto_devices=True,
     name="raw",
     description="plain disk bytes (sparse file)",
     probe=probe,
