@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from strata.blockdev.base import BlockDevice
 
+WHOLE_DISK = 0  # the volume number of a file system on the whole disk (partitions count from 1)
+
 _MARKS = (
     (3, b"NTFS    ", "ntfs"),
     (3, b"EXFAT   ", "exfat"),
@@ -29,3 +31,8 @@ def detect(dev: BlockDevice) -> str | None:
     if head[1080:1082] == b"\x53\xef":
         return "ext"
     return None
+
+
+def where(number: int) -> str:
+    """How a user reads a volume number."""
+    return "whole disk" if number == WHOLE_DISK else f"partition {number}"

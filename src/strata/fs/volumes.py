@@ -11,10 +11,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from strata.blockdev.base import BlockDevice
-from strata.fs import detect
+from strata.fs import WHOLE_DISK, detect, where
 from strata.partition import PartitionTable, open_partition, read_table
-
-WHOLE_DISK = 0  # the volume number of a file system on the whole disk (partitions count from 1)
 
 
 @dataclass(frozen=True)
@@ -31,11 +29,6 @@ class Located:
     @property
     def where(self) -> str:
         return where(self.number)
-
-
-def where(number: int) -> str:
-    """How a user reads a volume number."""
-    return "whole disk" if number == WHOLE_DISK else f"partition {number}"
 
 
 def located_volumes(disk: BlockDevice, table: PartitionTable | None = None) -> Iterator[Located]:

@@ -22,7 +22,7 @@ from strata.blockdev.copy import Progress
 from strata.errors import InvalidInput, NotFound, StateError, SystemIOError
 from strata.formats import registry
 from strata.formats.registry import WriteRequest
-from strata.fs.volumes import where
+from strata.fs import where
 from strata.layer.storedev import StoreDevice
 from strata.ops.output import check_destination, refuse_inside, written
 from strata.ops.store import PathLike, open_store
