@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from strata.blockdev.base import BlockDevice
 from strata.blockdev.copy import iter_blocks
-from strata.blockdev.rawfile import pwrite_all, pwrite_new
+from strata.blockdev.rawfile import create_file, pwrite_all, pwrite_new
 from strata.errors import InvalidInput
 from strata.formats.registry import CreateRequest, WriteRequest
 from strata.formats.sizes import check_disk_size
@@ -248,10 +248,7 @@ class FileWriter:
 
     def __init__(self, path: str, plan: Plan) -> None:
         self.path, self.plan = path, plan
-        try:
-            self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        except OSError as e:
-            raise InvalidInput(f"cannot create {path}: {e.strerror}") from e
+        self.fd = create_file(path)
         # The BAT as it goes on disk (big-endian u32 entries), every block unallocated.
         self.bat = bytearray(b"\xff" * (s.BAT_ENTRY * plan.entries))
         self.next_free = plan.data_start

@@ -18,7 +18,7 @@ import numpy as np
 from strata.blockdev.base import BlockDevice
 from strata.blockdev.chain import ChainDevice
 from strata.blockdev.copy import Progress, iter_blocks
-from strata.blockdev.rawfile import pwrite_all, pwrite_new
+from strata.blockdev.rawfile import create_file, pwrite_all, pwrite_new
 from strata.errors import InvalidInput
 from strata.formats.options import FormatOption, size_option
 from strata.formats.registry import CreateRequest, WriteRequest
@@ -142,13 +142,6 @@ def write_structures(
         os.fsync(fd)
 
 
-def _new_file(path: str) -> int:
-    try:
-        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    except OSError as e:
-        raise InvalidInput(f"cannot create {path}: {e.strerror}") from e
-
-
 def fixed_bat(g: Geometry, p: Plan) -> np.ndarray:
     bat = np.zeros(g.bat_entries, np.uint64)
     blocks = np.arange(g.data_blocks, dtype=np.uint64)
@@ -182,7 +175,7 @@ def create(req: CreateRequest) -> VhdxDevice:
     end = p.data_offset + (g.data_blocks * g.block_size if fixed else 0)
     if g.has_parent:
         end = zero_bitmaps(bat, g, end)
-    fd = _new_file(req.path)
+    fd = create_file(req.path)
     try:
         os.ftruncate(fd, end)
         write_structures(fd, p, metadata_for(s, g, locator), bat)
@@ -281,7 +274,7 @@ def write(req: WriteRequest) -> None:
     g = geometry_for(req.source.size, s)
     p = plan(g)
     locator = parent_locator(req.path, parent) if parent is not None else None
-    fd = _new_file(req.path)
+    fd = create_file(req.path)
     try:
         pay = _Payload(fd, g, p, s.subformat == "fixed")
         if req.backing is not None:

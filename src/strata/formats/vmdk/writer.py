@@ -23,7 +23,7 @@ import numpy as np
 
 from strata.blockdev.base import BlockDevice
 from strata.blockdev.copy import Block, iter_blocks
-from strata.blockdev.rawfile import pwrite_all, pwrite_new
+from strata.blockdev.rawfile import create_file, pwrite_all, pwrite_new
 from strata.errors import InvalidInput
 from strata.formats.options import FormatOption, bool_option
 from strata.formats.registry import CreateRequest, WriteRequest
@@ -171,7 +171,7 @@ class SparseSink(_FileSink):
         self.layout = SparseLayout(capacity, desc_sectors)
         self.size = capacity * s.SECTOR
         self.zeroed = zeroed
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        self.fd = create_file(path)
         self.gte = np.zeros(self.layout.num_grains, s.GTE_DTYPE)
         head = self.layout.header(zeroed) + (descriptor or b"").ljust(
             desc_sectors * s.SECTOR, b"\0"
@@ -212,7 +212,7 @@ class FlatSink(_FileSink):
 
     def __init__(self, path: str, size: int) -> None:
         self.size = size
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        self.fd = create_file(path)
         os.ftruncate(self.fd, size)
 
     def put(self, offset: int, data: memoryview) -> None:
@@ -316,7 +316,7 @@ class Output:
                 self.sinks.append(SparseSink(file_path, sectors, desc, self.zeroed))
         if self.files[0][0] != self.path:
             self._create(self.path)
-            with open(self.path, "wb") as f:
+            with os.fdopen(create_file(self.path), "wb") as f:
                 f.write(self.descriptor.encode())
 
     def pieces(self, offset: int, length: int) -> Iterator[tuple[ExtentSink, int, int, int]]:
@@ -384,7 +384,7 @@ def write_stream(req: WriteRequest, options: dict[str, Any]) -> None:
     plan = StreamPlan(sectors, desc.encode(), level=_level(options))
     existed = os.path.exists(req.path)
     try:
-        with open(req.path, "wb", buffering=1 << 20) as f:
+        with os.fdopen(create_file(req.path), "wb", buffering=1 << 20) as f:
             writer = StreamWriter(f, plan)
             gb = plan.grain_bytes
             writer.write_blocks(iter_blocks(req.source, gb, progress=req.progress))
@@ -404,7 +404,7 @@ def create(req: CreateRequest) -> BlockDevice:
     out = Output(req.path, options, req.size, req.parent)
     try:
         if out.subformat == "streamOptimized":
-            with open(req.path, "wb") as f:
+            with os.fdopen(create_file(req.path), "wb") as f:
                 out.created.append(req.path)
                 StreamWriter(f, StreamPlan(out.sectors, out.descriptor.encode())).finish()
             return VmdkDevice(req.path, writable=False)
