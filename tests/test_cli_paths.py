@@ -158,3 +158,82 @@ def test_packaging_disk_into_a_directory_the_system_refuses(
     assert line.endswith("Permission denied")
     assert list(locked.iterdir()) == []
     assert strata("layer", "list", "--store", store, "--json").stdout == before
+
+
+def _verbs(image: Path, other: Path, tmp: Path, store: Path) -> dict[str, list[object]]:
+    """Every verb that reads an image or file named on its command line, reading ``image``."""
+    out = tmp / "out"
+    return {
+        "disk info": ["disk", "info", image],
+        "disk map": ["disk", "map", image],
+        "disk compare (first)": ["disk", "compare", image, other],
+        "disk compare (second)": ["disk", "compare", other, image],
+        "disk convert": ["disk", "convert", "-O", "vhd", image, out / "c.vhd"],
+        "disk convert -B": ["disk", "convert", "-O", "vhd", "-B", image, other, out / "b.vhd"],
+        "disk create -b": ["disk", "create", "-O", "vhd", "-b", image, out / "d.vhd"],
+        "disk check": ["disk", "check", image],
+        "disk partitions": ["disk", "partitions", image],
+        "fs ls": ["fs", "ls", image],
+        "fs cat": ["fs", "cat", image, "/x"],
+        "os import": ["os", "import", "win2", image, "--version", "1", "--store", store],
+        "layer check": ["layer", "check", "--disk", image],
+        "image publish": ["image", "publish", image, "--store", store],
+    }
+
+
+VERBS = list(_verbs(Path(), Path(), Path(), Path()))
+
+
+@pytest.fixture
+def inputs(tmp_path: Path) -> tuple[Path, Path]:
+    """A VHD and a raw disk of the same size; ``out/`` for what commands write."""
+    (tmp_path / "out").mkdir()
+    vhd = tmp_path / "in.vhd"
+    qemu_img("create", "-q", "-f", "vpc", "-o", "force_size=on", vhd, "8M")
+    return vhd, write_sparse_raw(tmp_path / "other.raw", 8 * MiB, [(0, 4096)])
+
+
+@pytest.mark.parametrize("verb", VERBS)
+def test_an_input_the_system_refuses_to_read_is_exit_11(
+    tmp_path: Path, store: Path, inputs: tuple[Path, Path], verb: str
+) -> None:
+    image, other = inputs
+    image.chmod(0)
+    line = _one_line(strata_as_user(*_verbs(image, other, tmp_path, store)[verb]), 11)
+    assert line == f"strata: {image}: Permission denied"
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+@pytest.mark.parametrize("verb", VERBS)
+def test_a_missing_input_is_exit_4(
+    tmp_path: Path, store: Path, inputs: tuple[Path, Path], verb: str
+) -> None:
+    missing = tmp_path / "gone" / "in.vhd"
+    line = _one_line(strata(*_verbs(missing, inputs[1], tmp_path, store)[verb]), 4)
+    assert str(missing) in line and "not found" in line
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_an_unreadable_parent_is_exit_11(tmp_path: Path, inputs: tuple[Path, Path]) -> None:
+    parent, _ = inputs
+    child = tmp_path / "child.vhd"
+    assert strata("disk", "create", "-O", "vhd", "-b", parent, child).returncode == 0
+    parent.chmod(0)
+    for verb in (["info"], ["map"], ["convert", "-O", "vhd"]):
+        args = [*verb, child] + ([tmp_path / "out" / "c.vhd"] if verb[0] == "convert" else [])
+        line = _one_line(strata_as_user("disk", *args), SystemIOError.exit_code)
+        assert line == f"strata: {parent}: Permission denied"
+
+
+@pytest.mark.parametrize("verb", [("store", "stats"), ("layer", "list"), ("image", "list")])
+def test_a_store_the_system_refuses_to_read_is_exit_11(
+    tmp_path: Path, store: Path, verb: tuple[str, ...]
+) -> None:
+    copy = tmp_path / "store"
+    copy.mkdir()
+    copy.chmod(0)
+    try:
+        line = _one_line(strata_as_user(*verb, "--store", copy), SystemIOError.exit_code)
+    finally:
+        copy.chmod(0o755)
+    assert line == f"strata: {copy}/store.json: Permission denied"

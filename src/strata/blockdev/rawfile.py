@@ -42,12 +42,12 @@ def punch_hole(fd: int, offset: int, length: int) -> bool:
 def open_file(path: str, writable: bool) -> int:
     try:
         fd = os.open(path, (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, NotADirectoryError) as e:
         raise NotFound(what=path) from e
     except IsADirectoryError as e:
         raise InvalidInput(f"{path} is a directory, not a disk image") from e
-    except PermissionError as e:
-        raise InvalidInput(f"{path}: permission denied") from e
+    except OSError as e:  # permission, an I/O error: the system refused the read
+        raise SystemIOError.of(e, path) from e
     st = os.fstat(fd)
     if stat.S_ISDIR(st.st_mode):
         os.close(fd)

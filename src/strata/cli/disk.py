@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from strata.cli.events import current, json_option, json_runs
-from strata.cli.options import allow_option, fmt_option
+from strata.cli.options import FILE, allow_option, fmt_option
 from strata.errors import EXIT_DIFFERENT
 from strata.formats import registry
 from strata.ops import disk as ops
@@ -20,7 +20,7 @@ def group() -> None:
 @group.command("info")
 @fmt_option("-f", "Input format (default: probe).")
 @allow_option
-@click.argument("image", type=click.Path(dir_okay=True))
+@click.argument("image", type=FILE)
 @json_option
 def info_cmd(image: str, fmt: str | None, allowed_dirs: tuple[str, ...]) -> int:
     """Show format, subformat, virtual size, allocated bytes and the parent chain."""
@@ -49,7 +49,7 @@ def _info_text(facts: dict[str, object]) -> str:
 @group.command("map")
 @fmt_option("-f", "Input format (default: probe).")
 @allow_option
-@click.argument("image", type=click.Path())
+@click.argument("image", type=FILE)
 @json_option
 def map_cmd(image: str, fmt: str | None, allowed_dirs: tuple[str, ...]) -> int:
     """Show which runs hold data, read as zero, or come from a parent (qemu-img map terms).
@@ -73,8 +73,8 @@ def map_cmd(image: str, fmt: str | None, allowed_dirs: tuple[str, ...]) -> int:
 @fmt_option("-f", "Format of the first image (default: probe).")
 @click.option("-F", "fmt2", default=None, metavar="FORMAT", help="Format of the second image.")
 @allow_option
-@click.argument("first", type=click.Path())
-@click.argument("second", type=click.Path())
+@click.argument("first", type=FILE)
+@click.argument("second", type=FILE)
 @json_option
 def compare_cmd(
     first: str, second: str, fmt: str | None, fmt2: str | None, allowed_dirs: tuple[str, ...]
@@ -118,15 +118,15 @@ def compare_cmd(
     "-B",
     "--backing",
     default=None,
-    type=click.Path(),
+    type=FILE,
     help="Write a child of BACKING holding only the sectors that differ from it.",
 )
 @click.option(
     "-F", "backing_fmt", default=None, metavar="FORMAT", help="Format of the backing image."
 )
 @allow_option
-@click.argument("source", type=click.Path())
-@click.argument("destination", type=click.Path())
+@click.argument("source", type=FILE)
+@click.argument("destination", type=FILE)
 @json_option
 def convert_cmd(
     source: str,
@@ -168,12 +168,12 @@ def convert_cmd(
     "-b",
     "--parent",
     default=None,
-    type=click.Path(),
+    type=FILE,
     help="Create a differencing child of PARENT (size defaults to the parent's).",
 )
 @click.option("-F", "parent_fmt", default=None, metavar="FORMAT", help="Format of the parent.")
 @allow_option
-@click.argument("image", type=click.Path())
+@click.argument("image", type=FILE)
 @click.argument("size", required=False)
 @json_option
 def create_cmd(
@@ -196,7 +196,7 @@ def create_cmd(
 
 @group.command("check")
 @fmt_option("-f", "Input format (default: probe).")
-@click.argument("image", type=click.Path())
+@click.argument("image", type=FILE)
 @json_option
 def check_cmd(image: str, fmt: str | None) -> int:
     """Validate every on-disk structure strictly. Exit 1 when any problem is found."""
@@ -221,7 +221,7 @@ def check_cmd(image: str, fmt: str | None) -> int:
 @group.command("partitions")
 @fmt_option("-f", "Input format (default: probe).")
 @allow_option
-@click.argument("image", type=click.Path())
+@click.argument("image", type=FILE)
 @json_option
 def partitions_cmd(image: str, fmt: str | None, allowed_dirs: tuple[str, ...]) -> int:
     """List the partition table (GPT, or MBR with logical partitions) of IMAGE.

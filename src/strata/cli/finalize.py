@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from strata.cli.events import current, json_option
-from strata.cli.options import store_option
+from strata.cli.options import FILE, store_option
 from strata.ops import layers
 from strata.ops.targets import TARGETS
 
@@ -55,7 +55,7 @@ def _evidence_text(item: dict[str, Any]) -> str:
 
 
 @click.command("finalize")
-@click.option("--disk", required=True, type=click.Path(), help="The packaging disk.")
+@click.option("--disk", required=True, type=FILE, help="The packaging disk.")
 @click.option("--layer", required=True, help="Layer being packaged.")
 @click.option("--version", "version", required=True, help="Version being packaged.")
 @click.option("--comment", default="", help="Comment recorded in the audit history.")

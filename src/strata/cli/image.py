@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from strata.cli.events import current, json_option
-from strata.cli.options import store_option
+from strata.cli.options import FILE, store_option
 from strata.ops import image as ops
 from strata.ops.targets import TARGETS
 
@@ -16,7 +16,7 @@ def group() -> None:
 
 
 @group.command("publish")
-@click.argument("template", required=False, type=click.Path())
+@click.argument("template", required=False, type=FILE)
 @click.option("--name", default=None, help="Image name (overrides the template's).")
 @click.option("--os", "os_ref", default=None, metavar="NAME[:V]", help="OS layer.")
 @click.option("--platform", default=None, metavar="NAME[:V]", help="Platform layer (applied last).")
@@ -71,7 +71,7 @@ def publish_cmd(
 
 @group.command("export")
 @click.argument("image")
-@click.argument("destination", type=click.Path())
+@click.argument("destination", type=FILE)
 @click.option(
     "--target",
     default=None,

@@ -8,7 +8,7 @@ import click
 
 from strata.cli.events import current, json_option
 from strata.cli.finalize import report_gate, target_option
-from strata.cli.options import store_option
+from strata.cli.options import FILE, store_option
 from strata.ops import store as ops
 from strata.ops.layers import layer_diff
 from strata.units import human_size
@@ -106,13 +106,13 @@ def diff_cmd(store: str | None, ref: str) -> int:
 
 
 @group.command("check")
-@click.option("--disk", required=True, type=click.Path(), help="The packaging disk to check.")
+@click.option("--disk", required=True, type=FILE, help="The packaging disk to check.")
 @target_option
 @click.option(
     "--allow-dir",
     "allow_dirs",
     multiple=True,
-    type=click.Path(),
+    type=FILE,
     help="Directory a parent disk may be opened from (besides the disk's own).",
 )
 @json_option

@@ -10,6 +10,13 @@ import click
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
+# The types of path arguments.  Click checks nothing (its default readable=True would refuse
+# an unreadable file as a usage error, exit 2): the command opens the file and says in one
+# line what went wrong (missing: 4, a directory: 3, the system refused: 11), the same for
+# every verb.
+FILE = click.Path(readable=False)
+DIRECTORY = click.Path(file_okay=False, readable=False)
+
 
 def fmt_option(flag: str, help: str) -> Decorator:
     return click.option(flag, "fmt", default=None, metavar="FORMAT", help=help)
@@ -20,7 +27,7 @@ def allow_option(func: Callable[..., Any]) -> Callable[..., Any]:
         "--allow-dir",
         "allowed_dirs",
         multiple=True,
-        type=click.Path(file_okay=False),
+        type=DIRECTORY,
         help="Directory where parent images may be opened (repeatable; default: the image's own).",
     )(func)
 
@@ -30,7 +37,7 @@ def store_option(func: Callable[..., Any]) -> Callable[..., Any]:
         "--store",
         "store",
         default=None,
-        type=click.Path(file_okay=False),
+        type=DIRECTORY,
         help="Store directory (default: $STRATA_STORE, else ~/.local/share/strata/store).",
     )(func)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from strata.cli.events import current, json_option
-from strata.cli.options import store_option
+from strata.cli.options import FILE, store_option
 from strata.ops import layers
 
 
@@ -16,7 +16,7 @@ def group() -> None:
 
 @group.command("import")
 @click.argument("name")
-@click.argument("image", type=click.Path())
+@click.argument("image", type=FILE)
 @click.option("--version", "version", required=True, help="Name of the new OS layer version.")
 @click.option("-f", "fmt", default=None, metavar="FORMAT", help="Image format (default: probe).")
 @click.option("--description", default="", help="Description of a new OS layer.")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from strata.cli.events import current, json_option
-from strata.cli.options import store_option
+from strata.cli.options import DIRECTORY, store_option
 from strata.ops import layers
 
 
@@ -49,7 +49,7 @@ def group() -> None:
 @click.option(
     "--out",
     required=True,
-    type=click.Path(file_okay=False),
+    type=DIRECTORY,
     help="Directory for the disk, its cached base and its job ISO.",
 )
 @click.option(
