@@ -237,3 +237,36 @@ def test_a_store_the_system_refuses_to_read_is_exit_11(
     finally:
         copy.chmod(0o755)
     assert line == f"strata: {copy}/store.json: Permission denied"
+
+
+STORE_VERBS = [
+    ("store", "stats"),
+    ("store", "verify"),
+    ("store", "gc"),
+    ("layer", "list"),
+    ("image", "list"),
+    ("image", "publish", "--name", "i", "--os", "win"),
+]
+
+
+@pytest.mark.parametrize("verb", STORE_VERBS, ids=[" ".join(v[:2]) for v in STORE_VERBS])
+def test_the_advice_for_a_missing_store_is_true(tmp_path: Path, verb: tuple[str, ...]) -> None:
+    """Where a verb says to run `store init`, it works; where init would refuse (a directory
+    holding other files), the verb says so instead."""
+    cluttered = tmp_path / "cluttered"
+    cluttered.mkdir()
+    (cluttered / "notes.txt").write_text("mine\n")
+    for where in (cluttered, tmp_path / "new", tmp_path / "empty"):
+        if where.name == "empty":
+            where.mkdir()
+        line = _one_line(strata(*verb, "--store", where), 3 if where == cluttered else 4)
+        init = strata("store", "init", "--store", where)
+        if where == cluttered:
+            words = "is not a strata store (no store.json) and is not empty"
+            assert words in line and "will not make one there" in line
+            assert _one_line(init, InvalidInput.exit_code) == line
+            assert sorted(p.name for p in where.iterdir()) == ["notes.txt"]
+        else:
+            assert line == f"strata: not found: store {where} (create it with `strata store init`)"
+            assert init.returncode == 0, init.stderr
+            assert strata("store", "stats", "--store", where).returncode == 0
