@@ -534,3 +534,75 @@ def test_publishing_an_existing_image_name_writes_nothing(store: Path) -> None:
     assert proc.returncode == InvalidInput.exit_code, proc.stderr
     assert "image 'twice-img' already exists" in proc.stderr
     assert sorted((store / "manifests").glob("*/*.manifest")) == manifests
+
+
+def _snapshot(store: Path) -> dict:
+    """Layers with their versions and states, images, and what the packs and manifests hold."""
+    with Store(store) as st:
+        layers = {
+            row["name"]: [
+                (v["name"], v["state"]) for v in st.catalog.layer(row["name"])["versions"]
+            ]
+            for row in st.catalog.layers()
+        }
+        images = [row["name"] for row in st.catalog.images()]
+        packs = st.stats()["pack_bytes"]
+    manifests = sorted(p.name for p in (store / "manifests").rglob("*.manifest"))
+    return {"layers": layers, "images": images, "packs": packs, "manifests": manifests}
+
+
+def _dup_cases(store: Path, out: Path) -> dict[str, list[object]]:
+    template = out.parent / "dup-template.json"
+    template.write_text(json.dumps({"name": "dupimg", "os": "winA", "apps": ["dupa", "dupa:1"]}))
+    publish = ["image", "publish", "--name", "dupimg", "--os", "winA", "--store", store]
+    return {
+        "--app twice": _create_args(store, "dupnew", "d", out, "--app", "dupa", "--app", "dupa"),
+        "--app in two versions": _create_args(
+            store, "dupnew", "d", out, "--app", "dupa:1", "--app", "dupa"
+        ),
+        "--layer also an --app": _create_args(store, "dupa", "d", out, "--app", "dupa"),
+        "publish --app twice": [*publish, "--app", "dupa", "--app", "dupa@500"],
+        "publish template": ["image", "publish", template, "--store", store],
+    }
+
+
+@pytest.mark.parametrize(
+    "case, given",
+    [
+        ("--app twice", "(--app dupa, --app dupa)"),
+        ("--app in two versions", "(--app dupa:1, --app dupa)"),
+        ("--layer also an --app", "(--app dupa, --layer dupa)"),
+        ("publish --app twice", "(--app dupa, --app dupa)"),
+        (
+            "publish template",
+            "dup-template.json: layer 'dupa' is given twice (apps dupa, apps dupa:1)",
+        ),
+    ],
+)
+def test_a_layer_given_twice_is_refused_before_any_work(
+    store: Path, tmp_path: Path, case: str, given: str
+) -> None:
+    if _layer_versions(store, "dupa") is None:
+        pkg = _package(store, "dupa")
+        apply_with_strata(Path(pkg["disk_path"]), [(3 * MiB, b"\x0d" * 4096)])
+        assert _finalize(store, pkg["disk_path"], "dupa") == 0
+    out = tmp_path / "out"
+    out.mkdir()
+    before = _snapshot(store)
+    proc = strata(*_dup_cases(store, out)[case])
+    assert proc.returncode == InvalidInput.exit_code, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and given in lines[0], proc.stderr
+    assert "layer 'dupa' is given twice" in lines[0]
+    assert list(out.iterdir()) == []  # not even the cached base
+    assert _snapshot(store) == before
+
+
+def test_a_template_made_in_python_is_checked_too(store: Path) -> None:
+    from strata import api
+
+    tpl = api.Template("dupimg", "winA", apps=(api.AppRef("dupx"), api.AppRef("dupx:2", 7)))
+    with pytest.raises(
+        InvalidInput, match=r"layer 'dupx' is given twice \(apps dupx, apps dupx:2\)"
+    ):
+        api.publish(tpl, store=store)

@@ -35,7 +35,7 @@ from strata.layer.compose import compose_tables
 from strata.layer.storedev import StoreDevice
 from strata.ops.store import open_store
 from strata.store import Manifest, Store, to_hex
-from strata.store.catalog import check_name
+from strata.store.catalog import check_distinct, check_name
 from strata.store.chunkstore import durable_write
 from strata.store.db import transaction
 
@@ -315,6 +315,12 @@ def create_packaging_disk(
     check_name(req.layer, "layer")
     if req.version is not None:
         check_name(req.version, "version")
+    check_distinct(
+        [("--os", req.os)]
+        + ([("--platform", req.platform)] if req.platform else [])
+        + [("--app", app) for app in req.apps]
+        + [("--layer", req.layer)]
+    )
     registry.options_for(req.fmt, req.options)
     disk_path, iso_path = _packaging_paths(req)
     with open_store(store) as st:
