@@ -161,7 +161,9 @@ def convert_cmd(
     default="raw",
     show_default=True,
     metavar="FORMAT",
-    help="Format of the new image: raw, vhd, vhdx, vmdk (see `strata disk formats`).",
+    help="Output format, of the new image: raw, vhd, vhdx, vmdk (see `strata disk formats`). "
+    "Here -f is the same option, as in qemu-img create; in the other disk commands -f is "
+    "the input format.",
 )
 @click.option("-o", "options", multiple=True, metavar="KEY=VALUE,...", help="Format options.")
 @click.option(
@@ -196,11 +198,15 @@ def create_cmd(
 
 @group.command("check")
 @fmt_option("-f", "Input format (default: probe).")
+@allow_option
 @click.argument("image", type=FILE)
 @json_option
-def check_cmd(image: str, fmt: str | None) -> int:
-    """Validate every on-disk structure strictly. Exit 1 when any problem is found."""
-    problems = ops.check(ops.OpenSpec(image, fmt))
+def check_cmd(image: str, fmt: str | None, allowed_dirs: tuple[str, ...]) -> int:
+    """Validate every on-disk structure strictly. Exit 1 when any problem is found.
+
+    A VHD child's parent is opened to check its identity (UUID, timestamp, size).
+    """
+    problems = ops.check(ops.OpenSpec(image, fmt, allowed_dirs))
     errors = [p for p in problems if p.severity == "error"]
     if current().json_mode:
         current().result(clean=not errors, problems=[p.__dict__ for p in problems])

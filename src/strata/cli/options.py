@@ -8,6 +8,8 @@ from typing import Any
 
 import click
 
+from strata.ops.targets import TARGETS
+
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 # The types of path arguments.  Click checks nothing (its default readable=True would refuse
@@ -30,6 +32,12 @@ def allow_option(func: Callable[..., Any]) -> Callable[..., Any]:
         type=DIRECTORY,
         help="Directory where parent images may be opened (repeatable; default: the image's own).",
     )(func)
+
+
+def target_option(help: str) -> Decorator:
+    """``--target``: the export targets, in one order (``strata image targets``'s) for
+    every verb."""
+    return click.option("--target", type=click.Choice(tuple(TARGETS)), default=None, help=help)
 
 
 def store_option(func: Callable[..., Any]) -> Callable[..., Any]:

@@ -78,7 +78,8 @@ class FormatDriver:
     open: Callable[[str, bool], BlockDevice]
     create: Callable[[CreateRequest], BlockDevice] | None = None
     write: Callable[[WriteRequest], None] | None = None
-    check: Callable[[str], list[Problem]] | None = None
+    # check(path, allowed_dirs): where a parent may be opened (empty: the image's own directory)
+    check: Callable[[str, Sequence[str]], list[Problem]] | None = None
     options: Sequence[FormatOption] = field(default_factory=tuple)
     # Whether an image may be written under a temporary name and renamed into place
     # (``ops.output.written``): not when its files name each other.

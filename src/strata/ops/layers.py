@@ -166,16 +166,18 @@ def import_os(
     *,
     store: PathLike = None,
     fmt: str | None = None,
+    allowed_dirs: Sequence[str] = (),
     description: str = "",
     comment: str = "",
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Any supported disk image → a deployable version of OS layer ``name``."""
+    """Any supported disk image → a deployable version of OS layer ``name`` (parents of a
+    differencing image looked up in ``allowed_dirs``, default the image's own directory)."""
     started = time.monotonic()
     check_name(name, "layer")
     check_name(version, "version")
     with (
-        registry.open_image(image, fmt) as disk,
+        registry.open_image(image, fmt, allowed_dirs=list(allowed_dirs) or None) as disk,
         open_store(store, create=True) as st,
         st.claim_version(name, version),
     ):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from strata.blockdev.base import BlockDevice
 from strata.blockdev.copy import stream_copy
 from strata.blockdev.rawfile import RawFileDevice
@@ -36,7 +38,7 @@ def write(req: WriteRequest) -> None:
         dst.close()
 
 
-def check(path: str) -> list[Problem]:
+def check(path: str, allowed_dirs: Sequence[str] = ()) -> list[Problem]:
     with RawFileDevice(path) as dev:
         if dev.size % 512:
             return [
