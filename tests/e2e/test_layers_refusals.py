@@ -606,3 +606,41 @@ def test_a_template_made_in_python_is_checked_too(store: Path) -> None:
         InvalidInput, match=r"layer 'dupx' is given twice \(apps dupx, apps dupx:2\)"
     ):
         api.publish(tpl, store=store)
+
+
+def _damaged_stream_vmdk(tmp_path: Path) -> Path:
+    """A streamOptimized VMDK (qemu-img) whose grains are damaged half-way: it opens, and
+    reading fails only once the import has created its layer and version."""
+    raw = write_sparse_raw(tmp_path / "r.raw", 16 * MiB, [(0, 16 * MiB)], seed=6)
+    vmdk = tmp_path / "so.vmdk"
+    qemu_img(
+        "convert", "-q", "-f", "raw", "-O", "vmdk", "-o", "subformat=streamOptimized", raw, vmdk
+    )
+    with open(vmdk, "r+b") as f:
+        f.seek(vmdk.stat().st_size // 2)
+        f.write(bytes(4096))
+    return vmdk
+
+
+@pytest.mark.parametrize("layer", ["brokenos", "winA"], ids=["new layer", "new version"])
+def test_a_failed_os_import_leaves_the_catalog_as_it_was(
+    store: Path, tmp_path: Path, layer: str
+) -> None:
+    damaged = _damaged_stream_vmdk(tmp_path)
+    before = _snapshot(store)["layers"]
+    listed = result_of(strata_json("layer", "list", "--store", store))["layers"]
+    proc = strata("os", "import", layer, damaged, "--version", "9", "--store", store)
+    assert proc.returncode == CorruptImage.exit_code, proc.stderr
+    assert proc.stderr.startswith(f"strata: {damaged}: corrupt compressed grain")
+    assert _snapshot(store)["layers"] == before
+    assert result_of(strata_json("layer", "list", "--store", store))["layers"] == listed
+    history = result_of(strata_json("layer", "history", "--store", store))["history"]
+    assert [history[-1][k] for k in ("operation", "layer", "version")] == [
+        "discard-version",
+        layer,
+        "9",
+    ]
+    _verify_clean(store)
+    good = store.parent / "os.raw"  # the same name and version import once the image is good
+    assert strata("os", "import", layer, good, "--version", "9", "--store", store).returncode == 0
+    assert _state(store, layer, "9") == "deployable"

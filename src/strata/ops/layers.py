@@ -172,7 +172,9 @@ def import_os(
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Any supported disk image → a deployable version of OS layer ``name`` (parents of a
-    differencing image looked up in ``allowed_dirs``, default the image's own directory)."""
+    differencing image looked up in ``allowed_dirs``, default the image's own directory).
+    A failure removes the version (and the layer) it created from the catalog again; its
+    chunks are left to ``store gc``."""
     started = time.monotonic()
     check_name(name, "layer")
     check_name(version, "version")
@@ -180,9 +182,11 @@ def import_os(
         registry.open_image(image, fmt, allowed_dirs=list(allowed_dirs) or None) as disk,
         open_store(store, create=True) as st,
         st.claim_version(name, version),
+        ExitStack() as undo,
     ):
-        _open_os_layer(st, name, description, comment)
-        _open_version(st, name, version, comment)
+        new_layer, new_version = _claim_os_version(st, name, version, description, comment)
+        if new_version:
+            undo.callback(st.catalog.discard_version, name, version, drop_layer=new_layer)
         meta = {
             "layer": name,
             "version": version,
@@ -197,6 +201,7 @@ def import_os(
         }
         capture = capture_disk(st, disk, progress=progress)
         mid = _commit(st, name, version, meta, capture.blocks, None, comment)
+        undo.pop_all()
         return {
             "layer": name,
             "version": version,
@@ -208,27 +213,39 @@ def import_os(
         }
 
 
-def _open_os_layer(st: Store, name: str, description: str, comment: str) -> None:
-    with transaction(st.db):  # two imports of new versions may both find no layer
-        layer = _find_layer(st, name)
-        if layer is None:
-            st.catalog.create_layer(name, "os", description=description, comment=comment)
-        elif layer["kind"] != "os":
-            raise InvalidInput(f"layer {name!r} exists and is not an OS layer")
+def _claim_os_version(
+    st: Store, name: str, version: str, description: str, comment: str
+) -> tuple[bool, bool]:
+    """The OS layer and the version to import into, in one transaction (two imports of new
+    versions may both find no layer); whether each was created here."""
+    with transaction(st.db):
+        new_layer = _open_os_layer(st, name, description, comment)
+        return new_layer, _open_version(st, name, version, comment)
 
 
-def _open_version(st: Store, layer: str, version: str, comment: str) -> None:
+def _open_os_layer(st: Store, name: str, description: str, comment: str) -> bool:
+    layer = _find_layer(st, name)
+    if layer is None:
+        st.catalog.create_layer(name, "os", description=description, comment=comment)
+        return True
+    if layer["kind"] != "os":
+        raise InvalidInput(f"layer {name!r} exists and is not an OS layer")
+    return False
+
+
+def _open_version(st: Store, layer: str, version: str, comment: str) -> bool:
     """A new version, or the one an interrupted run left behind (the caller holds the claim
     on it, so no other run is writing it); never a deployable one."""
     try:
         state = st.catalog.version(layer, version)["state"]
     except NotFound:
         st.catalog.create_version(layer, version, comment=comment)
-        return
+        return True
     if state not in ("packaging", "finalizing"):
         raise InvalidInput(
             f"version {version!r} of {layer!r} already exists ({state}); choose another --version"
         )
+    return False
 
 
 def _partitions(disk: Any) -> dict[str, Any] | None:
