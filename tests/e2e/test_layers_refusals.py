@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import sys
@@ -644,3 +645,60 @@ def test_a_failed_os_import_leaves_the_catalog_as_it_was(
     good = store.parent / "os.raw"  # the same name and version import once the image is good
     assert strata("os", "import", layer, good, "--version", "9", "--store", store).returncode == 0
     assert _state(store, layer, "9") == "deployable"
+
+
+DAMAGED_MARKERS = {
+    "not JSON": b"{garbage",
+    "empty": b"",
+    "not UTF-8": b"\xff\xfe{",
+    "not an object": b"[1]",
+    "a field of the wrong type": b'{"path": 5, "format": "vmdk", "stack": [], "fingerprint": []}',
+}
+
+
+def _pkg_args(store: Path, layer: str, out: Path) -> list[object]:
+    return [
+        "packaging-disk", "create", "--layer", layer, "--os", "winA", "--format", "vmdk",
+        "--name", layer, "--out", out, "--store", store,
+    ]  # fmt: skip
+
+
+def _base_of(out: Path) -> tuple[Path, Path]:
+    (base,) = out.glob("strata-base-*.vmdk")
+    return base, Path(f"{base}.json")
+
+
+@pytest.mark.parametrize("damage", list(DAMAGED_MARKERS))
+def test_a_damaged_base_description_is_rebuilt(store: Path, tmp_path: Path, damage: str) -> None:
+    """The cached base's description (strata-base-*.json) is a cache: damaged, it is rebuilt
+    from the packaging record of a disk made on the same, unchanged base (so that disk still
+    finalizes), with a warning naming it; without such a record the base is written again."""
+    out = tmp_path / "out"
+    out.mkdir()
+    tag = damage.replace(" ", "")[:10].lower()
+    first = result_of(strata_json(*_pkg_args(store, f"mk{tag}", out)))
+    base, marker = _base_of(out)
+    described, base_bytes = marker.read_bytes(), base.read_bytes()
+    marker.write_bytes(DAMAGED_MARKERS[damage])
+
+    proc = strata(*_pkg_args(store, f"mk{tag}b", out))
+    assert proc.returncode == 0, proc.stderr
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith(f"strata: warning: {marker} was damaged (")
+    assert line.endswith(f"); rebuilt it from the record of mk{tag}:1")
+    assert marker.read_bytes() == described and base.read_bytes() == base_bytes
+    assert qemu_img("compare", "-f", "raw", "-F", "vmdk", store.parent / "os.raw",
+                    out / f"mk{tag}b.vmdk").returncode == 0  # fmt: skip
+    apply_with_strata(Path(first["disk_path"]), [(MiB, b"\x0e" * 4096)])
+    assert _finalize(store, first["disk_path"], f"mk{tag}") == 0  # its base is still its base
+
+    marker.write_bytes(DAMAGED_MARKERS[damage])
+    os.utime(base, ns=(1, 1))  # changed since: no record describes it any more
+    proc = strata(*_pkg_args(store, f"mk{tag}c", out))
+    assert proc.returncode == 0, proc.stderr
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith(f"strata: warning: {marker} is damaged (")
+    assert line.endswith(f"); writing the base {base} again")
+    assert json.loads(marker.read_bytes())["fingerprint"] != json.loads(described)["fingerprint"]
+    assert qemu_img("compare", "-f", "raw", "-F", "vmdk", store.parent / "os.raw",
+                    out / f"mk{tag}c.vmdk").returncode == 0  # fmt: skip

@@ -125,6 +125,8 @@ def create_cmd(
     )
     with current().progress("compose base") as progress:
         result = layers.create_packaging_disk(req, store=store, progress=progress)
+    for warning in result["warnings"]:
+        current().warning(warning)
     current().result(
         f"packaging disk for {layer}:{result['version']}: {result['disk_path']}\n"
         f"job ISO: {result['iso']}",

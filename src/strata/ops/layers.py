@@ -328,7 +328,8 @@ def create_packaging_disk(
 ) -> dict[str, Any]:
     """Everything is checked before anything is written; what a failure leaves half made
     (the version and a new layer in the catalog, the disk, the job ISO) is removed again.
-    A base written on the way stays: it is a cache other packaging disks may already use."""
+    A base written on the way stays: it is a cache other packaging disks may already use.
+    ``warnings`` in the result: what was repaired on the way (a damaged base description)."""
     if req.fmt not in BASE_OPTIONS:
         raise InvalidInput(f"a packaging disk is vhd, vhdx or vmdk, not {req.fmt!r}")
     check_name(req.layer, "layer")
@@ -349,9 +350,10 @@ def create_packaging_disk(
             undo.callback(st.catalog.discard_version, req.layer, plan.version, drop_layer=plan.new)
             undo.callback(_remove, disk_path)
             undo.callback(_remove, iso_path)
-            record = _write_packaging_disk(st, req, plan, disk_path, iso_path, progress)
+            warnings: list[str] = []
+            record = _write_packaging_disk(st, req, plan, disk_path, iso_path, progress, warnings)
             undo.pop_all()
-        return {**record, "state": "packaging"}
+        return {**record, "state": "packaging", "warnings": warnings}
 
 
 def _packaging_paths(req: PackagingRequest) -> tuple[str, str]:
@@ -379,6 +381,7 @@ def _write_packaging_disk(
     disk_path: str,
     iso_path: str,
     progress: Progress | None,
+    warnings: list[str],
 ) -> dict[str, Any]:
     """The disk (on its cached base unless ``full``), its job ISO and its packaging record."""
     stack = plan.stack
@@ -390,7 +393,7 @@ def _write_packaging_disk(
         _write_full(st, table, size, sector, req, disk_path, progress)
     else:
         out = os.path.dirname(disk_path)
-        base = _cached_base(st, stack, table, size, sector, req.fmt, out, progress)
+        base = _cached_base(st, stack, table, size, sector, req.fmt, out, progress, warnings)
         _create_child(disk_path, req, base["path"], size)
     job = {
         "layer": req.layer,
@@ -499,14 +502,14 @@ def _cached_base(
     fmt: str,
     out: str,
     progress: Progress | None,
+    warnings: list[str],
 ) -> dict[str, Any]:
     """The composed base disk, written once per stack and format, then reused."""
     path = os.path.join(out, f"strata-base-{_stack_key(stack)}{SUFFIX[fmt]}")
     marker = path + ".json"
-    if os.path.exists(path) and os.path.exists(marker):
-        with open(marker) as f:
-            info = json.load(f)
-        if info.get("fingerprint") == _fingerprint(path):
+    if os.path.exists(path):
+        info = _reusable_base(st, path, marker, warnings)
+        if info is not None:
             return info
     driver = registry.get(fmt)
     options = registry.options_for(fmt, BASE_OPTIONS[fmt])
@@ -523,6 +526,63 @@ def _cached_base(
     }
     durable_write(Path(marker), json.dumps(info).encode(), Path(marker).parent)
     return info
+
+
+def _reusable_base(st: Store, path: str, marker: str, warnings: list[str]) -> dict[str, Any] | None:
+    """The description of the base at ``path`` if the file is still what it describes, else
+    None (the base is then written again).  A damaged description is a damaged cache: it is
+    rebuilt from a packaging record holding the same unchanged base (disks made on it keep
+    their parent), else the base is written again; either way with a warning."""
+    try:
+        info = _read_marker(marker)
+    except ValueError as e:
+        found = _base_of_a_record(st, path)
+        if found is None:
+            warnings.append(f"{marker} is damaged ({e}); writing the base {path} again")
+            return None
+        info, owner = found
+        durable_write(Path(marker), json.dumps(info).encode(), Path(marker).parent)
+        warnings.append(f"{marker} was damaged ({e}); rebuilt it from the record of {owner}")
+        return info
+    if info is not None and info["fingerprint"] == _fingerprint(path):
+        return info
+    return None
+
+
+def _read_marker(marker: str) -> dict[str, Any] | None:
+    """The base description, None when there is none; ValueError saying how it is damaged."""
+    try:
+        with open(marker, "rb") as f:
+            info = json.loads(f.read())
+    except FileNotFoundError:
+        return None
+    except RecursionError as e:
+        raise ValueError("not JSON: nested too deeply") from e
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise ValueError(f"not JSON: {e}") from e
+    if not isinstance(info, dict) or not all(
+        isinstance(info.get(key), kind) for key, kind in _MARKER_FIELDS.items()
+    ):
+        raise ValueError(f"not an object with {', '.join(_MARKER_FIELDS)}")
+    return info
+
+
+_MARKER_FIELDS = {"path": str, "format": str, "stack": list, "fingerprint": list}
+
+
+def _base_of_a_record(st: Store, path: str) -> tuple[dict[str, Any], str] | None:
+    """The base description a packaging record in this store holds for ``path``, if the file
+    has not changed since (same fingerprint), and whose record it is (LAYER:VERSION)."""
+    now = _fingerprint(path)
+    for name in sorted((st.root / "packaging").glob("*.json")):
+        try:
+            record = json.loads(name.read_bytes())
+            base = record.get("base")
+        except (OSError, ValueError, RecursionError, AttributeError):
+            continue
+        if isinstance(base, dict) and base.get("path") == path and base.get("fingerprint") == now:
+            return base, f"{record.get('layer')}:{record.get('version')}"
+    return None
 
 
 def _fsync_image(path: str, fmt: str) -> None:
