@@ -6,6 +6,7 @@ import json
 import os
 import random
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -702,3 +703,52 @@ def test_a_damaged_base_description_is_rebuilt(store: Path, tmp_path: Path, dama
     assert json.loads(marker.read_bytes())["fingerprint"] != json.loads(described)["fingerprint"]
     assert qemu_img("compare", "-f", "raw", "-F", "vmdk", store.parent / "os.raw",
                     out / f"mk{tag}c.vmdk").returncode == 0  # fmt: skip
+
+
+def test_the_default_version_is_one_more_than_the_highest_number(
+    store: Path, tmp_path: Path
+) -> None:
+    """A version named by hand (here 2, while the layer had none) is not chosen again, and a
+    name that is not a number does not count."""
+    versions = []
+    for name, extra in (
+        ("n2", ["--new-version", "2"]),
+        ("n3", []),
+        ("nb", ["--new-version", "beta"]),
+        ("n4", []),
+    ):
+        made = strata(*_create_args(store, "numbered", name, tmp_path, *extra), "--json")
+        assert made.returncode == 0, made.stderr
+        versions.append(json.loads(made.stdout.splitlines()[-1])["version"])
+    assert versions == ["2", "3", "beta", "4"]
+    assert _layer_versions(store, "numbered") == versions
+
+
+@pytest.mark.parametrize("layer", ["racing-new", "racing-existing"])
+def test_concurrent_packaging_disks_get_distinct_default_versions(
+    store: Path, tmp_path: Path, layer: str
+) -> None:
+    """The default is chosen in the transaction that creates the version (and the layer,
+    when new), so commands started together neither collide nor fail."""
+    if layer == "racing-existing":
+        _package(store, layer)
+    outs = [tmp_path / f"out{i}" for i in range(4)]
+    for out in outs:
+        out.mkdir()
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "strata", *_create_args(store, layer, f"r{i}", out)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i, out in enumerate(outs)
+    ]
+    outputs = [run.communicate(timeout=120) for run in runs]
+    assert [run.returncode for run in runs] == [0] * 4, [err for _, err in outputs]
+    versions = sorted(
+        out.split(f"packaging disk for {layer}:")[1].split(":")[0] for out, _ in outputs
+    )
+    first = 2 if layer == "racing-existing" else 1
+    assert versions == [str(n) for n in range(first, first + 4)]
+    assert sorted(_layer_versions(store, layer) or []) == [str(n) for n in range(1, first + 4)]

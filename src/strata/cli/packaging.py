@@ -20,7 +20,7 @@ def group() -> None:
     "--new-version",
     "version",
     default=None,
-    help="Name of the new version (default: the next number).",
+    help="Name of the new version (default: one more than the highest numbered version).",
 )
 @click.option(
     "--base-version",

@@ -11,7 +11,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -346,7 +346,7 @@ def create_packaging_disk(
     with open_store(store) as st:
         plan = _packaging_plan(st, req)
         with ExitStack() as undo:
-            _claim_version(st, req, plan)
+            plan = _claim_version(st, req, plan)
             undo.callback(st.catalog.discard_version, req.layer, plan.version, drop_layer=plan.new)
             undo.callback(_remove, disk_path)
             undo.callback(_remove, iso_path)
@@ -443,18 +443,9 @@ def _packaging_plan(st: Store, req: PackagingRequest) -> PackagingPlan:
     ]
     check_same_os(os_layer, prereqs)
     existing = _find_layer(st, req.layer)
-    kind = existing["kind"] if existing is not None else req.kind
-    if kind == "os":
-        raise InvalidInput(
-            f"{req.layer!r} is an OS layer; import OS versions with `strata os import`"
-        )
-    if existing is not None and existing["os_layer"] not in (None, os_layer.layer):
-        raise InvalidInput(
-            f"layer {req.layer!r} belongs to OS layer {existing['os_layer']!r}, "
-            f"not {os_layer.layer!r}"
-        )
+    _check_fits(req, existing, os_layer.layer)
     versions = existing["versions"] if existing is not None else []
-    version = req.version or str(len(versions) + 1)
+    version = req.version or next_version([v["name"] for v in versions])
     if any(v["name"] == version for v in versions):
         raise InvalidInput(f"layer {req.layer!r} already has a version {version!r}")
     deployable = [v["name"] for v in versions if v["state"] == "deployable"]
@@ -465,10 +456,40 @@ def _packaging_plan(st: Store, req: PackagingRequest) -> PackagingPlan:
     return PackagingPlan(stack, version, base_version, existing is None)
 
 
-def _claim_version(st: Store, req: PackagingRequest, plan: PackagingPlan) -> None:
+def _check_fits(req: PackagingRequest, existing: dict[str, Any] | None, os_layer: str) -> None:
+    """An existing layer may get a packaging disk on ``os_layer`` unless it is an OS layer or
+    belongs to another one."""
+    kind = existing["kind"] if existing is not None else req.kind
+    if kind == "os":
+        raise InvalidInput(
+            f"{req.layer!r} is an OS layer; import OS versions with `strata os import`"
+        )
+    if existing is not None and existing["os_layer"] not in (None, os_layer):
+        raise InvalidInput(
+            f"layer {req.layer!r} belongs to OS layer {existing['os_layer']!r}, not {os_layer!r}"
+        )
+
+
+def next_version(names: Sequence[str]) -> str:
+    """The default name of a new version: one more than the highest numbered one, so never a
+    name the layer has (``len + 1`` was, after a version named ``2`` by hand)."""
+    numbers = [int(n) for n in names if n.isascii() and n.isdigit()]
+    return str(max(numbers, default=0) + 1)
+
+
+def _claim_version(st: Store, req: PackagingRequest, plan: PackagingPlan) -> PackagingPlan:
     """The new version (and the layer, when new), in one transaction: a concurrent command
-    wanting the same version fails here, before either writes a file."""
+    wanting the same version fails here, before either writes a file.  A default version name
+    is chosen here, inside the transaction, so two concurrent commands get two names; so is
+    whether the layer is new (another command may have just created it)."""
     with transaction(st.db):
+        existing = _find_layer(st, req.layer)
+        if existing is not None and plan.new:
+            _check_fits(req, existing, plan.stack[0].layer)
+        if req.version is None:
+            names = [v["name"] for v in existing["versions"]] if existing is not None else []
+            plan = replace(plan, version=next_version(names))
+        plan = replace(plan, new=existing is None)
         if plan.new:
             st.catalog.create_layer(
                 req.layer,
@@ -486,6 +507,7 @@ def _claim_version(st: Store, req: PackagingRequest, plan: PackagingPlan) -> Non
             description=req.description,
             comment=req.comment,
         )
+    return plan
 
 
 def _stack_key(stack: Sequence[Resolved]) -> str:
