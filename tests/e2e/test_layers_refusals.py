@@ -752,3 +752,26 @@ def test_concurrent_packaging_disks_get_distinct_default_versions(
     first = 2 if layer == "racing-existing" else 1
     assert versions == [str(n) for n in range(first, first + 4)]
     assert sorted(_layer_versions(store, layer) or []) == [str(n) for n in range(1, first + 4)]
+
+
+def test_packaging_disks_made_together_in_one_directory_share_one_base(
+    store: Path, tmp_path: Path
+) -> None:
+    """The base is looked for and written under a lock on the directory: written once, never
+    read half written (qemu-img compares each disk, through its base, with the OS disk)."""
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "strata", *map(str, _pkg_args(store, f"shared{i}", tmp_path)),
+             "--json"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for i in range(4)
+    ]  # fmt: skip
+    outputs = [run.communicate(timeout=120) for run in runs]
+    assert [run.returncode for run in runs] == [0] * 4, [err for _, err in outputs]
+    bases = {json.dumps(json.loads(out.splitlines()[-1])["base"]) for out, _ in outputs}
+    assert len(bases) == 1 and len(list(tmp_path.glob("strata-base-*.vmdk"))) == 1
+    for i in range(4):
+        disk = tmp_path / f"shared{i}.vmdk"
+        assert qemu_img("compare", "-f", "raw", "-F", "vmdk", store.parent / "os.raw",
+                        disk).returncode == 0  # fmt: skip

@@ -6,6 +6,7 @@ References: docs/architecture.md ("Layers end to end"); Citrix App Layering's fl
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import time
@@ -528,11 +529,38 @@ def _cached_base(
 ) -> dict[str, Any]:
     """The composed base disk, written once per stack and format, then reused."""
     path = os.path.join(out, f"strata-base-{_stack_key(stack)}{SUFFIX[fmt]}")
+    with _holding(out):
+        if os.path.exists(path):
+            info = _reusable_base(st, path, path + ".json", warnings)
+            if info is not None:
+                return info
+        return _write_base(st, stack, table, size, sector, fmt, path, progress)
+
+
+@contextmanager
+def _holding(directory: str) -> Iterator[None]:
+    """``directory`` locked (flock on the directory itself: no lock file among the user's)
+    while a base is looked for and written there, so commands run together write it once and
+    none reads it half written."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _write_base(
+    st: Store,
+    stack: Sequence[Resolved],
+    table: np.ndarray,
+    size: int,
+    sector: int,
+    fmt: str,
+    path: str,
+    progress: Progress | None,
+) -> dict[str, Any]:
     marker = path + ".json"
-    if os.path.exists(path):
-        info = _reusable_base(st, path, marker, warnings)
-        if info is not None:
-            return info
     driver = registry.get(fmt)
     options = registry.options_for(fmt, BASE_OPTIONS[fmt])
     if driver.write is None:
