@@ -467,14 +467,14 @@ def test_an_existing_job_iso_is_refused_and_kept(store: Path, tmp_path: Path) ->
 def test_a_failed_packaging_disk_create_leaves_nothing(
     store: Path, tmp_path: Path, layer: str, extra: list[str], words: str
 ) -> None:
-    """Only the cached base may stay: it is valid and other disks may already use it."""
+    """Not even the cached base is written: options are checked before anything is."""
     if layer == "dup" and _layer_versions(store, layer) is None:
         _package(store, layer)
     before = _layer_versions(store, layer)
     proc = strata(*_create_args(store, layer, "n11", tmp_path, *extra))
     assert proc.returncode in (InvalidInput.exit_code, NotFound.exit_code), proc.stderr
     assert words in proc.stderr
-    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith("strata-base-")] == []
+    assert list(tmp_path.iterdir()) == []
     assert _layer_versions(store, layer) == before
 
 
@@ -775,3 +775,25 @@ def test_packaging_disks_made_together_in_one_directory_share_one_base(
         disk = tmp_path / f"shared{i}.vmdk"
         assert qemu_img("compare", "-f", "raw", "-F", "vmdk", store.parent / "os.raw",
                         disk).returncode == 0  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "fmt, option, words",
+    [
+        ("vhdx", "block_size=3", "vhdx block_size 3 must be a power of two"),
+        ("vhd", "block_size=3", "block size 3 must be a power of two"),
+        ("vhd", "azure=on", "a differencing VHD cannot also be fixed"),
+        ("vmdk", "subformat=streamOptimized", "a VMDK child must be monolithicSparse"),
+        ("vmdk", "compression_level=12", "compression_level must be 0-9, not 12"),
+    ],
+)
+def test_an_option_only_the_writer_checks_is_refused_before_the_base_is_written(
+    store: Path, tmp_path: Path, fmt: str, option: str, words: str
+) -> None:
+    before = _snapshot(store)
+    args = _create_args(store, "optcheck", "o", tmp_path, "-o", option)
+    proc = strata(*[fmt if a == "vhd" else a for a in args])
+    assert proc.returncode == InvalidInput.exit_code, proc.stderr
+    assert proc.stderr.startswith(f"strata: {words}") and len(proc.stderr.splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+    assert _snapshot(store) == before

@@ -81,6 +81,9 @@ class FormatDriver:
     # check(path, allowed_dirs): where a parent may be opened (empty: the image's own directory)
     check: Callable[[str, Sequence[str]], list[Problem]] | None = None
     options: Sequence[FormatOption] = field(default_factory=tuple)
+    # check_options(options, size, child): refuses (InvalidInput) what ``create`` or ``write``
+    # would refuse of these parsed options for a disk of ``size`` bytes, before any file exists.
+    check_options: Callable[[Mapping[str, Any], int, bool], None] | None = None
     # Whether an image may be written under a temporary name and renamed into place
     # (``ops.output.written``): not when its files name each other.
     atomic_replace: bool = True

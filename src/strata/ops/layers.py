@@ -342,10 +342,11 @@ def create_packaging_disk(
         + [("--app", app) for app in req.apps]
         + [("--layer", req.layer)]
     )
-    registry.options_for(req.fmt, req.options)
+    options = registry.options_for(req.fmt, req.options)
     disk_path, iso_path = _packaging_paths(req)
     with open_store(store) as st:
         plan = _packaging_plan(st, req)
+        _check_disk_options(req, options, int(plan.stack[0].manifest.meta["size"]))
         with ExitStack() as undo:
             plan = _claim_version(st, req, plan)
             undo.callback(st.catalog.discard_version, req.layer, plan.version, drop_layer=plan.new)
@@ -355,6 +356,14 @@ def create_packaging_disk(
             record = _write_packaging_disk(st, req, plan, disk_path, iso_path, progress, warnings)
             undo.pop_all()
         return {**record, "state": "packaging", "warnings": warnings}
+
+
+def _check_disk_options(req: PackagingRequest, options: dict[str, Any], size: int) -> None:
+    """What the disk's writer would refuse of its options, refused before the base is
+    written (it would stay, as the cache it is)."""
+    check = registry.get(req.fmt).check_options
+    if check is not None:
+        check(options, size, not req.full)
 
 
 def _packaging_paths(req: PackagingRequest) -> tuple[str, str]:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from strata.blockdev.base import BlockDevice
 from strata.blockdev.copy import stream_copy
@@ -21,9 +22,13 @@ def open_raw(path: str, writable: bool) -> BlockDevice:
     return RawFileDevice(path, writable=writable)
 
 
-def create(req: CreateRequest) -> BlockDevice:
-    if req.parent is not None:
+def check_options(options: Mapping[str, Any], size: int, child: bool) -> None:
+    if child:
         raise InvalidInput("raw images have no parent; choose vhd, vhdx or vmdk for a child")
+
+
+def create(req: CreateRequest) -> BlockDevice:
+    check_options(req.options, req.size, req.parent is not None)
     return RawFileDevice.create(req.path, req.size)
 
 
@@ -57,4 +62,5 @@ DRIVER = FormatDriver(
     create=create,
     write=write,
     check=check,
+    check_options=check_options,
 )

@@ -189,16 +189,22 @@ def build_header(plan: Plan) -> bytes:
 # -- options and validation --------------------------------------------------------------
 
 
+def check_options(options: Mapping[str, Any], size: int, child: bool) -> None:
+    subformat = options.get("subformat")
+    azure = bool(options.get("azure"))
+    if azure and subformat == "dynamic":
+        raise InvalidInput("Azure takes only fixed VHDs: drop subformat=dynamic or azure=on")
+    if child and (azure or subformat == "fixed"):
+        raise InvalidInput("a differencing VHD cannot also be fixed")
+    check_size(size, azure)
+    check_block_size(int(options.get("block_size") or s.DEFAULT_BLOCK_SIZE))
+
+
 def plan_for(size: int, options: Mapping[str, Any], parent: Parent | None = None) -> Plan:
+    check_options(options, size, parent is not None)
     subformat = options.get("subformat")
     azure = bool(options.get("azure"))
     block_size = int(options.get("block_size") or s.DEFAULT_BLOCK_SIZE)
-    if azure and subformat == "dynamic":
-        raise InvalidInput("Azure takes only fixed VHDs: drop subformat=dynamic or azure=on")
-    if parent is not None and (azure or subformat == "fixed"):
-        raise InvalidInput("a differencing VHD cannot also be fixed")
-    check_size(size, azure)
-    check_block_size(block_size)
     if parent is not None:
         disk_type = s.DISK_DIFFERENCING
     elif azure or subformat == "fixed":

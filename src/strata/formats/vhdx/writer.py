@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -82,6 +82,13 @@ def settings(options: Mapping[str, Any], parent: BlockDevice | None) -> Settings
         logical,
         int(options.get("physical_sector_size") or 4096),
     )
+
+
+def check_options(options: Mapping[str, Any], size: int, child: bool) -> None:
+    s = settings(options, None)
+    if child:  # a child takes its parent's sector size, at least 512
+        s = replace(s, subformat="differencing", logical_sector=512)
+    geometry_for(size, s)
 
 
 def geometry_for(size: int, s: Settings) -> Geometry:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -285,14 +285,6 @@ class Output:
         self.path = path
         self.subformat = options["subformat"]
         self.sectors = -(-size // s.SECTOR)
-        if parent is not None and self.subformat not in (
-            "monolithicSparse",
-            "twoGbMaxExtentSparse",
-        ):
-            raise InvalidInput(
-                "a VMDK child must be monolithicSparse or twoGbMaxExtentSparse, "
-                f"not {self.subformat}"
-            )
         self.files = extent_names(path, self.subformat, self.sectors)
         self.descriptor = make_descriptor(path, self.subformat, self.files, options, parent)
         # Only a child needs zeroed-grain entries; plain disks keep the version-1 header.
@@ -349,20 +341,27 @@ class Output:
                 os.unlink(path)
 
 
-def _level(options: dict[str, Any]) -> int:
+def _level(options: Mapping[str, Any]) -> int:
     level = int(options["compression_level"])
     if not 0 <= level <= 9:
         raise InvalidInput(f"compression_level must be 0-9, not {level}")
     return level
 
 
+def check_options(options: Mapping[str, Any], size: int, child: bool) -> None:
+    _level(options)
+    check_size(size, options["subformat"])
+    if child and options["subformat"] not in ("monolithicSparse", "twoGbMaxExtentSparse"):
+        raise InvalidInput(
+            "a VMDK child must be monolithicSparse or twoGbMaxExtentSparse, "
+            f"not {options['subformat']}"
+        )
+
+
 def write(req: WriteRequest) -> None:
     options = dict(req.options)
-    _level(options)
-    check_size(req.source.size, options["subformat"])
+    check_options(options, req.source.size, req.backing is not None)
     if options["subformat"] == "streamOptimized":
-        if req.backing is not None:
-            raise InvalidInput("a streamOptimized VMDK cannot be a child; use monolithicSparse")
         write_stream(req, options)
         return
     out = Output(req.path, options, req.source.size, req.backing_layer)
@@ -399,8 +398,7 @@ def write_stream(req: WriteRequest, options: dict[str, Any]) -> None:
 
 def create(req: CreateRequest) -> BlockDevice:
     options = dict(req.options)
-    _level(options)
-    check_size(req.size, options["subformat"])
+    check_options(options, req.size, req.parent is not None)
     out = Output(req.path, options, req.size, req.parent)
     try:
         if out.subformat == "streamOptimized":
