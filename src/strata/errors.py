@@ -9,7 +9,7 @@ Exit codes (documented in the README):
     0  success
     1  a comparison found a difference, or a check found a problem
     2  command-line usage error (unknown option, missing argument)
-    3  InvalidInput      bad argument or option value
+    3  InvalidInput      bad argument or option value (an output path that cannot be one)
     4  NotFound          a path, layer, version, chunk or parent that does not exist
     5  CorruptImage      on-disk structure fails validation
     6  Unsupported       a valid but unsupported format or feature
@@ -17,7 +17,8 @@ Exit codes (documented in the README):
     8  StateError        an operation not allowed in the object's current state
     9  NotReady          the finalize integrity gate refused a disk
    10  Conflict          concurrent modification or lock contention
-   11  SystemIOError     the system refused a read or write (disk full, I/O error, permission)
+   11  SystemIOError     the system refused a read or write (permission, read-only or full
+                         file system, I/O error)
    70  internal error (a bug: please report it)
 """
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -465,14 +467,14 @@ def test_an_existing_job_iso_is_refused_and_kept(store: Path, tmp_path: Path) ->
 def test_a_failed_packaging_disk_create_leaves_nothing(
     store: Path, tmp_path: Path, layer: str, extra: list[str], words: str
 ) -> None:
-    """Only the cached base may stay: it is valid and other disks may already use it."""
+    """Not even the cached base is written: options are checked before anything is."""
     if layer == "dup" and _layer_versions(store, layer) is None:
         _package(store, layer)
     before = _layer_versions(store, layer)
     proc = strata(*_create_args(store, layer, "n11", tmp_path, *extra))
     assert proc.returncode in (InvalidInput.exit_code, NotFound.exit_code), proc.stderr
     assert words in proc.stderr
-    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith("strata-base-")] == []
+    assert list(tmp_path.iterdir()) == []
     assert _layer_versions(store, layer) == before
 
 
@@ -534,3 +536,264 @@ def test_publishing_an_existing_image_name_writes_nothing(store: Path) -> None:
     assert proc.returncode == InvalidInput.exit_code, proc.stderr
     assert "image 'twice-img' already exists" in proc.stderr
     assert sorted((store / "manifests").glob("*/*.manifest")) == manifests
+
+
+def _snapshot(store: Path) -> dict:
+    """Layers with their versions and states, images, and what the packs and manifests hold."""
+    with Store(store) as st:
+        layers = {
+            row["name"]: [
+                (v["name"], v["state"]) for v in st.catalog.layer(row["name"])["versions"]
+            ]
+            for row in st.catalog.layers()
+        }
+        images = [row["name"] for row in st.catalog.images()]
+        packs = st.stats()["pack_bytes"]
+    manifests = sorted(p.name for p in (store / "manifests").rglob("*.manifest"))
+    return {"layers": layers, "images": images, "packs": packs, "manifests": manifests}
+
+
+def _dup_cases(store: Path, out: Path) -> dict[str, list[object]]:
+    template = out.parent / "dup-template.json"
+    template.write_text(json.dumps({"name": "dupimg", "os": "winA", "apps": ["dupa", "dupa:1"]}))
+    publish = ["image", "publish", "--name", "dupimg", "--os", "winA", "--store", store]
+    return {
+        "--app twice": _create_args(store, "dupnew", "d", out, "--app", "dupa", "--app", "dupa"),
+        "--app in two versions": _create_args(
+            store, "dupnew", "d", out, "--app", "dupa:1", "--app", "dupa"
+        ),
+        "--layer also an --app": _create_args(store, "dupa", "d", out, "--app", "dupa"),
+        "publish --app twice": [*publish, "--app", "dupa", "--app", "dupa@500"],
+        "publish template": ["image", "publish", template, "--store", store],
+    }
+
+
+@pytest.mark.parametrize(
+    "case, given",
+    [
+        ("--app twice", "(--app dupa, --app dupa)"),
+        ("--app in two versions", "(--app dupa:1, --app dupa)"),
+        ("--layer also an --app", "(--app dupa, --layer dupa)"),
+        ("publish --app twice", "(--app dupa, --app dupa)"),
+        (
+            "publish template",
+            "dup-template.json: layer 'dupa' is given twice (apps dupa, apps dupa:1)",
+        ),
+    ],
+)
+def test_a_layer_given_twice_is_refused_before_any_work(
+    store: Path, tmp_path: Path, case: str, given: str
+) -> None:
+    if _layer_versions(store, "dupa") is None:
+        pkg = _package(store, "dupa")
+        apply_with_strata(Path(pkg["disk_path"]), [(3 * MiB, b"\x0d" * 4096)])
+        assert _finalize(store, pkg["disk_path"], "dupa") == 0
+    out = tmp_path / "out"
+    out.mkdir()
+    before = _snapshot(store)
+    proc = strata(*_dup_cases(store, out)[case])
+    assert proc.returncode == InvalidInput.exit_code, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and given in lines[0], proc.stderr
+    assert "layer 'dupa' is given twice" in lines[0]
+    assert list(out.iterdir()) == []  # not even the cached base
+    assert _snapshot(store) == before
+
+
+def test_a_template_made_in_python_is_checked_too(store: Path) -> None:
+    from strata import api
+
+    tpl = api.Template("dupimg", "winA", apps=(api.AppRef("dupx"), api.AppRef("dupx:2", 7)))
+    with pytest.raises(
+        InvalidInput, match=r"layer 'dupx' is given twice \(apps dupx, apps dupx:2\)"
+    ):
+        api.publish(tpl, store=store)
+
+
+def _damaged_stream_vmdk(tmp_path: Path) -> Path:
+    """A streamOptimized VMDK (qemu-img) whose grains are damaged half-way: it opens, and
+    reading fails only once the import has created its layer and version."""
+    raw = write_sparse_raw(tmp_path / "r.raw", 16 * MiB, [(0, 16 * MiB)], seed=6)
+    vmdk = tmp_path / "so.vmdk"
+    qemu_img(
+        "convert", "-q", "-f", "raw", "-O", "vmdk", "-o", "subformat=streamOptimized", raw, vmdk
+    )
+    with open(vmdk, "r+b") as f:
+        f.seek(vmdk.stat().st_size // 2)
+        f.write(bytes(4096))
+    return vmdk
+
+
+@pytest.mark.parametrize("layer", ["brokenos", "winA"], ids=["new layer", "new version"])
+def test_a_failed_os_import_leaves_the_catalog_as_it_was(
+    store: Path, tmp_path: Path, layer: str
+) -> None:
+    damaged = _damaged_stream_vmdk(tmp_path)
+    before = _snapshot(store)["layers"]
+    listed = result_of(strata_json("layer", "list", "--store", store))["layers"]
+    proc = strata("os", "import", layer, damaged, "--version", "9", "--store", store)
+    assert proc.returncode == CorruptImage.exit_code, proc.stderr
+    assert proc.stderr.startswith(f"strata: {damaged}: corrupt compressed grain")
+    assert _snapshot(store)["layers"] == before
+    assert result_of(strata_json("layer", "list", "--store", store))["layers"] == listed
+    history = result_of(strata_json("layer", "history", "--store", store))["history"]
+    assert [history[-1][k] for k in ("operation", "layer", "version")] == [
+        "discard-version",
+        layer,
+        "9",
+    ]
+    _verify_clean(store)
+    good = store.parent / "os.raw"  # the same name and version import once the image is good
+    assert strata("os", "import", layer, good, "--version", "9", "--store", store).returncode == 0
+    assert _state(store, layer, "9") == "deployable"
+
+
+DAMAGED_MARKERS = {
+    "not JSON": b"{garbage",
+    "empty": b"",
+    "not UTF-8": b"\xff\xfe{",
+    "not an object": b"[1]",
+    "a field of the wrong type": b'{"path": 5, "format": "vmdk", "stack": [], "fingerprint": []}',
+}
+
+
+def _pkg_args(store: Path, layer: str, out: Path) -> list[object]:
+    return [
+        "packaging-disk", "create", "--layer", layer, "--os", "winA", "--format", "vmdk",
+        "--name", layer, "--out", out, "--store", store,
+    ]  # fmt: skip
+
+
+def _base_of(out: Path) -> tuple[Path, Path]:
+    (base,) = out.glob("strata-base-*.vmdk")
+    return base, Path(f"{base}.json")
+
+
+@pytest.mark.parametrize("damage", list(DAMAGED_MARKERS))
+def test_a_damaged_base_description_is_rebuilt(store: Path, tmp_path: Path, damage: str) -> None:
+    """The cached base's description (strata-base-*.json) is a cache: damaged, it is rebuilt
+    from the packaging record of a disk made on the same, unchanged base (so that disk still
+    finalizes), with a warning naming it; without such a record the base is written again."""
+    out = tmp_path / "out"
+    out.mkdir()
+    tag = damage.replace(" ", "")[:10].lower()
+    first = result_of(strata_json(*_pkg_args(store, f"mk{tag}", out)))
+    base, marker = _base_of(out)
+    described, base_bytes = marker.read_bytes(), base.read_bytes()
+    marker.write_bytes(DAMAGED_MARKERS[damage])
+
+    proc = strata(*_pkg_args(store, f"mk{tag}b", out))
+    assert proc.returncode == 0, proc.stderr
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith(f"strata: warning: {marker} was damaged (")
+    assert line.endswith(f"); rebuilt it from the record of mk{tag}:1")
+    assert marker.read_bytes() == described and base.read_bytes() == base_bytes
+    assert qemu_img("compare", "-f", "raw", "-F", "vmdk", store.parent / "os.raw",
+                    out / f"mk{tag}b.vmdk").returncode == 0  # fmt: skip
+    apply_with_strata(Path(first["disk_path"]), [(MiB, b"\x0e" * 4096)])
+    assert _finalize(store, first["disk_path"], f"mk{tag}") == 0  # its base is still its base
+
+    marker.write_bytes(DAMAGED_MARKERS[damage])
+    os.utime(base, ns=(1, 1))  # changed since: no record describes it any more
+    proc = strata(*_pkg_args(store, f"mk{tag}c", out))
+    assert proc.returncode == 0, proc.stderr
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith(f"strata: warning: {marker} is damaged (")
+    assert line.endswith(f"); writing the base {base} again")
+    assert json.loads(marker.read_bytes())["fingerprint"] != json.loads(described)["fingerprint"]
+    assert qemu_img("compare", "-f", "raw", "-F", "vmdk", store.parent / "os.raw",
+                    out / f"mk{tag}c.vmdk").returncode == 0  # fmt: skip
+
+
+def test_the_default_version_is_one_more_than_the_highest_number(
+    store: Path, tmp_path: Path
+) -> None:
+    """A version named by hand (here 2, while the layer had none) is not chosen again, and a
+    name that is not a number does not count."""
+    versions = []
+    for name, extra in (
+        ("n2", ["--new-version", "2"]),
+        ("n3", []),
+        ("nb", ["--new-version", "beta"]),
+        ("n4", []),
+    ):
+        made = strata(*_create_args(store, "numbered", name, tmp_path, *extra), "--json")
+        assert made.returncode == 0, made.stderr
+        versions.append(json.loads(made.stdout.splitlines()[-1])["version"])
+    assert versions == ["2", "3", "beta", "4"]
+    assert _layer_versions(store, "numbered") == versions
+
+
+@pytest.mark.parametrize("layer", ["racing-new", "racing-existing"])
+def test_concurrent_packaging_disks_get_distinct_default_versions(
+    store: Path, tmp_path: Path, layer: str
+) -> None:
+    """The default is chosen in the transaction that creates the version (and the layer,
+    when new), so commands started together neither collide nor fail."""
+    if layer == "racing-existing":
+        _package(store, layer)
+    outs = [tmp_path / f"out{i}" for i in range(4)]
+    for out in outs:
+        out.mkdir()
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "strata", *_create_args(store, layer, f"r{i}", out)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i, out in enumerate(outs)
+    ]
+    outputs = [run.communicate(timeout=120) for run in runs]
+    assert [run.returncode for run in runs] == [0] * 4, [err for _, err in outputs]
+    versions = sorted(
+        out.split(f"packaging disk for {layer}:")[1].split(":")[0] for out, _ in outputs
+    )
+    first = 2 if layer == "racing-existing" else 1
+    assert versions == [str(n) for n in range(first, first + 4)]
+    assert sorted(_layer_versions(store, layer) or []) == [str(n) for n in range(1, first + 4)]
+
+
+def test_packaging_disks_made_together_in_one_directory_share_one_base(
+    store: Path, tmp_path: Path
+) -> None:
+    """The base is looked for and written under a lock on the directory: written once, never
+    read half written (qemu-img compares each disk, through its base, with the OS disk)."""
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "strata", *map(str, _pkg_args(store, f"shared{i}", tmp_path)),
+             "--json"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for i in range(4)
+    ]  # fmt: skip
+    outputs = [run.communicate(timeout=120) for run in runs]
+    assert [run.returncode for run in runs] == [0] * 4, [err for _, err in outputs]
+    bases = {json.dumps(json.loads(out.splitlines()[-1])["base"]) for out, _ in outputs}
+    assert len(bases) == 1 and len(list(tmp_path.glob("strata-base-*.vmdk"))) == 1
+    for i in range(4):
+        disk = tmp_path / f"shared{i}.vmdk"
+        assert qemu_img("compare", "-f", "raw", "-F", "vmdk", store.parent / "os.raw",
+                        disk).returncode == 0  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "fmt, option, words",
+    [
+        ("vhdx", "block_size=3", "vhdx block_size 3 must be a power of two"),
+        ("vhd", "block_size=3", "block size 3 must be a power of two"),
+        ("vhd", "azure=on", "a differencing VHD cannot also be fixed"),
+        ("vmdk", "subformat=streamOptimized", "a VMDK child must be monolithicSparse"),
+        ("vmdk", "compression_level=12", "compression_level must be 0-9, not 12"),
+    ],
+)
+def test_an_option_only_the_writer_checks_is_refused_before_the_base_is_written(
+    store: Path, tmp_path: Path, fmt: str, option: str, words: str
+) -> None:
+    before = _snapshot(store)
+    args = _create_args(store, "optcheck", "o", tmp_path, "-o", option)
+    proc = strata(*[fmt if a == "vhd" else a for a in args])
+    assert proc.returncode == InvalidInput.exit_code, proc.stderr
+    assert proc.stderr.startswith(f"strata: {words}") and len(proc.stderr.splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+    assert _snapshot(store) == before

@@ -11,7 +11,6 @@ import os
 import shutil
 import sqlite3
 import stat
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +22,7 @@ from strata.ops import image, layers
 from strata.store import Store
 
 from support.images import write_sparse_raw
-from support.tools import require, run, strata
+from support.tools import require, run, strata, strata_as_user
 
 MiB = 1 << 20
 READS = [
@@ -35,19 +34,7 @@ READS = [
     ("layer", "diff", "win:1"),
     ("image", "list"),
 ]
-# Without these a root process reads and writes whatever the permission bits say.
-OVERRIDES = "-dac_override,-dac_read_search,-fowner"
-
-
-def _unprivileged(*args: str | os.PathLike[str]) -> list[str]:
-    cmd = [sys.executable, "-m", "strata", *map(str, args)]
-    if os.geteuid() != 0:
-        return cmd
-    return [require("setpriv"), "--bounding-set", OVERRIDES, *cmd]
-
-
-def _as_user(*args: str | os.PathLike[str]):  # type: ignore[no-untyped-def]
-    return run(_unprivileged(*args), check=False, cwd=Path(__file__).parents[2])
+_as_user = strata_as_user
 
 
 def _result(proc) -> dict:  # type: ignore[no-untyped-def]

@@ -50,6 +50,20 @@ def strata(
     return run([sys.executable, "-m", "strata", *map(str, args)], check=check, **kw)
 
 
+# Without these a root process reads and writes whatever the permission bits say.
+OVERRIDES = "-dac_override,-dac_read_search,-fowner"
+
+
+def strata_as_user(*args: str | os.PathLike[str]) -> subprocess.CompletedProcess[str]:
+    """The CLI as a user that permission bits bind: as root, under setpriv without the
+    capabilities that override them (the checkout may lie where no other user can reach,
+    as in a ``mktemp -d``, so the user stays root)."""
+    cmd = [sys.executable, "-m", "strata", *map(str, args)]
+    if os.geteuid() == 0:
+        cmd = [require("setpriv"), "--bounding-set", OVERRIDES, *cmd]
+    return run(cmd, check=False, cwd=Path(__file__).parents[2])
+
+
 def strata_json(*args: str | os.PathLike[str]) -> list[dict[str, Any]]:
     proc = strata(*args, "--json")
     events = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]

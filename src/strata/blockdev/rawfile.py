@@ -14,7 +14,7 @@ import stat
 from collections.abc import Callable, Iterable, Iterator
 
 from strata.blockdev.base import BaseDevice, Buffer, Extent, ExtentState
-from strata.errors import InvalidInput, NotFound, StrataError
+from strata.errors import InvalidInput, NotFound, StrataError, SystemIOError
 from strata.native import is_zero, pread_pieces
 
 _FALLOC_FL_KEEP_SIZE = 0x01
@@ -42,17 +42,36 @@ def punch_hole(fd: int, offset: int, length: int) -> bool:
 def open_file(path: str, writable: bool) -> int:
     try:
         fd = os.open(path, (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, NotADirectoryError) as e:
         raise NotFound(what=path) from e
     except IsADirectoryError as e:
         raise InvalidInput(f"{path} is a directory, not a disk image") from e
-    except PermissionError as e:
-        raise InvalidInput(f"{path}: permission denied") from e
+    except OSError as e:  # permission, an I/O error: the system refused the read
+        raise SystemIOError.of(e, path) from e
     st = os.fstat(fd)
     if stat.S_ISDIR(st.st_mode):
         os.close(fd)
         raise InvalidInput(f"{path} is a directory, not a disk image")
     return fd
+
+
+# What a path given as an output gets wrong (a directory, a missing directory): the argument,
+# not the system, so an InvalidInput; anything else (permission, a read-only or full file
+# system, an I/O error) is the system refusing the write.
+_BAD_OUTPUT_PATH = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.ELOOP}
+
+
+def create_file(path: str, what: str | None = None) -> int:
+    """A new (or truncated) file at ``path``, opened for writing: the one way every writer
+    creates its output.  ``what`` is what the error says could not be done (default
+    ``create PATH``)."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        message = f"cannot {what or f'create {path}'}: {e.strerror}"
+        if e.errno in _BAD_OUTPUT_PATH:
+            raise InvalidInput(message) from e
+        raise SystemIOError(what=message) from e
 
 
 def file_size(fd: int) -> int:
@@ -135,10 +154,7 @@ class RawFileDevice(BaseDevice):
     @classmethod
     def create(cls, path: str, size: int, sector_size: int = 512) -> RawFileDevice:
         """A new sparse file of ``size`` bytes; an existing file is replaced."""
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        except OSError as e:
-            raise InvalidInput(f"cannot create {path}: {e.strerror}") from e
+        fd = create_file(path)
         try:
             os.ftruncate(fd, size)
         finally:

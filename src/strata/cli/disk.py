@@ -7,7 +7,7 @@ import json
 import click
 
 from strata.cli.events import current, json_option, json_runs
-from strata.cli.options import allow_option, fmt_option
+from strata.cli.options import FILE, allow_option, fmt_option
 from strata.errors import EXIT_DIFFERENT
 from strata.formats import registry
 from strata.ops import disk as ops
@@ -22,7 +22,7 @@ def group() -> None:
 @group.command("info")
 @fmt_option("-f", "Input format (default: probe).")
 @allow_option
-@click.argument("image", type=click.Path(dir_okay=True))
+@click.argument("image", type=FILE)
 @json_option
 def info_cmd(image: str, fmt: str | None, allowed_dirs: tuple[str, ...]) -> int:
     """Show format, subformat, virtual size, allocated bytes and the parent chain."""
@@ -63,7 +63,7 @@ def _fact_lines(key: str, value: object) -> list[str]:
 @group.command("map")
 @fmt_option("-f", "Input format (default: probe).")
 @allow_option
-@click.argument("image", type=click.Path())
+@click.argument("image", type=FILE)
 @json_option
 def map_cmd(image: str, fmt: str | None, allowed_dirs: tuple[str, ...]) -> int:
     """Show which runs hold data, read as zero, or come from a parent (qemu-img map terms).
@@ -87,8 +87,8 @@ def map_cmd(image: str, fmt: str | None, allowed_dirs: tuple[str, ...]) -> int:
 @fmt_option("-f", "Format of the first image (default: probe).")
 @click.option("-F", "fmt2", default=None, metavar="FORMAT", help="Format of the second image.")
 @allow_option
-@click.argument("first", type=click.Path())
-@click.argument("second", type=click.Path())
+@click.argument("first", type=FILE)
+@click.argument("second", type=FILE)
 @json_option
 def compare_cmd(
     first: str, second: str, fmt: str | None, fmt2: str | None, allowed_dirs: tuple[str, ...]
@@ -132,15 +132,15 @@ def compare_cmd(
     "-B",
     "--backing",
     default=None,
-    type=click.Path(),
+    type=FILE,
     help="Write a child of BACKING holding only the sectors that differ from it.",
 )
 @click.option(
     "-F", "backing_fmt", default=None, metavar="FORMAT", help="Format of the backing image."
 )
 @allow_option
-@click.argument("source", type=click.Path())
-@click.argument("destination", type=click.Path())
+@click.argument("source", type=FILE)
+@click.argument("destination", type=FILE)
 @json_option
 def convert_cmd(
     source: str,
@@ -175,19 +175,21 @@ def convert_cmd(
     default="raw",
     show_default=True,
     metavar="FORMAT",
-    help="Format of the new image: raw, vhd, vhdx, vmdk (see `strata disk formats`).",
+    help="Output format, of the new image: raw, vhd, vhdx, vmdk (see `strata disk formats`). "
+    "Here -f is the same option, as in qemu-img create; in the other disk commands -f is "
+    "the input format.",
 )
 @click.option("-o", "options", multiple=True, metavar="KEY=VALUE,...", help="Format options.")
 @click.option(
     "-b",
     "--parent",
     default=None,
-    type=click.Path(),
+    type=FILE,
     help="Create a differencing child of PARENT (size defaults to the parent's).",
 )
 @click.option("-F", "parent_fmt", default=None, metavar="FORMAT", help="Format of the parent.")
 @allow_option
-@click.argument("image", type=click.Path())
+@click.argument("image", type=FILE)
 @click.argument("size", required=False)
 @json_option
 def create_cmd(
@@ -210,11 +212,15 @@ def create_cmd(
 
 @group.command("check")
 @fmt_option("-f", "Input format (default: probe).")
-@click.argument("image", type=click.Path())
+@allow_option
+@click.argument("image", type=FILE)
 @json_option
-def check_cmd(image: str, fmt: str | None) -> int:
-    """Validate every on-disk structure strictly. Exit 1 when any problem is found."""
-    problems = ops.check(ops.OpenSpec(image, fmt))
+def check_cmd(image: str, fmt: str | None, allowed_dirs: tuple[str, ...]) -> int:
+    """Validate every on-disk structure strictly. Exit 1 when any problem is found.
+
+    A VHD child's parent is opened to check its identity (UUID, timestamp, size).
+    """
+    problems = ops.check(ops.OpenSpec(image, fmt, allowed_dirs))
     errors = [p for p in problems if p.severity == "error"]
     if current().json_mode:
         current().result(clean=not errors, problems=[p.__dict__ for p in problems])
@@ -235,7 +241,7 @@ def check_cmd(image: str, fmt: str | None) -> int:
 @group.command("partitions")
 @fmt_option("-f", "Input format (default: probe).")
 @allow_option
-@click.argument("image", type=click.Path())
+@click.argument("image", type=FILE)
 @json_option
 def partitions_cmd(image: str, fmt: str | None, allowed_dirs: tuple[str, ...]) -> int:
     """List the partition table (GPT, or MBR with logical partitions) of IMAGE.

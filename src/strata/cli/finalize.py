@@ -4,27 +4,22 @@ integrity gate (``strata layer check`` runs the gate alone)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from strata.cli.events import current, json_option
-from strata.cli.options import store_option
+from strata.cli.options import FILE, store_option, target_option
 from strata.ops import layers
-from strata.ops.targets import TARGETS
 
 if TYPE_CHECKING:
     from strata.integrity.gate import GateReport
 
 
-def target_option(func: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option(
-        "--target",
-        type=click.Choice(sorted(TARGETS)),
-        default=None,
-        help="Also run the checks of this publishing target (pvs: IPv6 disabled in the OS layer).",
-    )(func)
+# finalize and layer check run the same gate.
+gate_target_option = target_option(
+    "Also run the checks of this publishing target (pvs: IPv6 disabled in the OS layer)."
+)
 
 
 def report_gate(report: GateReport, forced: bool = False) -> None:
@@ -55,7 +50,7 @@ def _evidence_text(item: dict[str, Any]) -> str:
 
 
 @click.command("finalize")
-@click.option("--disk", required=True, type=click.Path(), help="The packaging disk.")
+@click.option("--disk", required=True, type=FILE, help="The packaging disk.")
 @click.option("--layer", required=True, help="Layer being packaged.")
 @click.option("--version", "version", required=True, help="Version being packaged.")
 @click.option("--comment", default="", help="Comment recorded in the audit history.")
@@ -64,7 +59,7 @@ def _evidence_text(item: dict[str, Any]) -> str:
     is_flag=True,
     help="Delete the packaging disk and its job ISO after a successful finalize.",
 )
-@target_option
+@gate_target_option
 @click.option(
     "--force", is_flag=True, help="Finalize even when integrity checks fail (needs --reason)."
 )

@@ -7,7 +7,7 @@ import sys
 import click
 
 from strata.cli.events import current, json_option
-from strata.cli.options import allow_option
+from strata.cli.options import allow_option, fmt_option
 from strata.ops import fs as ops
 
 
@@ -17,7 +17,7 @@ def group() -> None:
 
 
 @group.command("ls")
-@click.option("-f", "fmt", default=None, metavar="FORMAT", help="Image format (default: probe).")
+@fmt_option("-f", "Input format (default: probe).")
 @click.option("-r", "--recursive", is_flag=True, help="Every entry below PATH.")
 @click.option("--system", is_flag=True, help="Also NTFS metadata files ($MFT, $Extend, ...).")
 @allow_option
@@ -53,7 +53,7 @@ def ls_cmd(
 
 
 @group.command("cat")
-@click.option("-f", "fmt", default=None, metavar="FORMAT", help="Image format (default: probe).")
+@fmt_option("-f", "Input format (default: probe).")
 @allow_option
 @click.argument("target", metavar="IMAGE[:PART]")
 @click.argument("path")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from strata.cli.events import current, json_option
-from strata.cli.options import store_option
+from strata.cli.options import FILE, store_option, target_option
 from strata.ops import image as ops
 from strata.ops.targets import TARGETS
 from strata.units import human_size, utc_time
@@ -17,7 +17,7 @@ def group() -> None:
 
 
 @group.command("publish")
-@click.argument("template", required=False, type=click.Path())
+@click.argument("template", required=False, type=FILE)
 @click.option("--name", default=None, help="Image name (overrides the template's).")
 @click.option("--os", "os_ref", default=None, metavar="NAME[:V]", help="OS layer.")
 @click.option("--platform", default=None, metavar="NAME[:V]", help="Platform layer (applied last).")
@@ -28,12 +28,7 @@ def group() -> None:
     metavar="NAME[:V][@PRIORITY]",
     help="App layer; repeatable. Higher priority wins; default: the last listed wins.",
 )
-@click.option(
-    "--target",
-    default=None,
-    type=click.Choice(list(TARGETS)),
-    help="Default export target (may also be chosen at export).",
-)
+@target_option("Default export target (may also be chosen at export).")
 @click.option("--comment", default="", help="Comment for the audit history.")
 @store_option
 @json_option
@@ -72,13 +67,8 @@ def publish_cmd(
 
 @group.command("export")
 @click.argument("image")
-@click.argument("destination", type=click.Path())
-@click.option(
-    "--target",
-    default=None,
-    type=click.Choice(list(TARGETS)),
-    help="Target platform (default: the image's).",
-)
+@click.argument("destination", type=FILE)
+@target_option("Target platform (default: the image's).")
 @click.option("-O", "fmt", default=None, metavar="FORMAT", help="Override the target's format.")
 @click.option(
     "-o",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from strata.cli.events import current, json_option
-from strata.cli.finalize import report_gate, target_option
-from strata.cli.options import store_option
+from strata.cli.finalize import gate_target_option, report_gate
+from strata.cli.options import FILE, allow_option, store_option
 from strata.ops import store as ops
 from strata.ops.layers import layer_diff
 from strata.units import human_size, utc_time
@@ -102,22 +102,16 @@ def diff_cmd(store: str | None, ref: str) -> int:
 
 
 @group.command("check")
-@click.option("--disk", required=True, type=click.Path(), help="The packaging disk to check.")
-@target_option
-@click.option(
-    "--allow-dir",
-    "allow_dirs",
-    multiple=True,
-    type=click.Path(),
-    help="Directory a parent disk may be opened from (besides the disk's own).",
-)
+@click.option("--disk", required=True, type=FILE, help="The packaging disk to check.")
+@gate_target_option
+@allow_option
 @json_option
-def check_cmd(disk: str, target: str | None, allow_dirs: tuple[str, ...]) -> int:
+def check_cmd(disk: str, target: str | None, allowed_dirs: tuple[str, ...]) -> int:
     """Run the finalize integrity gate alone; exit 9 (not ready) when a check fails."""
     from strata.errors import NotReady
     from strata.integrity.gate import check_image
 
-    report = check_image(disk, target, allowed_dirs=allow_dirs)
+    report = check_image(disk, target, allowed_dirs=allowed_dirs)
     report_gate(report)
     if not report.ok:
         raise NotReady(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from strata.cli.events import current, json_option
-from strata.cli.options import store_option
+from strata.cli.options import FILE, allow_option, fmt_option, store_option
 from strata.ops import layers
 
 
@@ -16,9 +16,10 @@ def group() -> None:
 
 @group.command("import")
 @click.argument("name")
-@click.argument("image", type=click.Path())
+@click.argument("image", type=FILE)
 @click.option("--version", "version", required=True, help="Name of the new OS layer version.")
-@click.option("-f", "fmt", default=None, metavar="FORMAT", help="Image format (default: probe).")
+@fmt_option("-f", "Input format (default: probe).")
+@allow_option
 @click.option("--description", default="", help="Description of a new OS layer.")
 @click.option("--comment", default="", help="Comment for the audit history.")
 @store_option
@@ -28,6 +29,7 @@ def import_cmd(
     image: str,
     version: str,
     fmt: str | None,
+    allowed_dirs: tuple[str, ...],
     description: str,
     comment: str,
     store: str | None,
@@ -43,6 +45,7 @@ def import_cmd(
             image,
             store=store,
             fmt=fmt,
+            allowed_dirs=allowed_dirs,
             description=description,
             comment=comment,
             progress=progress,

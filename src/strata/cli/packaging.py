@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from strata.cli.events import current, json_option
-from strata.cli.options import store_option
+from strata.cli.options import DIRECTORY, store_option
 from strata.ops import layers
 
 
@@ -20,7 +20,7 @@ def group() -> None:
     "--new-version",
     "version",
     default=None,
-    help="Name of the new version (default: the next number).",
+    help="Name of the new version (default: one more than the highest numbered version).",
 )
 @click.option(
     "--base-version",
@@ -49,7 +49,7 @@ def group() -> None:
 @click.option(
     "--out",
     required=True,
-    type=click.Path(file_okay=False),
+    type=DIRECTORY,
     help="Directory for the disk, its cached base and its job ISO.",
 )
 @click.option(
@@ -125,6 +125,8 @@ def create_cmd(
     )
     with current().progress("compose base") as progress:
         result = layers.create_packaging_disk(req, store=store, progress=progress)
+    for warning in result["warnings"]:
+        current().warning(warning)
     current().result(
         f"packaging disk for {layer}:{result['version']}: {result['disk_path']}\n"
         f"job ISO: {result['iso']}",

@@ -19,7 +19,7 @@ from typing import Any
 from strata.blockdev.base import BlockDevice
 from strata.blockdev.chain import ChainDevice, attach_parents
 from strata.blockdev.copy import Progress
-from strata.errors import InvalidInput, NotFound, Unsupported
+from strata.errors import InvalidInput, NotFound, SystemIOError, Unsupported
 from strata.formats.options import FormatOption, parse_options
 
 PROBE_HEAD = 64 << 10
@@ -78,8 +78,12 @@ class FormatDriver:
     open: Callable[[str, bool], BlockDevice]
     create: Callable[[CreateRequest], BlockDevice] | None = None
     write: Callable[[WriteRequest], None] | None = None
-    check: Callable[[str], list[Problem]] | None = None
+    # check(path, allowed_dirs): where a parent may be opened (empty: the image's own directory)
+    check: Callable[[str, Sequence[str]], list[Problem]] | None = None
     options: Sequence[FormatOption] = field(default_factory=tuple)
+    # check_options(options, size, child): refuses (InvalidInput) what ``create`` or ``write``
+    # would refuse of these parsed options for a disk of ``size`` bytes, before any file exists.
+    check_options: Callable[[Mapping[str, Any], int, bool], None] | None = None
     # Whether an image may be written under a temporary name and renamed into place
     # (``ops.output.written``): not when its files name each other.
     atomic_replace: bool = True
@@ -169,18 +173,18 @@ def get(name: str) -> FormatDriver:
 
 
 def read_probe(path: str) -> ProbeInput:
-    if not os.path.exists(path):
-        raise NotFound(what=path)
-    if os.path.isdir(path):
-        raise InvalidInput(f"{path} is a directory, not a disk image")
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             head = f.read(PROBE_HEAD)
             f.seek(max(0, size - PROBE_TAIL))
             tail = f.read(PROBE_TAIL)
-    except PermissionError as e:
-        raise InvalidInput(f"{path}: permission denied") from e
+    except (FileNotFoundError, NotADirectoryError) as e:
+        raise NotFound(what=path) from e
+    except IsADirectoryError as e:
+        raise InvalidInput(f"{path} is a directory, not a disk image") from e
+    except OSError as e:  # permission, an I/O error: the system refused the read
+        raise SystemIOError.of(e, path) from e
     return ProbeInput(path, size, head, tail)
 
 

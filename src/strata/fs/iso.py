@@ -9,6 +9,8 @@ from typing import Any
 
 import pycdlib
 
+from strata.blockdev.rawfile import create_file
+
 JOB_FILE_ISO = "/JOB.JSON;1"
 JOB_FILE_JOLIET = "/job.json"
 
@@ -21,7 +23,8 @@ def write_job_iso(path: str, job: dict[str, Any], volume_id: str = "STRATA_JOB")
     iso.add_fp(io.BytesIO(payload), len(payload), JOB_FILE_ISO, joliet_path=JOB_FILE_JOLIET)
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
-        iso.write(tmp)
+        with os.fdopen(create_file(tmp, f"create {path}"), "wb") as f:
+            iso.write_fp(f)
         os.replace(tmp, path)
     finally:
         iso.close()

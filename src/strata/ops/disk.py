@@ -162,6 +162,6 @@ def check(spec: OpenSpec) -> list[Problem]:
     if driver.check is None:
         return []
     try:
-        return driver.check(spec.path)
+        return driver.check(spec.path, spec.allowed_dirs)
     except StrataError as e:
         return [Problem("image", e.message)]

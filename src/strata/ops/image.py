@@ -28,7 +28,7 @@ from strata.ops.output import check_destination, refuse_inside, written
 from strata.ops.store import PathLike, open_store
 from strata.ops.targets import TARGETS, target
 from strata.store import Manifest, Store, to_hex
-from strata.store.catalog import check_name
+from strata.store.catalog import check_distinct, check_name
 
 if TYPE_CHECKING:
     from strata.layer import filemerge
@@ -95,7 +95,7 @@ def template_from(raw: Any, where: str = "template") -> Template:
     unknown = set(raw) - {"name", "os", "platform", "apps", "target", "description"}
     if unknown:
         raise InvalidInput(f"{where}: unknown keys {sorted(unknown)}")
-    return Template(
+    tpl = Template(
         name=_text(raw, "name", where),
         os=_layer_text(raw["os"], where) if "os" in raw else _text(raw, "os", where),
         platform=_layer_text(raw["platform"], where) if raw.get("platform") else None,
@@ -103,6 +103,24 @@ def template_from(raw: Any, where: str = "template") -> Template:
         target=raw.get("target"),
         description=str(raw.get("description", "")),
     )
+    _check_distinct(tpl, where)
+    return tpl
+
+
+def _check_distinct(tpl: Template, where: str) -> None:
+    """Each layer once, named as it was given: by option (``--app``) or template key."""
+    options = where == "options"
+    apps = "--app" if options else "apps"
+    try:
+        check_distinct(
+            [("--os" if options else "os", tpl.os)]
+            + [(apps, a.ref) for a in tpl.apps]
+            + ([("--platform" if options else "platform", tpl.platform)] if tpl.platform else [])
+        )
+    except InvalidInput as e:
+        if options:
+            raise
+        raise InvalidInput(f"{where}: {e.message}") from e
 
 
 def _text(raw: dict[str, Any], key: str, where: str) -> str:
@@ -147,6 +165,7 @@ def publish(tpl: Template, *, store: PathLike = None, comment: str = "") -> dict
     from strata.layer.blocks import BLOCK_SIZE  # start-up: see _compose
 
     check_name(tpl.name, "image")
+    _check_distinct(tpl, "template")  # a Template the caller made (template_from checks too)
     if tpl.target is not None:
         target(tpl.target)
     started = time.monotonic()

@@ -6,12 +6,13 @@ References: docs/architecture.md ("Layers end to end"); Citrix App Layering's fl
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from strata.layer.compose import compose_tables
 from strata.layer.storedev import StoreDevice
 from strata.ops.store import open_store
 from strata.store import Manifest, Store, to_hex
-from strata.store.catalog import check_name
+from strata.store.catalog import check_distinct, check_name
 from strata.store.chunkstore import durable_write
 from strata.store.db import transaction
 
@@ -166,21 +167,27 @@ def import_os(
     *,
     store: PathLike = None,
     fmt: str | None = None,
+    allowed_dirs: Sequence[str] = (),
     description: str = "",
     comment: str = "",
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Any supported disk image → a deployable version of OS layer ``name``."""
+    """Any supported disk image → a deployable version of OS layer ``name`` (parents of a
+    differencing image looked up in ``allowed_dirs``, default the image's own directory).
+    A failure removes the version (and the layer) it created from the catalog again; its
+    chunks are left to ``store gc``."""
     started = time.monotonic()
     check_name(name, "layer")
     check_name(version, "version")
     with (
-        registry.open_image(image, fmt) as disk,
+        registry.open_image(image, fmt, allowed_dirs=list(allowed_dirs) or None) as disk,
         open_store(store, create=True) as st,
         st.claim_version(name, version),
+        ExitStack() as undo,
     ):
-        _open_os_layer(st, name, description, comment)
-        _open_version(st, name, version, comment)
+        new_layer, new_version = _claim_os_version(st, name, version, description, comment)
+        if new_version:
+            undo.callback(st.catalog.discard_version, name, version, drop_layer=new_layer)
         meta = {
             "layer": name,
             "version": version,
@@ -195,6 +202,7 @@ def import_os(
         }
         capture = capture_disk(st, disk, progress=progress)
         mid = _commit(st, name, version, meta, capture.blocks, None, comment)
+        undo.pop_all()
         return {
             "layer": name,
             "version": version,
@@ -206,27 +214,39 @@ def import_os(
         }
 
 
-def _open_os_layer(st: Store, name: str, description: str, comment: str) -> None:
-    with transaction(st.db):  # two imports of new versions may both find no layer
-        layer = _find_layer(st, name)
-        if layer is None:
-            st.catalog.create_layer(name, "os", description=description, comment=comment)
-        elif layer["kind"] != "os":
-            raise InvalidInput(f"layer {name!r} exists and is not an OS layer")
+def _claim_os_version(
+    st: Store, name: str, version: str, description: str, comment: str
+) -> tuple[bool, bool]:
+    """The OS layer and the version to import into, in one transaction (two imports of new
+    versions may both find no layer); whether each was created here."""
+    with transaction(st.db):
+        new_layer = _open_os_layer(st, name, description, comment)
+        return new_layer, _open_version(st, name, version, comment)
 
 
-def _open_version(st: Store, layer: str, version: str, comment: str) -> None:
+def _open_os_layer(st: Store, name: str, description: str, comment: str) -> bool:
+    layer = _find_layer(st, name)
+    if layer is None:
+        st.catalog.create_layer(name, "os", description=description, comment=comment)
+        return True
+    if layer["kind"] != "os":
+        raise InvalidInput(f"layer {name!r} exists and is not an OS layer")
+    return False
+
+
+def _open_version(st: Store, layer: str, version: str, comment: str) -> bool:
     """A new version, or the one an interrupted run left behind (the caller holds the claim
     on it, so no other run is writing it); never a deployable one."""
     try:
         state = st.catalog.version(layer, version)["state"]
     except NotFound:
         st.catalog.create_version(layer, version, comment=comment)
-        return
+        return True
     if state not in ("packaging", "finalizing"):
         raise InvalidInput(
             f"version {version!r} of {layer!r} already exists ({state}); choose another --version"
         )
+    return False
 
 
 def _partitions(disk: Any) -> dict[str, Any] | None:
@@ -309,24 +329,41 @@ def create_packaging_disk(
 ) -> dict[str, Any]:
     """Everything is checked before anything is written; what a failure leaves half made
     (the version and a new layer in the catalog, the disk, the job ISO) is removed again.
-    A base written on the way stays: it is a cache other packaging disks may already use."""
+    A base written on the way stays: it is a cache other packaging disks may already use.
+    ``warnings`` in the result: what was repaired on the way (a damaged base description)."""
     if req.fmt not in BASE_OPTIONS:
         raise InvalidInput(f"a packaging disk is vhd, vhdx or vmdk, not {req.fmt!r}")
     check_name(req.layer, "layer")
     if req.version is not None:
         check_name(req.version, "version")
-    registry.options_for(req.fmt, req.options)
+    check_distinct(
+        [("--os", req.os)]
+        + ([("--platform", req.platform)] if req.platform else [])
+        + [("--app", app) for app in req.apps]
+        + [("--layer", req.layer)]
+    )
+    options = registry.options_for(req.fmt, req.options)
     disk_path, iso_path = _packaging_paths(req)
     with open_store(store) as st:
         plan = _packaging_plan(st, req)
+        _check_disk_options(req, options, int(plan.stack[0].manifest.meta["size"]))
         with ExitStack() as undo:
-            _claim_version(st, req, plan)
+            plan = _claim_version(st, req, plan)
             undo.callback(st.catalog.discard_version, req.layer, plan.version, drop_layer=plan.new)
             undo.callback(_remove, disk_path)
             undo.callback(_remove, iso_path)
-            record = _write_packaging_disk(st, req, plan, disk_path, iso_path, progress)
+            warnings: list[str] = []
+            record = _write_packaging_disk(st, req, plan, disk_path, iso_path, progress, warnings)
             undo.pop_all()
-        return {**record, "state": "packaging"}
+        return {**record, "state": "packaging", "warnings": warnings}
+
+
+def _check_disk_options(req: PackagingRequest, options: dict[str, Any], size: int) -> None:
+    """What the disk's writer would refuse of its options, refused before the base is
+    written (it would stay, as the cache it is)."""
+    check = registry.get(req.fmt).check_options
+    if check is not None:
+        check(options, size, not req.full)
 
 
 def _packaging_paths(req: PackagingRequest) -> tuple[str, str]:
@@ -354,6 +391,7 @@ def _write_packaging_disk(
     disk_path: str,
     iso_path: str,
     progress: Progress | None,
+    warnings: list[str],
 ) -> dict[str, Any]:
     """The disk (on its cached base unless ``full``), its job ISO and its packaging record."""
     stack = plan.stack
@@ -365,7 +403,7 @@ def _write_packaging_disk(
         _write_full(st, table, size, sector, req, disk_path, progress)
     else:
         out = os.path.dirname(disk_path)
-        base = _cached_base(st, stack, table, size, sector, req.fmt, out, progress)
+        base = _cached_base(st, stack, table, size, sector, req.fmt, out, progress, warnings)
         _create_child(disk_path, req, base["path"], size)
     job = {
         "layer": req.layer,
@@ -415,18 +453,9 @@ def _packaging_plan(st: Store, req: PackagingRequest) -> PackagingPlan:
     ]
     check_same_os(os_layer, prereqs)
     existing = _find_layer(st, req.layer)
-    kind = existing["kind"] if existing is not None else req.kind
-    if kind == "os":
-        raise InvalidInput(
-            f"{req.layer!r} is an OS layer; import OS versions with `strata os import`"
-        )
-    if existing is not None and existing["os_layer"] not in (None, os_layer.layer):
-        raise InvalidInput(
-            f"layer {req.layer!r} belongs to OS layer {existing['os_layer']!r}, "
-            f"not {os_layer.layer!r}"
-        )
+    _check_fits(req, existing, os_layer.layer)
     versions = existing["versions"] if existing is not None else []
-    version = req.version or str(len(versions) + 1)
+    version = req.version or next_version([v["name"] for v in versions])
     if any(v["name"] == version for v in versions):
         raise InvalidInput(f"layer {req.layer!r} already has a version {version!r}")
     deployable = [v["name"] for v in versions if v["state"] == "deployable"]
@@ -437,10 +466,40 @@ def _packaging_plan(st: Store, req: PackagingRequest) -> PackagingPlan:
     return PackagingPlan(stack, version, base_version, existing is None)
 
 
-def _claim_version(st: Store, req: PackagingRequest, plan: PackagingPlan) -> None:
+def _check_fits(req: PackagingRequest, existing: dict[str, Any] | None, os_layer: str) -> None:
+    """An existing layer may get a packaging disk on ``os_layer`` unless it is an OS layer or
+    belongs to another one."""
+    kind = existing["kind"] if existing is not None else req.kind
+    if kind == "os":
+        raise InvalidInput(
+            f"{req.layer!r} is an OS layer; import OS versions with `strata os import`"
+        )
+    if existing is not None and existing["os_layer"] not in (None, os_layer):
+        raise InvalidInput(
+            f"layer {req.layer!r} belongs to OS layer {existing['os_layer']!r}, not {os_layer!r}"
+        )
+
+
+def next_version(names: Sequence[str]) -> str:
+    """The default name of a new version: one more than the highest numbered one, so never a
+    name the layer has (``len + 1`` was, after a version named ``2`` by hand)."""
+    numbers = [int(n) for n in names if n.isascii() and n.isdigit()]
+    return str(max(numbers, default=0) + 1)
+
+
+def _claim_version(st: Store, req: PackagingRequest, plan: PackagingPlan) -> PackagingPlan:
     """The new version (and the layer, when new), in one transaction: a concurrent command
-    wanting the same version fails here, before either writes a file."""
+    wanting the same version fails here, before either writes a file.  A default version name
+    is chosen here, inside the transaction, so two concurrent commands get two names; so is
+    whether the layer is new (another command may have just created it)."""
     with transaction(st.db):
+        existing = _find_layer(st, req.layer)
+        if existing is not None and plan.new:
+            _check_fits(req, existing, plan.stack[0].layer)
+        if req.version is None:
+            names = [v["name"] for v in existing["versions"]] if existing is not None else []
+            plan = replace(plan, version=next_version(names))
+        plan = replace(plan, new=existing is None)
         if plan.new:
             st.catalog.create_layer(
                 req.layer,
@@ -458,6 +517,7 @@ def _claim_version(st: Store, req: PackagingRequest, plan: PackagingPlan) -> Non
             description=req.description,
             comment=req.comment,
         )
+    return plan
 
 
 def _stack_key(stack: Sequence[Resolved]) -> str:
@@ -474,15 +534,42 @@ def _cached_base(
     fmt: str,
     out: str,
     progress: Progress | None,
+    warnings: list[str],
 ) -> dict[str, Any]:
     """The composed base disk, written once per stack and format, then reused."""
     path = os.path.join(out, f"strata-base-{_stack_key(stack)}{SUFFIX[fmt]}")
+    with _holding(out):
+        if os.path.exists(path):
+            info = _reusable_base(st, path, path + ".json", warnings)
+            if info is not None:
+                return info
+        return _write_base(st, stack, table, size, sector, fmt, path, progress)
+
+
+@contextmanager
+def _holding(directory: str) -> Iterator[None]:
+    """``directory`` locked (flock on the directory itself: no lock file among the user's)
+    while a base is looked for and written there, so commands run together write it once and
+    none reads it half written."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _write_base(
+    st: Store,
+    stack: Sequence[Resolved],
+    table: np.ndarray,
+    size: int,
+    sector: int,
+    fmt: str,
+    path: str,
+    progress: Progress | None,
+) -> dict[str, Any]:
     marker = path + ".json"
-    if os.path.exists(path) and os.path.exists(marker):
-        with open(marker) as f:
-            info = json.load(f)
-        if info.get("fingerprint") == _fingerprint(path):
-            return info
     driver = registry.get(fmt)
     options = registry.options_for(fmt, BASE_OPTIONS[fmt])
     if driver.write is None:
@@ -498,6 +585,63 @@ def _cached_base(
     }
     durable_write(Path(marker), json.dumps(info).encode(), Path(marker).parent)
     return info
+
+
+def _reusable_base(st: Store, path: str, marker: str, warnings: list[str]) -> dict[str, Any] | None:
+    """The description of the base at ``path`` if the file is still what it describes, else
+    None (the base is then written again).  A damaged description is a damaged cache: it is
+    rebuilt from a packaging record holding the same unchanged base (disks made on it keep
+    their parent), else the base is written again; either way with a warning."""
+    try:
+        info = _read_marker(marker)
+    except ValueError as e:
+        found = _base_of_a_record(st, path)
+        if found is None:
+            warnings.append(f"{marker} is damaged ({e}); writing the base {path} again")
+            return None
+        info, owner = found
+        durable_write(Path(marker), json.dumps(info).encode(), Path(marker).parent)
+        warnings.append(f"{marker} was damaged ({e}); rebuilt it from the record of {owner}")
+        return info
+    if info is not None and info["fingerprint"] == _fingerprint(path):
+        return info
+    return None
+
+
+def _read_marker(marker: str) -> dict[str, Any] | None:
+    """The base description, None when there is none; ValueError saying how it is damaged."""
+    try:
+        with open(marker, "rb") as f:
+            info = json.loads(f.read())
+    except FileNotFoundError:
+        return None
+    except RecursionError as e:
+        raise ValueError("not JSON: nested too deeply") from e
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise ValueError(f"not JSON: {e}") from e
+    if not isinstance(info, dict) or not all(
+        isinstance(info.get(key), kind) for key, kind in _MARKER_FIELDS.items()
+    ):
+        raise ValueError(f"not an object with {', '.join(_MARKER_FIELDS)}")
+    return info
+
+
+_MARKER_FIELDS = {"path": str, "format": str, "stack": list, "fingerprint": list}
+
+
+def _base_of_a_record(st: Store, path: str) -> tuple[dict[str, Any], str] | None:
+    """The base description a packaging record in this store holds for ``path``, if the file
+    has not changed since (same fingerprint), and whose record it is (LAYER:VERSION)."""
+    now = _fingerprint(path)
+    for name in sorted((st.root / "packaging").glob("*.json")):
+        try:
+            record = json.loads(name.read_bytes())
+            base = record.get("base")
+        except (OSError, ValueError, RecursionError, AttributeError):
+            continue
+        if isinstance(base, dict) and base.get("path") == path and base.get("fingerprint") == now:
+            return base, f"{record.get('layer')}:{record.get('version')}"
+    return None
 
 
 def _fsync_image(path: str, fmt: str) -> None:

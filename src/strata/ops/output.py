@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from strata.blockdev.base import BlockDevice
+from strata.blockdev.rawfile import create_file
 from strata.errors import InvalidInput
 
 
@@ -84,6 +85,8 @@ def written(dst: str, atomic_replace: bool = True) -> Iterator[str]:
         return
     name = f".{os.path.basename(target)}.strata-{os.getpid()}.part"
     part = os.path.join(os.path.dirname(target), name)
+    # Made here, so a directory that refuses it is named with the file the user gave.
+    os.close(create_file(part, f"replace {dst} (written first beside it as {name})"))
     try:
         with _named(dst):
             yield part

@@ -8,8 +8,8 @@ from contextlib import contextmanager
 from typing import Any
 
 from strata.blockdev.copy import Progress
-from strata.errors import NotFound
 from strata.store import Store, store_path
+from strata.store.chunkstore import no_store
 
 PathLike = str | os.PathLike[str] | None
 
@@ -21,7 +21,7 @@ def open_store(path: PathLike, create: bool = False, readonly: bool = False) -> 
     root = store_path(path)
     if not (root / "store.json").exists():
         if not create:
-            raise NotFound(what=f"store {root} (run `strata store init` or `strata os import`)")
+            raise no_store(root)
         Store.init(root).close()
     with Store(root, readonly=readonly) as store:
         yield store

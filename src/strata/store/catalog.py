@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from strata.errors import InvalidInput, NotFound, StateError
@@ -49,6 +49,21 @@ def check_name(value: str, what: str) -> str:
             f"{' '.join(RESERVED)} nor be . or .."
         )
     return value
+
+
+def check_distinct(refs: Iterable[tuple[str, str]]) -> None:
+    """Each layer once in a stack: ``refs`` are (the option or key that gave it, its
+    ``NAME[:VERSION]``); the same layer twice, in any versions, is refused naming both."""
+    seen: dict[str, str] = {}
+    for where, ref in refs:
+        name = ref.rpartition(":")[0] or ref
+        given = f"{where} {ref}"
+        if name in seen:
+            raise InvalidInput(
+                f"layer {name!r} is given twice ({seen[name]}, {given}); "
+                "a disk or an image takes each layer once"
+            )
+        seen[name] = given
 
 
 class Catalog:

@@ -125,12 +125,26 @@ def durable_write(path: Path, data: bytes, tmp_dir: Path) -> None:
     fsync_dir(path.parent)
 
 
+def no_store(root: Path) -> StrataError:
+    """Why ``root`` (which has no store.json) is no store, with advice true for it:
+    ``store init`` makes a store only in a new or empty directory."""
+    if root.exists() and not root.is_dir():
+        return InvalidInput(f"{root} exists and is not a directory, so it is not a strata store")
+    if root.is_dir() and any(root.iterdir()):
+        return InvalidInput(
+            f"{root} is not a strata store (no {CONFIG_NAME}) and is not empty, so "
+            "`strata store init` will not make one there: name a store, or a new or empty "
+            "directory"
+        )
+    return NotFound(what=f"store {root} (create it with `strata store init`)")
+
+
 def read_config(root: Path) -> dict[str, Any]:
     path = root / CONFIG_NAME
     try:
         raw = path.read_bytes()
-    except FileNotFoundError as e:
-        raise NotFound(what=f"store {root} (create it with `strata store init`)") from e
+    except (FileNotFoundError, NotADirectoryError) as e:
+        raise no_store(root) from e
     try:
         config = json.loads(raw)
     except (ValueError, RecursionError) as e:
@@ -203,10 +217,10 @@ class Store:
         unknown = set(settings) - set(DEFAULTS)
         if unknown:
             raise InvalidInput(f"unknown store settings {sorted(unknown)}")
-        if path.exists() and not path.is_dir():
-            raise InvalidInput(f"{path} exists and is not a directory")
-        if path.is_dir() and any(path.iterdir()) and not (path / CONFIG_NAME).exists():
-            raise InvalidInput(f"{path} is a non-empty directory that is not a strata store")
+        if not (path / CONFIG_NAME).exists():
+            refused = no_store(path)
+            if isinstance(refused, InvalidInput):  # a file, or a directory of other things
+                raise refused
         for sub in ("packs", "manifests", "tmp"):
             (path / sub).mkdir(parents=True, exist_ok=True)
         connect(path / "catalog.db", create=True).close()

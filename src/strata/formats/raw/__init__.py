@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 from strata.blockdev.base import BlockDevice
 from strata.blockdev.copy import stream_copy
 from strata.blockdev.rawfile import RawFileDevice
@@ -20,9 +23,13 @@ def open_raw(path: str, writable: bool) -> BlockDevice:
     return RawFileDevice(path, writable=writable)
 
 
-def create(req: CreateRequest) -> BlockDevice:
-    if req.parent is not None:
+def check_options(options: Mapping[str, Any], size: int, child: bool) -> None:
+    if child:
         raise InvalidInput("raw images have no parent; choose vhd, vhdx or vmdk for a child")
+
+
+def create(req: CreateRequest) -> BlockDevice:
+    check_options(req.options, req.size, req.parent is not None)
     return RawFileDevice.create(req.path, req.size)
 
 
@@ -40,7 +47,7 @@ def write(req: WriteRequest) -> None:
         dst.close()
 
 
-def check(path: str) -> list[Problem]:
+def check(path: str, allowed_dirs: Sequence[str] = ()) -> list[Problem]:
     with RawFileDevice(path) as dev:
         if dev.size % 512:
             return [
@@ -60,4 +67,5 @@ DRIVER = FormatDriver(
     create=create,
     write=write,
     check=check,
+    check_options=check_options,
 )

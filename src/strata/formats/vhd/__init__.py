@@ -38,6 +38,7 @@ DRIVER = FormatDriver(
     open=Deferred("strata.formats.vhd.reader:open_vhd"),
     create=Deferred("strata.formats.vhd.writer:create"),
     write=Deferred("strata.formats.vhd.writer:write"),
+    check_options=Deferred("strata.formats.vhd.writer:check_options"),
     check=Deferred("strata.formats.vhd.check:check"),
     options=OPTIONS,
 )

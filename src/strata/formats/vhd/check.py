@@ -7,6 +7,7 @@ Format", "Dynamic Disk Header Format", "Implementing a Differencing Hard Disk").
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 from strata.blockdev.chain import check_allowed, resolve_candidate
 from strata.blockdev.rawfile import open_file
@@ -17,7 +18,7 @@ from strata.formats.vhd.layout import Finding, Layout, inspect
 from strata.formats.vhd.reader import VhdDevice, parent_candidates
 
 
-def check(path: str) -> list[Problem]:
+def check(path: str, allowed_dirs: Sequence[str] = ()) -> list[Problem]:
     fd = open_file(path, False)
     try:
         lay = inspect(fd, path)
@@ -25,7 +26,7 @@ def check(path: str) -> list[Problem]:
         os.close(fd)
     problems = [_problem(f) for f in lay.findings]
     if lay.disk_type == s.DISK_DIFFERENCING and lay.header is not None and not lay.first_error():
-        problems += _parent_problems(path, lay)
+        problems += _parent_problems(path, lay, allowed_dirs)
     return problems
 
 
@@ -34,15 +35,15 @@ def _problem(f: Finding) -> Problem:
     return Problem(f.structure, f.problem, f.field, f.offset, severity)
 
 
-def _parent_problems(path: str, lay: Layout) -> list[Problem]:
+def _parent_problems(path: str, lay: Layout, allowed_dirs: Sequence[str]) -> list[Problem]:
     """The parent as found beside the child: its UUID must match, its timestamp should."""
-    here = os.path.dirname(os.path.abspath(path))
+    allowed = list(allowed_dirs) or [os.path.dirname(os.path.abspath(path))]
     for candidate in parent_candidates(lay):
         full = resolve_candidate(path, candidate)
         if not os.path.exists(full):
             continue
         try:
-            check_allowed(full, [here])
+            check_allowed(full, allowed)
             with VhdDevice(full) as parent:
                 return _compare_parent(lay, parent)
         except StrataError as e:

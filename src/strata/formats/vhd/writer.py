@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from strata.blockdev.base import BlockDevice
 from strata.blockdev.copy import iter_blocks
-from strata.blockdev.rawfile import pwrite_all, pwrite_new
+from strata.blockdev.rawfile import create_file, pwrite_all, pwrite_new
 from strata.errors import InvalidInput
 from strata.formats.registry import CreateRequest, WriteRequest
 from strata.formats.sizes import check_disk_size
@@ -189,16 +189,22 @@ def build_header(plan: Plan) -> bytes:
 # -- options and validation --------------------------------------------------------------
 
 
+def check_options(options: Mapping[str, Any], size: int, child: bool) -> None:
+    subformat = options.get("subformat")
+    azure = bool(options.get("azure"))
+    if azure and subformat == "dynamic":
+        raise InvalidInput("Azure takes only fixed VHDs: drop subformat=dynamic or azure=on")
+    if child and (azure or subformat == "fixed"):
+        raise InvalidInput("a differencing VHD cannot also be fixed")
+    check_size(size, azure)
+    check_block_size(int(options.get("block_size") or s.DEFAULT_BLOCK_SIZE))
+
+
 def plan_for(size: int, options: Mapping[str, Any], parent: Parent | None = None) -> Plan:
+    check_options(options, size, parent is not None)
     subformat = options.get("subformat")
     azure = bool(options.get("azure"))
     block_size = int(options.get("block_size") or s.DEFAULT_BLOCK_SIZE)
-    if azure and subformat == "dynamic":
-        raise InvalidInput("Azure takes only fixed VHDs: drop subformat=dynamic or azure=on")
-    if parent is not None and (azure or subformat == "fixed"):
-        raise InvalidInput("a differencing VHD cannot also be fixed")
-    check_size(size, azure)
-    check_block_size(block_size)
     if parent is not None:
         disk_type = s.DISK_DIFFERENCING
     elif azure or subformat == "fixed":
@@ -248,10 +254,7 @@ class FileWriter:
 
     def __init__(self, path: str, plan: Plan) -> None:
         self.path, self.plan = path, plan
-        try:
-            self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        except OSError as e:
-            raise InvalidInput(f"cannot create {path}: {e.strerror}") from e
+        self.fd = create_file(path)
         # The BAT as it goes on disk (big-endian u32 entries), every block unallocated.
         self.bat = bytearray(b"\xff" * (s.BAT_ENTRY * plan.entries))
         self.next_free = plan.data_start

@@ -19,6 +19,7 @@ DRIVER = FormatDriver(
     open=Deferred("strata.formats.vhdx.reader:open_vhdx"),
     create=Deferred("strata.formats.vhdx.writer:create"),
     write=Deferred("strata.formats.vhdx.writer:write"),
+    check_options=Deferred("strata.formats.vhdx.writer:check_options"),
     check=Deferred("strata.formats.vhdx.check:check"),
     options=DeferredOptions("strata.formats.vhdx.writer:OPTIONS"),
 )

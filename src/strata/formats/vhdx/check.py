@@ -6,6 +6,8 @@ Unlike opening, which tolerates one damaged header or region table copy, check r
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from strata.errors import CorruptImage, StrataError
@@ -36,7 +38,8 @@ def problem_of(e: StrataError) -> Problem:
     return Problem("image", e.message)
 
 
-def check(path: str) -> list[Problem]:
+def check(path: str, allowed_dirs: Sequence[str] = ()) -> list[Problem]:
+    """Every structure of the file; the parent is not opened (``allowed_dirs`` unused)."""
     problems: list[Problem] = []
     f = ImageFile(path, False)
     try:

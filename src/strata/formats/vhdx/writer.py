@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -18,7 +18,7 @@ import numpy as np
 from strata.blockdev.base import BlockDevice
 from strata.blockdev.chain import ChainDevice
 from strata.blockdev.copy import Progress, iter_blocks
-from strata.blockdev.rawfile import pwrite_all, pwrite_new
+from strata.blockdev.rawfile import create_file, pwrite_all, pwrite_new
 from strata.errors import InvalidInput
 from strata.formats.options import FormatOption, size_option
 from strata.formats.registry import CreateRequest, WriteRequest
@@ -84,6 +84,13 @@ def settings(options: Mapping[str, Any], parent: BlockDevice | None) -> Settings
     )
 
 
+def check_options(options: Mapping[str, Any], size: int, child: bool) -> None:
+    s = settings(options, None)
+    if child:  # a child takes its parent's sector size, at least 512
+        s = replace(s, subformat="differencing", logical_sector=512)
+    geometry_for(size, s)
+
+
 def geometry_for(size: int, s: Settings) -> Geometry:
     check_disk_size(size, "a VHDX", S.MAX_VIRTUAL_SIZE, "64 TiB", s.logical_sector)
     return Geometry(size, s.block_size, s.logical_sector, s.subformat == "differencing")
@@ -142,13 +149,6 @@ def write_structures(
         os.fsync(fd)
 
 
-def _new_file(path: str) -> int:
-    try:
-        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    except OSError as e:
-        raise InvalidInput(f"cannot create {path}: {e.strerror}") from e
-
-
 def fixed_bat(g: Geometry, p: Plan) -> np.ndarray:
     bat = np.zeros(g.bat_entries, np.uint64)
     blocks = np.arange(g.data_blocks, dtype=np.uint64)
@@ -182,7 +182,7 @@ def create(req: CreateRequest) -> VhdxDevice:
     end = p.data_offset + (g.data_blocks * g.block_size if fixed else 0)
     if g.has_parent:
         end = zero_bitmaps(bat, g, end)
-    fd = _new_file(req.path)
+    fd = create_file(req.path)
     try:
         os.ftruncate(fd, end)
         write_structures(fd, p, metadata_for(s, g, locator), bat)
@@ -281,7 +281,7 @@ def write(req: WriteRequest) -> None:
     g = geometry_for(req.source.size, s)
     p = plan(g)
     locator = parent_locator(req.path, parent) if parent is not None else None
-    fd = _new_file(req.path)
+    fd = create_file(req.path)
     try:
         pay = _Payload(fd, g, p, s.subformat == "fixed")
         if req.backing is not None:

@@ -33,6 +33,7 @@ DRIVER = FormatDriver(
     open=Deferred("strata.formats.vmdk.image:open_vmdk"),
     create=Deferred("strata.formats.vmdk.writer:create"),
     write=Deferred("strata.formats.vmdk.writer:write"),
+    check_options=Deferred("strata.formats.vmdk.writer:check_options"),
     check=Deferred("strata.formats.vmdk.check:check"),
     options=DeferredOptions("strata.formats.vmdk.writer:OPTIONS"),
     # A descriptor names its extent files (a monolithicSparse file names itself), so a

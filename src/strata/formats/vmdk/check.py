@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import zlib
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -22,7 +23,8 @@ from strata.formats.vmdk.sparse import SparseExtent
 MAX_PROBLEMS = 100
 
 
-def check(path: str) -> list[Problem]:
+def check(path: str, allowed_dirs: Sequence[str] = ()) -> list[Problem]:
+    """Every structure of the files; the parent is not opened (``allowed_dirs`` unused)."""
     try:
         dev = VmdkDevice(path)
     except CorruptImage as e:

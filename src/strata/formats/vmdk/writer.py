@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -23,7 +23,7 @@ import numpy as np
 
 from strata.blockdev.base import BlockDevice
 from strata.blockdev.copy import Block, iter_blocks
-from strata.blockdev.rawfile import pwrite_all, pwrite_new
+from strata.blockdev.rawfile import create_file, pwrite_all, pwrite_new
 from strata.errors import InvalidInput
 from strata.formats.options import FormatOption, bool_option
 from strata.formats.registry import CreateRequest, WriteRequest
@@ -171,7 +171,7 @@ class SparseSink(_FileSink):
         self.layout = SparseLayout(capacity, desc_sectors)
         self.size = capacity * s.SECTOR
         self.zeroed = zeroed
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        self.fd = create_file(path)
         self.gte = np.zeros(self.layout.num_grains, s.GTE_DTYPE)
         head = self.layout.header(zeroed) + (descriptor or b"").ljust(
             desc_sectors * s.SECTOR, b"\0"
@@ -212,7 +212,7 @@ class FlatSink(_FileSink):
 
     def __init__(self, path: str, size: int) -> None:
         self.size = size
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        self.fd = create_file(path)
         os.ftruncate(self.fd, size)
 
     def put(self, offset: int, data: memoryview) -> None:
@@ -285,14 +285,6 @@ class Output:
         self.path = path
         self.subformat = options["subformat"]
         self.sectors = -(-size // s.SECTOR)
-        if parent is not None and self.subformat not in (
-            "monolithicSparse",
-            "twoGbMaxExtentSparse",
-        ):
-            raise InvalidInput(
-                "a VMDK child must be monolithicSparse or twoGbMaxExtentSparse, "
-                f"not {self.subformat}"
-            )
         self.files = extent_names(path, self.subformat, self.sectors)
         self.descriptor = make_descriptor(path, self.subformat, self.files, options, parent)
         # Only a child needs zeroed-grain entries; plain disks keep the version-1 header.
@@ -316,7 +308,7 @@ class Output:
                 self.sinks.append(SparseSink(file_path, sectors, desc, self.zeroed))
         if self.files[0][0] != self.path:
             self._create(self.path)
-            with open(self.path, "wb") as f:
+            with os.fdopen(create_file(self.path), "wb") as f:
                 f.write(self.descriptor.encode())
 
     def pieces(self, offset: int, length: int) -> Iterator[tuple[ExtentSink, int, int, int]]:
@@ -349,20 +341,27 @@ class Output:
                 os.unlink(path)
 
 
-def _level(options: dict[str, Any]) -> int:
+def _level(options: Mapping[str, Any]) -> int:
     level = int(options["compression_level"])
     if not 0 <= level <= 9:
         raise InvalidInput(f"compression_level must be 0-9, not {level}")
     return level
 
 
+def check_options(options: Mapping[str, Any], size: int, child: bool) -> None:
+    _level(options)
+    check_size(size, options["subformat"])
+    if child and options["subformat"] not in ("monolithicSparse", "twoGbMaxExtentSparse"):
+        raise InvalidInput(
+            "a VMDK child must be monolithicSparse or twoGbMaxExtentSparse, "
+            f"not {options['subformat']}"
+        )
+
+
 def write(req: WriteRequest) -> None:
     options = dict(req.options)
-    _level(options)
-    check_size(req.source.size, options["subformat"])
+    check_options(options, req.source.size, req.backing is not None)
     if options["subformat"] == "streamOptimized":
-        if req.backing is not None:
-            raise InvalidInput("a streamOptimized VMDK cannot be a child; use monolithicSparse")
         write_stream(req, options)
         return
     out = Output(req.path, options, req.source.size, req.backing_layer)
@@ -384,7 +383,7 @@ def write_stream(req: WriteRequest, options: dict[str, Any]) -> None:
     plan = StreamPlan(sectors, desc.encode(), level=_level(options))
     existed = os.path.exists(req.path)
     try:
-        with open(req.path, "wb", buffering=1 << 20) as f:
+        with os.fdopen(create_file(req.path), "wb", buffering=1 << 20) as f:
             writer = StreamWriter(f, plan)
             gb = plan.grain_bytes
             writer.write_blocks(iter_blocks(req.source, gb, progress=req.progress))
@@ -399,12 +398,11 @@ def write_stream(req: WriteRequest, options: dict[str, Any]) -> None:
 
 def create(req: CreateRequest) -> BlockDevice:
     options = dict(req.options)
-    _level(options)
-    check_size(req.size, options["subformat"])
+    check_options(options, req.size, req.parent is not None)
     out = Output(req.path, options, req.size, req.parent)
     try:
         if out.subformat == "streamOptimized":
-            with open(req.path, "wb") as f:
+            with os.fdopen(create_file(req.path), "wb") as f:
                 out.created.append(req.path)
                 StreamWriter(f, StreamPlan(out.sectors, out.descriptor.encode())).finish()
             return VmdkDevice(req.path, writable=False)
