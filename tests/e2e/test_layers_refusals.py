@@ -797,3 +797,24 @@ def test_an_option_only_the_writer_checks_is_refused_before_the_base_is_written(
     assert proc.stderr.startswith(f"strata: {words}") and len(proc.stderr.splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
     assert _snapshot(store) == before
+
+
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["--platform", "winB"], "--platform 'winB' is an OS layer, not a platform layer; give"),
+        (["--app", "winB"], "--app 'winB' is an OS layer, not an app layer; give it as --os"),
+    ],
+)
+def test_a_layer_of_another_kind_is_refused_in_its_place(
+    store: Path, tmp_path: Path, extra: list[str], words: str
+) -> None:
+    """packaging-disk create checks each layer's kind as image publish does."""
+    proc = strata(*_create_args(store, "kinds", "k1", tmp_path, *extra))
+    assert proc.returncode == InvalidInput.exit_code, proc.stderr
+    assert words in proc.stderr
+    assert list(tmp_path.iterdir()) == []
+    assert _layer_versions(store, "kinds") is None
+    publish = ["image", "publish", "--name", "kinds", "--os", "winA", *extra, "--store", store]
+    refused = strata(*publish)
+    assert refused.returncode == InvalidInput.exit_code and words in refused.stderr

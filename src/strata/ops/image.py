@@ -270,21 +270,12 @@ def _with_prio(label: str, priorities: dict[str, Any]) -> str:
 
 
 def _template_layers(st: Store, tpl: Template) -> list[Resolved]:
-    from strata.ops.layers import check_same_os, resolve  # start-up: see _compose
+    from strata.ops.layers import check_kinds, check_same_os, resolve  # start-up: see _compose
 
     os_layer = resolve(st, tpl.os)
-    if os_layer.kind != "os":
-        raise InvalidInput(f"{tpl.os!r} is a {os_layer.kind} layer, not an OS layer")
     apps = [resolve(st, a.ref) for a in ordered_apps(tpl.apps)]
-    for app in apps:
-        if app.kind != "app":
-            raise InvalidInput(
-                f"{app.layer!r} is a {app.kind} layer; list it as "
-                + ("--platform" if app.kind == "platform" else "--os")
-            )
     platform = [resolve(st, tpl.platform)] if tpl.platform else []
-    if platform and platform[0].kind != "platform":
-        raise InvalidInput(f"{tpl.platform!r} is a {platform[0].kind} layer, not a platform layer")
+    check_kinds(os_layer, next(iter(platform), None), apps)
     check_same_os(os_layer, apps + platform)
     return [os_layer, *apps, *platform]
 

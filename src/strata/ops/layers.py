@@ -120,6 +120,26 @@ def _stack_text(stack: Sequence[Sequence[str]]) -> str:
     return " + ".join(f"{n}:{v}" for n, v in stack) or "nothing"
 
 
+PLACE_KIND = {"--os": "os", "--platform": "platform", "--app": "app"}
+KIND_NAME = {"os": "an OS layer", "platform": "a platform layer", "app": "an app layer"}
+
+
+def check_kinds(os_layer: Resolved, platform: Resolved | None, apps: Sequence[Resolved]) -> None:
+    """Each layer is of the kind its place takes (--os, --platform, --app), as image publish
+    and packaging-disk create both ask."""
+    for place, layer in [
+        ("--os", os_layer),
+        ("--platform", platform),
+        *(("--app", a) for a in apps),
+    ]:
+        if layer is not None and layer.kind != PLACE_KIND[place]:
+            right = [p for p, kind in PLACE_KIND.items() if kind == layer.kind]
+            raise InvalidInput(
+                f"{place} {layer.layer!r} is {KIND_NAME.get(layer.kind, layer.kind)}, not "
+                f"{KIND_NAME[PLACE_KIND[place]]}" + "".join(f"; give it as {p}" for p in right)
+            )
+
+
 def check_same_os(os_layer: Resolved, others: Sequence[Resolved]) -> None:
     for layer in others:
         if layer.os_layer is not None and layer.os_layer != os_layer.layer:
@@ -446,11 +466,10 @@ class PackagingPlan:
 
 def _packaging_plan(st: Store, req: PackagingRequest) -> PackagingPlan:
     os_layer = resolve(st, req.os)
-    if os_layer.kind != "os":
-        raise InvalidInput(f"--os {req.os!r} is a {os_layer.kind} layer, not an OS layer")
-    prereqs = [
-        resolve(st, ref) for ref in ([req.platform] if req.platform else []) + list(req.apps)
-    ]
+    platform = resolve(st, req.platform) if req.platform else None
+    apps = [resolve(st, ref) for ref in req.apps]
+    check_kinds(os_layer, platform, apps)
+    prereqs = [*([platform] if platform else []), *apps]
     check_same_os(os_layer, prereqs)
     existing = _find_layer(st, req.layer)
     _check_fits(req, existing, os_layer.layer)
