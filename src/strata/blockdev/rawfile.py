@@ -12,6 +12,7 @@ import functools
 import os
 import stat
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 
 from strata.blockdev.base import BaseDevice, Buffer, Extent, ExtentState
 from strata.errors import InvalidInput, NotFound, StrataError, SystemIOError
@@ -39,15 +40,23 @@ def punch_hole(fd: int, offset: int, length: int) -> bool:
     return _fallocate()(fd, mode, offset, length) == 0
 
 
-def open_file(path: str, writable: bool) -> int:
+@contextmanager
+def opening_input(path: str) -> Iterator[None]:
+    """What the system says opening or reading the input ``path`` as the error a user sees:
+    missing (exit 4), a directory (3), refused (11: permission, an I/O error)."""
     try:
-        fd = os.open(path, (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC)
+        yield
     except (FileNotFoundError, NotADirectoryError) as e:
         raise NotFound(what=path) from e
     except IsADirectoryError as e:
         raise InvalidInput(f"{path} is a directory, not a disk image") from e
-    except OSError as e:  # permission, an I/O error: the system refused the read
+    except OSError as e:
         raise SystemIOError.of(e, path) from e
+
+
+def open_file(path: str, writable: bool) -> int:
+    with opening_input(path):
+        fd = os.open(path, (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC)
     st = os.fstat(fd)
     if stat.S_ISDIR(st.st_mode):
         os.close(fd)

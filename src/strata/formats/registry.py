@@ -19,7 +19,8 @@ from typing import Any
 from strata.blockdev.base import BlockDevice
 from strata.blockdev.chain import ChainDevice, attach_parents
 from strata.blockdev.copy import Progress
-from strata.errors import InvalidInput, NotFound, SystemIOError, Unsupported
+from strata.blockdev.rawfile import opening_input
+from strata.errors import InvalidInput, Unsupported
 from strata.formats.options import FormatOption, parse_options
 
 PROBE_HEAD = 64 << 10
@@ -173,18 +174,11 @@ def get(name: str) -> FormatDriver:
 
 
 def read_probe(path: str) -> ProbeInput:
-    try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            head = f.read(PROBE_HEAD)
-            f.seek(max(0, size - PROBE_TAIL))
-            tail = f.read(PROBE_TAIL)
-    except (FileNotFoundError, NotADirectoryError) as e:
-        raise NotFound(what=path) from e
-    except IsADirectoryError as e:
-        raise InvalidInput(f"{path} is a directory, not a disk image") from e
-    except OSError as e:  # permission, an I/O error: the system refused the read
-        raise SystemIOError.of(e, path) from e
+    with opening_input(path), open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        head = f.read(PROBE_HEAD)
+        f.seek(max(0, size - PROBE_TAIL))
+        tail = f.read(PROBE_TAIL)
     return ProbeInput(path, size, head, tail)
 
 
