@@ -29,6 +29,7 @@ from strata.fs.fat.reader import (
     FatEntry,
     FatVolume,
     encode_fat12,
+    long_name_problem,
     record_fields,
     short_display,
     split_path,
@@ -651,12 +652,9 @@ def lfn_entries(name: str, checksum: int) -> bytes:
 
 
 def check_long_name(name: str) -> str:
-    units = len(name.encode("utf-16-le")) // 2
-    bad = set(name) & s.LONG_FORBIDDEN or {c for c in name if ord(c) < 0x20}
-    if name in (".", "..") or not name or bad or units > s.MAX_NAME_UNITS:
-        raise InvalidInput(f"{name!r} is not a valid FAT long name")
-    if name != name.rstrip(" ."):
-        raise InvalidInput(f"{name!r} ends in a space or dot, which FAT drops")
+    problem = long_name_problem(name)
+    if problem is not None:
+        raise InvalidInput(f"{name!r} is not a valid FAT long name: it {problem}")
     return name
 
 
