@@ -5,6 +5,7 @@ Every case must end in a specific StrataError quickly; fsck.fat confirms the dam
 
 from __future__ import annotations
 
+import subprocess
 import time
 from pathlib import Path
 
@@ -14,8 +15,9 @@ import pytest
 from strata.blockdev import RangeDevice, RawFileDevice
 from strata.errors import CorruptImage, StrataError, TruncatedImage
 from strata.fs.fat import FatEditor, FatVolume
+from strata.fs.fat import structs as s
 
-from support.fat_tools import MiB, fsck, make_volume, mtools, pattern, rewrite_long_name
+from support.fat_tools import ENV, MiB, fsck, make_volume, mtools, pattern, rewrite_long_name
 from support.partition_devices import MemoryDevice
 from support.tools import require
 
@@ -323,3 +325,29 @@ def test_two_entries_with_one_name_are_corrupt(base_image: bytes, tmp_path: Path
     with pytest.raises(CorruptImage, match="one name"):
         vol.stat("/Dir/Sub/second.bin")
     assert "Duplicate" in fsck(v.save(tmp_path / "dup.img"))
+
+
+def test_fsinfo_outside_the_reserved_region_is_never_written(tmp_path: Path) -> None:
+    """A BPB whose backup boot sector points into the data region, at a file that holds the
+    FSInfo signatures: the editor must not write the free count into that file."""
+    require("mcopy")
+    image = make_volume(tmp_path / "f32.img", 32, 64 * MiB)
+    victim = bytearray(pattern(4096, 7))
+    for k in range(0, 4096, 512):
+        victim[k : k + 4] = s.FSINFO_LEAD_SIG.to_bytes(4, "little")
+        victim[k + 484 : k + 488] = s.FSINFO_STRUC_SIG.to_bytes(4, "little")
+    (tmp_path / "victim.bin").write_bytes(victim)
+    mtools("mcopy", "-i", image, tmp_path / "victim.bin", "::/victim.bin")
+    vol = FatVolume(MemoryDevice(image.read_bytes()))
+    g = vol.geometry
+    sector = vol.file_runs(vol.stat("/victim.bin"))[0][0] // g.sector_size
+    with open(image, "r+b") as f:
+        f.seek(50)  # BPB_BkBootSec
+        f.write((sector - g.fsinfo_sector).to_bytes(2, "little"))
+    with RawFileDevice(str(image), writable=True) as dev, FatEditor(dev) as ed:
+        ed.write_file("/new.txt", b"n" * 100)
+    got = subprocess.run(
+        [require("mtype"), "-i", str(image), "::/victim.bin"], capture_output=True, env=ENV
+    )
+    assert got.returncode == 0 and got.stdout == bytes(victim)
+    assert mtools("mtype", "-i", image, "::/new.txt") == "n" * 100
