@@ -1,0 +1,129 @@
+"""NTFS names a packaging machine's volume may hold, through the NTFS file delta: names that
+differ only in case (ntfs-3g makes them in the POSIX namespace) are two files, both carried;
+a name no path can hold (``..``, ``.``, one holding ``/`` or NUL, written into the record by
+a hostile tool) and a parent-reference cycle refuse the volume (CorruptImage, which
+finalize records as the volume skipped), instead of a path naming another file or files
+silently left out."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from strata.blockdev import RawFileDevice
+from strata.errors import CorruptImage
+from strata.fs.ntfs import NtfsVolume
+from strata.fs.ntfs import structs as s
+from strata.layer import filedelta as fd
+from strata.store import Store
+
+from support.integrity_tools import can_mount
+from support.ntfs_delta_tools import changed_blocks
+from support.ntfs_tools import attr_offsets, make_volume, mounted, rename_record, write_record
+
+pytestmark = pytest.mark.skipif(not can_mount(), reason="ntfs-3g FUSE mounts need root")
+CYCLE_FILES = 300
+
+
+def _fill(root: Path) -> None:
+    (root / "Data").mkdir()
+    (root / "A" / "B").mkdir(parents=True)
+
+
+def _change(root: Path) -> None:
+    data = root / "Data"
+    (data / "Case.txt").write_bytes(b"upper\n")
+    (data / "case.txt").write_bytes(b"lower\n")
+    for name in ("dotdot", "dot", "slash", "nul"):
+        (data / f"{name}-victim").write_bytes(name.encode())
+    for i in range(CYCLE_FILES):
+        (root / "A" / "B" / f"f{i:03d}").write_bytes(b"%d" % i)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("ntfsnames")
+    base = make_volume(root / "base.img", "16M", _fill)
+    child = root / "child.img"
+    shutil.copyfile(base, child)
+    with mounted(child, rw=True) as mnt:
+        _change(mnt)
+    return {"root": root, "base": base, "child": child, "store": Store.init(root / "store")}
+
+
+def _capture(world: dict[str, Any], child: Path) -> fd.FileDelta:
+    with RawFileDevice(str(world["base"])) as old, RawFileDevice(str(child)) as new:
+        changed = changed_blocks(world["base"], child)
+        return fd.capture_volume(world["store"], NtfsVolume(old), NtfsVolume(new), changed)
+
+
+def _copy(world: dict[str, Any], name: str) -> Path:
+    dest = world["root"] / f"{name}.img"
+    shutil.copyfile(world["child"], dest)
+    return dest
+
+
+def test_names_that_differ_only_in_case_are_both_carried(world: dict[str, Any]) -> None:
+    with mounted(world["child"]) as mnt:
+        assert sorted(p.name for p in (mnt / "Data").iterdir() if "case" in p.name.lower()) == [
+            "Case.txt",
+            "case.txt",
+        ]
+    delta = _capture(world, world["child"])
+    rows = {delta.path(i): i for i in range(len(delta.entries))}
+    for path, data in (("/Data/Case.txt", b"upper\n"), ("/Data/case.txt", b"lower\n")):
+        assert delta.entries[rows[path]]["change"] == fd.ADDED
+        assert b"".join(fd.read_content(world["store"], delta.chunk_rows(rows[path]))) == data
+    assert len([p for p in rows if p.startswith("/A/B/")]) == CYCLE_FILES
+
+
+@pytest.mark.parametrize(
+    "victim, name",
+    [("dotdot", ".."), ("dot", "."), ("slash", "x/y"), ("nul", "a\0b")],
+)
+def test_a_name_no_path_can_hold_refuses_the_volume(
+    world: dict[str, Any], victim: str, name: str
+) -> None:
+    child = _copy(world, victim)
+    number = rename_record(child, f"/Data/{victim}-victim", name)
+    with pytest.raises(CorruptImage, match="cannot be a path component") as err:
+        _capture(world, child)
+    assert err.value.structure == f"MFT record {number}"
+    assert err.value.field == "$FILE_NAME.name"
+
+
+def test_a_parent_cycle_refuses_the_volume_quickly(world: dict[str, Any]) -> None:
+    """/A's parent made /A/B: the files below are in no path; they were left out silently."""
+    child = _copy(world, "cycle")
+    with RawFileDevice(str(child)) as dev:
+        vol = NtfsVolume(dev)
+        a, b = vol.stat("/A"), vol.stat("/A/B")
+        rec = bytearray(vol.record(a.record))
+        seq_b = int.from_bytes(vol.record(b.record)[16:18], "little")
+        at = vol.record_offset(a.record)
+    value = attr_offsets(rec)[s.FILE_NAME][0]
+    value += int.from_bytes(rec[value + 20 : value + 22], "little")
+    rec[value : value + 8] = (b.record | seq_b << 48).to_bytes(8, "little")
+    write_record(child, at, bytes(rec))
+    started = time.perf_counter()
+    with pytest.raises(CorruptImage, match="parent reference cycle") as err:
+        _capture(world, child)
+    assert time.perf_counter() - started < 10
+    assert err.value.field == "$FILE_NAME.parent"
+    assert err.value.structure in (f"MFT record {a.record}", f"MFT record {b.record}")
+
+
+def test_finalize_skips_such_a_volume_with_the_reason(world: dict[str, Any]) -> None:
+    child = _copy(world, "skipped")
+    rename_record(child, "/Data/slash-victim", "x/y")
+    with RawFileDevice(str(world["base"])) as old, RawFileDevice(str(child)) as new:
+        delta = fd.capture(world["store"], new, old, changed_blocks(world["base"], child))
+    assert delta is not None and delta.volumes == []
+    (skipped,) = delta.skipped
+    assert skipped["partition"] == 0 and "'x/y' cannot be a path component" in skipped["reason"]
+    assert np.count_nonzero(delta.entries) == 0
