@@ -1,9 +1,9 @@
 """NTFS names a packaging machine's volume may hold, through the NTFS file delta: names that
 differ only in case (ntfs-3g makes them in the POSIX namespace) are two files, both carried;
 a name no path can hold (``..``, ``.``, one holding ``/`` or NUL, written into the record by
-a hostile tool) and a parent-reference cycle refuse the volume (CorruptImage, which
-finalize records as the volume skipped), instead of a path naming another file or files
-silently left out."""
+a hostile tool), two records named by one path and a parent-reference cycle refuse the
+volume (CorruptImage, which finalize records as the volume skipped), instead of a path
+naming another file or files silently left out."""
 
 from __future__ import annotations
 
@@ -39,8 +39,9 @@ def _change(root: Path) -> None:
     data = root / "Data"
     (data / "Case.txt").write_bytes(b"upper\n")
     (data / "case.txt").write_bytes(b"lower\n")
-    for name in ("dotdot", "dot", "slash", "nul"):
+    for name in ("dotdot", "dot", "slash", "nul", "twin"):
         (data / f"{name}-victim").write_bytes(name.encode())
+    (data / "twin-victin").write_bytes(b"the other twin")
     for i in range(CYCLE_FILES):
         (root / "A" / "B" / f"f{i:03d}").write_bytes(b"%d" % i)
 
@@ -95,6 +96,16 @@ def test_a_name_no_path_can_hold_refuses_the_volume(
         _capture(world, child)
     assert err.value.structure == f"MFT record {number}"
     assert err.value.field == "$FILE_NAME.name"
+
+
+def test_two_records_named_by_one_path_refuse_the_volume(world: dict[str, Any]) -> None:
+    """Two in-use records with one name in one directory: either kept alone would drop the
+    other file silently."""
+    child = _copy(world, "twins")
+    number = rename_record(child, "/Data/twin-victin", "twin-victim")
+    with pytest.raises(CorruptImage, match="both are named '/Data/twin-victim'") as err:
+        _capture(world, child)
+    assert str(number) in err.value.structure and err.value.field == "$FILE_NAME.name"
 
 
 def test_a_parent_cycle_refuses_the_volume_quickly(world: dict[str, Any]) -> None:

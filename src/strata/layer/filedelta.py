@@ -628,7 +628,7 @@ def ntfs_rows(
     """Changed entries of NTFS volume ``vol`` (``old`` in the base, ``new`` in the child)."""
     reader = NtfsContent(new)
     found = ntfsdelta.diff_with(NtfsContent(old), reader, vol.start, changed, masks)
-    changes = ntfsdelta.settle(found)
+    changes = ntfsdelta.settle(found, new.path)
     return [
         _Row(
             vol.partition,

@@ -1100,12 +1100,14 @@ def _digest(vol: NtfsVolume, extents: list[Attribute]) -> bytes:
     return h.digest()
 
 
-def settle(changes: list[Change]) -> list[Change]:
+def settle(changes: list[Change], source: str = "<ntfs>") -> list[Change]:
     """One change per path, parents first: a path deleted and added is modified (a directory:
     opaque); below a deleted or opaque directory only that directory is recorded.  Paths are
     compared as NTFS keeps them: names that differ only in case (POSIX-namespace names, which
     ntfs-3g makes) are two files, both carried.  A deletion pairs with an addition of the same
-    path, else with one of the same path in another case (a file renamed in case only)."""
+    path, else with one of the same path in another case (a file renamed in case only).
+    Two records named by one path (``source``'s directory holds one name once) are a
+    CorruptImage: keeping either would leave the other file out without a word."""
     deleted = {c.item.path: c for c in changes if c.change == "deleted"}
     kept = [c for c in changes if c.change != "deleted"]
     prior: dict[int, NtfsItem] = {}
@@ -1125,6 +1127,14 @@ def settle(changes: list[Change]) -> list[Change]:
         if was is not None:
             kind = "opaque" if c.item.is_dir and was.is_dir else "modified"
             c = Change(kind, c.item, not c.item.is_dir)
+        other = live.setdefault(c.item.path, c)
+        if other.item.record != c.item.record:
+            raise CorruptImage(
+                path=source,
+                structure=f"MFT records {other.item.record} and {c.item.record}",
+                problem=f"both are named {c.item.path!r}",
+                field="$FILE_NAME.name",
+            )
         live[c.item.path] = c
     closed = {k for k, c in deleted.items() if c.item.is_dir}
     closed |= {k for k, c in live.items() if c.change == "opaque"}
