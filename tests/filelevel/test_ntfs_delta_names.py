@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from strata.blockdev import RawFileDevice
-from strata.errors import CorruptImage
+from strata.errors import CorruptImage, StrataError
 from strata.fs.ntfs import NtfsVolume
 from strata.fs.ntfs import structs as s
 from strata.layer import filedelta as fd
@@ -138,3 +138,52 @@ def test_finalize_skips_such_a_volume_with_the_reason(world: dict[str, Any]) -> 
     (skipped,) = delta.skipped
     assert skipped["partition"] == 0 and "'x/y' cannot be a path component" in skipped["reason"]
     assert np.count_nonzero(delta.entries) == 0
+
+
+def test_fuzzed_names_and_parent_references(world: dict[str, Any]) -> None:
+    """Random bytes in the $FILE_NAME values (parent reference, name length, namespace,
+    name) of directories and files in the delta: the capture raises only StrataError, or
+    gives paths that each name one entry of the tree."""
+    child = _copy(world, "fuzz")
+    with RawFileDevice(str(child)) as dev:
+        vol = NtfsVolume(dev)
+        targets = []
+        for path in ("/A", "/A/B", "/A/B/f000", "/Data/Case.txt", "/Data/dot-victim"):
+            number = vol.stat(path).record
+            rec = vol.record(number)
+            value = attr_offsets(rec)[s.FILE_NAME][0]
+            value += int.from_bytes(rec[value + 20 : value + 22], "little")
+            targets.append((number, vol.record_offset(number), rec, value))
+    rng = np.random.default_rng(17)
+    outcomes = {"refused": 0, "captured": 0}
+    started = time.perf_counter()
+    for _ in range(120):
+        _, at, rec, value = targets[int(rng.integers(len(targets)))]
+        buf = bytearray(rec)
+        for _ in range(int(rng.integers(1, 4))):
+            pick = rng.random()
+            if pick < 0.3:  # another target's record as the parent: cycles, files as parents
+                other = targets[int(rng.integers(len(targets)))][0]
+                buf[value : value + 6] = other.to_bytes(6, "little")
+            elif pick < 0.6:  # a short name of dots, slashes, NULs or case changes
+                buf[value + 64] = int(rng.integers(0, 4))
+                for k in range(buf[value + 64]):
+                    unit = rng.choice([0x2E, 0x2F, 0x00, 0x46, 0x66])
+                    buf[value + 66 + 2 * k : value + 68 + 2 * k] = int(unit).to_bytes(2, "little")
+            else:
+                pos = value + int(rng.choice([0, 1, 6, 7, 64, 65, 66, 67, 68, 69]))
+                buf[pos] = int(rng.integers(0, 256))
+        write_record(child, at, bytes(buf))
+        try:
+            delta = _capture(world, child)
+        except StrataError:
+            outcomes["refused"] += 1
+        else:
+            paths = [delta.path(i) for i in range(len(delta.entries))]
+            assert all(fd.path_problem(p, fat=False) is None for p in paths), paths
+            assert len(set(paths)) == len(paths), paths
+            outcomes["captured"] += 1
+        finally:
+            write_record(child, at, rec)
+    assert time.perf_counter() - started < 20
+    assert outcomes["refused"] > 5 and outcomes["captured"] > 5, outcomes
