@@ -2,8 +2,8 @@
 file-level publish on a whole-disk FAT OS layer: a long name holding ``/`` is captured under
 the entry's short name (it used to be captured as a change to the OS file its text names,
 which publish then overwrote); a stored file delta with a ``..`` path or naming an absent
-chunk is refused (exit 5 / 7) before publish writes anything.  mtools and fsck.fat read
-the exported image."""
+chunk, or a stack that is not [layer, version] pairs, is refused (exit 5 / 7) before
+publish writes anything.  mtools and fsck.fat read the exported image."""
 
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     layers.import_os("win", "1", str(os_raw), store=store)
     w = World(root, store)
     _install(w, "a", "Zir_keep.txt", b"from app a\r\n", long_name="Dir/keep.txt")
-    for layer in ("b", "c", "d"):
+    for layer in ("b", "c", "d", "e"):
         _install(w, layer, f"{layer}.txt", f"from app {layer}\r\n".encode())
     return w
 
@@ -151,3 +151,12 @@ def test_a_stored_delta_naming_an_absent_chunk_is_refused(world: World) -> None:
     _tamper(world, "d:1", lose)
     err = _refused_publish(world, "d", 7)
     assert "layer d:1" in err and "/d.txt" in err and "file-chunks.id" in err
+
+
+def test_a_stored_stack_that_is_not_layer_pairs_is_refused(world: World) -> None:
+    def garble(m: Manifest) -> None:
+        m.meta["stack"] = [["win", 1]]
+
+    _tamper(world, "e:1", garble)
+    err = _refused_publish(world, "e", 5)
+    assert "layer e:1: corrupt layer manifest" in err and "meta.stack" in err

@@ -25,7 +25,7 @@ import numpy as np
 
 from strata.blockdev.base import BaseDevice, BlockDevice
 from strata.blockdev.rawfile import pwrite_all
-from strata.errors import IntegrityError, StateError
+from strata.errors import CorruptImage, IntegrityError, StateError
 from strata.fs.fat import FatEditor, FatEntry, open_fat
 from strata.fs.fat import structs as fat
 from strata.fs.volumes import open_volume, where
@@ -192,7 +192,7 @@ def merge(
         merger = _Merger(store, overlay, volumes)
         for layer, delta in zip(upper, deltas, strict=True):
             if delta is not None:
-                below = {":".join(ref) for ref in layer.manifest.meta.get("stack", [])}
+                below = {":".join(ref) for ref in _stack(layer)}
                 merger.apply(_label(layer), delta, below)
         merged = store.put_blocks(overlay.changed_blocks())
         table = compose_tables([os_layer.table, *outside, merged])
@@ -268,11 +268,28 @@ def _refuse_absent_chunks(
         )
 
 
+def _stack(layer: LayerLike) -> list[list[str]]:
+    """The layers ``layer`` was packaged on (meta ``stack``: [name, version] pairs)."""
+    stack = layer.manifest.meta.get("stack", [])
+    pairs = isinstance(stack, list) and all(
+        isinstance(ref, list) and len(ref) == 2 and all(isinstance(x, str) for x in ref)
+        for ref in stack
+    )
+    if not pairs:
+        raise CorruptImage(
+            path=f"layer {_label(layer)}",
+            structure="layer manifest",
+            problem=f"stack {stack!r}"[:200] + " is not a list of [layer, version] pairs",
+            field="meta.stack",
+        )
+    return stack
+
+
 def _refuse_misordered(layers: Sequence[LayerLike]) -> None:
     """A layer packaged on top of another is a delta against it, so it must apply after it."""
     position = {tuple(layer.ref): at for at, layer in enumerate(layers)}
     for at, layer in enumerate(layers):
-        for below in layer.manifest.meta.get("stack", [])[1:]:
+        for below in _stack(layer)[1:]:
             if position.get(tuple(below), -1) > at:
                 raise StateError(
                     what=f"layer {_label(layer)} was packaged on {':'.join(below)}, so it must "
@@ -295,7 +312,7 @@ def _refuse_overlaps(layers: Sequence[LayerLike], outside: Sequence[np.ndarray])
     """Two layers changing one block outside the FAT volumes cannot both be right, unless one
     was captured on top of the other."""
     for j, later in enumerate(layers):
-        below = [list(x) for x in later.manifest.meta.get("stack", [])]
+        below = [list(x) for x in _stack(later)]
         for i in range(j):
             if list(layers[i].ref) in below:
                 continue
