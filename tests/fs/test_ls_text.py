@@ -169,7 +169,8 @@ def test_times_given_whole_are_made_once() -> None:
 def test_control_characters_in_names_are_shown_escaped() -> None:
     """NTFS names may hold any character but NUL and '/' (ntfs-3g makes them): printed as
     they are, an escape sequence recoloured the terminal and a newline made a row of its own
-    (a listing could show a file that is not there).  JSON carries the name unchanged."""
+    (a listing could show a file that is not there); an unpaired surrogate (NTFS names are
+    unchecked UTF-16) could not be written at all (exit 70).  JSON carries the name as it is."""
     hostile = "/red\x1b[31mX\nfile 1 2026-01-01T00:00:00 - /Windows/evil.dll\x9b"
     table = Table(
         path=[hostile, "/plain"],
@@ -178,12 +179,12 @@ def test_control_characters_in_names_are_shown_escaped() -> None:
         flags=[0, 0],
         names_of=lambda bits: [],
         stamps=lambda k: [None, None],
-        sparse={1: {"target": "/t\tab"}},
+        sparse={1: {"target": "/t\tab\udc80"}},
     )
     lines = "".join(table.lines()).splitlines()
     assert len(lines) == 2
     assert lines[0].endswith(
         "/red\\x1b[31mX\\x0afile 1 2026-01-01T00:00:00 - /Windows/evil.dll\\x9b"
     )
-    assert lines[1].endswith("/plain -> /t\\x09ab")
+    assert lines[1].endswith("/plain -> /t\\x09ab\\udc80")
     assert json.loads("[" + ", ".join(table.json_items()) + "]")[0]["path"] == hostile

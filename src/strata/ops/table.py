@@ -176,13 +176,16 @@ class Table:
 
 # C0 and C1 controls and DEL: a name holding them (NTFS allows any but NUL and '/') would
 # move the cursor, recolour the terminal or print a line of its own in the text listing.
-_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f]")
+# An unpaired surrogate (NTFS names are UTF-16 units, unchecked) cannot be written as UTF-8.
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 _ESCAPED = {c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7F, 0xA0)]}
+_ESCAPED.update({c: f"\\u{c:04x}" for c in range(0xD800, 0xE000)})
 
 
 def printable(texts: list[str]) -> list[str]:
-    """``texts`` with control characters shown as ``\\xNN`` (a batch without any, the usual
-    case, is returned as it is after one search)."""
+    """``texts`` with control characters shown as ``\\xNN`` and unpaired surrogates as
+    ``\\uNNNN`` (a batch without any, the usual case, is returned as it is after one
+    search)."""
     if not _CONTROLS.search("".join(texts)):
         return texts
     return [text.translate(_ESCAPED) for text in texts]
