@@ -394,21 +394,79 @@ def _check_contents(
 
 
 def _check_paths(delta: FileDelta, bad: _Bad) -> None:
-    fat = {v.partition for v in delta.volumes if v.fs == "fat"}
-    seen: dict[tuple[int, str], int] = {}
-    for row in range(len(delta.entries)):
-        try:
-            path = delta.path(row)
-        except UnicodeDecodeError as e:
-            raise bad(f"the path is not UTF-8 ({e.reason})", "files.name_offset", row) from e
-        partition = int(delta.entries[row]["partition"])
-        problem = path_problem(path, partition in fat)
+    """``path_problem`` of every entry, and each path named once per volume.  The paths are
+    joined (NUL-separated: no path holds one) and scanned at once (``_suspects``); only the
+    rows flagged there are parsed one by one (a 200 000-entry delta: a fifth of a second)."""
+    e = delta.entries
+    if not len(e):
+        return
+    starts, lengths = e["name_offset"].tolist(), e["name_length"].tolist()
+    raw = [delta.names[a : a + n] for a, n in zip(starts, lengths, strict=True)]
+    joined = b"\0" + b"\0".join(raw)
+    if joined.count(b"\0") != len(raw):
+        row = next(i for i, r in enumerate(raw) if b"\0" in r)
+        raise bad("the path holds a NUL", "file-names", row)
+    try:
+        paths = joined.decode("utf-8", "surrogatepass").split("\0")[1:]
+    except UnicodeDecodeError as err:
+        row = joined.count(b"\0", 0, err.start + 1) - 1
+        raise bad(f"the path is not UTF-8 ({err.reason})", "files.name_offset", row) from err
+    fat_volumes = {v.partition for v in delta.volumes if v.fs == "fat"}
+    partitions = e["partition"].tolist()
+    for row in _suspects(joined, raw, e["name_length"]):
+        problem = path_problem(paths[row], partitions[row] in fat_volumes)
         if problem is not None:
-            raise bad(f"the path {_shown(path)} {problem}", "file-names", row)
-        key = (partition, path.upper() if partition in fat else path)
-        other = seen.setdefault(key, row)
-        if other != row:
-            raise bad(f"the path {_shown(path)} is also row {other}'s", "file-names", row)
+            raise bad(f"the path {_shown(paths[row])} {problem}", "file-names", row)
+    keys: list[Any]
+    if len(delta.volumes) == 1:  # the usual case: the paths alone, upper-cased at once on FAT
+        fat = delta.volumes[0].fs == "fat"
+        keys = "\0".join(paths).upper().split("\0") if fat else paths
+    else:
+        keys = [
+            (p, path.upper() if p in fat_volumes else path)
+            for p, path in zip(partitions, paths, strict=True)
+        ]
+    if len(set(keys)) != len(keys):
+        seen: dict[Any, int] = {}
+        for row, key in enumerate(keys):
+            other = seen.setdefault(key, row)
+            if other != row:
+                raise bad(f"the path {_shown(paths[row])} is also row {other}'s", "file-names", row)
+
+
+_FAT_FORBIDDEN = np.zeros(256, bool)
+_FAT_FORBIDDEN[list(b'\\:*?"<>|')] = True
+_FAT_FORBIDDEN[1:0x20] = True
+_ALLOWED = bytes(np.flatnonzero(~_FAT_FORBIDDEN).astype(np.uint8))  # ``translate`` deletes
+_ENDINGS = np.zeros(256, bool)
+_ENDINGS[list(b"/. ")] = True
+
+
+def _suspects(joined: bytes, raw: list[bytes], lengths: np.ndarray) -> list[int]:
+    """The rows ``path_problem`` may refuse (a superset), from ``joined`` (NUL, then the rows
+    NUL-separated): a row not starting with '/'; a component ending in '/' (empty), '.'
+    ('.', '..', a trailing dot) or ' '; a byte a FAT name cannot hold; a component of more
+    than 127 bytes (a FAT name holds 255 UTF-16 units).  UTF-8 never holds an ASCII byte
+    inside another character, so bytes are enough."""
+    arr = np.frombuffer(joined + b"\0", np.uint8)
+    nuls = np.flatnonzero(arr == 0)  # row r starts after nuls[r]; the last one ends the text
+    bad_start = np.flatnonzero(arr[nuls[:-1] + 1] != ord("/"))
+    seps = np.flatnonzero((arr == ord("/")) | (arr == 0))[1:]
+    ending = _ENDINGS[arr[seps - 1]]
+    forbidden = (
+        np.flatnonzero(_FAT_FORBIDDEN[arr]) if joined.translate(None, _ALLOWED) else seps[:0]
+    )
+    rows = np.concatenate(
+        [
+            bad_start,
+            np.searchsorted(nuls, seps[ending] - 1, "right") - 1,
+            np.searchsorted(nuls, forbidden, "right") - 1,
+        ]
+    )
+    long = [
+        i for i in np.flatnonzero(lengths > 128).tolist() if max(map(len, raw[i].split(b"/"))) > 127
+    ]
+    return sorted(set(rows.tolist()) | set(long))
 
 
 def _shown(text: str) -> str:
