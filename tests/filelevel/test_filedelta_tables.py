@@ -219,3 +219,34 @@ def test_fuzzed_file_delta_tables_load_or_are_refused() -> None:
         outcomes["loaded"] += 1
     assert time.perf_counter() - started < 20
     assert outcomes["loaded"] > 100 and outcomes["refused"] > 1000, outcomes
+
+
+_TEXT = st.text(alphabet="/. aA:\x01é\U0001f600", max_size=12)
+_PATH = st.one_of(
+    _TEXT,
+    _TEXT.map(lambda s: "/" + s),
+    st.builds(lambda c, n: "/x/" + c * n, st.sampled_from("aé\U0001f600"), st.integers(100, 260)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_PATH, min_size=1, max_size=4), st.sampled_from(["fat", "ntfs"]))
+def test_the_path_scan_refuses_exactly_what_path_problem_refuses(paths: list[str], fs: str) -> None:
+    """``load`` scans the joined paths and parses only the rows it flags: it must refuse a
+    delta exactly when one path has a ``path_problem`` (or two share a path)."""
+    fat = fs == "fat"
+    encoded = [p.encode() for p in paths]
+    entries = np.zeros(len(paths), fd.FILE_ENTRY_ROW)
+    entries["partition"], entries["change"], entries["kind"] = 1, fd.ADDED, fd.DIRECTORY
+    lengths = np.array([len(p) for p in encoded])
+    entries["name_offset"], entries["name_length"] = np.cumsum(lengths) - lengths, lengths
+    delta = fd.FileDelta(
+        [fd.Volume(1, 0, 1 << 20, fs)], entries, np.zeros(0, CHUNK_ROW), b"".join(encoded)
+    )
+    keys = [p.upper() if fat else p for p in paths]
+    valid = all(fd.path_problem(p, fat) is None for p in paths) and len(set(keys)) == len(keys)
+    if valid:
+        assert fd.load(_stored(delta)) is not None
+    else:
+        with pytest.raises(CorruptImage):
+            fd.load(_stored(delta))
