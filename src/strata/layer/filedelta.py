@@ -1126,12 +1126,16 @@ def cdc_chunks(
     pieces: Iterator[bytes],
     sizes: Sequence[int] = (CDC_MIN, CDC_AVG, CDC_MAX),
 ) -> Iterator[tuple[int, memoryview]]:
-    """(offset, chunk) of a stream cut with FastCDC; the same cuts as one call on the whole."""
+    """(offset, chunk) of a stream cut with FastCDC; the same cuts as one call on the whole.
+    Small pieces are gathered into windows first: each call scans what it is given from its
+    start, so a file read a 512-byte cluster at a time (a fragmented FAT or NTFS file comes
+    a run at a time) cost a scan of the carried tail per piece (32 MiB: 2.5 s, not 0.06)."""
+    windows = _windows(pieces, max(READ_WINDOW, 4 * sizes[2]))
     carried = b""
     start = 0
-    pending = next(pieces, None)
+    pending = next(windows, None)
     while pending is not None:
-        following = next(pieces, None)
+        following = next(windows, None)
         buf = carried + pending if carried else pending
         final = following is None
         view = memoryview(buf)
@@ -1144,6 +1148,24 @@ def cdc_chunks(
         pending = following
     if carried:
         yield start, memoryview(carried)
+
+
+def _windows(pieces: Iterator[Buffer], size: int) -> Iterator[Buffer]:
+    """``pieces`` joined into windows of at least ``size`` bytes (a large piece passes as it
+    is); the last window may be shorter."""
+    held: list[Buffer] = []
+    count = 0
+    for piece in pieces:
+        if not held and len(piece) >= size:
+            yield piece
+            continue
+        held.append(piece)
+        count += len(piece)
+        if count >= size:
+            yield b"".join(held)
+            held, count = [], 0
+    if held:
+        yield b"".join(held)
 
 
 def read_content(store: Store, chunks: np.ndarray) -> Iterator[bytes]:
