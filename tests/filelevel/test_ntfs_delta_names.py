@@ -20,6 +20,7 @@ from strata.errors import CorruptImage, StrataError
 from strata.fs.ntfs import NtfsVolume
 from strata.fs.ntfs import structs as s
 from strata.layer import filedelta as fd
+from strata.layer import ntfsdelta
 from strata.store import Store
 
 from support.integrity_tools import can_mount
@@ -127,6 +128,19 @@ def test_a_parent_cycle_refuses_the_volume_quickly(world: dict[str, Any]) -> Non
     assert time.perf_counter() - started < 10
     assert err.value.field == "$FILE_NAME.parent"
     assert err.value.structure in (f"MFT record {a.record}", f"MFT record {b.record}")
+
+
+def test_deep_directories_resolve_whatever_the_order(
+    world: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A walk up more directories than MAX_DEPTH, none of them resolved yet, gave no path:
+    the files below were left out of the delta, or not, by the order the walks ran in."""
+    monkeypatch.setattr(ntfsdelta, "MAX_DEPTH", 0)
+    with RawFileDevice(str(world["child"])) as dev:
+        vol = NtfsVolume(dev)
+        b = vol.stat("/A/B").record
+        seq = int.from_bytes(vol.record(b)[16:18], "little")
+        assert ntfsdelta.Records(vol).dir_path(b, seq) == "/A/B"
 
 
 def test_finalize_skips_such_a_volume_with_the_reason(world: dict[str, Any]) -> None:

@@ -39,7 +39,7 @@ NO_FACTS = [0] * ROW_FIELDS  # a record not parsed: not in use
 SMALL_FILE = 1 << 20  # files up to this size are read grouped with their neighbours
 GROUP_BYTES = 8 << 20  # the most one grouped read holds
 GROUP_GAP = 64 << 10  # unused bytes read between two files rather than a second read
-MAX_DEPTH = 1024  # parent hops before a path is called a cycle
+MAX_DEPTH = 1024  # generations of parents read in bulk; hops to decide ``same_chain``
 EPOCH = dt.datetime(1970, 1, 1)
 SYSTEM_DIR = "/$Extend/"
 
@@ -480,7 +480,9 @@ class Records:
 
     def dir_path(self, d: int, seq: int) -> str | None:
         """The path of directory ``d`` (None when gone or reused), cached; a cycle of parent
-        references is a CorruptImage (each of its files would have no path)."""
+        references is a CorruptImage (each of its files would have no path).  No depth
+        limit: the walk ends at the root, a cached directory or a repeat (a limit on the
+        hops of one walk left a deep tree's files out, or not, by the order of the walks)."""
         chain: list[tuple[int, str]] = []
         on_chain: set[int] = set()
         while d not in self.paths:
@@ -492,7 +494,7 @@ class Records:
                     field="$FILE_NAME.parent",
                     offset=self.vol.base + self.vol.record_offset(d),
                 )
-            if len(chain) > MAX_DEPTH or not 0 <= d < self.vol.record_count:
+            if not 0 <= d < self.vol.record_count:
                 return None
             if not self.scanned[d]:
                 self.load(np.array([d]))
