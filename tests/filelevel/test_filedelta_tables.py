@@ -204,6 +204,18 @@ def test_stored_volume_lists_that_are_not_volumes_are_refused(volumes: object) -
     assert err.value.field == "meta.file_delta.volumes"
 
 
+def test_tables_of_another_schema_or_missing_are_refused() -> None:
+    manifest = _stored(_delta())
+    _, rows = manifest.tables["file-chunks"]
+    manifest.tables["files"] = ("chunks-v1", rows)
+    with pytest.raises(CorruptImage, match="table 'files' has schema 'chunks-v1'"):
+        fd.load(manifest)
+    manifest = _stored(_delta())
+    del manifest.tables["file-names"]
+    with pytest.raises(CorruptImage, match="no table 'file-names'"):
+        fd.load(manifest)
+
+
 def test_fuzzed_file_delta_tables_load_or_are_refused() -> None:
     """Mutated rows and names of a stored file delta (the manifest's own checks pass): the
     loader gives a delta whose every path, listing and content rows are usable, or a

@@ -253,9 +253,9 @@ def load(manifest: Manifest) -> FileDelta | None:
         return None
     bad = _Bad(manifest)
     volumes = _volumes(info, bad)
-    names = manifest.table("file-names").tobytes()
-    entries = manifest.table("files")
-    chunks = manifest.table("file-chunks")
+    names = _table(manifest, "file-names", bad).tobytes()
+    entries = _table(manifest, "files", bad)
+    chunks = _table(manifest, "file-chunks", bad)
     skipped, warnings = info.get("skipped", []), info.get("warnings", [])
     if not (_dicts(skipped) and _dicts(warnings)):
         raise bad("meta skipped and warnings must be lists of objects", "meta.file_delta")
@@ -263,12 +263,32 @@ def load(manifest: Manifest) -> FileDelta | None:
     delta.warnings = list(warnings)
     _check_entries(delta, bad)
     if "file-ntfs" in manifest.tables:
-        delta.ntfs = _widened(manifest.table("file-ntfs"), NTFS_ENTRY_ROW)
-        delta.streams = _widened(manifest.table("file-streams"), STREAM_ROW)
+        delta.ntfs = _widened(_table(manifest, "file-ntfs", bad), NTFS_ENTRY_ROW)
+        delta.streams = _widened(_table(manifest, "file-streams", bad), STREAM_ROW)
         if "file-ntfs-blobs" in manifest.tables:
-            delta.blobs = manifest.table("file-ntfs-blobs")
+            delta.blobs = _table(manifest, "file-ntfs-blobs", bad)
         _check_ntfs(delta, bad)
     return delta
+
+
+TABLE_SCHEMAS = {
+    "files": ("file-entry-v1",),
+    "file-chunks": ("chunks-v1",),
+    "file-names": ("file-name-bytes-v1",),
+    "file-ntfs": ("ntfs-entry-v2", "ntfs-entry-v1"),
+    "file-streams": ("file-stream-v2", "file-stream-v1"),
+    "file-ntfs-blobs": ("chunks-v1",),
+}
+
+
+def _table(manifest: Manifest, name: str, bad: _Bad) -> np.ndarray:
+    """A file-delta table, present and of one of the schemas it is written with."""
+    found = manifest.tables.get(name)
+    if found is None:
+        raise bad(f"the manifest has no table {name!r}", name)
+    if found[0] not in TABLE_SCHEMAS[name]:
+        raise bad(f"table {name!r} has schema {found[0]!r}", name)
+    return found[1]
 
 
 class _Bad:
