@@ -352,8 +352,8 @@ def test_base_paths_shared_with_the_child_are_the_base_paths(
         before.load_parents(users)
         alone.load_parents(users)
         shared = [r for r in users.tolist() if before.names.get(r)]
-        paths = {r: [before.path_of(p, n) for p, n in before.names[r]] for r in shared}
-        own = {r: [alone.path_of(p, n) for p, n in alone.names[r]] for r in shared}
+        paths = {r: [before.path_of(p, n, r) for p, n in before.names[r]] for r in shared}
+        own = {r: [alone.path_of(p, n, r) for p, n in alone.names[r]] for r in shared}
         renamed = next(r for r in users.tolist() if own.get(r) == ["/Data/keep"])
     assert paths == own
     assert any(p.startswith("/Data/keep/inner/") for ps in own.values() for p in ps)

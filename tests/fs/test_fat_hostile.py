@@ -5,6 +5,7 @@ Every case must end in a specific StrataError quickly; fsck.fat confirms the dam
 
 from __future__ import annotations
 
+import subprocess
 import time
 from pathlib import Path
 
@@ -14,8 +15,9 @@ import pytest
 from strata.blockdev import RangeDevice, RawFileDevice
 from strata.errors import CorruptImage, StrataError, TruncatedImage
 from strata.fs.fat import FatEditor, FatVolume
+from strata.fs.fat import structs as s
 
-from support.fat_tools import MiB, fsck, make_volume, mtools, pattern
+from support.fat_tools import ENV, MiB, fsck, make_volume, mtools, pattern, rewrite_long_name
 from support.partition_devices import MemoryDevice
 from support.tools import require
 
@@ -234,3 +236,118 @@ def test_fuzzed_volume_editing_raises_only_strata_errors(tmp_path: Path) -> None
             seen["error"] += 1
     assert time.perf_counter() - started < 60
     assert seen["edited"] > 50 and seen["error"] > 50, seen
+
+
+# Long names that are well formed (ordinals, checksum) but that no path can hold: each
+# original is created by mtools with as many long-name slots as its replacement needs.
+UNHOLDABLE = {
+    "Sub/evil.txt": "Sub_evil.txt",  # would read as a file in /Dir/Sub
+    "..": "Qq",
+    ".": "+",
+    "a\\b": "aQb",
+    "x:y*?.txt": "xQyQQ.txt",
+    "trail.": "tRail+",
+    "tab\there": "tAb+here",
+}
+
+
+@pytest.fixture
+def unholdable(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """/Dir/Sub and one file per entry of UNHOLDABLE whose long name was rewritten; the
+    long name each file had when mtools made it → its short name."""
+    require("mcopy")
+    image = make_volume(tmp_path / "names.img", 16, 20 * MiB)
+    (tmp_path / "f").write_bytes(b"payload\n")
+    mtools("mmd", "-i", image, "::/Dir", "::/Dir/Sub")
+    for original in UNHOLDABLE.values():
+        mtools("mcopy", "-i", image, tmp_path / "f", f"::/Dir/{original}")
+    vol = FatVolume(MemoryDevice(image.read_bytes()))
+    shorts = {o: vol.stat(f"/Dir/{o}").short_name for o in UNHOLDABLE.values()}
+    data = bytearray(image.read_bytes())
+    for new, original in UNHOLDABLE.items():
+        rewrite_long_name(data, "/Dir", original, new)
+    image.write_bytes(data)
+    return image, shorts
+
+
+def test_long_names_no_path_can_hold_read_as_the_short_name(
+    unholdable: tuple[Path, dict[str, str]],
+) -> None:
+    image, shorts = unholdable
+    assert fsck(image) == "clean"  # well-formed entries: fsck.fat has nothing to say
+    assert "Sub/evil.txt" in mtools("mdir", "-i", image, "::/Dir")  # what mtools shows
+    vol = FatVolume(MemoryDevice(image.read_bytes()))
+    paths = sorted(p for p, _ in vol.walk())
+    assert paths == sorted(["/Dir", "/Dir/Sub", *(f"/Dir/{s}" for s in shorts.values())])
+    assert vol.listdir("/Dir/Sub") == []
+    for short in shorts.values():
+        assert vol.read_file(f"/Dir/{short}") == b"payload\n"
+    with RawFileDevice(str(image), writable=True) as dev, FatEditor(dev) as ed:
+        for short in shorts.values():
+            ed.delete(f"/Dir/{short}")  # the long-name slots go with the entry
+    assert fsck(image) == "clean"
+    assert mtools("mdir", "-b", "-i", image, "::/Dir").split() == ["::/Dir/Sub/"]
+
+
+@pytest.mark.parametrize(
+    "raw, problem",
+    [
+        (b"A/B     TXT", "'/'"),
+        (b"A\\B     TXT", "'\\\\'"),
+        (b"AB\x01     TXT", "'\\x01'"),
+        (b"           ", "empty"),
+    ],
+    ids=["slash", "backslash", "control", "blank"],
+)
+def test_a_short_name_no_path_can_hold_is_corrupt(
+    base_image: bytes, raw: bytes, problem: str
+) -> None:
+    v = Volume(base_image)
+    at = v.entry_offset("/Dir/Sub", "second.bin")  # an 8.3 name: no long-name slots
+    v.dev.data[at : at + 11] = raw
+    vol = v.reopen()
+    err = bounded(lambda: list(vol.walk()))
+    assert err.field == "name" and err.offset == at and problem in err.problem
+    assert vol.read_file("/Dir/big.bin")  # other directories still read
+    with pytest.raises(CorruptImage):
+        vol.listdir("/Dir/Sub")
+    with pytest.raises(CorruptImage):
+        FatEditor(v.dev)
+
+
+def test_two_entries_with_one_name_are_corrupt(base_image: bytes, tmp_path: Path) -> None:
+    v = Volume(base_image)
+    at = v.entry_offset("/Dir", "big.bin")
+    v.dev.data[at : at + 11] = b"SUB        "  # big.bin's short entry now reads as "Sub"
+    vol = v.reopen()
+    err = bounded(lambda: list(vol.walk()))
+    assert "one name" in err.problem and err.offset == at and err.field == "name"
+    with pytest.raises(CorruptImage, match="one name"):
+        vol.stat("/Dir/Sub/second.bin")
+    assert "Duplicate" in fsck(v.save(tmp_path / "dup.img"))
+
+
+def test_fsinfo_outside_the_reserved_region_is_never_written(tmp_path: Path) -> None:
+    """A BPB whose backup boot sector points into the data region, at a file that holds the
+    FSInfo signatures: the editor must not write the free count into that file."""
+    require("mcopy")
+    image = make_volume(tmp_path / "f32.img", 32, 64 * MiB)
+    victim = bytearray(pattern(4096, 7))
+    for k in range(0, 4096, 512):
+        victim[k : k + 4] = s.FSINFO_LEAD_SIG.to_bytes(4, "little")
+        victim[k + 484 : k + 488] = s.FSINFO_STRUC_SIG.to_bytes(4, "little")
+    (tmp_path / "victim.bin").write_bytes(victim)
+    mtools("mcopy", "-i", image, tmp_path / "victim.bin", "::/victim.bin")
+    vol = FatVolume(MemoryDevice(image.read_bytes()))
+    g = vol.geometry
+    sector = vol.file_runs(vol.stat("/victim.bin"))[0][0] // g.sector_size
+    with open(image, "r+b") as f:
+        f.seek(50)  # BPB_BkBootSec
+        f.write((sector - g.fsinfo_sector).to_bytes(2, "little"))
+    with RawFileDevice(str(image), writable=True) as dev, FatEditor(dev) as ed:
+        ed.write_file("/new.txt", b"n" * 100)
+    got = subprocess.run(
+        [require("mtype"), "-i", str(image), "::/victim.bin"], capture_output=True, env=ENV
+    )
+    assert got.returncode == 0 and got.stdout == bytes(victim)
+    assert mtools("mtype", "-i", image, "::/new.txt") == "n" * 100

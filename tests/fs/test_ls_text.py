@@ -164,3 +164,27 @@ def test_times_given_whole_are_made_once() -> None:
     assert ", ".join(table.json_items(batch=3)) == json.dumps(table.rows())[1:-1]
     assert "".join(table.lines(batch=3)) == "".join(f"{line_before(r)}\n" for r in table.rows())
     assert sorted(calls) == [0, 1, 2]
+
+
+def test_control_characters_in_names_are_shown_escaped() -> None:
+    """NTFS names may hold any character but NUL and '/' (ntfs-3g makes them): printed as
+    they are, an escape sequence recoloured the terminal and a newline made a row of its own
+    (a listing could show a file that is not there); an unpaired surrogate (NTFS names are
+    unchecked UTF-16) could not be written at all (exit 70).  JSON carries the name as it is."""
+    hostile = "/red\x1b[31mX\nfile 1 2026-01-01T00:00:00 - /Windows/evil.dll\x9b"
+    table = Table(
+        path=[hostile, "/plain"],
+        kind=["file", "file"],
+        size=[1, 2],
+        flags=[0, 0],
+        names_of=lambda bits: [],
+        stamps=lambda k: [None, None],
+        sparse={1: {"target": "/t\tab\udc80"}},
+    )
+    lines = "".join(table.lines()).splitlines()
+    assert len(lines) == 2
+    assert lines[0].endswith(
+        "/red\\x1b[31mX\\x0afile 1 2026-01-01T00:00:00 - /Windows/evil.dll\\x9b"
+    )
+    assert lines[1].endswith("/plain -> /t\\x09ab\\udc80")
+    assert json.loads("[" + ", ".join(table.json_items()) + "]")[0]["path"] == hostile

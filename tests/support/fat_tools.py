@@ -18,8 +18,11 @@ import numpy as np
 
 from strata.blockdev.base import BlockDevice
 from strata.fs.fat import FatVolume
+from strata.fs.fat import structs as s
+from strata.fs.fat.editor import lfn_entries
 from strata.native import is_zero
 
+from support.partition_devices import MemoryDevice
 from support.tools import require
 
 MiB = 1 << 20
@@ -191,3 +194,18 @@ def extract(dev: BlockDevice, path: Path) -> Path:
                 f.seek(lo)
                 f.write(view)
     return path
+
+
+def rewrite_long_name(data: bytearray, parent: str, name: str, new: str) -> int:
+    """Spell ``new`` in the long-name slots of ``parent/name`` (as many slots as it has, the
+    checksum kept), as a hostile tool could; the short entry's volume offset."""
+    vol = FatVolume(MemoryDevice(bytes(data)))
+    d = vol.directory(vol.stat(parent))
+    entry = vol.lookup(d, name)
+    assert entry is not None and entry.offset is not None
+    record = lfn_entries(new, s.lfn_checksum(entry.raw_short))
+    assert len(record) // 32 == entry.lfn_slots, (new, entry.lfn_slots)
+    for k in range(entry.lfn_slots):
+        at = d.slot_offset(entry.slot - entry.lfn_slots + k)
+        data[at : at + 32] = record[32 * k : 32 * k + 32]
+    return entry.offset

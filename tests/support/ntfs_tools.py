@@ -14,6 +14,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from strata.blockdev import RangeDevice, RawFileDevice
+from strata.fs.ntfs import NtfsVolume
+from strata.fs.ntfs import structs as s
+
 from support.tools import require
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,10 +48,10 @@ def volume(files: int, size: str = "512M") -> Path:
 
 
 @contextlib.contextmanager
-def mounted(image: Path, streams: str = "windows") -> Iterator[Path]:
-    """``image`` mounted read-only through ntfs-3g."""
+def mounted(image: Path, streams: str = "windows", rw: bool = False) -> Iterator[Path]:
+    """``image`` mounted through ntfs-3g, read-only unless ``rw``."""
     with tempfile.TemporaryDirectory(prefix="ntfs-oracle-") as mnt:
-        opts = f"ro,streams_interface={streams}"
+        opts = f"{'' if rw else 'ro,'}streams_interface={streams}"
         subprocess.run([require("ntfs-3g"), "-o", opts, str(image), mnt], check=True)
         try:
             yield Path(mnt)
@@ -187,3 +191,24 @@ def make_volume(path: Path, size: str, populate) -> Path:  # type: ignore[no-unt
         finally:
             subprocess.run(["umount", mnt], check=True)
     return path
+
+
+def rename_record(image: Path, vol_path: str, new: str, start: int = 0) -> int:
+    """Spell ``new`` (at most as long as the old name) in the $FILE_NAME of ``vol_path``'s
+    record, as a hostile tool could (the directory index is left as it was); its number."""
+    with RawFileDevice(str(image)) as dev:
+        vol = NtfsVolume(RangeDevice(dev, start, dev.size - start) if start else dev)
+        number = vol.stat(vol_path).record
+        rec = bytearray(vol.record(number))
+        offset = vol.record_offset(number)
+    old = vol_path.rsplit("/", 1)[1]
+    encoded = new.encode("utf-16-le", "surrogatepass")
+    for pos in attr_offsets(rec)[s.FILE_NAME]:
+        value = pos + int.from_bytes(rec[pos + 20 : pos + 22], "little")
+        units = rec[value + 64]
+        if rec[value + 66 : value + 66 + 2 * units].decode("utf-16-le") == old:
+            assert len(encoded) <= 2 * units
+            rec[value + 64] = len(encoded) // 2
+            rec[value + 66 : value + 66 + 2 * units] = encoded.ljust(2 * units, b"\0")
+    write_record(image, start + offset, bytes(rec))
+    return number

@@ -32,8 +32,9 @@ import numpy as np
 import xxhash
 
 from strata.blockdev.base import BlockDevice
-from strata.errors import InvalidInput, StrataError
+from strata.errors import CorruptImage, StrataError
 from strata.fs.fat import FatEntry, FatVolume, open_fat
+from strata.fs.fat.reader import long_name_problem
 from strata.fs.ntfs import NtfsVolume, open_ntfs
 from strata.fs.ntfs.attributes import Attribute
 from strata.fs.ntfs.structs import FILETIME_UNIX_OFFSET
@@ -239,30 +240,275 @@ class FileDelta:
 
 
 def load(manifest: Manifest) -> FileDelta | None:
-    """The file delta stored in a layer-version manifest, or None when it has none."""
+    """The file delta stored in a layer-version manifest, or None when it has none.
+
+    Every row is checked before it is trusted (publish writes through these paths): volumes,
+    changes, kinds and flags in range; names and chunk rows inside their tables; each path
+    ``/``-rooted with no empty, ``.`` or ``..`` component nor NUL (on FAT, every component a
+    valid long name) and named once per volume; a carried content's chunks adding up to its
+    size; stamps a datetime can hold.  A failure is a CorruptImage naming the layer version,
+    the table field and the row."""
     info = manifest.meta.get("file_delta")
     if info is None or "files" not in manifest.tables:
         return None
-    volumes = [
-        Volume(int(v["partition"]), int(v["start"]), int(v["length"]), str(v.get("fs", "fat")))
-        for v in info["volumes"]
-    ]
-    names = manifest.table("file-names").tobytes()
-    entries = manifest.table("files")
-    chunks = manifest.table("file-chunks")
-    ends = entries["name_offset"].astype(np.uint64) + entries["name_length"]
-    chunk_ends = entries["first_chunk"] + entries["chunk_count"].astype(np.uint64)
-    if len(entries) and (int(ends.max()) > len(names) or int(chunk_ends.max()) > len(chunks)):
-        raise InvalidInput("file delta: an entry points past the names or chunk table")
-    delta = FileDelta(volumes, entries, chunks, names, list(info.get("skipped", [])))
-    delta.warnings = list(info.get("warnings", []))
+    bad = _Bad(manifest)
+    volumes = _volumes(info, bad)
+    names = _table(manifest, "file-names", bad).tobytes()
+    entries = _table(manifest, "files", bad)
+    chunks = _table(manifest, "file-chunks", bad)
+    skipped, warnings = info.get("skipped", []), info.get("warnings", [])
+    if not (_dicts(skipped) and _dicts(warnings)):
+        raise bad("meta skipped and warnings must be lists of objects", "meta.file_delta")
+    delta = FileDelta(volumes, entries, chunks, names, list(skipped))
+    delta.warnings = list(warnings)
+    _check_entries(delta, bad)
     if "file-ntfs" in manifest.tables:
-        delta.ntfs = _widened(manifest.table("file-ntfs"), NTFS_ENTRY_ROW)
-        delta.streams = _widened(manifest.table("file-streams"), STREAM_ROW)
+        delta.ntfs = _widened(_table(manifest, "file-ntfs", bad), NTFS_ENTRY_ROW)
+        delta.streams = _widened(_table(manifest, "file-streams", bad), STREAM_ROW)
         if "file-ntfs-blobs" in manifest.tables:
-            delta.blobs = manifest.table("file-ntfs-blobs")
-        _check_ntfs(delta)
+            delta.blobs = _table(manifest, "file-ntfs-blobs", bad)
+        _check_ntfs(delta, bad)
     return delta
+
+
+TABLE_SCHEMAS = {
+    "files": ("file-entry-v1",),
+    "file-chunks": ("chunks-v1",),
+    "file-names": ("file-name-bytes-v1",),
+    "file-ntfs": ("ntfs-entry-v2", "ntfs-entry-v1"),
+    "file-streams": ("file-stream-v2", "file-stream-v1"),
+    "file-ntfs-blobs": ("chunks-v1",),
+}
+
+
+def _table(manifest: Manifest, name: str, bad: _Bad) -> np.ndarray:
+    """A file-delta table, present and of one of the schemas it is written with."""
+    found = manifest.tables.get(name)
+    if found is None:
+        raise bad(f"the manifest has no table {name!r}", name)
+    if found[0] not in TABLE_SCHEMAS[name]:
+        raise bad(f"table {name!r} has schema {found[0]!r}", name)
+    return found[1]
+
+
+class _Bad:
+    """Makes the CorruptImage of a stored file delta that fails a check."""
+
+    def __init__(self, manifest: Manifest) -> None:
+        meta = manifest.meta
+        self.where = f"layer {meta.get('layer', '?')}:{meta.get('version', '?')}"
+
+    def __call__(self, problem: str, field: str, row: int | None = None) -> CorruptImage:
+        at = f"row {row}: " if row is not None else ""
+        return CorruptImage(
+            path=self.where, structure="file delta", problem=at + problem, field=field
+        )
+
+
+def _dicts(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(x, dict) for x in value)
+
+
+def _volumes(info: object, bad: _Bad) -> list[Volume]:
+    volumes = info.get("volumes") if isinstance(info, dict) else None
+    if not _dicts(volumes):
+        raise bad("meta volumes must be a list of objects", "meta.file_delta.volumes")
+    out = []
+    for v in volumes:  # type: ignore[union-attr]
+        numbers = [v.get(k) for k in ("partition", "start", "length")]
+        fs = v.get("fs", "fat")
+        if not all(type(n) is int and 0 <= n < 1 << 63 for n in numbers) or fs not in FS_KINDS:
+            raise bad(f"volume {v!r}"[:200] + " is not a volume", "meta.file_delta.volumes")
+        out.append(Volume(*numbers, fs))  # type: ignore[arg-type]
+    if len({v.partition for v in out}) != len(out):
+        raise bad("a volume is listed twice", "meta.file_delta.volumes")
+    return out
+
+
+FS_KINDS = ("fat", "ntfs")
+
+
+def _inside(first: np.ndarray, count: np.ndarray, total: int) -> np.ndarray:
+    """Rows whose range ``first .. first + count`` lies in a table of ``total`` rows (no
+    uint64 wrap-around)."""
+    first, count, top = first.astype(np.uint64), count.astype(np.uint64), np.uint64(total)
+    return (first <= top) & (count <= top - np.minimum(first, top))
+
+
+def _first_bad(ok: np.ndarray) -> int | None:
+    wrong = np.flatnonzero(~ok)
+    return int(wrong[0]) if wrong.size else None
+
+
+def _check_entries(delta: FileDelta, bad: _Bad) -> None:
+    e, chunks = delta.entries, delta.chunks
+    partitions = np.array([v.partition for v in delta.volumes], np.int64)
+    checks = [
+        (
+            _inside(e["name_offset"], e["name_length"], len(delta.names)),
+            "files.name_offset",
+            "the name points past the names table",
+        ),
+        (
+            _inside(e["first_chunk"], e["chunk_count"], len(chunks)),
+            "files.first_chunk",
+            "the content points past the chunk table",
+        ),
+        (np.isin(e["partition"], partitions), "files.partition", "a volume the delta lacks"),
+        (np.isin(e["change"], list(CHANGE_NAMES)), "files.change", "an unknown change"),
+        (np.isin(e["kind"], list(KIND_NAMES)), "files.kind", "an unknown kind"),
+        ((e["flags"] | HAS_CONTENT) == HAS_CONTENT, "files.flags", "unknown flags"),
+        (
+            ~(
+                (e["flags"] & HAS_CONTENT).astype(bool)
+                & ((e["kind"] != FILE) | (e["change"] == DELETED))
+            ),
+            "files.flags",
+            "content on a directory or a deleted entry",
+        ),
+    ]
+    for name in ("created", "modified", "accessed"):
+        stamp = e[name]
+        ok = (stamp == NO_TIME) | ((stamp >= STAMP_MIN) & (stamp <= STAMP_MAX))
+        checks.append((ok, f"files.{name}", "a time no date can hold"))
+    for ok, field_name, problem in checks:
+        row = _first_bad(ok)
+        if row is not None:
+            raise bad(problem, field_name, row)
+    carried = np.flatnonzero(e["flags"] & HAS_CONTENT)
+    _check_contents(e[carried], chunks, bad, "files", carried)
+    _check_paths(delta, bad)
+
+
+def _check_contents(
+    rows: np.ndarray, chunks: np.ndarray, bad: _Bad, table: str, numbers: np.ndarray
+) -> None:
+    """The chunk rows of each carried content run from offset 0 without a gap and add up to
+    its size (else a merge would write a file of another size than the entry says)."""
+    if not len(rows):
+        return
+    ends = np.concatenate(([0], np.cumsum(chunks["length"], dtype=np.uint64)))
+    first = rows["first_chunk"].astype(np.int64)
+    count = rows["chunk_count"].astype(np.int64)
+    sums = ends[first + count] - ends[first]
+    row = _first_bad(sums == rows["size"])
+    if row is not None:
+        raise bad(
+            f"its chunks hold {int(sums[row])} bytes, its size is {int(rows['size'][row])}",
+            f"{table}.size",
+            int(numbers[row]),
+        )
+    at = np.repeat(first, count) + (
+        np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count)
+    )
+    want = ends[at] - np.repeat(ends[first], count)
+    wrong = _first_bad(chunks["offset"][at] == want)
+    if wrong is not None:
+        owner = int(np.searchsorted(np.cumsum(count), wrong, side="right"))
+        raise bad(
+            f"chunk row {int(at[wrong])} is at offset {int(chunks['offset'][at[wrong]])}, "
+            f"not {int(want[wrong])}",
+            "file-chunks.offset",
+            int(numbers[owner]),
+        )
+
+
+def _check_paths(delta: FileDelta, bad: _Bad) -> None:
+    """``path_problem`` of every entry, and each path named once per volume.  The paths are
+    joined (NUL-separated: no path holds one) and scanned at once (``_suspects``); only the
+    rows flagged there are parsed one by one (a 200 000-entry delta: a fifth of a second)."""
+    e = delta.entries
+    if not len(e):
+        return
+    starts, lengths = e["name_offset"].tolist(), e["name_length"].tolist()
+    raw = [delta.names[a : a + n] for a, n in zip(starts, lengths, strict=True)]
+    joined = b"\0" + b"\0".join(raw)
+    if joined.count(b"\0") != len(raw):
+        row = next(i for i, r in enumerate(raw) if b"\0" in r)
+        raise bad("the path holds a NUL", "file-names", row)
+    try:
+        paths = joined.decode("utf-8", "surrogatepass").split("\0")[1:]
+    except UnicodeDecodeError as err:
+        row = joined.count(b"\0", 0, err.start + 1) - 1
+        raise bad(f"the path is not UTF-8 ({err.reason})", "files.name_offset", row) from err
+    fat_volumes = {v.partition for v in delta.volumes if v.fs == "fat"}
+    partitions = e["partition"].tolist()
+    for row in _suspects(joined, raw, e["name_length"]):
+        problem = path_problem(paths[row], partitions[row] in fat_volumes)
+        if problem is not None:
+            raise bad(f"the path {_shown(paths[row])} {problem}", "file-names", row)
+    keys: list[Any]
+    if len(delta.volumes) == 1:  # the usual case: the paths alone, upper-cased at once on FAT
+        fat = delta.volumes[0].fs == "fat"
+        keys = "\0".join(paths).upper().split("\0") if fat else paths
+    else:
+        keys = [
+            (p, path.upper() if p in fat_volumes else path)
+            for p, path in zip(partitions, paths, strict=True)
+        ]
+    if len(set(keys)) != len(keys):
+        seen: dict[Any, int] = {}
+        for row, key in enumerate(keys):
+            other = seen.setdefault(key, row)
+            if other != row:
+                raise bad(f"the path {_shown(paths[row])} is also row {other}'s", "file-names", row)
+
+
+_FAT_FORBIDDEN = np.zeros(256, bool)
+_FAT_FORBIDDEN[list(b'\\:*?"<>|')] = True
+_FAT_FORBIDDEN[1:0x20] = True
+_ALLOWED = bytes(np.flatnonzero(~_FAT_FORBIDDEN).astype(np.uint8))  # ``translate`` deletes
+_ENDINGS = np.zeros(256, bool)
+_ENDINGS[list(b"/. ")] = True
+
+
+def _suspects(joined: bytes, raw: list[bytes], lengths: np.ndarray) -> list[int]:
+    """The rows ``path_problem`` may refuse (a superset), from ``joined`` (NUL, then the rows
+    NUL-separated): a row not starting with '/'; a component ending in '/' (empty), '.'
+    ('.', '..', a trailing dot) or ' '; a byte a FAT name cannot hold; a component of more
+    than 127 bytes (a FAT name holds 255 UTF-16 units).  UTF-8 never holds an ASCII byte
+    inside another character, so bytes are enough."""
+    arr = np.frombuffer(joined + b"\0", np.uint8)
+    nuls = np.flatnonzero(arr == 0)  # row r starts after nuls[r]; the last one ends the text
+    bad_start = np.flatnonzero(arr[nuls[:-1] + 1] != ord("/"))
+    seps = np.flatnonzero((arr == ord("/")) | (arr == 0))[1:]
+    ending = _ENDINGS[arr[seps - 1]]
+    forbidden = (
+        np.flatnonzero(_FAT_FORBIDDEN[arr]) if joined.translate(None, _ALLOWED) else seps[:0]
+    )
+    rows = np.concatenate(
+        [
+            bad_start,
+            np.searchsorted(nuls, seps[ending] - 1, "right") - 1,
+            np.searchsorted(nuls, forbidden, "right") - 1,
+        ]
+    )
+    long = [
+        i for i in np.flatnonzero(lengths > 128).tolist() if max(map(len, raw[i].split(b"/"))) > 127
+    ]
+    return sorted(set(rows.tolist()) | set(long))
+
+
+def _shown(text: str) -> str:
+    shown = repr(text)
+    return shown if len(shown) <= 80 else shown[:60] + "…" + shown[-19:]
+
+
+def path_problem(path: str, fat: bool) -> str | None:
+    """Why ``path`` cannot name an entry of a volume's tree (on FAT: of a FAT volume), else
+    None."""
+    parts = path.split("/")
+    if parts[0] != "" or len(parts) < 2:
+        return "does not start with '/'"
+    if "\0" in path:
+        return "holds a NUL"
+    for part in parts[1:]:
+        if part in ("", ".", ".."):
+            return "has an empty, '.' or '..' component"
+        problem = long_name_problem(part) if fat else None
+        if problem is not None:
+            return f"has a component that {problem}"
+    return None
 
 
 def _widened(rows: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -279,20 +525,53 @@ def _widened(rows: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return out
 
 
-def _check_ntfs(delta: FileDelta) -> None:
+def _check_ntfs(delta: FileDelta, bad: _Bad) -> None:
     entries, streams, ntfs = delta.entries, delta.streams, delta.ntfs
-    ends = streams["name_offset"] + streams["name_length"].astype(np.uint64)
-    chunk_ends = streams["first_chunk"] + streams["chunk_count"].astype(np.uint64)
-    stream_ends = ntfs["first_stream"].astype(np.uint64) + ntfs["stream_count"]
-    blob_rows = np.concatenate([ntfs["security_blob"], ntfs["reparse_blob"]])
-    blob_rows = blob_rows[blob_rows != NO_BLOB]
-    bad = len(ntfs) and (
-        int(ntfs["entry"].max()) >= len(entries) or int(stream_ends.max()) > len(streams)
-    )
-    bad = bad or (len(ends) and int(ends.max()) > len(delta.names))
-    bad = bad or (len(chunk_ends) and int(chunk_ends.max()) > len(delta.chunks))
-    if bad or (len(blob_rows) and int(blob_rows.max()) >= len(delta.blobs)):
-        raise InvalidInput("file delta: an NTFS row points past the entries, names or chunks")
+    blobs = len(delta.blobs)
+    checks = [
+        (ntfs["entry"] < len(entries), "file-ntfs.entry", "the row points past the entries"),
+        (
+            _inside(ntfs["first_stream"], ntfs["stream_count"], len(streams)),
+            "file-ntfs.first_stream",
+            "the streams point past the streams table",
+        ),
+        (
+            (ntfs["security_blob"] == NO_BLOB) | (ntfs["security_blob"] < blobs),
+            "file-ntfs.security_blob",
+            "the row points past the blobs table",
+        ),
+        (
+            (ntfs["reparse_blob"] == NO_BLOB) | (ntfs["reparse_blob"] < blobs),
+            "file-ntfs.reparse_blob",
+            "the row points past the blobs table",
+        ),
+        (
+            _inside(streams["name_offset"], streams["name_length"], len(delta.names)),
+            "file-streams.name_offset",
+            "the name points past the names table",
+        ),
+        (
+            _inside(streams["first_chunk"], streams["chunk_count"], len(delta.chunks)),
+            "file-streams.first_chunk",
+            "the content points past the chunk table",
+        ),
+        ((streams["flags"] | HAS_CONTENT) == HAS_CONTENT, "file-streams.flags", "unknown flags"),
+    ]
+    for ok, field_name, problem in checks:
+        row = _first_bad(ok)
+        if row is not None:
+            raise bad(problem, field_name, row)
+    carried = np.flatnonzero(streams["flags"] & HAS_CONTENT)
+    _check_contents(streams[carried], delta.chunks, bad, "file-streams", carried)
+    for row, st in enumerate(streams):
+        start = int(st["name_offset"])
+        raw = delta.names[start : start + int(st["name_length"])]
+        try:
+            name = raw.decode("utf-8", "surrogatepass")
+        except UnicodeDecodeError as e:
+            raise bad(f"the name is not UTF-8 ({e.reason})", "file-streams.name_offset", row) from e
+        if not name or "\0" in name:
+            raise bad(f"stream name {name!r} is empty or holds a NUL", "file-streams", row)
 
 
 def _volume_meta(v: Volume) -> dict[str, Any]:
@@ -427,7 +706,7 @@ def ntfs_rows(
     """Changed entries of NTFS volume ``vol`` (``old`` in the base, ``new`` in the child)."""
     reader = NtfsContent(new)
     found = ntfsdelta.diff_with(NtfsContent(old), reader, vol.start, changed, masks)
-    changes = ntfsdelta.settle(found)
+    changes = ntfsdelta.settle(found, new.path)
     return [
         _Row(
             vol.partition,
@@ -867,12 +1146,16 @@ def cdc_chunks(
     pieces: Iterator[bytes],
     sizes: Sequence[int] = (CDC_MIN, CDC_AVG, CDC_MAX),
 ) -> Iterator[tuple[int, memoryview]]:
-    """(offset, chunk) of a stream cut with FastCDC; the same cuts as one call on the whole."""
+    """(offset, chunk) of a stream cut with FastCDC; the same cuts as one call on the whole.
+    Small pieces are gathered into windows first: each call scans what it is given from its
+    start, so a file read a 512-byte cluster at a time (a fragmented FAT or NTFS file comes
+    a run at a time) cost a scan of the carried tail per piece (32 MiB: 2.5 s, not 0.06)."""
+    windows = _windows(pieces, max(READ_WINDOW, 4 * sizes[2]))
     carried = b""
     start = 0
-    pending = next(pieces, None)
+    pending = next(windows, None)
     while pending is not None:
-        following = next(pieces, None)
+        following = next(windows, None)
         buf = carried + pending if carried else pending
         final = following is None
         view = memoryview(buf)
@@ -885,6 +1168,24 @@ def cdc_chunks(
         pending = following
     if carried:
         yield start, memoryview(carried)
+
+
+def _windows(pieces: Iterator[Buffer], size: int) -> Iterator[Buffer]:
+    """``pieces`` joined into windows of at least ``size`` bytes (a large piece passes as it
+    is); the last window may be shorter."""
+    held: list[Buffer] = []
+    count = 0
+    for piece in pieces:
+        if not held and len(piece) >= size:
+            yield piece
+            continue
+        held.append(piece)
+        count += len(piece)
+        if count >= size:
+            yield b"".join(held)
+            held, count = [], 0
+    if held:
+        yield b"".join(held)
 
 
 def read_content(store: Store, chunks: np.ndarray) -> Iterator[bytes]:

@@ -25,7 +25,7 @@ import numpy as np
 
 from strata.blockdev.base import BaseDevice, BlockDevice
 from strata.blockdev.rawfile import pwrite_all
-from strata.errors import StateError
+from strata.errors import CorruptImage, IntegrityError, StateError
 from strata.fs.fat import FatEditor, FatEntry, open_fat
 from strata.fs.fat import structs as fat
 from strata.fs.volumes import open_volume, where
@@ -46,6 +46,7 @@ from strata.layer.filedelta import (
 from strata.layer.storedev import StoreDevice
 from strata.partition import read_table
 from strata.store import CHUNK_ROW, Manifest, Store
+from strata.store.ids import ZERO_ID, to_hex
 
 BLOCK = 64 << 10
 BATCH_BYTES = 8 << 20  # small files fetched from the store together
@@ -184,12 +185,14 @@ def merge(
         volumes = fat_volumes(overlay, ptable)
         _refuse_misordered(upper)
         deltas = [_delta_for(layer, volumes) for layer in upper]
+        for layer, delta in zip(upper, deltas, strict=True):
+            _refuse_absent_chunks(store, layer, delta, volumes)
         outside = _outside_rows(upper, volumes)
         _refuse_overlaps(upper, outside)
         merger = _Merger(store, overlay, volumes)
         for layer, delta in zip(upper, deltas, strict=True):
             if delta is not None:
-                below = {":".join(ref) for ref in layer.manifest.meta.get("stack", [])}
+                below = {":".join(ref) for ref in _stack(layer)}
                 merger.apply(_label(layer), delta, below)
         merged = store.put_blocks(overlay.changed_blocks())
         table = compose_tables([os_layer.table, *outside, merged])
@@ -232,11 +235,61 @@ def _delta_for(layer: LayerLike, volumes: Sequence[Volume]) -> FileDelta | None:
     return delta
 
 
+def _refuse_absent_chunks(
+    store: Store, layer: LayerLike, delta: FileDelta | None, volumes: Sequence[Volume]
+) -> None:
+    """Every chunk the merge will read for ``layer`` is in the store, before anything is
+    written (a version is committed only with all its chunks: one gone is damage)."""
+    if delta is None:
+        return
+    rows = np.flatnonzero(
+        np.isin(delta.entries["partition"], [v.partition for v in volumes])
+        & (delta.entries["flags"] & HAS_CONTENT).astype(bool)
+        & (delta.entries["kind"] != DIRECTORY)
+    )
+    if not len(rows):
+        return
+    counts = delta.entries["chunk_count"][rows].astype(np.int64)
+    firsts = delta.entries["first_chunk"][rows].astype(np.int64)
+    at = np.repeat(firsts, counts) + (
+        np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+    )
+    ids = delta.chunks["id"][at]
+    distinct = [bytes(i) for i in np.unique(ids)]
+    found = store.locate([cid for cid in distinct if cid != ZERO_ID])
+    absent = [cid for cid in distinct if cid != ZERO_ID and cid not in found]
+    if absent:
+        first = int(np.flatnonzero(ids == np.frombuffer(absent[0], "V16")[0])[0])
+        row = int(np.repeat(rows, counts)[first])
+        raise IntegrityError(
+            what=f"layer {_label(layer)}: the file delta's content of {delta.path(row)} "
+            f"(row {row}) names chunk {to_hex(absent[0])} (field file-chunks.id), which the "
+            f"store does not hold ({len(absent)} chunk(s) absent)"
+        )
+
+
+def _stack(layer: LayerLike) -> list[list[str]]:
+    """The layers ``layer`` was packaged on (meta ``stack``: [name, version] pairs)."""
+    stack = layer.manifest.meta.get("stack", [])
+    pairs = isinstance(stack, list) and all(
+        isinstance(ref, list) and len(ref) == 2 and all(isinstance(x, str) for x in ref)
+        for ref in stack
+    )
+    if not pairs:
+        raise CorruptImage(
+            path=f"layer {_label(layer)}",
+            structure="layer manifest",
+            problem=f"stack {stack!r}"[:200] + " is not a list of [layer, version] pairs",
+            field="meta.stack",
+        )
+    return stack
+
+
 def _refuse_misordered(layers: Sequence[LayerLike]) -> None:
     """A layer packaged on top of another is a delta against it, so it must apply after it."""
     position = {tuple(layer.ref): at for at, layer in enumerate(layers)}
     for at, layer in enumerate(layers):
-        for below in layer.manifest.meta.get("stack", [])[1:]:
+        for below in _stack(layer)[1:]:
             if position.get(tuple(below), -1) > at:
                 raise StateError(
                     what=f"layer {_label(layer)} was packaged on {':'.join(below)}, so it must "
@@ -259,7 +312,7 @@ def _refuse_overlaps(layers: Sequence[LayerLike], outside: Sequence[np.ndarray])
     """Two layers changing one block outside the FAT volumes cannot both be right, unless one
     was captured on top of the other."""
     for j, later in enumerate(layers):
-        below = [list(x) for x in later.manifest.meta.get("stack", [])]
+        below = [list(x) for x in _stack(later)]
         for i in range(j):
             if list(layers[i].ref) in below:
                 continue

@@ -39,7 +39,7 @@ NO_FACTS = [0] * ROW_FIELDS  # a record not parsed: not in use
 SMALL_FILE = 1 << 20  # files up to this size are read grouped with their neighbours
 GROUP_BYTES = 8 << 20  # the most one grouped read holds
 GROUP_GAP = 64 << 10  # unused bytes read between two files rather than a second read
-MAX_DEPTH = 1024  # parent hops before a path is called a cycle
+MAX_DEPTH = 1024  # generations of parents read in bulk; hops to decide ``same_chain``
 EPOCH = dt.datetime(1970, 1, 1)
 SYSTEM_DIR = "/$Extend/"
 
@@ -415,9 +415,24 @@ class Records:
         f = self.facts.get(r)
         return f[1] if f is not None else 0 if r < self.vol.record_count else -1
 
-    def path_of(self, parent_ref: int, name: str) -> str | None:
+    def path_of(self, parent_ref: int, name: str, r: int) -> str | None:
+        """The path of record ``r``'s name ``name`` in directory ``parent_ref``."""
         prefix = self.prefix_of(parent_ref)
-        return None if prefix is None else f"{prefix}/{name}"
+        return None if prefix is None else f"{prefix}/{self.component(r, name)}"
+
+    def component(self, r: int, name: str) -> str:
+        """``name`` (of record ``r``) as a path component; a name no path can hold (empty,
+        ``.``, ``..``, holding ``/`` or NUL: neither Windows nor ntfs-3g makes one) would
+        make the path of another file, so the volume is refused."""
+        if name in ("", ".", "..") or "/" in name or "\0" in name:
+            raise CorruptImage(
+                path=self.vol.path,
+                structure=f"MFT record {r}",
+                problem=f"the name {name!r} cannot be a path component",
+                field="$FILE_NAME.name",
+                offset=self.vol.base + self.vol.record_offset(r),
+            )
+        return name
 
     def prefix_of(self, parent_ref: int) -> str | None:
         """The path of the directory ``parent_ref`` names (None when gone, reused or in a
@@ -464,10 +479,22 @@ class Records:
         return verdict
 
     def dir_path(self, d: int, seq: int) -> str | None:
-        """The path of directory ``d`` (None when gone, reused or in a cycle), cached."""
+        """The path of directory ``d`` (None when gone or reused), cached; a cycle of parent
+        references is a CorruptImage (each of its files would have no path).  No depth
+        limit: the walk ends at the root, a cached directory or a repeat (a limit on the
+        hops of one walk left a deep tree's files out, or not, by the order of the walks)."""
         chain: list[tuple[int, str]] = []
+        on_chain: set[int] = set()
         while d not in self.paths:
-            if len(chain) > MAX_DEPTH or not 0 <= d < self.vol.record_count:
+            if d in on_chain:
+                raise CorruptImage(
+                    path=self.vol.path,
+                    structure=f"MFT record {d}",
+                    problem="parent reference cycle",
+                    field="$FILE_NAME.parent",
+                    offset=self.vol.base + self.vol.record_offset(d),
+                )
+            if not 0 <= d < self.vol.record_count:
                 return None
             if not self.scanned[d]:
                 self.load(np.array([d]))
@@ -479,7 +506,8 @@ class Records:
                 self.paths[d] = None
                 break
             pref, name = names[0]
-            chain.append((d, name))
+            chain.append((d, self.component(d, name)))
+            on_chain.add(d)
             d, seq = pref & s.REF_RECORD_MASK, (pref >> 48) & 0xFFFF
         prefix = self.paths[d]
         for c, name in reversed(chain):
@@ -491,7 +519,7 @@ class Records:
         """Every resolvable name of in-use record ``r``."""
         out = []
         for pref, name in self.names.get(r, ()):
-            path = self.path_of(pref, name)
+            path = self.path_of(pref, name, r)
             if path is None or path.startswith(SYSTEM_DIR):  # metafiles: the volume's own
                 continue
             out.append(self.item(r, path))
@@ -901,7 +929,7 @@ def _kept_file(before: Records, after: Records, r: int, where: Where) -> list[Ch
     if names is None or len(names) != 1 or before.names.get(r) != names:
         return None
     pref, name = names[0]
-    path = after.path_of(pref, name)
+    path = after.path_of(pref, name, r)
     if (
         path is None
         or path.startswith(SYSTEM_DIR)
@@ -1074,20 +1102,42 @@ def _digest(vol: NtfsVolume, extents: list[Attribute]) -> bytes:
     return h.digest()
 
 
-def settle(changes: list[Change]) -> list[Change]:
+def settle(changes: list[Change], source: str = "<ntfs>") -> list[Change]:
     """One change per path, parents first: a path deleted and added is modified (a directory:
-    opaque); below a deleted or opaque directory only that directory is recorded."""
-    deleted = {c.item.path.casefold(): c for c in changes if c.change == "deleted"}
+    opaque); below a deleted or opaque directory only that directory is recorded.  Paths are
+    compared as NTFS keeps them: names that differ only in case (POSIX-namespace names, which
+    ntfs-3g makes) are two files, both carried.  A deletion pairs with an addition of the same
+    path, else with one of the same path in another case (a file renamed in case only).
+    Two records named by one path (``source``'s directory holds one name once) are a
+    CorruptImage: keeping either would leave the other file out without a word."""
+    deleted = {c.item.path: c for c in changes if c.change == "deleted"}
+    kept = [c for c in changes if c.change != "deleted"]
+    prior: dict[int, NtfsItem] = {}
+    for at, c in enumerate(kept):
+        if c.item.path in deleted:
+            prior[at] = deleted.pop(c.item.path).item
+    folded: dict[str, list[str]] = {}
+    for path in deleted:
+        folded.setdefault(path.casefold(), []).append(path)
+    for at, c in enumerate(kept):
+        others = folded.get(c.item.path.casefold())
+        if at not in prior and others:
+            prior[at] = deleted.pop(others.pop(0)).item
     live: dict[str, Change] = {}
-    for c in changes:
-        if c.change == "deleted":
-            continue
-        key = c.item.path.casefold()
-        if key in deleted:
-            prior = deleted.pop(key).item
-            kind = "opaque" if c.item.is_dir and prior.is_dir else "modified"
+    for at, c in enumerate(kept):
+        was = prior.get(at)
+        if was is not None:
+            kind = "opaque" if c.item.is_dir and was.is_dir else "modified"
             c = Change(kind, c.item, not c.item.is_dir)
-        live[key] = c
+        other = live.setdefault(c.item.path, c)
+        if other.item.record != c.item.record:
+            raise CorruptImage(
+                path=source,
+                structure=f"MFT records {other.item.record} and {c.item.record}",
+                problem=f"both are named {c.item.path!r}",
+                field="$FILE_NAME.name",
+            )
+        live[c.item.path] = c
     closed = {k for k, c in deleted.items() if c.item.is_dir}
     closed |= {k for k, c in live.items() if c.change == "opaque"}
     whiteouts = [c for k, c in deleted.items() if not any(_under(k, d) for d in closed if d != k)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii as _json_str  # type: ignore[attr-defined]
@@ -133,7 +134,8 @@ class Table:
 
     def lines(self, batch: int = 8192) -> Iterator[str]:
         """The text listing, ``batch`` lines at a time (newline-terminated): type, size,
-        modified time to the second, attributes, path (and `` -> target`` for a link)."""
+        modified time to the second, attributes, path (and `` -> target`` for a link), with
+        control characters in names shown as ``\\xNN`` (``--json`` carries them as they are)."""
         kinds = {kind: f"{kind:<8} " for kind in set(self.kind)}
         spelled = {bits: f"{','.join(names) or '-':<24} " for bits, names in self._spell().items()}
         for lo in range(0, len(self), batch):
@@ -145,13 +147,13 @@ class Table:
                     self.kind[lo:hi],
                     middle,
                     self.flags[lo:hi],
-                    self.path[lo:hi],
+                    printable(self.path[lo:hi]),
                     strict=True,
                 )
             ]
             for i, extra in self._sparse_in(lo, hi):
                 if extra.get("target") is not None:
-                    out[i - lo] += f" -> {extra['target']}"
+                    out[i - lo] += f" -> {printable([extra['target']])[0]}"
             yield "\n".join(out) + "\n"
 
     def _sizes_and_stamps(self, lo: int, hi: int) -> list[str]:
@@ -170,6 +172,23 @@ class Table:
         for i in np.flatnonzero(odd).tolist():
             middle[i] = f"{self.size[lo + i]:>{SIZE_WIDTH}}{middle[i][SIZE_WIDTH:]}"
         return middle
+
+
+# C0 and C1 controls and DEL: a name holding them (NTFS allows any but NUL and '/') would
+# move the cursor, recolour the terminal or print a line of its own in the text listing.
+# An unpaired surrogate (NTFS names are UTF-16 units, unchecked) cannot be written as UTF-8.
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_ESCAPED = {c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7F, 0xA0)]}
+_ESCAPED.update({c: f"\\u{c:04x}" for c in range(0xD800, 0xE000)})
+
+
+def printable(texts: list[str]) -> list[str]:
+    """``texts`` with control characters shown as ``\\xNN`` and unpaired surrogates as
+    ``\\uNNNN`` (a batch without any, the usual case, is returned as it is after one
+    search)."""
+    if not _CONTROLS.search("".join(texts)):
+        return texts
+    return [text.translate(_ESCAPED) for text in texts]
 
 
 def _json(value: Any) -> str:

@@ -29,6 +29,7 @@ from strata.fs.fat.reader import (
     FatEntry,
     FatVolume,
     encode_fat12,
+    long_name_problem,
     record_fields,
     short_display,
     split_path,
@@ -318,9 +319,21 @@ class FatEditor(FatVolume):
         merged = (old & np.uint32(0xF0000000)) | self.fat[lo:hi].astype(np.uint32)
         return lo * 4, merged.astype("<u4").tobytes()
 
+    def _fsinfo_sectors(self) -> list[int]:
+        """The FSInfo sector and its backup's, where they may be: fatgen103 3.3 puts both in
+        the reserved region (a BPB pointing them elsewhere would have the editor write into
+        a FAT or a file's clusters)."""
+        g = self.geometry
+        if g.fat_type != 32:
+            return []
+        found = [g.fsinfo_sector]
+        if g.backup_boot_sector:
+            found.append(g.backup_boot_sector + g.fsinfo_sector)
+        return [n for n in found if 0 < n < g.reserved_sectors]
+
     def _fsinfo_hint(self) -> int:
         g = self.geometry
-        if g.fat_type != 32 or not g.fsinfo_sector:
+        if g.fsinfo_sector not in self._fsinfo_sectors():
             return 2
         raw = self._read(g.fsinfo_sector * g.sector_size, 512)
         hint = int.from_bytes(raw[s.FSINFO_NEXT_FREE : s.FSINFO_NEXT_FREE + 4], "little")
@@ -332,10 +345,7 @@ class FatEditor(FatVolume):
             return
         hint = self._next_free if self._next_free < g.cluster_count + 2 else 2
         fields = self.free_clusters().to_bytes(4, "little") + hint.to_bytes(4, "little")
-        sectors = [g.fsinfo_sector]
-        if g.backup_boot_sector:
-            sectors.append(g.backup_boot_sector + g.fsinfo_sector)
-        for sector in sectors:
+        for sector in self._fsinfo_sectors():
             at = sector * g.sector_size
             raw = self._read(at, 512)
             lead = int.from_bytes(raw[:4], "little")
@@ -651,12 +661,9 @@ def lfn_entries(name: str, checksum: int) -> bytes:
 
 
 def check_long_name(name: str) -> str:
-    units = len(name.encode("utf-16-le")) // 2
-    bad = set(name) & s.LONG_FORBIDDEN or {c for c in name if ord(c) < 0x20}
-    if name in (".", "..") or not name or bad or units > s.MAX_NAME_UNITS:
-        raise InvalidInput(f"{name!r} is not a valid FAT long name")
-    if name != name.rstrip(" ."):
-        raise InvalidInput(f"{name!r} ends in a space or dot, which FAT drops")
+    problem = long_name_problem(name)
+    if problem is not None:
+        raise InvalidInput(f"{name!r} is not a valid FAT long name: it {problem}")
     return name
 
 

@@ -311,17 +311,38 @@ class FatVolume:
         return np.frombuffer(raw, s.DIRENT_DTYPE)
 
     def entries(self, d: Directory) -> list[FatEntry]:
-        """Live entries of a directory, without ``.``/``..`` and the volume label."""
+        """Live entries of a directory, without ``.``/``..`` and the volume label.  Each
+        names a file of its own: a name no path can hold, or two entries with one name,
+        is a CorruptImage (a path made of them would name another file)."""
         cached = self._dir_cache.get(d.first_cluster)
         if cached is None:
             cached = [
                 replace(e, offset=d.slot_offset(e.slot))
                 for e in parse_entries(self.read_directory(d))
             ]
+            self._check_names(cached)
             if len(self._dir_cache) >= DIR_CACHE:
                 self.forget(next(iter(self._dir_cache)))
             self._dir_cache[d.first_cluster] = cached
         return cached
+
+    def _check_names(self, entries: list[FatEntry]) -> None:
+        seen: dict[str, FatEntry] = {}
+        for e in entries:
+            problem = long_name_problem(e.name)
+            if problem is not None:  # a long name only stands when valid: this is a short one
+                raise self.corrupt(
+                    "directory entry", f"short name {e.raw_short!r} {problem}", "name", e.offset
+                )
+            other = seen.setdefault(e.name.upper(), e)
+            if other is not e:
+                raise self.corrupt(
+                    "directory entry",
+                    f"{e.name!r} and the entry at {self.base + (other.offset or 0):#x} have "
+                    "one name (FAT compares names in upper case)",
+                    "name",
+                    e.offset,
+                )
 
     def forget(self, first_cluster: int) -> None:
         """Drop a directory's cached entries and chain (after it changed)."""
@@ -447,6 +468,21 @@ class FatVolume:
 
 
 # ---------------------------------------------------------------------------- parsing
+
+
+def long_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a FAT long name (fatgen103 7: no ``\\/:*?"<>|``, no control
+    characters, at most 255 UTF-16 units; Windows drops a trailing space or dot), else None."""
+    if name in ("", ".", ".."):
+        return "is empty, '.' or '..'"
+    bad = sorted(set(name) & s.LONG_FORBIDDEN | {c for c in name if ord(c) < 0x20})
+    if bad:
+        return f"holds {''.join(bad)!r}, which FAT names cannot hold"
+    if len(name.encode("utf-16-le", "surrogatepass")) // 2 > s.MAX_NAME_UNITS:
+        return f"is longer than {s.MAX_NAME_UNITS} UTF-16 units"
+    if name != name.rstrip(" ."):
+        return "ends in a space or dot, which FAT drops"
+    return None
 
 
 def split_path(path: str) -> list[str]:
@@ -633,7 +669,10 @@ def _long_name(
     table: np.ndarray, units: np.ndarray | None, is_lfn: np.ndarray, index: int, checksum: int
 ) -> tuple[str | None, int]:
     """fatgen103 7: ordinals 1..n walking back from the short entry, same checksum, last
-    one flagged 0x40.  Anything else is an orphan: the short name stands (as Windows does)."""
+    one flagged 0x40.  Anything else is an orphan: the short name stands (as Windows does).
+    A well-formed long name that is not a valid one (``long_name_problem``: a ``/``, ``..``,
+    a control character...) is not used either: the short name stands, and the slots still
+    belong to the entry (a delete frees them)."""
     if units is None:
         return None, 0
     raw = table.view(np.uint8).reshape(-1, s.DIRENT_SIZE)
@@ -654,4 +693,4 @@ def _long_name(
     stop = np.flatnonzero(code == 0)
     code = code[: int(stop[0])] if len(stop) else code
     text = code.astype("<u2").tobytes().decode("utf-16-le", "replace")
-    return (text or None), len(pieces)
+    return (text if long_name_problem(text) is None else None), len(pieces)
