@@ -188,3 +188,24 @@ def test_control_characters_in_names_are_shown_escaped() -> None:
     )
     assert lines[1].endswith("/plain -> /t\\x09ab\\udc80")
     assert json.loads("[" + ", ".join(table.json_items()) + "]")[0]["path"] == hostile
+
+
+def test_layer_diff_text_escapes_names_as_fs_ls_does(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``layer diff`` prints the paths a packaging machine chose: the same escaping."""
+    import strata.cli.layer as layer_cli
+    from strata.cli.main import run
+
+    hostile = "/App/red\x1b[31m\nadded    file   1 KiB  /Windows/evil.dll\udc80"
+    entry = {"path": hostile, "change": "added", "type": "file", "size": 3}
+    diff = {"layer": "app", "version": "1", "skipped": [],
+            "volumes": [{"partition": 1, "filesystem": "ntfs", "entries": [entry]}]}  # fmt: skip
+    monkeypatch.setattr(layer_cli, "layer_diff", lambda ref, store: diff)
+    assert run(["layer", "diff", "app:1", "--store", "unused"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1:] == [
+        "partition 1: 1 entries",
+        "  added     file         3 B  "
+        "/App/red\\x1b[31m\\x0aadded    file   1 KiB  /Windows/evil.dll\\udc80",
+    ]

@@ -88,14 +88,16 @@ def diff_cmd(store: str | None, ref: str) -> int:
     if current().json_mode:
         current().result(**diff)
         return 0
-    from strata.fs.volumes import where
+    from strata.fs import where
+    from strata.ops.table import printable
 
     click.echo(f"layer: {diff['layer']}:{diff['version']}")
     for vol in diff["volumes"]:
         click.echo(f"{where(vol['partition'])}: {len(vol['entries'])} entries")
-        for e in vol["entries"]:
+        paths = printable([e["path"] for e in vol["entries"]])  # a name may hold ESC
+        for e, path in zip(vol["entries"], paths, strict=True):
             size = human_size(e["size"]) if e["type"] == "file" else "-"
-            click.echo(f"  {e['change']:<9} {e['type']:<5} {size:>10}  {e['path']}")
+            click.echo(f"  {e['change']:<9} {e['type']:<5} {size:>10}  {path}")
     for skipped in diff["skipped"]:
         click.echo(f"{where(skipped['partition'])}: no file delta ({skipped['reason']})")
     return 0
