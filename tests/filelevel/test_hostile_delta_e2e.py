@@ -153,9 +153,10 @@ def test_a_stored_delta_naming_an_absent_chunk_is_refused(world: World) -> None:
     assert "layer d:1" in err and "/d.txt" in err and "file-chunks.id" in err
 
 
-def test_a_stored_stack_that_is_not_layer_pairs_is_refused(world: World) -> None:
+@pytest.mark.parametrize("stack", [[["win", 1]], "ab"])  # "ab": the block-level check's text
+def test_a_stored_stack_that_is_not_layer_pairs_is_refused(world: World, stack: object) -> None:
     def garble(m: Manifest) -> None:
-        m.meta["stack"] = [["win", 1]]
+        m.meta["stack"] = stack
 
     _tamper(world, "e:1", garble)
     err = _refused_publish(world, "e", 5)

@@ -192,7 +192,7 @@ def merge(
         merger = _Merger(store, overlay, volumes)
         for layer, delta in zip(upper, deltas, strict=True):
             if delta is not None:
-                below = {":".join(ref) for ref in _stack(layer)}
+                below = {":".join(ref) for ref in captured_stack(layer)}
                 merger.apply(_label(layer), delta, below)
         merged = store.put_blocks(overlay.changed_blocks())
         table = compose_tables([os_layer.table, *outside, merged])
@@ -268,7 +268,7 @@ def _refuse_absent_chunks(
         )
 
 
-def _stack(layer: LayerLike) -> list[list[str]]:
+def captured_stack(layer: LayerLike) -> list[list[str]]:
     """The layers ``layer`` was packaged on (meta ``stack``: [name, version] pairs)."""
     stack = layer.manifest.meta.get("stack", [])
     pairs = isinstance(stack, list) and all(
@@ -289,7 +289,7 @@ def _refuse_misordered(layers: Sequence[LayerLike]) -> None:
     """A layer packaged on top of another is a delta against it, so it must apply after it."""
     position = {tuple(layer.ref): at for at, layer in enumerate(layers)}
     for at, layer in enumerate(layers):
-        for below in _stack(layer)[1:]:
+        for below in captured_stack(layer)[1:]:
             if position.get(tuple(below), -1) > at:
                 raise StateError(
                     what=f"layer {_label(layer)} was packaged on {':'.join(below)}, so it must "
@@ -312,7 +312,7 @@ def _refuse_overlaps(layers: Sequence[LayerLike], outside: Sequence[np.ndarray])
     """Two layers changing one block outside the FAT volumes cannot both be right, unless one
     was captured on top of the other."""
     for j, later in enumerate(layers):
-        below = [list(x) for x in _stack(later)]
+        below = [list(x) for x in captured_stack(later)]
         for i in range(j):
             if list(layers[i].ref) in below:
                 continue

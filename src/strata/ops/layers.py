@@ -106,7 +106,7 @@ def check_stack(layers: Sequence[Resolved]) -> None:
     """Block-level composition is valid when each layer was captured on exactly the layers
     applied before it, in the same order."""
     for at, layer in enumerate(layers[1:], start=1):
-        captured_on = layer.manifest.meta.get("stack", [])
+        captured_on = filemerge.captured_stack(layer)
         below = [x.ref for x in layers[:at]]
         if captured_on != below:
             raise StateError(
