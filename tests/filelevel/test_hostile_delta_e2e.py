@@ -22,13 +22,10 @@ from strata.store import Manifest, Store
 from support.fat_tools import rewrite_long_name
 from support.filelevel_tools import (
     ENV,
-    back_to_child,
     export_raw,
-    finalize,
     fsck_fat,
+    install_whole_disk_file,
     mtool,
-    package,
-    to_raw,
 )
 from support.tools import qemu_img, require, result_of, run, strata, strata_json
 
@@ -42,18 +39,13 @@ class World:
 
 
 def _install(world: World, layer: str, name: str, data: bytes, long_name: str = "") -> None:
-    work = world.root / f"work-{layer}"
-    work.mkdir()
-    pkg = package(world.store, layer, world.root / f"out-{layer}")
-    raw = to_raw(pkg, work / "pkg.raw")
-    (work / "f").write_bytes(data)
-    mtool("mcopy", "-i", raw, work / "f", f"::/{name}")
-    if long_name:
+    def rename(raw: Path) -> None:
         image = bytearray(raw.read_bytes())
         rewrite_long_name(image, "/", name, long_name)
         raw.write_bytes(image)
-    back_to_child(pkg, raw)
-    finalize(world.store, pkg)
+
+    edit = rename if long_name else None
+    install_whole_disk_file(world.store, world.root, layer, f"/{name}", data, edit)
 
 
 @pytest.fixture(scope="module")

@@ -17,13 +17,10 @@ from strata.units import human_size
 from support.filelevel_tools import (
     ENV,
     MiB,
-    back_to_child,
     export_raw,
-    finalize,
     fsck_fat,
+    install_whole_disk_file,
     mtool,
-    package,
-    to_raw,
 )
 from support.tools import qemu_img, require, result_of, run, strata, strata_json
 
@@ -39,16 +36,8 @@ class World:
 
 
 def _install(root: Path, store: Path, layer: str) -> dict:
-    work = root / f"work-{layer}"
-    work.mkdir()
-    pkg = package(store, layer, root / f"out-{layer}")
-    raw = to_raw(pkg, work / "pkg.raw")
     path, data = {**FILES, **CONFLICTING}[layer]
-    local = work / Path(path).name
-    local.write_bytes(data)
-    mtool("mcopy", "-i", raw, local, f"::{path}")  # no @@offset: the FAT is the whole disk
-    back_to_child(pkg, raw)
-    return finalize(store, pkg)
+    return install_whole_disk_file(store, root, layer, path, data)
 
 
 @pytest.fixture(scope="module")

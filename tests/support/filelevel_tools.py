@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from strata.ops import disk, image, layers
@@ -58,6 +58,29 @@ def install(pkg: dict, work: Path, steps: Sequence[tuple[str, ...]]) -> Path:
         mtool(tool, "-i", fat_spec(raw), *args)
     back_to_child(pkg, raw)
     return raw
+
+
+def install_whole_disk_file(
+    store: Path,
+    root: Path,
+    layer: str,
+    path: str,
+    data: bytes,
+    edit: Callable[[Path], None] | None = None,
+) -> dict:
+    """A layer adding ``data`` at ``path`` of a whole-disk FAT (a "superfloppy"), made as a
+    packaging machine would: packaged, written by mtools (then ``edit`` of the raw disk, if
+    given), finalized; the finalize result."""
+    work = root / f"work-{layer}"
+    work.mkdir()
+    pkg = package(store, layer, root / f"out-{layer}")
+    raw = to_raw(pkg, work / "pkg.raw")
+    (work / "file").write_bytes(data)
+    mtool("mcopy", "-i", raw, work / "file", f"::{path}")  # no @@offset: the FAT is the disk
+    if edit is not None:
+        edit(raw)
+    back_to_child(pkg, raw)
+    return finalize(store, pkg)
 
 
 def finalize(store: Path, pkg: dict) -> dict:
