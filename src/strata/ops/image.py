@@ -12,12 +12,12 @@ result carries a conflict report (path, layers, winner), also kept in the image'
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from strata import jsontext
 from strata.blockdev.copy import Progress
 from strata.errors import InvalidInput, NotFound, StateError, SystemIOError
 from strata.formats import registry
@@ -74,17 +74,15 @@ def parse_app(text: str) -> AppRef:
 
 def load_template(path: str) -> Template:
     try:
-        with open(path, encoding="utf-8") as f:
-            raw = json.load(f)
+        with open(path, "rb") as f:
+            raw = jsontext.parse(f.read())
     except FileNotFoundError as e:
         raise NotFound(what=f"template {path}") from e
     except IsADirectoryError as e:
         raise InvalidInput(f"template {path} is a directory, not a JSON file") from e
     except OSError as e:
         raise SystemIOError.of(e, path) from e
-    except RecursionError as e:
-        raise InvalidInput(f"template {path}: JSON nested too deeply") from e
-    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+    except ValueError as e:  # syntax, UTF-8, nesting
         raise InvalidInput(f"template {path} is not JSON: {e}") from e
     return template_from(raw, path)
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import xxhash
 
+from strata import jsontext
 from strata.blockdev.copy import Progress
 from strata.errors import InvalidInput, NotFound, NotReady, StateError, StrataError
 from strata.formats import registry
@@ -631,12 +632,10 @@ def _read_marker(marker: str) -> dict[str, Any] | None:
     """The base description, None when there is none; ValueError saying how it is damaged."""
     try:
         with open(marker, "rb") as f:
-            info = json.loads(f.read())
+            info = jsontext.parse(f.read())
     except FileNotFoundError:
         return None
-    except RecursionError as e:
-        raise ValueError("not JSON: nested too deeply") from e
-    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+    except ValueError as e:  # syntax, UTF-8, nesting
         raise ValueError(f"not JSON: {e}") from e
     if not isinstance(info, dict) or not all(
         isinstance(info.get(key), kind) for key, kind in _MARKER_FIELDS.items()
@@ -654,9 +653,9 @@ def _base_of_a_record(st: Store, path: str) -> tuple[dict[str, Any], str] | None
     now = _fingerprint(path)
     for name in sorted((st.root / "packaging").glob("*.json")):
         try:
-            record = json.loads(name.read_bytes())
+            record = jsontext.parse(name.read_bytes())
             base = record.get("base")
-        except (OSError, ValueError, RecursionError, AttributeError):
+        except (OSError, ValueError, AttributeError):
             continue
         if isinstance(base, dict) and base.get("path") == path and base.get("fingerprint") == now:
             return base, f"{record.get('layer')}:{record.get('version')}"

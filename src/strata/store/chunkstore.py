@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from strata import jsontext
 from strata.errors import (
     CorruptImage,
     IntegrityError,
@@ -146,8 +147,8 @@ def read_config(root: Path) -> dict[str, Any]:
     except (FileNotFoundError, NotADirectoryError) as e:
         raise no_store(root) from e
     try:
-        config = json.loads(raw)
-    except (ValueError, RecursionError) as e:
+        config = jsontext.parse(raw)
+    except ValueError as e:
         raise CorruptImage(path=path, structure="store config", problem=f"not JSON ({e})") from e
     if not isinstance(config, dict) or config.get("format") != "strata-store":
         raise CorruptImage(path=path, structure="store config", problem="not a strata store")

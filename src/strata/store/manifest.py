@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from strata import jsontext
 from strata.errors import CorruptImage, InvalidInput
 from strata.store.ids import ZERO_ID, chunk_id
 from strata.store.structs import (
@@ -238,8 +239,8 @@ def _table_dtype(entry: dict[str, Any], bad: Any) -> np.dtype:
 
 def _parse_head(raw: bytes, bad: Any) -> dict[str, Any]:
     try:
-        head = json.loads(raw.decode("ascii"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        head = jsontext.parse(raw.decode("ascii"))
+    except ValueError as e:  # UnicodeDecodeError is one
         raise bad(f"header JSON does not parse: {e}", "json") from e
     if not isinstance(head, dict) or set(head) != {"kind", "meta", "tables"}:
         raise bad("header JSON must hold exactly kind, meta, tables", "json")
