@@ -33,6 +33,17 @@ def detect(dev: BlockDevice) -> str | None:
     return None
 
 
+def component_problem(name: str) -> str | None:
+    """Why ``name`` cannot be one component of a path in a volume's tree, else None: empty,
+    ``.`` and ``..`` name no entry of their own, ``/`` splits a path and NUL ends one (a path
+    made of such a name would name another file)."""
+    if name in ("", ".", ".."):
+        return "is empty, '.' or '..'"
+    if "/" in name or "\0" in name:
+        return "holds '/' or NUL"
+    return None
+
+
 def where(number: int) -> str:
     """How a user reads a volume number."""
     return "whole disk" if number == WHOLE_DISK else f"partition {number}"

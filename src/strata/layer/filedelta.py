@@ -33,6 +33,7 @@ import xxhash
 
 from strata.blockdev.base import BlockDevice
 from strata.errors import CorruptImage, StrataError
+from strata.fs import component_problem
 from strata.fs.fat import FatEntry, FatVolume, open_fat
 from strata.fs.fat.reader import long_name_problem
 from strata.fs.ntfs import NtfsVolume, open_ntfs
@@ -500,12 +501,10 @@ def path_problem(path: str, fat: bool) -> str | None:
     parts = path.split("/")
     if parts[0] != "" or len(parts) < 2:
         return "does not start with '/'"
-    if "\0" in path:
-        return "holds a NUL"
     for part in parts[1:]:
-        if part in ("", ".", ".."):
-            return "has an empty, '.' or '..' component"
-        problem = long_name_problem(part) if fat else None
+        problem = component_problem(part)
+        if problem is None and fat:
+            problem = long_name_problem(part)
         if problem is not None:
             return f"has a component that {problem}"
     return None

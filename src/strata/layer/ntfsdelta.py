@@ -28,6 +28,7 @@ import numpy as np
 import xxhash
 
 from strata.errors import CorruptImage, StrataError
+from strata.fs import component_problem
 from strata.fs.ntfs import NtfsVolume
 from strata.fs.ntfs import structs as s
 from strata.fs.ntfs.attributes import Attribute
@@ -424,11 +425,12 @@ class Records:
         """``name`` (of record ``r``) as a path component; a name no path can hold (empty,
         ``.``, ``..``, holding ``/`` or NUL: neither Windows nor ntfs-3g makes one) would
         make the path of another file, so the volume is refused."""
-        if name in ("", ".", "..") or "/" in name or "\0" in name:
+        problem = component_problem(name)
+        if problem is not None:
             raise CorruptImage(
                 path=self.vol.path,
                 structure=f"MFT record {r}",
-                problem=f"the name {name!r} cannot be a path component",
+                problem=f"the name {name!r} cannot be a path component: it {problem}",
                 field="$FILE_NAME.name",
                 offset=self.vol.base + self.vol.record_offset(r),
             )
