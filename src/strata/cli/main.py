@@ -11,7 +11,6 @@ import traceback
 from typing import NamedTuple
 
 import click
-from click.utils import make_default_short_help
 
 import strata
 from strata.cli.events import current, json_option, reset
@@ -98,7 +97,12 @@ class LazyGroup(click.Group):
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         """The command list, as click writes it, from the summaries (no module loaded)."""
         limit = formatter.width - 6 - max(len(name) for name in COMMANDS)
-        rows = [(name, make_default_short_help(c.summary, limit)) for name, c in COMMANDS.items()]
+        # A bare click.Command shortens the summary as click shortens a loaded command's help
+        # (click.utils.make_default_short_help is deprecated since click 8.2).
+        rows = [
+            (name, click.Command(name, help=c.summary).get_short_help_str(limit))
+            for name, c in COMMANDS.items()
+        ]
         with formatter.section("Commands"):
             formatter.write_dl(sorted(rows))
 
