@@ -24,7 +24,7 @@ from strata.ops import layers
 from strata.partition import open_partition
 from strata.store import Store
 
-from support.filelevel_tools import package
+from support.filelevel_tools import back_to_child, package
 from support.integrity_tools import (
     PART_START,
     can_mount,
@@ -32,7 +32,8 @@ from support.integrity_tools import (
     read_from_disk,
 )
 from support.ntfs_delta_tools import base_and_child, changed_blocks, sector_masks
-from support.tools import require, result_of, strata_json
+from support.ntfs_tools import set_parent
+from support.tools import require, result_of, strata, strata_json
 
 pytestmark = pytest.mark.skipif(not can_mount(), reason="ntfs-3g FUSE mounts need root")
 BLOCK = 64 << 10
@@ -372,3 +373,30 @@ def test_directory_index_lists_what_the_scan_finds(world: dict[str, Any]) -> Non
             got = {ref & ((1 << 48) - 1) for ref in vol.directory_children(d)}
             assert got == set(listing.owner[listing.parent == d].tolist()), d
     assert len(dirs) > 5
+
+
+def test_finalize_names_a_volume_it_has_no_file_delta_for(world: dict[str, Any]) -> None:
+    """A changed file whose parent directory is gone (an orphan): finalize still makes the
+    version deployable from its blocks, and says, on stderr and in ``layer diff``, which
+    volume has no file delta and why; it used to leave that file out of the delta silently."""
+    root = world["root"] / "orphan"
+    root.mkdir()
+    store = root / "store"
+    layers.import_os("win", "1", str(world["base"]), store=store)
+    pkg = package(store, "app-orphan", root / "out")
+    raw = package_machine(pkg, root, _change)
+    number = set_parent(raw, "/App/sub/big.bin", 1 << 48 | 12345, PART_START)
+    back_to_child(pkg, raw)
+    ref = f"{pkg['layer']}:{pkg['version']}"
+    done = strata("finalize", "--disk", pkg["disk_path"], "--layer", pkg["layer"],
+                  "--version", pkg["version"], "--store", store)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    why = f"MFT record {number}: its parent directory, record 12345"
+    (line,) = [ln for ln in done.stderr.splitlines() if "no file delta" in ln]
+    assert line.startswith("strata: warning: partition 1: no file delta: ") and why in line
+    assert f"{ref} is deployable" in done.stdout
+    shown = result_of(strata_json("layer", "diff", ref, "--store", store))
+    assert shown["volumes"] == [] and why in shown["skipped"][0]["reason"]
+    assert any(
+        why in ln for ln in strata("layer", "diff", ref, "--store", store).stdout.splitlines()
+    )

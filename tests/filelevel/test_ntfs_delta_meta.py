@@ -22,6 +22,7 @@ import pytest
 import xxhash
 
 from strata.blockdev.rawfile import RawFileDevice
+from strata.cli.finalize import file_delta_notes
 from strata.errors import StrataError
 from strata.fs.ntfs import NtfsVolume
 from strata.fs.ntfs import structs as s
@@ -322,7 +323,27 @@ def test_hostile_security_id_and_stream_runs(world: dict[str, Any]) -> None:
     m = Manifest(kind="layer-version")
     delta.add_to(m)
     assert m.meta["file_delta"]["warnings"] == delta.warnings
+    notes = file_delta_notes(delta.summary())  # what finalize and layer diff print
+    assert f"partition 1: /Data/acl.txt (MFT record {acl}): security id 524272" in "\n".join(notes)
+    assert len(notes) == len(delta.warnings)
     store.close()
+
+
+def test_notes_from_a_stored_manifest_trust_no_field() -> None:
+    """``layer diff`` reads the notes back from a manifest: a field missing, a partition that
+    is no number and a control character in a path are printed, not a traceback or an escape
+    sequence on the terminal."""
+    notes = file_delta_notes(
+        {
+            "skipped": [{"partition": "x", "reason": "bad\x1b[31m"}],
+            "warnings": [{"partition": 1, "path": "/a\nb"}, {}],
+        }
+    )
+    assert notes == [
+        "volume 'x': no file delta: bad\\x1b[31m",
+        "partition 1: /a\\x0ab (MFT record None): None",
+        "volume None: None (MFT record None): None",
+    ]
 
 
 FUZZ_ROUNDS = 1000  # per record; two records: 2000 mutations

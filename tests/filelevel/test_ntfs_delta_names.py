@@ -25,7 +25,14 @@ from strata.store import Store
 
 from support.integrity_tools import can_mount
 from support.ntfs_delta_tools import changed_blocks
-from support.ntfs_tools import attr_offsets, make_volume, mounted, rename_record, write_record
+from support.ntfs_tools import (
+    attr_offsets,
+    make_volume,
+    mounted,
+    rename_record,
+    set_parent,
+    write_record,
+)
 
 pytestmark = pytest.mark.skipif(not can_mount(), reason="ntfs-3g FUSE mounts need root")
 CYCLE_FILES = 300
@@ -128,6 +135,34 @@ def test_a_parent_cycle_refuses_the_volume_quickly(world: dict[str, Any]) -> Non
     assert time.perf_counter() - started < 10
     assert err.value.field == "$FILE_NAME.parent"
     assert err.value.structure in (f"MFT record {a.record}", f"MFT record {b.record}")
+
+
+@pytest.mark.parametrize("parent", ["a file", "a free record", "an older sequence"])
+def test_a_file_whose_parent_is_gone_refuses_the_volume(world: dict[str, Any], parent: str) -> None:
+    """An in-use record whose parent directory is gone (chkdsk's orphan) has no path: it was
+    left out of the delta silently, so publish lost the file without a word."""
+    child = _copy(world, "orphan")
+    with RawFileDevice(str(child)) as dev:
+        vol = NtfsVolume(dev)
+        case, b = vol.stat("/Data/Case.txt").record, vol.stat("/A/B").record
+        seq_case = int.from_bytes(vol.record(case)[16:18], "little")
+        seq_b = int.from_bytes(vol.record(b)[16:18], "little")
+        free = next(
+            r
+            for r in range(s.FIRST_USER_RECORD, vol.record_count)
+            if not int.from_bytes(vol.record(r)[22:24], "little") & s.RECORD_IN_USE
+        )
+    ref = {
+        "a file": case | seq_case << 48,
+        "a free record": free | 1 << 48,
+        "an older sequence": b | (seq_b - 1) << 48,
+    }[parent]
+    number = set_parent(child, "/A/B/f007", ref)
+    with pytest.raises(CorruptImage, match="is gone") as err:
+        _capture(world, child)
+    assert err.value.structure == f"MFT record {number}"
+    assert err.value.field == "$FILE_NAME.parent"
+    assert str(ref & s.REF_RECORD_MASK) in err.value.problem
 
 
 def test_deep_directories_resolve_whatever_the_order(

@@ -212,3 +212,18 @@ def rename_record(image: Path, vol_path: str, new: str, start: int = 0) -> int:
             rec[value + 66 : value + 66 + 2 * units] = encoded.ljust(2 * units, b"\0")
     write_record(image, start + offset, bytes(rec))
     return number
+
+
+def set_parent(image: Path, vol_path: str, parent_ref: int, start: int = 0) -> int:
+    """Point every $FILE_NAME of ``vol_path``'s record at ``parent_ref`` (record number, and
+    sequence in the top 16 bits), as chkdsk finds an orphan; its number."""
+    with RawFileDevice(str(image)) as dev:
+        vol = NtfsVolume(RangeDevice(dev, start, dev.size - start) if start else dev)
+        number = vol.stat(vol_path).record
+        rec = bytearray(vol.record(number))
+        offset = vol.record_offset(number)
+    for pos in attr_offsets(rec)[s.FILE_NAME]:
+        value = pos + int.from_bytes(rec[pos + 20 : pos + 22], "little")
+        rec[value : value + 8] = parent_ref.to_bytes(8, "little")
+    write_record(image, start + offset, bytes(rec))
+    return number

@@ -49,6 +49,30 @@ def _evidence_text(item: dict[str, Any]) -> str:
     return f"{where} (key present, values {json.dumps(item.get('values', {}))})"
 
 
+def file_delta_notes(delta: dict[str, Any] | None) -> list[str]:
+    """What the file delta left out: each volume skipped (publish then refuses a file-level
+    merge of it) and each record's part that could not be read, as a line a person reads.
+    The fields come from a stored manifest, so none is trusted to be there or printable."""
+    if delta is None:
+        return []
+    from strata.ops.table import printable
+
+    skipped, warnings = delta.get("skipped", []), delta.get("warnings", [])
+    texts = printable(
+        [str(s.get("reason")) for s in skipped]
+        + [f"{w.get('path')} (MFT record {w.get('record')}): {w.get('problem')}" for w in warnings]
+    )
+    places = [_volume(item.get("partition")) for item in skipped + warnings]
+    kinds = [": no file delta: "] * len(skipped) + [": "] * len(warnings)
+    return [f"{p}{k}{t}" for p, k, t in zip(places, kinds, texts, strict=True)]
+
+
+def _volume(partition: object) -> str:
+    from strata.fs import where
+
+    return where(partition) if isinstance(partition, int) else f"volume {partition!r}"
+
+
 @click.command("finalize")
 @click.option("--disk", required=True, type=FILE, help="The packaging disk.")
 @click.option("--layer", required=True, help="Layer being packaged.")
@@ -94,6 +118,8 @@ def group(
             reason=reason,
             on_gate=lambda report: report_gate(report, forced=force),
         )
+    for note in file_delta_notes(result["file_delta"]):
+        current().warning(note)
     current().result(
         f"{layer}:{version} is deployable: {result['changed_blocks']} changed blocks, "
         f"{result['new_bytes']} new bytes stored",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from strata.cli.events import current, json_option
-from strata.cli.finalize import gate_target_option, report_gate
+from strata.cli.finalize import file_delta_notes, gate_target_option, report_gate
 from strata.cli.options import FILE, allow_option, store_option
 from strata.ops import store as ops
 from strata.ops.layers import layer_diff
@@ -98,8 +98,8 @@ def diff_cmd(store: str | None, ref: str) -> int:
         for e, path in zip(vol["entries"], paths, strict=True):
             size = human_size(e["size"]) if e["type"] == "file" else "-"
             click.echo(f"  {e['change']:<9} {e['type']:<5} {size:>10}  {path}")
-    for skipped in diff["skipped"]:
-        click.echo(f"{where(skipped['partition'])}: no file delta ({skipped['reason']})")
+    for note in file_delta_notes(diff):
+        click.echo(note)
     return 0
 
 

@@ -181,6 +181,7 @@ class FileDelta:
             **counts,
             "content_bytes": int(self.chunks["length"].sum(dtype=np.uint64)),
             "skipped": self.skipped,
+            "warnings": self.warnings,
         }
 
     def ntfs_row(self, row: int) -> np.void | None:

@@ -512,20 +512,50 @@ class Records:
             on_chain.add(d)
             d, seq = pref & s.REF_RECORD_MASK, (pref >> 48) & 0xFFFF
         prefix = self.paths[d]
+        if prefix is not None and d != s.ROOT_RECORD and self.sequence(d) != seq:
+            prefix = None  # cached through a current reference; this one names a former file
         for c, name in reversed(chain):
             prefix = None if prefix is None else f"{prefix}/{name}"
             self.paths[c] = prefix
         return prefix
 
     def items(self, r: int) -> list[NtfsItem]:
-        """Every resolvable name of in-use record ``r``."""
+        """Every name of in-use record ``r`` outside the metafiles; a name whose directory is
+        gone (chkdsk's orphan) has no path, and leaving it out would lose the file without a
+        word, so the volume is refused."""
         out = []
         for pref, name in self.names.get(r, ()):
             path = self.path_of(pref, name, r)
-            if path is None or path.startswith(SYSTEM_DIR):  # metafiles: the volume's own
+            if path is None:
+                raise self.orphan(r, pref)
+            if path.startswith(SYSTEM_DIR):  # metafiles: the volume's own
                 continue
             out.append(self.item(r, path))
         return out
+
+    def orphan(self, r: int, parent_ref: int) -> CorruptImage:
+        d, seq = parent_ref & s.REF_RECORD_MASK, (parent_ref >> 48) & 0xFFFF
+        return CorruptImage(
+            path=self.vol.path,
+            structure=f"MFT record {r}",
+            problem=f"its parent directory, record {d} (sequence {seq}), is gone: "
+            + self.gone_why(d, seq),
+            field="$FILE_NAME.parent",
+            offset=self.vol.base + self.vol.record_offset(r),
+        )
+
+    def gone_why(self, d: int, seq: int) -> str:
+        if not 0 <= d < self.vol.record_count:
+            return f"the MFT has {self.vol.record_count} records"
+        if not self.in_use(d):
+            return "that record is not in use"
+        if not self.is_dir(d):
+            return "that record is not a directory"
+        if self.sequence(d) != seq:
+            return f"that record was reused (sequence {self.sequence(d)})"
+        if not self.names.get(d):
+            return "that record has no name"
+        return "a directory above it is gone"
 
     def item(self, r: int, path: str) -> NtfsItem:
         """In-use record ``r`` under the name at ``path``."""

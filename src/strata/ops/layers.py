@@ -177,6 +177,7 @@ def layer_diff(ref: str, *, store: PathLike = None) -> dict[str, Any]:
             "version": layer.version,
             "volumes": delta.listing() if delta is not None else [],
             "skipped": info.get("skipped", []),
+            "warnings": info.get("warnings", []),
         }
 
 
