@@ -15,7 +15,7 @@ import pytest
 
 from strata.blockdev.copy import first_difference
 from strata.blockdev.rawfile import RawFileDevice
-from strata.errors import IntegrityError, NotFound, PathOutsideAllowed
+from strata.errors import IntegrityError, InvalidInput, NotFound, PathOutsideAllowed
 from strata.formats import registry
 from strata.formats.vhdx import DRIVER
 from strata.formats.vhdx.reader import VhdxDevice
@@ -239,6 +239,27 @@ def test_missing_parent(tmp_path: Path) -> None:
         registry.open_image(str(child))
     proc = strata("disk", "info", child)
     assert proc.returncode == NotFound.exit_code and "p.vhdx" in proc.stderr
+
+
+@pytest.mark.parametrize("parent_sector", [512, 4096])
+def test_child_sector_size_other_than_its_parents_is_refused(
+    tmp_path: Path, parent_sector: int
+) -> None:
+    """A child reads its parent's sectors, so it takes the parent's sector size; asked for
+    another, it took the parent's silently.  Now that is refused and nothing is written;
+    the same size, or none, is taken."""
+    parent, child = tmp_path / "p.vhdx", tmp_path / "c.vhdx"
+    ops.create(str(parent), "vhdx", 64 * MiB, [f"logical_sector_size={parent_sector}"])
+    other = 4096 if parent_sector == 512 else 512
+    args = ["disk", "create", "-f", "vhdx", "--parent", parent, child]
+    proc = strata(*args[:-1], "-o", f"logical_sector_size={other}", child)
+    assert proc.returncode == InvalidInput.exit_code, proc.stderr
+    assert f"logical_sector_size={other}" in proc.stderr and str(parent_sector) in proc.stderr
+    assert not child.exists()
+    for given in ([], ["-o", f"logical_sector_size={parent_sector}"]):
+        assert strata(*args[:-1], *given, child).returncode == 0
+        assert VhdxDevice(str(child)).sector_size == parent_sector
+        child.unlink()
 
 
 def test_zero_reads_zero_not_present_inherits(chain: tuple[list[Path], list[Path]], tmp_path):

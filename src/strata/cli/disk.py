@@ -292,5 +292,6 @@ def formats_cmd() -> int:
     for row in rows:
         click.echo(f"{row['name']}: {row['description']}")
         for name, opt in row["options"].items():  # type: ignore[attr-defined]
-            click.echo(f"    -o {name}=...  {opt['help']} (default: {opt['default']})")
+            default = "" if opt["default"] is None else f" (default: {opt['default']})"
+            click.echo(f"    -o {name}=...  {opt['help']}{default}")
     return 0

@@ -52,8 +52,8 @@ OPTIONS = (
     size_option("block_size", "payload block size: a power of two from 1M to 256M", 32 << 20),
     FormatOption(
         "logical_sector_size",
-        "logical sector size (a child takes its parent's)",
-        512,
+        "logical sector size: 512 when not given; a child takes its parent's",
+        None,  # not 512: a child must tell "not given" from a size other than its parent's
         int,
         ("512", "4096"),
     ),
@@ -75,7 +75,12 @@ def settings(options: Mapping[str, Any], parent: BlockDevice | None) -> Settings
         raise InvalidInput(f"vhdx block_size {block} must be a power of two from 1M to 256M")
     logical = int(options.get("logical_sector_size") or 512)
     if parent is not None:
-        logical = parent.sector_size
+        given, logical = options.get("logical_sector_size"), parent.sector_size
+        if given is not None and int(given) != logical:
+            raise InvalidInput(
+                f"logical_sector_size={given}: a differencing child reads its parent's "
+                f"sectors, so it takes the parent's sector size ({logical})"
+            )
     return Settings(
         "differencing" if parent is not None else str(options.get("subformat") or "dynamic"),
         block,
