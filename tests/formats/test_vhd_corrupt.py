@@ -130,7 +130,7 @@ def _template(tmp_path: Path, kind: str) -> Path:
     raw = write_sparse_raw(tmp_path / f"{kind}.raw", 256 << 10, [(0, 8192), (100 << 10, 20000)])
     path = tmp_path / f"{kind}.vhd"
     disk_type = {"fixed": s.DISK_FIXED, "dynamic": s.DISK_DYNAMIC}[kind]
-    writer = FileWriter(str(path), Plan(256 << 10, disk_type, 4096))
+    writer = FileWriter(str(path), Plan.new(256 << 10, disk_type, 4096))
     with RawFileDevice(str(raw)) as src:
         _copy(WriteRequest(src, str(path), {}), writer)
         writer.finish()

@@ -14,8 +14,7 @@ from __future__ import annotations
 import enum
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from strata.errors import InvalidInput, StateError
 
@@ -28,8 +27,7 @@ class ExtentState(enum.IntEnum):
     UNALLOCATED = 2
 
 
-@dataclass(frozen=True, slots=True)
-class Extent:
+class Extent(NamedTuple):
     offset: int
     length: int
     state: ExtentState
@@ -46,7 +44,7 @@ class Extent:
             return None
         shift = lo - self.offset
         fo = None if self.file_offset is None else self.file_offset + shift
-        return replace(self, offset=lo, length=hi - lo, file_offset=fo)
+        return self._replace(offset=lo, length=hi - lo, file_offset=fo)
 
 
 def read_concurrently(devices: Iterable[object]) -> bool:
@@ -188,7 +186,7 @@ def coalesce(extents: Iterable[Extent]) -> Iterator[Extent]:
     pending: Extent | None = None
     for ext in extents:
         if pending is not None and _joinable(pending, ext):
-            pending = replace(pending, length=pending.length + ext.length)
+            pending = pending._replace(length=pending.length + ext.length)
             continue
         if pending is not None:
             yield pending

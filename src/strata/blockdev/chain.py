@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from strata.blockdev.base import (
     BaseDevice,
@@ -32,14 +31,13 @@ from strata.errors import (
 )
 
 
-@dataclass(frozen=True)
-class ParentRef:
+class ParentRef(NamedTuple):
     """Where a child says its parent lives, and how to recognise it."""
 
     candidates: Sequence[str]
     verify: Callable[[BlockDevice], None] = lambda _parent: None
     description: str = "parent"
-    formats: Sequence[str] = field(default_factory=tuple)
+    formats: Sequence[str] = ()
 
 
 def resolve_candidate(child_path: str, candidate: str) -> str:

@@ -12,8 +12,8 @@ import mmap
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
 from itertools import islice
+from typing import NamedTuple
 
 from strata.blockdev.base import BlockDevice, Buffer, ExtentState, read_concurrently
 from strata.errors import InvalidInput
@@ -23,8 +23,7 @@ Progress = Callable[[int, int], None]
 WINDOW = 4 << 20
 
 
-@dataclass(frozen=True, slots=True)
-class Block:
+class Block(NamedTuple):
     """A run of whole blocks to write.
 
     ``data`` is a view of a reused buffer: consume or copy it before asking for

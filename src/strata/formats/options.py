@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from strata.errors import InvalidInput
 from strata.units import parse_size
 
 
-@dataclass(frozen=True)
-class FormatOption:
+class FormatOption(NamedTuple):
     name: str
     help: str
     default: Any = None
     parse: Callable[[str], Any] = str
-    choices: Sequence[str] = field(default_factory=tuple)
+    choices: Sequence[str] = ()
 
     def convert(self, text: str) -> Any:
         if self.choices and text not in self.choices:

@@ -12,9 +12,8 @@ import importlib
 import os
 import pkgutil
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from functools import cache
-from typing import Any
+from typing import Any, NamedTuple
 
 from strata.blockdev.base import BlockDevice
 from strata.blockdev.chain import ChainDevice, attach_parents
@@ -27,16 +26,14 @@ PROBE_HEAD = 64 << 10
 PROBE_TAIL = 4 << 10
 
 
-@dataclass(frozen=True)
-class ProbeInput:
+class ProbeInput(NamedTuple):
     path: str
     size: int
     head: bytes
     tail: bytes
 
 
-@dataclass(frozen=True)
-class Problem:
+class Problem(NamedTuple):
     """One finding of ``strata disk check``."""
 
     structure: str
@@ -51,8 +48,7 @@ class Problem:
         return f"{self.severity}: {self.structure}{fld}{where}: {self.message}"
 
 
-@dataclass(frozen=True)
-class WriteRequest:
+class WriteRequest(NamedTuple):
     """What a format writer is asked to produce."""
 
     source: BlockDevice
@@ -63,16 +59,14 @@ class WriteRequest:
     progress: Progress | None = None
 
 
-@dataclass(frozen=True)
-class CreateRequest:
+class CreateRequest(NamedTuple):
     path: str
     size: int
     options: Mapping[str, Any]
     parent: BlockDevice | None = None
 
 
-@dataclass(frozen=True)
-class FormatDriver:
+class FormatDriver(NamedTuple):
     name: str
     description: str
     probe: Callable[[ProbeInput], int]
@@ -81,7 +75,7 @@ class FormatDriver:
     write: Callable[[WriteRequest], None] | None = None
     # check(path, allowed_dirs): where a parent may be opened (empty: the image's own directory)
     check: Callable[[str, Sequence[str]], list[Problem]] | None = None
-    options: Sequence[FormatOption] = field(default_factory=tuple)
+    options: Sequence[FormatOption] = ()
     # check_options(options, size, child): refuses (InvalidInput) what ``create`` or ``write``
     # would refuse of these parsed options for a disk of ``size`` bytes, before any file exists.
     check_options: Callable[[Mapping[str, Any], int, bool], None] | None = None

@@ -5,8 +5,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from strata.blockdev.base import BlockDevice, Extent, ExtentState, coalesce
 from strata.blockdev.chain import ChainDevice
@@ -17,8 +16,7 @@ from strata.formats.registry import CreateRequest, Problem, WriteRequest
 from strata.ops.output import check_destination, input_files, refuse_inputs, written
 
 
-@dataclass(frozen=True)
-class OpenSpec:
+class OpenSpec(NamedTuple):
     """How to open an image named on the command line."""
 
     path: str

@@ -6,13 +6,12 @@ list for the image to be exported there (checked unless ``--force``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from strata.errors import InvalidInput
 
 
-@dataclass(frozen=True)
-class Target:
+class Target(NamedTuple):
     name: str
     format: str
     options: tuple[str, ...] = ()
@@ -20,7 +19,7 @@ class Target:
     platform: str | None = None
     description: str = ""
     suffix: str = ""
-    aliases: tuple[str, ...] = field(default_factory=tuple)
+    aliases: tuple[str, ...] = ()
 
 
 MiB = 1 << 20

@@ -36,8 +36,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from strata.blockdev.base import BlockDevice
 from strata.blockdev.copy import iter_blocks
@@ -62,8 +61,7 @@ COPY_GRANULE = 64 << 10
 MiB = 1 << 20
 
 
-@dataclass(frozen=True)
-class Parent:
+class Parent(NamedTuple):
     """What a differencing child records about its parent."""
 
     unique_id: bytes
@@ -72,14 +70,18 @@ class Parent:
     relative: str
 
 
-@dataclass
-class Plan:
+class Plan(NamedTuple):
     size: int
     disk_type: int
+    unique_id: bytes
+    timestamp: int
     block_size: int = s.DEFAULT_BLOCK_SIZE
     parent: Parent | None = None
-    unique_id: bytes = field(default_factory=s.new_uuid)
-    timestamp: int = field(default_factory=s.vhd_timestamp)
+
+    @classmethod
+    def new(cls, size: int, disk_type: int, block_size: int, parent: Parent | None = None) -> Plan:
+        """A new disk's plan: a fresh unique id, stamped now."""
+        return cls(size, disk_type, s.new_uuid(), s.vhd_timestamp(), block_size, parent)
 
     @property
     def entries(self) -> int:
@@ -211,7 +213,7 @@ def plan_for(size: int, options: Mapping[str, Any], parent: Parent | None = None
         disk_type = s.DISK_FIXED
     else:
         disk_type = s.DISK_DYNAMIC
-    return Plan(size, disk_type, block_size, parent)
+    return Plan.new(size, disk_type, block_size, parent)
 
 
 def check_size(size: int, azure: bool) -> None:
