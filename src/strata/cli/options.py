@@ -41,11 +41,15 @@ def target_option(help: str) -> Decorator:
 
 
 def store_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    # Unchecked by click (a file given as the store would be a usage error, exit 2): the
+    # store says what is wrong with the path, as it does for $STRATA_STORE (a file, or a
+    # directory of other things: 3; nothing there: 4).
     return click.option(
         "--store",
         "store",
         default=None,
-        type=DIRECTORY,
+        type=FILE,
+        metavar="DIRECTORY",
         help="Store directory (default: $STRATA_STORE, else ~/.local/share/strata/store).",
     )(func)
 
