@@ -216,9 +216,13 @@ def create_cmd(
 @click.argument("image", type=FILE)
 @json_option
 def check_cmd(image: str, fmt: str | None, allowed_dirs: tuple[str, ...]) -> int:
-    """Validate every on-disk structure strictly. Exit 1 when any problem is found.
+    """Validate every on-disk structure strictly. Exit 1 when an error is found (warnings
+    alone: 0).
 
-    A VHD child's parent is opened to check its identity (UUID, timestamp, size).
+    A child's parents are opened as the other disk commands open them (only inside the
+    --allow-dir directories, default the image's own) and their identity is checked (VHD:
+    UUID, timestamp and size; VHDX: parent linkage; VMDK: parentCID). A parent that cannot be
+    found or opened there is a problem.
     """
     problems = ops.check(ops.OpenSpec(image, fmt, allowed_dirs))
     errors = [p for p in problems if p.severity == "error"]
