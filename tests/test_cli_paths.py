@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import importlib
+import json
 import os
 from pathlib import Path
 
@@ -331,3 +332,31 @@ def test_a_store_that_cannot_be_a_directory_is_exit_3(tmp_path: Path, verb: str,
         line = _one_line(proc, InvalidInput.exit_code)
         assert line.startswith(f"strata: {words}"), line
     assert a_file.read_text() == "mine\n" and list((tmp_path / "out").iterdir()) == []
+
+
+@pytest.mark.parametrize("json_mode", [False, True])
+def test_a_file_given_as_a_directory_option_is_exit_3(tmp_path: Path, json_mode: bool) -> None:
+    """--out and --allow-dir name directories: a regular file there is InvalidInput in one
+    line naming the option and the file (click called it a usage error, exit 2)."""
+    image = write_sparse_raw(tmp_path / "disk.raw", 8 * MiB, [(0, 4096)])
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine\n")
+    store = tmp_path / "store"
+    imported = ["os", "import", "win", image, "--version", "1", "--store", store]
+    verbs = [
+        ("--out", ["packaging-disk", "create", *PACKAGE_WIN, "--store", store, "--out", a_file]),
+        ("--allow-dir", ["disk", "info", "--allow-dir", a_file, image]),
+        ("--allow-dir", ["disk", "check", "--allow-dir", a_file, image]),
+        ("--allow-dir", [*imported, "--allow-dir", a_file]),
+    ]
+    for flag, args in verbs:
+        proc = strata(*args, *(["--json"] if json_mode else []))
+        message = f"{flag} {a_file}: not a directory"
+        if json_mode:
+            assert proc.returncode == InvalidInput.exit_code and proc.stderr == ""
+            (event,) = [json.loads(line) for line in proc.stdout.splitlines()]
+            assert (event["event"], event["kind"]) == ("error", "InvalidInput")
+            assert event["message"] == message
+        else:
+            assert _one_line(proc, InvalidInput.exit_code) == f"strata: {message}"
+    assert a_file.read_text() == "mine\n" and not store.exists()
