@@ -3,6 +3,8 @@ row whose cells start where their header does, holding what ``--json`` reports."
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from support.tools import result_of, strata, strata_json
 
 TARGET_COLUMNS = ("name", "format", "options", "platform", "description")
@@ -32,3 +34,16 @@ def test_image_targets_has_a_header_and_the_json_rows_in_its_columns() -> None:
             target["platform"] or "-",
             target["description"],
         ]
+
+
+def test_store_stats_of_an_empty_store_shows_no_python_none(tmp_path: Path) -> None:
+    """A ratio of nothing is null in --json and ``-`` in the text, not Python's ``None``."""
+    store = tmp_path / "store"
+    assert strata("store", "init", "--store", store).returncode == 0
+    facts = result_of(strata_json("store", "stats", "--store", store))
+    assert facts["dedup_ratio"] is None and facts["compression_ratio"] is None
+    proc = strata("store", "stats", "--store", store)
+    assert proc.returncode == 0, proc.stderr
+    lines = dict(line.split(": ", 1) for line in proc.stdout.splitlines())
+    assert lines["dedup ratio"] == lines["compression ratio"] == "-"
+    assert "None" not in proc.stdout
