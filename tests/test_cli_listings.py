@@ -93,3 +93,25 @@ def test_layer_show_and_history_have_headers_over_the_json_rows(tmp_path: Path) 
         cells = {"time": utc_time(entry["time"]), "operation": entry["operation"]}
         assert line.startswith(_under(header, **cells, result=str(entry["result"])) + " ")
     assert lines[-1].endswith('win:1  "gold image"')
+
+
+def test_disk_formats_says_each_options_choices_and_default_as_typed() -> None:
+    formats = result_of(strata_json("disk", "formats"))["formats"]
+    text = strata("disk", "formats").stdout
+    assert not {"None", "True", "False"} & set(text.replace("(", " ").replace(")", " ").split())
+    lines = iter(text.splitlines())
+    for fmt in formats:
+        assert next(lines) == f"{fmt['name']}: {fmt['description']}"
+        for name, option in fmt["options"].items():
+            line = next(lines)
+            assert line.startswith(f"    -o {name}=...  {option['help']}")
+            if option["choices"]:
+                assert f"(one of {', '.join(map(str, option['choices']))}" in line
+            default = option["default"]
+            if isinstance(default, bool):
+                assert line.endswith(f"default: {'on' if default else 'off'})")
+            elif default is not None:
+                assert line.endswith(f"default: {default})")
+            else:
+                assert "default:" not in line
+    assert next(lines, None) is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 
@@ -296,5 +297,17 @@ def formats_cmd() -> int:
     for row in rows:
         click.echo(f"{row['name']}: {row['description']}")
         for name, opt in row["options"].items():  # type: ignore[attr-defined]
-            click.echo(f"    -o {name}=...  {opt['help']} (default: {opt['default']})")
+            click.echo(f"    -o {name}=...  {opt['help']}{_choices_and_default(opt)}")
     return 0
+
+
+def _choices_and_default(option: dict[str, Any]) -> str:
+    """`` (one of a, b; default: a)``: no default is said where the option has none (the
+    help says what its absence means), a boolean as it is given (``-o azure=on``)."""
+    facts = [f"one of {', '.join(map(str, option['choices']))}"] if option["choices"] else []
+    default = option["default"]
+    if isinstance(default, bool):
+        default = "on" if default else "off"
+    if default is not None:
+        facts.append(f"default: {default}")
+    return f" ({'; '.join(facts)})" if facts else ""
