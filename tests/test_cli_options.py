@@ -107,7 +107,11 @@ def split_chain(tmp_path: Path) -> tuple[Path, Path, Path]:
 def test_disk_check_looks_for_the_parent_in_allow_dir(split_chain: tuple[Path, Path, Path]) -> None:
     parent, child, _ = split_chain
     outside = strata("disk", "check", child)
-    assert outside.returncode == 0 and "lies outside the allowed directories" in outside.stdout
+    assert outside.returncode == 1, outside.stdout
+    assert outside.stdout.splitlines()[0] == (
+        f"error: parent field parent_locators at file offset 0x440: {parent} lies outside the "
+        f"allowed directories {child.parent} (name its directory with --allow-dir)"
+    )
     allowed = strata("disk", "check", "--allow-dir", parent.parent, child)
     assert allowed.returncode == 0, allowed.stdout
     assert allowed.stdout.strip() == f"{child}: no problems found"
@@ -117,6 +121,65 @@ def test_disk_check_looks_for_the_parent_in_allow_dir(split_chain: tuple[Path, P
     shutil.move(other / "p.vhd", parent)  # same name and size, another disk: a wrong UUID
     wrong = strata("disk", "check", "--allow-dir", parent.parent, child)
     assert wrong.returncode == 1 and "parent_unique_id" in wrong.stdout, wrong.stdout
+
+
+QEMU_FORMAT = {"vhd": "vpc", "vhdx": "vhdx", "vmdk": "vmdk"}
+
+
+def _chain_apart(tmp_path: Path, fmt: str) -> tuple[Path, Path]:
+    """A parent made by qemu-img in ``parents/``, its child made by strata in ``children/``."""
+    parents, children = tmp_path / "parents", tmp_path / "children"
+    parents.mkdir(), children.mkdir()
+    parent = parents / f"p.{fmt}"
+    qemu_img("create", "-q", "-f", QEMU_FORMAT[fmt], parent, "8M")
+    child = children / f"c.{fmt}"
+    assert strata("disk", "create", "-O", fmt, "-b", parent, child).returncode == 0
+    return parent, child
+
+
+def _check(*args: object) -> tuple[int, list[dict[str, object]]]:
+    proc = strata("disk", "check", "--json", *args)
+    report = result_of([json.loads(line) for line in proc.stdout.splitlines()])
+    assert report["clean"] == (proc.returncode == 0), report
+    return proc.returncode, report["problems"]
+
+
+@pytest.mark.parametrize("fmt", ["vhd", "vhdx", "vmdk"])
+def test_disk_check_fails_on_a_parent_it_cannot_open(tmp_path: Path, fmt: str) -> None:
+    """As ``qemu-img check`` fails when it cannot open the backing file: a parent outside the
+    allowed directories, or gone, is an error naming it and why; --allow-dir still works."""
+    parent, child = _chain_apart(tmp_path, fmt)
+    code, problems = _check(child)
+    (problem,) = problems
+    assert code == 1 and (problem["structure"], problem["severity"]) == ("parent", "error")
+    assert f"p.{fmt} lies outside the allowed directories {child.parent}" in problem["message"]
+    assert "--allow-dir" in problem["message"]
+    assert _check("--allow-dir", parent.parent, child) == (0, [])
+    parent.rename(tmp_path / "elsewhere")
+    code, problems = _check("--allow-dir", parent.parent, child)
+    (problem,) = problems
+    assert code == 1 and (problem["structure"], problem["severity"]) == ("parent", "error")
+    assert str(problem["message"]).startswith("not found: ") and f"p.{fmt}'" in problem["message"]
+    if fmt == "vmdk":  # the one differencing format qemu opens: it fails as well
+        assert qemu_img("check", "-f", "vmdk", child, check=False).returncode != 0
+
+
+def test_disk_check_reports_the_child_and_its_parent(tmp_path: Path) -> None:
+    """A damaged structure the child still opens with (one VHDX header of two) is reported
+    with the parent it may not open."""
+    parent, child = _chain_apart(tmp_path, "vhdx")
+    with child.open("r+b") as f:
+        f.seek(64 * 1024 + 4)  # the first header's checksum
+        f.write(b"XXXX")
+    code, problems = _check(child)
+    assert code == 1
+    assert [(p["structure"], p["field"], p["offset"]) for p in problems] == [
+        ("header at 64 KiB", "Checksum", 64 * 1024 + 4),
+        ("parent", "-", None),
+    ]
+    assert "lies outside the allowed directories" in str(problems[1]["message"])
+    code, problems = _check("--allow-dir", parent.parent, child)
+    assert code == 1 and [p["structure"] for p in problems] == ["header at 64 KiB"]
 
 
 def test_os_import_looks_for_the_parent_in_allow_dir(

@@ -6,11 +6,15 @@ is left half written."""
 from __future__ import annotations
 
 import errno
+import importlib
+import json
 import os
 from pathlib import Path
 
+import click
 import pytest
 
+from strata.cli.main import COMMANDS
 from strata.errors import InvalidInput, SystemIOError
 
 from support.images import MiB, write_sparse_raw
@@ -270,3 +274,89 @@ def test_the_advice_for_a_missing_store_is_true(tmp_path: Path, verb: tuple[str,
             assert line == f"strata: not found: store {where} (create it with `strata store init`)"
             assert init.returncode == 0, init.stderr
             assert strata("store", "stats", "--store", where).returncode == 0
+
+
+PACKAGE_WIN = ("--layer", "pkg", "--os", "win", "--format", "vhd", "--name", "p")
+
+
+def _store_verbs(image: Path, out: Path) -> dict[str, list[object]]:
+    """Every verb that takes ``--store``, with the other arguments it needs to reach the
+    store (``image``: a disk; ``out``: an empty directory)."""
+    return {
+        "store init": ["store", "init"],
+        "store stats": ["store", "stats"],
+        "store verify": ["store", "verify"],
+        "store gc": ["store", "gc"],
+        "layer list": ["layer", "list"],
+        "layer show": ["layer", "show", "win"],
+        "layer history": ["layer", "history"],
+        "layer diff": ["layer", "diff", "win:1"],
+        "image list": ["image", "list"],
+        "image publish": ["image", "publish", "--name", "i", "--os", "win"],
+        "image export": ["image", "export", "desk", out / "d.vhd"],
+        "os import": ["os", "import", "win", image, "--version", "1"],
+        "packaging-disk create": ["packaging-disk", "create", *PACKAGE_WIN, "--out", out],
+        "finalize": ["finalize", "--disk", image, "--layer", "pkg", "--version", "1"],
+    }
+
+
+def test_every_verb_with_a_store_option_is_listed() -> None:
+    found = set()
+    for name, entry in COMMANDS.items():
+        command = importlib.import_module(entry.module).group
+        subs = command.commands.items() if isinstance(command, click.Group) else [("", command)]
+        for sub, cmd in subs:
+            if any("--store" in getattr(p, "opts", ()) for p in cmd.params):
+                found.add(f"{name} {sub}".strip())
+    assert found == set(_store_verbs(Path(), Path()))
+
+
+@pytest.mark.parametrize("how", ["--store", "STRATA_STORE"])
+@pytest.mark.parametrize("verb", list(_store_verbs(Path(), Path())))
+def test_a_store_that_cannot_be_a_directory_is_exit_3(tmp_path: Path, verb: str, how: str) -> None:
+    """A regular file named as the store, or a path under one, is refused by the store in
+    one line naming it (click would have called the file a usage error, exit 2)."""
+    image = write_sparse_raw(tmp_path / "disk.raw", 8 * MiB, [(0, 4096)])
+    (tmp_path / "out").mkdir()
+    args = _store_verbs(image, tmp_path / "out")[verb]
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine\n")
+    for where, words in (
+        (a_file, f"{a_file} is not a directory, so it is not a strata store"),
+        (a_file / "store", f"{a_file / 'store'} cannot be a strata store: {a_file} is not a"),
+    ):
+        if how == "--store":
+            proc = strata(*args, "--store", where)
+        else:
+            proc = strata(*args, env={**os.environ, "STRATA_STORE": str(where)})
+        line = _one_line(proc, InvalidInput.exit_code)
+        assert line.startswith(f"strata: {words}"), line
+    assert a_file.read_text() == "mine\n" and list((tmp_path / "out").iterdir()) == []
+
+
+@pytest.mark.parametrize("json_mode", [False, True])
+def test_a_file_given_as_a_directory_option_is_exit_3(tmp_path: Path, json_mode: bool) -> None:
+    """--out and --allow-dir name directories: a regular file there is InvalidInput in one
+    line naming the option and the file (click called it a usage error, exit 2)."""
+    image = write_sparse_raw(tmp_path / "disk.raw", 8 * MiB, [(0, 4096)])
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine\n")
+    store = tmp_path / "store"
+    imported = ["os", "import", "win", image, "--version", "1", "--store", store]
+    verbs = [
+        ("--out", ["packaging-disk", "create", *PACKAGE_WIN, "--store", store, "--out", a_file]),
+        ("--allow-dir", ["disk", "info", "--allow-dir", a_file, image]),
+        ("--allow-dir", ["disk", "check", "--allow-dir", a_file, image]),
+        ("--allow-dir", [*imported, "--allow-dir", a_file]),
+    ]
+    for flag, args in verbs:
+        proc = strata(*args, *(["--json"] if json_mode else []))
+        message = f"{flag} {a_file}: not a directory"
+        if json_mode:
+            assert proc.returncode == InvalidInput.exit_code and proc.stderr == ""
+            (event,) = [json.loads(line) for line in proc.stdout.splitlines()]
+            assert (event["event"], event["kind"]) == ("error", "InvalidInput")
+            assert event["message"] == message
+        else:
+            assert _one_line(proc, InvalidInput.exit_code) == f"strata: {message}"
+    assert a_file.read_text() == "mine\n" and not store.exists()

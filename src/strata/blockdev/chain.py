@@ -27,6 +27,8 @@ from strata.errors import (
     InvalidInput,
     NotFound,
     PathOutsideAllowed,
+    StrataError,
+    SystemIOError,
     Unsupported,
 )
 
@@ -71,6 +73,15 @@ def find_parent(child_path: str, ref: ParentRef, allowed_dirs: Sequence[str]) ->
         raise refused
     tried = ", ".join(repr(c) for c in ref.candidates) or "no locator"
     raise NotFound(what=f"{ref.description} of {child_path} (tried {tried})")
+
+
+def why_unopened(e: StrataError | OSError) -> str:
+    """What ``disk check`` says of a parent that ``find_parent`` or opening it refused."""
+    if isinstance(e, PathOutsideAllowed):
+        return f"{e.message} (name its directory with --allow-dir)"
+    if isinstance(e, StrataError):
+        return e.message
+    return SystemIOError.of(e).message  # the system refuses to read it
 
 
 def attach_parents(

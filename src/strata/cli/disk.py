@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 
@@ -216,14 +217,18 @@ def create_cmd(
 @click.argument("image", type=FILE)
 @json_option
 def check_cmd(image: str, fmt: str | None, allowed_dirs: tuple[str, ...]) -> int:
-    """Validate every on-disk structure strictly. Exit 1 when any problem is found.
+    """Validate every on-disk structure strictly. Exit 1 when an error is found (warnings
+    alone: 0).
 
-    A VHD child's parent is opened to check its identity (UUID, timestamp, size).
+    A child's parents are opened as the other disk commands open them (only inside the
+    --allow-dir directories, default the image's own) and their identity is checked (VHD:
+    UUID, timestamp and size; VHDX: parent linkage; VMDK: parentCID). A parent that cannot be
+    found or opened there is a problem.
     """
     problems = ops.check(ops.OpenSpec(image, fmt, allowed_dirs))
     errors = [p for p in problems if p.severity == "error"]
     if current().json_mode:
-        current().result(clean=not errors, problems=[p.__dict__ for p in problems])
+        current().result(clean=not errors, problems=[p._asdict() for p in problems])
     else:
         for p in problems:
             click.echo(str(p))
@@ -292,6 +297,17 @@ def formats_cmd() -> int:
     for row in rows:
         click.echo(f"{row['name']}: {row['description']}")
         for name, opt in row["options"].items():  # type: ignore[attr-defined]
-            default = "" if opt["default"] is None else f" (default: {opt['default']})"
-            click.echo(f"    -o {name}=...  {opt['help']}{default}")
+            click.echo(f"    -o {name}=...  {opt['help']}{_choices_and_default(opt)}")
     return 0
+
+
+def _choices_and_default(option: dict[str, Any]) -> str:
+    """`` (one of a, b; default: a)``: no default is said where the option has none (the
+    help says what its absence means), a boolean as it is given (``-o azure=on``)."""
+    facts = [f"one of {', '.join(map(str, option['choices']))}"] if option["choices"] else []
+    default = option["default"]
+    if isinstance(default, bool):
+        default = "on" if default else "off"
+    if default is not None:
+        facts.append(f"default: {default}")
+    return f" ({'; '.join(facts)})" if facts else ""

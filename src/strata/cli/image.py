@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from strata.cli.events import current, json_option
@@ -143,6 +145,29 @@ def targets_cmd() -> int:
     if current().json_mode:
         current().result(targets=rows)
         return 0
-    for r in rows:
-        click.echo(f"{r['name']:10} {r['format']:5} {','.join(r['options']):35} {r['description']}")
+    for line in _target_lines(rows):
+        click.echo(line)
     return 0
+
+
+def _target_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """A header and a line per target: columns as wide as their widest cell, ``-`` for
+    none, the description last (not padded)."""
+    lines = [
+        ("name", "format", "options", "platform", "description"),
+        *(
+            (
+                r["name"],
+                r["format"],
+                ",".join(r["options"]) or "-",
+                r["platform"] or "-",
+                r["description"],
+            )
+            for r in rows
+        ),
+    ]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]) - 1)]
+    return [
+        "  ".join([*(f"{cell:<{w}}" for cell, w in zip(line, widths, strict=False)), line[-1]])
+        for line in lines
+    ]

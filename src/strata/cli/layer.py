@@ -49,10 +49,11 @@ def show_cmd(store: str | None, name: str) -> int:
     for key in ("os_layer", "description", "icon_type", "platform_types", "purpose"):
         if layer.get(key):
             click.echo(f"{key.replace('_', ' ')}: {layer[key]}")
+    click.echo(f"  {'version':<16} {'state':<11} {'base':<12} {'data':>10}  updated")
     for v in layer["versions"]:
         size = human_size(v["logical_size"]) if v["logical_size"] is not None else "-"
         click.echo(
-            f"  {v['name']:<16} {v['state']:<11} base {v['base'] or '-':<12} {size:>10}  "
+            f"  {v['name']:<16} {v['state']:<11} {v['base'] or '-':<12} {size:>10}  "
             f"{utc_time(v['updated'])}"
         )
     return 0
@@ -69,6 +70,7 @@ def history_cmd(store: str | None, name: str | None, limit: int | None) -> int:
     if current().json_mode:
         current().result(history=rows)
         return 0
+    click.echo(f"{'time':<20}  {'operation':<16} {'result':<6} layer[:version] or image, comment")
     for r in rows:
         target = ":".join(x for x in (r["layer"] or r["image"], r["version"]) if x)
         comment = f'  "{r["comment"]}"' if r["comment"] else ""

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from typing import Any
 
 import click
 
+from strata.errors import InvalidInput
 from strata.ops.targets import TARGETS
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
@@ -17,7 +19,25 @@ Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 # line what went wrong (missing: 4, a directory: 3, the system refused: 11), the same for
 # every verb.
 FILE = click.Path(readable=False)
-DIRECTORY = click.Path(file_okay=False, readable=False)
+
+
+class Directory(click.Path):
+    """A directory option: a path that exists and is not a directory is InvalidInput (exit 3),
+    as a file where a file cannot be is for every verb, not click's usage error (exit 2)."""
+
+    def __init__(self) -> None:
+        super().__init__(readable=False)
+        self.name = "directory"  # the metavar: DIRECTORY
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        path = super().convert(value, param, ctx)
+        if os.path.exists(path) and not os.path.isdir(path):
+            flag = param.opts[0] if param is not None and param.opts else "path"
+            raise InvalidInput(f"{flag} {os.fsdecode(path)}: not a directory")
+        return path
+
+
+DIRECTORY = Directory()
 
 
 def fmt_option(flag: str, help: str) -> Decorator:
@@ -41,11 +61,15 @@ def target_option(help: str) -> Decorator:
 
 
 def store_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    # Unchecked by click (a file given as the store would be a usage error, exit 2): the
+    # store says what is wrong with the path, as it does for $STRATA_STORE (a file, or a
+    # directory of other things: 3; nothing there: 4).
     return click.option(
         "--store",
         "store",
         default=None,
-        type=DIRECTORY,
+        type=FILE,
+        metavar="DIRECTORY",
         help="Store directory (default: $STRATA_STORE, else ~/.local/share/strata/store).",
     )(func)
 

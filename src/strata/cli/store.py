@@ -38,7 +38,13 @@ def stats_cmd(store: str | None) -> int:
     sizes = {"logical_bytes", "unique_bytes", "stored_bytes", "pack_bytes", "reclaimable_bytes"}
     lines = [
         f"{key.replace('_', ' ')}: "
-        + (f"{human_size(value)} ({value} bytes)" if key in sizes else str(value))
+        + (
+            f"{human_size(value)} ({value} bytes)"
+            if key in sizes
+            else "-"  # a ratio of nothing (no chunk stored yet); --json has null
+            if value is None
+            else str(value)
+        )
         for key, value in facts.items()
     ]
     current().result("\n".join(lines), **facts)

@@ -209,6 +209,11 @@ def open_layer(path: str, fmt: str | None = None, writable: bool = False) -> Blo
     return driver.open(path, writable)
 
 
+def parent_dirs(path: str, allowed_dirs: Sequence[str] | None) -> list[str]:
+    """Where the parents of ``path`` may be opened: ``allowed_dirs``, else its own directory."""
+    return list(allowed_dirs) if allowed_dirs else [os.path.dirname(os.path.abspath(path))]
+
+
 def open_image(
     path: str,
     fmt: str | None = None,
@@ -221,9 +226,8 @@ def open_image(
     own directory).
     """
     top = open_layer(path, fmt, writable)
-    allowed = list(allowed_dirs) if allowed_dirs else [os.path.dirname(os.path.abspath(path))]
     try:
-        attach_parents(top, lambda p: open_layer(p), allowed)
+        attach_parents(top, lambda p: open_layer(p), parent_dirs(path, allowed_dirs))
     except BaseException:
         top.close()
         raise

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from typing import Any, NamedTuple
 
 from strata.blockdev.base import BlockDevice, Extent, ExtentState, coalesce
-from strata.blockdev.chain import ChainDevice
+from strata.blockdev.chain import ChainDevice, attach_parents, why_unopened
 from strata.blockdev.copy import Progress, first_difference
 from strata.errors import InvalidInput, StrataError
 from strata.formats import registry
@@ -156,10 +156,42 @@ def create(
 
 
 def check(spec: OpenSpec) -> list[Problem]:
+    """Every structure of the image (its format's check), then its parent chain as the other
+    verbs open it: a parent that cannot be found, lies outside the allowed directories, does
+    not open or is not the one the child was made on is a problem (``qemu-img check`` fails
+    when it cannot open the backing file)."""
     driver = registry.driver_for(spec.path, spec.fmt)
     if driver.check is None:
         return []
     try:
-        return driver.check(spec.path, spec.allowed_dirs)
+        problems = driver.check(spec.path, spec.allowed_dirs)
     except StrataError as e:
         return [Problem("image", e.message)]
+    if not any(_on_parent_link(p) for p in problems):
+        problems += chain_problems(
+            spec, structure_clean=not any(p.severity == "error" for p in problems)
+        )
+    return problems
+
+
+def _on_parent_link(problem: Problem) -> bool:
+    """An error the format's own check found with the link to the parent (a VHD checks its
+    parent's UUID): the chain would fail on the same link, and say it again."""
+    return problem.severity == "error" and (
+        problem.structure == "parent" or problem.field.lower().startswith("parent")
+    )
+
+
+def chain_problems(spec: OpenSpec, structure_clean: bool) -> list[Problem]:
+    """Why the parent chain of ``spec`` does not open, if it does not."""
+    try:
+        top = registry.open_layer(spec.path, spec.fmt)
+    except StrataError as e:  # the child itself: its structure problems say why, if any
+        return [] if not structure_clean else [Problem("image", e.message)]
+    try:
+        attach_parents(top, registry.open_layer, registry.parent_dirs(spec.path, spec.allowed_dirs))
+    except (StrataError, OSError) as e:
+        return [Problem("parent", why_unopened(e))]
+    finally:
+        top.close()
+    return []

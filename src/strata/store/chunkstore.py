@@ -130,7 +130,13 @@ def no_store(root: Path) -> StrataError:
     """Why ``root`` (which has no store.json) is no store, with advice true for it:
     ``store init`` makes a store only in a new or empty directory."""
     if root.exists() and not root.is_dir():
-        return InvalidInput(f"{root} exists and is not a directory, so it is not a strata store")
+        return InvalidInput(
+            f"{root} is not a directory, so it is not a strata store (a store is a directory: "
+            "name one, or a new or empty directory for `strata store init`)"
+        )
+    above = next((parent for parent in root.parents if parent.exists()), None)
+    if above is not None and not above.is_dir():
+        return InvalidInput(f"{root} cannot be a strata store: {above} is not a directory")
     if root.is_dir() and any(root.iterdir()):
         return InvalidInput(
             f"{root} is not a strata store (no {CONFIG_NAME}) and is not empty, so "

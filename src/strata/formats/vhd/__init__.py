@@ -22,7 +22,8 @@ def probe(data: ProbeInput) -> int:
 OPTIONS = (
     FormatOption(
         "subformat",
-        "fixed or dynamic (a child of --parent/--backing is always differencing)",
+        "fixed or dynamic (without it: dynamic, or fixed with azure=on; a child of "
+        "--parent/--backing is always differencing)",
         None,
         str,
         ("fixed", "dynamic"),

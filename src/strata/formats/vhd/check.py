@@ -9,13 +9,13 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from strata.blockdev.chain import check_allowed, resolve_candidate
+from strata.blockdev.chain import ParentRef, find_parent, why_unopened
 from strata.blockdev.rawfile import open_file
 from strata.errors import StrataError
-from strata.formats.registry import Problem
+from strata.formats.registry import Problem, parent_dirs
 from strata.formats.vhd import structs as s
 from strata.formats.vhd.layout import Finding, Layout, inspect
-from strata.formats.vhd.reader import VhdDevice, parent_candidates
+from strata.formats.vhd.reader import VhdDevice, parent_candidates, parent_description
 
 
 def check(path: str, allowed_dirs: Sequence[str] = ()) -> list[Problem]:
@@ -36,28 +36,17 @@ def _problem(f: Finding) -> Problem:
 
 
 def _parent_problems(path: str, lay: Layout, allowed_dirs: Sequence[str]) -> list[Problem]:
-    """The parent as found beside the child: its UUID must match, its timestamp should."""
-    allowed = list(allowed_dirs) or [os.path.dirname(os.path.abspath(path))]
-    for candidate in parent_candidates(lay):
-        full = resolve_candidate(path, candidate)
-        if not os.path.exists(full):
-            continue
-        try:
-            check_allowed(full, allowed)
-            with VhdDevice(full) as parent:
-                return _compare_parent(lay, parent)
-        except StrataError as e:
-            return [Problem("parent", f"{full}: {e.message}", "-", None, "warning")]
-    tried = ", ".join(parent_candidates(lay)) or "no locator"
-    return [
-        Problem(
-            "parent",
-            f"parent not found beside the child (tried {tried})",
-            "parent_locators",
-            lay.header_offset + s.HEADER_LOCATORS_AT,
-            "warning",
-        )
-    ]
+    """The parent as every verb finds it (the first locator naming a file in the allowed
+    directories): its UUID must match, its timestamp should. A parent that cannot be found or
+    opened is an error, as in ``qemu-img check``."""
+    ref = ParentRef(parent_candidates(lay), description=parent_description(lay))
+    try:
+        full = find_parent(path, ref, parent_dirs(path, allowed_dirs))
+        with VhdDevice(full) as parent:
+            return _compare_parent(lay, parent)
+    except (StrataError, OSError) as e:
+        at = lay.header_offset + s.HEADER_LOCATORS_AT
+        return [Problem("parent", why_unopened(e), "parent_locators", at)]
 
 
 def _compare_parent(lay: Layout, parent: VhdDevice) -> list[Problem]:

@@ -93,7 +93,7 @@ class VhdDevice(BaseDevice):
         return ParentRef(
             candidates=parent_candidates(self.layout),
             verify=self._verify_parent,
-            description=f"VHD parent {s.uuid_text(self.layout.header.parent_unique_id)}",
+            description=parent_description(self.layout),
             formats=("vhd",),
         )
 
@@ -287,6 +287,11 @@ class VhdDevice(BaseDevice):
             os.close(self._fd)
             self._fd = -1
         super().close()
+
+
+def parent_description(layout: Layout) -> str:
+    """How errors name a differencing disk's parent: by the UUID it must have."""
+    return f"VHD parent {s.uuid_text(layout.header.parent_unique_id)}"
 
 
 def libvhdi_safe(bits: np.ndarray) -> np.ndarray:
