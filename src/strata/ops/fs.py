@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -21,13 +21,14 @@ from strata.blockdev.base import BlockDevice
 from strata.errors import InvalidInput, NotFound, Unsupported
 from strata.formats import registry
 from strata.fs import detect
-from strata.fs.fat import FatEntry, FatVolume
 from strata.fs.ntfs import Listing, NtfsEntry, NtfsVolume, attribute_names, link_of
 from strata.fs.ntfs.records import RecordProblem
 from strata.fs.ntfs.structs import FIRST_USER_RECORD
 from strata.fs.volumes import WHOLE_DISK, located_volumes
 from strata.ops.table import TIME_FIELDS, Table
-from strata.partition import open_partition
+
+if TYPE_CHECKING:  # FAT (with its editor) and partition tables load only when a listing needs them
+    from strata.fs.fat import FatEntry, FatVolume
 
 SUPPORTED = ("fat", "ntfs")
 FAT_ATTRIBUTES = {0x01: "readonly", 0x02: "hidden", 0x04: "system", 0x20: "archive"}
@@ -67,11 +68,17 @@ def open_fs(
 
 
 def _open(kind: str, dev: BlockDevice) -> FatVolume | NtfsVolume:
-    return NtfsVolume(dev) if kind == "ntfs" else FatVolume(dev)
+    if kind == "ntfs":
+        return NtfsVolume(dev)
+    from strata.fs.fat import FatVolume
+
+    return FatVolume(dev)
 
 
 def _locate(disk: BlockDevice, part: int | None, image: str) -> tuple[BlockDevice, int | None, str]:
     if part is not None:
+        from strata.partition import open_partition
+
         dev = open_partition(disk, part)
         kind = detect(dev)
         if kind not in SUPPORTED:
@@ -287,6 +294,6 @@ def cat(
 ) -> Iterator[Iterator[bytes]]:
     """The content of the file at ``path`` (``file:stream`` names an NTFS data stream)."""
     with open_fs(target, fmt, allowed_dirs) as m:
-        if isinstance(m.fs, FatVolume) and ":" in path.rsplit("/", 1)[-1]:
+        if m.kind == "fat" and ":" in path.rsplit("/", 1)[-1]:
             raise InvalidInput(f"{path}: FAT has no named streams")
         yield m.fs.iter_file(path)

@@ -36,6 +36,7 @@ from strata.fs.ntfs.records import (
     Columns,
     RecordProblem,
     SparseColumns,
+    distinct,
     fixup_one,
     scan_window,
 )
@@ -765,7 +766,7 @@ class NtfsVolume:
             want = with_lists is not None
             attrs = scan_window(raw, 0, self._dtype, cols, offsets, part, want_attributes=want)
             if attrs is not None and with_lists is not None:
-                rows = np.unique(attrs.row[attrs.type == s.ATTRIBUTE_LIST])
+                rows = distinct(attrs.row[attrs.type == s.ATTRIBUTE_LIST])
                 with_lists.extend(part[rows].tolist())
 
     def data_runs(self, extents: list[Attribute]) -> list[Run]:
@@ -865,7 +866,7 @@ class NtfsVolume:
             for ref, ns, n in self.directory_names(d.entry.record)
             if ns != s.NAMESPACE_DOS
         )
-        records = np.unique(np.fromiter((r for r, _n in listed), np.int64, len(listed)))
+        records = distinct(np.fromiter((r for r, _n in listed), np.int64, len(listed)))
         records = records[(records < self.record_count) & (records != s.ROOT_RECORD)]
         cols = self._parsed(records)
         live = cols.get(records)
