@@ -67,3 +67,30 @@ def pread_pieces(fd: int, pieces: Sequence[tuple[int, Buffer]], limit: int) -> i
                 return i
             done += got
     return len(pieces)
+
+
+def join_spans(columns: Sequence[tuple[Buffer, Buffer]]) -> bytes:
+    """For each row, the span ``(start, length)`` of each column's data, in column order;
+    a column is ``(data, spans)``, spans holding one int64 pair per row (the same rows in
+    every column).  A span outside its data is a ValueError."""
+    tables = [_span_table(column) for column in columns]
+    if len({len(spans) for _data, spans in tables}) > 1:
+        raise ValueError("every column must have the same rows")
+    out = bytearray()
+    for row in zip(*(spans.tolist() for _data, spans in tables), strict=True):
+        for (data, _spans), (start, length) in zip(tables, row, strict=True):
+            out += data[start : start + length]
+    return bytes(out)
+
+
+def _span_table(column: tuple[Buffer, Buffer]) -> tuple[memoryview, np.ndarray]:
+    if not isinstance(column, tuple) or len(column) != 2:
+        raise TypeError("a column is a (data, spans) tuple")
+    data, raw = memoryview(column[0]).cast("B"), memoryview(column[1]).cast("B")
+    if len(raw) % 16:
+        raise ValueError("spans must hold one int64 (start, length) pair per row")
+    spans = np.frombuffer(raw, np.int64).reshape(-1, 2)
+    start, length = spans[:, 0], spans[:, 1]
+    if ((start < 0) | (length < 0) | (start > len(data)) | (length > len(data) - start)).any():
+        raise ValueError("a span lies outside its data")
+    return data, spans
