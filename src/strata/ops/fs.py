@@ -25,7 +25,7 @@ from strata.fs.ntfs import Listing, NtfsEntry, NtfsVolume, attribute_names, link
 from strata.fs.ntfs.records import RecordProblem
 from strata.fs.ntfs.structs import FIRST_USER_RECORD
 from strata.fs.volumes import WHOLE_DISK, located_volumes
-from strata.ops.table import TIME_FIELDS, Table
+from strata.ops.table import TIME_FIELDS, Labels, Table
 
 if TYPE_CHECKING:  # FAT (with its editor) and partition tables load only when a listing needs them
     from strata.fs.fat import FatEntry, FatVolume
@@ -153,12 +153,12 @@ def _ntfs_table(vol: NtfsVolume, rows: _NtfsRows) -> Table:
     flags = rows.si[:, 4]
     table = Table(
         path=rows.path,
-        kind=np.where(rows.is_dir, "dir", "file").tolist(),
-        size=np.where(rows.is_dir, 0, rows.size).tolist(),
-        flags=flags.tolist(),
+        kind=Labels(rows.is_dir.astype(np.intp), ["file", "dir"]),
+        size=np.where(rows.is_dir, 0, rows.size),
+        flags=flags,
         names_of=attribute_names,
         filetimes=rows.si[:, (0, 1, 3)],
-        more={"record": rows.record.tolist(), "links": rows.links.tolist()},
+        more={"record": rows.record, "links": rows.links},
     )
     maybe_link = np.flatnonzero((flags & (_SYSTEM | _REPARSE) != 0) | (rows.reparse != 0))
     for j in maybe_link.tolist():

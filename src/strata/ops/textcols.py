@@ -54,13 +54,29 @@ def stamps_to_iso(filetimes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _seconds(micros: np.ndarray) -> np.ndarray:
     days, second_of_day = np.divmod(micros // 10**6, 86400)
     # Few distinct days in any real volume: format those, then gather.
-    unique_days, which = np.unique(days, return_inverse=True)
+    unique_days, which = distinct_codes(days)
     dates = np.datetime_as_string(unique_days.astype("datetime64[D]"), "D").astype("S10")
     out = np.empty((len(micros), STAMP_WIDTH), np.uint8)
-    out[:, :10] = dates.view(np.uint8).reshape(-1, 10)[which.reshape(-1)]
+    out[:, :10] = dates.view(np.uint8).reshape(-1, 10)[which]
     out[:, 10] = ord("T")
     out[:, 11:] = _clock_table()[second_of_day]
     return out
+
+
+def distinct_codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The sorted distinct values of ``values`` (int64) and each value's index among them:
+    ``numpy.unique(values, return_inverse=True)`` without its stable sort of every value
+    (25 ms of a 200 000-row listing's text, for a few distinct days and attribute sets)."""
+    if values.size == 0:
+        return values.copy(), np.zeros(0, np.intp)
+    low, high = int(values.min()), int(values.max())
+    if high - low < 4 * values.size:  # a dense range: mark the values present, count them
+        offsets = values - low
+        present = np.zeros(high - low + 1, bool)
+        present[offsets] = True
+        return np.flatnonzero(present) + low, np.cumsum(present)[offsets] - 1
+    distinct = np.array(sorted(set(values.tolist())), np.int64)
+    return distinct, np.searchsorted(distinct, values)
 
 
 @functools.cache
@@ -79,9 +95,14 @@ def _clock_table() -> np.ndarray:
 def right_aligned(values: np.ndarray, width: int) -> np.ndarray:
     """(n, width) uint8: each value in decimal, right-aligned in spaces.  Values must lie in
     [0, 10**width)."""
-    out = _digits(values, width) + ord("0")
+    values = np.asarray(values, np.int64)
+    out = np.full((len(values), width), SPACE, np.uint8)
+    # Only as many digit columns as the widest value needs: most sizes are far below 10**14.
+    used = min(width, len(str(int(values.max())))) if values.size else 1
+    block = out[:, width - used :]
+    block[:] = _digits(values, used) + ord("0")
     digits = np.searchsorted(_powers(width), values, side="right") + 1
-    out[np.arange(width) < width - digits[:, None]] = SPACE
+    block[np.arange(used) < used - digits[:, None]] = SPACE
     return out
 
 
