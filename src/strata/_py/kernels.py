@@ -76,11 +76,21 @@ def join_spans(columns: Sequence[tuple[Buffer, Buffer]]) -> bytes:
     tables = [_span_table(column) for column in columns]
     if len({len(spans) for _data, spans in tables}) > 1:
         raise ValueError("every column must have the same rows")
-    out = bytearray()
-    for row in zip(*(spans.tolist() for _data, spans in tables), strict=True):
-        for (data, _spans), (start, length) in zip(tables, row, strict=True):
-            out += data[start : start + length]
-    return bytes(out)
+    if not tables:
+        return b""
+    # Every column's data one after another, and each span (row-major) as a range of it.
+    every = np.concatenate([np.frombuffer(data, np.uint8) for data, _spans in tables])
+    shifts = np.cumsum([0] + [len(data) for data, _spans in tables[:-1]])
+    starts = np.stack([s[:, 0] + at for (_d, s), at in zip(tables, shifts, strict=True)], 1)
+    lengths = np.stack([spans[:, 1] for _data, spans in tables], 1)
+    return every[_ranges(starts.reshape(-1), lengths.reshape(-1))].tobytes()
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The indexes of each range ``(start, length)``, one range after another."""
+    ends = np.cumsum(lengths)
+    total = int(ends[-1]) if ends.size else 0
+    return np.arange(total) + np.repeat(starts - (ends - lengths), lengths)
 
 
 def _span_table(column: tuple[Buffer, Buffer]) -> tuple[memoryview, np.ndarray]:
