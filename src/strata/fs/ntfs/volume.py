@@ -42,7 +42,10 @@ from strata.fs.ntfs.records import (
 )
 from strata.fs.ntfs.runlist import Run, decode_runlist
 
-WINDOW = 8 << 20  # bytes of MFT fixed up and walked per numpy pass
+# Bytes of MFT read, fixed up and walked per pass: a window that stays in the caches between
+# its read and its scan.  The 200 000-record scan in process, medians of three runs of 11-21
+# alternating rounds: 2 and 4 MiB windows 67-86 ms, 8 MiB 86-100 ms, 16 MiB 106 ms (once).
+WINDOW = 4 << 20
 LOOKUPS_KEPT = 64  # directory indexes, and resolved paths, ``stat`` keeps
 READ_CHUNK = 1 << 20
 MAX_EXTENSIONS = 4096  # extension records one file may name in its attribute list
@@ -661,7 +664,7 @@ class NtfsVolume:
         rs = self.geometry.record_size
         per = max(1, WINDOW // rs)
         cols = Columns(self.record_count)
-        buf = np.empty(per * rs, np.uint8)
+        buf = np.empty(min(per, self.record_count) * rs, np.uint8)
         for first in range(0, self.record_count, per):
             n = min(per, self.record_count - first)
             view = buf[: n * rs]
