@@ -75,6 +75,7 @@ class Table:
     _spelled: dict[int, list[str]] = field(default_factory=dict)
     _stamped: dict[int, list[str | None]] = field(default_factory=dict)
     _sparse_rows: list[int] | None = None  # sorted keys of ``sparse``, once output starts
+    _flag_groups: tuple[list[int], np.ndarray] | None = None  # see ``_flag_codes``
 
     def __post_init__(self) -> None:
         if not isinstance(self.kind, Labels):
@@ -100,14 +101,16 @@ class Table:
         return [spelled[bits] for bits in _as_list(self.flags)]
 
     def _spell(self) -> dict[int, list[str]]:
-        for bits in set(_as_list(self.flags)) - self._spelled.keys():
+        for bits in set(self._flag_codes()[0]) - self._spelled.keys():
             self._spelled[bits] = self.names_of(bits)
         return self._spelled
 
     def _flag_codes(self) -> tuple[list[int], np.ndarray]:
-        """The distinct attribute bits, and each row's index among them."""
-        distinct, codes = tc.distinct_codes(np.asarray(self.flags, np.int64))
-        return distinct.tolist(), codes
+        """The distinct attribute bits, and each row's index among them (made once)."""
+        if self._flag_groups is None:
+            distinct, codes = tc.distinct_codes(np.asarray(self.flags, np.int64))
+            self._flag_groups = distinct.tolist(), codes
+        return self._flag_groups
 
     def rows(self) -> list[dict[str, Any]]:
         columns = {
