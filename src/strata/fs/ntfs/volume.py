@@ -295,7 +295,7 @@ def _join_paths(
 
 def _cat(parts: list[np.ndarray], dtype: type, width: int = 0) -> np.ndarray:
     if parts:
-        return np.concatenate(parts).astype(dtype)
+        return np.concatenate(parts).astype(dtype, copy=False)  # already a fresh array
     return np.zeros((0, width) if width else 0, dtype)
 
 
