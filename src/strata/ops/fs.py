@@ -106,7 +106,8 @@ class _NtfsRows(NamedTuple):
     path: list[str]
     record: np.ndarray
     is_dir: np.ndarray
-    si: np.ndarray  # (n, 6): times, attributes, security id
+    times: np.ndarray  # (n, 3) FILETIMEs: created, modified, accessed
+    flags: np.ndarray  # file attributes
     size: np.ndarray
     links: np.ndarray
     reparse: np.ndarray
@@ -121,7 +122,8 @@ def _listing_rows(listing: Listing, chosen: np.ndarray) -> _NtfsRows:
         np.array(listing.paths, object)[chosen].tolist(),
         rec,
         listing.is_dir[rec],
-        listing.si[rec],
+        listing.si[rec[:, None], _SHOWN_TIMES],  # the columns shown, gathered once
+        listing.si[rec, _SI_FLAGS],
         listing.size[rec],
         listing.links[rec],
         listing.reparse_tag[rec],
@@ -132,15 +134,12 @@ def _listing_rows(listing: Listing, chosen: np.ndarray) -> _NtfsRows:
 
 def _entry_rows(entries: list[NtfsEntry]) -> _NtfsRows:
     entries = sorted(entries, key=lambda e: e.path)
-    times = [
-        (e.created, e.modified, e.mft_modified, e.accessed, e.attributes, e.security_id)
-        for e in entries
-    ]
     return _NtfsRows(
         [e.path for e in entries],
         np.array([e.record for e in entries], np.int64),
         np.array([e.is_dir for e in entries], bool),
-        np.array(times, np.int64).reshape(-1, 6),
+        np.array([(e.created, e.modified, e.accessed) for e in entries], np.int64).reshape(-1, 3),
+        np.array([e.attributes for e in entries], np.int64),
         np.array([e.size for e in entries], np.int64),
         np.array([e.links for e in entries], np.int64),
         np.array([e.reparse_tag for e in entries], np.int64),
@@ -151,14 +150,14 @@ def _entry_rows(entries: list[NtfsEntry]) -> _NtfsRows:
 
 def _ntfs_table(vol: NtfsVolume, rows: _NtfsRows) -> Table:
     """The table of ``rows``, times and sizes taken as columns."""
-    flags = rows.si[:, 4]
+    flags = rows.flags
     table = Table(
         path=rows.path,
         kind=Labels(rows.is_dir.astype(np.intp), ["file", "dir"]),
         size=np.where(rows.is_dir, 0, rows.size),
         flags=flags,
         names_of=attribute_names,
-        filetimes=rows.si[:, (0, 1, 3)],
+        filetimes=rows.times,
         more={"record": rows.record, "links": rows.links},
     )
     maybe_link = np.flatnonzero((flags & (_SYSTEM | _REPARSE) != 0) | (rows.reparse != 0))
@@ -178,6 +177,8 @@ def _ntfs_table(vol: NtfsVolume, rows: _NtfsRows) -> Table:
 
 
 _SYSTEM, _REPARSE = 0x4, 0x400
+# Columns of Listing.si: the times shown (created, modified, accessed), the attributes.
+_SHOWN_TIMES, _SI_FLAGS = np.array([0, 1, 3]), 4
 # A subtree walk reads ~20 us an entry, the bulk scan ~0.5-0.9 us a record (200 000-record
 # volume): the walk stops at 1/64 of the records, so a subtree it cannot finish costs at most
 # about a third more than the scan alone.
