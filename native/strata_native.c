@@ -618,6 +618,116 @@ done:
     return result;
 }
 
+/* join_spans: the spans of every column of a row, then the next row's.  Each column is
+ * (data, spans), spans holding int64 (start, length) pairs, one per row. */
+typedef struct {
+    Py_buffer data;
+    Py_buffer spans;
+} span_column;
+
+static void release_columns(span_column *cols, Py_ssize_t held_data, Py_ssize_t held_spans)
+{
+    for (Py_ssize_t c = 0; c < held_data; c++)
+        PyBuffer_Release(&cols[c].data);
+    for (Py_ssize_t c = 0; c < held_spans; c++)
+        PyBuffer_Release(&cols[c].spans);
+}
+
+/* The bytes all spans of ``col`` add up to, or -1 (ValueError set) when one lies outside
+ * its data. */
+static Py_ssize_t column_total(const span_column *col, Py_ssize_t rows)
+{
+    const long long *span = col->spans.buf;
+    const long long size = (long long)col->data.len;
+    Py_ssize_t total = 0;
+    for (Py_ssize_t i = 0; i < rows; i++) {
+        const long long start = span[2 * i], length = span[2 * i + 1];
+        if (start < 0 || length < 0 || start > size || length > size - start) {
+            PyErr_Format(PyExc_ValueError, "span %zd (%lld, %lld) lies outside its %lld bytes",
+                         i, start, length, size);
+            return -1;
+        }
+        if (length > PY_SSIZE_T_MAX - total) {
+            PyErr_SetString(PyExc_OverflowError, "joined spans are too long");
+            return -1;
+        }
+        total += (Py_ssize_t)length;
+    }
+    return total;
+}
+
+static void copy_spans(char *out, const span_column *cols, Py_ssize_t ncols, Py_ssize_t rows)
+{
+    for (Py_ssize_t i = 0; i < rows; i++)
+        for (Py_ssize_t c = 0; c < ncols; c++) {
+            const long long *span = (const long long *)cols[c].spans.buf + 2 * i;
+            memcpy(out, (const char *)cols[c].data.buf + span[0], (size_t)span[1]);
+            out += span[1];
+        }
+}
+
+static PyObject *py_join_spans(PyObject *self, PyObject *arg)
+{
+    (void)self;
+    PyObject *seq = PySequence_Fast(arg, "columns must be a sequence of (data, spans)");
+    if (!seq)
+        return NULL;
+    const Py_ssize_t ncols = PySequence_Fast_GET_SIZE(seq);
+    span_column *cols = PyMem_Calloc((size_t)(ncols ? ncols : 1), sizeof(span_column));
+    PyObject *result = NULL;
+    Py_ssize_t held = 0, rows = 0, total = 0;
+    if (!cols) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (; held < ncols; held++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(seq, held);
+        PyObject *data, *spans;
+        if (!PyTuple_Check(item) || !PyArg_ParseTuple(item, "OO", &data, &spans)) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_TypeError, "a column is a (data, spans) tuple");
+            goto release;
+        }
+        if (PyObject_GetBuffer(data, &cols[held].data, PyBUF_SIMPLE) < 0)
+            goto release;
+        if (PyObject_GetBuffer(spans, &cols[held].spans, PyBUF_SIMPLE) < 0) {
+            PyBuffer_Release(&cols[held].data);
+            goto release;
+        }
+        const Py_ssize_t n = cols[held].spans.len / 16;
+        if (cols[held].spans.len % 16 || (held > 0 && n != rows)) {
+            PyErr_SetString(PyExc_ValueError,
+                            "spans must hold one int64 (start, length) pair per row, "
+                            "the same rows in every column");
+            held++;
+            goto release;
+        }
+        rows = n;
+    }
+    for (Py_ssize_t c = 0; c < ncols; c++) {
+        const Py_ssize_t part = column_total(&cols[c], rows);
+        if (part < 0)
+            goto release;
+        if (part > PY_SSIZE_T_MAX - total) {
+            PyErr_SetString(PyExc_OverflowError, "joined spans are too long");
+            goto release;
+        }
+        total += part;
+    }
+    result = PyBytes_FromStringAndSize(NULL, total);
+    if (result) {
+        SCAN_BEGIN(total)
+        copy_spans(PyBytes_AS_STRING(result), cols, ncols, rows);
+        SCAN_END
+    }
+release:
+    release_columns(cols, held, held);
+done:
+    PyMem_Free(cols);
+    Py_DECREF(seq);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"is_zero", py_is_zero, METH_O, "is_zero(buf) -> True when every byte is zero."},
     {"changed_sectors", py_changed_sectors, METH_VARARGS,
@@ -636,6 +746,9 @@ static PyMethodDef methods[] = {
     {"pread_pieces", py_pread_pieces, METH_VARARGS,
      "pread_pieces(fd, pieces, limit) -> how many (offset, buffer) pieces, in order, were "
      "filled whole from fd; it stops at one that ends past limit or at end of file."},
+    {"join_spans", py_join_spans, METH_O,
+     "join_spans(columns) -> bytes: for each row, the span (start, length) of each column's "
+     "data, columns being (data, spans) with one int64 pair per row in spans."},
     {"fastcdc_cuts", (PyCFunction)(void (*)(void))py_fastcdc_cuts, METH_VARARGS | METH_KEYWORDS,
      "fastcdc_cuts(buf, min_size, avg_size, max_size, final=True) -> [chunk end offsets]."},
     {NULL, NULL, 0, NULL},

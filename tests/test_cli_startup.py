@@ -1,8 +1,9 @@
-"""A CLI command imports only what it runs: the start-up floor of `disk convert` and
-`image export` (issues 3 and 7 time them as child processes against qemu-img).
+"""A CLI command imports only what it runs: the start-up floor of `disk convert`,
+`image export` and `fs ls` (issues 3, 7 and 9 time them as child processes against
+qemu-img and fls).
 
 References: issue 3 and issue 7 (`strata disk convert -O vhd`, `strata image export` beside
-`qemu-img convert`).
+`qemu-img convert`), issue 9 (`strata fs ls -r` beside `fls -r -p`).
 
 The modules a command loaded are read from ``sys.modules`` when it exits, not from
 ``python -X importtime``: importtime does not list a module imported through
@@ -29,6 +30,7 @@ from strata.formats import registry
 from strata.formats.registry import Deferred, DeferredOptions
 
 from support.images import MiB, write_sparse_raw
+from support.ntfs_tools import volume
 from support.tools import qemu_compare, require
 
 # Runs `python -m strata ARGS` and writes the names of the modules loaded by its exit.
@@ -135,6 +137,22 @@ def test_image_export_loads_only_its_writer(
     assert {f"strata.formats.{fmt}.writer", "strata.layer.storedev"} <= modules
     others = [m for f, names in DRIVER_MODULES.items() if f != fmt for m in names]
     never = (*NEVER, f"strata.formats.{fmt}.check", *others)
+    assert loaded(modules, never) == []
+
+
+@pytest.mark.parametrize("args", [("-r",), ("--json", "-r"), ()])
+def test_ntfs_listing_loads_no_fat_partition_table_or_masked_arrays(
+    tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    image = volume(40, "16M")
+    json_first = args[:1] == ("--json",)
+    command = [*args[:1], "fs", "ls", *args[1:]] if json_first else ["fs", "ls", *args]
+    proc, modules = run_listing(tmp_path, *command, image)
+    assert proc.returncode == 0, proc.stderr
+    assert {"strata.fs.ntfs.volume", "numpy"} <= modules
+    # A bare NTFS volume needs neither the FAT reader and editor nor a partition table, and
+    # ``numpy.unique`` imports numpy.ma on its first call (8 ms): the listing avoids it.
+    never = ("strata.fs.fat", "strata.partition", "numpy.ma", "strata.store", "strata.layer")
     assert loaded(modules, never) == []
 
 

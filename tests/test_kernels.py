@@ -246,3 +246,46 @@ def test_pread_pieces_refuses_what_is_not_a_piece(tmp_path: Path) -> None:
             _native.pread_pieces(-1, [(0, bytearray(1))], 100)
     finally:
         os.close(fd)
+
+
+@st.composite
+def span_columns(draw: st.DrawFn) -> tuple[list[tuple[bytes, bytes]], list[bytes]]:
+    """1-4 columns of random data over the same rows, each row's span inside its data
+    (empty spans and spans at the data's end included), and each row as it should come out."""
+    rows = draw(st.integers(0, 30))
+    columns, expected = [], [b""] * rows
+    for _ in range(draw(st.integers(1, 4))):
+        data = draw(st.binary(max_size=200))
+        starts = draw(st.lists(st.integers(0, len(data)), min_size=rows, max_size=rows))
+        lengths = [draw(st.integers(0, len(data) - s)) for s in starts]
+        spans = np.array([starts, lengths], np.int64).T.copy()
+        columns.append((data, spans.tobytes()))
+        expected = [e + data[s : s + k] for e, s, k in zip(expected, starts, lengths, strict=True)]
+    return columns, expected
+
+
+@needs_native
+@CASES
+@given(span_columns())
+def test_join_spans_agrees(case: tuple[list[tuple[bytes, bytes]], list[bytes]]) -> None:
+    columns, expected = case
+    assert _native.join_spans(columns) == _py.join_spans(columns) == b"".join(expected)
+
+
+@pytest.mark.parametrize("impl", [_py, _native] if _native else [_py], ids=lambda m: m.__name__)
+def test_join_spans_refuses_spans_outside_their_data(impl: object) -> None:
+    join = impl.join_spans  # type: ignore[attr-defined]
+    pair = np.array([[0, 3]], np.int64)
+    assert join([(b"abc", pair), (memoryview(b"xyz"), pair.tobytes())]) == b"abcxyz"
+    assert join([]) == b""
+    for start, length in [(-1, 1), (0, 4), (3, 1), (4, 0), (1, -1), (2**62, 2**62)]:
+        with pytest.raises(ValueError):
+            join([(b"abc", np.array([[start, length]], np.int64))])
+    with pytest.raises(ValueError):  # columns over different rows
+        join([(b"abc", pair), (b"abc", np.zeros((2, 2), np.int64))])
+    with pytest.raises(ValueError):  # half a pair
+        join([(b"abc", np.zeros(3, np.int64))])
+    with pytest.raises(TypeError):
+        join([(b"abc",)])
+    with pytest.raises(TypeError):
+        join([[b"abc", pair]])

@@ -41,6 +41,7 @@ fastcdc_cuts = _impl.fastcdc_cuts
 lznt1_decompress = _impl.lznt1_decompress
 crc32c = _impl.crc32c
 pread_pieces = _impl.pread_pieces
+join_spans = _impl.join_spans
 # The MFT scan's reference is fs.ntfs.records.numpy_rows (whole-window numpy, not a kernel
 # of strata._py): None selects it.
 mft_scan = getattr(_impl, "mft_scan", None)
@@ -52,6 +53,7 @@ __all__ = [
     "crc32c",
     "fastcdc_cuts",
     "is_zero",
+    "join_spans",
     "lznt1_decompress",
     "mft_scan",
     "nonzero_blocks",

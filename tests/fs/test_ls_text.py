@@ -1,13 +1,15 @@
 """``strata fs ls`` output built from columns: the byte-matrix columns of ``ops.textcols``
 against the row-at-a-time Python they replace; the text of a whole listing against the JSON
 rows of the same listing (which tests/fs/test_fs_cli.py checks against ntfs-3g and mtools),
-each row formatted the way the CLI printed it before the columns existed; the JSON text built
-from the columns and streamed against ``json.dumps`` of the rows.
+each row formatted the way the CLI printed it before the columns existed; the UTF-8 text
+joined by the ``join_spans`` kernel (``Table.text``) against its reference ``Table.lines``;
+the JSON text built from the columns and streamed against ``json.dumps`` of the rows.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ from hypothesis import strategies as st
 from strata.fs.ntfs.structs import FILETIME_UNIX_OFFSET
 from strata.ops import fs as ops
 from strata.ops import textcols as tc
-from strata.ops.table import Table
+from strata.ops.table import Labels, Table
 
 from support.fat_tools import make_volume, populate
 from support.ntfs_tools import volume
@@ -83,6 +85,19 @@ def test_iso_stamps_match_numpy(filetimes: list[int]) -> None:
     assert valid.tolist() == [0 < v < YEAR_10000 for v in values.tolist()]
 
 
+@given(
+    st.lists(st.integers(-(2**63), 2**63 - 1), max_size=40),
+    st.lists(st.integers(-5, 40), max_size=200),
+)
+def test_distinct_codes_is_numpy_unique(wide: list[int], dense: list[int]) -> None:
+    """Both ways of ``distinct_codes``: values spread wide (sorted set) and values in a
+    narrow range (marked and counted)."""
+    for values in (np.array(wide, np.int64), np.array(dense, np.int64)):
+        distinct, codes = tc.distinct_codes(values)
+        expected, inverse = np.unique(values, return_inverse=True)
+        assert np.array_equal(distinct, expected) and np.array_equal(codes, inverse.reshape(-1))
+
+
 def test_seconds_of_matches_the_matrix() -> None:
     values = np.array(EDGES, np.int64)
     iso = [None if s.startswith("-") else s for s in map(reference_stamp, EDGES)]
@@ -123,15 +138,97 @@ def test_text_is_the_json_rows(kind: str, args: tuple[str, ...], fat_disk: Path)
 
 def test_sizes_wider_than_the_column() -> None:
     table = Table(
-        path=["/big", "/small"],
-        kind=["file", "file"],
-        size=[10**14 + 5, 7],
-        flags=[0, 0x20],
+        path=["/big", "/small", "/negative"],
+        kind=["file", "file", "file"],
+        size=[10**14 + 5, 7, -3],
+        flags=[0, 0x20, 0],
         names_of=lambda bits: ["archive"] if bits else [],
-        stamps=lambda k: [None, "2026-01-02T03:04:05.123456+00:00"],
+        stamps=lambda k: [None, "2026-01-02T03:04:05.123456+00:00", None],
     )
     rows = table.rows()
     assert "".join(table.lines()) == "".join(f"{line_before(r)}\n" for r in rows)
+    assert_text_is_lines(table)
+
+
+SURROGATES = st.characters(min_codepoint=0xD7F0, max_codepoint=0xE010, categories=["Cs", "Co"])
+
+
+def assert_text_is_lines(table: Table) -> None:
+    """``Table.text`` is ``Table.lines`` in UTF-8, whatever the batch."""
+    for batch in (1, 2, 3, 8192):
+        expected = "".join(table.lines(batch)).encode()
+        assert b"".join(table.text(batch)) == expected, batch
+
+
+@pytest.mark.parametrize("args", [("/", True, False), ("/", False, True), ("/", True, True)])
+@pytest.mark.parametrize("kind", ["ntfs", "fat"])
+def test_text_is_lines_of_a_volume(kind: str, args: tuple[str, bool, bool], fat_disk: Path) -> None:
+    image = str(volume(40, "16M") if kind == "ntfs" else fat_disk)
+    table = ops.ls(image, *args, columns=True)["entries"]
+    assert len(table) > 5
+    assert_text_is_lines(table)
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.text(st.characters(codec="utf-16", exclude_characters="\n"), max_size=12)
+            | st.text(st.characters(max_codepoint=0xA0), max_size=12)
+            | st.text(SURROGATES | st.characters(max_codepoint=0x7F), max_size=12),
+            st.integers(0, 2**62),
+            st.sampled_from([0, 0x20, 0x6, 0x7FFFFFFF]),
+            st.booleans(),
+            st.none() | st.text(max_size=8),
+        ),
+        max_size=12,
+    )
+)
+def test_text_is_lines_on_any_names(
+    rows: list[tuple[str, int, int, bool, str | None]],
+) -> None:
+    """Names with controls, C1 characters, unpaired surrogates, non-ASCII and newlines in
+    any batch, links, wide sizes and attribute sets."""
+    table = Table(
+        path=[f"/{name}" for name, *_ in rows],
+        kind=Labels(np.array([d for *_, d, _t in rows], np.intp), ["file", "dir"]),
+        size=np.array([size for _n, size, *_ in rows], np.int64),
+        flags=np.array([flags for _n, _s, flags, *_ in rows], np.int64),
+        names_of=lambda bits: [f"bit{b}" for b in range(32) if bits >> b & 1],
+        filetimes=np.full((len(rows), 3), FILETIME_UNIX_OFFSET + 10**16, np.int64),
+        sparse={i: {"target": t} for i, (*_, t) in enumerate(rows) if t is not None},
+    )
+    assert_text_is_lines(table)
+
+
+def test_write_text_takes_bytes_only_into_utf8() -> None:
+    table = Table(
+        path=["/caf\u00e9", "/plain"],
+        kind=["file", "dir"],
+        size=[1, 0],
+        flags=[0, 0],
+        names_of=lambda bits: [],
+        stamps=lambda k: [None, None],
+    )
+    expected = "".join(table.lines())
+    for encoding in ("utf-8", "UTF8", "latin-1"):
+        raw = io.BytesIO()
+        stream = io.TextIOWrapper(raw, encoding=encoding)
+        stream.write("# ")  # text already written goes first
+        table.write_text(stream)
+        stream.flush()
+        assert raw.getvalue() == f"# {expected}".encode(encoding)
+    into_str = io.StringIO()
+    table.write_text(into_str)
+    assert into_str.getvalue() == expected
+
+
+def test_labels_hold_a_code_per_row() -> None:
+    labels = Labels.of(["file", "dir", "file"])
+    assert (labels.names, labels.codes.tolist()) == (["file", "dir"], [0, 1, 0])
+    labels[2] = "symlink"
+    labels[0] = "dir"
+    assert labels.between() == ["dir", "dir", "symlink"] and labels[2] == "symlink"
+    assert labels.between(1, 3) == ["dir", "symlink"] and len(labels) == 3
 
 
 @pytest.mark.parametrize("recursive", [True, False])
@@ -182,6 +279,7 @@ def test_control_characters_in_names_are_shown_escaped() -> None:
         sparse={1: {"target": "/t\tab\udc80"}},
     )
     lines = "".join(table.lines()).splitlines()
+    assert_text_is_lines(table)
     assert len(lines) == 2
     assert lines[0].endswith(
         "/red\\x1b[31mX\\x0afile 1 2026-01-01T00:00:00 - /Windows/evil.dll\\x9b"

@@ -11,12 +11,16 @@ import os
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from strata.blockdev import RawFileDevice
 from strata.fs import detect
 from strata.fs.ntfs import NtfsVolume, link_of
 from strata.fs.ntfs import structs as s
+from strata.fs.ntfs.records import distinct
 
 from support.ntfs_tools import fls, icat, make_volume, mounted, volume, walk_mount
 
@@ -209,3 +213,10 @@ def test_surrogate_pair_names_match_fls(tmp_path: Path) -> None:
     assert (
         entry.name == "box \U0001f4e6.txt" and b"".join(vol.iter_stream(entry.record)) == b"emoji"
     )
+
+
+@given(st.lists(st.integers(-(2**63), 2**63 - 1), max_size=50), st.integers(0, 3))
+def test_distinct_is_numpy_unique(values: list[int], repeats: int) -> None:
+    array = np.array(values * (repeats + 1), np.int64)
+    got = distinct(array)
+    assert got.dtype == np.int64 and np.array_equal(got, np.unique(array))

@@ -6,6 +6,7 @@ from strata._py.kernels import (
     bitmap_runs,
     changed_sectors,
     is_zero,
+    join_spans,
     nonzero_blocks,
     pread_pieces,
 )
@@ -17,6 +18,7 @@ __all__ = [
     "crc32c",
     "fastcdc_cuts",
     "is_zero",
+    "join_spans",
     "lznt1_decompress",
     "nonzero_blocks",
     "pread_pieces",

@@ -67,3 +67,40 @@ def pread_pieces(fd: int, pieces: Sequence[tuple[int, Buffer]], limit: int) -> i
                 return i
             done += got
     return len(pieces)
+
+
+def join_spans(columns: Sequence[tuple[Buffer, Buffer]]) -> bytes:
+    """For each row, the span ``(start, length)`` of each column's data, in column order;
+    a column is ``(data, spans)``, spans holding one int64 pair per row (the same rows in
+    every column).  A span outside its data is a ValueError."""
+    tables = [_span_table(column) for column in columns]
+    if len({len(spans) for _data, spans in tables}) > 1:
+        raise ValueError("every column must have the same rows")
+    if not tables:
+        return b""
+    # Every column's data one after another, and each span (row-major) as a range of it.
+    every = np.concatenate([np.frombuffer(data, np.uint8) for data, _spans in tables])
+    shifts = np.cumsum([0] + [len(data) for data, _spans in tables[:-1]])
+    starts = np.stack([s[:, 0] + at for (_d, s), at in zip(tables, shifts, strict=True)], 1)
+    lengths = np.stack([spans[:, 1] for _data, spans in tables], 1)
+    return every[_ranges(starts.reshape(-1), lengths.reshape(-1))].tobytes()
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The indexes of each range ``(start, length)``, one range after another."""
+    ends = np.cumsum(lengths)
+    total = int(ends[-1]) if ends.size else 0
+    return np.arange(total) + np.repeat(starts - (ends - lengths), lengths)
+
+
+def _span_table(column: tuple[Buffer, Buffer]) -> tuple[memoryview, np.ndarray]:
+    if not isinstance(column, tuple) or len(column) != 2:
+        raise TypeError("a column is a (data, spans) tuple")
+    data, raw = memoryview(column[0]).cast("B"), memoryview(column[1]).cast("B")
+    if len(raw) % 16:
+        raise ValueError("spans must hold one int64 (start, length) pair per row")
+    spans = np.frombuffer(raw, np.int64).reshape(-1, 2)
+    start, length = spans[:, 0], spans[:, 1]
+    if ((start < 0) | (length < 0) | (start > len(data)) | (length > len(data) - start)).any():
+        raise ValueError("a span lies outside its data")
+    return data, spans

@@ -46,8 +46,7 @@ def ls_cmd(
         return 0
     click.echo(f"# {report['filesystem']} on {report['where']}", err=True)
     out = click.get_text_stream("stdout")
-    for lines in report["entries"].lines():
-        out.write(lines)
+    report["entries"].write_text(out)
     out.flush()
     return 0
 

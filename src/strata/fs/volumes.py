@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from strata.blockdev.base import BlockDevice
 from strata.fs import WHOLE_DISK, detect, where
-from strata.partition import PartitionTable, open_partition, read_table
+
+if TYPE_CHECKING:  # a volume on the whole disk (``fs ls`` of a bare NTFS image) reads no table
+    from strata.partition import PartitionTable
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,8 @@ def located_volumes(disk: BlockDevice, table: PartitionTable | None = None) -> I
     if kind is not None:
         yield Located(WHOLE_DISK, 0, disk.size, kind, disk)
         return
+    from strata.partition import open_partition, read_table
+
     table = table if table is not None else read_table(disk)
     for part in table.partitions:
         dev = open_partition(disk, part.number, table)
@@ -49,4 +54,6 @@ def open_volume(disk: BlockDevice, number: int, table: PartitionTable | None = N
     """Volume ``number`` of ``disk`` (``WHOLE_DISK``: the disk itself) as a device."""
     if number == WHOLE_DISK:
         return disk
+    from strata.partition import open_partition
+
     return open_partition(disk, number, table)

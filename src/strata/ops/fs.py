@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -21,13 +21,14 @@ from strata.blockdev.base import BlockDevice
 from strata.errors import InvalidInput, NotFound, Unsupported
 from strata.formats import registry
 from strata.fs import detect
-from strata.fs.fat import FatEntry, FatVolume
 from strata.fs.ntfs import Listing, NtfsEntry, NtfsVolume, attribute_names, link_of
 from strata.fs.ntfs.records import RecordProblem
 from strata.fs.ntfs.structs import FIRST_USER_RECORD
 from strata.fs.volumes import WHOLE_DISK, located_volumes
-from strata.ops.table import TIME_FIELDS, Table
-from strata.partition import open_partition
+from strata.ops.table import TIME_FIELDS, Labels, Table
+
+if TYPE_CHECKING:  # FAT (with its editor) and partition tables load only when a listing needs them
+    from strata.fs.fat import FatEntry, FatVolume
 
 SUPPORTED = ("fat", "ntfs")
 FAT_ATTRIBUTES = {0x01: "readonly", 0x02: "hidden", 0x04: "system", 0x20: "archive"}
@@ -67,11 +68,17 @@ def open_fs(
 
 
 def _open(kind: str, dev: BlockDevice) -> FatVolume | NtfsVolume:
-    return NtfsVolume(dev) if kind == "ntfs" else FatVolume(dev)
+    if kind == "ntfs":
+        return NtfsVolume(dev)
+    from strata.fs.fat import FatVolume
+
+    return FatVolume(dev)
 
 
 def _locate(disk: BlockDevice, part: int | None, image: str) -> tuple[BlockDevice, int | None, str]:
     if part is not None:
+        from strata.partition import open_partition
+
         dev = open_partition(disk, part)
         kind = detect(dev)
         if kind not in SUPPORTED:
@@ -99,7 +106,8 @@ class _NtfsRows(NamedTuple):
     path: list[str]
     record: np.ndarray
     is_dir: np.ndarray
-    si: np.ndarray  # (n, 6): times, attributes, security id
+    times: np.ndarray  # (n, 3) FILETIMEs: created, modified, accessed
+    flags: np.ndarray  # file attributes
     size: np.ndarray
     links: np.ndarray
     reparse: np.ndarray
@@ -110,10 +118,12 @@ class _NtfsRows(NamedTuple):
 def _listing_rows(listing: Listing, chosen: np.ndarray) -> _NtfsRows:
     rec = listing.owner[chosen]
     return _NtfsRows(
-        [listing.paths[i] for i in chosen.tolist()],
+        # gathered as an object array: 200 000 paths in 7-13 ms, against 11-19 ms one by one
+        np.array(listing.paths, object)[chosen].tolist(),
         rec,
         listing.is_dir[rec],
-        listing.si[rec],
+        listing.si[rec[:, None], _SHOWN_TIMES],  # the columns shown, gathered once
+        listing.si[rec, _SI_FLAGS],
         listing.size[rec],
         listing.links[rec],
         listing.reparse_tag[rec],
@@ -124,15 +134,12 @@ def _listing_rows(listing: Listing, chosen: np.ndarray) -> _NtfsRows:
 
 def _entry_rows(entries: list[NtfsEntry]) -> _NtfsRows:
     entries = sorted(entries, key=lambda e: e.path)
-    times = [
-        (e.created, e.modified, e.mft_modified, e.accessed, e.attributes, e.security_id)
-        for e in entries
-    ]
     return _NtfsRows(
         [e.path for e in entries],
         np.array([e.record for e in entries], np.int64),
         np.array([e.is_dir for e in entries], bool),
-        np.array(times, np.int64).reshape(-1, 6),
+        np.array([(e.created, e.modified, e.accessed) for e in entries], np.int64).reshape(-1, 3),
+        np.array([e.attributes for e in entries], np.int64),
         np.array([e.size for e in entries], np.int64),
         np.array([e.links for e in entries], np.int64),
         np.array([e.reparse_tag for e in entries], np.int64),
@@ -143,15 +150,15 @@ def _entry_rows(entries: list[NtfsEntry]) -> _NtfsRows:
 
 def _ntfs_table(vol: NtfsVolume, rows: _NtfsRows) -> Table:
     """The table of ``rows``, times and sizes taken as columns."""
-    flags = rows.si[:, 4]
+    flags = rows.flags
     table = Table(
         path=rows.path,
-        kind=np.where(rows.is_dir, "dir", "file").tolist(),
-        size=np.where(rows.is_dir, 0, rows.size).tolist(),
-        flags=flags.tolist(),
+        kind=Labels(rows.is_dir.astype(np.intp), ["file", "dir"]),
+        size=np.where(rows.is_dir, 0, rows.size),
+        flags=flags,
         names_of=attribute_names,
-        filetimes=rows.si[:, (0, 1, 3)],
-        more={"record": rows.record.tolist(), "links": rows.links.tolist()},
+        filetimes=rows.times,
+        more={"record": rows.record, "links": rows.links},
     )
     maybe_link = np.flatnonzero((flags & (_SYSTEM | _REPARSE) != 0) | (rows.reparse != 0))
     for j in maybe_link.tolist():
@@ -170,6 +177,8 @@ def _ntfs_table(vol: NtfsVolume, rows: _NtfsRows) -> Table:
 
 
 _SYSTEM, _REPARSE = 0x4, 0x400
+# Columns of Listing.si: the times shown (created, modified, accessed), the attributes.
+_SHOWN_TIMES, _SI_FLAGS = np.array([0, 1, 3]), 4
 # A subtree walk reads ~20 us an entry, the bulk scan ~0.5-0.9 us a record (200 000-record
 # volume): the walk stops at 1/64 of the records, so a subtree it cannot finish costs at most
 # about a third more than the scan alone.
@@ -287,6 +296,6 @@ def cat(
 ) -> Iterator[Iterator[bytes]]:
     """The content of the file at ``path`` (``file:stream`` names an NTFS data stream)."""
     with open_fs(target, fmt, allowed_dirs) as m:
-        if isinstance(m.fs, FatVolume) and ":" in path.rsplit("/", 1)[-1]:
+        if m.kind == "fat" and ":" in path.rsplit("/", 1)[-1]:
             raise InvalidInput(f"{path}: FAT has no named streams")
         yield m.fs.iter_file(path)

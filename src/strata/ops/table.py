@@ -1,23 +1,57 @@
 """A listing's rows kept as columns, and the text and JSON written from them.
 
 ``strata fs ls`` builds a ``Table`` per volume (``ops.fs``); the text output formats its
-sizes and times as byte matrices (``textcols``), the JSON output writes each row's JSON text
-straight from the columns, and only the API gets a dict per row.
+sizes and times as byte matrices (``textcols``) and joins each line's parts with the
+``join_spans`` kernel, the JSON output writes each row's JSON text straight from the
+columns, and only the API gets a dict per row.
 """
 
 from __future__ import annotations
 
 import bisect
+import codecs
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii as _json_str  # type: ignore[attr-defined]
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 
+from strata.native import join_spans
 from strata.ops import textcols as tc
+
+IntColumn = list[int] | np.ndarray
+
+
+class Labels:
+    """A column of a few distinct strings (an entry's type): a code per row into ``names``."""
+
+    def __init__(self, codes: np.ndarray, names: list[str]) -> None:
+        self.codes = codes
+        self.names = names
+
+    @classmethod
+    def of(cls, values: Sequence[str]) -> Labels:
+        names = list(dict.fromkeys(values))
+        code = {name: i for i, name in enumerate(names)}
+        return cls(np.array([code[v] for v in values], np.intp), names)
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def __getitem__(self, row: int) -> str:
+        return self.names[self.codes[row]]
+
+    def __setitem__(self, row: int, name: str) -> None:
+        if name not in self.names:
+            self.names.append(name)
+        self.codes[row] = self.names.index(name)
+
+    def between(self, lo: int = 0, hi: int | None = None) -> list[str]:
+        """The strings of rows ``lo:hi``."""
+        return np.array(self.names, object)[self.codes[lo:hi]].tolist()
 
 
 @dataclass
@@ -30,17 +64,22 @@ class Table:
     """
 
     path: list[str]
-    kind: list[str]
-    size: list[int]
-    flags: list[int]  # file attribute bits; ``names_of`` spells them
+    kind: Labels  # a list of str is made into Labels
+    size: IntColumn
+    flags: IntColumn  # file attribute bits; ``names_of`` spells them
     names_of: Callable[[int], list[str]]
     filetimes: np.ndarray | None = None  # (n, 3) FILETIMEs of TIME_FIELDS (NTFS)
     stamps: Callable[[int], list[str | None]] | None = None  # else ISO 8601 of TIME_FIELDS[k]
-    more: dict[str, list[Any]] = field(default_factory=dict)  # fields every row has
+    more: dict[str, list[Any] | np.ndarray] = field(default_factory=dict)  # fields every row has
     sparse: dict[int, dict[str, Any]] = field(default_factory=dict)  # fields some rows have
     _spelled: dict[int, list[str]] = field(default_factory=dict)
     _stamped: dict[int, list[str | None]] = field(default_factory=dict)
     _sparse_rows: list[int] | None = None  # sorted keys of ``sparse``, once output starts
+    _flag_groups: tuple[list[int], np.ndarray] | None = None  # see ``_flag_codes``
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.kind, Labels):
+            self.kind = Labels.of(self.kind)
 
     def __len__(self) -> int:
         return len(self.path)
@@ -59,21 +98,28 @@ class Table:
     def attributes(self) -> list[list[str]]:
         """Each row's attribute names; rows with the same bits share one list."""
         spelled = self._spell()
-        return [spelled[bits] for bits in self.flags]
+        return [spelled[bits] for bits in _as_list(self.flags)]
 
     def _spell(self) -> dict[int, list[str]]:
-        for bits in set(self.flags) - self._spelled.keys():
+        for bits in set(self._flag_codes()[0]) - self._spelled.keys():
             self._spelled[bits] = self.names_of(bits)
         return self._spelled
+
+    def _flag_codes(self) -> tuple[list[int], np.ndarray]:
+        """The distinct attribute bits, and each row's index among them (made once)."""
+        if self._flag_groups is None:
+            distinct, codes = tc.distinct_codes(np.asarray(self.flags, np.int64))
+            self._flag_groups = distinct.tolist(), codes
+        return self._flag_groups
 
     def rows(self) -> list[dict[str, Any]]:
         columns = {
             "path": self.path,
-            "type": self.kind,
-            "size": self.size,
+            "type": self.kind.between(),
+            "size": _as_list(self.size),
             **{name: self.times(k) for k, name in enumerate(TIME_FIELDS)},
             "attributes": self.attributes(),
-            **self.more,
+            **{name: _as_list(values) for name, values in self.more.items()},
         }
         names = list(columns)
         values = zip(*columns.values(), strict=True)
@@ -85,7 +131,7 @@ class Table:
     def json_items(self, batch: int = 8192) -> Iterator[str]:
         """``rows()`` as the JSON text ``json.dumps`` writes for them, ``batch`` rows at a
         time, each run joined by ``", "`` as in a list."""
-        kinds = {kind: _json(kind) for kind in set(self.kind)}
+        kinds = {kind: _json(kind) for kind in self.kind.names}
         spelled = {bits: _json(names) for bits, names in self._spell().items()}
         for lo in range(0, len(self), batch):
             hi = min(len(self), lo + batch)
@@ -100,12 +146,12 @@ class Table:
                 f'"attributes": {spelled[bits]}{tail}}}'
                 for path, kind, size, c, m, a, bits, tail in zip(
                     self.path[lo:hi],
-                    self.kind[lo:hi],
-                    self.size[lo:hi],
+                    self.kind.between(lo, hi),
+                    _as_list(self.size[lo:hi]),
                     created,
                     modified,
                     accessed,
-                    self.flags[lo:hi],
+                    _as_list(self.flags[lo:hi]),
                     tails,
                     strict=True,
                 )
@@ -114,7 +160,7 @@ class Table:
     def _json_tails(self, lo: int, hi: int) -> list[str]:
         """The fields after ``attributes`` of rows ``lo:hi``, as JSON text."""
         columns = [
-            [f", {_json_str(name)}: {_json(value)}" for value in values[lo:hi]]
+            [f", {_json_str(name)}: {_json(value)}" for value in _as_list(values[lo:hi])]
             for name, values in self.more.items()
         ]
         tails = ["".join(parts) for parts in zip(*columns, strict=True)] or [""] * (hi - lo)
@@ -135,30 +181,104 @@ class Table:
     def lines(self, batch: int = 8192) -> Iterator[str]:
         """The text listing, ``batch`` lines at a time (newline-terminated): type, size,
         modified time to the second, attributes, path (and `` -> target`` for a link), with
-        control characters in names shown as ``\\xNN`` (``--json`` carries them as they are)."""
-        kinds = {kind: f"{kind:<8} " for kind in set(self.kind)}
+        control characters in names shown as ``\\xNN`` (``--json`` carries them as they are).
+        The reference of ``text``."""
+        kinds, spelled = self._label_texts()
+        for lo in range(0, len(self), batch):
+            yield self._lines_between(lo, min(len(self), lo + batch), kinds, spelled)
+
+    def _label_texts(self) -> tuple[dict[str, str], dict[int, str]]:
+        """The type and attribute columns' text (padded, with the space after) of each value."""
+        kinds = {kind: f"{kind:<8} " for kind in self.kind.names}
         spelled = {bits: f"{','.join(names) or '-':<24} " for bits, names in self._spell().items()}
+        return kinds, spelled
+
+    def _lines_between(
+        self, lo: int, hi: int, kinds: dict[str, str], spelled: dict[int, str]
+    ) -> str:
+        out = [
+            kinds[kind] + mid + spelled[bits] + path
+            for kind, mid, bits, path in zip(
+                self.kind.between(lo, hi),
+                self._sizes_and_stamps(lo, hi),
+                _as_list(self.flags[lo:hi]),
+                printable(self.path[lo:hi]),
+                strict=True,
+            )
+        ]
+        for i, extra in self._sparse_in(lo, hi):
+            if extra.get("target") is not None:
+                out[i - lo] += f" -> {printable([extra['target']])[0]}"
+        return "\n".join(out) + "\n"
+
+    def text(self, batch: int = 8192) -> Iterator[bytes]:
+        """``lines()`` encoded as UTF-8, each batch joined from byte columns by the
+        ``join_spans`` kernel: the type and attribute labels, the size and time matrix, and
+        the paths joined and encoded at once.  A 200 000-row listing's lines took 0.12-0.19 s
+        as one string per row."""
+        kind_texts, spelled = self._label_texts()
+        kinds = _label_table([kind_texts[kind] for kind in self.kind.names])
+        distinct, flag_codes = self._flag_codes()
+        attributes = _label_table([spelled[bits] for bits in distinct])
         for lo in range(0, len(self), batch):
             hi = min(len(self), lo + batch)
-            middle = self._sizes_and_stamps(lo, hi)
-            out = [
-                kinds[kind] + mid + spelled[bits] + path
-                for kind, mid, bits, path in zip(
-                    self.kind[lo:hi],
-                    middle,
-                    self.flags[lo:hi],
-                    printable(self.path[lo:hi]),
-                    strict=True,
-                )
-            ]
-            for i, extra in self._sparse_in(lo, hi):
-                if extra.get("target") is not None:
-                    out[i - lo] += f" -> {printable([extra['target']])[0]}"
-            yield "\n".join(out) + "\n"
+            middle, odd = self._middle(lo, hi)
+            if odd.any():  # a size wider than its column: this batch row by row
+                yield self._lines_between(lo, hi, kind_texts, spelled).encode()
+                continue
+            yield join_spans(
+                [
+                    (kinds[0], kinds[1][self.kind.codes[lo:hi]]),
+                    (middle, _fixed_spans(hi - lo, middle.shape[1])),
+                    (attributes[0], attributes[1][flag_codes[lo:hi]]),
+                    self._tails(lo, hi),
+                ]
+            )
+
+    def write_text(self, stream: TextIO) -> None:
+        """The text listing into ``stream``: ``text()`` into its byte buffer when it writes
+        UTF-8, else ``lines()``."""
+        buffer = getattr(stream, "buffer", None)
+        encoding = getattr(stream, "encoding", None)
+        if buffer is None or not encoding or codecs.lookup(encoding).name != "utf-8":
+            for lines in self.lines():
+                stream.write(lines)
+            return
+        stream.flush()
+        for chunk in self.text():
+            buffer.write(chunk)
+
+    def _tails(self, lo: int, hi: int) -> tuple[bytes, np.ndarray]:
+        """Each row's path (`` -> target`` after a link's) and newline, as UTF-8, and each
+        row's span of it."""
+        texts = self.path[lo:hi]
+        links = [
+            (i, x["target"]) for i, x in self._sparse_in(lo, hi) if x.get("target") is not None
+        ]
+        if links:
+            texts = list(texts)
+            for i, target in links:
+                texts[i - lo] += f" -> {target}"
+        joined = "\n".join(texts) + "\n"
+        data = joined.encode("ascii") if joined.isascii() else b""
+        if not data or _has_controls(data, hi - lo):
+            data = ("\n".join(printable(texts)) + "\n").encode()
+        ends = np.flatnonzero(np.frombuffer(data, np.uint8) == NEWLINE) + 1
+        starts = np.concatenate(([0], ends[:-1]))
+        return data, np.stack((starts, ends - starts), axis=1)
 
     def _sizes_and_stamps(self, lo: int, hi: int) -> list[str]:
         """``{size:>14} {modified to the second:<19} `` of rows ``lo:hi``, built as one
         matrix."""
+        matrix, odd = self._middle(lo, hi)
+        middle = tc.decoded(matrix)
+        for i in np.flatnonzero(odd).tolist():
+            middle[i] = f"{int(self.size[lo + i]):>{SIZE_WIDTH}}{middle[i][SIZE_WIDTH:]}"
+        return middle
+
+    def _middle(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        """The byte matrix of ``_sizes_and_stamps``, and which rows' sizes do not fit their
+        column (left 0 in it)."""
         if self.filetimes is not None:
             stamps = tc.stamps_to_seconds(self.filetimes[lo:hi, 1])
         else:
@@ -168,10 +288,30 @@ class Table:
         matrix = np.full((len(sizes), SIZE_WIDTH + tc.STAMP_WIDTH + 2), tc.SPACE, np.uint8)
         matrix[:, :SIZE_WIDTH] = tc.right_aligned(np.where(odd, 0, sizes), SIZE_WIDTH)
         matrix[:, SIZE_WIDTH + 1 : -1] = stamps
-        middle = tc.decoded(matrix)
-        for i in np.flatnonzero(odd).tolist():
-            middle[i] = f"{self.size[lo + i]:>{SIZE_WIDTH}}{middle[i][SIZE_WIDTH:]}"
-        return middle
+        return matrix, odd
+
+
+def _as_list(values: Sequence[Any] | np.ndarray) -> list[Any]:
+    return values.tolist() if isinstance(values, np.ndarray) else list(values)
+
+
+def _label_table(labels: list[str]) -> tuple[bytes, np.ndarray]:
+    """``labels`` as UTF-8, one after another, and each one's (start, length) row."""
+    encoded = [label.encode() for label in labels]
+    lengths = np.array([len(e) for e in encoded], np.int64)
+    return b"".join(encoded), np.stack((np.cumsum(lengths) - lengths, lengths), axis=1)
+
+
+def _fixed_spans(rows: int, width: int) -> np.ndarray:
+    """The (start, length) rows of a ``rows`` x ``width`` byte matrix."""
+    return np.stack((np.arange(rows, dtype=np.int64) * width, np.full(rows, width, np.int64)), 1)
+
+
+def _has_controls(ascii_lines: bytes, lines: int) -> bool:
+    """Whether ASCII text of ``lines`` newline-ended lines holds a control character other
+    than those newlines (``printable`` then escapes it)."""
+    codes = np.frombuffer(ascii_lines, np.uint8)
+    return np.count_nonzero(codes < 0x20) != lines or bool((codes == 0x7F).any())
 
 
 # C0 and C1 controls and DEL: a name holding them (NTFS allows any but NUL and '/') would
@@ -202,3 +342,4 @@ def _json(value: Any) -> str:
 
 TIME_FIELDS = ("created", "modified", "accessed")
 SIZE_WIDTH = 14
+NEWLINE = ord("\n")

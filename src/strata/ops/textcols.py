@@ -53,35 +53,57 @@ def stamps_to_iso(filetimes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _seconds(micros: np.ndarray) -> np.ndarray:
     days, second_of_day = np.divmod(micros // 10**6, 86400)
-    # Few distinct days in any real volume: format those, then gather.
-    unique_days, which = np.unique(days, return_inverse=True)
+    # Few distinct days in any real volume: format those, then gather.  Rows are gathered
+    # whole (10- and 8-byte strings): as rows of byte matrices, the stamps of 200 000 rows
+    # took 8.7 ms, this way 5.6 ms.
+    unique_days, which = distinct_codes(days)
     dates = np.datetime_as_string(unique_days.astype("datetime64[D]"), "D").astype("S10")
     out = np.empty((len(micros), STAMP_WIDTH), np.uint8)
-    out[:, :10] = dates.view(np.uint8).reshape(-1, 10)[which.reshape(-1)]
+    out[:, :10] = dates[which].view(np.uint8).reshape(-1, 10)
     out[:, 10] = ord("T")
-    out[:, 11:] = _clock_table()[second_of_day]
+    out[:, 11:] = _clock_table()[second_of_day].view(np.uint8).reshape(-1, 8)
     return out
+
+
+def distinct_codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The sorted distinct values of ``values`` (int64) and each value's index among them:
+    ``numpy.unique(values, return_inverse=True)`` without its stable sort of every value
+    (25 ms of a 200 000-row listing's text, for a few distinct days and attribute sets)."""
+    if values.size == 0:
+        return values.copy(), np.zeros(0, np.intp)
+    low, high = int(values.min()), int(values.max())
+    if high - low < 4 * values.size:  # a dense range: mark the values present, count them
+        offsets = values - low
+        present = np.zeros(high - low + 1, bool)
+        present[offsets] = True
+        return np.flatnonzero(present) + low, np.cumsum(present)[offsets] - 1
+    distinct = np.array(sorted(set(values.tolist())), np.int64)
+    return distinct, np.searchsorted(distinct, values)
 
 
 @functools.cache
 def _clock_table() -> np.ndarray:
-    """(86400, 8) uint8: ``HH:MM:SS`` of every second of a day."""
-    hours, rest = np.divmod(np.arange(86400), 3600)
-    minutes, seconds = np.divmod(rest, 60)
-    table = np.empty((86400, 8), np.uint8)
-    for col, value in ((0, hours), (3, minutes), (6, seconds)):
-        table[:, col], table[:, col + 1] = np.divmod(value, 10)
-        table[:, col : col + 2] += ord("0")
-    table[:, 2] = table[:, 5] = ord(":")
-    return table
+    """(86400,) 8-byte strings: ``HH:MM:SS`` of every second of a day."""
+    two = np.array([f"{i:02d}" for i in range(60)], "S2").view(np.uint8).reshape(60, 2)
+    table = np.empty((24, 60, 60, 8), np.uint8)
+    table[..., 0:2] = two[:24, None, None]
+    table[..., 3:5] = two[None, :, None]
+    table[..., 6:8] = two[None, None, :]
+    table[..., 2] = table[..., 5] = ord(":")
+    return table.reshape(-1).view("S8")
 
 
 def right_aligned(values: np.ndarray, width: int) -> np.ndarray:
     """(n, width) uint8: each value in decimal, right-aligned in spaces.  Values must lie in
     [0, 10**width)."""
-    out = _digits(values, width) + ord("0")
-    digits = np.searchsorted(_powers(width), values, side="right") + 1
-    out[np.arange(width) < width - digits[:, None]] = SPACE
+    values = np.asarray(values, np.int64)
+    out = np.full((len(values), width), SPACE, np.uint8)
+    # Only as many digit columns as the widest value needs: most sizes are far below 10**14.
+    used = min(width, len(str(int(values.max())))) if values.size else 1
+    # A column is blank while the value is below its place's power (the last column never).
+    below = np.append(10 ** np.arange(used - 1, 0, -1, dtype=np.int64), 0)
+    digits = _digits(values, used) + ord("0")
+    out[:, width - used :] = np.where(values[:, None] < below, np.uint8(SPACE), digits)
     return out
 
 
@@ -92,11 +114,6 @@ def _digits(values: np.ndarray, width: int) -> np.ndarray:
     for col in range(width - 1, -1, -1):
         v, out[:, col] = np.divmod(v, 10)
     return out
-
-
-@functools.cache
-def _powers(width: int) -> np.ndarray:
-    return 10 ** np.arange(1, width, dtype=np.int64)
 
 
 def decoded(matrix: np.ndarray) -> list[str]:

@@ -20,7 +20,7 @@ from typing import NamedTuple
 import numpy as np
 
 from strata.fs.ntfs import structs as s
-from strata.native import mft_scan
+from strata.native import join_spans, mft_scan
 
 FIXUP_STRIDE = 512  # the update sequence protects every 512 bytes, whatever the sector size
 _AR = {n: np.arange(n) for n in (2, 4, 8)}
@@ -140,7 +140,7 @@ class SparseColumns(Columns):
         yet."""
         at = self.slot[numbers]
         if (at < 0).any():
-            fresh = np.unique(numbers[at < 0])
+            fresh = distinct(numbers[at < 0])
             self.slot[fresh] = np.arange(self.used, self.used + fresh.size, dtype=np.int32)
             self.used += fresh.size
             if self.used > len(self.rows):
@@ -175,6 +175,15 @@ class SparseColumns(Columns):
         ok = (owner >= 0) & (owner < self.nrec)
         at = self.slot_of(owner[ok])
         self.rows[at, FIELDS[field]] = values[ok]
+
+
+def distinct(values: np.ndarray) -> np.ndarray:
+    """The sorted distinct values of ``values``: ``numpy.unique`` without its first call's
+    import of ``numpy.ma`` (8 ms of a CLI listing's start-up)."""
+    ordered = np.sort(values)
+    if ordered.size < 2:
+        return ordered
+    return ordered[np.concatenate(([True], ordered[1:] != ordered[:-1]))]
 
 
 def gather(flat: np.ndarray, idx: np.ndarray, width: int) -> np.ndarray:
@@ -294,9 +303,9 @@ def walk_attributes(
     broken.append(live)  # more attributes than can fit: a loop of zero progress is impossible
     if not found:
         empty = np.zeros(0, np.int64)
-        return (empty, empty, empty, empty), np.unique(np.concatenate(broken))
+        return (empty, empty, empty, empty), distinct(np.concatenate(broken))
     arow, apos, atype, alen = (np.concatenate(col) for col in zip(*found, strict=True))
-    return (arow, apos, atype, alen), np.unique(np.concatenate(broken))
+    return (arow, apos, atype, alen), distinct(np.concatenate(broken))
 
 
 def scan_window(
@@ -486,26 +495,28 @@ def _attribute_rows(
     return tuple(t.astype(np.int64) for t in (si_rows, fn_rows, size_rows, ads_rows, reparse_rows))
 
 
+_NUL16, _NUL16_SPAN = b"\0\0", np.array([0, 2], np.int64)
+
+
 def _decode_names(flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> str | list[str]:
     """UTF-16 names at ``starts`` (``lengths`` code units each), decoded with one call: one
     text, each name followed by NUL; a list of names when one holds NUL or a surrogate."""
     if starts.size == 0:
         return ""
-    units = lengths + 1  # one NUL separator after each name
-    ends = np.cumsum(units)
-    total = int(ends[-1])
-    unit_idx = np.arange(total) - np.repeat(ends - units, units)
-    if not (starts & 1).any():
-        codes = flat.view("<u2")[np.repeat(starts // 2, units) + unit_idx]
-    else:
-        byte_idx = np.repeat(starts, units) + 2 * unit_idx
-        codes = flat[byte_idx] | flat[byte_idx + 1].astype(np.uint16) << 8
-    codes[ends - 1] = 0
+    # The names' code units and a NUL after each, cut out by the join_spans kernel (the
+    # numpy gather it replaces took 30-45 ms of a 200 000-record scan, this 7-10 ms).
+    raw = join_spans(
+        [
+            (flat, np.stack((starts, 2 * lengths), axis=1)),
+            (_NUL16, np.tile(_NUL16_SPAN, (starts.size, 1))),
+        ]
+    )
+    codes = np.frombuffer(raw, "<u2")
     top = int(codes.max())
     if top < 0x80:
         text = codes.astype(np.uint8).tobytes().decode("ascii")
     else:
-        text = codes.astype("<u2").tobytes().decode("utf-16-le", "surrogatepass")
+        text = raw.decode("utf-16-le", "surrogatepass")
     regular = np.count_nonzero(codes == 0) == starts.size
     if regular and top >= 0xD800:
         regular = not ((codes >= 0xD800) & (codes < 0xE000)).any()

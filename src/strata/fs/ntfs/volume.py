@@ -36,12 +36,16 @@ from strata.fs.ntfs.records import (
     Columns,
     RecordProblem,
     SparseColumns,
+    distinct,
     fixup_one,
     scan_window,
 )
 from strata.fs.ntfs.runlist import Run, decode_runlist
 
-WINDOW = 8 << 20  # bytes of MFT fixed up and walked per numpy pass
+# Bytes of MFT read, fixed up and walked per pass: a window that stays in the caches between
+# its read and its scan.  The 200 000-record scan in process, medians of three runs of 11-21
+# alternating rounds: 2 and 4 MiB windows 67-86 ms, 8 MiB 86-100 ms, 16 MiB 106 ms (once).
+WINDOW = 4 << 20
 LOOKUPS_KEPT = 64  # directory indexes, and resolved paths, ``stat`` keeps
 READ_CHUNK = 1 << 20
 MAX_EXTENSIONS = 4096  # extension records one file may name in its attribute list
@@ -291,7 +295,7 @@ def _join_paths(
 
 def _cat(parts: list[np.ndarray], dtype: type, width: int = 0) -> np.ndarray:
     if parts:
-        return np.concatenate(parts).astype(dtype)
+        return np.concatenate(parts).astype(dtype, copy=False)  # already a fresh array
     return np.zeros((0, width) if width else 0, dtype)
 
 
@@ -660,7 +664,7 @@ class NtfsVolume:
         rs = self.geometry.record_size
         per = max(1, WINDOW // rs)
         cols = Columns(self.record_count)
-        buf = np.empty(per * rs, np.uint8)
+        buf = np.empty(min(per, self.record_count) * rs, np.uint8)
         for first in range(0, self.record_count, per):
             n = min(per, self.record_count - first)
             view = buf[: n * rs]
@@ -765,7 +769,7 @@ class NtfsVolume:
             want = with_lists is not None
             attrs = scan_window(raw, 0, self._dtype, cols, offsets, part, want_attributes=want)
             if attrs is not None and with_lists is not None:
-                rows = np.unique(attrs.row[attrs.type == s.ATTRIBUTE_LIST])
+                rows = distinct(attrs.row[attrs.type == s.ATTRIBUTE_LIST])
                 with_lists.extend(part[rows].tolist())
 
     def data_runs(self, extents: list[Attribute]) -> list[Run]:
@@ -865,7 +869,7 @@ class NtfsVolume:
             for ref, ns, n in self.directory_names(d.entry.record)
             if ns != s.NAMESPACE_DOS
         )
-        records = np.unique(np.fromiter((r for r, _n in listed), np.int64, len(listed)))
+        records = distinct(np.fromiter((r for r, _n in listed), np.int64, len(listed)))
         records = records[(records < self.record_count) & (records != s.ROOT_RECORD)]
         cols = self._parsed(records)
         live = cols.get(records)
