@@ -1,9 +1,9 @@
 """NTFS names a packaging machine's volume may hold, through the NTFS file delta: names that
 differ only in case (ntfs-3g makes them in the POSIX namespace) are two files, both carried;
 a name no path can hold (``..``, ``.``, one holding ``/`` or NUL, written into the record by
-a hostile tool), two records named by one path and a parent-reference cycle refuse the
-volume (CorruptImage, which finalize records as the volume skipped), instead of a path
-naming another file or files silently left out."""
+a hostile tool), two records named by one path, a parent-reference cycle and a file whose
+parent directory is gone refuse the volume (CorruptImage, which finalize records as the
+volume skipped), instead of a path naming another file or files silently left out."""
 
 from __future__ import annotations
 
