@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from strata.ops import layers
 from strata.store import Manifest, Store
 
 from support.fat_tools import rewrite_long_name
@@ -26,8 +25,9 @@ from support.filelevel_tools import (
     fsck_fat,
     install_whole_disk_file,
     mtool,
+    whole_disk_fat_os,
 )
-from support.tools import qemu_img, require, result_of, run, strata, strata_json
+from support.tools import require, result_of, strata, strata_json
 
 KEEP = b"the OS layer's file\r\n"
 
@@ -51,14 +51,14 @@ def _install(world: World, layer: str, name: str, data: bytes, long_name: str = 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     root = tmp_path_factory.mktemp("hostile-delta")
-    os_raw = root / "os.img"
-    qemu_img("create", "-f", "raw", os_raw, "64M")
-    run([require("mkfs.fat"), os_raw])
     (root / "keep.txt").write_bytes(KEEP)
-    mtool("mmd", "-i", os_raw, "::/Dir")
-    mtool("mcopy", "-i", os_raw, root / "keep.txt", "::/Dir/keep.txt")
+
+    def populate(os_raw: Path) -> None:
+        mtool("mmd", "-i", os_raw, "::/Dir")
+        mtool("mcopy", "-i", os_raw, root / "keep.txt", "::/Dir/keep.txt")
+
     store = root / "store"
-    layers.import_os("win", "1", str(os_raw), store=store)
+    whole_disk_fat_os(root, store, populate)
     w = World(root, store)
     _install(w, "a", "Zir_keep.txt", b"from app a\r\n", long_name="Dir/keep.txt")
     for layer in ("b", "c", "d", "e"):

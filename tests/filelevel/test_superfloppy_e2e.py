@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from strata.ops import layers
 from strata.units import human_size
 
 from support.filelevel_tools import (
@@ -21,8 +20,9 @@ from support.filelevel_tools import (
     fsck_fat,
     install_whole_disk_file,
     mtool,
+    whole_disk_fat_os,
 )
-from support.tools import qemu_img, require, result_of, run, strata, strata_json
+from support.tools import require, result_of, strata, strata_json
 
 FILES = {"a": ("/a.txt", b"installed by app a\r\n"), "b": ("/b.txt", b"installed by app b\r\n")}
 CONFLICTING = {"c": ("/a.txt", b"app c writes a.txt too\r\n")}  # against a
@@ -43,11 +43,8 @@ def _install(root: Path, store: Path, layer: str) -> dict:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     root = tmp_path_factory.mktemp("superfloppy")
-    os_raw = root / "os.img"
-    qemu_img("create", "-f", "raw", os_raw, "64M")
-    run([require("mkfs.fat"), os_raw])
     store = root / "store"
-    layers.import_os("win", "1", str(os_raw), store=store)
+    whole_disk_fat_os(root, store)
     done = {layer: _install(root, store, layer) for layer in [*FILES, *CONFLICTING]}
     return World(root, store, done)
 

@@ -60,6 +60,20 @@ def install(pkg: dict, work: Path, steps: Sequence[tuple[str, ...]]) -> Path:
     return raw
 
 
+def whole_disk_fat_os(
+    root: Path, store: Path, populate: Callable[[Path], None] | None = None
+) -> Path:
+    """OS layer ``win:1`` in ``store``: a 64 MiB disk that is one FAT volume, no partition
+    table (mkfs.fat), filled by ``populate(image)`` first when given; the image's path."""
+    os_raw = root / "os.img"
+    run([require("qemu-img"), "create", "-f", "raw", os_raw, "64M"])
+    run([require("mkfs.fat"), os_raw])
+    if populate is not None:
+        populate(os_raw)
+    layers.import_os("win", "1", str(os_raw), store=store)
+    return os_raw
+
+
 def install_whole_disk_file(
     store: Path,
     root: Path,
