@@ -152,6 +152,15 @@ class _HostView:
     def exists(self, path: str) -> bool:
         return False
 
+    def hibernation(self) -> None:  # the volume's state is tested on NTFS volumes
+        return None
+
+    def journal(self) -> None:
+        return None
+
+    def dirty_flags(self) -> None:
+        return None
+
     def control_set(self) -> str:
         from strata.integrity.checks import current_control_set
 

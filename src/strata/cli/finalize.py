@@ -42,7 +42,8 @@ def report_gate(report: GateReport, forced: bool = False) -> None:
 
 def _evidence_text(item: dict[str, Any]) -> str:
     if "file" in item and "key" not in item:
-        return f"file {item['file']}"
+        facts = [f"{k} {v}" for k, v in item.items() if k not in ("file", "partition")]
+        return ", ".join([f"file {item['file']}", *facts])
     where = f"{item['hive']}\\{item['key']}"
     if "value" in item:
         return f"{where} {item['value']} = {json.dumps(item['data'])}"

@@ -21,6 +21,11 @@ Offline markers chosen (each check's evidence names the hive, key and value, or 
 - KMS: ``SkipRearm`` non-zero (the rearm count itself lives in the licensing store,
   not in the registry, so ``slmgr /dlv`` is the advice rather than a value read here).
 - PVS: ``Tcpip6\\Parameters DisabledComponents`` is not 0xFF.
+- unclean shutdown: ``\\hiberfil.sys`` says Windows hibernated, or ``$LogFile``'s current
+  restart page is not clean (Fast Startup's version 2.0, or a log client in use without the
+  clean flag), as ntfs-3g judges them (``strata.fs.ntfs.shutdown``): the disk does not hold
+  what Windows last saw, so neither the hives nor the captured files can be trusted.
+- chkdsk scheduled: ``$Volume``'s ``VOLUME_IS_DIRTY`` flag.
 """
 
 from __future__ import annotations
@@ -66,6 +71,13 @@ MESSAGES = {
     "kms-rearm": "KMS rearm is skipped on this disk (SkipRearm is set) - run `slmgr /dlv` on "
     "the Packaging Machine to see the remaining Windows rearm count, run `slmgr /rearm` if it "
     "is above zero, set SkipRearm to 0, and shut down the Packaging Machine again.",
+    "unclean-shutdown": "Windows on the Packaging Machine did not shut down fully (it "
+    "hibernated, kept file system data cached for Fast Startup, or left unfinished changes in "
+    "the NTFS journal) - start the Packaging Machine and shut it down fully (turn Fast Startup "
+    "off, or run `shutdown /s /t 0`), then finalize again.",
+    "chkdsk-scheduled": "The Packaging Machine's disk is marked for a file system check "
+    "(chkdsk) - start the Packaging Machine, let the check finish, shut it down, then finalize "
+    "again.",
     "pvs-ipv6": "IPv6 is not disabled in the OS layer (PVS needs "
     "Tcpip6\\Parameters DisabledComponents = 0xFF) - disable it in the OS layer; disabling it "
     "in the platform layer instead hangs PVS machines at boot.",
@@ -82,6 +94,14 @@ class WindowsView(Protocol):
     def exists(self, path: str) -> bool: ...
 
     def control_set(self) -> str: ...
+
+    def hibernation(self) -> Evidence | None: ...
+
+    def journal(self) -> Evidence | None:
+        """The NTFS journal's state when it is not clean, else None."""
+        ...
+
+    def dirty_flags(self) -> int | None: ...
 
 
 Evidence = dict[str, Any]
@@ -232,7 +252,20 @@ def pvs_ipv6(view: WindowsView) -> list[Evidence]:
     return [{**hive_fields(system), "key": key, "value": "DisabledComponents", "data": shown}]
 
 
+def unclean_shutdown(view: WindowsView) -> list[Evidence]:
+    return [e for e in (view.hibernation(), view.journal()) if e is not None]
+
+
+def chkdsk_scheduled(view: WindowsView) -> list[Evidence]:
+    flags = view.dirty_flags()
+    if flags is None:
+        return []
+    return [{"file": "\\$Volume", "attribute": "$VOLUME_INFORMATION", "flags": f"{flags:#06x}"}]
+
+
 CHECKS: tuple[Check, ...] = (
+    Check("unclean-shutdown", unclean_shutdown),
+    Check("chkdsk-scheduled", chkdsk_scheduled),
     Check("boot-driver-reboot", boot_driver_reboot),
     Check("post-install-reboot", post_install_reboot),
     Check("msi-in-progress", msi_in_progress),

@@ -19,7 +19,7 @@ from typing import Any
 from strata.blockdev.base import BlockDevice
 from strata.errors import CorruptImage, NotFound, StrataError
 from strata.formats import registry
-from strata.fs.ntfs import NtfsVolume
+from strata.fs.ntfs import NtfsVolume, shutdown
 from strata.fs.volumes import located_volumes
 from strata.integrity.checks import CHECKS, Finding, current_control_set
 from strata.integrity.hive import Hive, missing, open_hive
@@ -119,6 +119,16 @@ class NtfsWindows:
         except NotFound:
             return False
         return True
+
+    def hibernation(self) -> dict[str, Any] | None:
+        return shutdown.hibernation(self.vol)
+
+    def journal(self) -> dict[str, Any] | None:
+        found = shutdown.journal(self.vol)
+        return None if found.clean else found.evidence()
+
+    def dirty_flags(self) -> int | None:
+        return shutdown.dirty(self.vol)
 
     def control_set(self) -> str:
         if self._control_set is None:

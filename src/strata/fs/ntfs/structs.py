@@ -12,7 +12,18 @@ libfsntfs "New Technologies File System (NTFS)" format documentation (same facts
 from __future__ import annotations
 
 import numpy as np
-from construct import Bytes, Const, Int8sl, Int8ul, Int16ul, Int32ul, Int64ul, Padding, Struct
+from construct import (
+    Bytes,
+    Const,
+    Int8sl,
+    Int8ul,
+    Int16sl,
+    Int16ul,
+    Int32ul,
+    Int64ul,
+    Padding,
+    Struct,
+)
 
 # $Boot (Russon 3.2): the BIOS parameter block of an NTFS volume, sector 0.
 BOOT_SECTOR = Struct(
@@ -194,6 +205,48 @@ SDS_ENTRY = Struct(
 SDS_ENTRY_SIZE = 20
 SDS_ENTRY_FORMAT = "<IIQI"  # the same header for struct.unpack_from: hash, id, offset, length
 SDS_BLOCK = 256 * 1024
+
+# $VOLUME_INFORMATION value (Russon 5.6): 8 reserved bytes, the NTFS version, the flags.
+VOLUME_INFO = Struct(Padding(8), "major" / Int8ul, "minor" / Int8ul, "flags" / Int16ul)
+VOLUME_INFO_SIZE = 12
+VOLUME_IS_DIRTY = 0x0001  # chkdsk runs at the next boot (``fsutil dirty set``, or damage seen)
+
+# $LogFile restart page (linux-ntfs logfile.h): the first two pages of the journal each hold
+# one, the current one being the one with the higher LSN.  Its header is multi-sector
+# protected like a FILE record; every field read here lies in the first 510 bytes.
+RESTART_PAGE_HEADER = Struct(
+    "magic" / Bytes(4),  # RSTR, or CHKD once chkdsk rewrote it
+    "usa_offset" / Int16ul,
+    "usa_count" / Int16ul,
+    "chkdsk_lsn" / Int64ul,
+    "system_page_size" / Int32ul,
+    "log_page_size" / Int32ul,
+    "restart_area_offset" / Int16ul,
+    "minor_version" / Int16sl,
+    "major_version" / Int16sl,
+)
+RESTART_PAGE_HEADER_SIZE = 30
+RESTART_AREA = Struct(
+    "current_lsn" / Int64ul,
+    "log_clients" / Int16ul,
+    "client_free_list" / Int16ul,
+    "client_in_use_list" / Int16ul,
+    "flags" / Int16ul,
+    "seq_number_bits" / Int32ul,
+    "restart_area_length" / Int16ul,
+    "client_array_offset" / Int16ul,
+    "file_size" / Int64ul,
+    "last_lsn_data_length" / Int32ul,
+    "log_record_header_length" / Int16ul,
+    "log_page_data_offset" / Int16ul,
+)
+RESTART_AREA_FILE_SIZE_OFFSET = 0x18  # fields before it must precede the first fixup word
+RESTART_AREA_SIZE = 0x28
+LOG_CLIENT_RECORD_SIZE = 0xA0
+LOGFILE_NO_CLIENT = 0xFFFF
+RESTART_VOLUME_IS_CLEAN = 0x0002
+LOGFILE_RECORD = 2
+VOLUME_RECORD = 3
 
 # Well-known MFT record numbers (Russon 3).
 MFT_RECORD, ROOT_RECORD, SECURE_RECORD = 0, 5, 9

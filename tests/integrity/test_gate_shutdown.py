@@ -1,0 +1,128 @@
+"""The finalize gate on packaging disks whose machine did not shut down fully: Windows
+hibernated (``hiberfil.sys``), the NTFS journal left unclean, the volume marked for chkdsk.
+ntfs-3g (told not to recover) and ntfsinfo judge the same volumes, read out of the disk."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from strata.errors import NotReady
+from strata.integrity.checks import MESSAGES
+from strata.ops import layers
+
+from support.filelevel_tools import back_to_child, extract, package, to_raw
+from support.integrity_tools import PART_SIZE, PART_START, can_mount, on_ntfs, windows_disk
+from support.ntfs_shutdown import (
+    ntfs3g_mount_mode,
+    ntfsinfo_refusal,
+    restart_page,
+    set_dirty,
+    write_hiberfile,
+    write_journal,
+)
+from support.tools import strata
+
+pytestmark = pytest.mark.skipif(not can_mount(), reason="ntfs-3g FUSE mounts need root")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("shutdown-gate")
+    store = root / "store"
+    layers.import_os("win", "1", str(windows_disk(root)), store=store)
+    return root, store
+
+
+def _installed(root: Path) -> None:
+    app = root / "Program Files" / "App"
+    app.mkdir(parents=True)
+    (app / "app.exe").write_bytes(b"MZ" + bytes(range(256)) * 64)
+
+
+def _machine(
+    world: tuple[Path, Path],
+    name: str,
+    change: Callable[[Path], None],
+    after: Callable[[Path], None] = lambda raw: None,
+) -> tuple[dict, Path]:
+    """A packaging disk on which the machine installed an app, then did ``change`` (through
+    ntfs-3g) and left the volume as ``after`` does to the raw disk; and the volume, as an
+    image of its own, for the oracles."""
+    root, store = world
+    work = root / name
+    work.mkdir()
+    pkg = package(store, f"app-{name}", work / "out")
+    raw = to_raw(pkg, work / "disk.raw")
+
+    def both(mnt: Path) -> None:
+        _installed(mnt)
+        change(mnt)
+
+    on_ntfs(raw, both, work)
+    after(raw)
+    back_to_child(pkg, raw)
+    return pkg, extract(raw, PART_START, PART_SIZE, work / "partition1.vol")
+
+
+def _refused(world: tuple[Path, Path], pkg: dict, check: str) -> list[dict]:
+    with pytest.raises(NotReady) as info:
+        layers.finalize(pkg["disk_path"], pkg["layer"], pkg["version"], store=world[1])
+    findings = info.value.fields["findings"]
+    assert [f["check"] for f in findings] == [check]
+    assert findings[0]["message"] == MESSAGES[check]
+    with layers.open_store(world[1]) as st:  # refused before capture: still packaging
+        assert st.catalog.version(pkg["layer"], pkg["version"])["state"] == "packaging"
+    return findings[0]["evidence"]
+
+
+def test_hibernated_machine_is_refused_then_forced(world: tuple[Path, Path]) -> None:
+    pkg, vol = _machine(world, "hibernated", lambda r: write_hiberfile(r, b"HIBR" + bytes(8188)))
+    evidence = _refused(world, pkg, "unclean-shutdown")
+    assert evidence == [
+        {"file": "\\hiberfil.sys", "size": 8192, "signature": "HIBR", "partition": "partition 1"}
+    ]
+    mode, said = ntfs3g_mount_mode(vol, world[0])
+    assert mode == "ro" and "hibernated" in said
+
+    args = ["finalize", "--disk", pkg["disk_path"], "--layer", pkg["layer"]]
+    args += ["--version", pkg["version"], "--store", str(world[1])]
+    text = strata(*args)
+    assert text.returncode == 9 and MESSAGES["unclean-shutdown"] in text.stderr
+    reason = "hiberfil.sys is left over from a template; Windows was shut down (ticket 7)"
+    forced = strata(*args, "--force", "--reason", reason, "--json")
+    assert forced.returncode == 0, forced.stderr
+    result = json.loads(forced.stdout.splitlines()[-1])
+    assert result["state"] == "deployable" and result["integrity"]["forced"]
+
+
+def test_unclean_journal_is_refused(world: tuple[Path, Path]) -> None:
+    def unclean(raw: Path) -> None:
+        pages = restart_page(lsn=7000), restart_page(lsn=6000, flags=2)
+        write_journal(raw, *pages, start=PART_START)
+
+    pkg, vol = _machine(world, "unclean", lambda r: None, unclean)
+    (evidence,) = _refused(world, pkg, "unclean-shutdown")
+    assert evidence["file"] == "\\$LogFile" and evidence["state"] == "unclean"
+    assert evidence["lsn"] == 7000 and evidence["client_in_use"] == 0
+    assert evidence["version"] == "1.1" and evidence["flags"] == "0x0000"
+    mode, said = ntfs3g_mount_mode(vol, world[0])
+    assert mode == "ro" and "unclean file system" in said
+
+
+def test_volume_marked_for_chkdsk_is_refused(world: tuple[Path, Path]) -> None:
+    pkg, vol = _machine(world, "dirty", lambda r: None, lambda raw: set_dirty(raw, PART_START))
+    evidence = _refused(world, pkg, "chkdsk-scheduled")
+    assert evidence == [
+        {
+            "file": "\\$Volume",
+            "attribute": "$VOLUME_INFORMATION",
+            "flags": "0x0001",
+            "partition": "partition 1",
+        }
+    ]
+    refusal = ntfsinfo_refusal(vol)
+    assert refusal is not None and "scheduled for check" in refusal

@@ -1,0 +1,185 @@
+"""How an NTFS volume was left (``strata.fs.ntfs.shutdown``), judged beside ntfs-3g and ntfsinfo:
+strata calls a journal or a hibernation file clean exactly when ntfs-3g, told not to recover
+(``-o norecover``), mounts the volume read-write; it calls a volume marked for chkdsk exactly
+when ntfsinfo refuses it as "scheduled for check"."""
+
+from __future__ import annotations
+
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+
+from strata.blockdev import RawFileDevice
+from strata.fs.ntfs import NtfsVolume, shutdown
+from strata.fs.ntfs import structs as s
+
+from support.ntfs_shutdown import (
+    ntfs3g_mount_mode,
+    ntfsinfo_refusal,
+    restart_page,
+    set_dirty,
+    write_hiberfile,
+    write_journal,
+)
+from support.ntfs_tools import make_volume
+from support.tools import require
+
+pytestmark = pytest.mark.skipif(
+    not Path("/dev/fuse").exists(), reason="the ntfs-3g oracle mounts through FUSE (/dev/fuse)"
+)
+
+CLEAN = s.RESTART_VOLUME_IS_CLEAN
+NONE = s.LOGFILE_NO_CLIENT
+
+# name: (first page, second page) or None (as mkntfs and ntfs-3g leave it), strata's state,
+# and what ntfs-3g says when it is not clean
+JOURNALS = {
+    "empty": (None, "empty", ""),
+    "clean": (
+        (restart_page(lsn=100, flags=CLEAN), restart_page(lsn=90, flags=CLEAN)),
+        "clean",
+        "",
+    ),
+    "no-client-in-use": (
+        (restart_page(lsn=100, in_use=NONE), restart_page(lsn=90, in_use=NONE)),
+        "clean",
+        "",
+    ),
+    "unclean": (
+        (restart_page(lsn=100), restart_page(lsn=90)),
+        "unclean",
+        "unclean file system",
+    ),
+    "second-page-current-and-unclean": (
+        (restart_page(lsn=90, flags=CLEAN), restart_page(lsn=100)),
+        "unclean",
+        "unclean file system",
+    ),
+    "older-page-unclean": (
+        (restart_page(lsn=100, flags=CLEAN), restart_page(lsn=90)),
+        "clean",
+        "",
+    ),
+    "fast-startup": (
+        (
+            restart_page(lsn=100, flags=CLEAN, version=(2, 0)),
+            restart_page(lsn=90, flags=CLEAN, version=(2, 0)),
+        ),
+        "cached",
+        "Metadata kept in Windows cache",
+    ),
+    "older-page-fast-startup": (
+        (restart_page(lsn=100, flags=CLEAN), restart_page(lsn=90, version=(2, 0))),
+        "clean",
+        "",
+    ),
+    "bad-update-sequence-count": (
+        (restart_page(lsn=100, usa_count=3), restart_page(lsn=90, usa_count=3)),
+        "damaged",
+        "inconsistent update sequence array count",
+    ),
+    "unknown-version": (
+        (restart_page(lsn=100, version=(1, 2)), restart_page(lsn=90, version=(1, 2))),
+        "damaged",
+        "version 1.2 is not supported",
+    ),
+}
+
+HIBERFILES = {
+    "HIBR": (b"HIBR" + bytes(8188), True),
+    "hibr": (b"hibr" + bytes(8188), True),
+    "mixed-case": (b"HiBr" + bytes(8188), False),  # ntfs-3g knows two spellings only
+    "resumed-wake": (b"wake" + bytes(8188), False),
+    "resumed-zeros": (bytes(8192), False),
+    "shorter-than-a-header": (b"HIBR" + bytes(96), True),
+    "none": (None, False),
+}
+
+
+@pytest.fixture(scope="module")
+def fresh(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    require("ntfsinfo")
+    return make_volume(tmp_path_factory.mktemp("shutdown") / "fresh.img", "16M", lambda r: None)
+
+
+def _copy(fresh: Path, tmp_path: Path, name: str) -> Path:
+    image = tmp_path / f"{name}.img"
+    shutil.copyfile(fresh, image)
+    return image
+
+
+def _open(image: Path) -> tuple[RawFileDevice, NtfsVolume]:
+    dev = RawFileDevice(str(image))
+    return dev, NtfsVolume(dev)
+
+
+@pytest.mark.parametrize("name", JOURNALS)
+def test_journal_state_agrees_with_ntfs3g(fresh: Path, tmp_path: Path, name: str) -> None:
+    pages, state, ntfs3g_says = JOURNALS[name]
+    image = _copy(fresh, tmp_path, name)
+    if pages is not None:
+        write_journal(image, *pages)
+    dev, vol = _open(image)
+    with dev:
+        found = shutdown.journal(vol)
+    assert found.state == state
+    mode, said = ntfs3g_mount_mode(image, tmp_path)
+    assert (mode == "rw") == found.clean, said
+    assert ntfs3g_says in said
+    if found.current is not None:
+        assert found.current.lsn == 100
+        assert found.evidence()["version"] in ("1.1", "2.0")
+
+
+@pytest.mark.parametrize("name", HIBERFILES)
+def test_hibernation_agrees_with_ntfs3g(fresh: Path, tmp_path: Path, name: str) -> None:
+    header, hibernated = HIBERFILES[name]
+    image = tmp_path / f"{name}.img"
+    if header is None:
+        shutil.copyfile(fresh, image)
+    else:
+        make_volume(image, "16M", lambda root: write_hiberfile(root, header))
+    dev, vol = _open(image)
+    with dev:
+        found = shutdown.hibernation(vol)
+    assert (found is not None) == hibernated
+    if found is not None:
+        assert found["file"] == "\\hiberfil.sys" and found["size"] == len(header)
+    mode, said = ntfs3g_mount_mode(image, tmp_path)
+    assert (mode == "ro") == hibernated, said
+    assert ("hibernated" in said.lower()) == hibernated
+
+
+def test_dirty_flag_agrees_with_ntfsinfo(fresh: Path, tmp_path: Path) -> None:
+    image = _copy(fresh, tmp_path, "dirty")
+    dev, vol = _open(image)
+    with dev:
+        assert shutdown.dirty(vol) is None
+    assert ntfsinfo_refusal(image) is None
+    set_dirty(image)
+    dev, vol = _open(image)
+    with dev:
+        flags = shutdown.dirty(vol)
+    assert flags is not None and flags & s.VOLUME_IS_DIRTY
+    refusal = ntfsinfo_refusal(image)
+    assert refusal is not None and "scheduled for check" in refusal
+
+
+def test_hostile_restart_pages_give_a_state_never_an_error() -> None:
+    """2 000 journals with random bytes changed in the first sector of one or both restart
+    pages: every one is judged (a current page, or none consistent), none raises."""
+    rng = random.Random(7)
+    good = restart_page(lsn=100) + restart_page(lsn=90)
+    seen: dict[str, int] = {}
+    for i in range(2000):
+        data = bytearray(good)
+        for page in (0, 4096) if i % 2 else (4096,):
+            for _ in range(rng.randint(1, 6)):
+                data[page + rng.randrange(0x60)] = rng.randrange(256)
+        pages, empty = shutdown._restart_pages(bytes(data))
+        assert not empty
+        kind = "none" if not pages else max(pages, key=lambda p: p.lsn).magic
+        seen[kind] = seen.get(kind, 0) + 1
+    assert seen.get("none", 0) > 0 and seen.get("RSTR", 0) > 0, seen
