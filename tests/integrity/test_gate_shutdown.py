@@ -126,3 +126,25 @@ def test_volume_marked_for_chkdsk_is_refused(world: tuple[Path, Path]) -> None:
     ]
     refusal = ntfsinfo_refusal(vol)
     assert refusal is not None and "scheduled for check" in refusal
+
+
+def test_os_import_warns_of_a_hibernated_windows(world: tuple[Path, Path]) -> None:
+    """Imported all the same, with a warning naming the volume and why; a clean one, none."""
+    root, store = world
+    work = root / "import"
+    work.mkdir()
+    gold = windows_disk(work)
+    clean = strata("os", "import", "gold", gold, "--version", "1", "--store", store, "--json")
+    assert clean.returncode == 0, clean.stderr
+    events = [json.loads(line) for line in clean.stdout.splitlines()]
+    assert not [e for e in events if e["event"] == "warning"]
+    assert events[-1]["warnings"] == []
+
+    on_ntfs(gold, lambda r: write_hiberfile(r, b"HIBR" + bytes(8188)), work)
+    text = strata("os", "import", "gold", gold, "--version", "2", "--store", store)
+    assert text.returncode == 0, text.stderr
+    (warning,) = [line for line in text.stderr.splitlines() if "warning" in line]
+    assert warning.startswith("strata: warning: partition 1: Windows did not shut down fully")
+    assert "hiberfil.sys says Windows hibernated (HIBR)" in warning
+    mode, said = ntfs3g_mount_mode(extract(gold, PART_START, PART_SIZE, work / "p1.vol"), work)
+    assert mode == "ro" and "hibernated" in said

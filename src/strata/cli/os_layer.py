@@ -50,6 +50,8 @@ def import_cmd(
             comment=comment,
             progress=progress,
         )
+    for warning in result["warnings"]:
+        current().warning(warning)
     current().result(
         f"imported {image} as {name}:{version} ({result['new_bytes']} new bytes, "
         f"manifest {result['manifest']})",

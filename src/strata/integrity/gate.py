@@ -160,6 +160,17 @@ def windows_volumes(disk: BlockDevice) -> Iterator[tuple[str, NtfsVolume]]:
             continue
 
 
+def unfinished_shutdowns(disk: BlockDevice) -> list[tuple[str, str]]:
+    """Each NTFS volume of ``disk`` that Windows did not leave shut down fully, and why."""
+    found = []
+    for located in located_volumes(disk):
+        if located.fs == "ntfs":
+            reasons = shutdown.unfinished(NtfsVolume(located.dev))
+            if reasons:
+                found.append((located.where, "; ".join(reasons)))
+    return found
+
+
 def run_gate(disk: BlockDevice, target: str | None = None) -> GateReport:
     """Every check on every Windows volume of ``disk`` (the guest-visible chain)."""
     report = GateReport(target=target)

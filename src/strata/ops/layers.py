@@ -25,7 +25,7 @@ from strata.errors import InvalidInput, NotFound, NotReady, StateError, StrataEr
 from strata.formats import registry
 from strata.formats.registry import CreateRequest, WriteRequest
 from strata.fs.iso import write_job_iso
-from strata.integrity.gate import GateReport, run_gate
+from strata.integrity.gate import GateReport, run_gate, unfinished_shutdowns
 from strata.layer import filedelta, filemerge
 from strata.layer.blocks import (
     BLOCK_SIZE,
@@ -222,6 +222,7 @@ def import_os(
             "partitions": _partitions(disk),
             "source": os.path.basename(image),
         }
+        warnings = [_UNFINISHED.format(*found) for found in unfinished_shutdowns(disk)]
         capture = capture_disk(st, disk, progress=progress)
         mid = _commit(st, name, version, meta, capture.blocks, None, comment)
         undo.pop_all()
@@ -233,7 +234,17 @@ def import_os(
             "size": disk.size,
             **capture.stats.as_dict(),
             "seconds": round(time.monotonic() - started, 3),
+            "warnings": warnings,
         }
+
+
+# Imported all the same (the disk may be meant so), but a machine booted from an image made
+# of it may resume the hibernated kernel over file systems the layers changed.
+_UNFINISHED = (
+    "{}: Windows did not shut down fully ({}): the OS layer holds the disk as it is, not what "
+    "Windows last saw, and a machine booted from it may try to resume; shut Windows down "
+    "fully (Fast Startup off) and import again"
+)
 
 
 def _claim_os_version(

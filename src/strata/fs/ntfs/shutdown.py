@@ -133,6 +133,22 @@ def dirty(vol: NtfsVolume) -> int | None:
     return flags if flags & s.VOLUME_IS_DIRTY else None
 
 
+def unfinished(vol: NtfsVolume) -> list[str]:
+    """What says the volume was not left shut down fully, a phrase each (none: it was)."""
+    found = []
+    hibernated = hibernation(vol)
+    if hibernated is not None:
+        found.append(f"\\hiberfil.sys says Windows hibernated ({hibernated['signature']})")
+    log = journal(vol)
+    if not log.clean:
+        at = f", LSN {log.current.lsn}" if log.current is not None else ""
+        found.append(f"the NTFS journal is {log.state}{at}")
+    flags = dirty(vol)
+    if flags is not None:
+        found.append(f"chkdsk is scheduled ($Volume flags {flags:#06x})")
+    return found
+
+
 def _first_bytes(chunks: Any, limit: int) -> bytes:
     out = bytearray()
     for chunk in chunks:
