@@ -193,6 +193,76 @@ def test_each_check_trips_alone(world: World, case: Case) -> None:
         assert st.catalog.version(pkg["layer"], pkg["version"])["state"] == "packaging"
 
 
+CBS = "Microsoft\\Windows\\CurrentVersion\\Component Based Servicing"
+WU = "Microsoft\\Windows\\CurrentVersion\\WindowsUpdate\\Auto Update"
+# Further post-installation reboot markers: (tag, hive or None for pending.xml, spec, the
+# evidence's keys (and value names) in order).
+REBOOT_MARKERS = [
+    (
+        "servicing",
+        "SOFTWARE",
+        {
+            f"{CBS}\\RebootInProgress": {},
+            f"{CBS}\\PackagesPending": {"Package_1": ["dword", 1]},
+            f"{WU}\\PostRebootReporting": {},
+            "Microsoft\\ServerManager\\CurrentRebootAttempts": {},
+            "Microsoft\\Updates": {"UpdateExeVolatile": ["dword", 1]},
+        },
+        [
+            f"{CBS}\\RebootInProgress",
+            f"{CBS}\\PackagesPending",
+            f"{WU}\\PostRebootReporting",
+            "Microsoft\\ServerManager\\CurrentRebootAttempts",
+            "Microsoft\\Updates UpdateExeVolatile",
+        ],
+    ),
+    (
+        "domain-join",
+        "SYSTEM",
+        {f"{CS}\\Services\\Netlogon": {"JoinDomain": ["sz", "CORP"], "AvoidSpnSet": ["dword", 1]}},
+        [f"{CS}\\Services\\Netlogon JoinDomain", f"{CS}\\Services\\Netlogon AvoidSpnSet"],
+    ),
+    ("pending-xml", None, {}, ["\\Windows\\WinSxS\\pending.xml"]),
+]
+
+
+@pytest.mark.parametrize(
+    ("tag", "hive", "spec", "where"), REBOOT_MARKERS, ids=[m[0] for m in REBOOT_MARKERS]
+)
+def test_more_post_install_reboot_markers(
+    world: World, tag: str, hive: str | None, spec: dict[str, Any], where: list[str]
+) -> None:
+    """Each marker the common pending-reboot scripts read trips post-install-reboot alone,
+    its evidence read back by hivexget; the clean hives hold the same keys with nothing
+    pending (UpdateExeVolatile 0, a stale JoinDomain in the old control set)."""
+    work = world.root / f"reboot-{tag}"
+    work.mkdir()
+    pkg = package(world.store, f"app-reboot-{tag}", work / "out")
+
+    def change(root: Path) -> None:
+        _app_install(root)
+        if hive is None:
+            (root / "Windows" / "WinSxS").mkdir()
+            (root / "Windows" / "WinSxS" / "pending.xml").write_text("<PendingTransaction/>")
+            return
+        clean = CLEAN_SYSTEM if hive == "SYSTEM" else CLEAN_SOFTWARE
+        replace_hive(hive, build_hive(work / hive, merged(clean, spec)))(root)
+
+    raw = package_machine(pkg, work, change)
+    with pytest.raises(NotReady) as info:
+        layers.finalize(pkg["disk_path"], pkg["layer"], pkg["version"], store=world.store)
+    (finding,) = info.value.fields["findings"]
+    assert finding["check"] == "post-install-reboot"
+    shown = [
+        " ".join(filter(None, (e["key"], e.get("value")))) if "key" in e else e["file"]
+        for e in finding["evidence"]
+    ]
+    assert shown == where
+    for item in finding["evidence"]:
+        if "key" in item:
+            _check_with_hivexget(world, raw, item, work)
+
+
 def test_expected_evidence_values(world: World) -> None:
     """The driver rename, the stale control set ignored, the PVS value as set."""
     case = CASES[0]

@@ -43,12 +43,15 @@ CLEAN_SYSTEM: Spec = {
     "ControlSet002\\Services\\clr_optimization_v4.0.30319_64": {"Start": ["dword", 3]},
     "ControlSet002\\Services\\clr_optimization_v4.0.30319_32": {"Start": ["dword", 4]},
     "ControlSet002\\Services\\Tcpip6\\Parameters": {"DisabledComponents": ["dword", 0xFF]},
+    "ControlSet001\\Services\\Netlogon": {"JoinDomain": ["sz", "STALE"]},
+    "ControlSet002\\Services\\Netlogon": {"DependOnService": ["multi_sz", ["LanmanWorkstation"]]},
 }
 CLEAN_SOFTWARE: Spec = {
     "Microsoft\\Windows\\CurrentVersion\\RunOnce": {},
     "Microsoft\\Windows\\CurrentVersion\\Installer": {"InstallerLocation": ["sz", "C:\\x"]},
     "Microsoft\\Windows\\CurrentVersion\\Component Based Servicing": {},
     "Microsoft\\Windows\\CurrentVersion\\WindowsUpdate\\Auto Update": {},
+    "Microsoft\\Updates": {"UpdateExeVolatile": ["dword", 0]},  # 0: nothing pending
     "Microsoft\\Windows NT\\CurrentVersion\\SoftwareProtectionPlatform": {
         "SkipRearm": ["dword", 0],
         "KeyManagementServiceName": ["sz", "kms.example.test"],

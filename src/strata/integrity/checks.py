@@ -10,8 +10,13 @@ Offline markers chosen (each check's evidence names the hive, key and value, or 
 - boot-disk drivers: PendingFileRenameOperations(2) pairs whose source or target lies under
   ``\\Windows\\System32\\drivers`` (a driver replaced when the machine next boots).
 - post-installation reboot: the other PendingFileRenameOperations(2) pairs, Component Based
-  Servicing ``RebootPending``, Windows Update ``Auto Update\\RebootRequired``, ``RunOnce``
-  values.
+  Servicing ``RebootPending``, ``RebootInProgress`` and ``PackagesPending``, Windows Update
+  ``Auto Update\\RebootRequired`` and ``PostRebootReporting``, Server Manager
+  ``CurrentRebootAttempts``, a non-zero ``Updates\\UpdateExeVolatile``, a domain join waiting
+  for the reboot (Netlogon ``JoinDomain`` or ``AvoidSpnSet``), servicing operations queued in
+  ``\\Windows\\WinSxS\\pending.xml``, ``RunOnce`` values (the markers the common
+  pending-reboot scripts read online, where they are in the hive files; a pending computer
+  rename is not: ``ActiveComputerName`` is volatile).
 - MSI: ``Installer\\InProgress`` exists (Windows Installer removes it when an install ends).
 - NGen: the .NET optimization service set to automatic start (``Start`` = 2). The service
   sets itself to start when assemblies are queued and back to manual/disabled once the queue
@@ -41,8 +46,21 @@ SYSTEM, SOFTWARE = "SYSTEM", "SOFTWARE"
 SESSION_MANAGER = "Control\\Session Manager"
 RENAMES = ("PendingFileRenameOperations", "PendingFileRenameOperations2")
 DRIVERS = "\\windows\\system32\\drivers\\"
-CBS_REBOOT = "Microsoft\\Windows\\CurrentVersion\\Component Based Servicing\\RebootPending"
-WU_REBOOT = "Microsoft\\Windows\\CurrentVersion\\WindowsUpdate\\Auto Update\\RebootRequired"
+CBS = "Microsoft\\Windows\\CurrentVersion\\Component Based Servicing"
+CBS_REBOOT = f"{CBS}\\RebootPending"
+WU = "Microsoft\\Windows\\CurrentVersion\\WindowsUpdate\\Auto Update"
+WU_REBOOT = f"{WU}\\RebootRequired"
+REBOOT_KEYS = (
+    CBS_REBOOT,
+    f"{CBS}\\RebootInProgress",
+    f"{CBS}\\PackagesPending",
+    WU_REBOOT,
+    f"{WU}\\PostRebootReporting",
+    "Microsoft\\ServerManager\\CurrentRebootAttempts",
+)
+UPDATES = "Microsoft\\Updates"
+NETLOGON_JOIN = ("JoinDomain", "AvoidSpnSet")
+PENDING_XML = "\\Windows\\WinSxS\\pending.xml"
 RUN_ONCE = "Microsoft\\Windows\\CurrentVersion\\RunOnce"
 MSI_IN_PROGRESS = "Microsoft\\Windows\\CurrentVersion\\Installer\\InProgress"
 NGEN_SERVICES = (
@@ -200,14 +218,29 @@ def boot_driver_reboot(view: WindowsView) -> list[Evidence]:
 def post_install_reboot(view: WindowsView) -> list[Evidence]:
     found = _renames(view, drivers=False)
     software = view.hive(SOFTWARE)
-    for key in (CBS_REBOOT, WU_REBOOT):
+    for key in REBOOT_KEYS:
         node = software.key(key)
         if node is not None:
             found.append(key_evidence(software, key, node))
+    node = software.key(UPDATES)
+    volatile = software.value(node, "UpdateExeVolatile") if node is not None else None
+    if volatile is not None and volatile.as_int():
+        found.append(value_evidence(software, UPDATES, volatile))
+    found += _domain_join(view)
+    if view.exists(PENDING_XML):
+        found.append({"file": PENDING_XML})
     node = software.key(RUN_ONCE)
     if node is not None:
         found += [value_evidence(software, RUN_ONCE, v) for v in software.values(node)]
     return found
+
+
+def _domain_join(view: WindowsView) -> list[Evidence]:
+    system = view.hive(SYSTEM)
+    key = f"{view.control_set()}\\Services\\Netlogon"
+    node = system.key(key)
+    values = [system.value(node, name) for name in NETLOGON_JOIN] if node is not None else []
+    return [value_evidence(system, key, v) for v in values if v is not None]
 
 
 def msi_in_progress(view: WindowsView) -> list[Evidence]:
