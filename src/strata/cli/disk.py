@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from strata.cli.events import current, json_option, json_runs
+from strata.cli.groups import HelpGroup
 from strata.cli.options import FILE, allow_option, fmt_option
 from strata.errors import EXIT_DIFFERENT
 from strata.formats import registry
@@ -15,7 +16,7 @@ from strata.ops import disk as ops
 from strata.units import human_size, parse_size
 
 
-@click.group("disk")
+@click.group("disk", cls=HelpGroup)
 def group() -> None:
     """Inspect, compare, convert, create and check disk images (raw, vhd, vhdx, vmdk)."""
 

@@ -6,13 +6,14 @@ import click
 
 from strata.cli.events import current, json_option
 from strata.cli.finalize import file_delta_notes, gate_target_option, report_gate
+from strata.cli.groups import HelpGroup
 from strata.cli.options import FILE, allow_option, store_option
 from strata.ops import store as ops
 from strata.ops.layers import layer_diff
 from strata.units import human_size, utc_time
 
 
-@click.group("layer")
+@click.group("layer", cls=HelpGroup)
 def group() -> None:
     """Layers (os, platform, app), their versions and audit history."""
 
