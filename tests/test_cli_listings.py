@@ -151,3 +151,28 @@ def test_disk_partitions_says_a_table_has_no_partitions(tmp_path: Path) -> None:
     text, report = _partitions(image)
     assert (report["scheme"], report["partitions"], report["filesystem"]) == ("mbr", [], None)
     assert text == f"{image}: mbr 0x00000000\nno partitions\n"
+
+
+def test_layer_diff_says_why_a_version_has_no_file_delta(tmp_path: Path) -> None:
+    """An OS layer is imported as blocks; an app version whose packaging disk held no FAT or
+    NTFS volume captured blocks only: ``layer diff`` says so rather than printing nothing."""
+    store, out = tmp_path / "store", tmp_path / "out"
+    out.mkdir()
+    blank = write_sparse_raw(tmp_path / "blank.raw", 8 * MiB, [])
+    steps = [
+        ("os", "import", "blank", blank, "--version", "1"),
+        ("packaging-disk", "create", "--layer", "app", "--os", "blank", "--format", "vhd",
+         "--name", "pkg", "--out", out),
+        ("finalize", "--disk", out / "pkg.vhd", "--layer", "app", "--version", "1"),
+    ]  # fmt: skip
+    for step in steps:
+        proc = strata(*step, "--store", store)
+        assert proc.returncode == 0, proc.stderr
+    for ref, why in (("blank:1", "OS layers are imported from a disk as blocks"),
+                     ("app:1", "finalize found no FAT or NTFS volume")):  # fmt: skip
+        diff = result_of(strata_json("layer", "diff", ref, "--store", store))
+        assert (diff["file_delta"], diff["volumes"]) == (False, [])
+        assert diff["reason"].startswith(why)
+        text = strata("layer", "diff", ref, "--store", store)
+        assert text.returncode == 0, text.stderr
+        assert text.stdout == f"layer: {ref}\nno file delta: {diff['reason']}\n"

@@ -86,7 +86,13 @@ def history_cmd(store: str | None, name: str | None, limit: int | None) -> int:
 @click.argument("ref", metavar="NAME[:V]")
 @json_option
 def diff_cmd(store: str | None, ref: str) -> int:
-    """The file delta of a layer version: entries added, modified, deleted or made opaque."""
+    """The file delta of a layer version: entries added, modified, deleted or made opaque.
+
+    With --json: one `result` event with layer, version, kind, file_delta (false for a
+    version that has none, e.g. of an OS layer), reason (why not, else null), volumes
+    [{partition, filesystem (NTFS only), entries [{path, change, type, size}]}], skipped and
+    warnings.
+    """
     diff = layer_diff(ref, store=store)
     if current().json_mode:
         current().result(**diff)
@@ -95,6 +101,8 @@ def diff_cmd(store: str | None, ref: str) -> int:
     from strata.ops.table import printable
 
     click.echo(f"layer: {diff['layer']}:{diff['version']}")
+    if not diff["file_delta"]:
+        click.echo(f"no file delta: {diff['reason']}")
     for vol in diff["volumes"]:
         click.echo(f"{where(vol['partition'])}: {len(vol['entries'])} entries")
         paths = printable([e["path"] for e in vol["entries"]])  # a name may hold ESC
