@@ -10,9 +10,9 @@ import click
 
 
 class HelpGroup(click.Group):
-    """A group given no subcommand (``strata``, ``strata disk``, also with options such as
-    ``--json``) prints its help and exits 0, as ``--help`` does: since click 8.2 a bare group
-    is a usage error (exit 2), and without its arguments only the help is wanted."""
+    """A group given no subcommand (``strata``, ``strata disk``, ``strata --json disk``)
+    prints its help and exits 0, as ``--help`` does: since click 8.2 a bare group is a usage
+    error (exit 2), and without its arguments only the help is wanted."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs["invoke_without_command"] = True  # so the callback runs, and decides
