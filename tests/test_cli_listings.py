@@ -7,7 +7,9 @@ from pathlib import Path
 
 from strata.units import human_size, utc_time
 
+from support.fat_tools import make_volume
 from support.images import MiB, write_sparse_raw
+from support.ntfs_tools import volume
 from support.tools import result_of, strata, strata_json
 
 TARGET_COLUMNS = ("name", "format", "options", "platform", "description")
@@ -115,3 +117,62 @@ def test_disk_formats_says_each_options_choices_and_default_as_typed() -> None:
             else:
                 assert "default:" not in line
     assert next(lines, None) is None
+
+
+def _partitions(image: Path) -> tuple[str, dict[str, object]]:
+    proc = strata("disk", "partitions", image)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout, result_of(strata_json("disk", "partitions", image))
+
+
+def test_disk_partitions_says_a_disk_has_no_partition_table(tmp_path: Path) -> None:
+    """All zeros, or a file system on the whole disk, is no table: said in one line, not an
+    empty table header; --json keeps its shape (scheme none, no partitions) and names the
+    file system the whole disk holds."""
+    zeros = write_sparse_raw(tmp_path / "zeros.raw", 8 * MiB, [])
+    fat = make_volume(tmp_path / "fat.img", 16, 16 * MiB)
+    for image, found in ((zeros, None), (fat, "fat"), (volume(40, "16M"), "ntfs")):
+        text, report = _partitions(image)
+        assert (report["scheme"], report["partitions"], report["filesystem"]) == ("none", [], found)
+        if found is None:
+            assert text == f"{image}: no partition table\n"
+        else:
+            assert text == (
+                f"{image}: no partition table: a {found} file system on the whole disk; "
+                "strata fs ls reads it\n"
+            )
+
+
+def test_disk_partitions_says_a_table_has_no_partitions(tmp_path: Path) -> None:
+    image = write_sparse_raw(tmp_path / "mbr.raw", 8 * MiB, [])
+    with image.open("r+b") as f:
+        f.seek(510)
+        f.write(b"\x55\xaa")  # an MBR whose four entries are empty
+    text, report = _partitions(image)
+    assert (report["scheme"], report["partitions"], report["filesystem"]) == ("mbr", [], None)
+    assert text == f"{image}: mbr 0x00000000\nno partitions\n"
+
+
+def test_layer_diff_says_why_a_version_has_no_file_delta(tmp_path: Path) -> None:
+    """An OS layer is imported as blocks; an app version whose packaging disk held no FAT or
+    NTFS volume captured blocks only: ``layer diff`` says so rather than printing nothing."""
+    store, out = tmp_path / "store", tmp_path / "out"
+    out.mkdir()
+    blank = write_sparse_raw(tmp_path / "blank.raw", 8 * MiB, [])
+    steps = [
+        ("os", "import", "blank", blank, "--version", "1"),
+        ("packaging-disk", "create", "--layer", "app", "--os", "blank", "--format", "vhd",
+         "--name", "pkg", "--out", out),
+        ("finalize", "--disk", out / "pkg.vhd", "--layer", "app", "--version", "1"),
+    ]  # fmt: skip
+    for step in steps:
+        proc = strata(*step, "--store", store)
+        assert proc.returncode == 0, proc.stderr
+    for ref, why in (("blank:1", "OS layers are imported from a disk as blocks"),
+                     ("app:1", "finalize found no FAT or NTFS volume")):  # fmt: skip
+        diff = result_of(strata_json("layer", "diff", ref, "--store", store))
+        assert (diff["file_delta"], diff["volumes"]) == (False, [])
+        assert diff["reason"].startswith(why)
+        text = strata("layer", "diff", ref, "--store", store)
+        assert text.returncode == 0, text.stderr
+        assert text.stdout == f"layer: {ref}\nno file delta: {diff['reason']}\n"

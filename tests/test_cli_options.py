@@ -123,6 +123,38 @@ def test_disk_check_looks_for_the_parent_in_allow_dir(split_chain: tuple[Path, P
     assert wrong.returncode == 1 and "parent_unique_id" in wrong.stdout, wrong.stdout
 
 
+@pytest.mark.parametrize(
+    "verb",
+    [
+        ("disk", "info"),
+        ("disk", "map"),
+        ("disk", "partitions"),
+        ("disk", "convert", "{child}", "{out}"),
+        ("disk", "compare", "{child}", "{raw}"),
+        ("fs", "ls"),
+    ],
+)
+def test_a_parent_outside_the_allowed_directories_names_allow_dir(
+    split_chain: tuple[Path, Path, Path], tmp_path: Path, verb: tuple[str, ...]
+) -> None:
+    """Every command that refuses a parent outside the allowed directories says how to allow
+    it, as ``disk check`` does; --allow-dir then opens the chain."""
+    parent, child, raw = split_chain
+    names = {"child": child, "out": tmp_path / "out.raw", "raw": raw}
+    args = [a.format(**names) for a in verb] if len(verb) > 2 else [*verb, str(child)]
+    refusal = (
+        f"{parent} lies outside the allowed directories {child.parent} "
+        "(name its directory with --allow-dir)"
+    )
+    refused = strata(*args)
+    assert (refused.returncode, refused.stderr) == (3, f"strata: {refusal}\n")
+    event = json.loads(strata(*args, "--json").stdout.splitlines()[-1])
+    assert (event["kind"], event["message"]) == ("PathOutsideAllowed", refusal)
+    assert not names["out"].exists()
+    allowed = strata(*args, "--allow-dir", parent.parent)
+    assert allowed.returncode != 3 and "--allow-dir" not in allowed.stderr, allowed.stderr
+
+
 QEMU_FORMAT = {"vhd": "vpc", "vhdx": "vhdx", "vmdk": "vmdk"}
 
 

@@ -124,8 +124,11 @@ class Conflict(StrataError):
     exit_code = 10
 
 
+# The allowed directories are where a differencing image's parents may be opened, which
+# --allow-dir sets: so every command that opens a chain says how to allow one (the template is
+# the docstring's first line, hence its length).
 class PathOutsideAllowed(InvalidInput):
-    """{path} lies outside the allowed directories {allowed}"""
+    """{path} lies outside the allowed directories {allowed} (name its directory with --allow-dir)"""  # noqa: E501
 
 
 class SystemIOError(StrataError, OSError):

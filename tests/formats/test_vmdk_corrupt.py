@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from strata.errors import CorruptImage, StrataError, TruncatedImage
+from strata.errors import CorruptImage, PathOutsideAllowed, StrataError, TruncatedImage
 from strata.formats import registry
 from strata.formats.vmdk.check import check as vmdk_check
 from strata.ops import disk as ops
@@ -108,6 +108,19 @@ def test_malformed_descriptor(tmp_path: Path) -> None:
     split.write_text(split.read_text().replace("RW lots SPARSE", 'RW 8192 SPARSE "../../x"'))
     with pytest.raises(StrataError):
         registry.open_layer(str(split), "vmdk")
+
+
+def test_an_extent_outside_its_descriptors_directory_is_refused(tmp_path: Path) -> None:
+    """Extents lie beside their descriptor: one elsewhere is refused, and the refusal does not
+    point at --allow-dir, which allows parents only."""
+    split = _image(tmp_path, "s", "subformat=twoGbMaxExtentSparse")
+    split.write_text(split.read_text().replace('"s-s001.vmdk"', '"../x/s-s001.vmdk"'))
+    with pytest.raises(PathOutsideAllowed) as refused:
+        registry.open_layer(str(split), "vmdk")
+    assert refused.value.message == (
+        f"{tmp_path}/../x/s-s001.vmdk: a VMDK extent must lie in its descriptor's directory "
+        f"{tmp_path}"
+    )
 
 
 def test_truncated_stream(tmp_path: Path) -> None:

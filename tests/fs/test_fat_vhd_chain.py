@@ -17,7 +17,7 @@ from strata.blockdev import RawFileDevice
 from strata.formats import registry
 from strata.fs.fat import FatEditor, FatVolume
 from strata.ops import disk as ops
-from strata.partition import Partition, open_partition, partitions_report, write_gpt
+from strata.partition import Partition, open_partition, write_gpt
 
 from support.fat_tools import MiB, fsck, mtools_tree, populate, strata_tree
 from support.tools import require
@@ -40,7 +40,7 @@ def test_edit_fat_through_a_vhd_child(tmp_path: Path) -> None:
     ops.create(str(child), "vhd", None, parent=ops.OpenSpec(str(base)))
     before = hashlib.sha256(base.read_bytes()).hexdigest()
 
-    assert partitions_report(str(child))["partitions"][0]["sectors"] == 131072
+    assert ops.partitions(ops.OpenSpec(str(child)))["partitions"][0]["sectors"] == 131072
     with registry.open_image(str(child), writable=True) as disk:
         with FatEditor(open_partition(disk, 1)) as ed:
             ed.write_file("/Dir/from the child.txt", b"written into the child layer")

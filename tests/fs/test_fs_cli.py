@@ -70,6 +70,38 @@ def test_parse_target() -> None:
     assert parse_target(":3") == (":3", None)
 
 
+@pytest.mark.parametrize("verb", [("ls",), ("cat", "/README.TXT")])
+@pytest.mark.parametrize("part", ["x", "", "1a", "-1"])
+def test_a_part_that_is_no_partition_number_is_invalid_input(
+    disk: Path, verb: tuple[str, ...], part: str
+) -> None:
+    """``IMAGE:x`` of an existing IMAGE is a PART that is no number (exit 3, saying so), not
+    a missing file ``IMAGE:x`` (exit 4)."""
+    target = f"{disk}:{part}"
+    proc = strata("fs", verb[0], target, *verb[1:])
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stderr == (
+        f"strata: {target!r}: the part after the last ':' must be a partition number "
+        f"(IMAGE[:PART]), not {part!r}\n"
+    )
+    event = json.loads(strata("fs", verb[0], target, *verb[1:], "--json").stdout.splitlines()[-1])
+    assert (event["event"], event["kind"], event["exit_code"]) == ("error", "InvalidInput", 3)
+
+
+def test_a_file_named_with_a_colon_is_still_the_image(tmp_path: Path) -> None:
+    """A file whose own name is ``NAME:x`` is opened as the image even when ``NAME`` exists;
+    a ':' inside a directory name splits nothing."""
+    odd = make_volume(tmp_path / "odd:x", 12, 2 * MIB)
+    (tmp_path / "odd").write_bytes(b"")
+    assert parse_target(str(odd)) == (str(odd), None)
+    proc = strata("fs", "ls", odd)
+    assert proc.returncode == 0, proc.stderr
+    (tmp_path / "dir").mkdir()
+    missing = tmp_path / "dir:b" / "disk.img"
+    assert parse_target(str(missing)) == (str(missing), None)
+    assert strata("fs", "ls", missing).returncode == 4
+
+
 def test_ls_whole_disk_ntfs_matches_ntfs3g(ntfs: Path) -> None:
     report = ls("-r", ntfs)
     assert report["filesystem"] == "ntfs" and report["partition"] is None

@@ -11,10 +11,10 @@ import pytest
 
 from strata.blockdev import ChainDevice, RawFileDevice
 from strata.errors import CorruptImage, InvalidInput, NotFound, StrataError
+from strata.ops.disk import OpenSpec, partitions
 from strata.partition import (
     Partition,
     open_partition,
-    partitions_report,
     read_table,
     write_gpt,
 )
@@ -231,14 +231,14 @@ def test_write_refuses_bad_layouts() -> None:
 
 def test_partitions_report(tmp_path: Path) -> None:
     path = gpt_disk(tmp_path)
-    report = partitions_report(str(path))
+    report = partitions(OpenSpec(str(path)))
     assert report["scheme"] == "gpt" and report["disk_id"] == DISK_GUID
     rows = report["partitions"]
     assert [(r["number"], r["start_sector"], r["sectors"]) for r in rows] == [
         (p["number"], p["start"], p["size"]) for p in sfdisk_rows(path)
     ]
     assert rows[0]["type_name"] == "EFI System"
-    assert report["warnings"] == []
+    assert report["warnings"] == [] and report["filesystem"] is None
 
 
 def test_fuzzed_tables_raise_only_strata_errors() -> None:

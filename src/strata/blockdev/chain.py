@@ -49,13 +49,15 @@ def resolve_candidate(child_path: str, candidate: str) -> str:
     return os.path.join(os.path.dirname(os.path.abspath(child_path)), candidate)
 
 
-def check_allowed(path: str, allowed_dirs: Sequence[str]) -> str:
+def check_allowed(path: str, allowed_dirs: Sequence[str], refusal: str | None = None) -> str:
+    """``path`` resolved, when it lies inside one of ``allowed_dirs``; else PathOutsideAllowed,
+    saying ``refusal`` when given (its own message names --allow-dir, which allows parents)."""
     real = os.path.realpath(path)
     for allowed in allowed_dirs:
         root = os.path.realpath(allowed)
         if real == root or real.startswith(root.rstrip(os.sep) + os.sep):
             return real
-    raise PathOutsideAllowed(path=path, allowed=", ".join(allowed_dirs))
+    raise PathOutsideAllowed(refusal, path=path, allowed=", ".join(allowed_dirs))
 
 
 def find_parent(child_path: str, ref: ParentRef, allowed_dirs: Sequence[str]) -> str:
@@ -77,8 +79,6 @@ def find_parent(child_path: str, ref: ParentRef, allowed_dirs: Sequence[str]) ->
 
 def why_unopened(e: StrataError | OSError) -> str:
     """What ``disk check`` says of a parent that ``find_parent`` or opening it refused."""
-    if isinstance(e, PathOutsideAllowed):
-        return f"{e.message} (name its directory with --allow-dir)"
     if isinstance(e, StrataError):
         return e.message
     return SystemIOError.of(e).message  # the system refuses to read it

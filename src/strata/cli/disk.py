@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from strata.cli.events import current, json_option, json_runs
+from strata.cli.groups import HelpGroup
 from strata.cli.options import FILE, allow_option, fmt_option
 from strata.errors import EXIT_DIFFERENT
 from strata.formats import registry
@@ -15,7 +16,7 @@ from strata.ops import disk as ops
 from strata.units import human_size, parse_size
 
 
-@click.group("disk")
+@click.group("disk", cls=HelpGroup)
 def group() -> None:
     """Inspect, compare, convert, create and check disk images (raw, vhd, vhdx, vmdk)."""
 
@@ -251,19 +252,37 @@ def check_cmd(image: str, fmt: str | None, allowed_dirs: tuple[str, ...]) -> int
 def partitions_cmd(image: str, fmt: str | None, allowed_dirs: tuple[str, ...]) -> int:
     """List the partition table (GPT, or MBR with logical partitions) of IMAGE.
 
-    With --json: one `result` event with scheme, disk_id, sector_size, size, usable_start,
-    usable_end (bytes), partitions [{number, start, length, start_sector, sectors, type,
-    type_name, name, guid, attributes, bootable}] and warnings (e.g. a damaged primary GPT).
+    A disk without one (all zeros, or a file system on the whole disk) is said to have none.
+    With --json: one `result` event with scheme (gpt, mbr, or none: no partition table),
+    disk_id, sector_size, size, usable_start, usable_end (bytes), partitions [{number, start,
+    length, start_sector, sectors, type, type_name, name, guid, attributes, bootable}],
+    warnings (e.g. a damaged primary GPT) and filesystem (without a table, the file system
+    on the whole disk: fat, ntfs, exfat or ext; else null).
     """
-    from strata.partition import partitions_report
-
-    report = partitions_report(image, fmt, allowed_dirs)
+    report = ops.partitions(ops.OpenSpec(image, fmt, allowed_dirs))
     for warning in report["warnings"]:
         current().warning(warning)
     if current().json_mode:
         current().result(**report)
-        return 0
+    elif report["scheme"] == "none":
+        click.echo(_no_table_text(image, report["filesystem"]))
+    else:
+        _echo_table(image, report)
+    return 0
+
+
+def _no_table_text(image: str, filesystem: str | None) -> str:
+    if filesystem is None:
+        return f"{image}: no partition table"
+    readable = "; strata fs ls reads it" if filesystem in ("fat", "ntfs") else ""
+    return f"{image}: no partition table: a {filesystem} file system on the whole disk{readable}"
+
+
+def _echo_table(image: str, report: dict[str, Any]) -> None:
     click.echo(f"{image}: {report['scheme']} {report['disk_id'] or ''}".rstrip())
+    if not report["partitions"]:
+        click.echo("no partitions")
+        return
     click.echo(f"{'#':>3} {'start':>12} {'sectors':>12} {'size':>10}  type")
     for p in report["partitions"]:
         kind = p["type_name"] or p["type"]
@@ -273,7 +292,6 @@ def partitions_cmd(image: str, fmt: str | None, allowed_dirs: tuple[str, ...]) -
             f"{p['number']:>3} {p['start_sector']:>12} {p['sectors']:>12} "
             f"{human_size(p['length']):>10}  {kind}{name}{boot}"
         )
-    return 0
 
 
 @group.command("formats")

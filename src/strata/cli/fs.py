@@ -7,11 +7,12 @@ import sys
 import click
 
 from strata.cli.events import current, json_option
+from strata.cli.groups import HelpGroup
 from strata.cli.options import allow_option, fmt_option
 from strata.ops import fs as ops
 
 
-@click.group("fs")
+@click.group("fs", cls=HelpGroup)
 def group() -> None:
     """List and read files in FAT and NTFS volumes (IMAGE[:PART], PART a partition number)."""
 

@@ -7,13 +7,14 @@ from typing import Any
 import click
 
 from strata.cli.events import current, json_option
+from strata.cli.groups import HelpGroup
 from strata.cli.options import FILE, store_option, target_option
 from strata.ops import image as ops
 from strata.ops.targets import TARGETS
 from strata.units import human_size, utc_time
 
 
-@click.group("image")
+@click.group("image", cls=HelpGroup)
 def group() -> None:
     """Publish layered images from templates; export them for a platform."""
 

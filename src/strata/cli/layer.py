@@ -6,13 +6,14 @@ import click
 
 from strata.cli.events import current, json_option
 from strata.cli.finalize import file_delta_notes, gate_target_option, report_gate
+from strata.cli.groups import HelpGroup
 from strata.cli.options import FILE, allow_option, store_option
 from strata.ops import store as ops
 from strata.ops.layers import layer_diff
 from strata.units import human_size, utc_time
 
 
-@click.group("layer")
+@click.group("layer", cls=HelpGroup)
 def group() -> None:
     """Layers (os, platform, app), their versions and audit history."""
 
@@ -85,7 +86,13 @@ def history_cmd(store: str | None, name: str | None, limit: int | None) -> int:
 @click.argument("ref", metavar="NAME[:V]")
 @json_option
 def diff_cmd(store: str | None, ref: str) -> int:
-    """The file delta of a layer version: entries added, modified, deleted or made opaque."""
+    """The file delta of a layer version: entries added, modified, deleted or made opaque.
+
+    With --json: one `result` event with layer, version, kind, file_delta (false for a
+    version that has none, e.g. of an OS layer), reason (why not, else null), volumes
+    [{partition, filesystem (NTFS only), entries [{path, change, type, size}]}], skipped and
+    warnings.
+    """
     diff = layer_diff(ref, store=store)
     if current().json_mode:
         current().result(**diff)
@@ -94,6 +101,8 @@ def diff_cmd(store: str | None, ref: str) -> int:
     from strata.ops.table import printable
 
     click.echo(f"layer: {diff['layer']}:{diff['version']}")
+    if not diff["file_delta"]:
+        click.echo(f"no file delta: {diff['reason']}")
     for vol in diff["volumes"]:
         click.echo(f"{where(vol['partition'])}: {len(vol['entries'])} entries")
         paths = printable([e["path"] for e in vol["entries"]])  # a name may hold ESC

@@ -14,6 +14,7 @@ import click
 
 import strata
 from strata.cli.events import current, json_option, reset
+from strata.cli.groups import HelpGroup
 from strata.errors import EXIT_INTERNAL, EXIT_USAGE, StrataError, SystemIOError
 
 # strata calls no BLAS routine, yet OpenBLAS starts a spinning thread per core when numpy is
@@ -74,7 +75,7 @@ def _show_version(ctx: click.Context, param: click.Parameter, value: bool) -> No
     ctx.exit()
 
 
-class LazyGroup(click.Group):
+class LazyGroup(HelpGroup):
     # Set by ``main``, whose process runs one command and exits: the objects its imports make
     # are then frozen (gc.freeze) once the command's module has loaded, so no later
     # collection, including the one at exit, walks them.

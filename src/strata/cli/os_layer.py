@@ -5,11 +5,12 @@ from __future__ import annotations
 import click
 
 from strata.cli.events import current, json_option
+from strata.cli.groups import HelpGroup
 from strata.cli.options import FILE, allow_option, fmt_option, store_option
 from strata.ops import layers
 
 
-@click.group("os")
+@click.group("os", cls=HelpGroup)
 def group() -> None:
     """OS layers: whole disks (partition table and volumes) imported from an image."""
 

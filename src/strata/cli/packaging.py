@@ -5,11 +5,12 @@ from __future__ import annotations
 import click
 
 from strata.cli.events import current, json_option
+from strata.cli.groups import HelpGroup
 from strata.cli.options import DIRECTORY, store_option
 from strata.ops import layers
 
 
-@click.group("packaging-disk")
+@click.group("packaging-disk", cls=HelpGroup)
 def group() -> None:
     """Create the disk a packaging machine installs software onto."""
 

@@ -7,13 +7,14 @@ from typing import Any
 import click
 
 from strata.cli.events import current, json_option
+from strata.cli.groups import HelpGroup
 from strata.cli.options import FiniteRange, store_option
 from strata.errors import EXIT_DIFFERENT
 from strata.ops import store as ops
 from strata.units import human_size
 
 
-@click.group("store")
+@click.group("store", cls=HelpGroup)
 def group() -> None:
     """The chunk store: content-addressed zstd chunks in packs, and the layer catalog."""
 

@@ -37,6 +37,21 @@ def info(spec: OpenSpec) -> dict[str, Any]:
         return describe(disk)
 
 
+def partitions(spec: OpenSpec) -> dict[str, Any]:
+    """What ``strata disk partitions IMAGE`` reports: the partition table of any image,
+    through its chain (``partition.describe``: scheme ``none`` when it has none) and
+    ``filesystem``, the file system ``fs.detect`` finds on the whole disk when it has no
+    table (a "superfloppy", as ``mkfs.fat`` and ``mkntfs`` make on a bare image), else None."""
+    from strata.fs import detect
+    from strata.partition import describe as describe_table
+    from strata.partition import read_table
+
+    with open_disk(spec) as disk:
+        table = read_table(disk)
+        found = detect(disk) if table.scheme == "none" else None
+        return {"filename": spec.path, **describe_table(table, disk), "filesystem": found}
+
+
 def describe(disk: ChainDevice) -> dict[str, Any]:
     chain = [
         {"filename": getattr(layer, "path", None), "format": layer_format(layer)}

@@ -9,6 +9,7 @@ when it holds a file system directly, else the first partition with a recognised
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -50,11 +51,25 @@ class Mounted:
 
 
 def parse_target(text: str) -> tuple[str, int | None]:
-    """``IMAGE[:PART]``: split on the last ':' only when what follows is all digits."""
+    """``IMAGE[:PART]``: split on the last ':' only when what follows is all digits.  Else the
+    whole text is the image (a file name may hold ':'), unless no file has that name while
+    the text before the last ':' names one: then PART is no number (``disk.img:x``)."""
     m = _PART.match(text)
     if m and m.group(1):
         return m.group(1), int(m.group(2))
+    _refuse_part(text)
     return text, None
+
+
+def _refuse_part(text: str) -> None:
+    image, colon, part = text.rpartition(":")
+    if not colon or not image or "/" in part:  # a ':' inside a directory name splits nothing
+        return
+    if not os.path.lexists(text) and os.path.exists(image):
+        raise InvalidInput(
+            f"{text!r}: the part after the last ':' must be a partition number "
+            f"(IMAGE[:PART]), not {part!r}"
+        )
 
 
 @contextmanager

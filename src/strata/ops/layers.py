@@ -167,7 +167,8 @@ def stack_table(st: Store, layers: Sequence[Resolved]) -> np.ndarray:
 
 
 def layer_diff(ref: str, *, store: PathLike = None) -> dict[str, Any]:
-    """The file delta of a layer version: per FAT volume, each entry with its change."""
+    """The file delta of a layer version: per FAT or NTFS volume, each entry with its change.
+    ``file_delta`` says whether the version has one; when not, ``reason`` says why."""
     with open_store(store, readonly=True) as st:
         layer = resolve(st, ref)
         delta = filedelta.load(layer.manifest)
@@ -175,10 +176,26 @@ def layer_diff(ref: str, *, store: PathLike = None) -> dict[str, Any]:
         return {
             "layer": layer.layer,
             "version": layer.version,
+            "kind": layer.kind,
+            "file_delta": delta is not None,
+            "reason": None if delta is not None else no_file_delta(layer.kind),
             "volumes": delta.listing() if delta is not None else [],
             "skipped": info.get("skipped", []),
             "warnings": info.get("warnings", []),
         }
+
+
+def no_file_delta(kind: str) -> str:
+    """Why a version of a layer of ``kind`` has no file delta."""
+    if kind == "os":
+        return (
+            "OS layers are imported from a disk as blocks (partition table and volumes), "
+            "with no packaging, so they have no file delta"
+        )
+    return (
+        "finalize found no FAT or NTFS volume on the packaging disk, so this version holds "
+        "its block delta only"
+    )
 
 
 # -- OS import -----------------------------------------------------------------------------

@@ -8,7 +8,6 @@ partition opens as a :class:`~strata.blockdev.range.RangeDevice` over that devic
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from strata.blockdev.base import BlockDevice
@@ -29,7 +28,6 @@ __all__ = [
     "Partition",
     "PartitionTable",
     "open_partition",
-    "partitions_report",
     "read_table",
     "write_gpt",
     "write_mbr",
@@ -117,15 +115,3 @@ def describe(table: PartitionTable, dev: BlockDevice) -> dict[str, Any]:
         ],
         "warnings": list(table.warnings),
     }
-
-
-def partitions_report(
-    path: str, fmt: str | None = None, allowed_dirs: Sequence[str] = ()
-) -> dict[str, Any]:
-    """What ``strata disk partitions IMAGE`` prints: the table of any image, through its chain
-    (parents looked up in ``allowed_dirs``, default the image's own directory)."""
-    from strata.formats import registry  # the table code itself stays format-agnostic
-
-    with registry.open_image(path, fmt, allowed_dirs=list(allowed_dirs) or None) as disk:
-        report = describe(read_table(disk), disk)
-    return {"filename": path, **report}

@@ -185,7 +185,9 @@ class VmdkDevice(BaseDevice):
     def _extent_path(self, name: str) -> str:
         here = os.path.dirname(os.path.abspath(self.path))
         path = name if os.path.isabs(name) else os.path.join(here, name)
-        return check_allowed(path, [here])
+        # Not PathOutsideAllowed's own message: --allow-dir allows parents, not extents.
+        refusal = f"{path}: a VMDK extent must lie in its descriptor's directory {here}"
+        return check_allowed(path, [here], refusal)
 
     def _layout(self) -> None:
         sizes = [line.sectors * s.SECTOR for line in self.descriptor.extents]
