@@ -318,7 +318,7 @@ def test_json_lines_are_valid(store: Path, tmp_path: Path) -> None:
         assert proc.returncode == 0, proc.stderr
         events = [json.loads(line) for line in proc.stdout.splitlines()]
         assert events and events[-1]["event"] == "result"
-        assert {e["event"] for e in events} <= {"progress", "warning", "result"}
+        assert {e["event"] for e in events} <= {"progress", "warning", "integrity", "result"}
 
 
 # -- every documented exit code -------------------------------------------------------------

@@ -17,6 +17,7 @@ import pytest
 
 from strata.errors import NotReady, StrataError
 from strata.integrity.checks import CHECKS
+from strata.integrity.gate import DISK_CHECKS
 from strata.integrity.hive import Hive, open_hive
 
 from support.integrity_tools import (
@@ -100,7 +101,7 @@ def test_bad_hive_is_a_failed_check_naming_it(
     assert failed["check"] == "registry-hive" and failed["evidence"][0]["hive"] == hive
     assert set(failed["evidence"][0]["checks"]) == NEEDS[hive]
     passed = {e["check"] for e in events if e.get("status") == "passed"}
-    assert passed == {c.id for c in CHECKS if not c.targets} - NEEDS[hive]
+    assert passed == ({c.id for c in CHECKS if not c.targets} - NEEDS[hive]) | set(DISK_CHECKS)
     for word in words:
         assert word in error["message"] and word in failed["message"], failed["message"]
     text = strata("layer", "check", "--disk", raw)
@@ -128,8 +129,9 @@ def test_no_windows_volume_warns_and_skips(tmp_path: Path) -> None:
     events = [json.loads(x) for x in proc.stdout.splitlines()]
     (warning,) = [e for e in events if e["event"] == "warning"]
     assert "no Windows volume" in warning["message"] and "skipped" in warning["message"]
-    assert not [e for e in events if e["event"] == "integrity"]
-    assert events[-1]["volumes"] == [] and events[-1]["passed"] == []
+    integrity = [e for e in events if e["event"] == "integrity"]  # the whole disk's only
+    assert [(e["check"], e["status"]) for e in integrity] == [(c, "passed") for c in DISK_CHECKS]
+    assert events[-1]["volumes"] == [] and events[-1]["passed"] == list(DISK_CHECKS)
     text = strata("layer", "check", "--disk", vol)
     assert text.returncode == 0 and "strata: warning: no Windows volume" in text.stderr
 
@@ -275,4 +277,5 @@ def test_whole_disk_windows_volume(clean_raw: Path, tmp_path: Path) -> None:
     on_ntfs_whole = strata("layer", "check", "--disk", vol, "--target", "pvs", "--json")
     assert on_ntfs_whole.returncode == 0, on_ntfs_whole.stderr
     result = json.loads(on_ntfs_whole.stdout.splitlines()[-1])
-    assert result["volumes"] == ["whole disk"] and len(result["passed"]) == len(CHECKS)
+    assert result["volumes"] == ["whole disk"]
+    assert len(result["passed"]) == len(CHECKS) + len(DISK_CHECKS)

@@ -14,6 +14,7 @@ import pytest
 
 from strata.errors import NotReady
 from strata.integrity.checks import CHECKS, MESSAGES
+from strata.integrity.gate import DISK_CHECKS
 from strata.ops import layers
 
 from support.filelevel_tools import package
@@ -293,7 +294,7 @@ def test_clean_disk_finalizes(world: World) -> None:
     assert result["state"] == "deployable"
     gate = result["integrity"]
     assert gate["ok"] and not gate["forced"] and gate["volumes"] == ["partition 1"]
-    assert sorted(gate["passed"]) == sorted(c.id for c in CHECKS)
+    assert sorted(gate["passed"]) == sorted([c.id for c in CHECKS] + list(DISK_CHECKS))
     assert result["changed_blocks"] > 0
 
 

@@ -17,6 +17,8 @@ from strata.ops import layers
 from support.filelevel_tools import back_to_child, extract, package, to_raw
 from support.integrity_tools import PART_SIZE, PART_START, can_mount, on_ntfs, windows_disk
 from support.ntfs_shutdown import (
+    blkid_type,
+    encrypt_signature,
     ntfs3g_mount_mode,
     ntfsinfo_refusal,
     restart_page,
@@ -148,3 +150,29 @@ def test_os_import_warns_of_a_hibernated_windows(world: tuple[Path, Path]) -> No
     assert "hiberfil.sys says Windows hibernated (HIBR)" in warning
     mode, said = ntfs3g_mount_mode(extract(gold, PART_START, PART_SIZE, work / "p1.vol"), work)
     assert mode == "ro" and "hibernated" in said
+
+
+def test_bitlocker_volume_is_refused_and_warned_of_at_import(world: tuple[Path, Path]) -> None:
+    """A packaging machine that turned BitLocker on: finalize refuses the disk (the Windows
+    checks cannot read the volume: skipped, with the warning); blkid calls it BitLocker."""
+    pkg, vol = _machine(
+        world, "bitlocker", lambda r: None, lambda raw: encrypt_signature(raw, PART_START)
+    )
+    assert blkid_type(vol) == "BitLocker"
+    with pytest.raises(NotReady) as info:
+        layers.finalize(pkg["disk_path"], pkg["layer"], pkg["version"], store=world[1])
+    (finding,) = info.value.fields["findings"]
+    assert finding["check"] == "encrypted-volume"
+    assert finding["evidence"] == [{"partition": "partition 1", "boot_sector": "-FVE-FS-"}]
+    assert "manage-bde -off" in finding["message"]
+    check = strata("layer", "check", "--disk", pkg["disk_path"], "--json")
+    assert check.returncode == 9
+    events = [json.loads(line) for line in check.stdout.splitlines()]
+    assert any(e["event"] == "warning" and "no Windows volume" in e["message"] for e in events)
+
+    root, store = world
+    gold = windows_disk(root / "bitlocker")
+    encrypt_signature(gold, PART_START)
+    text = strata("os", "import", "locked", gold, "--version", "1", "--store", store)
+    assert text.returncode == 0, text.stderr
+    assert "strata: warning: partition 1: the volume is BitLocker-encrypted" in text.stderr

@@ -159,3 +159,21 @@ def _field(text: str, pattern: str) -> str:
 
 def run(args: list[str]) -> str:
     return subprocess.run(args, check=True, capture_output=True, text=True).stdout
+
+
+def encrypt_signature(image: Path, start: int = 0) -> None:
+    """Give the volume at ``start`` the boot-sector signature BitLocker writes (its OEM id
+    names the FVE metadata), as turning BitLocker on does before it encrypts."""
+    with open(image, "r+b") as f:
+        f.seek(start + 3)
+        f.write(b"-FVE-FS-")
+
+
+def blkid_type(image: Path) -> str:
+    """What util-linux's blkid probes ``image`` to be (TYPE=...), or "" when nothing."""
+    done = subprocess.run(
+        [require("blkid"), "-p", "-o", "value", "-s", "TYPE", str(image)],
+        capture_output=True,
+        text=True,
+    )
+    return done.stdout.strip()

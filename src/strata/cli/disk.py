@@ -257,7 +257,7 @@ def partitions_cmd(image: str, fmt: str | None, allowed_dirs: tuple[str, ...]) -
     disk_id, sector_size, size, usable_start, usable_end (bytes), partitions [{number, start,
     length, start_sector, sectors, type, type_name, name, guid, attributes, bootable}],
     warnings (e.g. a damaged primary GPT) and filesystem (without a table, the file system
-    on the whole disk: fat, ntfs, exfat or ext; else null).
+    on the whole disk: fat, ntfs, bitlocker, exfat or ext; else null).
     """
     report = ops.partitions(ops.OpenSpec(image, fmt, allowed_dirs))
     for warning in report["warnings"]:

@@ -13,6 +13,9 @@ WHOLE_DISK = 0  # the volume number of a file system on the whole disk (partitio
 
 _MARKS = (
     (3, b"NTFS    ", "ntfs"),
+    # A BitLocker volume's boot sector names its FVE metadata instead of the file system
+    # (what blkid reports as TYPE="BitLocker"); the volume behind it is ciphertext.
+    (3, b"-FVE-FS-", "bitlocker"),
     (3, b"EXFAT   ", "exfat"),
     (54, b"FAT12   ", "fat"),
     (54, b"FAT16   ", "fat"),

@@ -31,6 +31,9 @@ Offline markers chosen (each check's evidence names the hive, key and value, or 
   clean flag), as ntfs-3g judges them (``strata.fs.ntfs.shutdown``): the disk does not hold
   what Windows last saw, so neither the hives nor the captured files can be trusted.
 - chkdsk scheduled: ``$Volume``'s ``VOLUME_IS_DIRTY`` flag.
+- encrypted volume (a check of the whole disk, run by the gate itself): a volume whose boot
+  sector carries BitLocker's ``-FVE-FS-`` signature; what it holds is ciphertext, and the
+  Windows checks cannot read it.
 """
 
 from __future__ import annotations
@@ -96,6 +99,10 @@ MESSAGES = {
     "chkdsk-scheduled": "The Packaging Machine's disk is marked for a file system check "
     "(chkdsk) - start the Packaging Machine, let the check finish, shut it down, then finalize "
     "again.",
+    "encrypted-volume": "A volume on the Packaging Machine's disk is BitLocker-encrypted - "
+    "turn BitLocker off on the Packaging Machine (`manage-bde -off C:`), wait until the volume "
+    "is fully decrypted, shut it down, then finalize again: a layer cannot be made of "
+    "encrypted sectors.",
     "pvs-ipv6": "IPv6 is not disabled in the OS layer (PVS needs "
     "Tcpip6\\Parameters DisabledComponents = 0xFF) - disable it in the OS layer; disabling it "
     "in the platform layer instead hangs PVS machines at boot.",

@@ -21,12 +21,14 @@ from strata.errors import CorruptImage, NotFound, StrataError
 from strata.formats import registry
 from strata.fs.ntfs import NtfsVolume, shutdown
 from strata.fs.volumes import located_volumes
-from strata.integrity.checks import CHECKS, Finding, current_control_set
+from strata.integrity.checks import CHECKS, MESSAGES, Finding, current_control_set
 from strata.integrity.hive import Hive, missing, open_hive
 
 CONFIG = "\\Windows\\System32\\config"
 SYSTEM_DIR = "/Windows/System32"
 HIVE_CHECK = "registry-hive"
+ENCRYPTED = "encrypted-volume"
+DISK_CHECKS = (ENCRYPTED,)  # checks of the whole disk, run whatever its volumes hold
 
 
 @dataclass
@@ -174,6 +176,7 @@ def unfinished_shutdowns(disk: BlockDevice) -> list[tuple[str, str]]:
 def run_gate(disk: BlockDevice, target: str | None = None) -> GateReport:
     """Every check on every Windows volume of ``disk`` (the guest-visible chain)."""
     report = GateReport(target=target)
+    _check_encryption(disk, report)
     with ExitStack() as stack:
         for where, vol in windows_volumes(disk):
             report.volumes.append(where)
@@ -186,6 +189,20 @@ def run_gate(disk: BlockDevice, target: str | None = None) -> GateReport:
             "the Windows checks were skipped"
         )
     return report
+
+
+def encrypted_volumes(disk: BlockDevice) -> list[str]:
+    """Where ``disk`` holds a BitLocker-encrypted volume."""
+    return [found.where for found in located_volumes(disk) if found.fs == "bitlocker"]
+
+
+def _check_encryption(disk: BlockDevice, report: GateReport) -> None:
+    encrypted = encrypted_volumes(disk)
+    for where in encrypted:
+        evidence = [{"partition": where, "boot_sector": "-FVE-FS-"}]
+        report.findings.append(Finding(ENCRYPTED, MESSAGES[ENCRYPTED], where, evidence))
+    if not encrypted:
+        report.passed.append(ENCRYPTED)
 
 
 def _run_checks(view: NtfsWindows, target: str | None, report: GateReport) -> None:

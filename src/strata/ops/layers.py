@@ -25,7 +25,12 @@ from strata.errors import InvalidInput, NotFound, NotReady, StateError, StrataEr
 from strata.formats import registry
 from strata.formats.registry import CreateRequest, WriteRequest
 from strata.fs.iso import write_job_iso
-from strata.integrity.gate import GateReport, run_gate, unfinished_shutdowns
+from strata.integrity.gate import (
+    GateReport,
+    encrypted_volumes,
+    run_gate,
+    unfinished_shutdowns,
+)
 from strata.layer import filedelta, filemerge
 from strata.layer.blocks import (
     BLOCK_SIZE,
@@ -240,6 +245,7 @@ def import_os(
             "source": os.path.basename(image),
         }
         warnings = [_UNFINISHED.format(*found) for found in unfinished_shutdowns(disk)]
+        warnings += [_ENCRYPTED.format(where) for where in encrypted_volumes(disk)]
         capture = capture_disk(st, disk, progress=progress)
         mid = _commit(st, name, version, meta, capture.blocks, None, comment)
         undo.pop_all()
@@ -261,6 +267,11 @@ _UNFINISHED = (
     "{}: Windows did not shut down fully ({}): the OS layer holds the disk as it is, not what "
     "Windows last saw, and a machine booted from it may try to resume; shut Windows down "
     "fully (Fast Startup off) and import again"
+)
+_ENCRYPTED = (
+    "{}: the volume is BitLocker-encrypted: its sectors are ciphertext, no file delta can be "
+    "read from it and an image made of it boots only where its keys are; decrypt it "
+    "(`manage-bde -off`) and import again"
 )
 
 
