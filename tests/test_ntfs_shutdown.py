@@ -16,6 +16,7 @@ from strata.fs.ntfs import NtfsVolume, shutdown
 from strata.fs.ntfs import structs as s
 
 from support.ntfs_shutdown import (
+    free_record,
     ntfs3g_mount_mode,
     ntfsinfo_refusal,
     restart_page,
@@ -183,3 +184,16 @@ def test_hostile_restart_pages_give_a_state_never_an_error() -> None:
         kind = "none" if not pages else max(pages, key=lambda p: p.lsn).magic
         seen[kind] = seen.get(kind, 0) + 1
     assert seen.get("none", 0) > 0 and seen.get("RSTR", 0) > 0, seen
+
+
+def test_a_free_logfile_record_is_a_damaged_journal(fresh: Path, tmp_path: Path) -> None:
+    """$LogFile's record marked free (as a hostile tool could): strata names the journal
+    damaged instead of failing on the missing record; ntfs-3g mounts it read-only only."""
+    image = _copy(fresh, tmp_path, "free-logfile")
+    free_record(image, s.LOGFILE_RECORD)
+    dev, vol = _open(image)
+    with dev:
+        found = shutdown.journal(vol)
+    assert found.state == "damaged" and "no data" in found.problem
+    mode, said = ntfs3g_mount_mode(image, tmp_path)
+    assert mode == "ro" and "FILE_LogFile" in said, said

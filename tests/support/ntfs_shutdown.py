@@ -100,23 +100,40 @@ def write_journal(image: Path, first: bytes, second: bytes, start: int = 0) -> N
 
 
 def set_dirty(image: Path, start: int = 0) -> None:
-    """Set ``VOLUME_IS_DIRTY`` in ``$Volume`` and in its ``$MFTMirr`` copy, as ``fsutil dirty
-    set`` does (ntfs-3g compares the two copies)."""
-    with RawFileDevice(str(image)) as dev:
-        vol = NtfsVolume(RangeDevice(dev, start, dev.size - start) if start else dev)
-        record = bytearray(vol.record(s.VOLUME_RECORD))
-        at = vol.record_offset(s.VOLUME_RECORD)
-        boot = s.BOOT_SECTOR.parse(vol.dev.read(0, SECTOR))
-        cluster = boot.bytes_per_sector * boot.sectors_per_cluster
-        mirror = boot.mftmirr_lcn * cluster + s.VOLUME_RECORD * len(record)
+    """Set ``VOLUME_IS_DIRTY`` in ``$Volume``, as ``fsutil dirty set`` does."""
+    record = bytearray(_system_record(image, s.VOLUME_RECORD, start))
     attr = attr_offsets(bytes(record))[s.VOLUME_INFORMATION][0]
     value = attr + int.from_bytes(record[attr + 20 : attr + 22], "little")
     flags = int.from_bytes(record[value + 10 : value + 12], "little") | s.VOLUME_IS_DIRTY
     record[value + 10 : value + 12] = flags.to_bytes(2, "little")
+    write_system_record(image, s.VOLUME_RECORD, bytes(record), start)
+
+
+def free_record(image: Path, number: int, start: int = 0) -> None:
+    """Mark system record ``number`` not in use."""
+    record = bytearray(_system_record(image, number, start))
+    record[22] &= ~s.RECORD_IN_USE & 0xFF
+    write_system_record(image, number, bytes(record), start)
+
+
+def write_system_record(image: Path, number: int, record: bytes, start: int = 0) -> None:
+    """Write fixed-up system record ``number`` (one of the first four) to ``$MFT`` and to its
+    ``$MFTMirr`` copy, protected: ntfs-3g refuses a volume whose two copies differ."""
+    with RawFileDevice(str(image)) as dev:
+        vol = NtfsVolume(RangeDevice(dev, start, dev.size - start) if start else dev)
+        at = vol.record_offset(number)
+        boot = s.BOOT_SECTOR.parse(vol.dev.read(0, SECTOR))
+    mirror = boot.mftmirr_lcn * boot.bytes_per_sector * boot.sectors_per_cluster
     with open(image, "r+b") as f:
-        for where in (at, mirror):
+        for where in (at, mirror + number * len(record)):
             f.seek(start + where)
-            f.write(protect(bytes(record)))
+            f.write(protect(record))
+
+
+def _system_record(image: Path, number: int, start: int) -> bytes:
+    with RawFileDevice(str(image)) as dev:
+        vol = NtfsVolume(RangeDevice(dev, start, dev.size - start) if start else dev)
+        return vol.record(number)
 
 
 def write_hiberfile(root: Path, header: bytes) -> None:

@@ -109,7 +109,10 @@ def hibernation(vol: NtfsVolume) -> dict[str, Any] | None:
 
 def journal(vol: NtfsVolume) -> Journal:
     """The state of the volume's ``$LogFile``, from its restart pages."""
-    size = vol.stream(s.LOGFILE_RECORD)[1] & ~(LOG_PAGE - 1)
+    try:
+        size = vol.stream(s.LOGFILE_RECORD)[1] & ~(LOG_PAGE - 1)
+    except NotFound as e:  # a free $LogFile record, or one without data: no journal to trust
+        return Journal("damaged", problem=f"$LogFile has no data ({e.message})")
     if size < (2 + MIN_LOG_RECORD_PAGES) * LOG_PAGE:
         return Journal("damaged", problem=f"$LogFile is too small ({size} bytes)")
     data = _first_bytes(vol.iter_stream(s.LOGFILE_RECORD), 2 * MAX_SYSTEM_PAGE + SECTOR)
