@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from strata.errors import NotReady, StrataError
-from strata.integrity.checks import CHECKS
+from strata.integrity.checks import CHECKS, VOLUME_CHECKS
 from strata.integrity.gate import DISK_CHECKS
 from strata.integrity.hive import Hive, open_hive
 
@@ -129,9 +129,11 @@ def test_no_windows_volume_warns_and_skips(tmp_path: Path) -> None:
     events = [json.loads(x) for x in proc.stdout.splitlines()]
     (warning,) = [e for e in events if e["event"] == "warning"]
     assert "no Windows volume" in warning["message"] and "skipped" in warning["message"]
-    integrity = [e for e in events if e["event"] == "integrity"]  # the whole disk's only
-    assert [(e["check"], e["status"]) for e in integrity] == [(c, "passed") for c in DISK_CHECKS]
-    assert events[-1]["volumes"] == [] and events[-1]["passed"] == list(DISK_CHECKS)
+    # only the whole disk's checks and those of how the (data) volume was left
+    expected = [*DISK_CHECKS, *(c.id for c in VOLUME_CHECKS)]
+    integrity = [e for e in events if e["event"] == "integrity"]
+    assert [(e["check"], e["status"]) for e in integrity] == [(c, "passed") for c in expected]
+    assert events[-1]["volumes"] == [] and events[-1]["passed"] == expected
     text = strata("layer", "check", "--disk", vol)
     assert text.returncode == 0 and "strata: warning: no Windows volume" in text.stderr
 

@@ -26,7 +26,8 @@ from support.ntfs_shutdown import (
     write_hiberfile,
     write_journal,
 )
-from support.tools import strata
+from support.ntfs_tools import make_volume
+from support.tools import run, strata
 
 pytestmark = pytest.mark.skipif(not can_mount(), reason="ntfs-3g FUSE mounts need root")
 
@@ -176,3 +177,32 @@ def test_bitlocker_volume_is_refused_and_warned_of_at_import(world: tuple[Path, 
     text = strata("os", "import", "locked", gold, "--version", "1", "--store", store)
     assert text.returncode == 0, text.stderr
     assert "strata: warning: partition 1: the volume is BitLocker-encrypted" in text.stderr
+
+
+def test_data_volume_left_unclean_is_refused_too(world: tuple[Path, Path]) -> None:
+    """Fast Startup leaves every fixed volume hibernated: a data volume (no Windows on it)
+    with an unclean journal fails the same check, named by its partition."""
+    work = world[0] / "data-volume"
+    work.mkdir()
+    data = make_volume(work / "data.vol", "16M", _installed)
+    write_journal(data, restart_page(lsn=900), restart_page(lsn=800))
+    windows = extract(windows_disk(work), PART_START, PART_SIZE, work / "windows.vol")
+    disk = work / "two.raw"
+    second = PART_START + PART_SIZE
+    run(["truncate", "-s", str(second + 17 * 2**20), disk])
+    run(["sgdisk", "-n", f"1:{PART_START // 512}:+{PART_SIZE // 1024}K", disk])
+    run(["sgdisk", "-n", f"2:{second // 512}:+16M", disk])
+    with open(disk, "r+b") as f:
+        for start, vol in ((PART_START, windows), (second, data)):
+            f.seek(start)
+            f.write(vol.read_bytes())
+    proc = strata("layer", "check", "--disk", disk, "--json")
+    assert proc.returncode == 9, proc.stderr
+    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    failed = [e for e in events if e["event"] == "integrity" and e["status"] == "failed"]
+    assert [(e["check"], e["where"]) for e in failed] == [("unclean-shutdown", "partition 2")]
+    assert failed[0]["evidence"][0]["state"] == "unclean"
+    passed = {e["check"] for e in events if e.get("status") == "passed"}
+    assert "msi-in-progress" in passed  # the Windows volume's hive checks ran too
+    mode, said = ntfs3g_mount_mode(data, work)
+    assert mode == "ro" and "unclean file system" in said

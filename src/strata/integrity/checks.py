@@ -303,9 +303,12 @@ def chkdsk_scheduled(view: WindowsView) -> list[Evidence]:
     return [{"file": "\\$Volume", "attribute": "$VOLUME_INFORMATION", "flags": f"{flags:#06x}"}]
 
 
-CHECKS: tuple[Check, ...] = (
+VOLUME_CHECKS: tuple[Check, ...] = (  # read no hive: they run on every NTFS volume
     Check("unclean-shutdown", unclean_shutdown),
     Check("chkdsk-scheduled", chkdsk_scheduled),
+)
+CHECKS: tuple[Check, ...] = (
+    *VOLUME_CHECKS,
     Check("boot-driver-reboot", boot_driver_reboot),
     Check("post-install-reboot", post_install_reboot),
     Check("msi-in-progress", msi_in_progress),

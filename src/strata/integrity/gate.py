@@ -21,7 +21,14 @@ from strata.errors import CorruptImage, NotFound, StrataError
 from strata.formats import registry
 from strata.fs.ntfs import NtfsVolume, shutdown
 from strata.fs.volumes import located_volumes
-from strata.integrity.checks import CHECKS, MESSAGES, Finding, current_control_set
+from strata.integrity.checks import (
+    CHECKS,
+    MESSAGES,
+    VOLUME_CHECKS,
+    Check,
+    Finding,
+    current_control_set,
+)
 from strata.integrity.hive import Hive, missing, open_hive
 
 CONFIG = "\\Windows\\System32\\config"
@@ -150,16 +157,17 @@ class NtfsWindows:
         return self.problems[name]
 
 
-def windows_volumes(disk: BlockDevice) -> Iterator[tuple[str, NtfsVolume]]:
+def ntfs_volumes(disk: BlockDevice) -> Iterator[tuple[str, NtfsVolume, bool]]:
+    """Every NTFS volume of ``disk``: where, the volume, and whether it holds Windows."""
     for found in located_volumes(disk):
         if found.fs != "ntfs":
             continue
         vol = NtfsVolume(found.dev)
         try:
-            if vol.stat(SYSTEM_DIR).is_dir:
-                yield found.where, vol
+            windows = vol.stat(SYSTEM_DIR).is_dir
         except NotFound:
-            continue
+            windows = False
+        yield found.where, vol, windows
 
 
 def unfinished_shutdowns(disk: BlockDevice) -> list[tuple[str, str]]:
@@ -174,14 +182,18 @@ def unfinished_shutdowns(disk: BlockDevice) -> list[tuple[str, str]]:
 
 
 def run_gate(disk: BlockDevice, target: str | None = None) -> GateReport:
-    """Every check on every Windows volume of ``disk`` (the guest-visible chain)."""
+    """Every check on every Windows volume of ``disk`` (the guest-visible chain), the checks
+    of how a volume was left on its other NTFS volumes, and the whole-disk checks."""
     report = GateReport(target=target)
     _check_encryption(disk, report)
     with ExitStack() as stack:
-        for where, vol in windows_volumes(disk):
-            report.volumes.append(where)
+        for where, vol, windows in ntfs_volumes(disk):
             view = NtfsWindows(vol, where, stack)
-            _run_checks(view, target, report)
+            if windows:
+                report.volumes.append(where)
+                _run_checks(view, target, report, CHECKS)
+            else:  # Fast Startup leaves every fixed volume hibernated, not only Windows's
+                _run_checks(view, target, report, VOLUME_CHECKS)
             report.warnings += view.warnings
     if not report.volumes:
         report.warnings.append(
@@ -205,8 +217,10 @@ def _check_encryption(disk: BlockDevice, report: GateReport) -> None:
         report.passed.append(ENCRYPTED)
 
 
-def _run_checks(view: NtfsWindows, target: str | None, report: GateReport) -> None:
-    for check in CHECKS:
+def _run_checks(
+    view: NtfsWindows, target: str | None, report: GateReport, checks: Sequence[Check]
+) -> None:
+    for check in checks:
         if check.targets and target not in check.targets:
             continue
         try:
