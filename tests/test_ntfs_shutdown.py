@@ -5,6 +5,7 @@ when ntfsinfo refuses it as "scheduled for check"."""
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 from pathlib import Path
@@ -25,7 +26,7 @@ from support.ntfs_shutdown import (
     write_journal,
 )
 from support.ntfs_tools import make_volume
-from support.tools import require
+from support.tools import require, result_of, strata
 
 pytestmark = pytest.mark.skipif(
     not Path("/dev/fuse").exists(), reason="the ntfs-3g oracle mounts through FUSE (/dev/fuse)"
@@ -197,3 +198,21 @@ def test_a_free_logfile_record_is_a_damaged_journal(fresh: Path, tmp_path: Path)
     assert found.state == "damaged" and "no data" in found.problem
     mode, said = ntfs3g_mount_mode(image, tmp_path)
     assert mode == "ro" and "FILE_LogFile" in said, said
+
+
+def test_fs_ls_warns_of_a_volume_windows_left_hibernated(fresh: Path, tmp_path: Path) -> None:
+    """``fs ls`` still lists it, with a warning naming why it may be stale; none when clean."""
+    clean = strata("fs", "ls", fresh, "--json")
+    assert clean.returncode == 0, clean.stderr
+    assert not [e for e in map(json.loads, clean.stdout.splitlines()) if e["event"] == "warning"]
+    image = tmp_path / "hibernated.img"
+    make_volume(image, "16M", lambda root: write_hiberfile(root, b"HIBR" + bytes(8188)))
+    proc = strata("fs", "ls", image, "--json")
+    assert proc.returncode == 0, proc.stderr
+    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    (warning,) = [e for e in events if e["event"] == "warning"]
+    assert warning["kind"] == "UncleanShutdown"
+    assert "hiberfil.sys says Windows hibernated (HIBR)" in warning["message"]
+    assert "/hiberfil.sys" in [e["path"] for e in result_of(events)["entries"]]
+    text = strata("fs", "ls", image)
+    assert "strata: warning: Windows did not shut down this volume fully" in text.stderr

@@ -35,13 +35,17 @@ def ls_cmd(
 ) -> int:
     """List PATH (default /): type, size, modified time, attributes and path per entry.
 
-    With --json: one `result` event with `filesystem`, `partition`, `where` and `entries`
-    ({path, type, size, created, modified, accessed, attributes, ...}).
+    With --json: one `result` event with `filesystem`, `partition`, `where`, `entries`
+    ({path, type, size, created, modified, accessed, attributes, ...}), `warnings` (records
+    that could not be read) and `unclean` (why Windows did not leave an NTFS volume shut
+    down fully: hibernated, an unclean journal, chkdsk scheduled; each also a warning).
     """
     report = ops.ls(target, path, recursive, system, fmt, allowed_dirs, columns=True)
     rep = current()
     for problem in report["warnings"]:
         rep.warning(problem, kind="CorruptRecord")
+    for state in report["unclean"]:
+        rep.warning(state, kind="UncleanShutdown")
     if rep.json_mode:
         rep.result_streamed(report, "entries", report["entries"].json_items())
         return 0

@@ -272,6 +272,18 @@ def _fat_ls(vol: FatVolume, path: str, recursive: bool) -> Table:
     return _fat_table([(f"{base}/{e.name}", e) for e in vol.listdir(path)])
 
 
+def _left_unfinished(vol: NtfsVolume) -> list[str]:
+    from strata.fs.ntfs.shutdown import unfinished
+
+    reasons = unfinished(vol)
+    if not reasons:
+        return []
+    return [
+        f"Windows did not shut down this volume fully ({'; '.join(reasons)}): what it lists "
+        "is what the disk holds, not what Windows last saw"
+    ]
+
+
 # ---------------------------------------------------------------------------- verbs
 
 
@@ -293,15 +305,17 @@ def ls(
     with open_fs(target, fmt, allowed_dirs) as m:
         if isinstance(m.fs, NtfsVolume):
             table, problems = _ntfs_ls(m.fs, path, recursive, system)
+            unclean = _left_unfinished(m.fs)
         else:
             table = _fat_ls(m.fs, path, recursive)
-            problems = []
+            problems, unclean = [], []
         return {
             "filesystem": m.kind,
             "partition": m.partition,
             "where": m.where,
             "entries": table if columns else table.rows(),
             "warnings": problems,
+            "unclean": unclean,  # how Windows left the volume, when not shut down
         }
 
 
