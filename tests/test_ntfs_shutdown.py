@@ -216,3 +216,18 @@ def test_fs_ls_warns_of_a_volume_windows_left_hibernated(fresh: Path, tmp_path: 
     assert "/hiberfil.sys" in [e["path"] for e in result_of(events)["entries"]]
     text = strata("fs", "ls", image)
     assert "strata: warning: Windows did not shut down this volume fully" in text.stderr
+
+
+def test_a_state_that_cannot_be_read_is_a_warning_beside_a_listing(
+    fresh: Path, tmp_path: Path
+) -> None:
+    """$Volume's record marked free: ``fs ls`` still lists the volume and says the state
+    could not be read, rather than failing where it listed before."""
+    image = _copy(fresh, tmp_path, "free-volume")
+    free_record(image, s.VOLUME_RECORD)
+    proc = strata("fs", "ls", image, "--json")
+    assert proc.returncode == 0, proc.stderr
+    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    (warning,) = [e for e in events if e["event"] == "warning"]
+    assert "how it was left could not be read" in warning["message"]
+    assert "record 3" in warning["message"]

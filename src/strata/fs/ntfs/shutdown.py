@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 
 from construct import ConstructError
 
-from strata.errors import NotFound
+from strata.errors import NotFound, StrataError
 from strata.fs.ntfs import structs as s
 from strata.fs.ntfs.volume import NtfsVolume
 
@@ -137,19 +137,38 @@ def dirty(vol: NtfsVolume) -> int | None:
 
 
 def unfinished(vol: NtfsVolume) -> list[str]:
-    """What says the volume was not left shut down fully, a phrase each (none: it was)."""
+    """What says the volume was not left shut down fully, a phrase each (none: it was).
+    For a warning beside other work: what cannot be read is one more phrase, not an error."""
     found = []
-    hibernated = hibernation(vol)
-    if hibernated is not None:
-        found.append(f"\\hiberfil.sys says Windows hibernated ({hibernated['signature']})")
-    log = journal(vol)
-    if not log.clean:
-        at = f", LSN {log.current.lsn}" if log.current is not None else ""
-        found.append(f"the NTFS journal is {log.state}{at}")
-    flags = dirty(vol)
-    if flags is not None:
-        found.append(f"chkdsk is scheduled ($Volume flags {flags:#06x})")
+    for probe in (_hibernated_phrase, _journal_phrase, _dirty_phrase):
+        try:
+            phrase = probe(vol)
+        except StrataError as e:
+            phrase = f"how it was left could not be read: {e.message}"
+        if phrase:
+            found.append(phrase)
     return found
+
+
+def _hibernated_phrase(vol: NtfsVolume) -> str:
+    hibernated = hibernation(vol)
+    if hibernated is None:
+        return ""
+    return f"\\hiberfil.sys says Windows hibernated ({hibernated['signature']})"
+
+
+def _journal_phrase(vol: NtfsVolume) -> str:
+    log = journal(vol)
+    if log.clean:
+        return ""
+    return f"the NTFS journal is {log.state}" + (
+        f", LSN {log.current.lsn}" if log.current is not None else ""
+    )
+
+
+def _dirty_phrase(vol: NtfsVolume) -> str:
+    flags = dirty(vol)
+    return "" if flags is None else f"chkdsk is scheduled ($Volume flags {flags:#06x})"
 
 
 def _first_bytes(chunks: Any, limit: int) -> bytes:
