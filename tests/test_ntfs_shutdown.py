@@ -229,5 +229,5 @@ def test_a_state_that_cannot_be_read_is_a_warning_beside_a_listing(
     assert proc.returncode == 0, proc.stderr
     events = [json.loads(line) for line in proc.stdout.splitlines()]
     (warning,) = [e for e in events if e["event"] == "warning"]
-    assert "how it was left could not be read" in warning["message"]
+    assert "how Windows left this volume could not be read" in warning["message"]
     assert "record 3" in warning["message"]

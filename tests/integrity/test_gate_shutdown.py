@@ -206,3 +206,19 @@ def test_data_volume_left_unclean_is_refused_too(world: tuple[Path, Path]) -> No
     assert "msi-in-progress" in passed  # the Windows volume's hive checks ran too
     mode, said = ntfs3g_mount_mode(data, work)
     assert mode == "ro" and "unclean file system" in said
+
+
+def test_os_import_of_a_volume_strata_cannot_read_still_imports(world: tuple[Path, Path]) -> None:
+    """The warning's probe never fails the import: an NTFS boot sector with a bad sector
+    size (a block-level import needs no file system) imports, with the problem named."""
+    root, store = world
+    work = root / "bad-boot"
+    work.mkdir()
+    gold = windows_disk(work)
+    with open(gold, "r+b") as f:
+        f.seek(PART_START + 11)  # bytes per sector
+        f.write((3).to_bytes(2, "little"))
+    proc = strata("os", "import", "odd", gold, "--version", "1", "--store", store)
+    assert proc.returncode == 0, proc.stderr
+    (warning,) = [line for line in proc.stderr.splitlines() if "warning" in line]
+    assert "partition 1: how Windows left the volume could not be read (" in warning

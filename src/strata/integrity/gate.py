@@ -170,14 +170,19 @@ def ntfs_volumes(disk: BlockDevice) -> Iterator[tuple[str, NtfsVolume, bool]]:
         yield found.where, vol, windows
 
 
-def unfinished_shutdowns(disk: BlockDevice) -> list[tuple[str, str]]:
-    """Each NTFS volume of ``disk`` that Windows did not leave shut down fully, and why."""
+def unfinished_shutdowns(disk: BlockDevice) -> list[tuple[str, shutdown.Unfinished]]:
+    """Each NTFS volume of ``disk`` that Windows did not leave shut down fully, or whose
+    state could not be read, and why."""
     found = []
     for located in located_volumes(disk):
-        if located.fs == "ntfs":
-            reasons = shutdown.unfinished(NtfsVolume(located.dev))
-            if reasons:
-                found.append((located.where, "; ".join(reasons)))
+        if located.fs != "ntfs":
+            continue
+        try:
+            state = shutdown.unfinished(NtfsVolume(located.dev))
+        except StrataError as e:  # a warning beside an import: never the import's failure
+            state = shutdown.Unfinished([], [e.message])
+        if state.reasons or state.unreadable:
+            found.append((located.where, state))
     return found
 
 

@@ -275,13 +275,15 @@ def _fat_ls(vol: FatVolume, path: str, recursive: bool) -> Table:
 def _left_unfinished(vol: NtfsVolume) -> list[str]:
     from strata.fs.ntfs.shutdown import unfinished
 
-    reasons = unfinished(vol)
-    if not reasons:
-        return []
-    return [
-        f"Windows did not shut down this volume fully ({'; '.join(reasons)}): what it lists "
-        "is what the disk holds, not what Windows last saw"
-    ]
+    state = unfinished(vol)
+    lines = [f"how Windows left this volume could not be read: {e}" for e in state.unreadable]
+    if state.reasons:
+        lines.insert(
+            0,
+            f"Windows did not shut down this volume fully ({'; '.join(state.reasons)}): what "
+            "it lists is what the disk holds, not what Windows last saw",
+        )
+    return lines
 
 
 # ---------------------------------------------------------------------------- verbs

@@ -25,6 +25,7 @@ from strata.errors import InvalidInput, NotFound, NotReady, StateError, StrataEr
 from strata.formats import registry
 from strata.formats.registry import CreateRequest, WriteRequest
 from strata.fs.iso import write_job_iso
+from strata.fs.ntfs.shutdown import Unfinished
 from strata.integrity.gate import (
     GateReport,
     encrypted_volumes,
@@ -244,7 +245,7 @@ def import_os(
             "partitions": _partitions(disk),
             "source": os.path.basename(image),
         }
-        warnings = [_UNFINISHED.format(*found) for found in unfinished_shutdowns(disk)]
+        warnings = [_unfinished_warning(*found) for found in unfinished_shutdowns(disk)]
         warnings += [_ENCRYPTED.format(where) for where in encrypted_volumes(disk)]
         capture = capture_disk(st, disk, progress=progress)
         mid = _commit(st, name, version, meta, capture.blocks, None, comment)
@@ -261,13 +262,20 @@ def import_os(
         }
 
 
-# Imported all the same (the disk may be meant so), but a machine booted from an image made
-# of it may resume the hibernated kernel over file systems the layers changed.
-_UNFINISHED = (
-    "{}: Windows did not shut down fully ({}): the OS layer holds the disk as it is, not what "
-    "Windows last saw, and a machine booted from it may try to resume; shut Windows down "
-    "fully (Fast Startup off) and import again"
-)
+def _unfinished_warning(where: str, state: Unfinished) -> str:
+    # Imported all the same (the disk may be meant so), but a machine booted from an image
+    # made of it may resume the hibernated kernel over file systems the layers changed.
+    unread = "; ".join(state.unreadable)
+    if not state.reasons:
+        return f"{where}: how Windows left the volume could not be read ({unread})"
+    also = f"; could not read: {unread}" if unread else ""
+    return (
+        f"{where}: Windows did not shut down fully ({'; '.join(state.reasons)}{also}): the OS "
+        "layer holds the disk as it is, not what Windows last saw, and a machine booted from "
+        "it may try to resume; shut Windows down fully (Fast Startup off) and import again"
+    )
+
+
 _ENCRYPTED = (
     "{}: the volume is BitLocker-encrypted: its sectors are ciphertext, no file delta can be "
     "read from it and an image made of it boots only where its keys are; decrypt it "

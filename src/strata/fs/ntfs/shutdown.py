@@ -136,17 +136,24 @@ def dirty(vol: NtfsVolume) -> int | None:
     return flags if flags & s.VOLUME_IS_DIRTY else None
 
 
-def unfinished(vol: NtfsVolume) -> list[str]:
-    """What says the volume was not left shut down fully, a phrase each (none: it was).
-    For a warning beside other work: what cannot be read is one more phrase, not an error."""
-    found = []
+class Unfinished(NamedTuple):
+    """For a warning beside other work: what says the volume was not left shut down fully,
+    a phrase each, and what could not be read (an error there is not the work's failure)."""
+
+    reasons: list[str]
+    unreadable: list[str]
+
+
+def unfinished(vol: NtfsVolume) -> Unfinished:
+    found = Unfinished([], [])
     for probe in (_hibernated_phrase, _journal_phrase, _dirty_phrase):
         try:
             phrase = probe(vol)
         except StrataError as e:
-            phrase = f"how it was left could not be read: {e.message}"
+            found.unreadable.append(e.message)
+            continue
         if phrase:
-            found.append(phrase)
+            found.reasons.append(phrase)
     return found
 
 
