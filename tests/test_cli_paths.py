@@ -250,6 +250,7 @@ STORE_VERBS = [
     ("layer", "list"),
     ("image", "list"),
     ("image", "publish", "--name", "i", "--os", "win"),
+    ("layer", "delete", "win:1"),
     ("image", "delete", "desk"),
 ]
 
@@ -292,6 +293,7 @@ def _store_verbs(image: Path, out: Path) -> dict[str, list[object]]:
         "layer show": ["layer", "show", "win"],
         "layer history": ["layer", "history"],
         "layer diff": ["layer", "diff", "win:1"],
+        "layer delete": ["layer", "delete", "win:1"],
         "image list": ["image", "list"],
         "image delete": ["image", "delete", "desk"],
         "image publish": ["image", "publish", "--name", "i", "--os", "win"],
