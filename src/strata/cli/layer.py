@@ -144,8 +144,9 @@ def delete_cmd(ref: str, comment: str, remove_disk: bool, store: str | None) -> 
     where they are, and the result says where, unless --remove-disk.
 
     With --json: one `result` event with layer, kind, layer_deleted, versions [{version,
-    state, base, manifest, stored_size, stack, disk, packaging_disk, job_iso}], removed,
-    left, reclaim_at_most (the bytes gc frees at most), reclaim and warnings.
+    state, base, manifest, stored_size, stack and disk (as its packaging record has them),
+    packaging_disk and job_iso (where still there, else null)}], removed, left (the files
+    left in place), reclaim_at_most (the bytes gc frees at most), reclaim and warnings.
     """
     from strata.ops.delete import delete_layer, delete_version
     from strata.ops.layers import parse_ref
