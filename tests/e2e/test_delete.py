@@ -288,8 +288,8 @@ def test_delete_and_finalize_run_together(store: Path) -> None:
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         delete = _delete(store, f"app:{pkg['version']}")
-        finalized = finalize.wait(120)
-        err = finalize.stderr.read() if finalize.stderr else ""
+        err = finalize.communicate(timeout=120)[1]
+        finalized = finalize.returncode
         assert delete.returncode in (0, Conflict.exit_code), delete.stderr
         assert finalized in (0, Conflict.exit_code, NotFound.exit_code), err
         versions = {v["name"]: v["state"] for v in _show(store, "app")["versions"]}
