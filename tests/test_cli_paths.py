@@ -250,6 +250,8 @@ STORE_VERBS = [
     ("layer", "list"),
     ("image", "list"),
     ("image", "publish", "--name", "i", "--os", "win"),
+    ("layer", "delete", "win:1"),
+    ("image", "delete", "desk"),
 ]
 
 
@@ -291,7 +293,9 @@ def _store_verbs(image: Path, out: Path) -> dict[str, list[object]]:
         "layer show": ["layer", "show", "win"],
         "layer history": ["layer", "history"],
         "layer diff": ["layer", "diff", "win:1"],
+        "layer delete": ["layer", "delete", "win:1"],
         "image list": ["image", "list"],
+        "image delete": ["image", "delete", "desk"],
         "image publish": ["image", "publish", "--name", "i", "--os", "win"],
         "image export": ["image", "export", "desk", out / "d.vhd"],
         "os import": ["os", "import", "win", image, "--version", "1"],

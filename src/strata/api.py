@@ -6,11 +6,13 @@ command prints as its ``result`` event and raises ``strata.errors`` exceptions (
 """
 
 from strata.integrity.gate import check_image as check_disk_integrity
+from strata.ops.delete import delete_layer, delete_version
 from strata.ops.disk import OpenSpec, check, compare, convert, create, info, map_entries
 from strata.ops.fs import cat, ls
 from strata.ops.image import (
     AppRef,
     Template,
+    delete_image,
     export,
     list_images,
     load_template,
@@ -48,6 +50,9 @@ __all__ = [
     "convert",
     "create",
     "create_packaging_disk",
+    "delete_image",
+    "delete_layer",
+    "delete_version",
     "export",
     "finalize",
     "gc_store",

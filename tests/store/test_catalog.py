@@ -11,6 +11,7 @@ import pytest
 
 from strata.errors import InvalidInput, NotFound, StateError
 from strata.store import Manifest, Store
+from strata.store.db import transaction
 
 from support.store_tools import blocks
 from support.tools import result_of, strata, strata_json
@@ -231,3 +232,68 @@ def test_discard_version_undoes_only_an_empty_packaging_version(store: Store) ->
     store.catalog.discard_version("new", "1", drop_layer=True)
     assert [r["name"] for r in store.catalog.layers()] == ["os"]
     assert store.catalog.history()[-1]["operation"] == "discard-version"
+
+
+def test_delete_versions_and_layer_with_their_history(store: Store) -> None:
+    """Versions go newest first (a version before its base) with a row each, the layer with
+    its own; what depends on a version is found by ``based_on`` and ``tied_to``, and the
+    schema's foreign keys refuse a delete that would leave a dangling reference."""
+    store.catalog.create_layer("os", "os")
+    store.catalog.create_layer("app", "app", os_layer="os")
+    commit_small(store, "os", "v1", 1)
+    commit_small(store, "os", "v2", 2)  # base v1
+    assert store.catalog.based_on("os", ["v1"]) == [("v2", "v1")]
+    assert store.catalog.based_on("os", ["v1", "v2"]) == []
+    assert store.catalog.tied_to("os") == ["app"] and store.catalog.tied_to("app") == []
+    with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"), transaction(store.db):
+        store.catalog.delete_versions("os", ["v1"])
+    with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"), transaction(store.db):
+        store.catalog.delete_versions("os", ["v1", "v2"], drop_layer=True)  # app belongs to it
+    assert [v["name"] for v in store.catalog.versions("os")] == ["v1", "v2"]
+    with transaction(store.db):
+        store.catalog.delete_versions(
+            "os", ["v1", "v2"], comment="gone", details={"v1": {"state": "deployable"}}
+        )
+    assert store.catalog.versions("os") == []
+    with transaction(store.db):
+        store.catalog.delete_versions("app", [], drop_layer=True, comment="app too")
+    rows = store.catalog.history("app")
+    assert (rows[-1]["operation"], rows[-1]["comment"]) == ("delete-layer", "app too")
+    deleted = [(r["operation"], r["version"], r["details"]) for r in store.catalog.history("os")]
+    assert deleted[-2:] == [
+        ("delete-version", "v2", {}),
+        ("delete-version", "v1", {"state": "deployable"}),
+    ]
+    with pytest.raises(NotFound):
+        store.catalog.layer("app")
+    with pytest.raises(NotFound):
+        store.catalog.history("never")
+
+
+def test_recorded_stacks_follow_the_latest_creation(store: Store) -> None:
+    store.catalog.create_layer("os", "os")
+    store.catalog.create_layer("app", "app", os_layer="os")
+    store.catalog.create_version("os", "1")
+    store.catalog.create_version("app", "1", stack=[["os", "1"]])
+    store.catalog.create_version("app", "2", stack=[("os", "1"), ("app", "1")])
+    assert store.catalog.recorded_stacks() == {
+        ("app", "1"): [["os", "1"]],
+        ("app", "2"): [["os", "1"], ["app", "1"]],
+    }
+    with transaction(store.db):
+        store.catalog.delete_versions("app", ["1"])
+    store.catalog.create_version("app", "1")  # made again, with no stack recorded
+    assert ("app", "1") not in store.catalog.recorded_stacks()
+
+
+def test_delete_image(store: Store) -> None:
+    store.catalog.create_layer("os", "os")
+    mid = commit_small(store, "os", "v1", 1)
+    store.commit_image("img", mid, {"os": "os"})
+    row = store.catalog.delete_image("img", comment="retired")
+    assert row["manifest"] == mid.hex() and store.catalog.images() == []
+    last = store.catalog.history()[-1]
+    assert (last["operation"], last["image"], last["comment"]) == ("delete-image", "img", "retired")
+    assert last["details"] == {"manifest": mid.hex(), "template": {"os": "os"}}
+    with pytest.raises(NotFound, match="image 'img'"):
+        store.catalog.delete_image("img")

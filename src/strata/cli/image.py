@@ -1,4 +1,4 @@
-"""``strata image``: publish layered images and export them."""
+"""``strata image``: publish layered images, export, list and delete them."""
 
 from __future__ import annotations
 
@@ -105,6 +105,31 @@ def export_cmd(
             progress=progress,
         )
     current().result(f"exported {image} for {result['target']}: {destination}", **result)
+    return 0
+
+
+@group.command("delete")
+@click.argument("name")
+@click.option("--comment", default="", help="Comment recorded in the audit history.")
+@store_option
+@json_option
+def delete_cmd(name: str, comment: str, store: str | None) -> int:
+    """Delete published image NAME.
+
+    Only the catalog changes (recorded in `strata layer history` with the comment); run
+    `strata store gc` afterwards to reclaim the chunks no layer version or other image uses.
+    A file already exported from it is not touched.
+
+    With --json: one `result` event with image, manifest, logical_size, reclaim_at_most (the
+    bytes gc frees at most) and reclaim.
+    """
+    result = ops.delete_image(name, store=store, comment=comment)
+    at_most = result["reclaim_at_most"]
+    current().result(
+        f"deleted image {name}; {result['reclaim']}"
+        + (f" (at most {human_size(at_most)})" if at_most else ""),
+        **result,
+    )
     return 0
 
 

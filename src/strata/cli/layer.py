@@ -1,6 +1,9 @@
-"""``strata layer``: list layers, show one with its versions, and its audit history."""
+"""``strata layer``: list layers, show one with its versions, its audit history and file
+delta; delete versions and layers; run the finalize integrity gate alone."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import click
 
@@ -112,6 +115,72 @@ def diff_cmd(store: str | None, ref: str) -> int:
     for note in file_delta_notes(diff):
         click.echo(note)
     return 0
+
+
+@group.command("delete")
+@click.argument("ref", metavar="NAME[:VERSION]")
+@click.option("--comment", default="", help="Comment recorded in the audit history.")
+@click.option(
+    "--remove-disk",
+    is_flag=True,
+    help="Also delete the packaging disk and job ISO of each deleted version, where they "
+    "still are (a base disk, a cache others may share, stays).",
+)
+@store_option
+@json_option
+def delete_cmd(ref: str, comment: str, remove_disk: bool, store: str | None) -> int:
+    """Delete layer version NAME:VERSION, or layer NAME with all its versions.
+
+    Only the catalog changes (recorded in `strata layer history` with the comment); run
+    `strata store gc` afterwards to reclaim the chunks nothing else uses. Published images
+    are not affected: an image holds its chunks itself.
+
+    Refused (exit 8, naming what depends on it, nothing deleted) while another version was
+    made from it as its base version or was packaged on it (an OS version with app or
+    platform versions on it, an app version prerequisite to another), for an OS layer
+    deleted whole while layers belong to it, and for a version left finalizing (run the
+    finalize again first). A version an import or finalize is writing is a conflict (exit
+    10). Deleting a packaging version abandons its packaging disk: the disk and job ISO stay
+    where they are, and the result says where, unless --remove-disk.
+
+    With --json: one `result` event with layer, kind, layer_deleted, versions [{version,
+    state, base, manifest, stored_size, stack and disk (as its packaging record has them),
+    packaging_disk and job_iso (where still there, else null)}], removed, left (the files
+    left in place), reclaim_at_most (the bytes gc frees at most), reclaim and warnings.
+    """
+    from strata.ops.delete import delete_layer, delete_version
+    from strata.ops.layers import parse_ref
+
+    name, version = parse_ref(ref)
+    if version is None:
+        result = delete_layer(name, store=store, comment=comment, remove_disk=remove_disk)
+    else:
+        result = delete_version(
+            name, version, store=store, comment=comment, remove_disk=remove_disk
+        )
+    for warning in result["warnings"]:
+        current().warning(warning)
+    current().result(_delete_text(result), **result)
+    return 0
+
+
+def _delete_text(result: dict[str, Any]) -> str:
+    """One line: what was deleted, what it left on disk, and what gc reclaims."""
+    from strata.ops.delete import GC_HINT
+
+    layer, versions = result["layer"], result["versions"]
+    if result["layer_deleted"]:
+        listed = ", ".join(v["version"] for v in versions) or "none"
+        parts = [f"deleted layer {layer} ({result['kind']}; versions: {listed})"]
+    else:
+        parts = [f"deleted {layer}:{versions[0]['version']} ({versions[0]['state']})"]
+    if result["removed"]:
+        parts.append(f"removed {', '.join(result['removed'])}")
+    if result["left"]:
+        parts.append(f"packaging files left in place: {', '.join(result['left'])}")
+    at_most = result["reclaim_at_most"]
+    parts.append(GC_HINT + (f" (at most {human_size(at_most)})" if at_most else ""))
+    return "; ".join(parts)
 
 
 @group.command("check")

@@ -285,6 +285,22 @@ def find_image(st: Store, name: str) -> tuple[dict[str, Any], Manifest]:
     raise NotFound(what=f"image {name!r}")
 
 
+def delete_image(name: str, *, store: PathLike = None, comment: str = "") -> dict[str, Any]:
+    """Delete published image ``name`` from the catalog (with a history row); nothing depends
+    on an image, and its chunks no layer version or other image uses are ``store gc``'s."""
+    check_name(name, "image")
+    with open_store(store) as st:
+        row = st.catalog.delete_image(name, comment)
+    return {
+        "image": name,
+        "manifest": row["manifest"],
+        "logical_size": row["logical_size"],
+        "reclaim_at_most": row["stored_size"] or 0,
+        "reclaim": "run `strata store gc` to reclaim the chunks no layer version or other "
+        "image uses",
+    }
+
+
 def list_images(*, store: PathLike = None) -> list[dict[str, Any]]:
     with open_store(store, readonly=True) as st:
         return st.catalog.images()
@@ -357,6 +373,7 @@ def _check_platform(meta: dict[str, Any], name: str, platform: str | None, force
 __all__ = [
     "AppRef",
     "Template",
+    "delete_image",
     "export",
     "list_images",
     "load_template",

@@ -559,8 +559,11 @@ def _claim_version(st: Store, req: PackagingRequest, plan: PackagingPlan) -> Pac
     """The new version (and the layer, when new), in one transaction: a concurrent command
     wanting the same version fails here, before either writes a file.  A default version name
     is chosen here, inside the transaction, so two concurrent commands get two names; so is
-    whether the layer is new (another command may have just created it)."""
+    whether the layer is new (another command may have just created it).  The stack is
+    recorded with the version, and checked to be still there (a ``layer delete`` may have
+    run since it was resolved), so a delete that comes later finds what depends on it."""
     with transaction(st.db):
+        _check_unchanged(st, plan.stack)
         existing = _find_layer(st, req.layer)
         if existing is not None and plan.new:
             _check_fits(req, existing, plan.stack[0].layer)
@@ -584,8 +587,21 @@ def _claim_version(st: Store, req: PackagingRequest, plan: PackagingPlan) -> Pac
             base=plan.base_version,
             description=req.description,
             comment=req.comment,
+            stack=[x.ref for x in plan.stack],
         )
     return plan
+
+
+def _check_unchanged(st: Store, stack: Sequence[Resolved]) -> None:
+    """Each layer version of ``stack`` is still in the catalog with the manifest it was
+    resolved with (NotFound, StateError otherwise)."""
+    for x in stack:
+        row = st.catalog.version(x.layer, x.version)
+        if row["manifest"] != to_hex(x.manifest_id):
+            raise StateError(
+                what=f"layer version {x.layer}:{x.version} was deleted or replaced while the "
+                "packaging disk was being planned; run the command again"
+            )
 
 
 def _stack_key(stack: Sequence[Resolved]) -> str:
@@ -759,19 +775,20 @@ def _write_full(
     driver.write(WriteRequest(source, disk_path, options, progress=progress))
 
 
-def _record_path(st: Store, layer: str, version: str) -> str:
+def record_path(st: Store, layer: str, version: str) -> str:
+    """Where the packaging record of ``layer:version`` is (``store/packaging/<hash>.json``)."""
     key = xxhash.xxh3_64_hexdigest(json.dumps([layer, version]).encode())
     return str(st.root / "packaging" / f"{key}.json")
 
 
 def _save_record(st: Store, layer: str, version: str, record: dict[str, Any]) -> None:
-    path = _record_path(st, layer, version)
+    path = record_path(st, layer, version)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     durable_write(Path(path), json.dumps(record).encode(), st.root / "tmp")
 
 
 def _load_record(st: Store, layer: str, version: str) -> dict[str, Any]:
-    path = _record_path(st, layer, version)
+    path = record_path(st, layer, version)
     try:
         with open(path) as f:
             return json.load(f)

@@ -103,12 +103,13 @@ class Catalog:
             self.record(operation, result, **fields)
 
     def history(self, layer: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        """The audit rows, oldest first, of ``layer`` (which may have been deleted) or of all."""
         sql = "SELECT id, time, operation, layer, version, image, comment, result, details "
         sql += "FROM history" + (" WHERE layer = ?" if layer is not None else "") + " ORDER BY id"
         args: list[Any] = [layer] if layer is not None else []
-        if layer is not None:
-            self._layer_row(layer)
         rows = self.conn.execute(sql, args).fetchall()
+        if layer is not None and not rows:  # a deleted layer keeps its history
+            self._layer_row(layer)
         if limit is not None:
             rows = rows[-limit:]
         keys = ("id", "time", "operation", "layer", "version", "image", "comment", "result")
@@ -271,8 +272,12 @@ class Catalog:
         base: str | None = None,
         description: str = "",
         comment: str = "",
+        stack: Sequence[Sequence[str]] | None = None,
     ) -> dict[str, Any]:
-        """A new version in state ``packaging``; its base defaults to the latest deployable."""
+        """A new version in state ``packaging``; its base defaults to the latest deployable.
+        ``stack``: the [layer, version] pairs it is packaged on, recorded with it in the
+        history (``recorded_stacks``), so what it depends on is known from the moment it
+        exists."""
         check_name(name, "version")
         with transaction(self.conn):
             row = self._layer_row(layer)
@@ -287,8 +292,11 @@ class Catalog:
                 " VALUES (?, ?, ?, 'packaging', ?, ?, ?)",
                 (row["id"], name, base_id, description, now, now),
             )
+            details: dict[str, Any] = {"base": base}
+            if stack is not None:
+                details["stack"] = [list(ref) for ref in stack]
             self.record(
-                "create-version", comment=comment, layer=layer, version=name, details={"base": base}
+                "create-version", comment=comment, layer=layer, version=name, details=details
             )
         return self.version(layer, name)
 
@@ -320,6 +328,78 @@ class Catalog:
                 version=name,
                 details={"layer_dropped": dropped},
             )
+
+    def delete_versions(
+        self,
+        layer: str,
+        names: Sequence[str],
+        *,
+        drop_layer: bool = False,
+        comment: str = "",
+        details: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
+        """Remove versions ``names`` of ``layer`` (with ``drop_layer``, the layer too, which
+        must then have no other version), each with a ``delete-version`` history row (its
+        ``details[name]``), the layer with a ``delete-layer`` row. The caller holds the
+        transaction and has found that nothing depends on them (``based_on``,
+        ``tied_to``, the stacks); the schema's foreign keys are the last guard. ``names``
+        are oldest first, as ``versions`` lists them."""
+        row = self._layer_row(layer)
+        for name in reversed(names):  # newest first: a version goes before its base
+            self.conn.execute(
+                "DELETE FROM versions WHERE layer = ? AND name = ?", (row["id"], name)
+            )
+            self.record(
+                "delete-version",
+                comment=comment,
+                layer=layer,
+                version=name,
+                details=(details or {}).get(name),
+            )
+        if drop_layer:
+            self.conn.execute("DELETE FROM layers WHERE id = ?", (row["id"],))
+            self.record(
+                "delete-layer",
+                comment=comment,
+                layer=layer,
+                details={"kind": row["kind"], "os_layer": row["os_layer"], "versions": names},
+            )
+
+    def based_on(self, layer: str, names: Sequence[str]) -> list[tuple[str, str]]:
+        """(version, its base) of each version of ``layer`` outside ``names`` whose base
+        version is one of ``names``."""
+        rows = self.conn.execute(
+            "SELECT v.name, b.name FROM versions v JOIN versions b ON b.id = v.base"
+            " JOIN layers l ON l.id = b.layer WHERE l.name = ? ORDER BY v.id",
+            (layer,),
+        )
+        return [(v, b) for v, b in rows if b in names and v not in names]
+
+    def tied_to(self, os_layer: str) -> list[str]:
+        """The layers that belong to OS layer ``os_layer``."""
+        rows = self.conn.execute(
+            "SELECT l.name FROM layers l JOIN layers o ON o.id = l.os_layer WHERE o.name = ?"
+            " ORDER BY l.id",
+            (os_layer,),
+        )
+        return [r[0] for r in rows]
+
+    def recorded_stacks(self) -> dict[tuple[str, str], Any]:
+        """The stack each version's latest ``create-version`` row recorded, by (layer,
+        version); versions created without one (an OS import, an older strata) are absent.
+        Not checked: the caller judges what it reads."""
+        rows = self.conn.execute(
+            "SELECT layer, version, details FROM history WHERE operation = 'create-version'"
+            " AND result = 'ok' ORDER BY id"
+        )
+        out: dict[tuple[str, str], Any] = {}
+        for layer, version, details in rows:
+            stack = json.loads(details).get("stack")
+            if stack is not None:
+                out[(layer, version)] = stack
+            else:
+                out.pop((layer, version), None)
+        return out
 
     def _base_id(self, layer_id: int, layer: str, base: str | None) -> int | None:
         if base is None:
@@ -418,6 +498,22 @@ class Catalog:
         self.record(
             "add-image", comment=comment, image=name, details={"manifest": to_hex(manifest)}
         )
+
+    def delete_image(self, name: str, comment: str = "") -> dict[str, Any]:
+        """Remove image ``name`` with a ``delete-image`` history row, in one transaction; the
+        row it had. Nothing refers to an image, and its chunks are left to ``store gc``."""
+        with transaction(self.conn):
+            found = [row for row in self.images() if row["name"] == name]
+            if not found:
+                raise NotFound(what=f"image {name!r}")
+            self.conn.execute("DELETE FROM images WHERE name = ?", (name,))
+            self.record(
+                "delete-image",
+                comment=comment,
+                image=name,
+                details={"manifest": found[0]["manifest"], "template": found[0]["template"]},
+            )
+        return found[0]
 
     def check_new_image(self, name: str) -> None:
         """InvalidInput unless ``name`` is a valid name no image has yet."""
