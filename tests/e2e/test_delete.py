@@ -214,11 +214,30 @@ def test_images_outlive_every_layer_they_were_published_from(store: Path) -> Non
     assert (empty["chunks"], empty["stored_bytes"], empty["pack_files"]) == (0, 0, 0)
 
 
-def test_a_base_version_is_refused(store: Path) -> None:
+def test_an_old_version_goes_while_the_finalized_one_made_from_it_stays_whole(
+    store: Path,
+) -> None:
+    """app:2 was finalized on app:1, so it holds app:1's content: app:1 may be deleted (the
+    link becomes none), and after gc an image of app:2 still exports base + A + B. A
+    version still being packaged on its base keeps that base."""
     _made(store, "app", A)
     _made(store, "app", B)
-    message = _refused(store, "app:1")
-    assert "app:2 was made from it as its base version (app:1)" in message
+    result = result_of(strata_json("layer", "delete", "app:1", "--store", store))
+    assert [v["version"] for v in result["versions"]] == ["1"]
+    assert [(v["name"], v["base"]) for v in _show(store, "app")["versions"]] == [("2", None)]
+    last = result_of(strata_json("layer", "history", "app", "--store", store))["history"][-1]
+    assert last["operation"] == "delete-version" and last["details"]["detached"] == ["2"]
+    _gc_and_verify(store)
+    assert strata("image", "publish", "--name", "img2", "--os", "win", "--app", "app:2",
+                  "--store", store).returncode == 0  # fmt: skip
+    expected = expected_copy(store.parent / "os.raw", store.parent / "expected.raw")
+    apply_to_raw(expected, A + B)
+    exported = _export(store, "img2", store.parent / "img2.raw")
+    assert compare_with_qemu(expected, exported, "raw") == 0
+
+    _package(store, "app", "3")  # packaging on app:2, not finalized
+    message = _refused(store, "app:2")
+    assert "app:3 (packaging)" in message
 
 
 def test_an_os_version_with_layers_on_it_is_refused(store: Path) -> None:

@@ -242,11 +242,9 @@ def test_delete_versions_and_layer_with_their_history(store: Store) -> None:
     store.catalog.create_layer("app", "app", os_layer="os")
     commit_small(store, "os", "v1", 1)
     commit_small(store, "os", "v2", 2)  # base v1
-    assert store.catalog.based_on("os", ["v1"]) == [("v2", "v1")]
+    assert store.catalog.based_on("os", ["v1"]) == [("v2", "v1", "deployable")]
     assert store.catalog.based_on("os", ["v1", "v2"]) == []
     assert store.catalog.tied_to("os") == ["app"] and store.catalog.tied_to("app") == []
-    with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"), transaction(store.db):
-        store.catalog.delete_versions("os", ["v1"])
     with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"), transaction(store.db):
         store.catalog.delete_versions("os", ["v1", "v2"], drop_layer=True)  # app belongs to it
     assert [v["name"] for v in store.catalog.versions("os")] == ["v1", "v2"]
@@ -297,3 +295,24 @@ def test_delete_image(store: Store) -> None:
     assert last["details"] == {"manifest": mid.hex(), "template": {"os": "os"}}
     with pytest.raises(NotFound, match="image 'img'"):
         store.catalog.delete_image("img")
+
+
+def test_deleting_a_base_version_detaches_the_versions_made_from_it(store: Store) -> None:
+    """A finalized version holds its base's content, so its base may go: the link becomes
+    none (the foreign key would refuse a dangling one) and the history row names it."""
+    store.catalog.create_layer("os", "os")
+    commit_small(store, "os", "v1", 1)
+    commit_small(store, "os", "v2", 2)  # base v1
+    commit_small(store, "os", "v3", 3)  # base v2
+    with transaction(store.db):
+        store.catalog.delete_versions("os", ["v1"], comment="old")
+    assert [(v["name"], v["base"]) for v in store.catalog.versions("os")] == [
+        ("v2", None),
+        ("v3", "v2"),
+    ]
+    last = store.catalog.history("os")[-1]
+    assert (last["operation"], last["version"], last["details"]) == (
+        "delete-version",
+        "v1",
+        {"detached": ["v2"]},
+    )

@@ -135,9 +135,11 @@ def delete_cmd(ref: str, comment: str, remove_disk: bool, store: str | None) -> 
     `strata store gc` afterwards to reclaim the chunks nothing else uses. Published images
     are not affected: an image holds its chunks itself.
 
-    Refused (exit 8, naming what depends on it, nothing deleted) while another version was
-    made from it as its base version or was packaged on it (an OS version with app or
-    platform versions on it, an app version prerequisite to another), for an OS layer
+    Refused (exit 8, naming what depends on it, nothing deleted) while another version is
+    being made from it as its base version (not yet finalized) or was packaged on it (an OS
+    version with app or platform versions on it, an app version prerequisite to another);
+    a finalized version made from it holds its content already and only loses the link. And
+    refused for an OS layer
     deleted whole while layers belong to it, and for a version left finalizing (run the
     finalize again first). A version an import or finalize is writing is a conflict (exit
     10). Deleting a packaging version abandons its packaging disk: the disk and job ISO stay

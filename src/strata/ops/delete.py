@@ -5,14 +5,16 @@ only when nothing is built on it.
 
 Only the catalog changes, in one transaction with a history row per deletion; the chunks no
 other version or image uses are left to ``store gc``. A version is refused (``StateError``,
-nothing changed) while another version depends on it: as its base version, or as a layer of
-the stack it was (or is being) packaged on (a deployable version's manifest ``stack``; a
-packaging one's packaging record and the stack its ``create-version`` row recorded, which
-exists before the record does). An OS layer is refused whole while layers belong to it. A
-version being written by an import or a finalize is claimed by it (``Store.claim_version``),
-so the delete gets ``Conflict``; one left ``finalizing`` by an interrupted finalize is refused
-until a rerun completes it. Images are untouched: an image's manifest names its chunks
-itself, not the layer versions it was published from.
+nothing changed) while another version depends on it: as the base version it is being made
+from (a deployable one folded its base's content in at finalize, so it is only detached: its
+base becomes none), or as a layer of the stack it was (or is being) packaged on (a
+deployable version's manifest ``stack``; a packaging one's packaging record and the stack
+its ``create-version`` row recorded, which exists before the record does). An OS layer is
+refused whole while layers belong to it. A version being written by an import or a finalize
+is claimed by it (``Store.claim_version``), so the delete gets ``Conflict``; one left
+``finalizing`` by an interrupted finalize is refused until a rerun completes it. Images are
+untouched: an image's manifest names its chunks itself, not the layer versions it was
+published from.
 """
 
 from __future__ import annotations
@@ -120,9 +122,12 @@ def _refuse_dependents(st: Store, row: dict[str, Any], names: Sequence[str], who
     """StateError naming every version (and, for an OS layer deleted whole, every layer)
     that still depends on versions ``names`` of layer ``row``."""
     layer = row["name"]
+    # A deployable version holds its base version's content (finalize folds it in), so its
+    # base may go: ``delete_versions`` detaches it. One still being made needs its base.
     found = [
-        f"{layer}:{v} was made from it as its base version ({layer}:{base})"
-        for v, base in st.catalog.based_on(layer, names)
+        f"{layer}:{v} ({state}) is being made from it as its base version ({layer}:{base})"
+        for v, base, state in st.catalog.based_on(layer, names)
+        if state in ("packaging", "finalizing")
     ]
     found += _stacked_on(st, {(layer, name) for name in names})
     if whole and row["kind"] == "os":

@@ -341,20 +341,32 @@ class Catalog:
         """Remove versions ``names`` of ``layer`` (with ``drop_layer``, the layer too, which
         must then have no other version), each with a ``delete-version`` history row (its
         ``details[name]``), the layer with a ``delete-layer`` row. The caller holds the
-        transaction and has found that nothing depends on them (``based_on``,
-        ``tied_to``, the stacks); the schema's foreign keys are the last guard. ``names``
+        transaction and has found that nothing depends on them (``tied_to``, the stacks;
+        the deployable versions ``based_on`` them are detached: their base becomes none);
+        the schema's foreign keys are the last guard. ``names``
         are oldest first, as ``versions`` lists them."""
         row = self._layer_row(layer)
+        detached = {name: [] for name in names}
+        for v, base, _state in self.based_on(layer, names):
+            detached[base].append(v)
         for name in reversed(names):  # newest first: a version goes before its base
+            # The versions made from it keep their content (folded in at finalize) and lose
+            # the link; the history row names them.
+            self.conn.execute(
+                "UPDATE versions SET base = NULL WHERE base = (SELECT id FROM versions"
+                " WHERE layer = ? AND name = ?)",
+                (row["id"], name),
+            )
             self.conn.execute(
                 "DELETE FROM versions WHERE layer = ? AND name = ?", (row["id"], name)
             )
+            extra = {"detached": detached[name]} if detached[name] else {}
             self.record(
                 "delete-version",
                 comment=comment,
                 layer=layer,
                 version=name,
-                details=(details or {}).get(name),
+                details={**((details or {}).get(name) or {}), **extra},
             )
         if drop_layer:
             self.conn.execute("DELETE FROM layers WHERE id = ?", (row["id"],))
@@ -365,15 +377,15 @@ class Catalog:
                 details={"kind": row["kind"], "os_layer": row["os_layer"], "versions": names},
             )
 
-    def based_on(self, layer: str, names: Sequence[str]) -> list[tuple[str, str]]:
-        """(version, its base) of each version of ``layer`` outside ``names`` whose base
-        version is one of ``names``."""
+    def based_on(self, layer: str, names: Sequence[str]) -> list[tuple[str, str, str]]:
+        """(version, its base, its state) of each version of ``layer`` outside ``names``
+        whose base version is one of ``names``."""
         rows = self.conn.execute(
-            "SELECT v.name, b.name FROM versions v JOIN versions b ON b.id = v.base"
+            "SELECT v.name, b.name, v.state FROM versions v JOIN versions b ON b.id = v.base"
             " JOIN layers l ON l.id = b.layer WHERE l.name = ? ORDER BY v.id",
             (layer,),
         )
-        return [(v, b) for v, b in rows if b in names and v not in names]
+        return [(v, b, state) for v, b, state in rows if b in names and v not in names]
 
     def tied_to(self, os_layer: str) -> list[str]:
         """The layers that belong to OS layer ``os_layer``."""
