@@ -8,6 +8,7 @@ import random
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from strata.errors import (
     StateError,
     Unsupported,
 )
+from strata.ops.layers import record_path
 from strata.store import Store
 
 from support.images import MiB, write_sparse_raw
@@ -818,3 +820,44 @@ def test_a_layer_of_another_kind_is_refused_in_its_place(
     publish = ["image", "publish", "--name", "kinds", "--os", "winA", *extra, "--store", store]
     refused = strata(*publish)
     assert refused.returncode == InvalidInput.exit_code and words in refused.stderr
+
+
+@pytest.mark.parametrize(
+    "tag, damage, words",
+    [
+        ("truncated", lambda raw: raw[: len(raw) // 2], "not JSON"),
+        ("array", lambda raw: b"[1, 2]", "not an object"),
+        (
+            "type",
+            lambda raw: raw.replace(b'"sector_size": 512', b'"sector_size": "512"'),
+            "sector_size",
+        ),
+        (
+            "base",
+            lambda raw: raw.replace(b'"fingerprint": [', b'"fingerprint": "x", "was": ['),
+            "base.fingerprint",
+        ),
+    ],
+    ids=lambda v: v if isinstance(v, str) and " " not in v and "." not in v else "",
+)
+def test_a_damaged_packaging_record_is_named_not_a_crash(
+    store: Path, tag: str, damage: Callable[[bytes], bytes], words: str
+) -> None:
+    """The store's record of a packaging disk, damaged: finalize says which record and what
+    is wrong (exit 7), the version stays packaging; deleting it lets the name be used again."""
+    layer = f"record-{tag}"
+    pkg = _package(store, layer)
+    with Store(store) as st:
+        path = Path(record_path(st, layer, "1"))
+    raw = path.read_bytes()
+    damaged = damage(raw)
+    assert damaged != raw
+    path.write_bytes(damaged)
+    proc = strata("finalize", "--disk", pkg["disk_path"], "--layer", layer, "--version", "1",
+                  "--store", store)  # fmt: skip
+    assert proc.returncode == IntegrityError.exit_code, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert f"the packaging record of {layer}:1" in proc.stderr and words in proc.stderr
+    assert _state(store, layer) == "packaging"
+    assert strata("layer", "delete", f"{layer}:1", "--store", store).returncode == 0
+    assert _package(store, layer, out=store.parent / f"again-{layer}")["version"] == "1"

@@ -21,7 +21,14 @@ import xxhash
 
 from strata import jsontext
 from strata.blockdev.copy import Progress
-from strata.errors import InvalidInput, NotFound, NotReady, StateError, StrataError
+from strata.errors import (
+    IntegrityError,
+    InvalidInput,
+    NotFound,
+    NotReady,
+    StateError,
+    StrataError,
+)
 from strata.formats import registry
 from strata.formats.registry import CreateRequest, WriteRequest
 from strata.fs.iso import write_job_iso
@@ -790,13 +797,54 @@ def _save_record(st: Store, layer: str, version: str, record: dict[str, Any]) ->
 def _load_record(st: Store, layer: str, version: str) -> dict[str, Any]:
     path = record_path(st, layer, version)
     try:
-        with open(path) as f:
-            return json.load(f)
+        with open(path, "rb") as f:
+            raw = f.read()
     except FileNotFoundError as e:
         raise NotFound(
             what=f"packaging record of {layer}:{version} (was it created by "
             "`strata packaging-disk create`?)"
         ) from e
+    try:
+        record = jsontext.parse(raw)
+    except ValueError as e:
+        raise _damaged_record(layer, version, path, f"not JSON: {e}") from e
+    wrong = _wrong_record_fields(record)
+    if wrong:
+        raise _damaged_record(layer, version, path, f"fields missing or of the wrong type: {wrong}")
+    return record
+
+
+# What finalize reads of a packaging record (the store's own file: damage there is the
+# store's, reported as such rather than as a crash deep in finalize).
+_RECORD_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "kind": str,
+    "os_layer": (str, type(None)),
+    "stack": list,
+    "format": str,
+    "disk_path": str,
+    "size": int,
+    "sector_size": int,
+    "base": (dict, type(None)),
+}
+
+
+def _wrong_record_fields(record: object) -> str:
+    if not isinstance(record, dict):
+        return "not an object"
+    wrong = [k for k, kind in _RECORD_FIELDS.items() if not isinstance(record.get(k), kind)]
+    base = record.get("base")
+    if isinstance(base, dict):
+        wrong += [
+            f"base.{k}" for k, kind in _MARKER_FIELDS.items() if not isinstance(base.get(k), kind)
+        ]
+    return ", ".join(wrong)
+
+
+def _damaged_record(layer: str, version: str, path: str, problem: str) -> IntegrityError:
+    return IntegrityError(
+        what=f"the packaging record of {layer}:{version} ({path}) is damaged: {problem}; "
+        f"delete the version (`strata layer delete {layer}:{version}`) and package it again"
+    )
 
 
 # -- finalize ------------------------------------------------------------------------------
