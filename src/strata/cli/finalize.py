@@ -102,9 +102,10 @@ def group(
     reason: str,
     store: str | None,
 ) -> int:
-    """Check the disk (pending reboots, MSI or NGen work, SCCM state, KMS rearm, ...), read
-    what the packaging machine wrote (only the disk's allocated blocks), keep the sectors that
-    differ from the base, and make LAYER:VERSION deployable."""
+    """Check the disk (a full shutdown, no BitLocker, no pending reboot, MSI or NGen work,
+    SCCM state or KMS rearm, ...), read what the packaging machine wrote (only the disk's
+    allocated blocks), keep the sectors that differ from the base, and make LAYER:VERSION
+    deployable."""
     with current().progress("finalize") as progress:
         result = layers.finalize(
             disk,

@@ -16,7 +16,7 @@ from strata.units import human_size, utc_time
 
 @click.group("image", cls=HelpGroup)
 def group() -> None:
-    """Publish layered images from templates; export them for a platform."""
+    """Publish layered images from templates, export them for a platform, list, delete."""
 
 
 @group.command("publish")

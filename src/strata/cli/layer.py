@@ -18,7 +18,7 @@ from strata.units import human_size, utc_time
 
 @click.group("layer", cls=HelpGroup)
 def group() -> None:
-    """Layers (os, platform, app), their versions and audit history."""
+    """Layers (os, platform, app): list, show, history, file delta, delete; the gate alone."""
 
 
 @group.command("list")

@@ -38,7 +38,8 @@ COMMANDS = {
     ),
     "finalize": Command(
         "strata.cli.finalize",
-        "Check the disk (pending reboots, MSI or NGen work, SCCM state, KMS rearm, ...), read "
+        "Check the disk (a full shutdown, no BitLocker, no pending reboot, MSI or NGen work, "
+        "SCCM state or KMS rearm, ...), read "
         "what the packaging machine wrote (only the disk's allocated blocks), keep the sectors "
         "that differ from the base, and make LAYER:VERSION deployable.",
     ),
@@ -47,10 +48,12 @@ COMMANDS = {
         "List and read files in FAT and NTFS volumes (IMAGE[:PART], PART a partition number).",
     ),
     "image": Command(
-        "strata.cli.image", "Publish layered images from templates; export them for a platform."
+        "strata.cli.image",
+        "Publish layered images from templates, export them for a platform, list, delete.",
     ),
     "layer": Command(
-        "strata.cli.layer", "Layers (os, platform, app), their versions and audit history."
+        "strata.cli.layer",
+        "Layers (os, platform, app): list, show, history, file delta, delete; the gate alone.",
     ),
     "os": Command(
         "strata.cli.os_layer",
