@@ -17,7 +17,13 @@ from strata.ops import layers as layer_ops
 from strata.store import Store
 
 from support.images import MiB, random_bytes, write_sparse_raw
-from support.layers import apply_to_raw, apply_with_strata, compare_with_qemu, expected_copy
+from support.layers import (
+    apply_to_raw,
+    apply_with_strata,
+    compare_with_qemu,
+    expected_copy,
+    finalize_args,
+)
 from support.tools import qemu_img, result_of, strata, strata_json
 
 OS_SIZE = 64 * MiB
@@ -60,17 +66,7 @@ def _package(store: Path, layer: str, name: str | None = None, *extra: str) -> d
 
 
 def _finalize(store: Path, pkg: dict[str, Any]) -> None:
-    proc = strata(
-        "finalize",
-        "--disk",
-        pkg["disk_path"],
-        "--layer",
-        pkg["layer"],
-        "--version",
-        pkg["version"],
-        "--store",
-        store,
-    )
+    proc = strata(*finalize_args(pkg, store))
     assert proc.returncode == 0, proc.stderr
 
 

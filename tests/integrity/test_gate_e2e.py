@@ -32,6 +32,7 @@ from support.integrity_tools import (
     replace_hive,
     windows_disk,
 )
+from support.layers import finalize_args
 from support.tools import strata
 
 pytestmark = pytest.mark.skipif(not can_mount(), reason="ntfs-3g FUSE mounts need root")
@@ -301,17 +302,7 @@ def test_clean_disk_finalizes(world: World) -> None:
 def test_cli_json_events_exit_9_then_force(world: World) -> None:
     case = next(c for c in CASES if c.check == "kms-rearm")
     pkg, _ = _tripped(world, case, "-cli")
-    args = [
-        "finalize",
-        "--disk",
-        pkg["disk_path"],
-        "--layer",
-        pkg["layer"],
-        "--version",
-        pkg["version"],
-        "--store",
-        world.store,
-    ]
+    args = finalize_args(pkg, world.store)
     proc = strata(*args, "--json")
     assert proc.returncode == 9, proc.stderr
     assert "Traceback" not in proc.stderr

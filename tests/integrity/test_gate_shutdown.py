@@ -16,6 +16,7 @@ from strata.ops import layers
 
 from support.filelevel_tools import back_to_child, extract, package, to_raw
 from support.integrity_tools import PART_SIZE, PART_START, can_mount, on_ntfs, windows_disk
+from support.layers import finalize_args
 from support.ntfs_shutdown import (
     blkid_type,
     encrypt_signature,
@@ -91,8 +92,7 @@ def test_hibernated_machine_is_refused_then_forced(world: tuple[Path, Path]) -> 
     mode, said = ntfs3g_mount_mode(vol, world[0])
     assert mode == "ro" and "hibernated" in said
 
-    args = ["finalize", "--disk", pkg["disk_path"], "--layer", pkg["layer"]]
-    args += ["--version", pkg["version"], "--store", str(world[1])]
+    args = finalize_args(pkg, world[1])
     text = strata(*args)
     assert text.returncode == 9 and MESSAGES["unclean-shutdown"] in text.stderr
     reason = "hiberfil.sys is left over from a template; Windows was shut down (ticket 7)"

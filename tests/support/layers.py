@@ -69,3 +69,18 @@ def sigkill_after(cmd: Sequence[str], seconds: float) -> int:
         proc.kill()
         proc.wait()
     return proc.returncode
+
+
+def finalize_args(pkg: dict, store: Path | str) -> list[str]:
+    """``strata finalize`` of the packaging disk ``pkg`` (a packaging-disk create result)."""
+    return [
+        "finalize",
+        "--disk",
+        pkg["disk_path"],
+        "--layer",
+        pkg["layer"],
+        "--version",
+        pkg["version"],
+        "--store",
+        str(store),
+    ]
