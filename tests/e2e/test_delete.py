@@ -284,7 +284,10 @@ def test_a_version_being_written_is_a_conflict(store: Path) -> None:
         whole = _delete(store, "app")
     for p in (proc, whole):
         assert p.returncode == Conflict.exit_code, p.stderr
-        assert "app:1 is under way in another process" in p.stderr
+        assert (
+            "work on app:1 (an import, finalize or delete) is under way in another process"
+            in p.stderr
+        )
     assert _catalog(store) == before
     _finalize(store, pkg)
 

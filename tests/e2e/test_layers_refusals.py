@@ -502,7 +502,10 @@ def test_a_version_being_written_is_claimed(store: Path) -> None:
             finalized = _finalize(store, pkg["disk_path"], "claimed")
         assert st.stats()["pack_bytes"] == packs
     assert imported.returncode == Conflict.exit_code, imported.stderr
-    assert "writing winC:1 is under way in another process" in imported.stderr
+    assert (
+        "work on winC:1 (an import, finalize or delete) is under way in another process"
+        in imported.stderr
+    )
     assert finalized == Conflict.exit_code
     assert _state(store, "claimed") == "packaging"
     assert _finalize(store, pkg["disk_path"], "claimed") == 0

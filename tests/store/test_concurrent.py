@@ -75,7 +75,10 @@ def test_four_imports_of_one_version_copy_it_once(tmp_path: Path) -> None:
     assert codes[0] == 0 and set(codes[1:]) <= {Conflict.exit_code, InvalidInput.exit_code}
     for code, err in results:
         if code == Conflict.exit_code:
-            assert "writing win:1 is under way in another process" in err
+            assert (
+                "work on win:1 (an import, finalize or delete) is under way in another process"
+                in err
+            )
         elif code == InvalidInput.exit_code:
             assert "version '1' of 'win' already exists (deployable)" in err
     stats = result_of(strata_json("store", "stats", "--store", root))

@@ -722,10 +722,11 @@ class Store:
             self.catalog.add_image(name, mid, template, logical, stored, comment)
 
     def claim_version(self, layer: str, version: str) -> AbstractContextManager[None]:
-        """This process's claim on writing ``layer:version`` (an import, a finalize): another
-        process claiming it meanwhile gets Conflict before it copies anything."""
+        """This process's claim on ``layer:version`` (an import, a finalize, a delete): another
+        process claiming it meanwhile gets Conflict before it changes anything."""
         key = to_hex(chunk_id(json.dumps([layer, version]).encode()))
-        return claim(self.root / "tmp" / f"claim-{key}.lock", f"writing {layer}:{version}")
+        what = f"work on {layer}:{version} (an import, finalize or delete)"
+        return claim(self.root / "tmp" / f"claim-{key}.lock", what)
 
     # -- facts ---------------------------------------------------------------------------
     def pack_files(self) -> list[Path]:
