@@ -20,7 +20,7 @@ from strata.blockdev.base import BlockDevice
 from strata.errors import CorruptImage, NotFound, StrataError
 from strata.formats import registry
 from strata.fs.ntfs import NtfsVolume, shutdown
-from strata.fs.volumes import located_volumes
+from strata.fs.volumes import Located, located_volumes
 from strata.integrity.checks import (
     CHECKS,
     MESSAGES,
@@ -157,9 +157,10 @@ class NtfsWindows:
         return self.problems[name]
 
 
-def ntfs_volumes(disk: BlockDevice) -> Iterator[tuple[str, NtfsVolume, bool]]:
-    """Every NTFS volume of ``disk``: where, the volume, and whether it holds Windows."""
-    for found in located_volumes(disk):
+def ntfs_volumes(volumes: Sequence[Located]) -> Iterator[tuple[str, NtfsVolume, bool]]:
+    """Every NTFS volume of a disk's ``volumes``: where, the volume, whether it holds
+    Windows."""
+    for found in volumes:
         if found.fs != "ntfs":
             continue
         vol = NtfsVolume(found.dev)
@@ -170,11 +171,11 @@ def ntfs_volumes(disk: BlockDevice) -> Iterator[tuple[str, NtfsVolume, bool]]:
         yield found.where, vol, windows
 
 
-def unfinished_shutdowns(disk: BlockDevice) -> list[tuple[str, shutdown.Unfinished]]:
-    """Each NTFS volume of ``disk`` that Windows did not leave shut down fully, or whose
-    state could not be read, and why."""
+def unfinished_shutdowns(volumes: Sequence[Located]) -> list[tuple[str, shutdown.Unfinished]]:
+    """Each NTFS volume of a disk's ``volumes`` that Windows did not leave shut down fully,
+    or whose state could not be read, and why."""
     found = []
-    for located in located_volumes(disk):
+    for located in volumes:
         if located.fs != "ntfs":
             continue
         try:
@@ -190,9 +191,10 @@ def run_gate(disk: BlockDevice, target: str | None = None) -> GateReport:
     """Every check on every Windows volume of ``disk`` (the guest-visible chain), the checks
     of how a volume was left on its other NTFS volumes, and the whole-disk checks."""
     report = GateReport(target=target)
-    _check_encryption(disk, report)
+    volumes = list(located_volumes(disk))  # probed once for every check
+    _check_encryption(volumes, report)
     with ExitStack() as stack:
-        for where, vol, windows in ntfs_volumes(disk):
+        for where, vol, windows in ntfs_volumes(volumes):
             view = NtfsWindows(vol, where, stack)
             if windows:
                 report.volumes.append(where)
@@ -208,13 +210,13 @@ def run_gate(disk: BlockDevice, target: str | None = None) -> GateReport:
     return report
 
 
-def encrypted_volumes(disk: BlockDevice) -> list[str]:
-    """Where ``disk`` holds a BitLocker-encrypted volume."""
-    return [found.where for found in located_volumes(disk) if found.fs == "bitlocker"]
+def encrypted_volumes(volumes: Sequence[Located]) -> list[str]:
+    """Where a disk's ``volumes`` hold a BitLocker-encrypted one."""
+    return [found.where for found in volumes if found.fs == "bitlocker"]
 
 
-def _check_encryption(disk: BlockDevice, report: GateReport) -> None:
-    encrypted = encrypted_volumes(disk)
+def _check_encryption(volumes: Sequence[Located], report: GateReport) -> None:
+    encrypted = encrypted_volumes(volumes)
     for where in encrypted:
         evidence = [{"partition": where, "boot_sector": "-FVE-FS-"}]
         report.findings.append(Finding(ENCRYPTED, MESSAGES[ENCRYPTED], where, evidence))

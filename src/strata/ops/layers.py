@@ -33,6 +33,7 @@ from strata.formats import registry
 from strata.formats.registry import CreateRequest, WriteRequest
 from strata.fs.iso import write_job_iso
 from strata.fs.ntfs.shutdown import Unfinished
+from strata.fs.volumes import located_volumes
 from strata.integrity.gate import (
     GateReport,
     encrypted_volumes,
@@ -252,8 +253,9 @@ def import_os(
             "partitions": _partitions(disk),
             "source": os.path.basename(image),
         }
-        warnings = [_unfinished_warning(*found) for found in unfinished_shutdowns(disk)]
-        warnings += [_ENCRYPTED.format(where) for where in encrypted_volumes(disk)]
+        volumes = list(located_volumes(disk))  # probed once for both warnings
+        warnings = [_unfinished_warning(*found) for found in unfinished_shutdowns(volumes)]
+        warnings += [_ENCRYPTED.format(where) for where in encrypted_volumes(volumes)]
         capture = capture_disk(st, disk, progress=progress)
         mid = _commit(st, name, version, meta, capture.blocks, None, comment)
         undo.pop_all()

@@ -99,7 +99,7 @@ def hibernation(vol: NtfsVolume) -> dict[str, Any] | None:
         return None
     if entry.is_dir:
         return None
-    head = _first_bytes(vol.iter_file(entry), HIBER_HEADER)
+    head = _first_bytes(vol.iter_file(entry, HIBER_HEADER), HIBER_HEADER)
     if len(head) < HIBER_HEADER:
         return {"file": "\\hiberfil.sys", "size": entry.size, "signature": None}
     if head[:4] in HIBER_SIGNATURES:
@@ -115,7 +115,8 @@ def journal(vol: NtfsVolume) -> Journal:
         return Journal("damaged", problem=f"$LogFile has no data ({e.message})")
     if size < (2 + MIN_LOG_RECORD_PAGES) * LOG_PAGE:
         return Journal("damaged", problem=f"$LogFile is too small ({size} bytes)")
-    data = _first_bytes(vol.iter_stream(s.LOGFILE_RECORD), 2 * MAX_SYSTEM_PAGE + SECTOR)
+    want = 2 * MAX_SYSTEM_PAGE + SECTOR  # both restart pages, whatever the page size
+    data = _first_bytes(vol.iter_stream(s.LOGFILE_RECORD, chunk=want), want)
     pages, empty = _restart_pages(data)
     if empty:
         return Journal("empty")
