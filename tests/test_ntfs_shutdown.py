@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from strata.blockdev import RawFileDevice
+from strata.errors import CorruptImage
 from strata.fs.ntfs import NtfsVolume, shutdown
 from strata.fs.ntfs import structs as s
 
@@ -231,3 +232,13 @@ def test_a_state_that_cannot_be_read_is_a_warning_beside_a_listing(
     (warning,) = [e for e in events if e["event"] == "warning"]
     assert "how Windows left this volume could not be read" in warning["message"]
     assert "record 3" in warning["message"]
+
+
+def test_a_free_volume_record_is_named_as_damage(fresh: Path, tmp_path: Path) -> None:
+    """The gate reads ``$Volume``'s flags: a free record there is a CorruptImage naming
+    ``$Volume`` (finalize exit 5), not a 'not found' the user cannot place."""
+    image = _copy(fresh, tmp_path, "free-volume-record")
+    free_record(image, s.VOLUME_RECORD)
+    dev, vol = _open(image)
+    with dev, pytest.raises(CorruptImage, match=r"\$Volume"):
+        shutdown.dirty(vol)

@@ -130,7 +130,11 @@ def journal(vol: NtfsVolume) -> Journal:
 
 def dirty(vol: NtfsVolume) -> int | None:
     """``$Volume``'s flags when they mark the volume for chkdsk, else None."""
-    info = [a for a in vol.attributes(s.VOLUME_RECORD) if a.type == s.VOLUME_INFORMATION]
+    try:
+        attrs = vol.attributes(s.VOLUME_RECORD)
+    except NotFound as e:  # said as the volume's damage, not as a file the user asked for
+        raise vol.corrupt("$Volume", f"no usable record ({e.message})", "MFT record 3") from e
+    info = [a for a in attrs if a.type == s.VOLUME_INFORMATION]
     if not info or len(info[0].value) < s.VOLUME_INFO_SIZE:
         raise vol.corrupt("$Volume", "no $VOLUME_INFORMATION value", "$VOLUME_INFORMATION")
     flags = int(s.VOLUME_INFO.parse(info[0].value).flags)
