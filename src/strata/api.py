@@ -26,6 +26,7 @@ from strata.ops.layers import (
     import_os,
     layer_diff,
 )
+from strata.ops.packaging import prune_bases
 from strata.ops.store import (
     gc_store,
     init_store,
@@ -66,6 +67,7 @@ __all__ = [
     "load_template",
     "ls",
     "map_entries",
+    "prune_bases",
     "publish",
     "show_layer",
     "store_stats",

@@ -25,7 +25,7 @@ from strata.errors import (
     StateError,
     Unsupported,
 )
-from strata.ops.layers import record_path
+from strata.ops.packaging import record_path
 from strata.store import Store
 
 from support.images import MiB, write_sparse_raw

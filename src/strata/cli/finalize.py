@@ -82,7 +82,9 @@ def _volume(partition: object) -> str:
 @click.option(
     "--remove-disk",
     is_flag=True,
-    help="Delete the packaging disk and its job ISO after a successful finalize.",
+    help="Delete the packaging disk and its job ISO after a successful finalize (its cached "
+    "base stays: the result says when no disk uses it any more, and `strata packaging-disk "
+    "prune` removes it).",
 )
 @gate_target_option
 @click.option(
@@ -122,9 +124,18 @@ def group(
         )
     for note in file_delta_notes(result["file_delta"]):
         current().warning(note)
-    current().result(
-        f"{layer}:{version} is deployable: {result['changed_blocks']} changed blocks, "
-        f"{result['new_bytes']} new bytes stored",
-        **result,
-    )
+    current().result(_finalize_text(result), **result)
     return 0
+
+
+def _finalize_text(result: dict[str, Any]) -> str:
+    from strata.ops.packaging import prune_hint
+
+    lines = [
+        f"{result['layer']}:{result['version']} is deployable: {result['changed_blocks']} "
+        f"changed blocks, {result['new_bytes']} new bytes stored"
+    ]
+    if result["removed"]:
+        lines.append(f"removed {', '.join(result['removed'])}")
+    lines += [prune_hint(base) for base in result["unused_bases"]]
+    return "\n".join(lines)

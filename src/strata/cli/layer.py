@@ -124,7 +124,8 @@ def diff_cmd(store: str | None, ref: str) -> int:
     "--remove-disk",
     is_flag=True,
     help="Also delete the packaging disk and job ISO of each deleted version, where they "
-    "still are (a base disk, a cache others may share, stays).",
+    "still are (their cached base stays: the result says when no disk uses it any more, "
+    "and `strata packaging-disk prune` removes it).",
 )
 @store_option
 @json_option
@@ -148,7 +149,8 @@ def delete_cmd(ref: str, comment: str, remove_disk: bool, store: str | None) -> 
     With --json: one `result` event with layer, kind, layer_deleted, versions [{version,
     state, base, manifest, stored_size, stack and disk (as its packaging record has them),
     packaging_disk and job_iso (where still there, else null)}], removed, left (the files
-    left in place), reclaim_at_most (the bytes gc frees at most), reclaim and warnings.
+    left in place), unused_bases (cached bases no disk uses any more), reclaim_at_most (the
+    bytes gc frees at most), reclaim and warnings.
     """
     from strata.ops.delete import delete_layer, delete_version
     from strata.ops.layers import parse_ref
@@ -169,6 +171,7 @@ def delete_cmd(ref: str, comment: str, remove_disk: bool, store: str | None) -> 
 def _delete_text(result: dict[str, Any]) -> str:
     """One line: what was deleted, what it left on disk, and what gc reclaims."""
     from strata.ops.delete import GC_HINT
+    from strata.ops.packaging import prune_hint
 
     layer, versions = result["layer"], result["versions"]
     if result["layer_deleted"]:
@@ -180,6 +183,7 @@ def _delete_text(result: dict[str, Any]) -> str:
         parts.append(f"removed {', '.join(result['removed'])}")
     if result["left"]:
         parts.append(f"packaging files left in place: {', '.join(result['left'])}")
+    parts += [prune_hint(base) for base in result["unused_bases"]]
     at_most = result["reclaim_at_most"]
     parts.append(GC_HINT + (f" (at most {human_size(at_most)})" if at_most else ""))
     return "; ".join(parts)

@@ -60,7 +60,8 @@ COMMANDS = {
         "OS layers: whole disks (partition table and volumes) imported from an image.",
     ),
     "packaging-disk": Command(
-        "strata.cli.packaging", "Create the disk a packaging machine installs software onto."
+        "strata.cli.packaging",
+        "Create the disk a packaging machine installs software onto; prune cached bases.",
     ),
     "store": Command(
         "strata.cli.store",

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from strata.cli.events import current, json_option
 from strata.cli.groups import HelpGroup
 from strata.cli.options import DIRECTORY, store_option
 from strata.ops import layers
+from strata.units import human_size
 
 
 @click.group("packaging-disk", cls=HelpGroup)
 def group() -> None:
-    """Create the disk a packaging machine installs software onto."""
+    """Create the disk a packaging machine installs software onto; prune cached bases."""
 
 
 @group.command("create")
@@ -134,3 +137,48 @@ def create_cmd(
         **result,
     )
     return 0
+
+
+@group.command("prune")
+@click.argument("directories", nargs=-1, required=True, type=DIRECTORY, metavar="DIR...")
+@click.option("--dry-run", is_flag=True, help="Say what would be removed; remove nothing.")
+@store_option
+@json_option
+def prune_cmd(directories: tuple[str, ...], dry_run: bool, store: str | None) -> int:
+    """Remove the cached bases (strata-base-*) in each DIR that no disk uses any more.
+
+    `packaging-disk create` writes the composed base of a stack once in the output
+    directory, and makes every packaging disk there a differencing child of it; a base is
+    as large as the composed OS, and stays when its disks are finalized and removed. A base
+    is kept while a disk in its directory names it as parent (whatever made that disk) or
+    a packaging record of this store names it for a disk that is still there. When a disk
+    in DIR cannot be read, which base it uses cannot be told: every base in DIR is kept,
+    with a warning. A disk elsewhere that names a base by an absolute path is not seen:
+    keep such disks beside their base. The next packaging disk on a removed base's stack
+    writes it again.
+
+    With --json: one `result` event with dry_run, removed [{path, bytes}], kept [{path,
+    bytes, used_by}], freed_bytes (allocated bytes, as the bases are sparse) and warnings.
+    """
+    from strata.ops.packaging import prune_bases
+
+    result = prune_bases(directories, store=store, dry_run=dry_run)
+    for warning in result["warnings"]:
+        current().warning(warning)
+    current().result(_prune_text(result), **result)
+    return 0
+
+
+def _prune_text(result: dict[str, Any]) -> str:
+    verb = "would remove" if result["dry_run"] else "removed"
+    lines = [f"{verb} {e['path']} ({human_size(e['bytes'])})" for e in result["removed"]]
+    lines += [f"kept {e['path']}: {_why_kept(e)}" for e in result["kept"]]
+    freed = "would free" if result["dry_run"] else "freed"
+    lines.append(f"{freed} {human_size(result['freed_bytes'])}")
+    return "\n".join(lines)
+
+
+def _why_kept(entry: dict[str, Any]) -> str:
+    if entry["used_by"]:
+        return f"used by {', '.join(entry['used_by'])}"
+    return "a disk beside it cannot be read (see the warning)"

@@ -180,9 +180,9 @@ def probe(path: str) -> FormatDriver:
     data = read_probe(path)
     if data.size == 0:
         raise InvalidInput(f"{path} is empty, not a disk image")
-    for magic, fmt in FOREIGN_MAGIC.items():
-        if data.head.startswith(magic) or (fmt == "vdi" and magic in data.head[:128]):
-            raise Unsupported(what=f"{path} is a {fmt} image; strata reads {', '.join(names())}")
+    foreign = foreign_format(data)
+    if foreign is not None:
+        raise Unsupported(what=f"{path} is a {foreign} image; strata reads {', '.join(names())}")
     scored = [(d.probe(data), d.name, d) for d in drivers()]
     score, _, best = max(scored, key=lambda t: (t[0], t[1]))
     if score <= 0:
@@ -192,6 +192,14 @@ def probe(path: str) -> FormatDriver:
             f"(pass -f raw to read it anyway)"
         )
     return best
+
+
+def foreign_format(data: ProbeInput) -> str | None:
+    """The disk format strata recognises but does not read that ``data`` is in, if any."""
+    for magic, fmt in FOREIGN_MAGIC.items():
+        if data.head.startswith(magic) or (fmt == "vdi" and magic in data.head[:128]):
+            return fmt
+    return None
 
 
 def driver_for(path: str, fmt: str | None) -> FormatDriver:

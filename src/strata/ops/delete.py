@@ -24,9 +24,8 @@ from collections.abc import Iterable, Sequence
 from contextlib import ExitStack
 from typing import Any
 
-from strata import jsontext
 from strata.errors import CorruptImage, StateError
-from strata.ops.layers import record_path
+from strata.ops.packaging import read_record, record_path, unused_bases
 from strata.ops.store import PathLike, open_store
 from strata.store import Store
 from strata.store.catalog import check_name
@@ -72,13 +71,14 @@ def _delete(
             _refuse_finalizing(layer, doomed)
             names = [v["name"] for v in doomed]
             _refuse_dependents(st, row, names, whole=version is None)
-            records = {name: _read_record(st, layer, name) for name in names}
+            records = {name: read_record(st, layer, name) for name in names}
             details = {v["name"]: _details(v, records[v["name"]]) for v in doomed}
             st.catalog.delete_versions(
                 layer, names, drop_layer=version is None, comment=comment, details=details
             )
         disks = [_packaging_files(records[name]) for name in names]
         removed, warnings = _after_commit(st, layer, names, records, disks, remove_disk)
+        unused = unused_bases(st, records.values()) if remove_disk else []
     versions = [
         {**details[name], "version": name, "packaging_disk": disk, "job_iso": iso}
         for name, (disk, iso) in zip(names, disks, strict=True)
@@ -90,6 +90,7 @@ def _delete(
         "versions": versions,
         "removed": removed,
         "left": [p for pair in disks for p in pair if p is not None and p not in removed],
+        "unused_bases": unused,
         # Each version's stored size counts the chunks it shares: gc frees no more.
         "reclaim_at_most": sum(v["stored_size"] or 0 for v in doomed),
         "reclaim": GC_HINT,
@@ -180,7 +181,7 @@ def _stack_of(
                 field="meta.stack",
             )
         return stack
-    record = _read_record(st, layer, v["name"]) or {}
+    record = read_record(st, layer, v["name"]) or {}
     return (_pairs(record.get("stack")) or set()) | (
         _pairs(recorded.get((layer, v["name"]))) or set()
     )
@@ -193,17 +194,6 @@ def _pairs(stack: Any) -> set[tuple[str, str]] | None:
     if len(pairs) != len(stack) or not all(isinstance(x, str) for ref in pairs for x in ref):
         return None
     return set(pairs)  # type: ignore[arg-type]
-
-
-def _read_record(st: Store, layer: str, version: str) -> dict[str, Any] | None:
-    """The packaging record of ``layer:version``, None when there is none or it is no JSON
-    object (such a version cannot be finalized either)."""
-    try:
-        with open(record_path(st, layer, version), "rb") as f:
-            record = jsontext.parse(f.read())
-    except (FileNotFoundError, ValueError):
-        return None
-    return record if isinstance(record, dict) else None
 
 
 def _details(v: dict[str, Any], record: dict[str, Any] | None) -> dict[str, Any]:
@@ -246,7 +236,7 @@ def _after_commit(
     for name, files in zip(names, disks, strict=True):
         # Only the record read before the commit: the name is free again, so a new
         # packaging disk of this version may be writing its own by now.
-        if records[name] is not None and _read_record(st, layer, name) == records[name]:
+        if records[name] is not None and read_record(st, layer, name) == records[name]:
             _unlink(record_path(st, layer, name), warnings)
         for file in files if remove_disk else ():
             if file is None:
@@ -274,7 +264,7 @@ def _files_of_others(st: Store) -> set[str]:
     out = set()
     for layer in st.catalog.layers():
         for v in st.catalog.versions(layer["name"]):
-            record = _read_record(st, layer["name"], v["name"]) or {}
+            record = read_record(st, layer["name"], v["name"]) or {}
             for key in ("disk_path", "iso"):
                 if isinstance(record.get(key), str):
                     out.add(os.path.realpath(record[key]))

@@ -6,14 +6,12 @@ References: docs/architecture.md ("Layers end to end"); Citrix App Layering's fl
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -49,21 +47,25 @@ from strata.layer.blocks import (
 )
 from strata.layer.compose import compose_tables
 from strata.layer.storedev import StoreDevice
+from strata.ops.packaging import (
+    BASE_OPTIONS,
+    MARKER_FIELDS,
+    SUFFIX,
+    BaseSpec,
+    cached_base,
+    fingerprint,
+    holding,
+    record_path,
+    save_record,
+    unused_bases,
+)
 from strata.ops.store import open_store
 from strata.store import Manifest, Store, to_hex
 from strata.store.catalog import check_distinct, check_name
-from strata.store.chunkstore import durable_write
 from strata.store.db import transaction
 
 PathLike = str | os.PathLike[str] | None
 CAPTURE_LEVEL = 1  # zstd level for capture: finalize is on the user's critical path
-SUFFIX = {"vhd": ".vhd", "vhdx": ".vhdx", "vmdk": ".vmdk", "raw": ".raw"}
-# The composed base is written in a subformat every reader opens as a parent.
-BASE_OPTIONS = {
-    "vhd": ("subformat=dynamic",),
-    "vhdx": ("subformat=dynamic",),
-    "vmdk": ("subformat=monolithicSparse",),
-}
 
 
 @dataclass(frozen=True)
@@ -481,8 +483,10 @@ def _write_packaging_disk(
         _write_full(st, table, size, sector, req, disk_path, progress)
     else:
         out = os.path.dirname(disk_path)
-        base = _cached_base(st, stack, table, size, sector, req.fmt, out, progress, warnings)
-        _create_child(disk_path, req, base["path"], size)
+        spec = BaseSpec([x.ref for x in stack], _stack_key(stack), table, size, sector, req.fmt)
+        with holding(out):  # until the child exists: prune then sees the base in use
+            base = cached_base(st, spec, out, progress, warnings)
+            _create_child(disk_path, req, base["path"], size)
     job = {
         "layer": req.layer,
         "version": plan.version,
@@ -502,7 +506,7 @@ def _write_packaging_disk(
         "sector_size": sector,
         "created": time.time(),
     }
-    _save_record(st, req.layer, plan.version, record)
+    save_record(st, req.layer, plan.version, record)
     return record
 
 
@@ -618,143 +622,6 @@ def _stack_key(stack: Sequence[Resolved]) -> str:
     return xxhash.xxh3_64_hexdigest(text.encode())
 
 
-def _cached_base(
-    st: Store,
-    stack: Sequence[Resolved],
-    table: np.ndarray,
-    size: int,
-    sector: int,
-    fmt: str,
-    out: str,
-    progress: Progress | None,
-    warnings: list[str],
-) -> dict[str, Any]:
-    """The composed base disk, written once per stack and format, then reused."""
-    path = os.path.join(out, f"strata-base-{_stack_key(stack)}{SUFFIX[fmt]}")
-    with _holding(out):
-        if os.path.exists(path):
-            info = _reusable_base(st, path, path + ".json", warnings)
-            if info is not None:
-                return info
-        return _write_base(st, stack, table, size, sector, fmt, path, progress)
-
-
-@contextmanager
-def _holding(directory: str) -> Iterator[None]:
-    """``directory`` locked (flock on the directory itself: no lock file among the user's)
-    while a base is looked for and written there, so commands run together write it once and
-    none reads it half written."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
-def _write_base(
-    st: Store,
-    stack: Sequence[Resolved],
-    table: np.ndarray,
-    size: int,
-    sector: int,
-    fmt: str,
-    path: str,
-    progress: Progress | None,
-) -> dict[str, Any]:
-    marker = path + ".json"
-    driver = registry.get(fmt)
-    options = registry.options_for(fmt, BASE_OPTIONS[fmt])
-    if driver.write is None:
-        raise InvalidInput(f"strata cannot write {fmt}")
-    with StoreDevice(st, table, size, sector) as source:
-        driver.write(WriteRequest(source, path, options, progress=progress))
-    _fsync_image(path, fmt)  # writers leave data in the page cache; the marker must not lie
-    info = {
-        "path": path,
-        "format": fmt,
-        "stack": [x.ref for x in stack],
-        "fingerprint": _fingerprint(path),
-    }
-    durable_write(Path(marker), json.dumps(info).encode(), Path(marker).parent)
-    return info
-
-
-def _reusable_base(st: Store, path: str, marker: str, warnings: list[str]) -> dict[str, Any] | None:
-    """The description of the base at ``path`` if the file is still what it describes, else
-    None (the base is then written again).  A damaged description is a damaged cache: it is
-    rebuilt from a packaging record holding the same unchanged base (disks made on it keep
-    their parent), else the base is written again; either way with a warning."""
-    try:
-        info = _read_marker(marker)
-    except ValueError as e:
-        found = _base_of_a_record(st, path)
-        if found is None:
-            warnings.append(f"{marker} is damaged ({e}); writing the base {path} again")
-            return None
-        info, owner = found
-        durable_write(Path(marker), json.dumps(info).encode(), Path(marker).parent)
-        warnings.append(f"{marker} was damaged ({e}); rebuilt it from the record of {owner}")
-        return info
-    if info is not None and info["fingerprint"] == _fingerprint(path):
-        return info
-    return None
-
-
-def _read_marker(marker: str) -> dict[str, Any] | None:
-    """The base description, None when there is none; ValueError saying how it is damaged."""
-    try:
-        with open(marker, "rb") as f:
-            info = jsontext.parse(f.read())
-    except FileNotFoundError:
-        return None
-    except ValueError as e:  # syntax, UTF-8, nesting
-        raise ValueError(f"not JSON: {e}") from e
-    if not isinstance(info, dict) or not all(
-        isinstance(info.get(key), kind) for key, kind in _MARKER_FIELDS.items()
-    ):
-        raise ValueError(f"not an object with {', '.join(_MARKER_FIELDS)}")
-    return info
-
-
-_MARKER_FIELDS = {"path": str, "format": str, "stack": list, "fingerprint": list}
-
-
-def _base_of_a_record(st: Store, path: str) -> tuple[dict[str, Any], str] | None:
-    """The base description a packaging record in this store holds for ``path``, if the file
-    has not changed since (same fingerprint), and whose record it is (LAYER:VERSION)."""
-    now = _fingerprint(path)
-    for name in sorted((st.root / "packaging").glob("*.json")):
-        try:
-            record = jsontext.parse(name.read_bytes())
-            base = record.get("base")
-        except (OSError, ValueError, AttributeError):
-            continue
-        if isinstance(base, dict) and base.get("path") == path and base.get("fingerprint") == now:
-            return base, f"{record.get('layer')}:{record.get('version')}"
-    return None
-
-
-def _fsync_image(path: str, fmt: str) -> None:
-    layer = registry.open_layer(path, fmt)
-    try:
-        files = list(getattr(layer, "files", [path]))
-    finally:
-        layer.close()
-    for name in files:
-        fd = os.open(name, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _fingerprint(path: str) -> list[int]:
-    """What changes when anything writes to the file (size, mtime, inode)."""
-    st = os.stat(path)
-    return [st.st_size, st.st_mtime_ns, st.st_ino]
-
-
 def _create_child(disk_path: str, req: PackagingRequest, base_path: str, size: int) -> None:
     driver = registry.get(req.fmt)
     if driver.create is None:
@@ -782,18 +649,6 @@ def _write_full(
     source = StoreDevice(st, table, size, sector)
     # A failure's partial disk is removed by create_packaging_disk.
     driver.write(WriteRequest(source, disk_path, options, progress=progress))
-
-
-def record_path(st: Store, layer: str, version: str) -> str:
-    """Where the packaging record of ``layer:version`` is (``store/packaging/<hash>.json``)."""
-    key = xxhash.xxh3_64_hexdigest(json.dumps([layer, version]).encode())
-    return str(st.root / "packaging" / f"{key}.json")
-
-
-def _save_record(st: Store, layer: str, version: str, record: dict[str, Any]) -> None:
-    path = record_path(st, layer, version)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    durable_write(Path(path), json.dumps(record).encode(), st.root / "tmp")
 
 
 def _load_record(st: Store, layer: str, version: str) -> dict[str, Any]:
@@ -837,7 +692,7 @@ def _wrong_record_fields(record: object) -> str:
     base = record.get("base")
     if isinstance(base, dict):
         wrong += [
-            f"base.{k}" for k, kind in _MARKER_FIELDS.items() if not isinstance(base.get(k), kind)
+            f"base.{k}" for k, kind in MARKER_FIELDS.items() if not isinstance(base.get(k), kind)
         ]
     return ", ".join(wrong)
 
@@ -926,6 +781,7 @@ def finalize(
                 )
             mid = _commit(st, layer, version, meta, blocks, capture.masks, comment, files)
         removed = _remove_disk(disk, record) if remove_disk else []
+        unused = unused_bases(st, [record]) if remove_disk else []
         return {
             "layer": layer,
             "version": version,
@@ -936,6 +792,7 @@ def finalize(
             **capture.stats.as_dict(),
             "file_delta": files.summary() if files is not None else None,
             "removed": removed,
+            "unused_bases": unused,
             "integrity": {**gate.as_dict(), "forced": not gate.ok},
             "seconds": round(time.monotonic() - started, 3),
         }
@@ -1019,7 +876,7 @@ def _check_parent(disk: str, image: Any, base: dict[str, Any]) -> None:
         raise StateError(
             what=f"the parent of {disk} is {parent_path}, not the recorded base {base['path']}"
         )
-    if _fingerprint(base["path"]) != base["fingerprint"]:
+    if fingerprint(base["path"]) != base["fingerprint"]:
         raise StateError(
             what=f"the base {base['path']} was modified after the packaging disk "
             "was created; its layers can no longer be trusted"

@@ -1,0 +1,196 @@
+"""Pruning cached packaging bases: a base goes once no disk uses it, never while one does
+(whatever made that disk), and the disks left still read their whole content (qemu-img
+resolves their parents and compares them with the expected disk)."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from strata.errors import InvalidInput
+
+from support.images import MiB, random_bytes, write_sparse_raw
+from support.layers import apply_to_raw, apply_with_strata, compare_with_qemu, finalize_args
+from support.tools import qemu_img, result_of, strata, strata_json
+
+OS_SIZE = 64 * MiB
+WRITES = [(3 * MiB + 512, random_bytes(8192, 5))]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    """A store holding OS layer win:1, imported from ``os.raw`` beside it."""
+    raw = write_sparse_raw(tmp_path / "os.raw", OS_SIZE, [(0, MiB), (40 * MiB, 2 * MiB)], seed=4)
+    store = tmp_path / "store"
+    proc = strata("os", "import", "win", raw, "--version", "1", "--store", store)
+    assert proc.returncode == 0, proc.stderr
+    (tmp_path / "out").mkdir()
+    return store
+
+
+def _package(store: Path, layer: str, fmt: str) -> dict[str, Any]:
+    args = ["--layer", layer, "--os", "win", "--format", fmt, "--name", layer]
+    out = store.parent / "out"
+    return result_of(strata_json("packaging-disk", "create", *args, "--out", out, "--store", store))
+
+
+def _prune(store: Path, *extra: str) -> dict[str, Any]:
+    return result_of(
+        strata_json("packaging-disk", "prune", store.parent / "out", *extra, "--store", store)
+    )
+
+
+def _base_files(out: Path) -> list[str]:
+    return sorted(p.name for p in out.iterdir() if p.name.startswith("strata-base-"))
+
+
+def _allocated(*paths: str | Path) -> int:
+    return sum(os.stat(p).st_blocks * 512 for p in paths)
+
+
+def test_a_base_goes_only_once_no_disk_uses_it(store: Path) -> None:
+    out = store.parent / "out"
+    a, b = _package(store, "a", "vhd"), _package(store, "b", "vmdk")
+    bases = {pkg["layer"]: pkg["base"]["path"] for pkg in (a, b)}
+    before = _base_files(out)
+    assert len(before) == 4  # each base and its description
+
+    kept = _prune(store)
+    assert kept["removed"] == [] and kept["freed_bytes"] == 0
+    assert {e["path"]: e["used_by"] for e in kept["kept"]} == {
+        bases["a"]: [a["disk_path"]],
+        bases["b"]: [b["disk_path"]],
+    }
+    assert _base_files(out) == before
+
+    finalized = result_of(strata_json(*finalize_args(a, store), "--remove-disk"))
+    assert finalized["removed"] == [a["disk_path"], a["iso"]]
+    assert finalized["unused_bases"] == [bases["a"]]
+
+    size = _allocated(bases["a"], bases["a"] + ".json")
+    dry = _prune(store, "--dry-run")
+    assert dry["dry_run"] and dry["removed"] == [{"path": bases["a"], "bytes": size}]
+    assert _base_files(out) == before  # nothing removed
+
+    pruned = _prune(store)
+    assert pruned["removed"] == [{"path": bases["a"], "bytes": size}]
+    assert pruned["freed_bytes"] == size > 0
+    assert [e["path"] for e in pruned["kept"]] == [bases["b"]]
+    assert not os.path.exists(bases["a"]) and not os.path.exists(bases["a"] + ".json")
+
+    # The disk left reads whole through its parent (qemu-img reads VMDK children, not VHD
+    # or VHDX ones).
+    apply_with_strata(Path(b["disk_path"]), WRITES)
+    expected = store.parent / "expected.raw"
+    expected.write_bytes((store.parent / "os.raw").read_bytes())
+    apply_to_raw(expected, WRITES)
+    assert compare_with_qemu(expected, Path(b["disk_path"]), "vmdk") == 0
+
+
+def test_the_text_result_says_which_base_is_unused(store: Path) -> None:
+    a = _package(store, "a", "vhd")
+    proc = strata(*finalize_args(a, store), "--remove-disk")
+    assert proc.returncode == 0, proc.stderr
+    base = a["base"]["path"]
+    assert f"removed {a['disk_path']}, {a['iso']}" in proc.stdout
+    assert f"no disk uses the base {base} any more" in proc.stdout
+    assert f"`strata packaging-disk prune {os.path.dirname(base)}`" in proc.stdout
+    proc = strata("packaging-disk", "prune", os.path.dirname(base), "--store", store)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"removed {base} (")
+
+
+def test_a_deleted_packaging_version_names_its_unused_base(store: Path) -> None:
+    a = _package(store, "a", "vmdk")
+    deleted = result_of(strata_json("layer", "delete", "a:1", "--remove-disk", "--store", store))
+    assert deleted["removed"] == [a["disk_path"], a["iso"]]
+    assert deleted["unused_bases"] == [a["base"]["path"]]
+    kept = result_of(strata_json("layer", "delete", "a", "--store", store))
+    assert kept["unused_bases"] == []  # without --remove-disk nothing is looked at
+
+
+def test_a_child_made_by_qemu_img_keeps_its_base(store: Path) -> None:
+    """Whatever made a disk, a disk in the directory that names a base as parent keeps it."""
+    a = _package(store, "a", "vmdk")
+    base = a["base"]["path"]
+    result_of(strata_json("layer", "delete", "a:1", "--remove-disk", "--store", store))
+    child = store.parent / "out" / "by-qemu.vmdk"
+    qemu_img("create", "-f", "vmdk", "-b", os.path.basename(base), "-F", "vmdk", child)
+    pruned = _prune(store)
+    assert pruned["removed"] == []
+    assert pruned["kept"] == [
+        {"path": base, "bytes": _allocated(base, base + ".json"), "used_by": [str(child)]}
+    ]
+    assert qemu_img("check", "-f", "vmdk", child, check=False).returncode == 0
+
+
+@pytest.mark.parametrize("what", ["qcow2", "damaged"])
+def test_a_disk_that_cannot_be_read_keeps_every_base(store: Path, what: str) -> None:
+    """Which base a qcow2 (strata does not read it) or a damaged disk stands on cannot be
+    told: every base in the directory stays, and a warning names the disk."""
+    out = store.parent / "out"
+    a = _package(store, "a", "vhd")
+    base = a["base"]["path"]
+    result_of(strata_json("layer", "delete", "a:1", "--remove-disk", "--store", store))
+    if what == "qcow2":
+        other = out / "other.qcow2"
+        qemu_img("create", "-f", "qcow2", "-b", base, "-F", "vpc", other)
+    else:
+        other = out / "other.vhd"
+        qemu_img("create", "-f", "vpc", "-o", "subformat=dynamic", other, "8M")
+        data = bytearray(other.read_bytes())
+        data[-512 + 64] ^= 0xFF  # the footer checksum
+        other.write_bytes(bytes(data))
+    events = strata_json("packaging-disk", "prune", out, "--store", store)
+    pruned = result_of(events)
+    assert pruned["removed"] == [] and [e["path"] for e in pruned["kept"]] == [base]
+    warnings = [e["message"] for e in events if e["event"] == "warning"]
+    assert len(warnings) == 1 and str(other) in warnings[0], warnings
+    assert "every base in" in warnings[0]
+    assert os.path.exists(base)
+
+
+def test_a_description_without_its_base_is_removed(store: Path) -> None:
+    out = store.parent / "out"
+    stray = out / "strata-base-0123456789abcdef.vhd.json"
+    stray.write_text("{}")
+    notes = out / "notes.txt"
+    notes.write_text("mine\n")
+    size = _allocated(stray)
+    pruned = _prune(store)
+    assert pruned["removed"] == [{"path": str(stray), "bytes": size}]
+    assert not stray.exists() and notes.read_text() == "mine\n"
+
+
+def test_not_a_directory_is_refused(store: Path) -> None:
+    missing = store.parent / "nowhere"
+    proc = strata("packaging-disk", "prune", missing, "--store", store)
+    assert proc.returncode == InvalidInput.exit_code, proc.stderr
+    assert str(missing) in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_prune_waits_for_the_directory_lock(store: Path) -> None:
+    """A packaging disk is made on its base under the directory's lock: prune takes the
+    same lock, so it never removes a base a child is being made on."""
+    out = store.parent / "out"
+    a = _package(store, "a", "vhd")
+    result_of(strata_json("layer", "delete", "a:1", "--remove-disk", "--store", store))
+    fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        cmd = [sys.executable, "-m", "strata", "packaging-disk", "prune", str(out)]
+        proc = subprocess.Popen([*cmd, "--store", str(store)], stdout=subprocess.PIPE)
+        time.sleep(1.5)
+        assert proc.poll() is None  # still waiting
+        assert os.path.exists(a["base"]["path"])
+    finally:
+        os.close(fd)
+    assert proc.wait(60) == 0
+    assert not os.path.exists(a["base"]["path"])
