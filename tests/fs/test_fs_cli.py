@@ -71,7 +71,8 @@ def test_parse_target() -> None:
 
 
 @pytest.mark.parametrize("verb", [("ls",), ("cat", "/README.TXT")])
-@pytest.mark.parametrize("part", ["x", "", "1a", "-1"])
+# The last two: a fullwidth one, an Arabic-Indic three.
+@pytest.mark.parametrize("part", ["x", "", "1a", "-1", "\uff11", "\u0663"])
 def test_a_part_that_is_no_partition_number_is_invalid_input(
     disk: Path, verb: tuple[str, ...], part: str
 ) -> None:
@@ -86,6 +87,14 @@ def test_a_part_that_is_no_partition_number_is_invalid_input(
     )
     event = json.loads(strata("fs", verb[0], target, *verb[1:], "--json").stdout.splitlines()[-1])
     assert (event["event"], event["kind"], event["exit_code"]) == ("error", "InvalidInput", 3)
+
+
+@pytest.mark.parametrize("part", ["0", "00"])
+def test_partition_zero_says_partitions_count_from_one(disk: Path, part: str) -> None:
+    target = f"{disk}:{part}"
+    proc = strata("fs", "ls", target)
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stderr == f"strata: {target!r}: partitions are numbered from 1 (IMAGE[:PART])\n"
 
 
 def test_a_file_named_with_a_colon_is_still_the_image(tmp_path: Path) -> None:

@@ -33,7 +33,8 @@ if TYPE_CHECKING:  # FAT (with its editor) and partition tables load only when a
 
 SUPPORTED = ("fat", "ntfs")
 FAT_ATTRIBUTES = {0x01: "readonly", 0x02: "hidden", 0x04: "system", 0x20: "archive"}
-_PART = re.compile(r"^(.*):(\d+)$")
+# ASCII digits only: int() also takes fullwidth and Arabic-Indic ones.
+_PART = re.compile(r"^(.*):([0-9]+)$")
 
 
 @dataclass
@@ -56,6 +57,8 @@ def parse_target(text: str) -> tuple[str, int | None]:
     the text before the last ':' names one: then PART is no number (``disk.img:x``)."""
     m = _PART.match(text)
     if m and m.group(1):
+        if int(m.group(2)) == 0 and not os.path.lexists(text):
+            raise InvalidInput(f"{text!r}: partitions are numbered from 1 (IMAGE[:PART])")
         return m.group(1), int(m.group(2))
     _refuse_part(text)
     return text, None
