@@ -300,6 +300,7 @@ def _store_verbs(image: Path, out: Path) -> dict[str, list[object]]:
         "image export": ["image", "export", "desk", out / "d.vhd"],
         "os import": ["os", "import", "win", image, "--version", "1"],
         "packaging-disk create": ["packaging-disk", "create", *PACKAGE_WIN, "--out", out],
+        "packaging-disk list": ["packaging-disk", "list"],
         "packaging-disk prune": ["packaging-disk", "prune", out],
         "finalize": ["finalize", "--disk", image, "--layer", "pkg", "--version", "1"],
     }

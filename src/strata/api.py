@@ -26,6 +26,7 @@ from strata.ops.layers import (
     import_os,
     layer_diff,
 )
+from strata.ops.packaging import list_disks as list_packaging_disks
 from strata.ops.packaging import prune_bases
 from strata.ops.store import (
     gc_store,
@@ -64,6 +65,7 @@ __all__ = [
     "layer_history",
     "list_images",
     "list_layers",
+    "list_packaging_disks",
     "load_template",
     "ls",
     "map_entries",

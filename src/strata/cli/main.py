@@ -61,7 +61,8 @@ COMMANDS = {
     ),
     "packaging-disk": Command(
         "strata.cli.packaging",
-        "Create the disk a packaging machine installs software onto; prune cached bases.",
+        "Create the disk a packaging machine installs software onto; list them; prune "
+        "cached bases.",
     ),
     "store": Command(
         "strata.cli.store",

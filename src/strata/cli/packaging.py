@@ -10,12 +10,13 @@ from strata.cli.events import current, json_option
 from strata.cli.groups import HelpGroup
 from strata.cli.options import DIRECTORY, store_option
 from strata.ops import layers
-from strata.units import human_size
+from strata.units import human_size, utc_time
 
 
 @click.group("packaging-disk", cls=HelpGroup)
 def group() -> None:
-    """Create the disk a packaging machine installs software onto; prune cached bases."""
+    """Create the disk a packaging machine installs software onto; list them; prune
+    cached bases."""
 
 
 @group.command("create")
@@ -182,3 +183,45 @@ def _why_kept(entry: dict[str, Any]) -> str:
     if entry["used_by"]:
         return f"used by {', '.join(entry['used_by'])}"
     return "a disk beside it cannot be read (see the warning)"
+
+
+@group.command("list")
+@store_option
+@json_option
+def list_cmd(store: str | None) -> int:
+    """Where each packaging disk is: every version being packaged (or left finalizing),
+    and every finalized version whose disk is still there (it can go: `strata layer delete`
+    does not touch a deployable version's disk; remove it by hand, then `strata
+    packaging-disk prune` its directory).
+
+    With --json: one `result` event with disks [{layer, version, state, format, created
+    (epoch seconds), disk, disk_present, job_iso (null when gone), base (the cached base,
+    null for a --full disk), base_present, problem (null, or why the packaging record
+    cannot be read)}].
+    """
+    from strata.ops.packaging import list_disks
+
+    disks = list_disks(store=store)
+    if current().json_mode:
+        current().result(disks=disks)
+        return 0
+    if not disks:
+        click.echo("no packaging disks")
+        return 0
+    click.echo(f"{'version':<24} {'state':<11} {'format':<6} {'created':<20}  disk")
+    for row in disks:
+        click.echo(
+            f"{row['layer'] + ':' + row['version']:<24} {row['state']:<11} "
+            f"{row['format'] or '-':<6} {utc_time(row['created']):<20}  {_where(row)}"
+        )
+    return 0
+
+
+def _where(row: dict[str, Any]) -> str:
+    if row["problem"]:
+        return f"- ({row['problem']})"
+    if not row["disk_present"]:
+        return f"{row['disk']} (missing)"
+    if row["state"] == "deployable":
+        return f"{row['disk']} (finalized; the disk can go)"
+    return str(row["disk"])

@@ -226,6 +226,46 @@ def _parse_record(path: str) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
+# -- listing -------------------------------------------------------------------------------
+def list_disks(*, store: PathLike = None) -> list[dict[str, Any]]:
+    """The packaging disks of the store, in catalog order: every version being packaged or
+    finalizing (whether or not its disk is still there), and every finalized version whose
+    disk is still there (left behind: it can go)."""
+    rows = []
+    with open_store(store, readonly=True) as st:
+        for layer in st.catalog.layers():
+            for v in st.catalog.versions(layer["name"]):
+                row = _disk_row(st, layer["name"], v)
+                if v["state"] in ("packaging", "finalizing") or row["disk_present"]:
+                    rows.append(row)
+    return rows
+
+
+def _disk_row(st: Store, layer: str, v: dict[str, Any]) -> dict[str, Any]:
+    record = read_record(st, layer, v["name"])
+    problem = None
+    if record is None:
+        exists = os.path.exists(record_path(st, layer, v["name"]))
+        problem = "damaged packaging record" if exists else "no packaging record"
+        record = {}
+    base = record.get("base")
+    base_path = base.get("path") if isinstance(base, dict) else None
+    disk, iso = record.get("disk_path"), record.get("iso")
+    return {
+        "layer": layer,
+        "version": v["name"],
+        "state": v["state"],
+        "format": record.get("format"),
+        "created": record.get("created", v["created"]),
+        "disk": disk,
+        "disk_present": isinstance(disk, str) and os.path.exists(disk),
+        "job_iso": iso if isinstance(iso, str) and os.path.exists(iso) else None,
+        "base": base_path,
+        "base_present": isinstance(base_path, str) and os.path.exists(base_path),
+        "problem": problem,
+    }
+
+
 # -- pruning -------------------------------------------------------------------------------
 @dataclass
 class DirectoryBases:

@@ -1,6 +1,8 @@
-"""Pruning cached packaging bases: a base goes once no disk uses it, never while one does
-(whatever made that disk), and the disks left still read their whole content (qemu-img
-resolves their parents and compares them with the expected disk)."""
+"""The files packaging disks leave beside the catalog: `packaging-disk list` says where each
+disk is (qemu-img opens what it names, in the format it names); `packaging-disk prune`
+removes a cached base once no disk uses it, never while one does (whatever made that disk),
+and the disks left still read their whole content (qemu-img resolves their parents and
+compares them with the expected disk)."""
 
 from __future__ import annotations
 
@@ -17,8 +19,14 @@ import pytest
 from strata.errors import InvalidInput
 
 from support.images import MiB, random_bytes, write_sparse_raw
-from support.layers import apply_to_raw, apply_with_strata, compare_with_qemu, finalize_args
-from support.tools import qemu_img, result_of, strata, strata_json
+from support.layers import (
+    apply_to_raw,
+    apply_with_strata,
+    compare_with_qemu,
+    finalize_args,
+)
+from support.tools import qemu_img, qemu_info, result_of, strata, strata_json
+from support.vhd_tools import pyvhdi_module
 
 OS_SIZE = 64 * MiB
 WRITES = [(3 * MiB + 512, random_bytes(8192, 5))]
@@ -194,3 +202,70 @@ def test_prune_waits_for_the_directory_lock(store: Path) -> None:
         os.close(fd)
     assert proc.wait(60) == 0
     assert not os.path.exists(a["base"]["path"])
+
+
+def _listed(store: Path) -> list[dict[str, Any]]:
+    return result_of(strata_json("packaging-disk", "list", "--store", store))["disks"]
+
+
+def test_list_says_where_each_packaging_disk_is(store: Path) -> None:
+    assert _listed(store) == []
+    assert strata("packaging-disk", "list", "--store", store).stdout == "no packaging disks\n"
+    made = {fmt: _package(store, f"app-{fmt}", fmt) for fmt in ("vhd", "vhdx", "vmdk")}
+    rows = _listed(store)
+    assert [(r["layer"], r["version"], r["state"]) for r in rows] == [
+        (f"app-{fmt}", "1", "packaging") for fmt in made
+    ]
+    for row, (fmt, pkg) in zip(rows, made.items(), strict=True):
+        assert (row["disk"], row["job_iso"], row["base"]) == (
+            pkg["disk_path"],
+            pkg["iso"],
+            pkg["base"]["path"],
+        )
+        assert row["disk_present"] and row["base_present"] and row["problem"] is None
+        assert row["format"] == fmt
+        assert _parent_named_by(row["disk"], fmt).endswith(os.path.basename(row["base"]))
+
+    # Finalized, its disk kept: listed as left behind; removed: no longer listed.
+    kept = result_of(strata_json(*finalize_args(made["vmdk"], store)))
+    assert kept["removed"] == []
+    gone = result_of(strata_json(*finalize_args(made["vhd"], store), "--remove-disk"))
+    assert gone["removed"]
+    os.unlink(made["vhdx"]["disk_path"])  # a disk removed by hand
+    rows = {r["layer"]: r for r in _listed(store)}
+    assert set(rows) == {"app-vhdx", "app-vmdk"}
+    assert not rows["app-vhdx"]["disk_present"] and rows["app-vmdk"]["state"] == "deployable"
+
+    text = strata("packaging-disk", "list", "--store", store).stdout.splitlines()
+    assert text[0].split() == ["version", "state", "format", "created", "disk"]
+    assert text[1].endswith(f"{made['vhdx']['disk_path']} (missing)")
+    assert text[2].endswith(f"{made['vmdk']['disk_path']} (finalized; the disk can go)")
+
+
+def _parent_named_by(disk: str, fmt: str) -> str:
+    """The parent file name in the disk, as libvhdi (VHD, VHDX) or qemu-img (VMDK) reads it."""
+    if fmt == "vmdk":
+        return str(qemu_info(disk, "vmdk")["backing-filename"])
+    f = pyvhdi_module().file()
+    f.open(disk)
+    try:
+        return str(f.parent_filename)
+    finally:
+        f.close()
+
+
+def test_list_names_a_damaged_record(store: Path) -> None:
+    pkg = _package(store, "a", "vhd")
+    Path(record_path_of(store, pkg)).write_text("{not json")
+    (row,) = _listed(store)
+    assert row["problem"] == "damaged packaging record" and row["disk"] is None
+    line = strata("packaging-disk", "list", "--store", store).stdout.splitlines()[1]
+    assert line.startswith("a:1 ") and line.endswith("- (damaged packaging record)")
+
+
+def record_path_of(store: Path, pkg: dict[str, Any]) -> str:
+    from strata.ops.packaging import record_path
+    from strata.store import Store
+
+    with Store(store, readonly=True) as st:
+        return record_path(st, pkg["layer"], pkg["version"])
