@@ -7,6 +7,7 @@ compares them with the expected disk)."""
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import subprocess
 import sys
@@ -269,3 +270,23 @@ def record_path_of(store: Path, pkg: dict[str, Any]) -> str:
 
     with Store(store, readonly=True) as st:
         return record_path(st, pkg["layer"], pkg["version"])
+
+
+def test_a_moved_directory_keeps_serving_its_base(store: Path) -> None:
+    """An output directory renamed with its cached base: the next packaging disk there is
+    made on that base (not written again) at its new path, and finalizes."""
+    a = _package(store, "a", "vhdx")
+    moved = store.parent / "moved"
+    (store.parent / "out").rename(moved)
+    (store.parent / "out").mkdir()
+    base = moved / os.path.basename(a["base"]["path"])
+    inode = base.stat().st_ino
+    args = ["--layer", "b", "--os", "win", "--format", "vhdx", "--name", "b", "--out", moved]
+    b = result_of(strata_json("packaging-disk", "create", *args, "--store", store))
+    assert b["base"]["path"] == str(base) and base.stat().st_ino == inode
+    marker = json.loads(Path(f"{base}.json").read_text())
+    assert marker["path"] == str(base)
+    assert _parent_named_by(b["disk_path"], "vhdx").endswith(base.name)
+    apply_with_strata(Path(b["disk_path"]), WRITES)
+    done = result_of(strata_json(*finalize_args(b, store)))
+    assert done["state"] == "deployable" and done["changed_blocks"] == 1

@@ -135,9 +135,12 @@ def _reusable_base(st: Store, path: str, marker: str, warnings: list[str]) -> di
         durable_write(Path(marker), json.dumps(info).encode(), Path(marker).parent)
         warnings.append(f"{marker} was damaged ({e}); rebuilt it from the record of {owner}")
         return info
-    if info is not None and info["fingerprint"] == fingerprint(path):
-        return info
-    return None
+    if info is None or info["fingerprint"] != fingerprint(path):
+        return None
+    if info["path"] != path:  # the directory was moved (or renamed) with its base
+        info = {**info, "path": path}
+        durable_write(Path(marker), json.dumps(info).encode(), Path(marker).parent)
+    return info
 
 
 def _read_marker(marker: str) -> dict[str, Any] | None:
