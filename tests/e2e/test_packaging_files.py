@@ -183,6 +183,19 @@ def test_not_a_directory_is_refused(store: Path) -> None:
     proc = strata("packaging-disk", "prune", missing, "--store", store)
     assert proc.returncode == InvalidInput.exit_code, proc.stderr
     assert str(missing) in proc.stderr and "Traceback" not in proc.stderr
+    a_file = store.parent / "os.raw"
+    proc = strata("packaging-disk", "prune", store.parent / "out", a_file, "--store", store)
+    assert proc.returncode == InvalidInput.exit_code, proc.stderr
+    assert proc.stderr == f"strata: {a_file}: not a directory\n"
+
+
+def test_a_directory_named_twice_is_pruned_once(store: Path) -> None:
+    a, b = _package(store, "a", "vhd"), _package(store, "b", "vmdk")
+    result_of(strata_json("layer", "delete", "a:1", "--remove-disk", "--store", store))
+    out = store.parent / "out"
+    events = strata_json("packaging-disk", "prune", out, f"{out}/", out / ".", "--store", store)
+    assert [e["path"] for e in result_of(events)["removed"]] == [a["base"]["path"]]
+    assert [e["path"] for e in result_of(events)["kept"]] == [b["base"]["path"]]
 
 
 def test_prune_waits_for_the_directory_lock(store: Path) -> None:

@@ -32,9 +32,15 @@ class Directory(click.Path):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         path = super().convert(value, param, ctx)
         if os.path.exists(path) and not os.path.isdir(path):
-            flag = param.opts[0] if param is not None and param.opts else "path"
-            raise InvalidInput(f"{flag} {os.fsdecode(path)}: not a directory")
+            raise InvalidInput(f"{_named(param)}{os.fsdecode(path)}: not a directory")
         return path
+
+
+def _named(param: click.Parameter | None) -> str:
+    """How an error names the option a path came from ('--out '); an argument is its path."""
+    if isinstance(param, click.Option) and param.opts:
+        return f"{param.opts[0]} "
+    return ""
 
 
 DIRECTORY = Directory()

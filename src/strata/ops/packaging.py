@@ -294,6 +294,7 @@ def prune_bases(
     for directory in directories:
         if not os.path.isdir(directory):
             raise InvalidInput(f"{directory} is not a directory")
+    directories = list(dict.fromkeys(os.path.realpath(d) for d in directories))
     with open_store(store, readonly=True) as st:
         recorded = recorded_users(st)
     removed: list[dict[str, Any]] = []
