@@ -26,7 +26,7 @@ from support.layers import (
     compare_with_qemu,
     finalize_args,
 )
-from support.tools import qemu_img, qemu_info, result_of, strata, strata_json
+from support.tools import qemu_img, qemu_info, result_of, strata, strata_as_user, strata_json
 from support.vhd_tools import pyvhdi_module
 
 OS_SIZE = 64 * MiB
@@ -303,3 +303,20 @@ def test_a_moved_directory_keeps_serving_its_base(store: Path) -> None:
     apply_with_strata(Path(b["disk_path"]), WRITES)
     done = result_of(strata_json(*finalize_args(b, store)))
     assert done["state"] == "deployable" and done["changed_blocks"] == 1
+
+
+def test_a_directory_that_cannot_be_listed_fails_no_finalize(store: Path) -> None:
+    """Which bases a finalize left unused is looked for after its commit: a directory that
+    cannot be listed (write and search permission only) leaves the hint out, and the
+    finalize succeeds."""
+    out = store.parent / "out"
+    a = _package(store, "a", "vhd")
+    out.chmod(0o300)
+    try:
+        proc = strata_as_user(*finalize_args(a, store), "--remove-disk", "--json")
+    finally:
+        out.chmod(0o755)
+    assert proc.returncode == 0, proc.stderr
+    done = result_of([json.loads(line) for line in proc.stdout.splitlines()])
+    assert done["state"] == "deployable" and done["unused_bases"] == []
+    assert done["removed"] == [a["disk_path"], a["iso"]]

@@ -347,11 +347,16 @@ def prune_hint(base: str) -> str:
 
 
 def _unused(st: Store, base: str) -> bool:
+    """False also when it cannot be told: this runs after a command's work is committed,
+    which a directory that cannot be read must not turn into a failure."""
     if not os.path.exists(base):
         return False
     directory = os.path.dirname(os.path.realpath(base))
-    with holding(directory):
-        found = scan_directory(directory, recorded_users(st))
+    try:
+        with holding(directory):
+            found = scan_directory(directory, recorded_users(st))
+    except (OSError, StrataError):
+        return False
     users = found.users.get(os.path.realpath(base))
     return users is not None and not users and not found.unreadable
 
