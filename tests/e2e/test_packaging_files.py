@@ -320,3 +320,41 @@ def test_a_directory_that_cannot_be_listed_fails_no_finalize(store: Path) -> Non
     done = result_of([json.loads(line) for line in proc.stdout.splitlines()])
     assert done["state"] == "deployable" and done["unused_bases"] == []
     assert done["removed"] == [a["disk_path"], a["iso"]]
+
+
+def test_a_disk_that_cannot_be_removed_is_a_warning_after_finalize(store: Path) -> None:
+    """finalize --remove-disk removes the disk after its commit: a directory the user may
+    not write leaves the disk in place with a warning, and the finalize succeeds."""
+    out = store.parent / "out"
+    a = _package(store, "a", "vhd")
+    out.chmod(0o555)
+    try:
+        proc = strata_as_user(*finalize_args(a, store), "--remove-disk", "--json")
+    finally:
+        out.chmod(0o755)
+    assert proc.returncode == 0, proc.stderr
+    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    done = result_of(events)
+    assert done["state"] == "deployable" and done["removed"] == []
+    assert done["warnings"] == [
+        f"{a['disk_path']} could not be removed: Permission denied",
+        f"{a['iso']} could not be removed: Permission denied",
+    ]
+    assert [e["message"] for e in events if e["event"] == "warning"][-2:] == done["warnings"]
+    assert os.path.exists(a["disk_path"])
+
+
+def test_a_base_that_cannot_be_removed_is_kept_with_a_warning(store: Path) -> None:
+    out = store.parent / "out"
+    a = _package(store, "a", "vhd")
+    result_of(strata_json("layer", "delete", "a:1", "--remove-disk", "--store", store))
+    out.chmod(0o555)
+    try:
+        proc = strata_as_user("packaging-disk", "prune", out, "--store", store, "--json")
+    finally:
+        out.chmod(0o755)
+    assert proc.returncode == 0, proc.stderr
+    pruned = result_of([json.loads(line) for line in proc.stdout.splitlines()])
+    assert pruned["removed"] == [] and pruned["freed_bytes"] == 0
+    assert pruned["warnings"] == [f"{a['base']['path']} could not be removed: Permission denied"]
+    assert os.path.exists(a["base"]["path"])

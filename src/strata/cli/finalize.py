@@ -122,7 +122,7 @@ def group(
             reason=reason,
             on_gate=lambda report: report_gate(report, forced=force),
         )
-    for note in file_delta_notes(result["file_delta"]):
+    for note in [*file_delta_notes(result["file_delta"]), *result["warnings"]]:
         current().warning(note)
     current().result(_finalize_text(result), **result)
     return 0

@@ -25,7 +25,7 @@ from contextlib import ExitStack
 from typing import Any
 
 from strata.errors import CorruptImage, StateError
-from strata.ops.packaging import read_record, record_path, unused_bases
+from strata.ops.packaging import read_record, record_path, remove_file, unused_bases
 from strata.ops.store import PathLike, open_store
 from strata.store import Store
 from strata.store.catalog import check_name
@@ -237,26 +237,15 @@ def _after_commit(
         # Only the record read before the commit: the name is free again, so a new
         # packaging disk of this version may be writing its own by now.
         if records[name] is not None and read_record(st, layer, name) == records[name]:
-            _unlink(record_path(st, layer, name), warnings)
+            remove_file(record_path(st, layer, name), warnings)
         for file in files if remove_disk else ():
             if file is None:
                 continue
             if os.path.realpath(file) in others:
                 warnings.append(f"{file} is left in place: another version's record names it")
-            elif _unlink(file, warnings):
+            elif remove_file(file, warnings):
                 removed.append(file)
     return removed, warnings
-
-
-def _unlink(path: str, warnings: list[str]) -> bool:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        return False
-    except OSError as e:
-        warnings.append(f"{path} could not be removed: {e.strerror or e}")
-        return False
-    return True
 
 
 def _files_of_others(st: Store) -> set[str]:

@@ -56,6 +56,7 @@ from strata.ops.packaging import (
     fingerprint,
     holding,
     record_path,
+    remove_file,
     save_record,
     unused_bases,
 )
@@ -780,7 +781,8 @@ def finalize(
                     st, image, file_base, blocks["offset"], masks=masks, level=CAPTURE_LEVEL
                 )
             mid = _commit(st, layer, version, meta, blocks, capture.masks, comment, files)
-        removed = _remove_disk(disk, record) if remove_disk else []
+        warnings: list[str] = []
+        removed = _remove_disk(disk, record, warnings) if remove_disk else []
         unused = unused_bases(st, [record]) if remove_disk else []
         return {
             "layer": layer,
@@ -793,6 +795,7 @@ def finalize(
             "file_delta": files.summary() if files is not None else None,
             "removed": removed,
             "unused_bases": unused,
+            "warnings": warnings,
             "integrity": {**gate.as_dict(), "forced": not gate.ok},
             "seconds": round(time.monotonic() - started, 3),
         }
@@ -883,10 +886,7 @@ def _check_parent(disk: str, image: Any, base: dict[str, Any]) -> None:
         )
 
 
-def _remove_disk(disk: str, record: dict[str, Any]) -> list[str]:
-    removed = []
-    for path in (disk, record.get("iso")):
-        if path and os.path.exists(path):
-            os.unlink(path)
-            removed.append(path)
-    return removed
+def _remove_disk(disk: str, record: dict[str, Any], warnings: list[str]) -> list[str]:
+    """The packaging disk and its job ISO removed (after the commit: a refusal is a
+    warning)."""
+    return [path for path in (disk, record.get("iso")) if path and remove_file(path, warnings)]

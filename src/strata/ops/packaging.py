@@ -21,7 +21,7 @@ import json
 import os
 import stat
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -312,13 +312,14 @@ def prune_bases(
                 if users or found.unreadable:
                     kept.append({**entry, "used_by": sorted(set(users))})
                     continue
-                if not dry_run:
-                    _unlink(base, base + MARKER_SUFFIX)
-                removed.append(entry)
+                if dry_run or remove_file(base, warnings):
+                    removed.append(entry)
+                    if not dry_run:
+                        remove_file(base + MARKER_SUFFIX, warnings)
             for marker in found.stray_markers:
-                removed.append({"path": marker, "bytes": _allocated(marker)})
-                if not dry_run:
-                    _unlink(marker)
+                entry = {"path": marker, "bytes": _allocated(marker)}
+                if dry_run or remove_file(marker, warnings):
+                    removed.append(entry)
     return {
         "dry_run": dry_run,
         "removed": removed,
@@ -448,7 +449,14 @@ def _allocated(*paths: str) -> int:
     return total
 
 
-def _unlink(*paths: str) -> None:
-    for path in paths:
-        with suppress(FileNotFoundError):
-            os.unlink(path)
+def remove_file(path: str, warnings: list[str]) -> bool:
+    """Remove ``path``; True when it was removed.  A file the system refuses to remove is a
+    warning: this runs after a command's work is done (a commit, a prune decision)."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    except OSError as e:
+        warnings.append(f"{path} could not be removed: {e.strerror or e}")
+        return False
+    return True
