@@ -46,8 +46,10 @@ from strata.native import join_spans
 
 # Bytes of MFT read, fixed up and walked per pass: a window that stays in the caches between
 # its read and its scan.  The 200 000-record scan in process, medians of three runs of 11-21
-# alternating rounds: 2 and 4 MiB windows 67-86 ms, 8 MiB 86-100 ms, 16 MiB 106 ms (once).
-WINDOW = 4 << 20
+# alternating rounds: 2 and 4 MiB windows 67-86 ms, 8 MiB 86-100 ms, 16 MiB 106 ms (once);
+# again, 7 rounds: 1 MiB 83 ms, 2 MiB 76 ms, 4 MiB 79 ms.  The smaller of the fast two: the
+# window is most of the scan's memory besides what it keeps.
+WINDOW = 2 << 20
 LOOKUPS_KEPT = 64  # directory indexes, and resolved paths, ``stat`` keeps
 READ_CHUNK = 1 << 20
 MAX_EXTENSIONS = 4096  # extension records one file may name in its attribute list
