@@ -10,7 +10,7 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from strata.fs.pathorder import PADDING, path_order
+from strata.fs.pathorder import PADDING, Prefixes, path_order
 
 PIECES = ["a", "b", "-", ".", " ", "\0", "\x01", "~", "é", "\ud800", "\U0001f600", "abcdefgh"]
 NAMES = st.lists(st.sampled_from(PIECES), min_size=0, max_size=5).map("".join)
@@ -49,7 +49,7 @@ def _order(prefixes: list[str], rows: list[tuple[int, str]], chosen: list[int]) 
     slots = np.array([slot for slot, _name in rows], np.int32)
     picked = np.array(chosen, np.int64)
     return picked[
-        path_order(prefixes, names, slots, starts.astype(np.int32), lengths, picked)
+        path_order(Prefixes.of(prefixes), names, slots, starts.astype(np.int32), lengths, picked)
     ].tolist()
 
 

@@ -86,13 +86,46 @@ class Columns:
         self._parts()
 
     def _parts(self) -> None:
-        self.fn: list[np.ndarray] = []  # rows: owner, parent ref, namespace (no DOS names)
-        # The names of each ``fn`` part as UTF-8 (unpaired surrogates as Python's
-        # surrogatepass writes them), each name followed by NUL, and each name's bytes.
-        self.texts: list[bytes] = []
-        self.lengths: list[np.ndarray] = []
+        # The names: ``fn`` rows (owner, parent reference, namespace; no DOS names), the
+        # names as UTF-8 (unpaired surrogates as Python's surrogatepass writes them), each
+        # followed by NUL, and each name's bytes.  One growing table each (the pages past
+        # the last row are never touched), not a block per window: freed after a
+        # 200 000-record listing was built, such blocks left 8 MB of holes in the heap.
+        self._fn = np.empty((max(self.nrec, 64), 3), np.int64)
+        self._lengths = np.empty(max(self.nrec, 64), np.uint16)
+        self._text = bytearray()
+        self._named = 0
         self.ads: list[tuple[int, str, int]] = []  # owner, name, size
         self.problems: list[RecordProblem] = []
+
+    def add_names(self, fn: np.ndarray, text: bytes, lengths: np.ndarray) -> None:
+        """A window's ``fn`` rows, their names' ``text`` and ``lengths``."""
+        end = self._named + len(fn)
+        if end > len(self._fn):
+            self._fn, self._lengths = _grown(self._fn, end), _grown(self._lengths, end)
+        self._fn[self._named : end] = fn
+        self._lengths[self._named : end] = lengths
+        self._text += text
+        self._named = end
+
+    @property
+    def fn(self) -> list[np.ndarray]:
+        """The ``fn`` rows, as parts (one)."""
+        return [self._fn[: self._named]]
+
+    @property
+    def texts(self) -> list[bytes | bytearray]:
+        return [self._text]
+
+    @property
+    def lengths(self) -> list[np.ndarray]:
+        return [self._lengths[: self._named]]
+
+    def take_names(self) -> tuple[np.ndarray, bytearray, np.ndarray]:
+        """The ``fn`` rows, names and lengths, handed over: the table lets them go."""
+        named = self.fn[0], self._text, self.lengths[0]
+        self._parts()
+        return named
 
     @property
     def si(self) -> np.ndarray:
@@ -144,6 +177,13 @@ def split_names(text: bytes, lengths: np.ndarray) -> list[str]:
     ]
 
 
+def _grown(table: np.ndarray, rows: int) -> np.ndarray:
+    """``table`` in an array of at least ``rows`` rows (twice as many as it had)."""
+    out = np.empty((max(rows, 2 * len(table)), *table.shape[1:]), table.dtype)
+    out[: len(table)] = table
+    return out
+
+
 class SparseColumns(Columns):
     """``Columns`` for a few records of a big MFT: a compact table with one row per record
     seen (slots given out in order), so the parsing cost follows the records parsed, not the
@@ -156,6 +196,31 @@ class SparseColumns(Columns):
         self.rows = np.zeros((64, ROW_FIELDS), np.int64)
         self._last: tuple[slice | np.ndarray, np.ndarray] | None = None  # where, its slots
         self._parts()
+
+    def _parts(self) -> None:
+        # As ``Columns``, but a part per window: the NTFS delta reads the names a load adds.
+        self._fn_parts: list[np.ndarray] = []
+        self._text_parts: list[bytes | bytearray] = []
+        self._length_parts: list[np.ndarray] = []
+        self.ads = []
+        self.problems = []
+
+    def add_names(self, fn: np.ndarray, text: bytes, lengths: np.ndarray) -> None:
+        self._fn_parts.append(fn)
+        self._text_parts.append(text)
+        self._length_parts.append(lengths)
+
+    @property
+    def fn(self) -> list[np.ndarray]:
+        return self._fn_parts
+
+    @property
+    def texts(self) -> list[bytes | bytearray]:
+        return self._text_parts
+
+    @property
+    def lengths(self) -> list[np.ndarray]:
+        return self._length_parts
 
     def slot_of(self, numbers: np.ndarray) -> np.ndarray:
         """The table rows of records ``numbers`` (in range), given out to the ones not seen
@@ -440,10 +505,8 @@ def _store(
         cols.scatter("si", owner_of[rows.si[:, 0]], rows.si[:, 1:])
     if len(rows.fn):
         fn = rows.fn
-        cols.fn.append(np.stack([owner_of[fn[:, 0]], fn[:, 1], fn[:, 2]], axis=1))
-        text, lengths = _utf8_names(flat, fn[:, 3], fn[:, 4])
-        cols.texts.append(text)
-        cols.lengths.append(lengths)
+        named = np.stack([owner_of[fn[:, 0]], fn[:, 1], fn[:, 2]], axis=1)
+        cols.add_names(named, *_utf8_names(flat, fn[:, 3], fn[:, 4]))
     if len(rows.sizes):
         cols.scatter("size", owner_of[rows.sizes[:, 0]], rows.sizes[:, 1])
     for row, pos, length, nonres, vlen in rows.ads.tolist():

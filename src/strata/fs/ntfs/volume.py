@@ -41,7 +41,7 @@ from strata.fs.ntfs.records import (
     scan_window,
 )
 from strata.fs.ntfs.runlist import Run, decode_runlist
-from strata.fs.pathorder import PADDING, SLASH, path_order
+from strata.fs.pathorder import PADDING, SLASH, Prefixes, path_order
 from strata.native import join_spans
 
 # Bytes of MFT read, fixed up and walked per pass: a window that stays in the caches between
@@ -162,22 +162,16 @@ class Listing:
         self._tree(cols, nrec)
 
     def _tree(self, cols: Columns, nrec: int) -> None:
-        self._names = _joined(cols.texts, PADDING)
+        fn, self._names, lengths = cols.take_names()
+        self._names += bytes(PADDING)
         self._slashed = SLASH in self._names  # see strata.fs.pathorder
-        owner, parent, starts, lengths = self._named(cols, nrec)
+        owner, parent, starts, lengths = self._named(fn, lengths, nrec, cols.sequence)
+        del fn
         dirs = self.is_dir[owner]
-        dir_paths = self._dir_paths(
+        up, dir_paths = self._dir_paths(
             owner[dirs].tolist(), parent[dirs].tolist(), self._decoded(starts[dirs], lengths[dirs])
         )
-        slot_of = np.full(nrec, -1, np.int32)  # parent record -> its path's prefix
-        index = {"/": 0}
-        for d, path in dir_paths.items():
-            if path is not None:
-                slot_of[d] = index.setdefault(f"{path}/", len(index))
-        self.prefixes = list(index)
-        encoded = [p.encode("utf-8", "surrogatepass") for p in self.prefixes]
-        self._prefix_data = b"".join(encoded)
-        self._prefix_spans = _spans([len(e) for e in encoded])
+        slot_of = self._prefixes(up, dir_paths, nrec)
         slot = slot_of[parent]
         del slot_of
         if (slot < 0).any():  # orphans (the problems say why): not listed
@@ -189,39 +183,33 @@ class Listing:
         self._starts, self._lengths = starts, lengths
 
     def _named(
-        self, cols: Columns, nrec: int
+        self, fn: np.ndarray, lengths: np.ndarray, nrec: int, sequence: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(owner, parent record, name start, name length) of each name of a record in use
-        under a directory that is (DOS aliases and the root's own name aside), a part at a
-        time, each part let go once read; the others are problems."""
-        total = sum(len(fn) for fn in cols.fn)
+        under a directory that is (DOS aliases and the root's own name aside), a slice of
+        ``fn`` rows at a time; the others are problems."""
         numbers = np.int32 if nrec < 1 << 31 else np.int64
-        # Filled part by part: the pages past the last name kept are never touched.
+        # Filled slice by slice: the pages past the last name kept are never touched.
         out = (
-            np.empty(total, numbers),
-            np.empty(total, numbers),
-            np.empty(total, np.int32 if len(self._names) < 1 << 31 else np.int64),
-            np.empty(total, np.uint16),
+            np.empty(len(fn), numbers),
+            np.empty(len(fn), numbers),
+            np.empty(len(fn), np.int32 if len(self._names) < 1 << 31 else np.int64),
+            np.empty(len(fn), np.uint16),
         )
         kept = first = 0
-        cols.fn.reverse()
-        cols.lengths.reverse()
-        while cols.fn:
-            fn, lengths = cols.fn.pop(), cols.lengths.pop()
-            ends = np.cumsum(lengths + 1, dtype=np.int64) + first
-            first = int(ends[-1]) if ends.size else first
-            idx = self._good_names(fn, nrec, cols.sequence)
-            for column, values in zip(
-                out,
-                (
-                    fn[idx, 0],
-                    fn[idx, 1] & s.REF_RECORD_MASK,
-                    ends[idx] - lengths[idx] - 1,
-                    lengths[idx],
-                ),
-                strict=True,
-            ):
-                column[kept : kept + idx.size] = values
+        for lo in range(0, len(fn), NAMES_READ):
+            rows, sizes = fn[lo : lo + NAMES_READ], lengths[lo : lo + NAMES_READ]
+            ends = np.cumsum(sizes + 1, dtype=np.int64) + first
+            first = int(ends[-1])
+            idx = self._good_names(rows, nrec, sequence)
+            values = (
+                rows[idx, 0],
+                rows[idx, 1] & s.REF_RECORD_MASK,
+                ends[idx] - sizes[idx] - 1,
+                sizes[idx],
+            )
+            for column, value in zip(out, values, strict=True):
+                column[kept : kept + idx.size] = value
             kept += idx.size
         return tuple(column[:kept] for column in out)  # type: ignore[return-value]
 
@@ -292,7 +280,7 @@ class Listing:
             paths = self.paths
             return np.array(sorted(rows.tolist(), key=paths.__getitem__), rows.dtype)
         columns = (self.slot, self._starts, self._lengths)
-        return rows[path_order(self.prefixes, self._names, *columns, rows)]
+        return rows[path_order(self._tree_of, self._names, *columns, rows)]
 
     def below(self, path: str) -> np.ndarray:
         """Whether each row's path is below ``path``."""
@@ -314,9 +302,34 @@ class Listing:
         out[beside[np.array([n == name for n in names], bool)]] = True
         return out
 
+    def _prefixes(
+        self, up: dict[int, tuple[int, str]], dir_paths: dict[int, str | None], nrec: int
+    ) -> np.ndarray:
+        """Each distinct directory path's prefix (``prefixes``, and their tree), and the
+        prefix of each directory record (-1: none)."""
+        slot_of = np.full(nrec, -1, np.int32)
+        index = {"/": 0}
+        parent, depth, names = [0], [0], [""]
+        for d, path in dir_paths.items():  # parents before children
+            if path is None:
+                continue
+            at = index.setdefault(f"{path}/", len(index))
+            if at == len(parent):
+                above, name = up[d]
+                parent.append(int(slot_of[above]))
+                depth.append(depth[parent[-1]] + 1)
+                names.append(name)
+            slot_of[d] = at
+        self.prefixes = list(index)
+        self._tree_of = Prefixes(np.array(parent, np.int32), np.array(depth, np.int32), names)
+        encoded = [p.encode("utf-8", "surrogatepass") for p in self.prefixes]
+        self._prefix_data = b"".join(encoded)
+        self._prefix_spans = _spans([len(e) for e in encoded])
+        return slot_of
+
     def _dir_paths(
         self, owners: list[int], parents: list[int], names: list[str]
-    ) -> dict[int, str | None]:
+    ) -> tuple[dict[int, tuple[int, str]], dict[int, str | None]]:
         up: dict[int, tuple[int, str]] = {}
         for o, p, n in zip(owners, parents, names, strict=True):
             up.setdefault(o, (p, n))
@@ -339,7 +352,7 @@ class Listing:
                 for c in reversed(chain):
                     prefix = paths[up[c][0]]
                     paths[c] = None if prefix is None else f"{prefix}/{up[c][1]}"
-        return paths
+        return up, paths
 
     def __len__(self) -> int:
         return len(self.owner)
@@ -366,6 +379,7 @@ class Listing:
 
 
 PATH_BATCH = 1 << 16  # rows whose paths are made at once
+NAMES_READ = 1 << 14  # scanned names checked at once (their temporaries stay under 1 MB)
 _NEWLINE_SPAN = np.array([0, 1], np.int64)
 
 
@@ -373,19 +387,6 @@ def _spans(lengths: list[int]) -> np.ndarray:
     """(start, length) rows of pieces of ``lengths`` bytes laid one after another."""
     size = np.array(lengths, np.int64)
     return np.stack((np.cumsum(size) - size, size), axis=1)
-
-
-def _joined(parts: list[bytes], padding: int) -> bytearray:
-    """``parts`` one after another and ``padding`` zero bytes, each part let go once copied
-    (never all of them twice)."""
-    out = bytearray(sum(len(p) for p in parts) + padding)
-    at = 0
-    parts.reverse()
-    while parts:
-        part = parts.pop()
-        out[at : at + len(part)] = part
-        at += len(part)
-    return out
 
 
 class NtfsVolume:
