@@ -169,6 +169,10 @@ class PathRows:
     def lines(self, lo: int, hi: int) -> bytes:
         return self.listing.path_lines(self.rows[lo:hi])
 
+    def columns(self, lo: int, hi: int) -> list[tuple[bytes | bytearray, np.ndarray]] | None:
+        """``lines`` as ``join_spans`` columns, when no path needs an escape."""
+        return self.listing.path_columns(self.rows[lo:hi]) if self.listing.plain else None
+
 
 def _entry_rows(entries: list[NtfsEntry]) -> _NtfsRows:
     entries = sorted(entries, key=lambda e: e.path)

@@ -273,7 +273,7 @@ class Table:
                     (kinds[0], kinds[1][self.kind.codes[lo:hi]]),
                     (middle, _fixed_spans(hi - lo, middle.shape[1])),
                     (attributes[0], attributes[1][flag_codes]),
-                    self._tails(lo, hi),
+                    *self._tails(lo, hi),
                 ]
             )
 
@@ -290,17 +290,22 @@ class Table:
         for chunk in self.text():
             buffer.write(chunk)
 
-    def _tails(self, lo: int, hi: int) -> tuple[bytes, np.ndarray]:
-        """Each row's path (`` -> target`` after a link's) and newline, as UTF-8, and each
-        row's span of it."""
+    def _tails(self, lo: int, hi: int) -> list[tuple[bytes | bytearray, np.ndarray]]:
+        """Each row's path (`` -> target`` after a link's) and newline, as ``join_spans``
+        columns of UTF-8: the path column's own (``columns``, or one column of ``lines``)
+        when it needs no escapes, else made from its text."""
         links = [
             (i, x["target"]) for i, x in self._sparse_in(lo, hi) if x.get("target") is not None
         ]
+        columns = getattr(self.path, "columns", None)
+        found = columns(lo, hi) if columns is not None and not links else None
+        if found is not None:
+            return found
         lines = getattr(self.path, "lines", None)
-        if lines is not None and not links:  # the paths' own UTF-8, when it needs no escapes
+        if lines is not None and not links:
             data = lines(lo, hi)
             if data.isascii() and not _has_controls(data, hi - lo):
-                return data, _line_spans(data)
+                return [(data, _line_spans(data))]
         texts = self.path[lo:hi]
         if links:
             texts = list(texts)
@@ -310,7 +315,7 @@ class Table:
         data = joined.encode("ascii") if joined.isascii() else b""
         if not data or _has_controls(data, hi - lo):
             data = ("\n".join(printable(texts)) + "\n").encode()
-        return data, _line_spans(data)
+        return [(data, _line_spans(data))]
 
     def _sizes_and_stamps(self, lo: int, hi: int) -> list[str]:
         """``{size:>14} {modified to the second:<19} `` of rows ``lo:hi``, built as one
