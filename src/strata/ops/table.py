@@ -174,10 +174,7 @@ class Table:
             flags = _as_list(self.flags[lo:hi])
             for bits, names in self._spell(flags).items():
                 spelled.setdefault(bits, _json(names))
-            created, modified, accessed = (
-                ["null" if s is None else f'"{s}"' for s in self.times(k, lo, hi)]
-                for k in range(len(TIME_FIELDS))
-            )
+            created, modified, accessed = (self._json_times(k, lo, hi) for k in range(3))
             tails = self._json_tails(lo, hi)
             yield ", ".join(
                 f'{{"path": {_json_str(path)}, "type": {kinds[kind]}, "size": {size}, '
@@ -196,13 +193,23 @@ class Table:
                 )
             )
 
+    def _json_times(self, k: int, lo: int, hi: int) -> list[str]:
+        """``times(k, lo, hi)`` as JSON text: each FILETIME's ISO text quoted in its byte
+        matrix, not string by string."""
+        if self.filetimes is None:
+            return ["null" if s is None else f'"{s}"' for s in self.times(k, lo, hi)]
+        matrix, valid = tc.stamps_to_iso(np.asarray(self.filetimes[k][lo:hi]))
+        quoted = np.full((matrix.shape[0], matrix.shape[1] + 2), QUOTE, np.uint8)
+        quoted[:, 1:-1] = matrix
+        texts = tc.decoded(quoted)
+        for i in np.flatnonzero(~valid).tolist():
+            texts[i] = "null"
+        return texts
+
     def _json_tails(self, lo: int, hi: int) -> list[str]:
         """The fields after ``attributes`` of rows ``lo:hi``, as JSON text."""
-        columns = [
-            [f", {_json_str(name)}: {_json(value)}" for value in _as_list(values[lo:hi])]
-            for name, values in self.more.items()
-        ]
-        tails = ["".join(parts) for parts in zip(*columns, strict=True)] or [""] * (hi - lo)
+        columns = [_json_fields(name, values[lo:hi]) for name, values in self.more.items()]
+        tails = list(map("".join, zip(*columns, strict=True))) if columns else [""] * (hi - lo)
         for i, extra in self._sparse_in(lo, hi):
             if extra:
                 tails[i - lo] += ", " + _json(extra)[1:-1]
@@ -388,6 +395,15 @@ def printable(texts: list[str]) -> list[str]:
     return [text.translate(_ESCAPED) for text in texts]
 
 
+def _json_fields(name: str, values: Sequence[Any] | np.ndarray) -> list[str]:
+    """``, "name": value`` of each of ``values`` as JSON text (integers without a call a
+    value: the JSON output's rows spent 0.15 s of 0.4 s here)."""
+    key = f", {_json_str(name)}: "
+    if isinstance(values, np.ndarray) and values.dtype.kind in "iu":
+        return list(map(key.__add__, map(str, values.tolist())))
+    return [key + _json(value) for value in _as_list(values)]
+
+
 def _json(value: Any) -> str:
     """``value`` as ``json.dumps`` (and so the JSON reporter) writes it."""
     if type(value) is int:
@@ -399,4 +415,4 @@ def _json(value: Any) -> str:
 
 TIME_FIELDS = ("created", "modified", "accessed")
 SIZE_WIDTH = 14
-NEWLINE = ord("\n")
+NEWLINE, QUOTE = ord("\n"), ord('"')
