@@ -245,10 +245,12 @@ class Listing:
         """Every row's path, made now (not kept).  Rows that follow each other in the names
         under one prefix are a run of their text: a long run's paths are made by one
         replace of its NUL separators and one split (no Python work per name)."""
+        if not len(self):
+            return []
         starts = self._starts.astype(np.int64)
         ends = starts + self._lengths
         cut = (starts[1:] != ends[:-1] + 1) | (self.slot[1:] != self.slot[:-1])
-        firsts = np.flatnonzero(np.concatenate(([True], cut))) if len(self) else starts
+        firsts = np.flatnonzero(np.concatenate(([True], cut)))
         lasts = np.append(firsts[1:], len(self))
         long = lasts - firsts >= LONG_RUN
         out: list[str] = []
@@ -413,7 +415,9 @@ def _plain(names: bytes | bytearray, nuls: int) -> bool:
 
 
 PATH_BATCH = 1 << 16  # rows whose paths are made at once
-LONG_RUN = 16  # names of one directory, one after another, made into paths as one text
+# Names of one directory, one after another, made into paths as one text: a run costs
+# ~1.2 us and 0.04 us a name, a name in a batch of rows ~0.17 us (200 000-file volume).
+LONG_RUN = 16
 NAMES_READ = 1 << 14  # scanned names checked at once (their temporaries stay under 1 MB)
 _NEWLINE_SPAN = np.array([0, 1], np.int64)
 
