@@ -19,13 +19,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from strata.blockdev import RawFileDevice
+from strata.fs.ntfs import NtfsVolume
+from strata.fs.ntfs import structs as s
 from strata.fs.ntfs.structs import FILETIME_UNIX_OFFSET
 from strata.ops import fs as ops
 from strata.ops import textcols as tc
-from strata.ops.table import Labels, Table
+from strata.ops.table import Labels, Table, printable
 
 from support.fat_tools import make_volume, populate
-from support.ntfs_tools import volume
+from support.ntfs_tools import attr_offsets, small_volume, volume, write_record
 from support.tools import result_of, strata, strata_json
 
 FILETIME_MAX = 2**63 - 1
@@ -166,6 +169,70 @@ def test_text_is_lines_of_a_volume(kind: str, args: tuple[str, bool, bool], fat_
     image = str(volume(40, "16M") if kind == "ntfs" else fat_disk)
     table = ops.ls(image, *args, columns=True)["entries"]
     assert len(table) > 5
+    assert_text_is_lines(table)
+
+
+ASCII = {
+    "/docs/Ünïcödé dir": "Unicode dir",
+    "/docs/Ünïcödé dir/日本語 ファイル.txt": "japanese.txt",
+}
+RENAMES = {
+    # every name ASCII without controls: the paths go into the text as they are
+    "ascii": ASCII,
+    # ASCII, but a newline, a NUL and an escape in names; 'level00-cm' sorts between the
+    # directory '/level00' and the paths below it
+    "controls": {
+        **ASCII,
+        "/docs/readme.txt": "rea\nme.txt",
+        "/docs/empty": "em\0ty",
+        "/many/d0000/f000003.txt": "f00\x00003.txt",  # in a run of names of one directory
+        "/docs/big.bin": "\x1b[31mab",
+        "/compressed": "level00-cm",
+    },
+    # an unpaired surrogate (NTFS names are unchecked UTF-16)
+    "surrogate": {"/docs/Ünïcödé dir/日本語 ファイル.txt": "\ud800本語 ファイル.txt"},
+    # a '/' in a name: the listing sorts the paths themselves
+    "slash": {**ASCII, "/dangling-abs": "level00/aaaa", "/compressed": "level00-cm"},
+}
+
+
+def rename(image: Path, renames: dict[str, str]) -> None:
+    """Give the records of paths new names of as many UTF-16 units in their $FILE_NAME (the
+    directory indexes keep the old ones: only the full scan sees the new)."""
+    vol = NtfsVolume(RawFileDevice(str(image)))
+    records = {path: vol.stat(path).record for path in renames}
+    for path, name in renames.items():
+        number = records[path]
+        rec = bytearray(vol.record(number))
+        old = path.rpartition("/")[2].encode("utf-16-le")
+        new = name.encode("utf-16-le", "surrogatepass")
+        assert len(old) == len(new), name
+        for at in attr_offsets(rec)[s.FILE_NAME]:
+            value = at + int.from_bytes(rec[at + 20 : at + 22], "little") + s.FILE_NAME_SIZE
+            if rec[value : value + len(old)] == old:
+                rec[value : value + len(new)] = new
+        write_record(image, vol.record_offset(number), bytes(rec))
+
+
+@pytest.mark.parametrize("case", list(RENAMES))
+def test_a_full_listing_is_in_path_order_whatever_the_names(case: str, tmp_path: Path) -> None:
+    """A full NTFS listing's rows are sorted by path without the paths being made (``fs
+    pathorder``), its paths made a batch at a time: rows in ``sorted`` order, text the lines
+    of its rows (names escaped), JSON their ``json.dumps``."""
+    image = small_volume(tmp_path)
+    rename(image, RENAMES[case])
+    table = ops.ls(str(image), "/", True, columns=True)["entries"]
+    rows = table.rows()
+    paths = [r["path"] for r in rows]
+    assert paths == sorted(paths)
+    renamed = {f"{p.rpartition('/')[0]}/{n}" for p, n in RENAMES[case].items()}
+    assert renamed - set(paths) <= {"/docs/Ünïcödé dir/japanese.txt"}  # now below 'Unicode dir'
+    listing = table.path.listing  # type: ignore[attr-defined]
+    assert listing.plain == (case in ("ascii", "slash"))
+    assert listing.paths == [listing.path(i) for i in range(len(listing))]
+    assert ", ".join(table.json_items(batch=7)) == json.dumps(rows)[1:-1]
+    shown = [{**r, "path": printable([r["path"]])[0]} for r in rows]
+    assert "".join(table.lines()) == "".join(f"{line_before(r)}\n" for r in shown)
     assert_text_is_lines(table)
 
 

@@ -32,7 +32,9 @@ def test_every_listed_path_resolves_to_its_entry(files: int) -> None:
     listed = list(fresh(image).walk())
     vol = fresh(image)
     scan = fresh(image).scan()
-    si, links = scan.si[s.ROOT_RECORD].tolist(), int(scan.links[s.ROOT_RECORD])
+    r = s.ROOT_RECORD
+    si = [*scan.times[r].tolist(), int(scan.attributes[r]), int(scan.security[r])]
+    links = int(scan.links[r])
     root = (s.ROOT_RECORD, s.ROOT_RECORD, True, 0, *si[:4], si[4], si[5], links, 0, ())
     assert dataclasses.astuple(vol.root())[2:] == root
     for entry in listed:

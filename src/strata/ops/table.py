@@ -12,17 +12,47 @@ import bisect
 import codecs
 import json
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii as _json_str  # type: ignore[attr-defined]
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO, overload
 
 import numpy as np
 
 from strata.native import join_spans
 from strata.ops import textcols as tc
 
-IntColumn = list[int] | np.ndarray
+
+class Gathered:
+    """A column whose rows are rows of a bigger one: row ``i`` is ``source[at[i]]`` (a
+    listing's rows are names, its tables are by record).  Rows are gathered a slice at a
+    time, as the output goes, never all at once."""
+
+    def __init__(self, source: np.ndarray, at: np.ndarray) -> None:
+        self.source = source
+        self.at = at
+
+    def __len__(self) -> int:
+        return len(self.at)
+
+    @overload
+    def __getitem__(self, rows: int) -> Any: ...
+    @overload
+    def __getitem__(self, rows: slice) -> np.ndarray: ...
+    def __getitem__(self, rows: int | slice) -> Any:
+        return self.source[self.at[rows]]
+
+
+class Paths(Protocol):
+    """A path column: a list of str, or rows whose paths are made a slice at a time (and
+    may offer ``lines(lo, hi)``: their UTF-8, each followed by a newline)."""
+
+    def __len__(self) -> int: ...
+    def __getitem__(self, rows: slice) -> list[str]: ...
+
+
+IntColumn = list[int] | np.ndarray | Gathered
+TimeColumns = tuple[IntColumn, IntColumn, IntColumn]
 
 
 class Labels:
@@ -60,26 +90,29 @@ class Table:
 
     The text and JSON outputs are built from the columns, a batch of rows at a time; ``rows()``
     makes dicts for the API.  A 200 000-file listing built as dicts first took 0.7 s and
-    280 MB before a line was printed, and 1.5 s and 330 MB as JSON.
+    280 MB before a line was printed, and 1.5 s and 330 MB as JSON.  A column may be
+    ``Gathered`` and the paths made a slice at a time (a full NTFS listing's are): a batch's
+    values are made when it is written.
     """
 
-    path: list[str]
+    path: Paths
     kind: Labels  # a list of str is made into Labels
     size: IntColumn
     flags: IntColumn  # file attribute bits; ``names_of`` spells them
     names_of: Callable[[int], list[str]]
-    filetimes: np.ndarray | None = None  # (n, 3) FILETIMEs of TIME_FIELDS (NTFS)
+    filetimes: TimeColumns | np.ndarray | None = None  # FILETIMEs of TIME_FIELDS (NTFS), or (n, 3)
     stamps: Callable[[int], list[str | None]] | None = None  # else ISO 8601 of TIME_FIELDS[k]
-    more: dict[str, list[Any] | np.ndarray] = field(default_factory=dict)  # fields every row has
+    more: dict[str, list[Any] | np.ndarray | Gathered] = field(default_factory=dict)  # every row
     sparse: dict[int, dict[str, Any]] = field(default_factory=dict)  # fields some rows have
     _spelled: dict[int, list[str]] = field(default_factory=dict)
     _stamped: dict[int, list[str | None]] = field(default_factory=dict)
     _sparse_rows: list[int] | None = None  # sorted keys of ``sparse``, once output starts
-    _flag_groups: tuple[list[int], np.ndarray] | None = None  # see ``_flag_codes``
 
     def __post_init__(self) -> None:
         if not isinstance(self.kind, Labels):
             self.kind = Labels.of(self.kind)
+        if isinstance(self.filetimes, np.ndarray):  # (n, 3): a column each
+            self.filetimes = (self.filetimes[:, 0], self.filetimes[:, 1], self.filetimes[:, 2])
 
     def __len__(self) -> int:
         return len(self.path)
@@ -91,35 +124,36 @@ class Table:
             if k not in self._stamped:  # given whole: made once, however many batches
                 self._stamped[k] = self.stamps(k)
             return self._stamped[k][lo:hi]
-        matrix, valid = tc.stamps_to_iso(self.filetimes[lo:hi, k])
+        matrix, valid = tc.stamps_to_iso(np.asarray(self.filetimes[k][lo:hi]))
         text = tc.decoded(matrix)
         return [s if ok else None for s, ok in zip(text, valid.tolist(), strict=True)]
 
     def attributes(self) -> list[list[str]]:
         """Each row's attribute names; rows with the same bits share one list."""
-        spelled = self._spell()
-        return [spelled[bits] for bits in _as_list(self.flags)]
+        flags = _as_list(self.flags[0 : len(self)])
+        spelled = self._spell(flags)
+        return [spelled[bits] for bits in flags]
 
-    def _spell(self) -> dict[int, list[str]]:
-        for bits in set(self._flag_codes()[0]) - self._spelled.keys():
-            self._spelled[bits] = self.names_of(bits)
+    def _spell(self, bits: Iterable[int]) -> dict[int, list[str]]:
+        """The names of attribute ``bits`` (every value spelled once, whatever the batch)."""
+        for value in set(bits) - self._spelled.keys():
+            self._spelled[value] = self.names_of(value)
         return self._spelled
 
-    def _flag_codes(self) -> tuple[list[int], np.ndarray]:
-        """The distinct attribute bits, and each row's index among them (made once)."""
-        if self._flag_groups is None:
-            distinct, codes = tc.distinct_codes(np.asarray(self.flags, np.int64))
-            self._flag_groups = distinct.tolist(), codes
-        return self._flag_groups
+    def _flag_codes(self, lo: int, hi: int) -> tuple[list[int], np.ndarray]:
+        """The distinct attribute bits of rows ``lo:hi``, and each row's index among them."""
+        distinct, codes = tc.distinct_codes(np.asarray(self.flags[lo:hi], np.int64))
+        return distinct.tolist(), codes
 
     def rows(self) -> list[dict[str, Any]]:
+        n = len(self)
         columns = {
-            "path": self.path,
+            "path": self.path[0:n],
             "type": self.kind.between(),
-            "size": _as_list(self.size),
+            "size": _as_list(self.size[0:n]),
             **{name: self.times(k) for k, name in enumerate(TIME_FIELDS)},
             "attributes": self.attributes(),
-            **{name: _as_list(values) for name, values in self.more.items()},
+            **{name: _as_list(values[0:n]) for name, values in self.more.items()},
         }
         names = list(columns)
         values = zip(*columns.values(), strict=True)
@@ -128,17 +162,19 @@ class Table:
             rows[i].update(extra)
         return rows
 
-    def json_items(self, batch: int = 8192) -> Iterator[str]:
+    def json_items(self, batch: int = 2048) -> Iterator[str]:
         """``rows()`` as the JSON text ``json.dumps`` writes for them, ``batch`` rows at a
-        time, each run joined by ``", "`` as in a list."""
+        time, each run joined by ``", "`` as in a list.  A batch's strings are most of the
+        output's memory: 200 000 rows held 10 MB at once in batches of 8192, 3 MB in
+        batches of 2048, in the same time (medians of 7 runs, 0.38-0.41 s each)."""
         kinds = {kind: _json(kind) for kind in self.kind.names}
-        spelled = {bits: _json(names) for bits, names in self._spell().items()}
+        spelled: dict[int, str] = {}
         for lo in range(0, len(self), batch):
             hi = min(len(self), lo + batch)
-            created, modified, accessed = (
-                ["null" if s is None else f'"{s}"' for s in self.times(k, lo, hi)]
-                for k in range(len(TIME_FIELDS))
-            )
+            flags = _as_list(self.flags[lo:hi])
+            for bits, names in self._spell(flags).items():
+                spelled.setdefault(bits, _json(names))
+            created, modified, accessed = (self._json_times(k, lo, hi) for k in range(3))
             tails = self._json_tails(lo, hi)
             yield ", ".join(
                 f'{{"path": {_json_str(path)}, "type": {kinds[kind]}, "size": {size}, '
@@ -151,19 +187,29 @@ class Table:
                     created,
                     modified,
                     accessed,
-                    _as_list(self.flags[lo:hi]),
+                    flags,
                     tails,
                     strict=True,
                 )
             )
 
+    def _json_times(self, k: int, lo: int, hi: int) -> list[str]:
+        """``times(k, lo, hi)`` as JSON text: each FILETIME's ISO text quoted in its byte
+        matrix, not string by string."""
+        if self.filetimes is None:
+            return ["null" if s is None else f'"{s}"' for s in self.times(k, lo, hi)]
+        matrix, valid = tc.stamps_to_iso(np.asarray(self.filetimes[k][lo:hi]))
+        quoted = np.full((matrix.shape[0], matrix.shape[1] + 2), QUOTE, np.uint8)
+        quoted[:, 1:-1] = matrix
+        texts = tc.decoded(quoted)
+        for i in np.flatnonzero(~valid).tolist():
+            texts[i] = "null"
+        return texts
+
     def _json_tails(self, lo: int, hi: int) -> list[str]:
         """The fields after ``attributes`` of rows ``lo:hi``, as JSON text."""
-        columns = [
-            [f", {_json_str(name)}: {_json(value)}" for value in _as_list(values[lo:hi])]
-            for name, values in self.more.items()
-        ]
-        tails = ["".join(parts) for parts in zip(*columns, strict=True)] or [""] * (hi - lo)
+        columns = [_json_fields(name, values[lo:hi]) for name, values in self.more.items()]
+        tails = list(map("".join, zip(*columns, strict=True))) if columns else [""] * (hi - lo)
         for i, extra in self._sparse_in(lo, hi):
             if extra:
                 tails[i - lo] += ", " + _json(extra)[1:-1]
@@ -183,25 +229,28 @@ class Table:
         modified time to the second, attributes, path (and `` -> target`` for a link), with
         control characters in names shown as ``\\xNN`` (``--json`` carries them as they are).
         The reference of ``text``."""
-        kinds, spelled = self._label_texts()
+        kinds = self._kind_texts()
         for lo in range(0, len(self), batch):
-            yield self._lines_between(lo, min(len(self), lo + batch), kinds, spelled)
+            yield self._lines_between(lo, min(len(self), lo + batch), kinds)
 
-    def _label_texts(self) -> tuple[dict[str, str], dict[int, str]]:
-        """The type and attribute columns' text (padded, with the space after) of each value."""
-        kinds = {kind: f"{kind:<8} " for kind in self.kind.names}
-        spelled = {bits: f"{','.join(names) or '-':<24} " for bits, names in self._spell().items()}
-        return kinds, spelled
+    def _kind_texts(self) -> dict[str, str]:
+        """The type column's text (padded, with the space after) of each type."""
+        return {kind: f"{kind:<8} " for kind in self.kind.names}
 
-    def _lines_between(
-        self, lo: int, hi: int, kinds: dict[str, str], spelled: dict[int, str]
-    ) -> str:
+    def _attribute_texts(self, bits: list[int]) -> list[str]:
+        """The attribute column's text (padded, with the space after) of each of ``bits``."""
+        spelled = self._spell(bits)
+        return [f"{','.join(spelled[b]) or '-':<24} " for b in bits]
+
+    def _lines_between(self, lo: int, hi: int, kinds: dict[str, str]) -> str:
+        flags = _as_list(self.flags[lo:hi])
+        spelled = dict(zip(flags, self._attribute_texts(flags), strict=True))
         out = [
             kinds[kind] + mid + spelled[bits] + path
             for kind, mid, bits, path in zip(
                 self.kind.between(lo, hi),
                 self._sizes_and_stamps(lo, hi),
-                _as_list(self.flags[lo:hi]),
+                flags,
                 printable(self.path[lo:hi]),
                 strict=True,
             )
@@ -216,22 +265,22 @@ class Table:
         ``join_spans`` kernel: the type and attribute labels, the size and time matrix, and
         the paths joined and encoded at once.  A 200 000-row listing's lines took 0.12-0.19 s
         as one string per row."""
-        kind_texts, spelled = self._label_texts()
+        kind_texts = self._kind_texts()
         kinds = _label_table([kind_texts[kind] for kind in self.kind.names])
-        distinct, flag_codes = self._flag_codes()
-        attributes = _label_table([spelled[bits] for bits in distinct])
         for lo in range(0, len(self), batch):
             hi = min(len(self), lo + batch)
             middle, odd = self._middle(lo, hi)
             if odd.any():  # a size wider than its column: this batch row by row
-                yield self._lines_between(lo, hi, kind_texts, spelled).encode()
+                yield self._lines_between(lo, hi, kind_texts).encode()
                 continue
+            distinct, flag_codes = self._flag_codes(lo, hi)
+            attributes = _label_table(self._attribute_texts(distinct))
             yield join_spans(
                 [
                     (kinds[0], kinds[1][self.kind.codes[lo:hi]]),
                     (middle, _fixed_spans(hi - lo, middle.shape[1])),
-                    (attributes[0], attributes[1][flag_codes[lo:hi]]),
-                    self._tails(lo, hi),
+                    (attributes[0], attributes[1][flag_codes]),
+                    *self._tails(lo, hi),
                 ]
             )
 
@@ -248,13 +297,23 @@ class Table:
         for chunk in self.text():
             buffer.write(chunk)
 
-    def _tails(self, lo: int, hi: int) -> tuple[bytes, np.ndarray]:
-        """Each row's path (`` -> target`` after a link's) and newline, as UTF-8, and each
-        row's span of it."""
-        texts = self.path[lo:hi]
+    def _tails(self, lo: int, hi: int) -> list[tuple[bytes | bytearray, np.ndarray]]:
+        """Each row's path (`` -> target`` after a link's) and newline, as ``join_spans``
+        columns of UTF-8: the path column's own (``columns``, or one column of ``lines``)
+        when it needs no escapes, else made from its text."""
         links = [
             (i, x["target"]) for i, x in self._sparse_in(lo, hi) if x.get("target") is not None
         ]
+        columns = getattr(self.path, "columns", None)
+        found = columns(lo, hi) if columns is not None and not links else None
+        if found is not None:
+            return found
+        lines = getattr(self.path, "lines", None)
+        if lines is not None and not links:
+            data = lines(lo, hi)
+            if data.isascii() and not _has_controls(data, hi - lo):
+                return [(data, _line_spans(data))]
+        texts = self.path[lo:hi]
         if links:
             texts = list(texts)
             for i, target in links:
@@ -263,9 +322,7 @@ class Table:
         data = joined.encode("ascii") if joined.isascii() else b""
         if not data or _has_controls(data, hi - lo):
             data = ("\n".join(printable(texts)) + "\n").encode()
-        ends = np.flatnonzero(np.frombuffer(data, np.uint8) == NEWLINE) + 1
-        starts = np.concatenate(([0], ends[:-1]))
-        return data, np.stack((starts, ends - starts), axis=1)
+        return [(data, _line_spans(data))]
 
     def _sizes_and_stamps(self, lo: int, hi: int) -> list[str]:
         """``{size:>14} {modified to the second:<19} `` of rows ``lo:hi``, built as one
@@ -280,7 +337,7 @@ class Table:
         """The byte matrix of ``_sizes_and_stamps``, and which rows' sizes do not fit their
         column (left 0 in it)."""
         if self.filetimes is not None:
-            stamps = tc.stamps_to_seconds(self.filetimes[lo:hi, 1])
+            stamps = tc.stamps_to_seconds(np.asarray(self.filetimes[1][lo:hi]))
         else:
             stamps = tc.seconds_of(self.times(1, lo, hi))
         sizes = np.array(self.size[lo:hi], np.int64)
@@ -293,6 +350,13 @@ class Table:
 
 def _as_list(values: Sequence[Any] | np.ndarray) -> list[Any]:
     return values.tolist() if isinstance(values, np.ndarray) else list(values)
+
+
+def _line_spans(data: bytes) -> np.ndarray:
+    """The (start, length) rows of the newline-ended lines of ``data``."""
+    ends = np.flatnonzero(np.frombuffer(data, np.uint8) == NEWLINE) + 1
+    starts = np.concatenate(([0], ends[:-1]))
+    return np.stack((starts, ends - starts), axis=1)
 
 
 def _label_table(labels: list[str]) -> tuple[bytes, np.ndarray]:
@@ -331,6 +395,15 @@ def printable(texts: list[str]) -> list[str]:
     return [text.translate(_ESCAPED) for text in texts]
 
 
+def _json_fields(name: str, values: Sequence[Any] | np.ndarray) -> list[str]:
+    """``, "name": value`` of each of ``values`` as JSON text (integers without a call a
+    value: the JSON output's rows spent 0.15 s of 0.4 s here)."""
+    key = f", {_json_str(name)}: "
+    if isinstance(values, np.ndarray) and values.dtype.kind in "iu":
+        return list(map(key.__add__, map(str, values.tolist())))
+    return [key + _json(value) for value in _as_list(values)]
+
+
 def _json(value: Any) -> str:
     """``value`` as ``json.dumps`` (and so the JSON reporter) writes it."""
     if type(value) is int:
@@ -342,4 +415,4 @@ def _json(value: Any) -> str:
 
 TIME_FIELDS = ("created", "modified", "accessed")
 SIZE_WIDTH = 14
-NEWLINE = ord("\n")
+NEWLINE, QUOTE = ord("\n"), ord('"')

@@ -66,27 +66,71 @@ ROW_FIELDS = 12
 
 class Columns:
     """What the scan keeps: per-record tables (filled window by window, indexed by record
-    number) and rows for the variable parts (names, named streams, problems)."""
+    number) and rows for the variable parts (names, named streams, problems).
+
+    Each table is as wide as its on-disk field (a listing keeps them all, for every record
+    of the MFT: as int64 they were 96 bytes a record, 19 MB of a 200 000-record scan); the
+    $STANDARD_INFORMATION values are three tables, ``si`` joins them as int64 rows."""
 
     def __init__(self, nrec: int) -> None:
         self.nrec = nrec
-        self.flags = np.zeros(nrec, np.int64)
-        self.sequence = np.zeros(nrec, np.int64)
-        self.base = np.zeros(nrec, np.int64)
-        self.links = np.zeros(nrec, np.int64)
+        self.flags = np.zeros(nrec, np.uint16)
+        self.sequence = np.zeros(nrec, np.uint16)
+        self.base = np.zeros(nrec, bool)  # an extension record: its base reference is not 0
+        self.links = np.zeros(nrec, np.uint16)
         self.size = np.zeros(nrec, np.int64)
-        self.reparse = np.zeros(nrec, np.int64)
-        self.si = np.zeros((nrec, 6), np.int64)
+        self.reparse = np.zeros(nrec, np.uint32)
+        self.times = np.zeros((nrec, 4), np.int64)  # created, modified, MFT modified, accessed
+        self.attributes = np.zeros(nrec, np.uint32)
+        self.security = np.zeros(nrec, np.uint32)
         self._parts()
 
     def _parts(self) -> None:
-        self.fn: list[np.ndarray] = []  # rows: owner, parent ref, namespace (no DOS names)
-        # the names of each ``fn`` part: one text, each name followed by NUL (names without
-        # NUL or surrogates, so a name's code units are its characters), or else a list
-        self.texts: list[str | list[str]] = []
-        self.lengths: list[np.ndarray] = []  # code units of each name, per part
+        # The names: ``fn`` rows (owner, parent reference, namespace; no DOS names), the
+        # names as UTF-8 (unpaired surrogates as Python's surrogatepass writes them), each
+        # followed by NUL, and each name's bytes.  One growing table each (the pages past
+        # the last row are never touched), not a block per window: freed after a
+        # 200 000-record listing was built, such blocks left 8 MB of holes in the heap.
+        self._fn = np.empty((max(self.nrec, 64), 3), np.int64)
+        self._lengths = np.empty(max(self.nrec, 64), np.uint16)
+        self._text = bytearray()
+        self._named = 0
         self.ads: list[tuple[int, str, int]] = []  # owner, name, size
         self.problems: list[RecordProblem] = []
+
+    def add_names(self, fn: np.ndarray, text: bytes, lengths: np.ndarray) -> None:
+        """A window's ``fn`` rows, their names' ``text`` and ``lengths``."""
+        end = self._named + len(fn)
+        if end > len(self._fn):
+            self._fn, self._lengths = _grown(self._fn, end), _grown(self._lengths, end)
+        self._fn[self._named : end] = fn
+        self._lengths[self._named : end] = lengths
+        self._text += text
+        self._named = end
+
+    @property
+    def fn(self) -> list[np.ndarray]:
+        """The ``fn`` rows, as parts (one)."""
+        return [self._fn[: self._named]]
+
+    @property
+    def texts(self) -> list[bytes | bytearray]:
+        return [self._text]
+
+    @property
+    def lengths(self) -> list[np.ndarray]:
+        return [self._lengths[: self._named]]
+
+    def take_names(self) -> tuple[np.ndarray, bytearray, np.ndarray]:
+        """The ``fn`` rows, names and lengths, handed over: the table lets them go."""
+        named = self.fn[0], self._text, self.lengths[0]
+        self._parts()
+        return named
+
+    @property
+    def si(self) -> np.ndarray:
+        """The $STANDARD_INFORMATION values as int64 rows: 4 times, attributes, security id."""
+        return np.column_stack([self.times, self.attributes, self.security]).astype(np.int64)
 
     def set(self, field: str, where: slice | np.ndarray, values: np.ndarray) -> None:
         """Field ``field`` of records ``where`` (a slice or record numbers)."""
@@ -94,14 +138,21 @@ class Columns:
 
     def scatter(self, field: str, owner: np.ndarray, values: np.ndarray) -> None:
         """Field ``field`` of records ``owner`` (numbers out of range ignored)."""
-        table = getattr(self, field)
         n = owner.size
         run = n > 0 and owner[0] >= 0 and owner[-1] < self.nrec and owner[-1] - owner[0] == n - 1
         if run and (n == 1 or (np.diff(owner) == 1).all()):  # the usual run: one copy
-            table[owner[0] : owner[0] + n] = values
+            self._put(field, slice(int(owner[0]), int(owner[0]) + n), values)
             return
         ok = (owner >= 0) & (owner < self.nrec)
-        table[owner[ok]] = values[ok]
+        self._put(field, owner[ok], values[ok])
+
+    def _put(self, field: str, where: slice | np.ndarray, values: np.ndarray) -> None:
+        if field != "si":
+            getattr(self, field)[where] = values
+            return
+        self.times[where] = values[:, :4]
+        self.attributes[where] = values[:, 4]
+        self.security[where] = values[:, 5]
 
     @property
     def names(self) -> list[str]:
@@ -109,17 +160,28 @@ class Columns:
         return [n for part in range(len(self.texts)) for n in self.part_names(part)]
 
     def part_names(self, part: int) -> list[str]:
-        text = self.texts[part]
-        return text.split("\0")[:-1] if isinstance(text, str) else text
+        text = self.texts[part].decode("utf-8", "surrogatepass")
+        names = text.split("\0")[:-1]
+        if len(names) == len(self.lengths[part]):
+            return names
+        return split_names(self.texts[part], self.lengths[part])  # a name holds NUL
 
-    def char_starts(self) -> np.ndarray | None:
-        """Where each row's name starts in its part's text (None when a part is a list)."""
-        if any(not isinstance(text, str) for text in self.texts):
-            return None
-        if not self.lengths:
-            return np.zeros(0, np.int64)
-        units = [n + 1 for n in self.lengths]
-        return np.concatenate([np.cumsum(u) - u for u in units])
+
+def split_names(text: bytes, lengths: np.ndarray) -> list[str]:
+    """The names of a part's ``text`` cut by their ``lengths`` (each followed by NUL)."""
+    spans = lengths.astype(np.int64) + 1
+    starts = (np.cumsum(spans) - spans).tolist()
+    return [
+        text[a : a + n].decode("utf-8", "surrogatepass")
+        for a, n in zip(starts, lengths.tolist(), strict=True)
+    ]
+
+
+def _grown(table: np.ndarray, rows: int) -> np.ndarray:
+    """``table`` in an array of at least ``rows`` rows (twice as many as it had)."""
+    out = np.empty((max(rows, 2 * len(table)), *table.shape[1:]), table.dtype)
+    out[: len(table)] = table
+    return out
 
 
 class SparseColumns(Columns):
@@ -134,6 +196,31 @@ class SparseColumns(Columns):
         self.rows = np.zeros((64, ROW_FIELDS), np.int64)
         self._last: tuple[slice | np.ndarray, np.ndarray] | None = None  # where, its slots
         self._parts()
+
+    def _parts(self) -> None:
+        # As ``Columns``, but a part per window: the NTFS delta reads the names a load adds.
+        self._fn_parts: list[np.ndarray] = []
+        self._text_parts: list[bytes | bytearray] = []
+        self._length_parts: list[np.ndarray] = []
+        self.ads = []
+        self.problems = []
+
+    def add_names(self, fn: np.ndarray, text: bytes, lengths: np.ndarray) -> None:
+        self._fn_parts.append(fn)
+        self._text_parts.append(text)
+        self._length_parts.append(lengths)
+
+    @property
+    def fn(self) -> list[np.ndarray]:
+        return self._fn_parts
+
+    @property
+    def texts(self) -> list[bytes | bytearray]:
+        return self._text_parts
+
+    @property
+    def lengths(self) -> list[np.ndarray]:
+        return self._length_parts
 
     def slot_of(self, numbers: np.ndarray) -> np.ndarray:
         """The table rows of records ``numbers`` (in range), given out to the ones not seen
@@ -418,9 +505,8 @@ def _store(
         cols.scatter("si", owner_of[rows.si[:, 0]], rows.si[:, 1:])
     if len(rows.fn):
         fn = rows.fn
-        cols.fn.append(np.stack([owner_of[fn[:, 0]], fn[:, 1], fn[:, 2]], axis=1))
-        cols.texts.append(_decode_names(flat, fn[:, 3], fn[:, 4]))
-        cols.lengths.append(fn[:, 4])
+        named = np.stack([owner_of[fn[:, 0]], fn[:, 1], fn[:, 2]], axis=1)
+        cols.add_names(named, *_utf8_names(flat, fn[:, 3], fn[:, 4]))
     if len(rows.sizes):
         cols.scatter("size", owner_of[rows.sizes[:, 0]], rows.sizes[:, 1])
     for row, pos, length, nonres, vlen in rows.ads.tolist():
@@ -498,11 +584,13 @@ def _attribute_rows(
 _NUL16, _NUL16_SPAN = b"\0\0", np.array([0, 2], np.int64)
 
 
-def _decode_names(flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> str | list[str]:
-    """UTF-16 names at ``starts`` (``lengths`` code units each), decoded with one call: one
-    text, each name followed by NUL; a list of names when one holds NUL or a surrogate."""
+def _utf8_names(
+    flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray
+) -> tuple[bytes, np.ndarray]:
+    """UTF-16 names at ``starts`` (``lengths`` code units each) as UTF-8, each followed by
+    NUL, converted with one call; and each name's bytes."""
     if starts.size == 0:
-        return ""
+        return b"", np.zeros(0, np.uint16)
     # The names' code units and a NUL after each, cut out by the join_spans kernel (the
     # numpy gather it replaces took 30-45 ms of a 200 000-record scan, this 7-10 ms).
     raw = join_spans(
@@ -512,20 +600,20 @@ def _decode_names(flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> 
         ]
     )
     codes = np.frombuffer(raw, "<u2")
-    top = int(codes.max())
-    if top < 0x80:
-        text = codes.astype(np.uint8).tobytes().decode("ascii")
-    else:
-        text = raw.decode("utf-16-le", "surrogatepass")
-    regular = np.count_nonzero(codes == 0) == starts.size
-    if regular and top >= 0xD800:
-        regular = not ((codes >= 0xD800) & (codes < 0xE000)).any()
-    if regular:
-        return text
-    return [
-        flat[a : a + 2 * n].tobytes().decode("utf-16-le", "surrogatepass")
+    if int(codes.max()) < 0x80:  # ASCII: a code unit is a byte
+        return codes.astype(np.uint8).tobytes(), lengths.astype(np.uint16)
+    text = raw.decode("utf-16-le", "surrogatepass").encode("utf-8", "surrogatepass")
+    ends = np.flatnonzero(np.frombuffer(text, np.uint8) == 0)
+    if ends.size == starts.size:  # no name holds NUL: the NULs end the names
+        return text, (ends - np.concatenate(([-1], ends[:-1])) - 1).astype(np.uint16)
+    names = [
+        flat[a : a + 2 * n]
+        .tobytes()
+        .decode("utf-16-le", "surrogatepass")
+        .encode("utf-8", "surrogatepass")
         for a, n in zip(starts.tolist(), lengths.tolist(), strict=True)
     ]
+    return b"".join(n + b"\0" for n in names), np.array([len(n) for n in names], np.uint16)
 
 
 def _named_stream(

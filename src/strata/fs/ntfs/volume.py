@@ -41,11 +41,15 @@ from strata.fs.ntfs.records import (
     scan_window,
 )
 from strata.fs.ntfs.runlist import Run, decode_runlist
+from strata.fs.pathorder import PADDING, SLASH, Prefixes, path_order
+from strata.native import join_spans
 
 # Bytes of MFT read, fixed up and walked per pass: a window that stays in the caches between
 # its read and its scan.  The 200 000-record scan in process, medians of three runs of 11-21
-# alternating rounds: 2 and 4 MiB windows 67-86 ms, 8 MiB 86-100 ms, 16 MiB 106 ms (once).
-WINDOW = 4 << 20
+# alternating rounds: 2 and 4 MiB windows 67-86 ms, 8 MiB 86-100 ms, 16 MiB 106 ms (once);
+# again, 7 rounds: 1 MiB 83 ms, 2 MiB 76 ms, 4 MiB 79 ms.  The smaller of the fast two: the
+# window is most of the scan's memory besides what it keeps.
+WINDOW = 2 << 20
 LOOKUPS_KEPT = 64  # directory indexes, and resolved paths, ``stat`` keeps
 READ_CHUNK = 1 << 20
 MAX_EXTENSIONS = 4096  # extension records one file may name in its attribute list
@@ -139,53 +143,221 @@ def attribute_names(flags: int) -> list[str]:
 
 
 class Listing:
-    """Every name on the volume, as columns (numpy) plus paths; ``entries()`` makes objects."""
+    """Every name on the volume, as columns: tables by record number (numpy), and a row per
+    name: its record, its parent directory, the prefix of that directory's path and the
+    name itself (UTF-8, in one buffer).  A path is made from its row's prefix and name when
+    asked for, a batch of rows at a time: ``paths`` makes them all, ``order`` sorts rows by
+    path without making any (200 000 paths held as strings were 15 MB of a listing)."""
 
-    def __init__(self, vol: NtfsVolume, cols: Columns, nrec: int) -> None:
+    def __init__(self, cols: Columns, nrec: int) -> None:
+        """The listing of a full scan's ``cols``, which it takes apart: their tables become
+        its own, their rows are let go as they are read."""
         self.problems: list[RecordProblem] = list(cols.problems)
-        self.sequence, self.links, self.si = cols.sequence, cols.links, cols.si
-        self.size, self.reparse_tag = cols.size, cols.reparse
-        self.in_use = (cols.flags & s.RECORD_IN_USE != 0) & (cols.base == 0)
+        self.links, self.size, self.reparse_tag = cols.links, cols.size, cols.reparse
+        self.times, self.attributes, self.security = cols.times, cols.attributes, cols.security
+        self.in_use = (cols.flags & s.RECORD_IN_USE != 0) & ~cols.base
         self.is_dir = self.in_use & (cols.flags & s.RECORD_IS_DIRECTORY != 0)
+        self.size[self.is_dir] = 0  # as a directory's entry shows it
         self.streams = streams_by_owner(cols)
-        self._tree(vol, cols, nrec)
+        self._tree(cols, nrec)
 
-    def _tree(self, vol: NtfsVolume, cols: Columns, nrec: int) -> None:
-        fn = _cat(cols.fn, np.int64, width=3)
+    def _tree(self, cols: Columns, nrec: int) -> None:
+        fn, self._names, lengths = cols.take_names()
+        self._names += bytes(PADDING)
+        self._slashed = SLASH in self._names  # see strata.fs.pathorder
+        self.plain = _plain(self._names, len(fn) + PADDING)
+        owner, parent, starts, lengths = self._named(fn, lengths, nrec, cols.sequence)
+        del fn
+        dirs = self.is_dir[owner]
+        up, dir_paths = self._dir_paths(
+            owner[dirs].tolist(), parent[dirs].tolist(), self._decoded(starts[dirs], lengths[dirs])
+        )
+        slot_of = self._prefixes(up, dir_paths, nrec)
+        slot = slot_of[parent]
+        del slot_of
+        if (slot < 0).any():  # orphans (the problems say why): not listed
+            ok = slot >= 0
+            owner, parent, slot, starts, lengths = (
+                c[ok] for c in (owner, parent, slot, starts, lengths)
+            )
+        self.owner, self.parent, self.slot = owner, parent, slot
+        self._starts, self._lengths = starts, lengths
+
+    def _named(
+        self, fn: np.ndarray, lengths: np.ndarray, nrec: int, sequence: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(owner, parent record, name start, name length) of each name of a record in use
+        under a directory that is (DOS aliases and the root's own name aside), a slice of
+        ``fn`` rows at a time; the others are problems."""
+        numbers = np.int32 if nrec < 1 << 31 else np.int64
+        # Filled slice by slice: the pages past the last name kept are never touched.
+        out = (
+            np.empty(len(fn), numbers),
+            np.empty(len(fn), numbers),
+            np.empty(len(fn), np.int32 if len(self._names) < 1 << 31 else np.int64),
+            np.empty(len(fn), np.uint16),
+        )
+        kept = first = 0
+        for lo in range(0, len(fn), NAMES_READ):
+            rows, sizes = fn[lo : lo + NAMES_READ], lengths[lo : lo + NAMES_READ]
+            ends = np.cumsum(sizes + 1, dtype=np.int64) + first
+            first = int(ends[-1])
+            idx = self._good_names(rows, nrec, sequence)
+            values = (
+                rows[idx, 0],
+                rows[idx, 1] & s.REF_RECORD_MASK,
+                ends[idx] - sizes[idx] - 1,
+                sizes[idx],
+            )
+            for column, value in zip(out, values, strict=True):
+                column[kept : kept + idx.size] = value
+            kept += idx.size
+        return tuple(column[:kept] for column in out)  # type: ignore[return-value]
+
+    def _good_names(self, fn: np.ndarray, nrec: int, sequence: np.ndarray) -> np.ndarray:
+        """The rows of ``fn`` (owner, parent reference, namespace) to list: records in use
+        (DOS aliases and the root's own name aside) whose parent is a directory that is;
+        a bad parent is a problem."""
         owner, pref, ns = fn[:, 0], fn[:, 1], fn[:, 2]
-        safe_owner = np.clip(owner, 0, nrec - 1)
-        keep = (owner < nrec) & self.in_use[safe_owner] & (ns != s.NAMESPACE_DOS)
-        keep &= owner != s.ROOT_RECORD
+        keep = (owner < nrec) & self.in_use[np.clip(owner, 0, nrec - 1)]
+        keep &= (ns != s.NAMESPACE_DOS) & (owner != s.ROOT_RECORD)
         parent = pref & s.REF_RECORD_MASK
-        pseq = (pref >> 48) & 0xFFFF
         safe = np.clip(parent, 0, nrec - 1)
-        good_parent = (parent < nrec) & self.is_dir[safe] & (self.sequence[safe] == pseq)
-        for i in np.flatnonzero(keep & ~good_parent):
+        good = (parent < nrec) & self.is_dir[safe] & (sequence[safe] == (pref >> 48) & 0xFFFF)
+        for i in np.flatnonzero(keep & ~good).tolist():
             problem = f"parent reference {int(parent[i])} is gone"
             self.problems.append(RecordProblem(int(owner[i]), None, problem))
-        idx = np.flatnonzero(keep & good_parent)
-        owner, parent = owner[idx], parent[idx]
-        del fn, pref, ns, safe_owner, keep, pseq, safe, good_parent  # before the paths
-        dirs = self.is_dir[owner]
-        starts = cols.char_starts()
-        dir_paths = self._dir_paths(
-            owner[dirs].tolist(), parent[dirs].tolist(), _names_at(cols, idx[dirs], starts)
-        )
-        slot = np.full(nrec, -1, np.int64)  # parent record -> index of its path prefix
-        prefixes = [f"{path}/" for path in dir_paths.values() if path is not None]
-        slot[[d for d, path in dir_paths.items() if path is not None]] = np.arange(len(prefixes))
-        where = slot[parent]
-        ok = where >= 0
-        self.owner, self.parent = owner[ok], parent[ok]
-        self.paths: list[str] = _join_paths(cols, idx[ok], where[ok], prefixes, starts)
+        return np.flatnonzero(keep & good)
+
+    def _decoded(self, starts: np.ndarray, lengths: np.ndarray) -> list[str]:
+        names = self._names
+        return [
+            names[a : a + n].decode("utf-8", "surrogatepass")
+            for a, n in zip(starts.tolist(), lengths.tolist(), strict=True)
+        ]
 
     @property
     def names(self) -> list[str]:
         return [path.rpartition("/")[2] for path in self.paths]
 
+    @property
+    def paths(self) -> list[str]:
+        """Every row's path, made now (not kept).  Rows that follow each other in the names
+        under one prefix are a run of their text: a long run's paths are made by one
+        replace of its NUL separators and one split (no Python work per name)."""
+        if not len(self):
+            return []
+        starts = self._starts.astype(np.int64)
+        ends = starts + self._lengths
+        cut = (starts[1:] != ends[:-1] + 1) | (self.slot[1:] != self.slot[:-1])
+        firsts = np.flatnonzero(np.concatenate(([True], cut)))
+        lasts = np.append(firsts[1:], len(self))
+        long = lasts - firsts >= LONG_RUN
+        out: list[str] = []
+        done = 0
+        for lo, hi in zip(firsts[long].tolist(), lasts[long].tolist(), strict=True):
+            out += self._paths_between(done, lo)
+            out += self._run(lo, hi, int(starts[lo]), int(ends[hi - 1]))
+            done = hi
+        return out + self._paths_between(done, len(self))
+
+    def _run(self, lo: int, hi: int, a: int, b: int) -> list[str]:
+        """The paths of rows ``lo:hi``, whose names are ``_names[a:b]`` under one prefix."""
+        prefix = self.prefixes[self.slot[lo]]
+        text = self._names[a:b].decode("utf-8", "surrogatepass")
+        paths = (prefix + text.replace("\0", "\0" + prefix)).split("\0")
+        return paths if len(paths) == hi - lo else self._paths_between(lo, hi)  # a NUL in a name
+
+    def _paths_between(self, lo: int, hi: int) -> list[str]:
+        out: list[str] = []
+        for at in range(lo, hi, PATH_BATCH):
+            out += self.path_texts(np.arange(at, min(hi, at + PATH_BATCH)))
+        return out
+
+    def path_lines(self, rows: np.ndarray) -> bytes:
+        """The paths of ``rows`` as UTF-8 (unpaired surrogates as surrogatepass writes
+        them), each followed by a newline."""
+        rows = np.asarray(rows, np.int64)
+        return join_spans(self.path_columns(rows)) if rows.size else b""
+
+    def path_columns(self, rows: np.ndarray) -> list[tuple[bytes | bytearray, np.ndarray]]:
+        """``path_lines`` as ``join_spans`` columns: each row's prefix, name and newline."""
+        rows = np.asarray(rows, np.int64)
+        names = np.stack((self._starts[rows], self._lengths[rows]), axis=1).astype(np.int64)
+        return [
+            (self._prefix_data, self._prefix_spans[self.slot[rows]]),
+            (self._names, names),
+            (b"\n", np.tile(_NEWLINE_SPAN, (rows.size, 1))),
+        ]
+
+    def path_texts(self, rows: np.ndarray) -> list[str]:
+        """The paths of ``rows``, decoded from ``path_lines`` in one call."""
+        paths = self.path_lines(rows).decode("utf-8", "surrogatepass").split("\n")
+        if len(paths) == len(rows) + 1:
+            return paths[:-1]
+        return [self.path(int(r)) for r in np.asarray(rows).tolist()]  # a name holds \n
+
+    def path(self, row: int) -> str:
+        a, n = int(self._starts[row]), int(self._lengths[row])
+        return self.prefixes[self.slot[row]] + self._decoded(np.array([a]), np.array([n]))[0]
+
+    def order(self, rows: np.ndarray) -> np.ndarray:
+        """``rows`` sorted by path, rows of equal paths in the order given."""
+        rows = np.asarray(rows).astype(np.int32 if len(self) < 1 << 31 else np.int64)
+        if self._slashed:  # a damaged name: sort the paths themselves
+            paths = self.paths
+            return np.array(sorted(rows.tolist(), key=paths.__getitem__), rows.dtype)
+        columns = (self.slot, self._starts, self._lengths)
+        return rows[path_order(self._tree_of, self._names, *columns, rows)]
+
+    def below(self, path: str) -> np.ndarray:
+        """Whether each row's path is below ``path``."""
+        prefix = f"{path}/"
+        if self._slashed:  # a damaged name: look at the paths themselves
+            return np.array([p.startswith(prefix) for p in self.paths], bool)
+        return np.array([p.startswith(prefix) for p in self.prefixes], bool)[self.slot]
+
+    def named(self, path: str) -> np.ndarray:
+        """Whether each row's path is ``path``."""
+        if self._slashed:
+            return np.array([p == path for p in self.paths], bool)
+        out = np.zeros(len(self), bool)
+        head, _, name = path.rpartition("/")
+        if f"{head}/" not in self.prefixes:
+            return out
+        beside = np.flatnonzero(self.slot == self.prefixes.index(f"{head}/"))
+        names = self._decoded(self._starts[beside], self._lengths[beside])
+        out[beside[np.array([n == name for n in names], bool)]] = True
+        return out
+
+    def _prefixes(
+        self, up: dict[int, tuple[int, str]], dir_paths: dict[int, str | None], nrec: int
+    ) -> np.ndarray:
+        """Each distinct directory path's prefix (``prefixes``, and their tree), and the
+        prefix of each directory record (-1: none)."""
+        slot_of = np.full(nrec, -1, np.int32)
+        index = {"/": 0}
+        parent, depth, names = [0], [0], [""]
+        for d, path in dir_paths.items():  # parents before children
+            if path is None:
+                continue
+            at = index.setdefault(f"{path}/", len(index))
+            if at == len(parent):
+                above, name = up[d]
+                parent.append(int(slot_of[above]))
+                depth.append(depth[parent[-1]] + 1)
+                names.append(name)
+            slot_of[d] = at
+        self.prefixes = list(index)
+        self._tree_of = Prefixes(np.array(parent, np.int32), np.array(depth, np.int32), names)
+        encoded = [p.encode("utf-8", "surrogatepass") for p in self.prefixes]
+        self._prefix_data = b"".join(encoded)
+        self._prefix_spans = _spans([len(e) for e in encoded])
+        return slot_of
+
     def _dir_paths(
         self, owners: list[int], parents: list[int], names: list[str]
-    ) -> dict[int, str | None]:
+    ) -> tuple[dict[int, tuple[int, str]], dict[int, str | None]]:
         up: dict[int, tuple[int, str]] = {}
         for o, p, n in zip(owners, parents, names, strict=True):
             up.setdefault(o, (p, n))
@@ -208,95 +380,52 @@ class Listing:
                 for c in reversed(chain):
                     prefix = paths[up[c][0]]
                     paths[c] = None if prefix is None else f"{prefix}/{up[c][1]}"
-        return paths
+        return up, paths
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.owner)
 
-    def entry(self, i: int) -> NtfsEntry:
+    def entry(self, i: int, path: str | None = None) -> NtfsEntry:
         o = int(self.owner[i])
         return _entry(
-            self.paths[i],
+            self.path(i) if path is None else path,
             o,
             int(self.parent[i]),
             is_dir=bool(self.is_dir[o]),
             size=int(self.size[o]),
-            si=self.si[o].tolist(),
+            si=[*self.times[o].tolist(), int(self.attributes[o]), int(self.security[o])],
             links=int(self.links[o]),
             reparse_tag=int(self.reparse_tag[o]),
             streams=self.streams.get(o, ()),
         )
 
     def entries(self) -> Iterator[NtfsEntry]:
-        for i in range(len(self.paths)):
-            yield self.entry(i)
+        for lo in range(0, len(self), PATH_BATCH):
+            rows = np.arange(lo, min(len(self), lo + PATH_BATCH))
+            for i, path in zip(rows.tolist(), self.path_texts(rows), strict=True):
+                yield self.entry(i, path)
 
 
-def _names_at(cols: Columns, rows: np.ndarray, starts: np.ndarray | None) -> list[str]:
-    """The names of ``fn`` rows ``rows`` (sorted)."""
-    if rows.size == 0:
-        return []
-    if starts is None:
-        names = cols.names
-        return [names[r] for r in rows.tolist()]
-    part = _parts_of(cols, rows)
-    texts = cols.texts
-    lengths = np.concatenate(cols.lengths)
-    firsts, counts = starts[rows].tolist(), lengths[rows].tolist()
-    return [
-        texts[p][a : a + n]  # type: ignore[index]
-        for p, a, n in zip(part.tolist(), firsts, counts, strict=True)
-    ]
+def _plain(names: bytes | bytearray, nuls: int) -> bool:
+    """Whether UTF-8 ``names`` (each followed by NUL, ``nuls`` NULs in all) are ASCII and
+    hold no control character: their paths are shown as they are."""
+    codes = np.frombuffer(names, np.uint8)
+    controls = np.count_nonzero(codes < 0x20) - nuls
+    return names.isascii() and controls == 0 and not (codes == 0x7F).any()
 
 
-def _parts_of(cols: Columns, rows: np.ndarray) -> np.ndarray:
-    """The part (scan window) of each ``fn`` row of ``rows``."""
-    sizes = [len(f) for f in cols.fn]
-    if len(sizes) == 1:
-        return np.zeros(rows.size, np.int64)
-    return np.repeat(np.arange(len(sizes)), sizes)[rows]
+PATH_BATCH = 1 << 16  # rows whose paths are made at once
+# Names of one directory, one after another, made into paths as one text: a run costs
+# ~1.2 us and 0.04 us a name, a name in a batch of rows ~0.17 us (200 000-file volume).
+LONG_RUN = 16
+NAMES_READ = 1 << 14  # scanned names checked at once (their temporaries stay under 1 MB)
+_NEWLINE_SPAN = np.array([0, 1], np.int64)
 
 
-def _join_paths(
-    cols: Columns,
-    rows: np.ndarray,
-    slots: np.ndarray,
-    prefixes: list[str],
-    starts: np.ndarray | None,
-) -> list[str]:
-    """The path of each ``fn`` row of ``rows``: prefix ``slots`` + name.  Rows that follow
-    each other in one part under one directory are a run of the part's text: the run's
-    paths are made by one replace of its NUL separators and one split (no Python work per
-    name)."""
-    if rows.size == 0:
-        return []
-    if starts is not None:
-        part = _parts_of(cols, rows)
-        lengths = np.concatenate(cols.lengths)
-        cut = (np.diff(rows) != 1) | (np.diff(part) != 0) | (np.diff(slots) != 0)
-        firsts = np.concatenate(([0], np.flatnonzero(cut) + 1))
-        if firsts.size <= rows.size // 8:
-            lasts = np.concatenate((firsts[1:], [rows.size])) - 1
-            a = starts[rows[firsts]]
-            b = starts[rows[lasts]] + lengths[rows[lasts]]
-            seps = ["\0" + p for p in prefixes]
-            texts = cols.texts
-            paths: list[str] = []
-            for p, k, i, j in zip(
-                part[firsts].tolist(), slots[firsts].tolist(), a.tolist(), b.tolist(), strict=True
-            ):
-                run = texts[p][i:j].replace("\0", seps[k])  # type: ignore[union-attr]
-                paths += (prefixes[k] + run).split("\0")
-            if len(paths) == rows.size:
-                return paths
-    names = _names_at(cols, rows, starts)
-    return [prefixes[k] + n for k, n in zip(slots.tolist(), names, strict=True)]
-
-
-def _cat(parts: list[np.ndarray], dtype: type, width: int = 0) -> np.ndarray:
-    if parts:
-        return np.concatenate(parts).astype(dtype, copy=False)  # already a fresh array
-    return np.zeros((0, width) if width else 0, dtype)
+def _spans(lengths: list[int]) -> np.ndarray:
+    """(start, length) rows of pieces of ``lengths`` bytes laid one after another."""
+    size = np.array(lengths, np.int64)
+    return np.stack((np.cumsum(size) - size, size), axis=1)
 
 
 class NtfsVolume:
@@ -657,7 +786,7 @@ class NtfsVolume:
     def scan(self) -> Listing:
         """Every file name on the volume (the bulk MFT scan), cached."""
         if self._listing is None:
-            self._listing = Listing(self, self._scan_columns(), self.record_count)
+            self._listing = Listing(self._scan_columns(), self.record_count)
         return self._listing
 
     def _scan_columns(self) -> Columns:
