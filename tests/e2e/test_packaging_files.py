@@ -305,19 +305,26 @@ def test_a_moved_directory_keeps_serving_its_base(store: Path) -> None:
     assert done["state"] == "deployable" and done["changed_blocks"] == 1
 
 
+def _as_user_with(directory: Path, mode: int, *args: str | Path) -> list[dict[str, Any]]:
+    """The JSON events of a successful command run as a user bound by permission bits while
+    ``directory`` has ``mode``."""
+    directory.chmod(mode)
+    try:
+        proc = strata_as_user(*args, "--json")
+    finally:
+        directory.chmod(0o755)
+    assert proc.returncode == 0, proc.stderr
+    return [json.loads(line) for line in proc.stdout.splitlines()]
+
+
 def test_a_directory_that_cannot_be_listed_fails_no_finalize(store: Path) -> None:
     """Which bases a finalize left unused is looked for after its commit: a directory that
     cannot be listed (write and search permission only) leaves the hint out, and the
     finalize succeeds."""
-    out = store.parent / "out"
     a = _package(store, "a", "vhd")
-    out.chmod(0o300)
-    try:
-        proc = strata_as_user(*finalize_args(a, store), "--remove-disk", "--json")
-    finally:
-        out.chmod(0o755)
-    assert proc.returncode == 0, proc.stderr
-    done = result_of([json.loads(line) for line in proc.stdout.splitlines()])
+    done = result_of(
+        _as_user_with(store.parent / "out", 0o300, *finalize_args(a, store), "--remove-disk")
+    )
     assert done["state"] == "deployable" and done["unused_bases"] == []
     assert done["removed"] == [a["disk_path"], a["iso"]]
 
@@ -325,15 +332,8 @@ def test_a_directory_that_cannot_be_listed_fails_no_finalize(store: Path) -> Non
 def test_a_disk_that_cannot_be_removed_is_a_warning_after_finalize(store: Path) -> None:
     """finalize --remove-disk removes the disk after its commit: a directory the user may
     not write leaves the disk in place with a warning, and the finalize succeeds."""
-    out = store.parent / "out"
     a = _package(store, "a", "vhd")
-    out.chmod(0o555)
-    try:
-        proc = strata_as_user(*finalize_args(a, store), "--remove-disk", "--json")
-    finally:
-        out.chmod(0o755)
-    assert proc.returncode == 0, proc.stderr
-    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    events = _as_user_with(store.parent / "out", 0o555, *finalize_args(a, store), "--remove-disk")
     done = result_of(events)
     assert done["state"] == "deployable" and done["removed"] == []
     assert done["warnings"] == [
@@ -348,13 +348,7 @@ def test_a_base_that_cannot_be_removed_is_kept_with_a_warning(store: Path) -> No
     out = store.parent / "out"
     a = _package(store, "a", "vhd")
     result_of(strata_json("layer", "delete", "a:1", "--remove-disk", "--store", store))
-    out.chmod(0o555)
-    try:
-        proc = strata_as_user("packaging-disk", "prune", out, "--store", store, "--json")
-    finally:
-        out.chmod(0o755)
-    assert proc.returncode == 0, proc.stderr
-    pruned = result_of([json.loads(line) for line in proc.stdout.splitlines()])
+    pruned = result_of(_as_user_with(out, 0o555, "packaging-disk", "prune", out, "--store", store))
     assert pruned["removed"] == [] and pruned["freed_bytes"] == 0
     assert pruned["warnings"] == [f"{a['base']['path']} could not be removed: Permission denied"]
     assert os.path.exists(a["base"]["path"])
