@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from strata.cli.events import current, json_option
-from strata.cli.options import FILE, store_option, target_option
+from strata.cli.options import FILE, remove_disk_option, store_option, target_option
 from strata.ops import layers
 
 if TYPE_CHECKING:
@@ -79,13 +79,7 @@ def _volume(partition: object) -> str:
 @click.option("--layer", required=True, help="Layer being packaged.")
 @click.option("--version", "version", required=True, help="Version being packaged.")
 @click.option("--comment", default="", help="Comment recorded in the audit history.")
-@click.option(
-    "--remove-disk",
-    is_flag=True,
-    help="Delete the packaging disk and its job ISO after a successful finalize (its cached "
-    "base stays: the result says when no disk uses it any more, and `strata packaging-disk "
-    "prune` removes it).",
-)
+@remove_disk_option("Delete the packaging disk and its job ISO after a successful finalize")
 @gate_target_option
 @click.option(
     "--force", is_flag=True, help="Finalize even when integrity checks fail (needs --reason)."

@@ -10,7 +10,7 @@ import click
 from strata.cli.events import current, json_option
 from strata.cli.finalize import file_delta_notes, gate_target_option, report_gate
 from strata.cli.groups import HelpGroup
-from strata.cli.options import FILE, allow_option, store_option
+from strata.cli.options import FILE, allow_option, remove_disk_option, store_option
 from strata.ops import store as ops
 from strata.ops.layers import layer_diff
 from strata.units import human_size, utc_time
@@ -120,12 +120,8 @@ def diff_cmd(store: str | None, ref: str) -> int:
 @group.command("delete")
 @click.argument("ref", metavar="NAME[:VERSION]")
 @click.option("--comment", default="", help="Comment recorded in the audit history.")
-@click.option(
-    "--remove-disk",
-    is_flag=True,
-    help="Also delete the packaging disk and job ISO of each deleted version, where they "
-    "still are (their cached base stays: the result says when no disk uses it any more, "
-    "and `strata packaging-disk prune` removes it).",
+@remove_disk_option(
+    "Also delete the packaging disk and job ISO of each deleted version, where they still are"
 )
 @store_option
 @json_option

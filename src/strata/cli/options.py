@@ -66,6 +66,16 @@ def target_option(help: str) -> Decorator:
     return click.option("--target", type=click.Choice(tuple(TARGETS)), default=None, help=help)
 
 
+def remove_disk_option(what: str) -> Decorator:
+    """``--remove-disk``: ``what`` it deletes, and that the disk's cached base stays."""
+    return click.option(
+        "--remove-disk",
+        is_flag=True,
+        help=f"{what} (its cached base stays: the result says when no disk uses it any "
+        "more, and `strata packaging-disk prune` removes it).",
+    )
+
+
 def store_option(func: Callable[..., Any]) -> Callable[..., Any]:
     # Unchecked by click (a file given as the store would be a usage error, exit 2): the
     # store says what is wrong with the path, as it does for $STRATA_STORE (a file, or a

@@ -331,13 +331,24 @@ def prune_bases(
 
 def unused_bases(st: Store, records: Iterable[dict[str, Any] | None]) -> list[str]:
     """The cached bases of ``records`` (still there) that no disk uses any more: what
-    ``prune_bases`` would remove.  For the result of a command that removed their disks."""
-    paths = set()
+    ``prune_bases`` would remove.  For the result of a command that removed their disks;
+    each directory is scanned once."""
+    by_directory: dict[str, dict[str, str]] = {}  # directory -> {real path: path as recorded}
     for record in records:
         base = record.get("base") if record else None
         if isinstance(base, dict) and isinstance(base.get("path"), str):
-            paths.add(base["path"])
-    return sorted(p for p in paths if _unused(st, p))
+            real = os.path.realpath(base["path"])
+            if os.path.exists(real):
+                by_directory.setdefault(os.path.dirname(real), {})[real] = base["path"]
+    if not by_directory:
+        return []
+    recorded = recorded_users(st)
+    unused = [
+        bases[real]
+        for directory, bases in by_directory.items()
+        for real in _unused_in(directory, set(bases), recorded)
+    ]
+    return sorted(set(unused))
 
 
 def prune_hint(base: str) -> str:
@@ -347,19 +358,18 @@ def prune_hint(base: str) -> str:
     )
 
 
-def _unused(st: Store, base: str) -> bool:
-    """False also when it cannot be told: this runs after a command's work is committed,
-    which a directory that cannot be read must not turn into a failure."""
-    if not os.path.exists(base):
-        return False
-    directory = os.path.dirname(os.path.realpath(base))
+def _unused_in(directory: str, bases: set[str], recorded: dict[str, list[str]]) -> list[str]:
+    """Which of ``bases`` in ``directory`` no disk uses; none when it cannot be told: this
+    runs after a command's work is committed, which a directory that cannot be read must
+    not turn into a failure."""
     try:
         with holding(directory):
-            found = scan_directory(directory, recorded_users(st))
+            found = scan_directory(directory, recorded)
     except (OSError, StrataError):
-        return False
-    users = found.users.get(os.path.realpath(base))
-    return users is not None and not users and not found.unreadable
+        return []
+    if found.unreadable:
+        return []
+    return [base for base in bases if found.users.get(base) == []]
 
 
 def recorded_users(st: Store) -> dict[str, list[str]]:

@@ -124,9 +124,15 @@ class Table:
             if k not in self._stamped:  # given whole: made once, however many batches
                 self._stamped[k] = self.stamps(k)
             return self._stamped[k][lo:hi]
-        matrix, valid = tc.stamps_to_iso(np.asarray(self.filetimes[k][lo:hi]))
+        matrix, valid = self._stamp_matrix(k, lo, hi)
         text = tc.decoded(matrix)
         return [s if ok else None for s, ok in zip(text, valid.tolist(), strict=True)]
+
+    def _stamp_matrix(self, k: int, lo: int, hi: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """The ISO 8601 byte matrix of FILETIME column ``k``, rows ``lo:hi``, and which rows
+        hold a time."""
+        assert self.filetimes is not None
+        return tc.stamps_to_iso(np.asarray(self.filetimes[k][lo:hi]))
 
     def attributes(self) -> list[list[str]]:
         """Each row's attribute names; rows with the same bits share one list."""
@@ -198,7 +204,7 @@ class Table:
         matrix, not string by string."""
         if self.filetimes is None:
             return ["null" if s is None else f'"{s}"' for s in self.times(k, lo, hi)]
-        matrix, valid = tc.stamps_to_iso(np.asarray(self.filetimes[k][lo:hi]))
+        matrix, valid = self._stamp_matrix(k, lo, hi)
         quoted = np.full((matrix.shape[0], matrix.shape[1] + 2), QUOTE, np.uint8)
         quoted[:, 1:-1] = matrix
         texts = tc.decoded(quoted)
