@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 APT_PACKAGES := qemu-utils ntfs-3g dosfstools mtools e2fsprogs sleuthkit libhivex-bin \
                 casync zstd xorriso genisoimage gdisk fdisk time attr \
-                libzstd-dev libxxhash-dev
+                libzstd-dev libxxhash-dev ntfs-3g-dev
 
 .PHONY: all deps install demo test lint bench bench-smoke clean
 

@@ -21,5 +21,14 @@ setup(
             extra_compile_args=FLAGS,
             optional=True,
         ),
+        # Needs ntfs-3g-dev (the Makefile installs it). Optional: without it publish cannot
+        # merge NTFS volumes at file level, and says so.
+        Extension(
+            "strata._ntfs",
+            sources=["native/strata_ntfs.c"],
+            libraries=["ntfs-3g"],
+            extra_compile_args=FLAGS,
+            optional=True,
+        ),
     ]
 )
