@@ -254,7 +254,7 @@ def test_block_changes_outside_fat_that_overlap_are_refused(world: World) -> Non
         "--store", world.store,
     )  # fmt: skip
     assert proc.returncode == StateError.exit_code, proc.stderr
-    assert "outside any FAT volume" in proc.stderr and "appA:1" in proc.stderr
+    assert "outside the volumes merged at file level" in proc.stderr and "appA:1" in proc.stderr
     images = result_of(strata_json("image", "list", "--store", world.store))["images"]
     assert all(row["name"] != "clash" for row in images)
 

@@ -24,6 +24,7 @@ cannot be read are named in meta ``file_delta.warnings``; the rest of them is ca
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -186,8 +187,17 @@ class FileDelta:
 
     def ntfs_row(self, row: int) -> np.void | None:
         """The NTFS facts of entry ``row`` (None for FAT entries)."""
-        at = np.flatnonzero(self.ntfs["entry"] == row)
-        return self.ntfs[at[0]] if at.size else None
+        at = int(self._ntfs_at[row]) if 0 <= row < len(self._ntfs_at) else -1
+        return self.ntfs[at] if at >= 0 else None
+
+    @functools.cached_property
+    def _ntfs_at(self) -> np.ndarray:
+        """Per entry, its row of ``ntfs`` (-1: none): the merge asks for every entry's."""
+        at = np.full(len(self.entries), -1, np.int64)
+        entries = self.ntfs["entry"].astype(np.int64)
+        inside = entries < len(at)
+        at[entries[inside][::-1]] = np.flatnonzero(inside)[::-1]  # the first row wins
+        return at
 
     def stream_names(self, row: int) -> list[tuple[str, int]]:
         return [(name, int(st["size"])) for name, st in self.stream_rows(row)]

@@ -1,14 +1,17 @@
-"""Compose independently packaged layers at file level on their OS layer's FAT volumes.
+"""Compose independently packaged layers at file level on their OS layer's FAT and NTFS
+volumes.
 
-References: docs/architecture.md ("Layers at file level"); Microsoft fatgen103 (the editor).
+References: docs/architecture.md ("Layers at file level"); Microsoft fatgen103 (the FAT
+editor); libntfs-3g (the NTFS editor, ``fs.ntfs.editor``, applied by ``layer.ntfsmerge``).
 
 The OS layer's table is read as a device; a copy-on-write overlay (a sparse temporary file
 and a bitmap of the 64 KiB blocks written) takes every edit.  Each layer's file delta is
-applied through ``FatEditor`` in order (apps by ascending priority, the platform layer last),
-so a later layer wins a path.  A layer's blocks outside the FAT volumes are applied as block
-deltas when no two layers change the same block there (a layer captured on top of another
-may).  Only the overlay's blocks are stored anew; the image table is the OS table, those
-outside blocks and the merged blocks.  Publish uses it for a template, packaging-disk create
+applied in order (apps by ascending priority, the platform layer last), so a later layer wins
+a path.  A layer's blocks outside those volumes are applied as block deltas when no two
+layers change the same block there (a layer captured on top of another may).  NTFS volumes
+are merged when strata was built with libntfs-3g; without it they count as outside.  Only
+the overlay's blocks are stored anew; the image table is the OS table, those outside blocks
+and the merged blocks.  Publish uses it for a template, packaging-disk create
 for prerequisite layers, whenever the layers were not captured one on top of the other.
 """
 
@@ -28,6 +31,7 @@ from strata.blockdev.rawfile import pwrite_all
 from strata.errors import CorruptImage, IntegrityError, StateError
 from strata.fs.fat import FatEditor, FatEntry, open_fat
 from strata.fs.fat import structs as fat
+from strata.fs.ntfs import editor as ntfs_editor
 from strata.fs.volumes import open_volume, where
 from strata.layer.compose import compose_tables
 from strata.layer.filedelta import (
@@ -38,11 +42,12 @@ from strata.layer.filedelta import (
     OPAQUE,
     FileDelta,
     Volume,
-    fat_volumes,
+    file_volumes,
     load,
     read_content,
     unstamp,
 )
+from strata.layer.ntfsmerge import NtfsApply, content_ids
 from strata.layer.storedev import StoreDevice
 from strata.partition import read_table
 from strata.store import CHUNK_ROW, Manifest, Store
@@ -149,6 +154,8 @@ class MergeResult:
     merged_blocks: int
     outside_blocks: int
     applied: dict[str, int] = field(default_factory=dict)
+    ntfs_volumes: list[int] = field(default_factory=list)
+    warnings: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _label(layer: LayerLike) -> str:
@@ -176,13 +183,13 @@ def merge(
     workdir: str | None = None,
 ) -> MergeResult:
     """The image table of ``layers`` (OS first, then in the order they apply), merged at file
-    level on the OS layer's FAT volumes; StateError when they cannot be combined."""
+    level on the OS layer's FAT (and NTFS) volumes; StateError when they cannot be combined."""
     os_layer, upper = layers[0], list(layers[1:])
     base = StoreDevice(store, os_layer.table, size, sector_size)
     overlay = OverlayDevice(base, workdir)
     try:
         ptable = read_table(overlay)
-        volumes = fat_volumes(overlay, ptable)
+        volumes = merged_volumes(overlay, ptable)
         _refuse_misordered(upper)
         deltas = [_delta_for(layer, volumes) for layer in upper]
         for layer, delta in zip(upper, deltas, strict=True):
@@ -199,18 +206,25 @@ def merge(
         return MergeResult(
             table,
             merger.conflicts(),
-            [v.partition for v in volumes],
+            [v.partition for v in volumes if v.fs == "fat"],
             len(merged),
             int(sum(len(t) for t in outside)),
             merger.applied,
+            [v.partition for v in volumes if v.fs == "ntfs"],
+            merger.warnings,
         )
     finally:
         overlay.close()
         base.close()
 
 
+def merged_volumes(disk: BlockDevice, table: Any) -> list[Volume]:
+    """The volumes merged at file level: FAT, and NTFS when libntfs-3g is built in."""
+    return file_volumes(disk, table, ("fat", "ntfs") if ntfs_editor.available() else ("fat",))
+
+
 def _delta_for(layer: LayerLike, volumes: Sequence[Volume]) -> FileDelta | None:
-    """The layer's file delta; refused when it changed a FAT volume it has no delta for."""
+    """The layer's file delta; refused when it changed a volume it has no delta for."""
     delta = load(layer.manifest)
     rows = np.asarray(layer.table, CHUNK_ROW)
     for vol in volumes:
@@ -224,13 +238,15 @@ def _delta_for(layer: LayerLike, volumes: Sequence[Volume]) -> FileDelta | None:
                     s["reason"] for s in delta.skipped if s.get("partition") == vol.partition
                 )
             raise StateError(
-                what=f"layer {_label(layer)} changed the FAT volume ({where(vol.partition)}) but "
-                f"carries no file delta for it{why}; a file-level merge cannot place its changes"
+                what=f"layer {_label(layer)} changed the {vol.fs.upper()} volume "
+                f"({where(vol.partition)}) but carries no file delta for it{why}; a file-level "
+                "merge cannot place its changes"
             )
         if delta is not None and delta.volume(vol.partition) not in (None, vol):
             raise StateError(
-                what=f"layer {_label(layer)}: its FAT volume ({where(vol.partition)}) lies "
-                "elsewhere than on the OS layer; a file-level merge needs the same partition table"
+                what=f"layer {_label(layer)}: its {vol.fs.upper()} volume "
+                f"({where(vol.partition)}) lies elsewhere than on the OS layer; a file-level "
+                "merge needs the same partition table"
             )
     return delta
 
@@ -247,25 +263,31 @@ def _refuse_absent_chunks(
         & (delta.entries["flags"] & HAS_CONTENT).astype(bool)
         & (delta.entries["kind"] != DIRECTORY)
     )
-    if not len(rows):
-        return
     counts = delta.entries["chunk_count"][rows].astype(np.int64)
     firsts = delta.entries["first_chunk"][rows].astype(np.int64)
     at = np.repeat(firsts, counts) + (
         np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
     )
-    ids = delta.chunks["id"][at]
+    pieces = [(delta.chunks["id"][at], np.repeat(rows, counts), "file-chunks")]
+    ntfs = [v.partition for v in volumes if v.fs == "ntfs"]
+    for row, table, chunks in content_ids(
+        delta, np.flatnonzero(np.isin(delta.entries["partition"], ntfs))
+    ):  # named streams, security descriptors and reparse values
+        pieces.append((chunks["id"], np.full(len(chunks), row), table))
+    ids = np.concatenate([p[0] for p in pieces])
     distinct = [bytes(i) for i in np.unique(ids)]
     found = store.locate([cid for cid in distinct if cid != ZERO_ID])
     absent = [cid for cid in distinct if cid != ZERO_ID and cid not in found]
-    if absent:
-        first = int(np.flatnonzero(ids == np.frombuffer(absent[0], "V16")[0])[0])
-        row = int(np.repeat(rows, counts)[first])
-        raise IntegrityError(
-            what=f"layer {_label(layer)}: the file delta's content of {delta.path(row)} "
-            f"(row {row}) names chunk {to_hex(absent[0])} (field file-chunks.id), which the "
-            f"store does not hold ({len(absent)} chunk(s) absent)"
-        )
+    if not absent:
+        return
+    wanted = np.frombuffer(absent[0], "V16")[0]
+    held, owners, table = next(p for p in pieces if (p[0] == wanted).any())
+    row = int(owners[int(np.flatnonzero(held == wanted)[0])])
+    raise IntegrityError(
+        what=f"layer {_label(layer)}: the file delta's content of {delta.path(row)} "
+        f"(row {row}) names chunk {to_hex(absent[0])} (field {table}.id), which the "
+        f"store does not hold ({len(absent)} chunk(s) absent)"
+    )
 
 
 def captured_stack(layer: LayerLike) -> list[list[str]]:
@@ -321,10 +343,17 @@ def _refuse_overlaps(layers: Sequence[LayerLike], outside: Sequence[np.ndarray])
                 where = ", ".join(str(int(o)) for o in both[:4])
                 raise StateError(
                     what=f"layers {_label(layers[i])} and {_label(later)} both change "
-                    f"{len(both)} block(s) outside any FAT volume (disk offsets {where}"
-                    f"{', …' if len(both) > 4 else ''}); a file-level merge cannot combine "
-                    "block changes there — package one layer on top of the other"
+                    f"{len(both)} block(s) outside the volumes merged at file level (disk "
+                    f"offsets {where}{', …' if len(both) > 4 else ''}); a file-level merge "
+                    "cannot combine block changes there — package one layer on top of the "
+                    f"other{_NO_NTFS_HINT if not ntfs_editor.available() else ''}"
                 )
+
+
+_NO_NTFS_HINT = (
+    " (this strata was built without libntfs-3g, so NTFS volumes are not merged at file "
+    "level: install ntfs-3g-dev and reinstall)"
+)
 
 
 @dataclass
@@ -346,6 +375,8 @@ class _Merger:
         self.shadowed: list[dict[str, Any]] = []
         self.applied: dict[str, int] = {}
         self.below: dict[str, set[str]] = {}
+        self.fs = {v.partition: v.fs for v in volumes}
+        self.warnings: list[dict[str, Any]] = []
 
     def apply(self, label: str, delta: FileDelta, below: set[str] | None = None) -> None:
         """Apply ``delta`` as layer ``label``, packaged on the layers ``below`` (changes over
@@ -354,6 +385,9 @@ class _Merger:
         count = 0
         for vol in delta.volumes:
             if vol.partition not in self.partitions:
+                continue
+            if self.fs[vol.partition] == "ntfs":
+                count += self._apply_ntfs(label, delta, vol.partition)
                 continue
             editor = open_fat(open_volume(self.overlay, vol.partition), writable=True)
             assert isinstance(editor, FatEditor)
@@ -369,6 +403,26 @@ class _Merger:
                         count += 1
             editor.flush()
         self.applied[label] = count
+
+    def _apply_ntfs(self, label: str, delta: FileDelta, partition: int) -> int:
+        """One layer's delta on an NTFS volume (see ``layer.ntfsmerge``); entries applied."""
+        rows = delta.rows_of(partition)
+        changes = delta.entries["change"][rows]
+        count = 0
+        with ntfs_editor.NtfsEditor(open_volume(self.overlay, partition)) as editor:
+            apply = NtfsApply(self.store, editor, delta, label)
+            for row in rows[changes == DELETED].tolist():  # whiteouts first
+                self._touch(label, partition, delta, row)
+                count += apply.whiteout(row)
+            for batch in _batches(delta, rows[changes != DELETED]):
+                contents = self._prefetch(delta, batch)
+                for row in batch:
+                    self._touch(label, partition, delta, row)
+                    apply.place(row, contents.get(row))
+                    count += 1
+            apply.finish()
+        self.warnings += apply.warnings
+        return count
 
     def _touch(self, label: str, partition: int, delta: FileDelta, row: int) -> None:
         path = delta.path(row)

@@ -229,9 +229,11 @@ def _compose(
 def _merge_stats(merge: filemerge.MergeResult) -> dict[str, Any]:
     return {
         "fat_volumes": merge.volumes,
+        **({"ntfs_volumes": merge.ntfs_volumes} if merge.ntfs_volumes else {}),
         "merged_blocks": merge.merged_blocks,
         "outside_blocks": merge.outside_blocks,
         "applied_entries": merge.applied,
+        **({"merge_warnings": merge.warnings} if merge.warnings else {}),
     }
 
 

@@ -1,0 +1,157 @@
+"""Apply one layer's NTFS file delta to a volume, through ``fs.ntfs.editor`` (libntfs-3g).
+
+References: docs/architecture.md ("Layers at file level"); ``layer.filemerge`` drives it,
+one layer at a time, in priority order, and keeps the conflict report.
+
+What an entry becomes:
+- a whiteout removes the path and everything below it;
+- a directory is made when missing (an opaque one, or one where a file was, replaces what
+  is there); its metadata is set once every entry of the layer is in, since adding a child
+  changes a directory's times;
+- a file that carries its content replaces what is at its path: a new file with the
+  captured bytes and named streams; a second name of the same record in this layer (a hard
+  link) links to it;
+- an entry without content (metadata changed) updates the file there, if there is one.
+Then, in this order: reparse value, security descriptor, attributes, times (created,
+modified, accessed; NTFS sets the MFT-change time itself). An entry captured without its
+descriptor (an older manifest, or one finalize could not read) keeps the one libntfs-3g
+gives a new file, and is named in the warnings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+
+from strata.fs.ntfs.editor import NtfsEditor, Times, filetime_of_micros
+from strata.layer.filedelta import (
+    DIRECTORY,
+    HAS_CONTENT,
+    NO_TIME,
+    OPAQUE,
+    FileDelta,
+    read_content,
+)
+from strata.store import Store
+
+
+class NtfsApply:
+    """The edits of one layer's delta on one NTFS volume."""
+
+    def __init__(self, store: Store, editor: NtfsEditor, delta: FileDelta, label: str) -> None:
+        self.store = store
+        self.editor = editor
+        self.delta = delta
+        self.label = label
+        self.created: dict[int, int] = {}  # the child's MFT record -> the file made for it
+        self.directories: list[tuple[int, int, bool]] = []  # (row, inode, made here)
+        self.warnings: list[dict[str, Any]] = []
+
+    def whiteout(self, row: int) -> int:
+        return int(self.editor.delete(self.delta.path(row)))
+
+    def place(self, row: int, content: bytes | None) -> None:
+        e = self.delta.entries[row]
+        path = self.delta.path(row)
+        current = self.editor.resolve(path)
+        if int(e["kind"]) == DIRECTORY:
+            replaced = current is not None and (
+                not self.editor.is_dir(current) or int(e["change"]) == OPAQUE
+            )
+            if replaced:
+                self.editor.delete(path)
+            fresh = current is None or replaced
+            inode = self.editor.mkdir(path) if fresh else current
+            assert inode is not None
+            self.directories.append((row, inode, fresh))
+        elif int(e["flags"]) & HAS_CONTENT:
+            if current is not None:
+                self.editor.delete(path)
+            made = self._new_file(row, path, content)
+            if made is not None:  # None: a further name of a file this layer made, linked
+                self._metadata(row, made, path, fresh=True)
+        elif current is not None and not self.editor.is_dir(current):
+            self._metadata(row, current, path, fresh=False)
+        # else: metadata of a file another layer removed or replaced: nothing to change
+
+    def finish(self) -> None:
+        """Directory metadata, deepest first, once the layer's entries are in: making a
+        child changes its directory's times."""
+        for row, inode, fresh in sorted(
+            self.directories, key=lambda d: -self.delta.path(d[0]).count("/")
+        ):
+            self._metadata(row, inode, self.delta.path(row), fresh)
+
+    def _new_file(self, row: int, path: str, content: bytes | None) -> int | None:
+        facts = self.delta.ntfs_row(row)
+        record = int(facts["record"]) if facts is not None else -1
+        if record in self.created and int(facts["links"]) > 1:  # type: ignore[index]
+            self.editor.link(self.created[record], path)
+            return None
+        inode = self.editor.create_file(path)
+        if record >= 0:
+            self.created[record] = inode
+        pieces: Iterable[bytes] = [content] if content is not None else ()
+        if content is None:
+            pieces = read_content(self.store, self.delta.chunk_rows(row))
+        self.editor.write(inode, pieces, path=path)
+        for name, stream in self.delta.stream_rows(row):
+            if int(stream["flags"]) & HAS_CONTENT:
+                chunks = self.delta.stream_chunks(stream)
+                self.editor.write(inode, read_content(self.store, chunks), stream=name, path=path)
+            else:
+                self._warn(path, f"named stream {name!r} was not captured: left out")
+        return inode
+
+    def _metadata(self, row: int, inode: int, path: str, fresh: bool) -> None:
+        """``fresh``: the file was made here, so it has no descriptor of its own yet."""
+        e = self.delta.entries[row]
+        facts = self.delta.ntfs_row(row)
+        reparse = self._blob(row, "reparse")
+        if reparse is not None:
+            self.editor.set_reparse(inode, reparse, path)
+        security = self._blob(row, "security")
+        if security is not None:
+            self.editor.set_security(inode, security, path)
+        elif fresh:
+            self._warn(path, "no security descriptor was captured: it has libntfs-3g's default")
+        attributes = int(facts["attributes"]) if facts is not None else int(e["attributes"])
+        self.editor.set_attributes(inode, attributes, path)
+        times = _times(e)
+        if times is not None:
+            self.editor.set_times(inode, times, path)
+
+    def _blob(self, row: int, kind: str) -> bytes | None:
+        rows = self.delta.blob(row, kind)
+        if not len(rows):
+            return None
+        return b"".join(read_content(self.store, rows))
+
+    def _warn(self, path: str, problem: str) -> None:
+        self.warnings.append({"layer": self.label, "path": path, "problem": problem})
+
+
+def _times(e: np.void) -> Times | None:
+    """The captured times as FILETIMEs; None when creation or modification is unknown (an
+    accessed time that is unknown takes the modification's)."""
+    created, modified, accessed = (int(e[k]) for k in ("created", "modified", "accessed"))
+    if NO_TIME in (created, modified):
+        return None
+    accessed = modified if accessed == NO_TIME else accessed
+    return Times(*(filetime_of_micros(t) for t in (created, modified, accessed)))
+
+
+def content_ids(delta: FileDelta, rows: np.ndarray) -> Iterator[tuple[int, str, np.ndarray]]:
+    """(row, table, chunk rows) of everything the NTFS apply of ``rows`` reads from the
+    store besides the unnamed data: named streams (``file-chunks``), security descriptors
+    and reparse values (``file-ntfs-blobs``)."""
+    for row in rows.tolist():
+        for _, stream in delta.stream_rows(row):
+            if int(stream["flags"]) & HAS_CONTENT:
+                yield row, "file-chunks", delta.stream_chunks(stream)
+        for kind in ("security", "reparse"):
+            blob = delta.blob(row, kind)
+            if len(blob):
+                yield row, "file-ntfs-blobs", blob

@@ -1,0 +1,248 @@
+"""Two app layers packaged independently on one Windows OS layer (GPT + NTFS), each installed
+through ntfs-3g, are merged at file level by publish (libntfs-3g in process).
+
+The oracle is ntfs-3g itself: the same two installs made one after the other through ntfs-3g
+on a copy of the OS disk give the expected volume. The exported image's volume, mounted by
+ntfs-3g, must show the same paths, contents, named streams, hard links, symlinks, attributes,
+security descriptors, junctions and times, and sleuthkit's ``fls`` the same names.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import subprocess
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from strata.fs.ntfs import editor as ntfs_editor
+
+from support.filelevel_tools import export_raw, extract, finalize, package
+from support.integrity_tools import (
+    PART_SIZE,
+    PART_START,
+    can_mount,
+    on_ntfs,
+    package_machine,
+    windows_disk,
+)
+from support.ntfs_tools import fls, mounted, walk_mount
+from support.tools import result_of, strata_json
+
+pytestmark = [
+    pytest.mark.skipif(not can_mount(), reason="ntfs-3g FUSE mounts need root"),
+    pytest.mark.skipif(
+        not ntfs_editor.available(), reason="strata._ntfs is not built (needs ntfs-3g-dev)"
+    ),
+]
+
+BIG = np.random.default_rng(3).integers(0, 256, 300_000, dtype=np.uint8).tobytes()
+
+
+def _descriptor(read_only: bool) -> bytes:
+    """A self-relative security descriptor: owner and group BUILTIN\\Administrators, a DACL
+    granting Everyone read (or full) access."""
+    admins = struct.pack("<BB6sII", 1, 2, b"\0\0\0\0\0\x05", 32, 544)
+    everyone = struct.pack("<BB6sI", 1, 1, b"\0\0\0\0\0\x01", 0)
+    mask = 0x120089 if read_only else 0x1F01FF
+    ace = struct.pack("<BBHI", 0, 0, 8 + len(everyone), mask) + everyone
+    acl = struct.pack("<BBHHH", 2, 0, 8 + len(ace), 1, 0) + ace
+    head = 20
+    return (
+        struct.pack("<BBHIIII", 1, 0, 0x8004, head, head + len(admins), 0, head + 2 * len(admins))
+        + admins
+        + admins
+        + acl
+    )
+
+
+def _settle(root: Path, paths: list[str], stamp: int) -> None:
+    """Give ``paths`` (and so the expected volume, made in another run) fixed times:
+    created, modified, accessed, in nanoseconds since 1970 (``system.ntfs_crtime`` takes a
+    FILETIME).  Deepest first: a child's new times change its directory's."""
+    for rel in sorted(paths, key=lambda p: -p.count("/")):
+        path = root / rel
+        os.utime(path, ns=(stamp + 300_000_000_000, stamp + 200_000_000_000), follow_symlinks=False)
+        # After this, ntfs-3g ignores a utime of the same file in the same mount: set it last.
+        created = struct.pack("<q", stamp // 100 + 116_444_736_000_000_000)
+        os.setxattr(path, "system.ntfs_crtime", created, follow_symlinks=False)
+
+
+def _junction(target: str) -> bytes:
+    """A mount-point reparse value (a junction) to ``target``, a Windows path."""
+    substitute = ("\\??\\" + target).encode("utf-16-le")
+    printed = target.encode("utf-16-le")
+    names = substitute + b"\0\0" + printed + b"\0\0"
+    head = struct.pack("<HHHH", 0, len(substitute), len(substitute) + 2, len(printed))
+    return struct.pack("<IHH", 0xA0000003, len(head) + len(names), 0) + head + names
+
+
+def _base(root: Path) -> None:
+    data = root / "Data"
+    (data / "olddir" / "inner").mkdir(parents=True)
+    (data / "olddir" / "inner" / "x.txt").write_bytes(b"old x\n")
+    (data / "shared.txt").write_bytes(b"from the OS\n")
+    (data / "del_by_b.txt").write_bytes(b"B removes this\n")
+    (data / "keep.txt").write_bytes(b"nobody touches this\n")
+    (root / "Program Files").mkdir()
+
+
+def _app_a(root: Path) -> None:
+    app = root / "Program Files" / "AppA"
+    (app / "bin").mkdir(parents=True)
+    (app / "bin" / "a.exe").write_bytes(b"MZ" + BIG)
+    (app / "readme.txt").write_bytes(b"App A\r\n")
+    (app / "empty.txt").write_bytes(b"")
+    os.setxattr(app / "readme.txt", "user.Zone.Identifier", b"[ZoneTransfer]\r\nZoneId=3\r\n")
+    os.link(app / "readme.txt", app / "README-link.txt")
+    os.symlink("readme.txt", app / "readme.lnk")
+    subprocess.run(
+        ["setfattr", "-h", "-n", "system.ntfs_attrib_be", "-v", "0x00000022", app / "empty.txt"],
+        check=True,
+    )
+    (root / "Data" / "shared.txt").write_bytes(b"A's version\n")
+    touched = ["Program Files", "Program Files/AppA", "Program Files/AppA/bin",
+               "Program Files/AppA/bin/a.exe", "Program Files/AppA/empty.txt",
+               "Program Files/AppA/readme.lnk", "Data/shared.txt"]  # fmt: skip
+    _settle(root, touched, 1_500_000_000_123_456_700)
+    os.utime(app / "readme.txt", ns=(1_600_000_000_123_456_700, 1_500_000_000_987_654_300))
+    os.setxattr(app / "readme.txt", "system.ntfs_crtime", struct.pack("<q", 13_000_000_000_000_001))
+
+
+def _app_b(root: Path) -> None:
+    app = root / "Program Files" / "AppB"
+    app.mkdir()
+    (app / "b.dll").write_bytes(b"MZ" + b"B" * 70_000)
+    os.setxattr(app / "b.dll", "system.ntfs_acl", _descriptor(read_only=True))
+    (app / "to-a").mkdir()
+    _settle(root, ["Program Files/AppB/to-a"], 1_700_000_000_000_000_000)  # a junction's: EIO
+    os.setxattr(app / "to-a", "system.ntfs_reparse_data", _junction("C:\\Program Files\\AppA"))
+    (root / "Data" / "shared.txt").write_bytes(b"B's version, the winner\n")
+    (root / "Data" / "del_by_b.txt").unlink()
+    shutil.rmtree(root / "Data" / "olddir")
+    touched = ["Program Files", "Program Files/AppB", "Program Files/AppB/b.dll", "Data",
+               "Data/shared.txt"]  # fmt: skip
+    _settle(root, touched, 1_700_000_000_000_000_000)
+
+
+@dataclass(frozen=True)
+class World:
+    root: Path
+    store: Path
+    expected: Path  # the OS disk with both installs made by ntfs-3g, A then B
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    root = tmp_path_factory.mktemp("ntfsmerge")
+    store = root / "store"
+    os_raw = windows_disk(root)
+    on_ntfs(os_raw, _base, root)
+    strata_json("os", "import", "win", os_raw, "--version", "1", "--store", store)
+    for layer, change in (("appA", _app_a), ("appB", _app_b)):
+        pkg = package(store, layer, root / f"out-{layer}")
+        work = root / f"work-{layer}"
+        work.mkdir()
+        package_machine(pkg, work, change)
+        finalize(store, pkg)
+    expected = root / "expected.raw"
+    shutil.copyfile(os_raw, expected)
+    on_ntfs(expected, _app_a, root)
+    on_ntfs(expected, _app_b, root)
+    return World(root, store, expected)
+
+
+def _volume(world: World, raw: Path, name: str) -> Path:
+    return extract(raw, PART_START, PART_SIZE, world.root / name)
+
+
+def _xattrs(path: Path) -> dict[str, bytes]:
+    """What ntfs-3g shows of one file beyond its bytes: named streams (``user.*``), the
+    attributes, the security descriptor, the reparse value, and the created, modified and
+    accessed times (the MFT-change time is the merge's own)."""
+    out = {}
+    for name in os.listxattr(path, follow_symlinks=False):
+        out[name] = os.getxattr(path, name, follow_symlinks=False)
+    for name in ("system.ntfs_attrib_be", "system.ntfs_acl", "system.ntfs_reparse_data"):
+        try:
+            out[name] = os.getxattr(path, name, follow_symlinks=False)
+        except OSError:
+            out[name] = b"(none)"
+    times = os.getxattr(path, "system.ntfs_times", follow_symlinks=False)
+    out["times"] = np.frombuffer(times, "<i8")[:3] // 10  # the delta keeps µs
+    return out
+
+
+def _seen(volume: Path) -> dict[str, tuple[object, dict[str, bytes]]]:
+    with mounted(volume, streams="xattr") as mnt:
+        files = walk_mount(mnt)
+        return {
+            # ntfs-3g shows a junction to C: as a symlink into the mount point
+            path: (
+                replace(seen, target=(seen.target or "").replace(str(mnt), "C:")),
+                _xattrs(mnt / path.lstrip("/")),
+            )
+            for path, seen in files.items()
+            if not path.startswith("/Windows/System32/config")  # hives: neither app's
+        }
+
+
+@pytest.fixture(scope="module")
+def published(world: World) -> dict:
+    args = ["--name", "both", "--os", "win", "--app", "appA", "--app", "appB"]
+    return result_of(strata_json("image", "publish", *args, "--store", world.store))
+
+
+def test_publish_merges_ntfs_at_file_level(world: World, published: dict) -> None:
+    assert published["merge"] == "file"
+    assert published["ntfs_volumes"] == [1] and published["fat_volumes"] == []
+    conflicts = {c["path"]: c for c in published["conflicts"]}
+    assert conflicts["/Data/shared.txt"]["winner"] == "appB:1"
+    assert set(conflicts) == {"/Data/shared.txt"}, conflicts
+
+
+def test_merged_volume_is_what_ntfs3g_makes_of_both_installs(world: World, published: dict) -> None:
+    raw = export_raw(world.store, "both", world.root / "both.raw")
+    ours = _seen(_volume(world, raw, "ours.vol"))
+    theirs = _seen(_volume(world, world.expected, "theirs.vol"))
+    assert sorted(ours) == sorted(theirs)
+    for path in theirs:
+        (seen_ours, meta_ours), (seen_theirs, meta_theirs) = ours[path], theirs[path]
+        assert (seen_ours.type, seen_ours.size, seen_ours.sha256, seen_ours.target) == (
+            seen_theirs.type,
+            seen_theirs.size,
+            seen_theirs.sha256,
+            seen_theirs.target,
+        ), path
+        times_ours, times_theirs = meta_ours.pop("times"), meta_theirs.pop("times")
+        assert meta_ours == meta_theirs, path
+        assert times_ours.tolist() == times_theirs.tolist(), path
+
+
+def test_hard_links_stay_one_file(world: World, published: dict) -> None:
+    raw = export_raw(world.store, "both", world.root / "links.raw")
+    with mounted(_volume(world, raw, "links.vol")) as mnt:
+        app = mnt / "Program Files" / "AppA"
+        assert os.stat(app / "readme.txt").st_ino == os.stat(app / "README-link.txt").st_ino
+        assert os.stat(app / "readme.txt").st_nlink == 2
+
+
+def test_sleuthkit_reads_the_same_names(world: World, published: dict) -> None:
+    raw = export_raw(world.store, "both", world.root / "fls.raw")
+    ours = _user_names(fls(_volume(world, raw, "fls-ours.vol")))
+    theirs = _user_names(fls(_volume(world, world.expected, "fls-theirs.vol")))
+    assert ("/Program Files/AppA/readme.txt:Zone.Identifier", 26) in theirs
+    assert ours == theirs
+
+
+def _user_names(rows: list) -> set[tuple[str, int]]:
+    """Names and sizes fls lists, streams included, without the metadata files (``$MFT``,
+    ``$Secure``) and directories' sizes: those follow how records and index blocks were
+    allocated."""
+    return {
+        ("/" + r.path, r.size if r.kind != "d" else 0) for r in rows if not r.path.startswith("$")
+    }
