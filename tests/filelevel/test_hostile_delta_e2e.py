@@ -7,7 +7,6 @@ publish writes anything.  mtools and fsck.fat read the exported image."""
 
 from __future__ import annotations
 
-import sqlite3
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from strata.store import Manifest, Store
+from strata.store import Manifest
 
 from support.fat_tools import rewrite_long_name
 from support.filelevel_tools import (
@@ -25,6 +24,7 @@ from support.filelevel_tools import (
     fsck_fat,
     install_whole_disk_file,
     mtool,
+    tamper_manifest,
     whole_disk_fat_os,
 )
 from support.tools import require, result_of, strata, strata_json
@@ -86,24 +86,7 @@ def test_a_long_name_holding_a_slash_is_captured_under_its_short_name(world: Wor
 
 
 def _tamper(world: World, ref: str, change: Callable[[Manifest], None]) -> None:
-    """Store a changed copy of layer version ``ref``'s manifest and point the catalog at it
-    (what a damaged or hostile store holds: the manifest's own checksum is right)."""
-    name, version = ref.split(":")
-    st = Store(world.store)
-    try:
-        row = st.catalog.version(name, version)
-        manifest = st.get_manifest(bytes.fromhex(row["manifest"]))
-        manifest.tables = {k: (s, rows.copy()) for k, (s, rows) in manifest.tables.items()}
-        change(manifest)
-        mid = st.put_manifest(manifest)
-    finally:
-        st.close()
-    with sqlite3.connect(world.store / "catalog.db") as db:
-        db.execute(
-            "UPDATE versions SET manifest = ? WHERE name = ? "
-            "AND layer = (SELECT id FROM layers WHERE name = ?)",
-            (mid, version, name),
-        )
+    tamper_manifest(world.store, ref, change)
 
 
 def _packs(world: World) -> dict[str, int]:

@@ -13,6 +13,7 @@ import os
 import shutil
 import struct
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -20,8 +21,10 @@ import numpy as np
 import pytest
 
 from strata.fs.ntfs import editor as ntfs_editor
+from strata.layer.filedelta import NO_BLOB
+from strata.store import Manifest, Store
 
-from support.filelevel_tools import export_raw, extract, finalize, package
+from support.filelevel_tools import export_raw, extract, finalize, package, tamper_manifest
 from support.integrity_tools import (
     PART_SIZE,
     PART_START,
@@ -31,7 +34,7 @@ from support.integrity_tools import (
     windows_disk,
 )
 from support.ntfs_tools import fls, mounted, walk_mount
-from support.tools import result_of, strata_json
+from support.tools import result_of, strata, strata_json
 
 pytestmark = [
     pytest.mark.skipif(not can_mount(), reason="ntfs-3g FUSE mounts need root"),
@@ -246,3 +249,65 @@ def _user_names(rows: list) -> set[tuple[str, int]]:
     return {
         ("/" + r.path, r.size if r.kind != "d" else 0) for r in rows if not r.path.startswith("$")
     }
+
+
+# -- hostile or damaged layers: refused before publish writes anything -------------------------
+
+
+def _packs(world: World) -> dict[str, int]:
+    return {p.name: p.stat().st_size for p in (world.store / "packs").rglob("*") if p.is_file()}
+
+
+def _hostile_copy(world: World, name: str, change: Callable[[Manifest], None]) -> str:
+    """App A packaged again as layer ``name``:1, whose stored manifest ``change`` alters."""
+    pkg = package(world.store, name, world.root / f"out-{name}")
+    work = world.root / f"work-{name}"
+    work.mkdir()
+    package_machine(pkg, work, _app_a)
+    finalize(world.store, pkg)
+    tamper_manifest(world.store, f"{name}:1", change)
+    return f"{name}:1"
+
+
+def _refused(world: World, layer: str, code: int) -> str:
+    before = _packs(world)
+    args = ["--name", f"with-{layer}", "--os", "win", "--app", "appB", "--app", layer]
+    got = strata("image", "publish", *args, "--store", world.store, check=False)
+    assert got.returncode == code, got.stdout + got.stderr
+    assert "Traceback" not in got.stderr
+    assert f"with-{layer}" not in strata("image", "list", "--store", world.store).stdout
+    assert _packs(world) == before  # not a chunk written
+    return got.stderr
+
+
+def test_a_delta_naming_an_ntfs_metadata_file_is_refused(world: World) -> None:
+    def into_mft(m: Manifest) -> None:
+        schema, names = m.tables["file-names"]
+        old = b"/Program Files/AppA/bin"
+        raw = names.tobytes().replace(old, b"/$MFT/".ljust(len(old), b"x"), 1)
+        m.tables["file-names"] = (schema, np.frombuffer(raw, names.dtype).copy())
+
+    layer = _hostile_copy(world, "mft", into_mft)
+    shown = strata("layer", "diff", layer, "--store", world.store, check=False)
+    assert shown.returncode == 5 and "NTFS metadata file $MFT" in shown.stderr
+    err = _refused(world, "mft", 5)
+    assert f"layer {layer}" in err and "NTFS metadata file $MFT" in err
+
+
+def test_a_descriptor_libntfs3g_finds_invalid_is_refused(world: World) -> None:
+    junk = b"\x01\x00\x04\x80" + b"\xee" * 60  # self-relative, offsets past its end
+    with Store(world.store) as st:
+        junk_id = np.frombuffer(st.put(junk), "V16")[0]
+
+    def garble(m: Manifest) -> None:
+        _, facts = m.tables["file-ntfs"]
+        _, blobs = m.tables["file-ntfs-blobs"]
+        used = facts["security_blob"][facts["security_blob"] != NO_BLOB]
+        assert len(used)
+        blobs["id"][used] = junk_id
+        blobs["length"][used] = len(junk)
+
+    layer = _hostile_copy(world, "badsd", garble)
+    err = _refused(world, "badsd", 5)
+    assert f"layer {layer}: corrupt file delta" in err
+    assert "security descriptor: the value is not valid" in err

@@ -5,11 +5,13 @@ mtools and checked with fsck.fat."""
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from strata.ops import disk, image, layers
+from strata.store import Manifest, Store
 
 from support.tools import require, run
 
@@ -144,3 +146,24 @@ def read(raw: Path, path: str) -> bytes:
     )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
+
+
+def tamper_manifest(store: Path, ref: str, change: Callable[[Manifest], None]) -> None:
+    """Store a changed copy of layer version ``ref``'s manifest and point the catalog at it
+    (what a damaged or hostile store holds: the manifest's own checksum is right)."""
+    name, version = ref.split(":")
+    st = Store(store)
+    try:
+        row = st.catalog.version(name, version)
+        manifest = st.get_manifest(bytes.fromhex(row["manifest"]))
+        manifest.tables = {k: (s, rows.copy()) for k, (s, rows) in manifest.tables.items()}
+        change(manifest)
+        mid = st.put_manifest(manifest)
+    finally:
+        st.close()
+    with sqlite3.connect(store / "catalog.db") as db:
+        db.execute(
+            "UPDATE versions SET manifest = ? WHERE name = ? "
+            "AND layer = (SELECT id FROM layers WHERE name = ?)",
+            (mid, version, name),
+        )

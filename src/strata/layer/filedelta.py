@@ -476,13 +476,14 @@ _ENDINGS[list(b"/. ")] = True
 
 def _suspects(joined: bytes, raw: list[bytes], lengths: np.ndarray) -> list[int]:
     """The rows ``path_problem`` may refuse (a superset), from ``joined`` (NUL, then the rows
-    NUL-separated): a row not starting with '/'; a component ending in '/' (empty), '.'
-    ('.', '..', a trailing dot) or ' '; a byte a FAT name cannot hold; a component of more
-    than 127 bytes (a FAT name holds 255 UTF-16 units).  UTF-8 never holds an ASCII byte
-    inside another character, so bytes are enough."""
+    NUL-separated): a row not starting with '/', or starting with '/$'; a component ending in
+    '/' (empty), '.' ('.', '..', a trailing dot) or ' '; a byte a FAT name cannot hold; a
+    component of more than 127 bytes (a FAT name holds 255 UTF-16 units).  UTF-8 never holds
+    an ASCII byte inside another character, so bytes are enough."""
     arr = np.frombuffer(joined + b"\0", np.uint8)
     nuls = np.flatnonzero(arr == 0)  # row r starts after nuls[r]; the last one ends the text
     bad_start = np.flatnonzero(arr[nuls[:-1] + 1] != ord("/"))
+    metafile = np.flatnonzero(arr[np.minimum(nuls[:-1] + 2, len(arr) - 1)] == ord("$"))
     seps = np.flatnonzero((arr == ord("/")) | (arr == 0))[1:]
     ending = _ENDINGS[arr[seps - 1]]
     forbidden = (
@@ -491,6 +492,7 @@ def _suspects(joined: bytes, raw: list[bytes], lengths: np.ndarray) -> list[int]
     rows = np.concatenate(
         [
             bad_start,
+            metafile,
             np.searchsorted(nuls, seps[ending] - 1, "right") - 1,
             np.searchsorted(nuls, forbidden, "right") - 1,
         ]
@@ -506,12 +508,22 @@ def _shown(text: str) -> str:
     return shown if len(shown) <= 80 else shown[:60] + "…" + shown[-19:]
 
 
+# The root's NTFS metadata files (records 0-11 and $Extend, whose files the capture leaves
+# out): a delta naming one would have the merge edit the volume's own structures.
+NTFS_METAFILES = frozenset(
+    {"$MFT", "$MFTMIRR", "$LOGFILE", "$VOLUME", "$ATTRDEF", "$BITMAP", "$BOOT", "$BADCLUS"}
+    | {"$SECURE", "$UPCASE", "$EXTEND"}
+)
+
+
 def path_problem(path: str, fat: bool) -> str | None:
-    """Why ``path`` cannot name an entry of a volume's tree (on FAT: of a FAT volume), else
-    None."""
+    """Why ``path`` cannot name an entry of a volume's tree (on FAT: of a FAT volume; else of
+    an NTFS one), else None."""
     parts = path.split("/")
     if parts[0] != "" or len(parts) < 2:
         return "does not start with '/'"
+    if not fat and parts[1].upper() in NTFS_METAFILES:
+        return f"lies in NTFS metadata file {parts[1]}"
     for part in parts[1:]:
         problem = component_problem(part)
         if problem is None and fat:

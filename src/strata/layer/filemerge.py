@@ -86,6 +86,9 @@ class OverlayDevice(BaseDevice):
 
     def _runs(self, offset: int, end: int) -> Iterator[tuple[int, int, bool]]:
         first, last = offset // BLOCK, (end - 1) // BLOCK
+        if first == last:  # most reads: an editor's sector, record or cluster, in one block
+            yield offset, end, bool(self.written[first])
+            return
         flags = self.written[first : last + 1]
         breaks = np.flatnonzero(flags[1:] != flags[:-1]) + 1
         starts = np.concatenate(([0], breaks)).tolist()
@@ -111,7 +114,11 @@ class OverlayDevice(BaseDevice):
                 buf = bytearray(hi - lo)
                 self.source.readinto(lo, buf)
                 pwrite_all(self._file.fileno(), lo, memoryview(buf))
-        self.written[offset // BLOCK : (end - 1) // BLOCK + 1] = True
+        first, last = offset // BLOCK, (end - 1) // BLOCK
+        if first == last:
+            self.written[first] = True
+        else:
+            self.written[first : last + 1] = True
         pwrite_all(self._file.fileno(), offset, view)
 
     def changed_blocks(self) -> Iterator[tuple[int, bytes]]:

@@ -21,10 +21,12 @@ gives a new file, and is named in the warnings.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 
+from strata.errors import CorruptImage, InvalidInput
 from strata.fs.ntfs.editor import NtfsEditor, Times, filetime_of_micros
 from strata.layer.filedelta import (
     DIRECTORY,
@@ -50,9 +52,28 @@ class NtfsApply:
         self.warnings: list[dict[str, Any]] = []
 
     def whiteout(self, row: int) -> int:
-        return int(self.editor.delete(self.delta.path(row)))
+        with self._blamed(row):
+            return int(self.editor.delete(self.delta.path(row)))
+
+    @contextmanager
+    def _blamed(self, row: int) -> Iterator[None]:
+        """A value of the layer's that libntfs-3g or the editor refuses (a descriptor or
+        reparse value it finds invalid, a name no NTFS name can be) is the layer's damage."""
+        try:
+            yield
+        except InvalidInput as e:
+            raise CorruptImage(
+                path=f"layer {self.label}",
+                structure="file delta",
+                problem=f"row {row}: {e.message}",
+                field="files",
+            ) from e
 
     def place(self, row: int, content: bytes | None) -> None:
+        with self._blamed(row):
+            self._place(row, content)
+
+    def _place(self, row: int, content: bytes | None) -> None:
         e = self.delta.entries[row]
         path = self.delta.path(row)
         current = self.editor.resolve(path)
@@ -82,7 +103,8 @@ class NtfsApply:
         for row, inode, fresh in sorted(
             self.directories, key=lambda d: -self.delta.path(d[0]).count("/")
         ):
-            self._metadata(row, inode, self.delta.path(row), fresh)
+            with self._blamed(row):
+                self._metadata(row, inode, self.delta.path(row), fresh)
 
     def _new_file(self, row: int, path: str, content: bytes | None) -> int | None:
         facts = self.delta.ntfs_row(row)

@@ -120,6 +120,8 @@ class NtfsEditor:
             raise self._failure("unmount", "/", e) from e
 
     def _failure(self, doing: str, path: str, e: OSError) -> StrataError:
+        if e.errno == errno.EINVAL:  # libntfs-3g's word for a value it will not store
+            return InvalidInput(f"{path}: libntfs-3g refuses to {doing}: the value is not valid")
         if e.errno == errno.ENOSPC:
             return StateError(
                 what=f"{path}: the NTFS volume has no room left ({doing}): give the OS layer a "
