@@ -639,6 +639,61 @@ done:
     return result;
 }
 
+static PyObject *Volume_read(Volume *self, PyObject *args)
+{
+    unsigned long long inode;
+    long long offset;
+    Py_ssize_t size;
+    Py_buffer stream;
+    if (!mounted(self) || !PyArg_ParseTuple(args, "Ky*Ln", &inode, &stream, &offset, &size))
+        return NULL;
+    PyObject *result = NULL;
+    if (!stream_name_ok(&stream))
+        goto done;
+    if (offset < 0 || size < 0) {
+        PyErr_SetString(PyExc_ValueError, "a negative offset or size");
+        goto done;
+    }
+    begin(self);
+    ntfs_inode *ni = open_inode(self, inode);
+    if (!ni)
+        goto done;
+    ntfs_attr *na = open_stream(self, ni, &stream, 0);
+    if (!na) {
+        ntfs_inode_close(ni);
+        goto done;
+    }
+    if (offset >= na->data_size)
+        size = 0;
+    else if (size > na->data_size - offset)
+        size = (Py_ssize_t)(na->data_size - offset);
+    PyObject *bytes = PyBytes_FromStringAndSize(NULL, size);
+    s64 got = 0;
+    while (bytes && got < size) {
+        s64 n = ntfs_attr_pread(na, offset + got, size - got, PyBytes_AS_STRING(bytes) + got);
+        if (n <= 0 || self->state.failure) {
+            if (n == 0)
+                errno = EIO;
+            failed(self, "read");
+            Py_CLEAR(bytes);
+            break;
+        }
+        got += n;
+    }
+    ntfs_attr_close(na);
+    if (!bytes) {
+        ntfs_inode_close(ni);
+        goto done;
+    }
+    if (close_inodes(self, ni, NULL, "close the inode") == 0)
+        result = bytes;
+    else
+        Py_DECREF(bytes);
+done:
+    PyBuffer_Release(&stream);
+    return result;
+}
+
 static PyObject *Volume_truncate(Volume *self, PyObject *args)
 {
     unsigned long long inode;
@@ -845,6 +900,8 @@ static PyMethodDef Volume_methods[] = {
     {"write", (PyCFunction)Volume_write, METH_VARARGS,
      "write(inode, stream, offset, data) -> None (stream b'' the unnamed $DATA; a named one "
      "is created when missing)."},
+    {"read", (PyCFunction)Volume_read, METH_VARARGS,
+     "read(inode, stream, offset, size) -> bytes (fewer past the stream's end)."},
     {"truncate", (PyCFunction)Volume_truncate, METH_VARARGS,
      "truncate(inode, stream, size) -> None."},
     {"remove_stream", (PyCFunction)Volume_remove_stream, METH_VARARGS,

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from regipy.exceptions import RegistryKeyNotFoundException
+from regipy.registry import RegistryHive
 
 from strata.fs.ntfs import editor as ntfs_editor
 from strata.layer.filedelta import NO_BLOB
@@ -26,11 +28,17 @@ from strata.store import Manifest, Store
 
 from support.filelevel_tools import export_raw, extract, finalize, package, tamper_manifest
 from support.integrity_tools import (
+    CLEAN_SOFTWARE,
+    CONFIG,
     PART_SIZE,
     PART_START,
+    build_hive,
     can_mount,
+    merged,
     on_ntfs,
     package_machine,
+    read_from_disk,
+    replace_hive,
     windows_disk,
 )
 from support.ntfs_tools import fls, mounted, walk_mount
@@ -132,6 +140,45 @@ def _app_b(root: Path) -> None:
     _settle(root, touched, 1_700_000_000_000_000_000)
 
 
+# Each app's SOFTWARE hive: the OS layer's (CLEAN_SOFTWARE) with what its installer wrote.
+CBS = "Microsoft\\Windows\\CurrentVersion\\Component Based Servicing"
+INSTALLER = "Microsoft\\Windows\\CurrentVersion\\Installer"
+SOFTWARE = {
+    "appA": merged(
+        CLEAN_SOFTWARE,
+        {
+            "Vendor\\AppA": {
+                "InstallDir": ["sz", "C:\\Program Files\\AppA"],
+                "Version": ["dword", 1],
+            },
+            "Vendor\\Shared": {"Owner": ["sz", "A"], "OnlyA": ["dword", 7]},
+        },
+    ),
+    "appB": {
+        **{
+            k: v
+            for k, v in merged(
+                CLEAN_SOFTWARE,
+                {
+                    "Vendor\\AppB\\Plugins": {"Count": ["dword", 3]},
+                    "Vendor\\Shared": {"Owner": ["sz", "B"]},
+                    INSTALLER: {"InstallerLocation": ["sz", "C:\\B"]},
+                },
+            ).items()
+            if k != CBS
+        },  # B removed a key of the OS layer's
+    },
+}
+
+
+def _both(*changes: Callable[[Path], None]) -> Callable[[Path], None]:
+    def change(root: Path) -> None:
+        for one in changes:
+            one(root)
+
+    return change
+
+
 @dataclass(frozen=True)
 class World:
     root: Path
@@ -150,7 +197,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
         pkg = package(store, layer, root / f"out-{layer}")
         work = root / f"work-{layer}"
         work.mkdir()
-        package_machine(pkg, work, change)
+        hive = build_hive(root / f"SOFTWARE.{layer}", SOFTWARE[layer])
+        package_machine(pkg, work, _both(change, replace_hive("SOFTWARE", hive)))
         finalize(store, pkg)
     expected = root / "expected.raw"
     shutil.copyfile(os_raw, expected)
@@ -205,7 +253,8 @@ def test_publish_merges_ntfs_at_file_level(world: World, published: dict) -> Non
     assert published["ntfs_volumes"] == [1] and published["fat_volumes"] == []
     conflicts = {c["path"]: c for c in published["conflicts"]}
     assert conflicts["/Data/shared.txt"]["winner"] == "appB:1"
-    assert set(conflicts) == {"/Data/shared.txt"}, conflicts
+    hive = "/Windows/System32/config/SOFTWARE"
+    assert set(conflicts) == {"/Data/shared.txt", hive, f"{hive}:Vendor\\Shared\\Owner"}
 
 
 def test_merged_volume_is_what_ntfs3g_makes_of_both_installs(world: World, published: dict) -> None:
@@ -247,7 +296,9 @@ def _user_names(rows: list) -> set[tuple[str, int]]:
     ``$Secure``) and directories' sizes: those follow how records and index blocks were
     allocated."""
     return {
-        ("/" + r.path, r.size if r.kind != "d" else 0) for r in rows if not r.path.startswith("$")
+        ("/" + r.path, r.size if r.kind != "d" else 0)
+        for r in rows
+        if not r.path.startswith(("$", str(CONFIG)))  # hives: merged, see below
     }
 
 
@@ -311,3 +362,40 @@ def test_a_descriptor_libntfs3g_finds_invalid_is_refused(world: World) -> None:
     err = _refused(world, "badsd", 5)
     assert f"layer {layer}: corrupt file delta" in err
     assert "security descriptor: the value is not valid" in err
+
+
+# -- the registry: a hive both layers changed is merged key by key -----------------------------
+
+
+def _software(world: World) -> RegistryHive:
+    raw = export_raw(world.store, "both", world.root / "registry.raw")
+    hive = read_from_disk(raw, str(CONFIG / "SOFTWARE"), world.root / "SOFTWARE.merged", world.root)
+    return RegistryHive(str(hive))
+
+
+def _value(hive: RegistryHive, key: str, name: str) -> object:
+    return hive.get_key("\\" + key).get_value(name)
+
+
+def test_a_hive_both_layers_changed_holds_both(world: World, published: dict) -> None:
+    hive = _software(world)
+    assert _value(hive, "Vendor\\AppA", "InstallDir") == "C:\\Program Files\\AppA"
+    assert _value(hive, "Vendor\\AppA", "Version") == 1
+    assert _value(hive, "Vendor\\AppB\\Plugins", "Count") == 3
+    assert _value(hive, "Vendor\\Shared", "OnlyA") == 7  # A's value beside B's in one key
+    assert _value(hive, "Vendor\\Shared", "Owner") == "B"  # both set it: the later wins
+    assert _value(hive, INSTALLER, "InstallerLocation") == "C:\\B"
+    assert _value(hive, "Microsoft\\Updates", "UpdateExeVolatile") == 0  # the OS layer's
+    with pytest.raises(RegistryKeyNotFoundException):
+        hive.get_key("\\" + CBS)  # B removed it
+
+
+def test_registry_merges_and_value_conflicts_are_reported(published: dict) -> None:
+    (merge,) = published["registry_merges"]  # A's hive was taken whole, B's merged onto it
+    assert merge["layer"] == "appB:1" and merge["path"] == "/Windows/System32/config/SOFTWARE"
+    # Vendor, Vendor\\AppB, its Plugins and Vendor\\Shared are new to the OS layer's hive
+    assert merge["keys_added"] == 4 and merge["keys_deleted"] == 1 and merge["values_set"] == 3
+    conflicts = {c["path"]: c for c in published["conflicts"]}
+    assert conflicts["/Windows/System32/config/SOFTWARE"]["merged"] == "registry"
+    value = conflicts["/Windows/System32/config/SOFTWARE:Vendor\\Shared\\Owner"]
+    assert value["kind"] == "registry value" and value["winner"] == "appB:1"

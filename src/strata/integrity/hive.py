@@ -1,4 +1,4 @@
-"""Windows registry hives read through hivex (Debian libhivex0), opened read-only.
+"""Windows registry hives read (and, for the merge, changed) through hivex (Debian libhivex0).
 
 References: hivex(3) (libhivex 1.3); the regf base block (``structs``) as hivex checks it:
 "regf" magic, XOR checksum of the first 508 bytes at 0x1FC, hive-bins size at 0x28.
@@ -70,10 +70,31 @@ def _declare(lib: ctypes.CDLL) -> None:
             [vp, node, ctypes.POINTER(ctypes.c_int), ctypes.POINTER(size)],
             vp,
         ),
+        "hivex_node_add_child": ([vp, node, ctypes.c_char_p], node),
+        "hivex_node_delete_child": ([vp, node], ctypes.c_int),
+        "hivex_node_set_values": (
+            [vp, node, size, ctypes.POINTER(_SetValue), ctypes.c_int],
+            ctypes.c_int,
+        ),
+        "hivex_commit": ([vp, ctypes.c_char_p, ctypes.c_int], ctypes.c_int),
     }
     for name, (args, res) in signatures.items():
         fn = getattr(lib, name)
         fn.argtypes, fn.restype = args, res
+
+
+class _SetValue(ctypes.Structure):
+    """hivex's ``hive_set_value``: one value of a key, as ``hivex_node_set_values`` takes it."""
+
+    _fields_ = [
+        ("key", ctypes.c_char_p),
+        ("t", ctypes.c_int),
+        ("len", ctypes.c_size_t),
+        ("value", ctypes.c_char_p),
+    ]
+
+
+HIVEX_OPEN_WRITE = 4
 
 
 @dataclass(frozen=True)
@@ -113,15 +134,22 @@ class Value:
 
 
 class Hive:
-    """One hive opened read-only; ``name`` (e.g. ``\\Windows\\System32\\config\\SYSTEM on
-    partition 2``) is what every error names."""
+    """One hive, opened read-only unless ``write``; ``name`` (e.g.
+    ``\\Windows\\System32\\config\\SYSTEM on partition 2``) is what every error names."""
 
-    def __init__(self, path: str, name: str, short: str | None = None, dirty: bool = False) -> None:
+    def __init__(
+        self,
+        path: str,
+        name: str,
+        short: str | None = None,
+        dirty: bool = False,
+        write: bool = False,
+    ) -> None:
         self.name = name
         self.short = short or name
         self.dirty = dirty  # sequence numbers differ: newer data may sit in the .LOG1/.LOG2
         self._lib = _hivex()
-        handle = self._lib.hivex_open(os.fsencode(path), 0)  # flags 0: read-only
+        handle = self._lib.hivex_open(os.fsencode(path), HIVEX_OPEN_WRITE if write else 0)
         if not handle:
             raise self._error("cannot open the hive", ctypes.get_errno())
         self._h: int | None = handle
@@ -158,23 +186,63 @@ class Hive:
 
     def key(self, path: str) -> int | None:
         """The node at ``path`` (backslash separated, case-insensitive), None when absent."""
-        node = self.root()
+        node: int | None = self.root()
         for part in (p for p in path.split("\\") if p):
-            ctypes.set_errno(0)
-            child = self._lib.hivex_node_get_child(self.handle, node, part.encode())
-            if not child:
-                err = ctypes.get_errno()
-                if err not in (0, errno.ENOENT):
-                    raise self._error(f"reading key {path}", err)
+            node = self.child(node, part, path)  # type: ignore[arg-type]
+            if node is None:
                 return None
-            node = int(child)
         return node
 
+    def child(self, node: int, name: str, path: str = "") -> int | None:
+        """The subkey ``name`` (case-insensitive) of ``node``, None when absent."""
+        ctypes.set_errno(0)
+        child = self._lib.hivex_node_get_child(self.handle, node, name.encode())
+        if not child:
+            err = ctypes.get_errno()
+            if err not in (0, errno.ENOENT):
+                raise self._error(f"reading key {path or name}", err)
+            return None
+        return int(child)
+
     def subkeys(self, node: int) -> list[str]:
+        return [name for name, _ in self.children(node)]
+
+    def children(self, node: int) -> list[tuple[str, int]]:
+        """(name, node) of each subkey of ``node``."""
         return [
-            self._string(self._lib.hivex_node_name, n)
+            (self._string(self._lib.hivex_node_name, n), n)
             for n in self._array(self._lib.hivex_node_children, node, "subkeys")
         ]
+
+    # -- changes (a hive opened with ``write``; nothing reaches the file before ``commit``)
+
+    def add_key(self, parent: int, name: str) -> int:
+        ctypes.set_errno(0)
+        node = self._lib.hivex_node_add_child(self.handle, parent, name.encode())
+        if not node:
+            raise self._error(f"adding key {name}", ctypes.get_errno())
+        return int(node)
+
+    def delete_key(self, node: int) -> None:
+        """``node`` and everything below it."""
+        ctypes.set_errno(0)
+        if self._lib.hivex_node_delete_child(self.handle, node) != 0:
+            raise self._error("deleting a key", ctypes.get_errno())
+
+    def set_values(self, node: int, values: list[Value]) -> None:
+        """``values`` become all of ``node``'s values (hivex sets a key's values as a whole)."""
+        table = (_SetValue * max(1, len(values)))()
+        for slot, v in zip(table, values, strict=False):
+            slot.key, slot.t, slot.len, slot.value = v.name.encode(), v.type, len(v.data), v.data
+        ctypes.set_errno(0)
+        if self._lib.hivex_node_set_values(self.handle, node, len(values), table, 0) != 0:
+            raise self._error("setting values", ctypes.get_errno())
+
+    def commit(self) -> None:
+        """Write the changes back to the file the hive was opened from."""
+        ctypes.set_errno(0)
+        if self._lib.hivex_commit(self.handle, None, 0) != 0:
+            raise self._error("writing the hive", ctypes.get_errno())
 
     def values(self, node: int) -> list[Value]:
         return [self._value(v) for v in self._array(self._lib.hivex_node_values, node, "values")]

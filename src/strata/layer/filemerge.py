@@ -20,7 +20,7 @@ from __future__ import annotations
 import io
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -28,9 +28,10 @@ import numpy as np
 
 from strata.blockdev.base import BaseDevice, BlockDevice
 from strata.blockdev.rawfile import pwrite_all
-from strata.errors import CorruptImage, IntegrityError, StateError
+from strata.errors import CorruptImage, IntegrityError, NotFound, StateError
 from strata.fs.fat import FatEditor, FatEntry, open_fat
 from strata.fs.fat import structs as fat
+from strata.fs.ntfs import NtfsVolume, open_ntfs
 from strata.fs.ntfs import editor as ntfs_editor
 from strata.fs.volumes import open_volume, where
 from strata.layer.compose import compose_tables
@@ -163,6 +164,7 @@ class MergeResult:
     applied: dict[str, int] = field(default_factory=dict)
     ntfs_volumes: list[int] = field(default_factory=list)
     warnings: list[dict[str, Any]] = field(default_factory=list)
+    hives: list[dict[str, Any]] = field(default_factory=list)  # merged key by key
 
 
 def _label(layer: LayerLike) -> str:
@@ -203,7 +205,7 @@ def merge(
             _refuse_absent_chunks(store, layer, delta, volumes)
         outside = _outside_rows(upper, volumes)
         _refuse_overlaps(upper, outside)
-        merger = _Merger(store, overlay, volumes)
+        merger = _Merger(store, overlay, volumes, base, workdir)
         for layer, delta in zip(upper, deltas, strict=True):
             if delta is not None:
                 below = {":".join(ref) for ref in captured_stack(layer)}
@@ -219,6 +221,7 @@ def merge(
             merger.applied,
             [v.partition for v in volumes if v.fs == "ntfs"],
             merger.warnings,
+            merger.hives,
         )
     finally:
         overlay.close()
@@ -374,9 +377,18 @@ class _Touch:
 class _Merger:
     """Applies file deltas to the overlay and remembers who touched which path."""
 
-    def __init__(self, store: Store, overlay: OverlayDevice, volumes: Sequence[Volume]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        overlay: OverlayDevice,
+        volumes: Sequence[Volume],
+        base: BlockDevice | None = None,
+        workdir: str | None = None,
+    ) -> None:
         self.store = store
         self.overlay = overlay
+        self.base = base  # the OS layer alone: hives merge against it
+        self.workdir = workdir
         self.partitions = {v.partition for v in volumes}
         self.touches: dict[tuple[int, str], tuple[str, list[_Touch]]] = {}
         self.shadowed: list[dict[str, Any]] = []
@@ -384,6 +396,9 @@ class _Merger:
         self.below: dict[str, set[str]] = {}
         self.fs = {v.partition: v.fs for v in volumes}
         self.warnings: list[dict[str, Any]] = []
+        self.hives: list[dict[str, Any]] = []
+        self.registry: list[dict[str, Any]] = []  # registry values a later layer overrode
+        self._base_volumes: dict[int, NtfsVolume] = {}
 
     def apply(self, label: str, delta: FileDelta, below: set[str] | None = None) -> None:
         """Apply ``delta`` as layer ``label``, packaged on the layers ``below`` (changes over
@@ -417,7 +432,9 @@ class _Merger:
         changes = delta.entries["change"][rows]
         count = 0
         with ntfs_editor.NtfsEditor(open_volume(self.overlay, partition)) as editor:
-            apply = NtfsApply(self.store, editor, delta, label)
+            apply = NtfsApply(
+                self.store, editor, delta, label, self._base_reader(partition), self.workdir
+            )
             for row in rows[changes == DELETED].tolist():  # whiteouts first
                 self._touch(label, partition, delta, row)
                 count += apply.whiteout(row)
@@ -429,7 +446,37 @@ class _Merger:
                     count += 1
             apply.finish()
         self.warnings += apply.warnings
+        self.hives += [{"partition": partition, **h} for h in apply.hives]
+        for hive, key, value in apply.overridden:
+            _, seen = self.touches[(partition, hive.upper())]
+            earlier = [t.layer for t in seen if t.layer != label]
+            self.registry.append(
+                {
+                    "partition": partition,
+                    "path": f"{hive}:{key}\\{value or '(default)'}",
+                    "layers": [*dict.fromkeys(earlier), label],
+                    "winner": label,
+                    "kind": "registry value",
+                }
+            )
         return count
+
+    def _base_reader(self, partition: int) -> Callable[[str], Iterator[bytes] | None] | None:
+        """A file's content in the OS layer's volume ``partition`` (None: no such file)."""
+        if self.base is None:
+            return None
+
+        def read(path: str) -> Iterator[bytes] | None:
+            vol = self._base_volumes.get(partition)
+            if vol is None:
+                vol = self._base_volumes[partition] = open_ntfs(open_volume(self.base, partition))
+            try:
+                entry = vol.stat(path)
+            except NotFound:
+                return None
+            return None if entry.is_dir else vol.iter_file(entry)
+
+        return read
 
     def _touch(self, label: str, partition: int, delta: FileDelta, row: int) -> None:
         path = delta.path(row)
@@ -517,7 +564,8 @@ class _Merger:
         _set_metadata(ed, path, current, e)
 
     def conflicts(self) -> list[dict[str, Any]]:
-        out = list(self.shadowed)
+        out = list(self.shadowed) + self.registry
+        merged = {(h["partition"], h["path"].upper()) for h in self.hives}
         for (partition, _), (path, seen) in self.touches.items():
             layers = list(dict.fromkeys(t.layer for t in seen))
             if not set(layers) - {seen[-1].layer} - self.below[seen[-1].layer]:
@@ -533,6 +581,7 @@ class _Merger:
                     "changes": {t.layer: t.change for t in seen},
                     "same_content": len({t.digest for t in seen}) == 1
                     and all(t.change != "deleted" for t in seen),
+                    **({"merged": "registry"} if (partition, path.upper()) in merged else {}),
                 }
             )
         return sorted(out, key=lambda c: (c["partition"], c["path"].upper()))

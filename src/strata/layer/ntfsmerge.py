@@ -10,7 +10,8 @@ What an entry becomes:
   changes a directory's times;
 - a file that carries its content replaces what is at its path: a new file with the
   captured bytes and named streams; a second name of the same record in this layer (a hard
-  link) links to it;
+  link) links to it; a registry hive that an earlier layer of the image changed too is merged
+  key by key instead (``layer.hivemerge``: this layer's changes against the OS layer's hive);
 - an entry without content (metadata changed) updates the file there, if there is one.
 Then, in this order: reparse value, security descriptor, attributes, times (created,
 modified, accessed; NTFS sets the MFT-change time itself). An entry captured without its
@@ -20,14 +21,20 @@ gives a new file, and is named in the warnings.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import hashlib
+import re
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from strata.errors import CorruptImage, InvalidInput
+from strata.errors import CorruptImage, InvalidInput, StrataError
 from strata.fs.ntfs.editor import NtfsEditor, Times, filetime_of_micros
+from strata.integrity.hive import Hive
+from strata.layer import hivemerge
 from strata.layer.filedelta import (
     DIRECTORY,
     HAS_CONTENT,
@@ -38,15 +45,36 @@ from strata.layer.filedelta import (
 )
 from strata.store import Store
 
+# Hives Windows loads from a volume: the machine's, and each user's.
+HIVE_PATH = re.compile(
+    r"/Windows/System32/config/(SOFTWARE|SYSTEM|DEFAULT|SAM|SECURITY|COMPONENTS|DRIVERS)"
+    r"|/Users/[^/]+/NTUSER\.DAT",
+    re.IGNORECASE,
+)
+BaseFile = Callable[[str], Iterable[bytes] | None]  # a path's content in the OS layer, if any
+
 
 class NtfsApply:
-    """The edits of one layer's delta on one NTFS volume."""
+    """The edits of one layer's delta on one NTFS volume.  ``base_file`` reads a file of the
+    OS layer's volume (for hives); ``scratch`` is where hives are merged."""
 
-    def __init__(self, store: Store, editor: NtfsEditor, delta: FileDelta, label: str) -> None:
+    def __init__(
+        self,
+        store: Store,
+        editor: NtfsEditor,
+        delta: FileDelta,
+        label: str,
+        base_file: BaseFile | None = None,
+        scratch: str | None = None,
+    ) -> None:
         self.store = store
         self.editor = editor
         self.delta = delta
         self.label = label
+        self.base_file = base_file
+        self.scratch = scratch
+        self.hives: list[dict[str, Any]] = []  # each hive merged key by key, with its counts
+        self.overridden: list[tuple[str, str, str]] = []  # (hive, key, value) an earlier layer set
         self.created: dict[int, int] = {}  # the child's MFT record -> the file made for it
         self.directories: list[tuple[int, int, bool]] = []  # (row, inode, made here)
         self.warnings: list[dict[str, Any]] = []
@@ -88,6 +116,9 @@ class NtfsApply:
             assert inode is not None
             self.directories.append((row, inode, fresh))
         elif int(e["flags"]) & HAS_CONTENT:
+            if current is not None and self._merged_hive(row, path, current, content):
+                self._metadata(row, current, path, fresh=False)
+                return
             if current is not None:
                 self.editor.delete(path)
             made = self._new_file(row, path, content)
@@ -105,6 +136,45 @@ class NtfsApply:
         ):
             with self._blamed(row):
                 self._metadata(row, inode, self.delta.path(row), fresh)
+
+    def _merged_hive(self, row: int, path: str, inode: int, content: bytes | None) -> bool:
+        """Merge this layer's hive into the one at ``path`` key by key, when an earlier layer
+        changed it (it differs from the OS layer's); False: take the layer's file whole."""
+        if self.base_file is None or not HIVE_PATH.fullmatch(path) or self.editor.is_dir(inode):
+            return False
+        base = self.base_file(path)
+        if base is None:
+            return False
+        with tempfile.TemporaryDirectory(prefix="strata-hive-", dir=self.scratch) as tmp:
+            work = Path(tmp)
+            base_digest = _spill(base, work / "base")
+            if _spill(self.editor.read(inode, path=path), work / "merged") == base_digest:
+                return False  # no earlier layer changed it: the layer's hive is exact
+            pieces = [content] if content is not None else None
+            _spill(pieces or read_content(self.store, self.delta.chunk_rows(row)), work / "mine")
+            try:
+                counts = self._merge_files(path, work)
+            except StrataError as e:
+                self._warn(path, f"the hive could not be merged key by key ({e.message}): "
+                           "this layer's hive replaces it")  # fmt: skip
+                return False
+            self.editor.write(inode, _pieces(work / "merged"), path=path)
+        self.hives.append({"layer": self.label, "path": path, **counts})
+        return True
+
+    def _merge_files(self, path: str, work: Path) -> dict[str, int]:
+        name = f"{path} of layer {self.label}"
+        with (
+            Hive(str(work / "base"), f"{path} of the OS layer") as base,
+            Hive(str(work / "mine"), name) as mine,
+        ):
+            change = hivemerge.changes(base, mine)
+        with Hive(str(work / "merged"), f"{path} as merged", write=True) as merged:
+            for touched in hivemerge.apply(merged, change):
+                if touched.overridden:
+                    self.overridden.append((path, touched.key, touched.name))
+            merged.commit()
+        return change.counts
 
     def _new_file(self, row: int, path: str, content: bytes | None) -> int | None:
         facts = self.delta.ntfs_row(row)
@@ -153,6 +223,22 @@ class NtfsApply:
 
     def _warn(self, path: str, problem: str) -> None:
         self.warnings.append({"layer": self.label, "path": path, "problem": problem})
+
+
+def _spill(pieces: Iterable[bytes], out: Path) -> bytes:
+    """Write ``pieces`` to ``out``; their digest."""
+    digest = hashlib.sha256()
+    with open(out, "wb") as f:
+        for piece in pieces:
+            f.write(piece)
+            digest.update(piece)
+    return digest.digest()
+
+
+def _pieces(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        while piece := f.read(size):
+            yield piece
 
 
 def _times(e: np.void) -> Times | None:

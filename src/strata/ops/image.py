@@ -234,6 +234,7 @@ def _merge_stats(merge: filemerge.MergeResult) -> dict[str, Any]:
         "outside_blocks": merge.outside_blocks,
         "applied_entries": merge.applied,
         **({"merge_warnings": merge.warnings} if merge.warnings else {}),
+        **({"registry_merges": merge.hives} if merge.hives else {}),
     }
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from types import ModuleType
 from typing import NamedTuple
 
@@ -24,6 +24,7 @@ from strata.errors import CorruptImage, InvalidInput, StateError, StrataError, U
 from strata.fs.ntfs.structs import FILETIME_UNIX_OFFSET
 
 ROOT = 5  # the root directory's MFT record
+READ_PIECE = 1 << 20
 
 
 @functools.cache
@@ -292,6 +293,21 @@ class NtfsEditor:
                 at += len(piece)
         self._call(doing, path, self.volume.truncate, inode, name, at)
         return at
+
+    def read(self, inode: int, stream: str = "", path: str = "") -> Iterator[bytes]:
+        """The content of the file's unnamed ``$DATA`` (or named ``stream``), in pieces of at
+        most ``READ_PIECE`` bytes, as it is now (what this editor wrote included)."""
+        name = _name(stream) if stream else b""
+        at = 0
+        while True:
+            try:
+                piece = self.volume.read(inode, name, at, READ_PIECE)
+            except OSError as e:
+                raise self._failure("read", path or f"MFT record {inode}", e) from e
+            if not piece:
+                return
+            yield piece
+            at += len(piece)
 
     def set_times(self, inode: int, times: Times, path: str = "") -> None:
         """Created, modified and accessed times (the MFT-change time becomes now)."""
