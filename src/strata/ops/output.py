@@ -86,9 +86,11 @@ def written(dst: str, atomic_replace: bool = True) -> Iterator[str]:
         return
     name = f".{os.path.basename(target)}.strata-{os.getpid()}.part"
     part = os.path.join(os.path.dirname(target), name)
-    # Made here, so a directory that refuses it is named with the file the user gave.
-    os.close(create_file(part, f"replace {dst} (written first beside it as {name})"))
     try:
+        # Made here, so a directory that refuses it is named with the file the user gave;
+        # inside the ``try``, so a SIGTERM that lands just after it leaves no part file
+        # (seen under load: the part appeared, the signal came before the ``try``).
+        os.close(create_file(part, f"replace {dst} (written first beside it as {name})"))
         with _named(dst):
             yield part
         os.chmod(part, stat.S_IMODE(before.st_mode))
