@@ -258,9 +258,11 @@ def _with_priorities(conflicts: list[dict[str, Any]], tpl: Template) -> list[dic
 def conflict_lines(conflicts: Sequence[dict[str, Any]]) -> list[str]:
     """The conflict report as text, one line per path."""
     return [
-        f"conflict: {c['path']} ({where(c['partition'])}): "
+        f"conflict: {c['path']} ({where(c['partition'])}"
+        + (", registry value" if c.get("kind") == "registry value" else "")
+        + "): "
         + ", ".join(_with_prio(label, c.get("priorities", {})) for label in c["layers"])
-        + f" -> {c['winner']} wins"
+        + (" -> merged key by key" if c.get("merged") == "registry" else f" -> {c['winner']} wins")
         for c in conflicts
     ]
 
