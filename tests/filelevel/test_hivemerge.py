@@ -4,6 +4,8 @@ the merged hive is read back by regipy, a reader that shares no code with libhiv
 
 from __future__ import annotations
 
+import random
+import shutil
 import struct
 from pathlib import Path
 
@@ -112,3 +114,58 @@ def test_binary_and_default_values_keep_their_bytes(tmp_path: Path) -> None:
         values = {v.name: v for v in again.values(node)}
     assert values["Bin"].data == blob and values["Bin"].type == 3
     assert values[""].as_int() == 42
+
+
+def _grown(tmp_path: Path, seed: int, edits: int) -> tuple[Path, Path]:
+    """A hive of 4 000 keys, and a copy that hivex changed in place, as an installer does:
+    keys added (some deep) and removed, values set, changed and removed."""
+    rng = random.Random(seed)
+    base = build_hive(tmp_path / f"base{seed}", {"Software": {}})
+    with Hive(str(base), "base", write=True) as h:
+        sw = h.key("Software")
+        assert sw is not None
+        for v in range(80):
+            vendor = h.add_key(sw, f"Vendor{v}")
+            for k in range(50):
+                node = h.add_key(vendor, f"Key{k}")
+                h.set_values(node, [hivemerge.Value("V", 4, k.to_bytes(4, "little"))])
+        h.commit()
+    mine = tmp_path / f"mine{seed}"
+    shutil.copyfile(base, mine)
+    with Hive(str(mine), "mine", write=True) as h:
+        for n in range(edits):
+            path = f"Software\\Vendor{rng.randrange(80)}\\Key{rng.randrange(50)}"
+            node = h.key(path)
+            if node is None:
+                continue
+            kind = rng.randrange(5)
+            if kind == 0:
+                h.delete_key(node)
+            elif kind == 1:
+                deep = h.add_key(h.add_key(node, f"New{n}"), "Deeper")
+                h.set_values(deep, [hivemerge.Value("D", 1, "x\0".encode("utf-16-le"))])
+            elif kind == 2:
+                h.set_values(node, [])
+            else:
+                value = hivemerge.Value(f"W{n % 3}", 3, bytes([n % 256]) * rng.randrange(1, 40))
+                h.set_values(node, [*h.values(node), value])
+        h.commit()
+    return base, mine
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_the_changed_pages_give_what_the_whole_walk_gives(tmp_path: Path, seed: int) -> None:
+    base, mine = _grown(tmp_path, seed, edits=1 + seed * 3)
+    assert hivemerge.changed_keys(str(base), str(mine)) is not None  # the targeted path ran
+    with Hive(str(base), "base") as b, Hive(str(mine), "mine") as m:
+        fast, whole = hivemerge.changes(b, m), hivemerge.walked(b, m)
+    assert sorted(fast.added_keys) == sorted(whole.added_keys)
+    assert sorted(fast.deleted_keys) == sorted(whole.deleted_keys)
+    assert fast.values == whole.values
+    assert fast.counts == whole.counts and sum(whole.counts.values()) > 0
+
+
+def test_a_reorganised_hive_is_walked_whole(tmp_path: Path) -> None:
+    base = build_hive(tmp_path / "a", BASE)
+    other = build_hive(tmp_path / "b", MINE)  # built apart: nearly every page differs
+    assert hivemerge.changed_keys(str(base), str(other)) is None

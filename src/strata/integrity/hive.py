@@ -70,6 +70,7 @@ def _declare(lib: ctypes.CDLL) -> None:
             [vp, node, ctypes.POINTER(ctypes.c_int), ctypes.POINTER(size)],
             vp,
         ),
+        "hivex_node_parent": ([vp, node], node),
         "hivex_node_add_child": ([vp, node, ctypes.c_char_p], node),
         "hivex_node_delete_child": ([vp, node], ctypes.c_int),
         "hivex_node_set_values": (
@@ -145,6 +146,7 @@ class Hive:
         dirty: bool = False,
         write: bool = False,
     ) -> None:
+        self.path = path
         self.name = name
         self.short = short or name
         self.dirty = dirty  # sequence numbers differ: newer data may sit in the .LOG1/.LOG2
@@ -213,6 +215,16 @@ class Hive:
             (self._string(self._lib.hivex_node_name, n), n)
             for n in self._array(self._lib.hivex_node_children, node, "subkeys")
         ]
+
+    def parent(self, node: int) -> int:
+        ctypes.set_errno(0)
+        up = self._lib.hivex_node_parent(self.handle, node)
+        if not up:
+            raise self._error("reading a key's parent", ctypes.get_errno())
+        return int(up)
+
+    def name_of(self, node: int) -> str:
+        return self._string(self._lib.hivex_node_name, node)
 
     # -- changes (a hive opened with ``write``; nothing reaches the file before ``commit``)
 

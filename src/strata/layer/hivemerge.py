@@ -23,6 +23,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+import numpy as np
+
 from strata.integrity.hive import Hive, Value
 
 
@@ -63,13 +65,115 @@ class HiveChanges:
 
 
 def changes(base: Hive, mine: Hive) -> HiveChanges:
-    """What turns ``base`` into ``mine``."""
+    """What turns ``base`` into ``mine``: the keys whose cells changed when ``mine`` grew from
+    ``base`` in place (``changed_keys``), or every key when it did not."""
+    keys = changed_keys(base.path, mine.path)
+    return walked(base, mine) if keys is None else _targeted(base, mine, keys)
+
+
+def walked(base: Hive, mine: Hive) -> HiveChanges:
+    """What turns ``base`` into ``mine``, from a walk of both whole trees: the reference."""
     out = HiveChanges()
     _walk(base, base.root(), mine, mine.root(), "", out)
     return out
 
 
+PAGE = 4096
+BINS = 4096  # hive bins start after the base block
+TARGETED_LIMIT = 0.25  # past this share of pages changed, walk the whole trees
+
+
+def changed_keys(base_path: str, mine_path: str) -> list[int] | None:
+    """The keys (nk cells, as hivex handles: file offsets) of ``mine`` in the pages where it
+    differs from ``base``; None when that is more than a quarter of them.
+
+    Windows and hivex change a hive in place: a key whose values or direct subkeys change
+    has its nk cell rewritten (its value or subkey count or list, its last-write time), and
+    a new key is a new nk cell.  So only keys with an nk cell in a changed page can differ
+    from ``base``, and a deleted key shows as a change of its parent.  A reorganised hive
+    (Windows compacts one at boot when fragmented) changes most pages: the whole trees are
+    walked then.
+    """
+    with open(base_path, "rb") as f:
+        old = f.read()
+    with open(mine_path, "rb") as f:
+        new = f.read()
+    pages = -(-(len(new) - BINS) // PAGE)
+    if pages <= 0:
+        return []
+    common = min(len(old), len(new)) - BINS
+    a = np.frombuffer(old, np.uint8, common // PAGE * PAGE, BINS).reshape(-1, PAGE)
+    b = np.frombuffer(new, np.uint8, common // PAGE * PAGE, BINS).reshape(-1, PAGE)
+    dirty = np.ones(pages, bool)
+    dirty[: len(a)] = (a != b).any(axis=1)
+    if dirty.mean() > TARGETED_LIMIT:
+        return None
+    return list(_nk_cells(new, dirty))
+
+
+def _nk_cells(data: bytes, dirty: np.ndarray) -> Iterator[int]:
+    """Allocated nk cells of the hive bins that hold a dirty page."""
+    at = BINS
+    while at + 32 <= len(data) and data[at : at + 4] == b"hbin":
+        size = int.from_bytes(data[at + 8 : at + 12], "little")
+        if size < PAGE or size % PAGE or at + size > len(data):
+            return  # hivex reads what follows as it does; nothing more to find here
+        first, last = (at - BINS) // PAGE, (at + size - BINS - 1) // PAGE
+        if dirty[first : last + 1].any():
+            yield from _bin_nk(data, at + 32, at + size)
+        at += size
+
+
+def _bin_nk(data: bytes, at: int, end: int) -> Iterator[int]:
+    while at + 6 <= end:
+        size = int.from_bytes(data[at : at + 4], "little", signed=True)
+        if size == 0 or abs(size) % 8:
+            return  # a damaged bin: the cells past here cannot be told apart
+        if size < 0 and data[at + 4 : at + 6] == b"nk":
+            yield at
+        at += abs(size)
+
+
+def _targeted(base: Hive, mine: Hive, keys: list[int]) -> HiveChanges:
+    out = HiveChanges()
+    paths = sorted(({_path(mine, k): k for k in keys}).items(), key=lambda p: p[0].count("\\"))
+    added: list[str] = []  # subtrees walked whole, so their keys are done
+    for path, node in paths:
+        folded = path.upper()
+        if any(folded == a or folded.startswith(a + "\\") for a in added):
+            continue
+        other = base.key(path) if path else base.root()
+        if other is None:
+            out.added_keys.append(path)
+            _walk(base, None, mine, node, path, out)
+            added.append(folded)
+            continue
+        for child in _key_diff(base, other, mine, node, path, out):
+            added.append(child.upper())
+    return out
+
+
 def _walk(base: Hive, b: int | None, mine: Hive, m: int, path: str, out: HiveChanges) -> None:
+    for name, node, other in _children(base, b, mine, m, path, out):
+        child = f"{path}\\{name}" if path else name
+        _walk(base, other, mine, node, child, out)
+
+
+def _key_diff(base: Hive, b: int, mine: Hive, m: int, path: str, out: HiveChanges) -> Iterator[str]:
+    """One key's own changes (values, subkeys added or removed); yields each added subkey's
+    path, walked whole."""
+    for name, node, other in _children(base, b, mine, m, path, out):
+        if other is None:
+            child = f"{path}\\{name}" if path else name
+            _walk(base, None, mine, node, child, out)
+            yield child
+
+
+def _children(
+    base: Hive, b: int | None, mine: Hive, m: int, path: str, out: HiveChanges
+) -> Iterator[tuple[str, int, int | None]]:
+    """Record the values of key ``path`` that differ and its subkeys removed; yield each of
+    its subkeys in ``mine`` (name, node, the same key in ``base`` or None: added)."""
     theirs = {v.name.upper(): v for v in base.values(b)} if b is not None else {}
     ours = {v.name.upper(): v for v in mine.values(m)}
     differ = {
@@ -80,13 +184,22 @@ def _walk(base: Hive, b: int | None, mine: Hive, m: int, path: str, out: HiveCha
         out.values[path] = differ
     below = {name.upper(): (name, node) for name, node in base.children(b)} if b is not None else {}
     for name, node in mine.children(m):
-        child = f"{path}\\{name}" if path else name
         other = below.pop(name.upper(), None)
         if other is None:
-            out.added_keys.append(child)
-        _walk(base, other[1] if other else None, mine, node, child, out)
+            out.added_keys.append(f"{path}\\{name}" if path else name)
+        yield name, node, other[1] if other else None
     for name, _ in below.values():
         out.deleted_keys.append(f"{path}\\{name}" if path else name)
+
+
+def _path(hive: Hive, node: int) -> str:
+    """The key path of ``node`` (backslash separated, the root's name left out)."""
+    parts = []
+    root = hive.root()
+    while node != root:
+        parts.append(hive.name_of(node))
+        node = hive.parent(node)
+    return "\\".join(reversed(parts))
 
 
 def apply(hive: Hive, change: HiveChanges) -> Iterator[Touched]:
