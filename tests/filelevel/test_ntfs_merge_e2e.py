@@ -24,9 +24,17 @@ from regipy.registry import RegistryHive
 
 from strata.fs.ntfs import editor as ntfs_editor
 from strata.layer.filedelta import NO_BLOB
+from strata.ops import layers
 from strata.store import Manifest, Store
 
-from support.filelevel_tools import export_raw, extract, finalize, package, tamper_manifest
+from support.filelevel_tools import (
+    export_raw,
+    extract,
+    finalize,
+    package,
+    tamper_manifest,
+    to_raw,
+)
 from support.integrity_tools import (
     CLEAN_SOFTWARE,
     CONFIG,
@@ -399,3 +407,22 @@ def test_registry_merges_and_value_conflicts_are_reported(published: dict) -> No
     assert conflicts["/Windows/System32/config/SOFTWARE"]["merged"] == "registry"
     value = conflicts["/Windows/System32/config/SOFTWARE:Vendor\\Shared\\Owner"]
     assert value["kind"] == "registry value" and value["winner"] == "appB:1"
+
+
+def test_a_packaging_disk_on_independent_apps_holds_both(world: World) -> None:
+    """The base a packaging machine boots from, for a layer needing both apps, is their NTFS
+    merge: their files and both apps' registry keys (read by ntfs-3g and regipy)."""
+    out = world.root / "out-appC"
+    out.mkdir()
+    req = layers.PackagingRequest(
+        layer="appC", os="win", fmt="vhdx", name="appC-pkg", out=str(out), apps=("appA", "appB")
+    )
+    pkg = layers.create_packaging_disk(req, store=world.store)
+    raw = to_raw(pkg, world.root / "appC-pkg.raw")
+    with mounted(_volume(world, raw, "appC.vol")) as mnt:
+        assert (mnt / "Program Files" / "AppA" / "bin" / "a.exe").read_bytes() == b"MZ" + BIG
+        assert (mnt / "Program Files" / "AppB" / "b.dll").stat().st_size == 70_002
+        assert (mnt / "Data" / "shared.txt").read_bytes() == b"B's version, the winner\n"
+        hive = RegistryHive(str(mnt / CONFIG / "SOFTWARE"))
+        assert _value(hive, "Vendor\\AppA", "Version") == 1
+        assert _value(hive, "Vendor\\AppB\\Plugins", "Count") == 3
