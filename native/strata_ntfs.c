@@ -302,7 +302,9 @@ static int Volume_init(Volume *self, PyObject *args, PyObject *kwargs)
         failed(self, "allocate the device");
         return -1;
     }
-    self->vol = ntfs_device_mount(dev, read_only ? NTFS_MNT_RDONLY : NTFS_MNT_NONE);
+    /* As ntfs-3g mounts by default: an unclean journal is reset (recover); a hibernated
+     * volume is refused (EPERM). */
+    self->vol = ntfs_device_mount(dev, read_only ? NTFS_MNT_RDONLY : NTFS_MNT_RECOVER);
     if (!self->vol) {
         ntfs_device_free(dev);
         failed(self, "mount");

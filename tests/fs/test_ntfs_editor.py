@@ -149,6 +149,13 @@ def test_a_full_volume_says_so(volume: Path) -> None:
             ed.write(f, (bytes(1 << 20) for _ in range(64)), path="/big.bin")
 
 
+def test_a_hibernated_volume_is_refused_as_ntfs3g_refuses_it(volume: Path) -> None:
+    with _edit(volume) as ed:  # what hibernation leaves in the root
+        ed.write(ed.create_file("/hiberfil.sys"), [b"HIBR" + bytes(8188)])
+    with pytest.raises(StateError, match=r"hibernated.*shut it down fully"):
+        _edit(volume)
+
+
 def test_what_is_no_ntfs_volume_is_refused(tmp_path: Path) -> None:
     blank = tmp_path / "blank.img"
     blank.write_bytes(bytes(4 << 20))

@@ -95,6 +95,13 @@ class NtfsEditor:
         try:
             self.volume = _binding().Volume(device)
         except OSError as e:
+            if e.errno == errno.EPERM:  # libntfs-3g's refusal of a hibernated volume
+                said = (e.strerror or "refused").rstrip(".")
+                raise StateError(
+                    what=f"{getattr(device, 'path', None) or 'the volume'}: libntfs-3g refuses "
+                    f"to change this NTFS volume ({said}): boot Windows from it and shut it "
+                    "down fully (not hibernated, no Fast Startup), then import it again"
+                ) from e
             raise CorruptImage(
                 path=getattr(device, "path", None) or "the volume",
                 structure="NTFS volume",
