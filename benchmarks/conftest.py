@@ -224,3 +224,19 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if STRICT and missed_targets() and exitstatus == 0:
         session.exitstatus = 1
+
+
+def record_cli_publish(record: Callable[..., None], store: Path, files: int, what: str) -> None:
+    """Publish ``appA`` and ``appB`` on ``win`` through the CLI in a child process: its wall
+    time and peak RSS as a row (the file-level publish benchmarks)."""
+    from support.tools import measure_strata
+
+    args = ["--name", "rss", "--os", "win", "--app", "appA", "--app", "appB"]
+    measured = measure_strata("image", "publish", *args, "--store", store)
+    assert measured.returncode == 0, measured.stderr
+    record(
+        metric=f"{what}: wall time (CLI) and peak RSS",
+        files=files,
+        strata_s=round(measured.seconds, 3),
+        strata_peak_rss_mib=round(measured.peak_rss / (1 << 20), 1),
+    )

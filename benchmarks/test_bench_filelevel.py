@@ -16,7 +16,7 @@ import numpy as np
 from strata.layer.filedelta import READ_WINDOW, cdc_chunks
 from strata.store import Store
 
-from conftest import scaled
+from conftest import record_cli_publish, scaled
 from support.tools import require, run
 
 CAIBX_HEADER = 48 + 16  # CaFormatIndex + CaFormatTable header (casync caformat.h)
@@ -131,18 +131,6 @@ def _rmtree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _app_tree(root: Path, name: str, files: int, seed: int) -> Path:
-    rng = np.random.default_rng(seed)
-    top = root / f"src-{name}" / name
-    for n in range(files):
-        folder = top / f"dir{n // 50:03d}"
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"file{n % 50:03d}.dat").write_bytes(
-            rng.integers(0, 256, 4096 + n % 5000, dtype=np.uint8).tobytes()
-        )
-    return top
-
-
 def test_file_level_publish(
     tmp_path: Path, versus: Callable[..., float], record_ratio: Callable[..., None]
 ) -> None:
@@ -151,6 +139,7 @@ def test_file_level_publish(
     from strata.ops import layers
 
     from support.filelevel_tools import (
+        app_tree,
         back_to_child,
         fat_spec,
         finalize,
@@ -160,7 +149,6 @@ def test_file_level_publish(
         to_raw,
     )
     from support.layers import make_os_disk
-    from support.tools import measure_strata
 
     files = scaled(1000, 150)
     os_raw = make_os_disk(tmp_path / "os.raw", 256)
@@ -168,7 +156,7 @@ def test_file_level_publish(
     layers.import_os("win", "1", str(os_raw), store=store)
     trees = []
     for seed, app in enumerate(("appA", "appB")):
-        trees.append(_app_tree(tmp_path, app, files, seed))
+        trees.append(app_tree(tmp_path, app, files, seed))
         pkg = package(store, app, tmp_path / f"out-{app}")
         raw = to_raw(pkg, tmp_path / f"{app}.raw")
         mtool("mcopy", "-s", "-i", fat_spec(raw), trees[-1], "::/")
@@ -186,14 +174,4 @@ def test_file_level_publish(
         mtool("mcopy", "-s", "-i", fat_spec(target), *trees, "::/")
 
     versus(ours, theirs, peer="mtools mcopy -s (both trees)")
-    measured = measure_strata(
-        "image", "publish", "--name", "rss", "--os", "win", "--app", "appA", "--app", "appB",
-        "--store", store,
-    )  # fmt: skip
-    assert measured.returncode == 0, measured.stderr
-    record_ratio(
-        metric="file-level publish: wall time (CLI) and peak RSS",
-        files=2 * files,
-        strata_s=round(measured.seconds, 3),
-        strata_peak_rss_mib=round(measured.peak_rss / (1 << 20), 1),
-    )
+    record_cli_publish(record_ratio, store, 2 * files, "file-level publish")

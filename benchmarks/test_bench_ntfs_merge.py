@@ -13,40 +13,18 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-import pytest
-
-from strata.fs.ntfs import editor as ntfs_editor
-
-from conftest import scaled
-from support.filelevel_tools import extract, finalize, package, publish
+from conftest import record_cli_publish, scaled
+from support.filelevel_tools import app_tree, extract, finalize, package, publish
 from support.integrity_tools import (
     PART_SIZE,
     PART_START,
-    can_mount,
     package_machine,
     windows_disk,
 )
-from support.tools import measure_strata, require
+from support.ntfs_tools import needs_editor_and_mount
+from support.tools import require
 
-pytestmark = [
-    pytest.mark.skipif(not can_mount(), reason="ntfs-3g FUSE mounts need root"),
-    pytest.mark.skipif(
-        not ntfs_editor.available(), reason="strata._ntfs is not built (needs ntfs-3g-dev)"
-    ),
-]
-
-
-def _app_tree(root: Path, name: str, files: int, seed: int) -> Path:
-    rng = np.random.default_rng(seed)
-    top = root / f"src-{name}" / name
-    for n in range(files):
-        folder = top / f"dir{n // 50:03d}"
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"file{n % 50:03d}.dat").write_bytes(
-            rng.integers(0, 256, 2048 + n % 3000, dtype=np.uint8).tobytes()
-        )
-    return top
+pytestmark = needs_editor_and_mount()
 
 
 def _copy_into(tree: Path) -> Callable[[Path], None]:
@@ -69,7 +47,7 @@ def test_ntfs_file_level_publish(
     )
     trees = []
     for seed, app in enumerate(("appA", "appB")):
-        trees.append(_app_tree(tmp_path, app, files, seed))
+        trees.append(app_tree(tmp_path, app, files, seed, smallest=2048, spread=3000))
         pkg = package(store, app, tmp_path / f"out-{app}")
         work = tmp_path / f"work-{app}"
         work.mkdir()
@@ -94,17 +72,7 @@ def test_ntfs_file_level_publish(
                 subprocess.run(["umount", mnt], check=True)
 
     versus(ours, theirs, peer="ntfs-3g mount + cp -r (both trees)")
-    measured = measure_strata(
-        "image", "publish", "--name", "rss", "--os", "win", "--app", "appA", "--app", "appB",
-        "--store", store,
-    )  # fmt: skip
-    assert measured.returncode == 0, measured.stderr
-    record_ratio(
-        metric="NTFS file-level publish: wall time (CLI) and peak RSS",
-        files=2 * files,
-        strata_s=round(measured.seconds, 3),
-        strata_peak_rss_mib=round(measured.peak_rss / (1 << 20), 1),
-    )
+    record_cli_publish(record_ratio, store, 2 * files, "NTFS file-level publish")
 
 
 def _strata() -> list[str]:

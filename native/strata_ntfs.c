@@ -380,6 +380,21 @@ static int close_inodes(Volume *self, ntfs_inode *a, ntfs_inode *b, const char *
     return 0;
 }
 
+/* An inode and a directory, both open, or -1 (the failure raised, neither left open). */
+static int open_pair(Volume *self, unsigned long long inode, unsigned long long dir,
+                     ntfs_inode **ni, ntfs_inode **dir_ni)
+{
+    *ni = open_inode(self, inode);
+    if (!*ni)
+        return -1;
+    *dir_ni = open_inode(self, dir);
+    if (!*dir_ni) {
+        ntfs_inode_close(*ni);
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *Volume_lookup(Volume *self, PyObject *args)
 {
     unsigned long long dir;
@@ -444,34 +459,42 @@ done:
     return result;
 }
 
+/* Another name for ``inode`` in ``dir`` (a hard link), or, ``removing``, that name taken
+ * away (the file goes with its last name; a directory must be empty). */
+static PyObject *change_name(Volume *self, unsigned long long inode, unsigned long long dir,
+                             Py_buffer *name, int removing)
+{
+    int units = name_units(name, "a name");
+    if (units < 0)
+        return NULL;
+    begin(self);
+    ntfs_inode *ni, *dir_ni;
+    if (open_pair(self, inode, dir, &ni, &dir_ni) < 0)
+        return NULL;
+    const ntfschar *uname = name->buf;
+    if (removing) { /* ntfs_delete closes both inodes, whatever it returns */
+        if (ntfs_delete(self->vol, NULL, ni, dir_ni, uname, (u8)units) || self->state.failure)
+            return failed(self, "delete");
+        Py_RETURN_NONE;
+    }
+    if (ntfs_link(ni, dir_ni, uname, (u8)units) || self->state.failure) {
+        failed(self, "link");
+        ntfs_inode_close(ni);
+        ntfs_inode_close(dir_ni);
+        return NULL;
+    }
+    if (close_inodes(self, ni, dir_ni, "close the inode and the directory") < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyObject *Volume_link(Volume *self, PyObject *args)
 {
     unsigned long long inode, dir;
     Py_buffer name;
     if (!mounted(self) || !PyArg_ParseTuple(args, "KKy*", &inode, &dir, &name))
         return NULL;
-    PyObject *result = NULL;
-    int units = name_units(&name, "a name");
-    if (units < 0)
-        goto done;
-    begin(self);
-    ntfs_inode *ni = open_inode(self, inode);
-    if (!ni)
-        goto done;
-    ntfs_inode *dir_ni = open_inode(self, dir);
-    if (!dir_ni) {
-        ntfs_inode_close(ni);
-        goto done;
-    }
-    if (ntfs_link(ni, dir_ni, (const ntfschar *)name.buf, (u8)units) || self->state.failure) {
-        failed(self, "link");
-        ntfs_inode_close(ni);
-        ntfs_inode_close(dir_ni);
-        goto done;
-    }
-    if (close_inodes(self, ni, dir_ni, "close the inode and the directory") == 0)
-        result = Py_NewRef(Py_None);
-done:
+    PyObject *result = change_name(self, inode, dir, &name, 0);
     PyBuffer_Release(&name);
     return result;
 }
@@ -482,26 +505,7 @@ static PyObject *Volume_unlink(Volume *self, PyObject *args)
     Py_buffer name;
     if (!mounted(self) || !PyArg_ParseTuple(args, "KKy*", &dir, &inode, &name))
         return NULL;
-    PyObject *result = NULL;
-    int units = name_units(&name, "a name");
-    if (units < 0)
-        goto done;
-    begin(self);
-    ntfs_inode *ni = open_inode(self, inode);
-    if (!ni)
-        goto done;
-    ntfs_inode *dir_ni = open_inode(self, dir);
-    if (!dir_ni) {
-        ntfs_inode_close(ni);
-        goto done;
-    }
-    /* ntfs_delete closes both inodes, whatever it returns */
-    if (ntfs_delete(self->vol, NULL, ni, dir_ni, (const ntfschar *)name.buf, (u8)units) ||
-        self->state.failure)
-        failed(self, "delete");
-    else
-        result = Py_NewRef(Py_None);
-done:
+    PyObject *result = change_name(self, inode, dir, &name, 1);
     PyBuffer_Release(&name);
     return result;
 }
@@ -591,6 +595,106 @@ static int stream_name_ok(Py_buffer *stream)
     return 1;
 }
 
+/* An operation on one open $DATA stream: 0, or -1 with the failure raised. */
+typedef int (*stream_op)(Volume *self, ntfs_attr *na, void *arg);
+
+/* ``op`` on the stream of ``inode`` (made first when ``create``), inode and stream closed
+ * after it; 0, or -1 with the failure raised. */
+static int on_stream(Volume *self, unsigned long long inode, Py_buffer *stream, int create,
+                     stream_op op, void *arg)
+{
+    begin(self);
+    ntfs_inode *ni = open_inode(self, inode);
+    if (!ni)
+        return -1;
+    ntfs_attr *na = open_stream(self, ni, stream, create);
+    int bad = na == NULL || op(self, na, arg) < 0;
+    if (na)
+        ntfs_attr_close(na);
+    if (bad) {
+        ntfs_inode_close(ni);
+        return -1;
+    }
+    return close_inodes(self, ni, NULL, "close the inode");
+}
+
+/* A failed pread/pwrite of ``got`` bytes (0: nothing moved, no errno set). */
+static int moved_nothing(Volume *self, s64 got, const char *what)
+{
+    if (got == 0)
+        errno = EIO;
+    failed(self, what);
+    return -1;
+}
+
+typedef struct {
+    const char *data;
+    s64 left, at;
+} write_args;
+
+static int write_op(Volume *self, ntfs_attr *na, void *arg)
+{
+    write_args *w = arg;
+    /* ntfs_attr_pwrite may write less than asked (a run boundary): go on until done */
+    while (w->left > 0) {
+        s64 put = ntfs_attr_pwrite(na, w->at, w->left, w->data);
+        if (put <= 0 || self->state.failure)
+            return moved_nothing(self, put, "write");
+        w->data += put;
+        w->at += put;
+        w->left -= put;
+    }
+    return 0;
+}
+
+typedef struct {
+    s64 offset;
+    Py_ssize_t size;
+    PyObject *bytes;
+} read_args;
+
+static int read_op(Volume *self, ntfs_attr *na, void *arg)
+{
+    read_args *r = arg;
+    Py_ssize_t size = r->offset >= na->data_size ? 0
+                      : r->size > na->data_size - r->offset
+                          ? (Py_ssize_t)(na->data_size - r->offset)
+                          : r->size;
+    r->bytes = PyBytes_FromStringAndSize(NULL, size);
+    if (!r->bytes)
+        return -1;
+    for (s64 got = 0; got < size;) {
+        s64 n = ntfs_attr_pread(na, r->offset + got, size - got, PyBytes_AS_STRING(r->bytes) + got);
+        if (n <= 0 || self->state.failure) {
+            Py_CLEAR(r->bytes);
+            return moved_nothing(self, n, "read");
+        }
+        got += n;
+    }
+    return 0;
+}
+
+static int truncate_op(Volume *self, ntfs_attr *na, void *arg)
+{
+    if (ntfs_attr_truncate(na, *(s64 *)arg) || self->state.failure) {
+        failed(self, "truncate");
+        return -1;
+    }
+    return 0;
+}
+
+/* The stream name and the offset and size arguments of a stream call, checked. */
+static int stream_args_ok(Py_buffer *stream, long long offset, long long size)
+{
+    if (!stream_name_ok(stream))
+        return 0;
+    if (offset < 0 || size < 0) {
+        PyErr_SetString(PyExc_ValueError, "a negative offset or size");
+        return 0;
+    }
+    return 1;
+}
+
 static PyObject *Volume_write(Volume *self, PyObject *args)
 {
     unsigned long long inode;
@@ -598,102 +702,27 @@ static PyObject *Volume_write(Volume *self, PyObject *args)
     Py_buffer stream, data;
     if (!mounted(self) || !PyArg_ParseTuple(args, "Ky*Ly*", &inode, &stream, &offset, &data))
         return NULL;
-    PyObject *result = NULL;
-    if (!stream_name_ok(&stream))
-        goto done;
-    if (offset < 0) {
-        PyErr_SetString(PyExc_ValueError, "a negative offset");
-        goto done;
-    }
-    begin(self);
-    ntfs_inode *ni = open_inode(self, inode);
-    if (!ni)
-        goto done;
-    ntfs_attr *na = open_stream(self, ni, &stream, 1);
-    int bad = na == NULL;
-    const char *p = data.buf;
-    s64 left = data.len, at = offset;
-    /* ntfs_attr_pwrite may write less than asked (a run boundary): go on until done */
-    while (!bad && left > 0) {
-        s64 put = ntfs_attr_pwrite(na, at, left, p);
-        if (put <= 0 || self->state.failure) {
-            if (put == 0)
-                errno = EIO;
-            failed(self, "write");
-            bad = 1;
-            break;
-        }
-        p += put;
-        at += put;
-        left -= put;
-    }
-    if (na)
-        ntfs_attr_close(na);
-    if (bad) {
-        ntfs_inode_close(ni);
-        goto done;
-    }
-    if (close_inodes(self, ni, NULL, "close the inode") == 0)
-        result = Py_NewRef(Py_None);
-done:
+    write_args w = {data.buf, data.len, offset};
+    int ok = stream_args_ok(&stream, offset, 0) &&
+             on_stream(self, inode, &stream, 1, write_op, &w) == 0;
     PyBuffer_Release(&stream);
     PyBuffer_Release(&data);
-    return result;
+    return ok ? Py_NewRef(Py_None) : NULL;
 }
 
 static PyObject *Volume_read(Volume *self, PyObject *args)
 {
     unsigned long long inode;
-    long long offset;
-    Py_ssize_t size;
+    read_args r = {0, 0, NULL};
     Py_buffer stream;
-    if (!mounted(self) || !PyArg_ParseTuple(args, "Ky*Ln", &inode, &stream, &offset, &size))
+    if (!mounted(self) || !PyArg_ParseTuple(args, "Ky*Ln", &inode, &stream, &r.offset, &r.size))
         return NULL;
-    PyObject *result = NULL;
-    if (!stream_name_ok(&stream))
-        goto done;
-    if (offset < 0 || size < 0) {
-        PyErr_SetString(PyExc_ValueError, "a negative offset or size");
-        goto done;
-    }
-    begin(self);
-    ntfs_inode *ni = open_inode(self, inode);
-    if (!ni)
-        goto done;
-    ntfs_attr *na = open_stream(self, ni, &stream, 0);
-    if (!na) {
-        ntfs_inode_close(ni);
-        goto done;
-    }
-    if (offset >= na->data_size)
-        size = 0;
-    else if (size > na->data_size - offset)
-        size = (Py_ssize_t)(na->data_size - offset);
-    PyObject *bytes = PyBytes_FromStringAndSize(NULL, size);
-    s64 got = 0;
-    while (bytes && got < size) {
-        s64 n = ntfs_attr_pread(na, offset + got, size - got, PyBytes_AS_STRING(bytes) + got);
-        if (n <= 0 || self->state.failure) {
-            if (n == 0)
-                errno = EIO;
-            failed(self, "read");
-            Py_CLEAR(bytes);
-            break;
-        }
-        got += n;
-    }
-    ntfs_attr_close(na);
-    if (!bytes) {
-        ntfs_inode_close(ni);
-        goto done;
-    }
-    if (close_inodes(self, ni, NULL, "close the inode") == 0)
-        result = bytes;
-    else
-        Py_DECREF(bytes);
-done:
+    int ok = stream_args_ok(&stream, r.offset, r.size) &&
+             on_stream(self, inode, &stream, 0, read_op, &r) == 0;
     PyBuffer_Release(&stream);
-    return result;
+    if (!ok)
+        Py_CLEAR(r.bytes);
+    return r.bytes;
 }
 
 static PyObject *Volume_truncate(Volume *self, PyObject *args)
@@ -703,63 +732,11 @@ static PyObject *Volume_truncate(Volume *self, PyObject *args)
     Py_buffer stream;
     if (!mounted(self) || !PyArg_ParseTuple(args, "Ky*L", &inode, &stream, &size))
         return NULL;
-    PyObject *result = NULL;
-    if (!stream_name_ok(&stream))
-        goto done;
-    if (size < 0) {
-        PyErr_SetString(PyExc_ValueError, "a negative size");
-        goto done;
-    }
-    begin(self);
-    ntfs_inode *ni = open_inode(self, inode);
-    if (!ni)
-        goto done;
-    ntfs_attr *na = open_stream(self, ni, &stream, 1);
-    int bad = na == NULL;
-    if (na && (ntfs_attr_truncate(na, size) || self->state.failure)) {
-        failed(self, "truncate");
-        bad = 1;
-    }
-    if (na)
-        ntfs_attr_close(na);
-    if (bad) {
-        ntfs_inode_close(ni);
-        goto done;
-    }
-    if (close_inodes(self, ni, NULL, "close the inode") == 0)
-        result = Py_NewRef(Py_None);
-done:
+    s64 to = size;
+    int ok = stream_args_ok(&stream, 0, size) &&
+             on_stream(self, inode, &stream, 1, truncate_op, &to) == 0;
     PyBuffer_Release(&stream);
-    return result;
-}
-
-static PyObject *Volume_remove_stream(Volume *self, PyObject *args)
-{
-    unsigned long long inode;
-    Py_buffer stream;
-    if (!mounted(self) || !PyArg_ParseTuple(args, "Ky*", &inode, &stream))
-        return NULL;
-    PyObject *result = NULL;
-    if (!stream_name_ok(&stream) || stream.len == 0) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_ValueError, "only a named stream can be removed");
-        goto done;
-    }
-    begin(self);
-    ntfs_inode *ni = open_inode(self, inode);
-    if (!ni)
-        goto done;
-    if (ntfs_attr_remove(ni, AT_DATA, (ntfschar *)stream.buf, (u32)(stream.len / 2)) ||
-        self->state.failure) {
-        failed(self, "remove the stream");
-        ntfs_inode_close(ni);
-        goto done;
-    }
-    if (close_inodes(self, ni, NULL, "close the inode") == 0)
-        result = Py_NewRef(Py_None);
-done:
-    PyBuffer_Release(&stream);
-    return result;
+    return ok ? Py_NewRef(Py_None) : NULL;
 }
 
 /* One of libntfs-3g's "system.ntfs_*" setters on an inode. */
@@ -906,8 +883,6 @@ static PyMethodDef Volume_methods[] = {
      "read(inode, stream, offset, size) -> bytes (fewer past the stream's end)."},
     {"truncate", (PyCFunction)Volume_truncate, METH_VARARGS,
      "truncate(inode, stream, size) -> None."},
-    {"remove_stream", (PyCFunction)Volume_remove_stream, METH_VARARGS,
-     "remove_stream(inode, stream) -> None: remove a named $DATA stream."},
     {"set_times", (PyCFunction)Volume_set_times, METH_VARARGS,
      "set_times(inode, created, modified, accessed) -> None (FILETIME; the MFT-change time "
      "becomes now)."},

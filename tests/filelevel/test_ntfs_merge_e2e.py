@@ -22,7 +22,6 @@ import pytest
 from regipy.exceptions import RegistryKeyNotFoundException
 from regipy.registry import RegistryHive
 
-from strata.fs.ntfs import editor as ntfs_editor
 from strata.layer.filedelta import NO_BLOB
 from strata.ops import layers
 from strata.store import Manifest, Store
@@ -41,7 +40,6 @@ from support.integrity_tools import (
     PART_SIZE,
     PART_START,
     build_hive,
-    can_mount,
     merged,
     on_ntfs,
     package_machine,
@@ -49,34 +47,19 @@ from support.integrity_tools import (
     replace_hive,
     windows_disk,
 )
-from support.ntfs_tools import fls, mounted, walk_mount
+from support.ntfs_tools import (
+    fls,
+    junction,
+    mounted,
+    needs_editor_and_mount,
+    security_descriptor,
+    walk_mount,
+)
 from support.tools import result_of, strata, strata_json
 
-pytestmark = [
-    pytest.mark.skipif(not can_mount(), reason="ntfs-3g FUSE mounts need root"),
-    pytest.mark.skipif(
-        not ntfs_editor.available(), reason="strata._ntfs is not built (needs ntfs-3g-dev)"
-    ),
-]
+pytestmark = needs_editor_and_mount()
 
 BIG = np.random.default_rng(3).integers(0, 256, 300_000, dtype=np.uint8).tobytes()
-
-
-def _descriptor(read_only: bool) -> bytes:
-    """A self-relative security descriptor: owner and group BUILTIN\\Administrators, a DACL
-    granting Everyone read (or full) access."""
-    admins = struct.pack("<BB6sII", 1, 2, b"\0\0\0\0\0\x05", 32, 544)
-    everyone = struct.pack("<BB6sI", 1, 1, b"\0\0\0\0\0\x01", 0)
-    mask = 0x120089 if read_only else 0x1F01FF
-    ace = struct.pack("<BBHI", 0, 0, 8 + len(everyone), mask) + everyone
-    acl = struct.pack("<BBHHH", 2, 0, 8 + len(ace), 1, 0) + ace
-    head = 20
-    return (
-        struct.pack("<BBHIIII", 1, 0, 0x8004, head, head + len(admins), 0, head + 2 * len(admins))
-        + admins
-        + admins
-        + acl
-    )
 
 
 def _settle(root: Path, paths: list[str], stamp: int) -> None:
@@ -89,15 +72,6 @@ def _settle(root: Path, paths: list[str], stamp: int) -> None:
         # After this, ntfs-3g ignores a utime of the same file in the same mount: set it last.
         created = struct.pack("<q", stamp // 100 + 116_444_736_000_000_000)
         os.setxattr(path, "system.ntfs_crtime", created, follow_symlinks=False)
-
-
-def _junction(target: str) -> bytes:
-    """A mount-point reparse value (a junction) to ``target``, a Windows path."""
-    substitute = ("\\??\\" + target).encode("utf-16-le")
-    printed = target.encode("utf-16-le")
-    names = substitute + b"\0\0" + printed + b"\0\0"
-    head = struct.pack("<HHHH", 0, len(substitute), len(substitute) + 2, len(printed))
-    return struct.pack("<IHH", 0xA0000003, len(head) + len(names), 0) + head + names
 
 
 def _base(root: Path) -> None:
@@ -136,10 +110,10 @@ def _app_b(root: Path) -> None:
     app = root / "Program Files" / "AppB"
     app.mkdir()
     (app / "b.dll").write_bytes(b"MZ" + b"B" * 70_000)
-    os.setxattr(app / "b.dll", "system.ntfs_acl", _descriptor(read_only=True))
+    os.setxattr(app / "b.dll", "system.ntfs_acl", security_descriptor(read_only=True))
     (app / "to-a").mkdir()
     _settle(root, ["Program Files/AppB/to-a"], 1_700_000_000_000_000_000)  # a junction's: EIO
-    os.setxattr(app / "to-a", "system.ntfs_reparse_data", _junction("C:\\Program Files\\AppA"))
+    os.setxattr(app / "to-a", "system.ntfs_reparse_data", junction("C:\\Program Files\\AppA"))
     (root / "Data" / "shared.txt").write_bytes(b"B's version, the winner\n")
     (root / "Data" / "del_by_b.txt").unlink()
     shutil.rmtree(root / "Data" / "olddir")

@@ -17,7 +17,7 @@ from strata.fs.ntfs import editor as ntfs_editor
 from strata.fs.ntfs import open_ntfs
 from strata.fs.ntfs.editor import ROOT, NtfsEditor, Times
 
-from support.ntfs_tools import fls, icat, mounted
+from support.ntfs_tools import fls, icat, junction, mounted, security_descriptor
 from support.tools import require
 
 pytestmark = pytest.mark.skipif(
@@ -99,7 +99,7 @@ def test_delete_takes_the_subtree(volume: Path) -> None:
 
 @needs_mount
 def test_metadata_is_what_ntfs3g_reads(volume: Path) -> None:
-    descriptor = _read_only_descriptor()
+    descriptor = security_descriptor(read_only=True)
     with _edit(volume) as ed:
         f = ed.create_file("/meta.txt")
         ed.write(f, [b"x"])
@@ -107,7 +107,7 @@ def test_metadata_is_what_ntfs3g_reads(volume: Path) -> None:
         ed.set_attributes(f, 0x21)  # read-only, archive
         ed.set_times(f, Times(FT_2020, FT_2020 + 10_000_000, FT_2020 + 20_000_000))
         d = ed.mkdir("/junction")
-        value = _mount_point("C:\\Windows")
+        value = junction("C:\\Windows")
         ed.set_reparse(d, value)
     with mounted(volume, streams="xattr") as mnt:
         meta = mnt / "meta.txt"
@@ -131,7 +131,7 @@ def test_refusals_name_the_path(volume: Path) -> None:
         with pytest.raises(InvalidInput, match="no NTFS name"):
             ed.create_file("/" + "n" * 256)
         with pytest.raises(InvalidInput, match="set the reparse point: the value is not valid"):
-            ed.set_reparse(ed.resolve("/d/f.txt"), _mount_point("C:\\x"))  # type: ignore[arg-type]
+            ed.set_reparse(ed.resolve("/d/f.txt"), junction("C:\\x"))  # type: ignore[arg-type]
     volume_binding = ntfs_editor._binding()
     dev = RawFileDevice(str(volume), writable=True)
     vol = volume_binding.Volume(dev)
@@ -186,21 +186,3 @@ def test_a_device_error_is_raised_as_such(volume: Path) -> None:
     inner = RawFileDevice(str(volume), writable=True)
     with pytest.raises(CorruptImage, match="injected read failure"):
         NtfsEditor(_Failing(inner, 8192))  # the boot sector reads, $MFT does not
-
-
-def _read_only_descriptor() -> bytes:
-    admins = struct.pack("<BB6sII", 1, 2, b"\0\0\0\0\0\x05", 32, 544)
-    everyone = struct.pack("<BB6sI", 1, 1, b"\0\0\0\0\0\x01", 0)
-    ace = struct.pack("<BBHI", 0, 0, 8 + len(everyone), 0x120089) + everyone
-    acl = struct.pack("<BBHHH", 2, 0, 8 + len(ace), 1, 0) + ace
-    owner = 20
-    group, dacl = owner + len(admins), owner + 2 * len(admins)
-    return struct.pack("<BBHIIII", 1, 0, 0x8004, owner, group, 0, dacl) + admins + admins + acl
-
-
-def _mount_point(target: str) -> bytes:
-    substitute = ("\\??\\" + target).encode("utf-16-le")
-    printed = target.encode("utf-16-le")
-    names = substitute + b"\0\0" + printed + b"\0\0"
-    head = struct.pack("<HHHH", 0, len(substitute), len(substitute) + 2, len(printed))
-    return struct.pack("<IHH", 0xA0000003, len(head) + len(names), 0) + head + names

@@ -10,6 +10,8 @@ import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
+
 from strata.ops import disk, image, layers
 from strata.store import Manifest, Store
 
@@ -167,3 +169,18 @@ def tamper_manifest(store: Path, ref: str, change: Callable[[Manifest], None]) -
             "AND layer = (SELECT id FROM layers WHERE name = ?)",
             (mid, version, name),
         )
+
+
+def app_tree(
+    root: Path, name: str, files: int, seed: int, smallest: int = 4096, spread: int = 5000
+) -> Path:
+    """An app's files to install: ``files`` random files of ``smallest`` to ``smallest +
+    spread`` bytes, in folders of 50, under ``root/src-NAME/NAME``."""
+    rng = np.random.default_rng(seed)
+    top = root / f"src-{name}" / name
+    for n in range(files):
+        folder = top / f"dir{n // 50:03d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        data = rng.integers(0, 256, smallest + n % spread, dtype=np.uint8).tobytes()
+        (folder / f"file{n % 50:03d}.dat").write_bytes(data)
+    return top

@@ -7,12 +7,15 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import struct
 import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 from strata.blockdev import RangeDevice, RawFileDevice
 from strata.fs.ntfs import NtfsVolume
@@ -30,8 +33,6 @@ def volume(files: int, size: str = "512M") -> Path:
     require("mkntfs")
     require("ntfs-3g")
     if os.geteuid() != 0:
-        import pytest
-
         pytest.skip("building NTFS volumes mounts ntfs-3g (FUSE): needs root")
     digest = hashlib.sha256(SCRIPT.read_bytes()).hexdigest()[:10]
     path = CACHE / f"vol-{files}-{size}-{digest}.img"
@@ -176,8 +177,6 @@ def make_volume(path: Path, size: str, populate) -> Path:  # type: ignore[no-unt
     """mkntfs a sparse ``path`` and fill it through an ntfs-3g mount with ``populate(root)``."""
     require("mkntfs")
     if os.geteuid() != 0:
-        import pytest
-
         pytest.skip("filling NTFS volumes mounts ntfs-3g (FUSE): needs root")
     subprocess.run(["truncate", "-s", size, str(path)], check=True)
     subprocess.run(
@@ -227,3 +226,40 @@ def set_parent(image: Path, vol_path: str, parent_ref: int, start: int = 0) -> i
         rec[value : value + 8] = parent_ref.to_bytes(8, "little")
     write_record(image, start + offset, bytes(rec))
     return number
+
+
+# -- the NTFS editor (strata._ntfs, libntfs-3g) and what its tests write ------------------------
+def needs_editor_and_mount() -> list[pytest.MarkDecorator]:
+    """Marks of tests that fill volumes through ntfs-3g (root, FUSE) and merge them through
+    strata._ntfs (built only with ntfs-3g-dev)."""
+    from strata.fs.ntfs import editor
+
+    mountable = os.geteuid() == 0 and os.path.exists("/dev/fuse")
+    return [
+        pytest.mark.skipif(not mountable, reason="ntfs-3g FUSE mounts need root"),
+        pytest.mark.skipif(
+            not editor.available(), reason="strata._ntfs is not built (needs ntfs-3g-dev)"
+        ),
+    ]
+
+
+def security_descriptor(read_only: bool) -> bytes:
+    """A self-relative security descriptor: owner and group BUILTIN\\Administrators, a DACL
+    granting Everyone read (or full) access."""
+    admins = struct.pack("<BB6sII", 1, 2, b"\0\0\0\0\0\x05", 32, 544)
+    everyone = struct.pack("<BB6sI", 1, 1, b"\0\0\0\0\0\x01", 0)
+    mask = 0x120089 if read_only else 0x1F01FF
+    ace = struct.pack("<BBHI", 0, 0, 8 + len(everyone), mask) + everyone
+    acl = struct.pack("<BBHHH", 2, 0, 8 + len(ace), 1, 0) + ace
+    owner = 20
+    group, dacl = owner + len(admins), owner + 2 * len(admins)
+    return struct.pack("<BBHIIII", 1, 0, 0x8004, owner, group, 0, dacl) + admins + admins + acl
+
+
+def junction(target: str) -> bytes:
+    """A mount-point reparse value (a junction) to ``target``, a Windows path."""
+    substitute = ("\\??\\" + target).encode("utf-16-le")
+    printed = target.encode("utf-16-le")
+    names = substitute + b"\0\0" + printed + b"\0\0"
+    head = struct.pack("<HHHH", 0, len(substitute), len(substitute) + 2, len(printed))
+    return struct.pack("<IHH", 0xA0000003, len(head) + len(names), 0) + head + names
