@@ -400,3 +400,23 @@ def test_a_packaging_disk_on_independent_apps_holds_both(world: World) -> None:
         hive = RegistryHive(str(mnt / CONFIG / "SOFTWARE"))
         assert _value(hive, "Vendor\\AppA", "Version") == 1
         assert _value(hive, "Vendor\\AppB\\Plugins", "Count") == 3
+
+
+def test_layer_diff_shows_what_a_layer_changed_in_the_registry(world: World) -> None:
+    """``layer diff --registry``: app B's SOFTWARE against the OS layer's, key by key."""
+    shown = result_of(strata_json("layer", "diff", "appB:1", "--registry", "--store", world.store))
+    (hive,) = shown["registry"]
+    assert hive["hive"] == "/Windows/System32/config/SOFTWARE" and hive["partition"] == 1
+    assert hive["added"] == ["Vendor", "Vendor\\AppB", "Vendor\\AppB\\Plugins", "Vendor\\Shared"]
+    assert hive["deleted"] == [CBS]
+    values = {(v["key"], v["name"]): v for v in hive["values"]}
+    assert values[(INSTALLER, "InstallerLocation")] == {
+        "key": INSTALLER, "name": "InstallerLocation", "change": "set", "type": "REG_SZ",
+        "data": "C:\\B", "was": "C:\\x",
+    }  # fmt: skip
+    assert values[("Vendor\\AppB\\Plugins", "Count")]["data"] == 3
+    text = strata("layer", "diff", "appB:1", "--registry", "--store", world.store).stdout
+    assert "registry /Windows/System32/config/SOFTWARE (partition 1): 4 keys added" in text
+    assert f"  - key    {CBS}" in text
+    plain = result_of(strata_json("layer", "diff", "appB:1", "--store", world.store))
+    assert "registry" not in plain  # asked for only: it reads both hives

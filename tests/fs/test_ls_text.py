@@ -366,7 +366,7 @@ def test_layer_diff_text_escapes_names_as_fs_ls_does(
     entry = {"path": hostile, "change": "added", "type": "file", "size": 3}
     diff = {"layer": "app", "version": "1", "file_delta": True, "skipped": [],
             "volumes": [{"partition": 1, "filesystem": "ntfs", "entries": [entry]}]}  # fmt: skip
-    monkeypatch.setattr(layer_cli, "layer_diff", lambda ref, store: diff)
+    monkeypatch.setattr(layer_cli, "layer_diff", lambda ref, store, registry: diff)
     assert run(["layer", "diff", "app:1", "--store", "unused"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[1:] == [

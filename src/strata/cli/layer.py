@@ -87,16 +87,25 @@ def history_cmd(store: str | None, name: str | None, limit: int | None) -> int:
 @group.command("diff")
 @store_option
 @click.argument("ref", metavar="NAME[:V]")
+@click.option(
+    "--registry",
+    is_flag=True,
+    help="Also show what the version changed in each registry hive it carries (SOFTWARE, "
+    "SYSTEM, a user's NTUSER.DAT, ...), against its OS layer's: keys added and removed, "
+    "values set and removed.",
+)
 @json_option
-def diff_cmd(store: str | None, ref: str) -> int:
+def diff_cmd(store: str | None, ref: str, registry: bool) -> int:
     """The file delta of a layer version: entries added, modified, deleted or made opaque.
 
     With --json: one `result` event with layer, version, kind, file_delta (false for a
     version that has none, e.g. of an OS layer), reason (why not, else null), volumes
     [{partition, filesystem (NTFS only), entries [{path, change, type, size}]}], skipped and
-    warnings.
+    warnings; with --registry also registry [{partition, hive, keys_added, keys_deleted,
+    values_set, values_deleted, added, deleted, values [{key, name, change, type, data,
+    was}]}] (or {partition, hive, new: true} for a hive the OS layer lacks).
     """
-    diff = layer_diff(ref, store=store)
+    diff = layer_diff(ref, store=store, registry=registry)
     if current().json_mode:
         current().result(**diff)
         return 0
@@ -114,7 +123,45 @@ def diff_cmd(store: str | None, ref: str) -> int:
             click.echo(f"  {e['change']:<9} {e['type']:<5} {size:>10}  {path}")
     for note in file_delta_notes(diff):
         click.echo(note)
+    for hive in diff.get("registry", []):
+        for line in registry_lines(hive):
+            click.echo(line)
     return 0
+
+
+def registry_lines(hive: dict[str, Any]) -> list[str]:
+    """One hive's changes as ``layer diff --registry`` prints them."""
+    from strata.fs import where
+    from strata.ops.table import printable
+
+    head = f"registry {hive['hive']} ({where(hive['partition'])})"
+    if hive.get("new"):
+        return [f"{head}: new (the OS layer has no such hive)"]
+    lines = [
+        f"{head}: {hive['keys_added']} keys added, {hive['keys_deleted']} removed; "
+        f"{hive['values_set']} values set, {hive['values_deleted']} removed"
+    ]
+    lines += [f"  + key    {k}" for k in printable(hive["added"])]
+    lines += [f"  - key    {k}" for k in printable(hive["deleted"])]
+    for v in hive["values"]:
+        name = printable([f"{v['key']}\\{v['name'] or '(default)'}"])[0]
+        if v["change"] == "deleted":
+            lines.append(f"  - value  {name}  (was {_data(v['was'])})")
+        else:
+            lines.append(f"  = value  {name}  {v['type']} {_data(v['data'])}")
+    return lines
+
+
+def _data(shown: object) -> str:
+    """A value's data as text: strings quoted as written (a Windows path keeps single
+    backslashes), lists of strings as a list of those."""
+    from strata.ops.table import printable
+
+    if isinstance(shown, str):
+        return f'"{printable([shown])[0]}"'
+    if isinstance(shown, list):
+        return "[" + ", ".join(_data(s) for s in shown) + "]"
+    return str(shown)
 
 
 @group.command("delete")

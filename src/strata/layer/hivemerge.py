@@ -19,9 +19,11 @@ Limits: a key made here takes its parent's security descriptor and a new last-wr
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import hashlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -231,3 +233,55 @@ def _ensure(hive: Hive, path: str) -> int:
         found = hive.child(node, part, path)
         node = found if found is not None else hive.add_key(node, part)
     return node
+
+
+TYPE_NAMES = {
+    1: "REG_SZ", 2: "REG_EXPAND_SZ", 3: "REG_BINARY", 4: "REG_DWORD", 7: "REG_MULTI_SZ",
+    11: "REG_QWORD",
+}  # fmt: skip
+
+
+def listing(change: HiveChanges) -> dict[str, Any]:
+    """``change`` as ``layer diff --registry`` shows it: keys added and removed, and each
+    value set (its type and data as hivexget shows them, and what it was) or removed."""
+    values = [
+        {
+            "key": key,
+            "name": c.name,
+            "change": "deleted" if c.value is None else "set",
+            "type": _type_name(c.value or c.base),
+            "data": c.value.shown() if c.value is not None else None,
+            "was": c.base.shown() if c.base is not None else None,
+        }
+        for key, per_key in sorted(change.values.items(), key=lambda kv: kv[0].upper())
+        for c in sorted(per_key.values(), key=lambda c: c.name.upper())
+    ]
+    return {
+        **change.counts,
+        "added": sorted(change.added_keys, key=str.upper),
+        "deleted": sorted(change.deleted_keys, key=str.upper),
+        "values": values,
+    }
+
+
+def _type_name(value: Value | None) -> str | None:
+    if value is None:
+        return None
+    return TYPE_NAMES.get(value.type, f"type {value.type}")
+
+
+def spill(pieces: Iterable[bytes], out: Path) -> bytes:
+    """Write ``pieces`` (a hive's bytes) to ``out``, for hivex, which opens files; their
+    digest."""
+    digest = hashlib.sha256()
+    with open(out, "wb") as f:
+        for piece in pieces:
+            f.write(piece)
+            digest.update(piece)
+    return digest.digest()
+
+
+def pieces_of(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        while piece := f.read(size):
+            yield piece

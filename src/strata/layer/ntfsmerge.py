@@ -21,7 +21,6 @@ gives a new file, and is named in the warnings.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -148,18 +147,20 @@ class NtfsApply:
             return False
         with tempfile.TemporaryDirectory(prefix="strata-hive-", dir=self.scratch) as tmp:
             work = Path(tmp)
-            base_digest = _spill(base, work / "base")
-            if _spill(self.editor.read(inode, path=path), work / "merged") == base_digest:
+            base_digest = hivemerge.spill(base, work / "base")
+            if hivemerge.spill(self.editor.read(inode, path=path), work / "merged") == base_digest:
                 return False  # no earlier layer changed it: the layer's hive is exact
             pieces = [content] if content is not None else None
-            _spill(pieces or read_content(self.store, self.delta.chunk_rows(row)), work / "mine")
+            hivemerge.spill(
+                pieces or read_content(self.store, self.delta.chunk_rows(row)), work / "mine"
+            )
             try:
                 counts = self._merge_files(path, work)
             except StrataError as e:
                 self._warn(path, f"the hive could not be merged key by key ({e.message}): "
                            "this layer's hive replaces it")  # fmt: skip
                 return False
-            self.editor.write(inode, _pieces(work / "merged"), path=path)
+            self.editor.write(inode, hivemerge.pieces_of(work / "merged"), path=path)
         self.hives.append({"layer": self.label, "path": path, **counts})
         return True
 
@@ -231,22 +232,6 @@ class NtfsApply:
 
     def _warn(self, path: str, problem: str) -> None:
         self.warnings.append({"layer": self.label, "path": path, "problem": problem})
-
-
-def _spill(pieces: Iterable[bytes], out: Path) -> bytes:
-    """Write ``pieces`` to ``out``; their digest."""
-    digest = hashlib.sha256()
-    with open(out, "wb") as f:
-        for piece in pieces:
-            f.write(piece)
-            digest.update(piece)
-    return digest.digest()
-
-
-def _pieces(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
-    with open(path, "rb") as f:
-        while piece := f.read(size):
-            yield piece
 
 
 def _times(e: np.void) -> Times | None:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -183,9 +185,11 @@ def stack_table(st: Store, layers: Sequence[Resolved]) -> np.ndarray:
     return composed_table(layers)
 
 
-def layer_diff(ref: str, *, store: PathLike = None) -> dict[str, Any]:
+def layer_diff(ref: str, *, store: PathLike = None, registry: bool = False) -> dict[str, Any]:
     """The file delta of a layer version: per FAT or NTFS volume, each entry with its change.
-    ``file_delta`` says whether the version has one; when not, ``reason`` says why."""
+    ``file_delta`` says whether the version has one; when not, ``reason`` says why.
+    ``registry``: also what the version changed in each registry hive it carries, against
+    its OS layer's (``registry``: keys added and removed, values set and removed)."""
     with open_store(store, readonly=True) as st:
         layer = resolve(st, ref)
         delta = filedelta.load(layer.manifest)
@@ -199,7 +203,60 @@ def layer_diff(ref: str, *, store: PathLike = None) -> dict[str, Any]:
             "volumes": delta.listing() if delta is not None else [],
             "skipped": info.get("skipped", []),
             "warnings": info.get("warnings", []),
+            **({"registry": registry_changes(st, layer, delta)} if registry else {}),
         }
+
+
+def registry_changes(
+    st: Store, layer: Resolved, delta: filedelta.FileDelta | None
+) -> list[dict[str, Any]]:
+    """Per hive the version carries on an NTFS volume, what it changed against the hive its
+    OS layer holds there (``layer.hivemerge.listing``); a hive the OS layer lacks is new."""
+    from strata.layer.ntfsmerge import HIVE_PATH
+
+    if delta is None:
+        return []
+    ntfs = {v.partition for v in delta.volumes if v.fs == "ntfs"}
+    rows = [
+        r
+        for r in range(len(delta.entries))
+        if int(delta.entries[r]["partition"]) in ntfs
+        and int(delta.entries[r]["flags"]) & filedelta.HAS_CONTENT
+        and HIVE_PATH.fullmatch(delta.path(r))
+    ]
+    if not rows:
+        return []
+    os_layer = resolve(st, filemerge.captured_stack(layer)[0])
+    meta = os_layer.manifest.meta
+    with ExitStack() as stack:
+        base = StoreDevice(st, os_layer.table, int(meta["size"]), int(meta.get("sector_size", 512)))
+        stack.callback(base.close)
+        work = stack.enter_context(tempfile.TemporaryDirectory(prefix="strata-registry-"))
+        return [_hive_change(st, delta, row, base, Path(work)) for row in rows]
+
+
+def _hive_change(
+    st: Store, delta: filedelta.FileDelta, row: int, base: StoreDevice, work: Path
+) -> dict[str, Any]:
+    from strata.fs.ntfs import open_ntfs
+    from strata.fs.volumes import open_volume
+    from strata.integrity.hive import Hive
+    from strata.layer import hivemerge
+
+    partition, path = int(delta.entries[row]["partition"]), delta.path(row)
+    where = {"partition": partition, "hive": path}
+    vol = open_ntfs(open_volume(base, partition))
+    try:
+        entry = vol.stat(path)
+    except NotFound:
+        return {**where, "new": True}
+    hivemerge.spill(vol.iter_file(entry), work / "base")
+    hivemerge.spill(filedelta.read_content(st, delta.chunk_rows(row)), work / "mine")
+    with (
+        Hive(str(work / "base"), f"{path} of the OS layer") as b,
+        Hive(str(work / "mine"), f"{path} of the layer") as m,
+    ):
+        return {**where, **hivemerge.listing(hivemerge.changes(b, m))}
 
 
 def no_file_delta(kind: str) -> str:
