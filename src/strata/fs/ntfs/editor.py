@@ -87,7 +87,9 @@ class NtfsEditor:
     """An NTFS volume on ``device`` (read and written in place), edited by path.
 
     Every change is in the device once ``close`` returns (libntfs-3g writes its caches back
-    at unmount); a failure raises ``CorruptImage`` naming the path and what libntfs-3g said.
+    at unmount).  A failure names the path and what libntfs-3g said: ``InvalidInput`` for a
+    value it will not store (EINVAL), ``StateError`` for a full or hibernated volume,
+    ``CorruptImage`` otherwise.
     """
 
     def __init__(self, device: BlockDevice) -> None:
