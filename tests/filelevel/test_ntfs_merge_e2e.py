@@ -22,6 +22,8 @@ import pytest
 from regipy.exceptions import RegistryKeyNotFoundException
 from regipy.registry import RegistryHive
 
+from strata.errors import StateError
+from strata.fs.ntfs import editor as ntfs_editor
 from strata.layer.filedelta import NO_BLOB
 from strata.ops import layers
 from strata.store import Manifest, Store
@@ -420,3 +422,16 @@ def test_layer_diff_shows_what_a_layer_changed_in_the_registry(world: World) -> 
     assert f"  - key    {CBS}" in text
     plain = result_of(strata_json("layer", "diff", "appB:1", "--store", world.store))
     assert "registry" not in plain  # asked for only: it reads both hives
+
+
+def test_without_libntfs3g_the_refusal_says_how_to_get_it(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A strata built without strata._ntfs treats NTFS volumes as block ranges: two layers
+    that changed the same blocks there are refused, and the refusal says what is missing."""
+    from strata.ops import image
+
+    monkeypatch.setattr(ntfs_editor, "available", lambda: False)
+    tpl = image.template_from({"name": "no-ntfs", "os": "win", "apps": ["appA", "appB"]})
+    with pytest.raises(StateError, match=r"built without libntfs-3g.*install ntfs-3g-dev"):
+        image.publish(tpl, store=world.store)
