@@ -435,3 +435,14 @@ def test_without_libntfs3g_the_refusal_says_how_to_get_it(
     tpl = image.template_from({"name": "no-ntfs", "os": "win", "apps": ["appA", "appB"]})
     with pytest.raises(StateError, match=r"built without libntfs-3g.*install ntfs-3g-dev"):
         image.publish(tpl, store=world.store)
+
+
+def test_publish_text_names_each_registry_merge(world: World, published: dict) -> None:
+    args = ["--name", "both-text", "--os", "win", "--app", "appA", "--app", "appB"]
+    text = strata("image", "publish", *args, "--store", world.store).stdout
+    hive = "/Windows/System32/config/SOFTWARE (partition 1)"
+    assert f"conflict: {hive}: appA:1@100, appB:1@200 -> merged key by key" in text
+    assert (
+        f"registry {hive}: appB:1's changes merged key by key (4 keys added, 1 removed; "
+        "3 values set, 0 removed)"
+    ) in text

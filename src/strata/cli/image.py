@@ -58,14 +58,31 @@ def publish_cmd(
     if not merged["name"] or not merged["os"]:
         raise click.UsageError("an image needs --name and --os (or a template with both)")
     result = ops.publish(ops.template_from(merged, "options"), store=store, comment=comment)
+    for w in result.get("merge_warnings", []):
+        current().warning(f"{w['layer']}: {w['path']}: {w['problem']}", **w)
     text = "\n".join(
         [
             f"published {result['image']}: manifest {result['manifest']}",
             *ops.conflict_lines(result.get("conflicts", [])),
+            *_registry_lines(result.get("registry_merges", [])),
         ]
     )
     current().result(text, **result)
     return 0
+
+
+def _registry_lines(merges: list[dict[str, Any]]) -> list[str]:
+    """Each hive a layer's changes were merged into, key by key."""
+    if not merges:
+        return []
+    from strata.fs import where  # start-up: the file-system package only when needed
+
+    return [
+        f"registry {h['path']} ({where(h['partition'])}): {h['layer']}'s changes merged key "
+        f"by key ({h['keys_added']} keys added, {h['keys_deleted']} removed; "
+        f"{h['values_set']} values set, {h['values_deleted']} removed)"
+        for h in merges
+    ]
 
 
 @group.command("export")
