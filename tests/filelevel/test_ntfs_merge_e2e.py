@@ -446,3 +446,21 @@ def test_publish_text_names_each_registry_merge(world: World, published: dict) -
         f"registry {hive}: appB:1's changes merged key by key (4 keys added, 1 removed; "
         "3 values set, 0 removed)"
     ) in text
+
+
+def test_an_entry_without_its_descriptor_is_merged_with_a_warning(world: World) -> None:
+    """A delta whose entries carry no descriptor (an older manifest, or one finalize could
+    not read) still merges; each new file keeps libntfs-3g's default, and is named."""
+
+    def forget(m: Manifest) -> None:
+        _, facts = m.tables["file-ntfs"]
+        facts["security_blob"] = NO_BLOB
+
+    _hostile_copy(world, "nosd", forget)
+    args = ["--name", "with-nosd", "--os", "win", "--app", "appB", "--app", "nosd"]
+    got = strata("image", "publish", *args, "--store", world.store)
+    line = "strata: warning: nosd:1: /Program Files/AppA/bin/a.exe: no security descriptor"
+    assert line in got.stderr, got.stderr
+    shown = result_of(strata_json("image", "publish", *args[:1], "with-nosd-json", *args[2:],
+                                  "--store", world.store))  # fmt: skip
+    assert any(w["path"] == "/Program Files/AppA/bin/a.exe" for w in shown["merge_warnings"])
