@@ -20,7 +20,7 @@ from __future__ import annotations
 import io
 import os
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -28,10 +28,9 @@ import numpy as np
 
 from strata.blockdev.base import BaseDevice, BlockDevice
 from strata.blockdev.rawfile import pwrite_all
-from strata.errors import CorruptImage, IntegrityError, NotFound, StateError
+from strata.errors import CorruptImage, IntegrityError, StateError
 from strata.fs.fat import FatEditor, FatEntry, open_fat
 from strata.fs.fat import structs as fat
-from strata.fs.ntfs import NtfsVolume, open_ntfs
 from strata.fs.ntfs import editor as ntfs_editor
 from strata.fs.volumes import open_volume, where
 from strata.layer.compose import compose_tables
@@ -48,7 +47,7 @@ from strata.layer.filedelta import (
     read_content,
     unstamp,
 )
-from strata.layer.ntfsmerge import NtfsApply, content_ids
+from strata.layer.ntfsmerge import NtfsApply, OsFiles, content_ids
 from strata.layer.storedev import StoreDevice
 from strata.partition import read_table
 from strata.store import CHUNK_ROW, Manifest, Store
@@ -398,7 +397,7 @@ class _Merger:
         self.warnings: list[dict[str, Any]] = []
         self.hives: list[dict[str, Any]] = []
         self.registry: list[dict[str, Any]] = []  # registry values a later layer overrode
-        self._base_volumes: dict[int, NtfsVolume] = {}
+        self.os_files = OsFiles(base) if base is not None else None
 
     def apply(self, label: str, delta: FileDelta, below: set[str] | None = None) -> None:
         """Apply ``delta`` as layer ``label``, packaged on the layers ``below`` (changes over
@@ -433,7 +432,12 @@ class _Merger:
         count = 0
         with ntfs_editor.NtfsEditor(open_volume(self.overlay, partition)) as editor:
             apply = NtfsApply(
-                self.store, editor, delta, label, self._base_reader(partition), self.workdir
+                self.store,
+                editor,
+                delta,
+                label,
+                self.os_files.of(partition) if self.os_files is not None else None,
+                self.workdir,
             )
             for row in rows[changes == DELETED].tolist():  # whiteouts first
                 self._touch(label, partition, delta, row)
@@ -460,23 +464,6 @@ class _Merger:
                 }
             )
         return count
-
-    def _base_reader(self, partition: int) -> Callable[[str], Iterator[bytes] | None] | None:
-        """A file's content in the OS layer's volume ``partition`` (None: no such file)."""
-        if self.base is None:
-            return None
-
-        def read(path: str) -> Iterator[bytes] | None:
-            vol = self._base_volumes.get(partition)
-            if vol is None:
-                vol = self._base_volumes[partition] = open_ntfs(open_volume(self.base, partition))
-            try:
-                entry = vol.stat(path)
-            except NotFound:
-                return None
-            return None if entry.is_dir else vol.iter_file(entry)
-
-        return read
 
     def _touch(self, label: str, partition: int, delta: FileDelta, row: int) -> None:
         path = delta.path(row)

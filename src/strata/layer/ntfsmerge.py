@@ -30,8 +30,11 @@ from typing import Any
 
 import numpy as np
 
-from strata.errors import CorruptImage, InvalidInput, StrataError
+from strata.blockdev.base import BlockDevice
+from strata.errors import CorruptImage, InvalidInput, NotFound, StrataError
+from strata.fs.ntfs import NtfsVolume, open_ntfs
 from strata.fs.ntfs.editor import NtfsEditor, Times, filetime_of_micros
+from strata.fs.volumes import open_volume
 from strata.integrity.hive import Hive
 from strata.layer import hivemerge
 from strata.layer.filedelta import (
@@ -51,6 +54,29 @@ HIVE_PATH = re.compile(
     re.IGNORECASE,
 )
 BaseFile = Callable[[str], Iterable[bytes] | None]  # a path's content in the OS layer, if any
+
+
+class OsFiles:
+    """Files of the OS layer's NTFS volumes, read from ``disk`` (the OS layer alone), each
+    volume opened once: what hives are compared with (the merge, ``layer diff --registry``)."""
+
+    def __init__(self, disk: BlockDevice) -> None:
+        self.disk = disk
+        self._volumes: dict[int, NtfsVolume] = {}
+
+    def content(self, partition: int, path: str) -> Iterator[bytes] | None:
+        """The file's bytes, or None when the volume has no file at ``path``."""
+        vol = self._volumes.get(partition)
+        if vol is None:
+            vol = self._volumes[partition] = open_ntfs(open_volume(self.disk, partition))
+        try:
+            entry = vol.stat(path)
+        except NotFound:
+            return None
+        return None if entry.is_dir else vol.iter_file(entry)
+
+    def of(self, partition: int) -> BaseFile:
+        return lambda path: self.content(partition, path)
 
 
 class NtfsApply:

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -48,6 +46,7 @@ from strata.layer.blocks import (
     capture_disk,
 )
 from strata.layer.compose import compose_tables
+from strata.layer.ntfsmerge import HIVE_PATH, OsFiles
 from strata.layer.storedev import StoreDevice
 from strata.ops.packaging import (
     BASE_OPTIONS,
@@ -212,8 +211,6 @@ def registry_changes(
 ) -> list[dict[str, Any]]:
     """Per hive the version carries on an NTFS volume, what it changed against the hive its
     OS layer holds there (``layer.hivemerge.listing``); a hive the OS layer lacks is new."""
-    from strata.layer.ntfsmerge import HIVE_PATH
-
     if delta is None:
         return []
     ntfs = {v.partition for v in delta.volumes if v.fs == "ntfs"}
@@ -228,33 +225,27 @@ def registry_changes(
         return []
     os_layer = resolve(st, filemerge.captured_stack(layer)[0])
     meta = os_layer.manifest.meta
-    with ExitStack() as stack:
-        base = StoreDevice(st, os_layer.table, int(meta["size"]), int(meta.get("sector_size", 512)))
-        stack.callback(base.close)
-        work = stack.enter_context(tempfile.TemporaryDirectory(prefix="strata-registry-"))
-        return [_hive_change(st, delta, row, base, Path(work)) for row in rows]
+    base = StoreDevice(st, os_layer.table, int(meta["size"]), int(meta.get("sector_size", 512)))
+    try:
+        files = OsFiles(base)
+        return [_hive_change(st, delta, row, files) for row in rows]
+    finally:
+        base.close()
 
 
-def _hive_change(
-    st: Store, delta: filedelta.FileDelta, row: int, base: StoreDevice, work: Path
-) -> dict[str, Any]:
-    from strata.fs.ntfs import open_ntfs
-    from strata.fs.volumes import open_volume
-    from strata.integrity.hive import Hive
+def _hive_change(st: Store, delta: filedelta.FileDelta, row: int, files: OsFiles) -> dict[str, Any]:
+    from strata.integrity.hive import open_hive
     from strata.layer import hivemerge
 
     partition, path = int(delta.entries[row]["partition"]), delta.path(row)
     where = {"partition": partition, "hive": path}
-    vol = open_ntfs(open_volume(base, partition))
-    try:
-        entry = vol.stat(path)
-    except NotFound:
+    theirs = files.content(partition, path)
+    if theirs is None:
         return {**where, "new": True}
-    hivemerge.spill(vol.iter_file(entry), work / "base")
-    hivemerge.spill(filedelta.read_content(st, delta.chunk_rows(row)), work / "mine")
+    mine = filedelta.read_content(st, delta.chunk_rows(row))
     with (
-        Hive(str(work / "base"), f"{path} of the OS layer") as b,
-        Hive(str(work / "mine"), f"{path} of the layer") as m,
+        open_hive(theirs, f"{path} of the OS layer") as b,
+        open_hive(mine, f"{path} of the layer") as m,
     ):
         return {**where, **hivemerge.listing(hivemerge.changes(b, m))}
 
